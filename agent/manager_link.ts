@@ -1,0 +1,211 @@
+/**
+ * The agent's side of the cluster protocol: connects to the manager, proves the cluster token (and checks
+ * the manager's proof), applies and acknowledges every state it is sent, sends heartbeats, and reconnects
+ * with capped exponential backoff and full jitter whenever the link breaks. Nothing on the data path
+ * waits for it.
+ */
+import { formatHostPort, type HostPort } from "../cluster/address.ts";
+import { constantTimeEqual, proof, randomNonce } from "../cluster/auth.ts";
+import { Channel } from "../cluster/channel.ts";
+import { logger } from "../cluster/log.ts";
+import {
+  type AgentMessage,
+  type ClusterState,
+  type ConnectionCounts,
+  encodeFrame,
+  type ManagerMessage,
+  parseManagerMessage,
+  PROTOCOL_VERSION,
+} from "../cluster/protocol.ts";
+
+const log = logger("agent", "link");
+
+export const LINK_DEFAULTS = {
+  connectTimeoutMs: 5_000,
+  backoffBaseMs: 100,
+  backoffMaxMs: 5_000,
+  /** Heartbeat interval until the manager says otherwise. */
+  heartbeatMs: 1_000,
+  /** The link is dead after this many heartbeat intervals without a word from the manager. */
+  missedHeartbeats: 3,
+} as const;
+
+export interface LinkReport {
+  connections: ConnectionCounts;
+  backends: Array<{ service: string; backend: string; open: number }>;
+}
+
+export interface ManagerLinkOptions {
+  readonly manager: HostPort;
+  readonly token: string;
+  readonly agentId: string;
+  readonly mesh: string | null;
+  /** Connect with TLS, trusting these CA certificates (PEM) besides the system's. */
+  readonly tls: { caCerts: string[] } | null;
+  readonly onState: (state: ClusterState) => void;
+  readonly report: () => LinkReport;
+  readonly takeFailures: () => Array<{ service: string; backend: string; count: number }>;
+}
+
+type ManagerChannel = Channel<ManagerMessage, AgentMessage>;
+
+export class ManagerLink {
+  readonly #options: ManagerLinkOptions;
+  #closed = false;
+  #channel: ManagerChannel | null = null;
+  #wake: (() => void) | null = null;
+  #running: Promise<void> | null = null;
+  #connected = false;
+
+  constructor(options: ManagerLinkOptions) {
+    this.#options = options;
+  }
+
+  get connected(): boolean {
+    return this.#connected;
+  }
+
+  start(): void {
+    this.#running ??= this.#run();
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#channel?.close();
+    this.#wake?.();
+    await this.#running;
+  }
+
+  async #run(): Promise<void> {
+    let attempt = 0;
+    let warned = false;
+    while (!this.#closed) {
+      try {
+        await this.#session(() => {
+          attempt = 0;
+          warned = false;
+        });
+        if (!this.#closed) {
+          log.warn("Lost the manager at {manager}; serving from the last state", this.#where());
+        }
+      } catch (error) {
+        if (this.#closed) break;
+        const fields = { ...this.#where(), reason: error instanceof Error ? error.message : String(error) };
+        if (!warned) log.warn("Cannot reach the manager at {manager}: {reason}; retrying", fields);
+        else log.debug("Still cannot reach the manager at {manager}: {reason}", fields);
+        warned = true;
+      }
+      if (this.#closed) break;
+      const ceiling = Math.min(LINK_DEFAULTS.backoffMaxMs, LINK_DEFAULTS.backoffBaseMs * 2 ** attempt);
+      attempt = Math.min(attempt + 1, 16);
+      await this.#sleep(ceiling / 2 + Math.random() * ceiling / 2);
+    }
+  }
+
+  async #session(onReady: () => void): Promise<void> {
+    const { manager, tls } = this.#options;
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), LINK_DEFAULTS.connectTimeoutMs);
+    let conn: Deno.Conn;
+    try {
+      conn = tls
+        ? await Deno.connectTls({ hostname: manager.host, port: manager.port, caCerts: tls.caCerts })
+        : await Deno.connect({ hostname: manager.host, port: manager.port, signal: abort.signal });
+    } finally {
+      clearTimeout(timer);
+    }
+    const channel: ManagerChannel = new Channel(conn, { parse: parseManagerMessage, encode: encodeFrame });
+    this.#channel = channel;
+    let heartbeat: ReturnType<typeof setInterval> | undefined;
+    let watchdog: ReturnType<typeof setInterval> | undefined;
+    let handshake: ReturnType<typeof setTimeout> | undefined = setTimeout(() => {
+      log.warn("The manager at {manager} did not finish the handshake in time", this.#where());
+      channel.close();
+    }, LINK_DEFAULTS.connectTimeoutMs);
+    try {
+      if (this.#closed) return;
+      const messages = channel.messages();
+      const agentNonce = randomNonce();
+      const { token, agentId } = this.#options;
+      await channel.send({ type: "hello", version: PROTOCOL_VERSION, agent: agentId, nonce: agentNonce });
+      const challenge = await next(messages);
+      if (challenge?.type === "error") throw new Error(challenge.error);
+      if (challenge?.type !== "challenge") {
+        throw new Error(`Expected a challenge, got ${challenge?.type ?? "nothing"}`);
+      }
+      const parts = { agentNonce, managerNonce: challenge.nonce, agent: agentId };
+      if (!constantTimeEqual(challenge.proof, await proof(token, { role: "manager", ...parts }))) {
+        throw new Error("The manager could not prove the cluster token");
+      }
+      await channel.send({
+        type: "auth",
+        proof: await proof(token, { role: "agent", ...parts }),
+        mesh: this.#options.mesh,
+      });
+      const welcome = await next(messages);
+      if (welcome?.type === "error") throw new Error(welcome.error);
+      if (welcome?.type !== "welcome") throw new Error(`Expected welcome, got ${welcome?.type ?? "nothing"}`);
+
+      clearTimeout(handshake);
+      handshake = undefined;
+      onReady();
+      this.#connected = true;
+      log.info("Joined the manager at {manager} as {agent}", { ...this.#where(), agent: agentId });
+      let lastHeard = performance.now();
+      const interval = welcome.heartbeatMs;
+      heartbeat = setInterval(() => {
+        const { connections, backends } = this.#options.report();
+        channel.send({ type: "heartbeat", connections, backends }).catch(() => channel.close());
+        const failures = this.#options.takeFailures();
+        if (failures.length > 0) {
+          channel.send({ type: "connect_failures", failures }).catch(() => channel.close());
+        }
+      }, interval);
+      watchdog = setInterval(() => {
+        if (performance.now() - lastHeard > interval * LINK_DEFAULTS.missedHeartbeats) {
+          log.warn("No word from the manager for {count} heartbeats; reconnecting", {
+            count: LINK_DEFAULTS.missedHeartbeats,
+          });
+          channel.close();
+        }
+      }, interval);
+
+      for await (const message of messages) {
+        lastHeard = performance.now();
+        if (message.type === "state") {
+          this.#options.onState(message.state);
+          await channel.send({ type: "ack", version: message.state.version });
+        } else if (message.type === "error") {
+          throw new Error(`The manager closed the link: ${message.error}`);
+        }
+      }
+    } finally {
+      this.#connected = false;
+      clearTimeout(handshake);
+      clearInterval(heartbeat);
+      clearInterval(watchdog);
+      channel.close();
+      this.#channel = null;
+    }
+  }
+
+  #where(): { manager: string } {
+    return { manager: formatHostPort(this.#options.manager) };
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done() {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.#wake = done;
+    });
+  }
+}
+
+async function next<T>(messages: AsyncGenerator<T>): Promise<T | undefined> {
+  const result = await messages.next();
+  return result.done ? undefined : result.value;
+}

@@ -1,0 +1,69 @@
+/** The agent role as the command line starts it. */
+import { formatHostPort, type HostPort } from "../cluster/address.ts";
+import { logger } from "../cluster/log.ts";
+import { UsageError } from "../cluster/usage.ts";
+import { Agent } from "./agent.ts";
+import { startAgentAdmin } from "./admin.ts";
+
+export { Agent, type AgentOptions } from "./agent.ts";
+export { startAgentAdmin } from "./admin.ts";
+
+const log = logger("agent");
+
+export interface RunAgentOptions {
+  readonly manager: HostPort;
+  readonly tokenFile: string;
+  readonly id: string;
+  readonly mesh: string | null;
+  readonly admin: HostPort | null;
+  readonly stateDir: string | null;
+  readonly caFile: string | null;
+}
+
+/** `switchyard agent`: serves until SIGTERM/SIGINT, then drains for up to `timeouts.drain` and exits 0. */
+export async function runAgent(options: RunAgentOptions): Promise<number> {
+  const token = await readToken(options.tokenFile);
+  let caCerts: string[] | null = null;
+  if (options.caFile !== null) {
+    try {
+      caCerts = [await Deno.readTextFile(options.caFile)];
+    } catch (error) {
+      throw new UsageError(`Cannot read --ca-file "${options.caFile}": ${(error as Error).message}`);
+    }
+  }
+  const agent = new Agent({
+    id: options.id,
+    manager: options.manager,
+    token,
+    mesh: options.mesh,
+    stateDir: options.stateDir,
+    tls: caCerts ? { caCerts } : null,
+  });
+  log.info("Agent {agent} starting; manager at {manager}", {
+    agent: options.id,
+    manager: formatHostPort(options.manager),
+  });
+  await agent.start();
+  const admin = options.admin ? startAgentAdmin(agent, options.admin) : null;
+  const stop = Promise.withResolvers<string>();
+  Deno.addSignalListener("SIGINT", () => stop.resolve("SIGINT"));
+  if (Deno.build.os !== "windows") Deno.addSignalListener("SIGTERM", () => stop.resolve("SIGTERM"));
+  const signal = await stop.promise;
+  log.info("{signal}: agent {agent} stops accepting and drains", { signal, agent: options.id });
+  await agent.drain();
+  await admin?.shutdown();
+  log.info("Agent {agent} stopped", { agent: options.id });
+  return 0;
+}
+
+async function readToken(file: string): Promise<string> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(file);
+  } catch (error) {
+    throw new UsageError(`Cannot read --token-file "${file}": ${(error as Error).message}`);
+  }
+  const token = text.trim();
+  if (token === "") throw new UsageError(`Cannot use --token-file "${file}": it is empty`);
+  return token;
+}

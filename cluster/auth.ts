@@ -1,0 +1,55 @@
+/**
+ * Proving the cluster token without sending it: each side sends a random nonce and answers with an
+ * HMAC-SHA256 over both nonces, keyed by the token. Comparison is constant-time.
+ */
+
+const encoder = new TextEncoder();
+
+export function randomNonce(bytes = 16): string {
+  return toBase64(crypto.getRandomValues(new Uint8Array(bytes)));
+}
+
+export function toBase64(bytes: Uint8Array): string {
+  let binary = "";
+  for (const byte of bytes) binary += String.fromCharCode(byte);
+  return btoa(binary);
+}
+
+/** The proof that `role` knows `token`, bound to both nonces and the agent's id. */
+export async function proof(
+  token: string,
+  parts: { role: "agent" | "manager" | "mesh"; agentNonce: string; managerNonce: string; agent: string },
+): Promise<string> {
+  const key = await crypto.subtle.importKey(
+    "raw",
+    encoder.encode(token),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    [
+      "sign",
+    ],
+  );
+  const message = encoder.encode(
+    `switchyard/1\n${parts.role}\n${parts.agent}\n${parts.agentNonce}\n${parts.managerNonce}`,
+  );
+  return toBase64(new Uint8Array(await crypto.subtle.sign("HMAC", key, message)));
+}
+
+/** Compares two strings in time that depends only on their lengths. */
+export function constantTimeEqual(a: string, b: string): boolean {
+  const left = encoder.encode(a);
+  const right = encoder.encode(b);
+  let diff = left.length ^ right.length;
+  for (let i = 0; i < Math.max(left.length, right.length); i++) {
+    diff |= (left[i] ?? 0) ^ (right[i] ?? 0);
+  }
+  return diff === 0;
+}
+
+/** A stable per-cluster seed for flow hashing, derived from the cluster token (so it survives restarts). */
+export async function clusterSeed(token: string): Promise<number> {
+  const digest = new Uint8Array(
+    await crypto.subtle.digest("SHA-256", encoder.encode(`switchyard seed\n${token}`)),
+  );
+  return new DataView(digest.buffer).getUint32(0);
+}

@@ -1,0 +1,39 @@
+/**
+ * Durations as written in the config and on the command line: `250ms`, `2s`, `5m`, `1h`, or a sum of
+ * them such as `1m30s`. Values are carried as milliseconds everywhere inside switchyard.
+ */
+
+const UNIT_MS: Readonly<Record<string, number>> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 };
+const PART = /(\d+(?:\.\d+)?)(ms|s|m|h)/y;
+
+/** Parses a duration such as `250ms`, `2s`, `1.5s`, `5m` or `1m30s` into milliseconds. */
+export function parseDuration(text: string): number {
+  const trimmed = text.trim();
+  if (trimmed === "") {
+    throw new RangeError(`Cannot parse duration "${text}": it is empty`);
+  }
+  let total = 0;
+  PART.lastIndex = 0;
+  while (PART.lastIndex < trimmed.length) {
+    const start = PART.lastIndex;
+    const match = PART.exec(trimmed);
+    if (match === null) {
+      throw new RangeError(
+        `Cannot parse duration "${text}": expected a number and a unit (ms, s, m, h) at "${
+          trimmed.slice(start)
+        }"`,
+      );
+    }
+    total += Number(match[1]) * (UNIT_MS[match[2] as string] as number);
+  }
+  return Math.round(total);
+}
+
+/** Formats milliseconds as the shortest exact duration text: 1500 → `1500ms`, 2000 → `2s`, 300000 → `5m`. */
+export function formatDuration(ms: number): string {
+  if (ms === 0) return "0s";
+  if (ms % 3_600_000 === 0) return `${ms / 3_600_000}h`;
+  if (ms % 60_000 === 0) return `${ms / 60_000}m`;
+  if (ms % 1_000 === 0) return `${ms / 1_000}s`;
+  return `${ms}ms`;
+}

@@ -1,0 +1,238 @@
+/**
+ * Weighted Maglev consistent hashing (Eisenbud et al., "Maglev: A Fast and Reliable Software Network Load
+ * Balancer", NSDI 2016, section 3.4). A table of M slots (M prime) maps each slot to a backend; a flow
+ * hashes to a slot. Each backend walks its own permutation of the slots, derived from its id alone, and
+ * backends take turns claiming their next unclaimed preferred slot, so a change to one backend moves
+ * few slots of the others.
+ *
+ * Weights: the population runs in rounds. In round r a backend of weight w has earned credit
+ * r × w / maxWeight and has taken one slot per whole unit of it, so the heaviest backend takes one slot
+ * every round and the others proportionally fewer. Within a round backends take their turns in id
+ * order. Population stops when the table is full.
+ *
+ * The table depends only on the set of (id, weight) pairs, never on the order the caller lists them in:
+ * backends are processed in id order and the entries hold indexes into the caller's array.
+ */
+
+import { hashString } from "./hash.ts";
+
+/** The table size Maglev recommends for up to a few hundred backends: a prime well above 100 × N. */
+export const DEFAULT_TABLE_SIZE = 65537;
+
+/** The entry of a slot that no backend holds: the table of a service with no backend of weight > 0. */
+export const NO_BACKEND = 0xffff;
+
+/** The most backends one table can index: every index below `NO_BACKEND`. */
+const MAX_BACKENDS = NO_BACKEND;
+
+/** The largest table size accepted (2^24 slots, 32 MiB); far beyond what a service needs. */
+const MAX_TABLE_SIZE = 1 << 24;
+
+/** Seeds of the two hashes that give a backend its permutation; changing them remaps every table. */
+const OFFSET_SEED = 0x4d61676c; // "Magl"
+const SKIP_SEED = 0x65765370; // "evSp"
+
+/** One backend as the table sees it. */
+export interface TableBackend {
+  /** The backend's address, such as `10.0.0.11:80`; its permutation is derived from this. */
+  readonly id: string;
+  /** Relative share of the slots, a finite number ≥ 0; 0 gives the backend no slots. */
+  readonly weight: number;
+}
+
+export interface TableOptions {
+  /** Number of slots, a prime from 2 to 2^24; defaults to `DEFAULT_TABLE_SIZE`. */
+  size?: number;
+}
+
+/**
+ * Builds the lookup table: entry `s` is the index in `backends` of the backend that slot `s` maps to, or
+ * `NO_BACKEND` when no backend has weight > 0. Throws a `RangeError` for a size that is not a prime from
+ * 2 to 2^24, more than 65535 backends, a duplicate id, or a weight that is not a finite number from 0 to
+ * `Number.MAX_SAFE_INTEGER`.
+ */
+export function buildTable(backends: readonly TableBackend[], options: TableOptions = {}): Uint16Array {
+  const size = options.size ?? DEFAULT_TABLE_SIZE;
+  if (!Number.isInteger(size) || size < 2 || size > MAX_TABLE_SIZE || !isPrime(size)) {
+    throw new RangeError(
+      `Cannot build a Maglev table of size ${size}: the size must be a prime from 2 to ${MAX_TABLE_SIZE}`,
+    );
+  }
+  if (backends.length > MAX_BACKENDS) {
+    throw new RangeError(
+      `Cannot build a Maglev table for ${backends.length} backends: at most ${MAX_BACKENDS} fit`,
+    );
+  }
+  for (const backend of backends) {
+    const weight = backend.weight;
+    if (!(weight >= 0 && weight <= Number.MAX_SAFE_INTEGER)) {
+      throw new RangeError(
+        `Cannot build a Maglev table with weight ${weight} for backend "${backend.id}": ` +
+          `the weight must be a number from 0 to ${Number.MAX_SAFE_INTEGER}`,
+      );
+    }
+  }
+
+  // Canonical order: by id, compared by UTF-16 code units so that it is the same on every host.
+  const order = backends.map((_, index) => index);
+  order.sort((a, b) => {
+    const idA = backends[a]!.id;
+    const idB = backends[b]!.id;
+    return idA < idB ? -1 : idA > idB ? 1 : 0;
+  });
+  for (let i = 1; i < order.length; i++) {
+    const id = backends[order[i]!]!.id;
+    if (id === backends[order[i - 1]!]!.id) {
+      throw new RangeError(`Cannot build a Maglev table: backend "${id}" is listed twice`);
+    }
+  }
+
+  const table = new Uint16Array(size).fill(NO_BACKEND);
+  const active = order.filter((index) => backends[index]!.weight > 0);
+  const count = active.length;
+  if (count === 0) return table;
+
+  // Per active backend, in canonical order: its caller index, weight, next preferred slot, skip, and
+  // the round in which it takes its next slot.
+  const callerIndex = new Uint16Array(count);
+  const weight = new Float64Array(count);
+  const next = new Uint32Array(count);
+  const skip = new Uint32Array(count);
+  const taken = new Float64Array(count);
+  const round = new Float64Array(count);
+  let maxWeight = 0;
+  for (let b = 0; b < count; b++) {
+    const backend = backends[active[b]!]!;
+    callerIndex[b] = active[b]!;
+    weight[b] = backend.weight;
+    next[b] = hashString(backend.id, OFFSET_SEED) % size;
+    skip[b] = (hashString(backend.id, SKIP_SEED) % (size - 1)) + 1;
+    if (backend.weight > maxWeight) maxWeight = backend.weight;
+  }
+  // The k-th slot (k ≥ 1) of a backend is taken in the first round whose credit reaches k:
+  // ceil(k × maxWeight / weight). Exact for integer weights; the heaviest backend takes slot k in round k.
+  for (let b = 0; b < count; b++) round[b] = Math.ceil(maxWeight / weight[b]!);
+
+  // A min-heap of backends keyed by (round, canonical position) yields the turns in order without
+  // visiting every backend every round, so very uneven weights cost no more than even ones.
+  const heap = new Uint32Array(count);
+  for (let b = 0; b < count; b++) heap[b] = b;
+  const comesFirst = (a: number, b: number): boolean =>
+    round[a]! < round[b]! || (round[a] === round[b] && a < b);
+  const siftDown = (from: number): void => {
+    let at = from;
+    const item = heap[at]!;
+    for (;;) {
+      const left = 2 * at + 1;
+      if (left >= count) break;
+      const right = left + 1;
+      const child = right < count && comesFirst(heap[right]!, heap[left]!) ? right : left;
+      if (!comesFirst(heap[child]!, item)) break;
+      heap[at] = heap[child]!;
+      at = child;
+    }
+    heap[at] = item;
+  };
+  for (let at = (count >> 1) - 1; at >= 0; at--) siftDown(at);
+
+  for (let filled = 0; filled < size; filled++) {
+    const b = heap[0]!;
+    const step = skip[b]!;
+    let slot = next[b]!;
+    while (table[slot] !== NO_BACKEND) {
+      slot += step;
+      if (slot >= size) slot -= size;
+    }
+    table[slot] = callerIndex[b]!;
+    slot += step;
+    next[b] = slot >= size ? slot - size : slot;
+    const done = taken[b]! + 1;
+    taken[b] = done;
+    round[b] = Math.ceil(((done + 1) * maxWeight) / weight[b]!);
+    siftDown(0);
+  }
+  return table;
+}
+
+/**
+ * The distinct backend indexes met walking `table` forward from `slot` (wrapping), in order of first
+ * appearance, skipping `NO_BACKEND`; at most `limit` of them, and none past one full lap. The first is
+ * the slot's own backend; the rest are the ones to try when it refuses a connection.
+ */
+export function candidates(table: Uint16Array, slot: number, limit: number): number[] {
+  const size = table.length;
+  if (!Number.isInteger(limit) || limit < 0) {
+    throw new RangeError(`Cannot list candidates up to limit ${limit}: the limit must be an integer ≥ 0`);
+  }
+  if (size === 0 || limit === 0) return [];
+  if (!Number.isInteger(slot) || slot < 0 || slot >= size) {
+    throw new RangeError(`Cannot list candidates from slot ${slot}: the table has slots 0 to ${size - 1}`);
+  }
+  const found: number[] = [];
+  let at = slot;
+  for (let seen = 0; seen < size; seen++) {
+    const index = table[at]!;
+    if (index !== NO_BACKEND && !found.includes(index)) {
+      found.push(index);
+      if (found.length === limit) break;
+    }
+    at = at + 1 === size ? 0 : at + 1;
+  }
+  return found;
+}
+
+/**
+ * How many slots map to a different backend id in `after` than in `before`. `beforeIds[i]` is the id of
+ * index `i` in `before`, likewise for `after`; `NO_BACKEND` counts as an id of its own. Throws a
+ * `RangeError` if the tables differ in size or an entry has no id.
+ */
+export function slotsMoved(
+  before: Uint16Array,
+  beforeIds: readonly string[],
+  after: Uint16Array,
+  afterIds: readonly string[],
+): number {
+  if (before.length !== after.length) {
+    throw new RangeError(
+      `Cannot compare Maglev tables of ${before.length} and ${after.length} slots: the sizes must match`,
+    );
+  }
+  // Give every id one number shared by both tables, then compare numbers slot by slot.
+  const numbers = new Map<string, number>();
+  const numberOf = (id: string): number => {
+    let n = numbers.get(id);
+    if (n === undefined) {
+      n = numbers.size;
+      numbers.set(id, n);
+    }
+    return n;
+  };
+  const beforeNumbers = beforeIds.map(numberOf);
+  const afterNumbers = afterIds.map(numberOf);
+  const idNumber = (numbersOfTable: number[], index: number, slot: number): number => {
+    if (index === NO_BACKEND) return -1;
+    const n = numbersOfTable[index];
+    if (n === undefined) {
+      throw new RangeError(
+        `Cannot compare Maglev tables: slot ${slot} holds index ${index} but only ${numbersOfTable.length} ids were given`,
+      );
+    }
+    return n;
+  };
+  let moved = 0;
+  for (let slot = 0; slot < before.length; slot++) {
+    const a = before[slot]!;
+    const b = after[slot]!;
+    if (idNumber(beforeNumbers, a, slot) !== idNumber(afterNumbers, b, slot)) moved++;
+  }
+  return moved;
+}
+
+function isPrime(n: number): boolean {
+  if (n < 2) return false;
+  if (n % 2 === 0) return n === 2;
+  for (let d = 3; d * d <= n; d += 2) {
+    if (n % d === 0) return false;
+  }
+  return true;
+}

@@ -1,0 +1,203 @@
+/**
+ * The cluster protocol spoken between the manager and its agents on the cluster port: length-prefixed
+ * JSON frames (4-byte big-endian length, then UTF-8 JSON), versioned, bounded in size, and every message
+ * validated before it is acted on. A peer that sends anything else is refused and disconnected.
+ *
+ * Handshake: agent `hello` (its nonce) → manager `challenge` (its nonce and its proof) → agent `auth`
+ * (its proof) → manager `welcome` and `state`. Proofs are HMAC-SHA256 of both nonces under the cluster
+ * token, so the token itself never crosses the wire and each side proves it to the other.
+ */
+import { z } from "zod";
+
+export const PROTOCOL_VERSION = 1;
+/** No frame may be larger than this; a peer announcing more is cut off. */
+export const MAX_FRAME_BYTES = 16 * 1024 * 1024;
+
+const base64 = z.string().regex(/^[A-Za-z0-9+/]*={0,2}$/, "Expected base64");
+const id = z.string().min(1).max(128);
+const counter = z.number().int().nonnegative();
+
+export const BackendSpecSchema = z.object({
+  id: z.string().min(1).max(300),
+  host: z.string().min(1).max(255),
+  port: z.number().int().min(1).max(65535),
+  weight: z.number().nonnegative(),
+  state: z.enum(["up", "draining", "down"]),
+});
+export type BackendSpec = z.infer<typeof BackendSpecSchema>;
+
+export const ServiceSpecSchema = z.object({
+  name: id,
+  listen: z.object({ host: z.string().min(1), port: z.number().int().min(1).max(65535) }),
+  decide: z.enum(["manager", "agent"]),
+  decisionTimeoutMs: counter,
+  handoff: z.enum(["claimant", "local"]),
+  affinity: z.object({ key: z.enum(["none", "client_ip"]), ttlMs: counter }),
+  proxyProtocol: z.enum(["none", "v1", "v2"]),
+  timeouts: z.object({ connectMs: counter, idleMs: counter, drainMs: counter }),
+  maxConnections: z.number().int().positive(),
+  backends: z.array(BackendSpecSchema).max(65535),
+  /** The Maglev table: little-endian uint16 backend indexes, base64. */
+  table: base64,
+});
+export type ServiceSpec = z.infer<typeof ServiceSpecSchema>;
+
+export const AgentSpecSchema = z.object({ id, mesh: z.string().nullable() });
+export type AgentSpec = z.infer<typeof AgentSpecSchema>;
+
+/** Everything an agent needs to serve alone: pushed on every change, acknowledged, persisted. */
+export const ClusterStateSchema = z.object({
+  version: counter,
+  epoch: z.string().min(1).max(64),
+  seed: z.number().int().min(0).max(0xffffffff),
+  heartbeatMs: z.number().int().positive(),
+  services: z.array(ServiceSpecSchema).max(10_000),
+  agents: z.array(AgentSpecSchema).max(10_000),
+});
+export type ClusterState = z.infer<typeof ClusterStateSchema>;
+
+export const ConnectionCountsSchema = z.object({ served: counter, handed_off: counter, open: counter });
+export type ConnectionCounts = z.infer<typeof ConnectionCountsSchema>;
+
+const AgentMessage = z.discriminatedUnion("type", [
+  z.object({ type: z.literal("hello"), version: z.number().int(), agent: id, nonce: base64 }).strict(),
+  z.object({ type: z.literal("auth"), proof: base64, mesh: z.string().max(300).nullable() }).strict(),
+  z.object({ type: z.literal("ack"), version: counter }).strict(),
+  z.object({
+    type: z.literal("heartbeat"),
+    connections: ConnectionCountsSchema,
+    /** Open connections per backend this agent serves right now. */
+    backends: z.array(z.object({ service: id, backend: z.string().max(300), open: counter })).max(100_000),
+  }).strict(),
+  z.object({
+    type: z.literal("connect_failures"),
+    failures: z.array(z.object({ service: id, backend: z.string().max(300), count: counter })).max(10_000),
+  }).strict(),
+]);
+export type AgentMessage = z.infer<typeof AgentMessage>;
+
+const ManagerMessage = z.discriminatedUnion("type", [
+  z.object({ type: z.literal("challenge"), version: z.number().int(), nonce: base64, proof: base64 })
+    .strict(),
+  z.object({ type: z.literal("welcome"), heartbeatMs: z.number().int().positive() }).strict(),
+  z.object({ type: z.literal("state"), state: ClusterStateSchema }).strict(),
+  z.object({ type: z.literal("heartbeat") }).strict(),
+  z.object({ type: z.literal("error"), error: z.string().max(1000) }).strict(),
+]);
+export type ManagerMessage = z.infer<typeof ManagerMessage>;
+
+/** A frame or message that breaks the protocol; the connection that sent it is closed. */
+export class ProtocolError extends Error {
+  override readonly name = "ProtocolError";
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder("utf-8", { fatal: true });
+
+/** Encodes one message as a frame: 4-byte big-endian length, then the JSON. */
+export function encodeFrame(message: AgentMessage | ManagerMessage): Uint8Array {
+  const body = encoder.encode(JSON.stringify(message));
+  if (body.length > MAX_FRAME_BYTES) {
+    throw new ProtocolError(`Cannot send a ${body.length}-byte frame: the limit is ${MAX_FRAME_BYTES}`);
+  }
+  const frame = new Uint8Array(4 + body.length);
+  new DataView(frame.buffer).setUint32(0, body.length);
+  frame.set(body, 4);
+  return frame;
+}
+
+function parseBody<T>(schema: z.ZodType<T>, body: Uint8Array): T {
+  let json: unknown;
+  try {
+    json = JSON.parse(decoder.decode(body));
+  } catch (error) {
+    throw new ProtocolError(`Cannot parse frame: ${(error as Error).message}`);
+  }
+  const result = schema.safeParse(json);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    const where = issue?.path.length ? ` at ${issue.path.join(".")}` : "";
+    throw new ProtocolError(`Cannot accept message${where}: ${issue?.message ?? "invalid"}`);
+  }
+  return result.data;
+}
+
+export function parseAgentMessage(body: Uint8Array): AgentMessage {
+  return parseBody(AgentMessage, body);
+}
+
+export function parseManagerMessage(body: Uint8Array): ManagerMessage {
+  return parseBody(ManagerMessage, body);
+}
+
+/**
+ * Splits a byte stream into frame bodies. Feed it what `read` returned; it yields each complete body.
+ * A frame announcing more than `maxBytes` is a `ProtocolError` before any of it is buffered.
+ */
+export class FrameDecoder {
+  #buffer = new Uint8Array(64 * 1024);
+  #length = 0;
+  readonly #maxBytes: number;
+
+  constructor(maxBytes = MAX_FRAME_BYTES) {
+    this.#maxBytes = maxBytes;
+  }
+
+  *push(chunk: Uint8Array): Generator<Uint8Array> {
+    this.#append(chunk);
+    let offset = 0;
+    while (this.#length - offset >= 4) {
+      const view = new DataView(this.#buffer.buffer, this.#buffer.byteOffset + offset, 4);
+      const size = view.getUint32(0);
+      if (size > this.#maxBytes) {
+        throw new ProtocolError(`Cannot accept a ${size}-byte frame: the limit is ${this.#maxBytes}`);
+      }
+      if (this.#length - offset - 4 < size) break;
+      yield this.#buffer.slice(offset + 4, offset + 4 + size);
+      offset += 4 + size;
+    }
+    if (offset > 0) {
+      this.#buffer.copyWithin(0, offset, this.#length);
+      this.#length -= offset;
+    }
+  }
+
+  #append(chunk: Uint8Array): void {
+    if (this.#length + chunk.length > this.#buffer.length) {
+      const grown = new Uint8Array(Math.max(this.#buffer.length * 2, this.#length + chunk.length));
+      grown.set(this.#buffer.subarray(0, this.#length));
+      this.#buffer = grown;
+    }
+    this.#buffer.set(chunk, this.#length);
+    this.#length += chunk.length;
+  }
+}
+
+/** Encodes a Maglev table (uint16 entries) for the wire. */
+export function encodeTable(table: Uint16Array): string {
+  const bytes = new Uint8Array(table.length * 2);
+  const view = new DataView(bytes.buffer);
+  table.forEach((entry, index) => view.setUint16(index * 2, entry, true));
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(binary);
+}
+
+/** Decodes a table from the wire; its size must be odd and its entries must point at known backends. */
+export function decodeTable(text: string, backendCount: number): Uint16Array {
+  const binary = atob(text);
+  if (binary.length % 2 !== 0 || binary.length < 2) {
+    throw new ProtocolError(`Cannot decode table: ${binary.length} bytes is not a whole number of entries`);
+  }
+  const table = new Uint16Array(binary.length / 2);
+  for (let i = 0; i < table.length; i++) {
+    const entry = binary.charCodeAt(i * 2) | (binary.charCodeAt(i * 2 + 1) << 8);
+    if (entry !== 0xffff && entry >= backendCount) {
+      throw new ProtocolError(`Cannot decode table: slot ${i} points at backend ${entry} of ${backendCount}`);
+    }
+    table[i] = entry;
+  }
+  return table;
+}

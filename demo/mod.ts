@@ -1,0 +1,2 @@
+export { type Demo, runDemo, startDemo } from "./demo.ts";
+export { type DemoBackend, startDemoBackend } from "./backend.ts";

@@ -1,0 +1,258 @@
+/**
+ * The cluster port: agents connect here, prove the cluster token, receive the cluster state and every
+ * change to it, and send heartbeats. An agent that misses three heartbeats is dropped. A peer that fails
+ * the handshake or sends a bad frame is logged and disconnected, and nothing changes.
+ */
+import { constantTimeEqual, proof, randomNonce } from "../cluster/auth.ts";
+import { Channel } from "../cluster/channel.ts";
+import { logger } from "../cluster/log.ts";
+import {
+  type AgentMessage,
+  type ConnectionCounts,
+  encodeFrame,
+  type ManagerMessage,
+  parseAgentMessage,
+  PROTOCOL_VERSION,
+} from "../cluster/protocol.ts";
+import type { ClusterModel } from "./state.ts";
+
+const log = logger("manager", "cluster");
+
+/** How long a new peer has to finish the handshake. */
+export const HANDSHAKE_TIMEOUT_MS = 5_000;
+/** An agent is gone after this many missed heartbeats. */
+export const MISSED_HEARTBEATS = 3;
+
+export interface AgentSession {
+  readonly id: string;
+  readonly mesh: string | null;
+  readonly remote: string;
+  readonly joinedAt: number;
+  lastHeartbeat: number;
+  ackedVersion: number;
+  connections: ConnectionCounts;
+}
+
+type AgentChannel = Channel<AgentMessage, ManagerMessage>;
+
+export class ClusterServer {
+  readonly #model: ClusterModel;
+  readonly #token: () => string;
+  readonly #listener: Deno.Listener;
+  readonly #sessions = new Map<string, { session: AgentSession; channel: AgentChannel }>();
+  readonly #pending = new Set<AgentChannel>();
+  readonly #sweep: ReturnType<typeof setInterval>;
+  readonly #unsubscribe: () => void;
+  #accepting: Promise<void>;
+  #pushScheduled = false;
+
+  constructor(model: ClusterModel, listener: Deno.Listener, options: { token: () => string }) {
+    this.#model = model;
+    this.#token = options.token;
+    this.#listener = listener;
+    this.#unsubscribe = model.onChange(() => this.#schedulePush());
+    this.#sweep = setInterval(
+      () => this.#dropSilentAgents(),
+      Math.max(50, model.config.agents.heartbeatMs / 2),
+    );
+    this.#accepting = this.#acceptLoop();
+  }
+
+  get addr(): Deno.NetAddr {
+    return this.#listener.addr as Deno.NetAddr;
+  }
+
+  agents(): AgentSession[] {
+    return [...this.#sessions.values()].map((entry) => entry.session).sort((a, b) =>
+      a.id.localeCompare(b.id)
+    );
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.#sweep);
+    this.#unsubscribe();
+    try {
+      this.#listener.close();
+    } catch {
+      // already closed
+    }
+    for (const channel of this.#pending) channel.close();
+    for (const { channel } of this.#sessions.values()) channel.close();
+    await this.#accepting;
+  }
+
+  async #acceptLoop(): Promise<void> {
+    const serving: Promise<void>[] = [];
+    try {
+      for await (const conn of this.#listener) {
+        const channel: AgentChannel = new Channel(conn, { parse: parseAgentMessage, encode: encodeFrame });
+        const task = this.#serve(channel).finally(() => {
+          serving.splice(serving.indexOf(task), 1);
+        });
+        serving.push(task);
+      }
+    } catch (error) {
+      if (!(error instanceof Deno.errors.BadResource)) {
+        log.error("Cluster listener failed: {error}", { error });
+      }
+    }
+    await Promise.allSettled(serving);
+  }
+
+  async #serve(channel: AgentChannel): Promise<void> {
+    const remote = formatAddr(channel.remoteAddr);
+    this.#pending.add(channel);
+    const timer = setTimeout(() => {
+      log.warn("Peer {remote} did not finish the handshake in time; closing", { remote });
+      channel.close();
+    }, HANDSHAKE_TIMEOUT_MS);
+    let agentId: string | null = null;
+    try {
+      const messages = channel.messages();
+      const hello = await nextMessage(messages);
+      if (hello?.type !== "hello") {
+        throw new HandshakeError(`expected hello, got ${hello?.type ?? "nothing"}`);
+      }
+      if (hello.version !== PROTOCOL_VERSION) {
+        throw new HandshakeError(`protocol version ${hello.version} is not ${PROTOCOL_VERSION}`);
+      }
+      const managerNonce = randomNonce();
+      const parts = { agentNonce: hello.nonce, managerNonce, agent: hello.agent };
+      await channel.send({
+        type: "challenge",
+        version: PROTOCOL_VERSION,
+        nonce: managerNonce,
+        proof: await proof(this.#token(), { role: "manager", ...parts }),
+      });
+      const auth = await nextMessage(messages);
+      if (auth?.type !== "auth") throw new HandshakeError(`expected auth, got ${auth?.type ?? "nothing"}`);
+      const expected = await proof(this.#token(), { role: "agent", ...parts });
+      if (!constantTimeEqual(auth.proof, expected)) throw new HandshakeError("wrong cluster token");
+      clearTimeout(timer);
+      this.#pending.delete(channel);
+
+      agentId = hello.agent;
+      const existing = this.#sessions.get(agentId);
+      if (existing) {
+        log.info("Agent {agent} reconnected from {remote}; closing its old session", {
+          agent: agentId,
+          remote,
+        });
+        this.#sessions.delete(agentId);
+        existing.channel.close();
+      }
+      const now = performance.now();
+      const session: AgentSession = {
+        id: agentId,
+        mesh: auth.mesh,
+        remote,
+        joinedAt: Date.now(),
+        lastHeartbeat: now,
+        ackedVersion: -1,
+        connections: { served: 0, handed_off: 0, open: 0 },
+      };
+      this.#sessions.set(agentId, { session, channel });
+      log.info("Agent {agent} joined from {remote}", { agent: agentId, remote, mesh: auth.mesh });
+      await channel.send({ type: "welcome", heartbeatMs: this.#model.config.agents.heartbeatMs });
+      this.#publishAgents();
+      await channel.send({ type: "state", state: this.#model.snapshot() });
+
+      for await (const message of messages) {
+        this.#handle(session, channel, message);
+      }
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      if (agentId === null) {
+        log.warn("Refused peer {remote}: {reason}", { remote, reason });
+        const message = error instanceof HandshakeError ? `Refused: ${reason}` : reason;
+        await channel.send({ type: "error", error: message }).catch(() => {});
+      } else if (!channel.closed) {
+        log.warn("Closing agent {agent} at {remote}: {reason}", {
+          agent: agentId ?? "(unauthenticated)",
+          remote,
+          reason,
+        });
+        await channel.send({ type: "error", error: reason }).catch(() => {});
+      }
+    } finally {
+      clearTimeout(timer);
+      this.#pending.delete(channel);
+      channel.close();
+      if (agentId !== null && this.#sessions.get(agentId)?.channel === channel) {
+        this.#sessions.delete(agentId);
+        this.#model.forgetAgent(agentId);
+        log.info("Agent {agent} left", { agent: agentId });
+        this.#publishAgents();
+      }
+    }
+  }
+
+  #handle(session: AgentSession, channel: AgentChannel, message: AgentMessage): void {
+    switch (message.type) {
+      case "heartbeat":
+        session.lastHeartbeat = performance.now();
+        session.connections = message.connections;
+        this.#model.reportOpen(session.id, message.backends);
+        channel.send({ type: "heartbeat" }).catch(() => channel.close());
+        break;
+      case "ack":
+        session.ackedVersion = message.version;
+        break;
+      case "connect_failures":
+        for (const failure of message.failures) {
+          log.debug("Agent {agent} could not connect to {backend} of {service} {count} times", {
+            agent: session.id,
+            ...failure,
+          });
+        }
+        break;
+      default:
+        throw new Error(`Unexpected ${message.type} after the handshake`);
+    }
+  }
+
+  #dropSilentAgents(): void {
+    const limit = this.#model.config.agents.heartbeatMs * MISSED_HEARTBEATS;
+    const now = performance.now();
+    for (const { session, channel } of this.#sessions.values()) {
+      if (now - session.lastHeartbeat > limit) {
+        log.warn("Agent {agent} missed {count} heartbeats; dropping it", {
+          agent: session.id,
+          count: MISSED_HEARTBEATS,
+        });
+        channel.close();
+      }
+    }
+  }
+
+  #publishAgents(): void {
+    this.#model.setAgents(this.agents().map((session) => ({ id: session.id, mesh: session.mesh })));
+  }
+
+  /** Coalesces bursts of changes into one push per tick. */
+  #schedulePush(): void {
+    if (this.#pushScheduled) return;
+    this.#pushScheduled = true;
+    queueMicrotask(() => {
+      this.#pushScheduled = false;
+      const state = this.#model.snapshot();
+      for (const { channel } of this.#sessions.values()) {
+        channel.send({ type: "state", state }).catch(() => channel.close());
+      }
+    });
+  }
+}
+
+class HandshakeError extends Error {}
+
+async function nextMessage<T>(messages: AsyncGenerator<T>): Promise<T | undefined> {
+  const next = await messages.next();
+  return next.done ? undefined : next.value;
+}
+
+export function formatAddr(addr: Deno.Addr): string {
+  if (addr.transport === "tcp" || addr.transport === "udp") {
+    return addr.hostname.includes(":") ? `[${addr.hostname}]:${addr.port}` : `${addr.hostname}:${addr.port}`;
+  }
+  return addr.transport;
+}
