@@ -28,7 +28,7 @@ export type BackendSpec = z.infer<typeof BackendSpecSchema>;
 
 export const ServiceSpecSchema = z.object({
   name: id,
-  listen: z.object({ host: z.string().min(1), port: z.number().int().min(1).max(65535) }),
+  listen: z.object({ host: z.string().min(1), port: z.number().int().min(0).max(65535) }),
   decide: z.enum(["manager", "agent"]),
   decisionTimeoutMs: counter,
   handoff: z.enum(["claimant", "local"]),

@@ -2,9 +2,9 @@
  * Helpers of the end-to-end tests: start switchyard's roles as real processes (`deno run main.ts …`), read
  * their JSON log lines, and talk TCP to them. Every process is killed and awaited by the test that made it.
  */
-import { fromFileUrl } from "node:path";
+import { fileURLToPath } from "node:url";
 
-export const MAIN = fromFileUrl(new URL("../main.ts", import.meta.url));
+export const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
 const decoder = new TextDecoder();
 
 export interface LogLine {

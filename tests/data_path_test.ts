@@ -1,0 +1,219 @@
+/**
+ * The data path end to end: a manager and an agent as real processes, test backends on port 0, and TCP
+ * clients. Bytes must arrive unchanged both ways with half-close, a refusing backend must be skipped
+ * before any byte is sent, and limits and timeouts must hold.
+ */
+import assert from "node:assert/strict";
+import {
+  eventually,
+  type Proc,
+  randomBytes,
+  readAll,
+  startAgentProcess,
+  startManagerProcess,
+  writeAll,
+} from "./_helpers.ts";
+
+const TOKEN = "test-cluster-token-0123456789";
+
+interface Cluster {
+  manager: Proc;
+  agent: Proc;
+  port: number;
+  dir: string;
+  admin: string;
+  close(): Promise<void>;
+}
+
+async function startCluster(backends: string[], service: Record<string, unknown> = {}): Promise<Cluster> {
+  const dir = await Deno.makeTempDir({ prefix: "switchyard-test-" });
+  await Deno.writeTextFile(`${dir}/cluster.token`, TOKEN);
+  const config = {
+    manager: {
+      admin: "127.0.0.1:0",
+      cluster: "127.0.0.1:0",
+      tokens: { admin: "test-admin-token-0123456789", cluster: { file: "cluster.token" } },
+    },
+    services: [{
+      name: "svc",
+      listen: "127.0.0.1:0",
+      decide: "agent",
+      backends: backends.map((address) => ({ address, weight: 100 })),
+      ...service,
+    }],
+  };
+  const manager = await startManagerProcess(dir, JSON.stringify(config));
+  const agent = await startAgentProcess({
+    manager: manager.cluster,
+    tokenFile: `${dir}/cluster.token`,
+    id: "agent-1",
+    service: "svc",
+  });
+  return {
+    manager: manager.proc,
+    agent: agent.proc,
+    port: agent.port,
+    dir,
+    admin: manager.admin,
+    async close() {
+      await agent.proc.stop();
+      await manager.proc.stop();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+/** A backend that, per connection, reads everything the client sends while sending `reply`, in an order the test picks. */
+function startBackend(handler: (conn: Deno.TcpConn) => Promise<void>) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const handlers: Promise<void>[] = [];
+  const accepting = (async () => {
+    for await (const conn of listener) handlers.push(handler(conn).finally(() => conn.close()));
+  })();
+  return {
+    address: `127.0.0.1:${listener.addr.port}`,
+    async close() {
+      listener.close();
+      await accepting.catch(() => {});
+      await Promise.allSettled(handlers);
+    },
+  };
+}
+
+Deno.test("1 MiB of random bytes each way arrives unchanged, client half-closing first", async () => {
+  const up = randomBytes(1024 * 1024);
+  const down = randomBytes(1024 * 1024);
+  let received: Uint8Array | null = null;
+  const backend = startBackend(async (conn) => {
+    // Read the whole upload first (the client has half-closed), then answer: the reply can only
+    // arrive if the agent kept the client's read side open after the client's FIN.
+    received = await readAll(conn);
+    await writeAll(conn, down);
+    await conn.closeWrite();
+  });
+  const cluster = await startCluster([backend.address]);
+  try {
+    const client = await Deno.connect({ hostname: "127.0.0.1", port: cluster.port });
+    await writeAll(client, up);
+    await client.closeWrite();
+    const reply = await readAll(client);
+    client.close();
+    assert.equal(reply.length, down.length);
+    assert.deepEqual(reply, down);
+    assert.ok(received !== null);
+    assert.deepEqual(received, up);
+  } finally {
+    await cluster.close();
+    await backend.close();
+  }
+});
+
+Deno.test("1 MiB of random bytes each way arrives unchanged, backend half-closing first", async () => {
+  const up = randomBytes(1024 * 1024);
+  const down = randomBytes(1024 * 1024);
+  const uploads: Promise<Uint8Array>[] = [];
+  const backend = startBackend(async (conn) => {
+    // Send everything and half-close before reading a byte: the client must still be able to upload.
+    const reading = readAll(conn);
+    uploads.push(reading);
+    await writeAll(conn, down);
+    await conn.closeWrite();
+    await reading;
+  });
+  const cluster = await startCluster([backend.address]);
+  try {
+    const client = await Deno.connect({ hostname: "127.0.0.1", port: cluster.port });
+    const reply = await readAll(client); // ends at the backend's FIN, passed on by the agent
+    assert.deepEqual(reply, down);
+    await writeAll(client, up); // the other direction is still open
+    await client.closeWrite();
+    await eventually(() => uploads.length === 1, 5_000, "the backend to see the connection");
+    assert.deepEqual(await uploads[0], up);
+    client.close();
+  } finally {
+    await cluster.close();
+    await backend.close();
+  }
+});
+
+Deno.test("a backend that refuses connections is skipped without the client noticing", async () => {
+  const names: string[] = [];
+  const alive = startBackend(async (conn) => {
+    names.push("alive");
+    await writeAll(conn, new TextEncoder().encode("alive\n"));
+  });
+  // Port 1 on loopback: nothing listens there, so every connect is refused at once.
+  const cluster = await startCluster(["127.0.0.1:1", alive.address]);
+  try {
+    for (let i = 0; i < 100; i++) {
+      const client = await Deno.connect({ hostname: "127.0.0.1", port: cluster.port });
+      const reply = new TextDecoder().decode(await readAll(client));
+      client.close();
+      assert.equal(reply, "alive\n", `connection ${i} got ${JSON.stringify(reply)}`);
+    }
+    assert.equal(names.length, 100);
+    // About half the flows hash to the dead backend first; each of those was retried on the other.
+    const retried = cluster.agent.logs.filter((line) =>
+      line.message.includes("failed") && line.properties.backend === "127.0.0.1:1"
+    );
+    assert.ok(retried.length > 20, `expected many retries, saw ${retried.length}`);
+  } finally {
+    await cluster.close();
+    await alive.close();
+  }
+});
+
+Deno.test("an idle connection is closed after timeouts.idle", async () => {
+  const backend = startBackend(async (conn) => {
+    await readAll(conn);
+  });
+  const cluster = await startCluster([backend.address], {
+    timeouts: { idle: "500ms", connect: "1s", drain: "1s" },
+  });
+  try {
+    const client = await Deno.connect({ hostname: "127.0.0.1", port: cluster.port });
+    const started = performance.now();
+    const buffer = new Uint8Array(16);
+    const n = await client.read(buffer); // nothing is ever sent: the agent must close the connection
+    const elapsed = performance.now() - started;
+    client.close();
+    assert.equal(n, null);
+    assert.ok(elapsed >= 400 && elapsed < 3_000, `closed after ${elapsed.toFixed(0)} ms`);
+  } finally {
+    await cluster.close();
+    await backend.close();
+  }
+});
+
+Deno.test("connections beyond limits.max_connections are closed at once", async () => {
+  let accepted = 0;
+  const backend = startBackend(async (conn) => {
+    accepted++;
+    const buffer = new Uint8Array(1024);
+    for (;;) {
+      const n = await conn.read(buffer);
+      if (n === null) break;
+      await writeAll(conn, buffer.subarray(0, n));
+    }
+  });
+  const cluster = await startCluster([backend.address], { limits: { max_connections: 3 } });
+  try {
+    const held: Deno.Conn[] = [];
+    for (let i = 0; i < 3; i++) held.push(await Deno.connect({ hostname: "127.0.0.1", port: cluster.port }));
+    await eventually(() => accepted === 3, 5_000, "three connections to reach the backend");
+    const extra = await Deno.connect({ hostname: "127.0.0.1", port: cluster.port });
+    const n = await extra.read(new Uint8Array(1)).catch(() => null);
+    extra.close();
+    assert.equal(n, null, "the fourth connection must be closed without a byte");
+    assert.equal(accepted, 3);
+    for (const conn of held) {
+      await writeAll(conn, new Uint8Array([7]));
+      const echo = new Uint8Array(1);
+      assert.equal(await conn.read(echo), 1, "the held connections keep working");
+      conn.close();
+    }
+  } finally {
+    await cluster.close();
+    await backend.close();
+  }
+});

@@ -1,0 +1,46 @@
+/** `switchyard demo` as a user runs it: one command, then curl. */
+import assert from "node:assert/strict";
+import { httpGet, Proc } from "./_helpers.ts";
+
+// The demo's documented ports are 8080 and 9090; the test moves them (--listen, --admin) below the
+// ephemeral range so that a demo someone left running does not collide with it.
+const LISTEN = "127.0.0.1:18080";
+const ADMIN = "127.0.0.1:19090";
+
+Deno.test("the demo serves web from all three demo backends over 300 connections, and stops on SIGINT", async () => {
+  const demo = new Proc(["demo", "--listen", LISTEN, "--admin", ADMIN, "--duration", "120"]);
+  try {
+    await demo.waitForStdout("Press Ctrl-C", 30_000);
+    const counts = new Map<string, number>();
+    for (let i = 0; i < 300; i++) {
+      const name = (await httpGet(18080)).trim();
+      counts.set(name, (counts.get(name) ?? 0) + 1);
+    }
+    assert.deepEqual([...counts.keys()].sort(), ["demo-a", "demo-b", "demo-c"]);
+    for (const [name, count] of counts) assert.ok(count > 50, `${name} answered ${count} of 300`);
+
+    const token = /Admin token:\s+(\S+)/.exec(demo.stdout)?.[1];
+    assert.ok(token, "the demo prints its admin token");
+    const health = await fetch(`http://${ADMIN}/healthz`);
+    assert.equal(health.status, 200);
+    await health.body?.cancel();
+    const unauthorized = await fetch(`http://${ADMIN}/v1/services`);
+    assert.equal(unauthorized.status, 401);
+    await unauthorized.body?.cancel();
+    const services =
+      await (await fetch(`http://${ADMIN}/v1/services`, { headers: { authorization: `Bearer ${token}` } }))
+        .json() as { services: Array<{ name: string; backends: unknown[] }> };
+    assert.equal(services.services[0]?.name, "web");
+    assert.equal(services.services[0]?.backends.length, 3);
+    const agents =
+      await (await fetch(`http://${ADMIN}/v1/agents`, { headers: { authorization: `Bearer ${token}` } }))
+        .json() as { agents: Array<{ id: string }> };
+    assert.deepEqual(agents.agents.map((agent) => agent.id), ["demo-agent-1", "demo-agent-2"]);
+
+    demo.kill("SIGINT");
+    const status = await demo.status();
+    assert.equal(status.code, 0);
+  } finally {
+    await demo.stop();
+  }
+});
