@@ -155,9 +155,9 @@ const COMMANDS: Readonly<Record<string, Command>> = {
   },
 };
 
-function address(flag: string, text: string) {
+function address(flag: string, text: string, options: { anyPort?: boolean } = {}) {
   try {
-    return parseHostPort(text);
+    return parseHostPort(text, options);
   } catch (error) {
     throw new UsageError(`Cannot use --${flag}: ${(error as Error).message}`);
   }
@@ -165,12 +165,11 @@ function address(flag: string, text: string) {
 
 function agentFlags(flags: Flags) {
   const manager = address("manager", flags.manager as string);
-  if (flags.mesh !== undefined) address("mesh", flags.mesh as string);
   return {
     manager,
     tokenFile: flags["token-file"] as string,
     id: (flags.id as string | undefined) ?? `${Deno.hostname()}-${Deno.pid}`,
-    mesh: (flags.mesh as string | undefined) ?? null,
+    mesh: flags.mesh === undefined ? null : address("mesh", flags.mesh as string, { anyPort: true }),
     admin: flags.admin === undefined ? null : address("admin", flags.admin as string),
     stateDir: (flags["state-dir"] as string | undefined) ?? null,
     caFile: (flags["ca-file"] as string | undefined) ?? null,

@@ -4,13 +4,18 @@
  * connection's 5-tuple, and the byte pump. The manager only ever changes the state the agent serves
  * from; the per-connection path never waits for it, and the last state is kept on disk.
  */
-import { formatHostPort, type HostPort } from "../cluster/address.ts";
-import { hashFlowKey } from "../cluster/flow_key.ts";
+import { formatHostPort, type HostPort, parseHostPort } from "../cluster/address.ts";
+import { TokenSigner } from "../cluster/auth.ts";
+import { claimBucket, claimOwners } from "../cluster/claims.ts";
+import { hashClientIp, hashFlowKey } from "../cluster/flow_key.ts";
 import { logger } from "../cluster/log.ts";
 import { candidates } from "../cluster/maglev.ts";
-import { type ClusterState, decodeTable, type ServiceSpec } from "../cluster/protocol.ts";
+import { type AgentSpec, type ClusterState, decodeTable, type ServiceSpec } from "../cluster/protocol.ts";
+import { encodeProxyHeader, type ProxyAddress } from "../cluster/proxy_protocol.ts";
+import { AffinityCache } from "./affinity.ts";
 import { connectBackend } from "./connect.ts";
 import { type LinkReport, ManagerLink } from "./manager_link.ts";
+import { encodeMeshHeader, type HandedOffFlow, MeshServer } from "./mesh.ts";
 import { coarseClock, pump, type PumpStats } from "./pump.ts";
 import { loadState, saveState } from "./state_store.ts";
 
@@ -24,14 +29,24 @@ export const AGENT_DEFAULTS = {
   sweepMs: 250,
   /** How long a draining agent waits when no service gives `timeouts.drain`. */
   drainMs: 30_000,
+  /** Longest wait to connect to a claimant's mesh port before serving the flow here. */
+  meshConnectMs: 1_000,
+  /** Open-connection counts are sent to the manager at most this often. */
+  openCountsBatchMs: 25,
 } as const;
+
+/** The original endpoints of a flow: the client and the address it connected to. */
+interface Endpoints {
+  readonly client: ProxyAddress;
+  readonly destination: ProxyAddress;
+}
 
 export interface AgentOptions {
   readonly id: string;
   readonly manager: HostPort;
   readonly token: string;
-  /** Where handed-off flows arrive, as told to the manager; null when this agent takes none. */
-  readonly mesh?: string | null;
+  /** Where handed-off flows arrive (port 0: any free port); null when this agent takes none. */
+  readonly mesh?: HostPort | null;
   readonly stateDir?: string | null;
   readonly tls?: { caCerts: string[] } | null;
 }
@@ -48,7 +63,8 @@ interface LiveService {
 interface Flow {
   readonly id: number;
   readonly service: string;
-  readonly backend: string;
+  /** The backend, or null for a flow relayed to its claimant. */
+  readonly backend: string | null;
   readonly client: Deno.Conn;
   readonly upstream: Deno.Conn;
   readonly up: PumpStats;
@@ -61,6 +77,9 @@ interface Flow {
 export interface AgentCounters {
   served: number;
   handedOff: number;
+  handoffFailures: number;
+  decisions: number;
+  decisionFallbacks: number;
   rejected: number;
   noBackend: number;
   bytesUp: number;
@@ -79,6 +98,9 @@ export class Agent {
   readonly counters: AgentCounters = {
     served: 0,
     handedOff: 0,
+    handoffFailures: 0,
+    decisions: 0,
+    decisionFallbacks: 0,
     rejected: 0,
     noBackend: 0,
     bytesUp: 0,
@@ -86,7 +108,13 @@ export class Agent {
     connectFailures: new Map(),
     connectionsByBackend: new Map(),
   };
-  readonly #link: ManagerLink;
+  readonly #signer: TokenSigner;
+  readonly #affinity = new AffinityCache();
+  #link: ManagerLink | null = null;
+  #mesh: MeshServer | null = null;
+  #claimOwners: Uint16Array | null = null;
+  #claimAgents = "";
+  #openCountsTimer: ReturnType<typeof setTimeout> | undefined;
   #state: ClusterState | null = null;
   #nextFlowId = 1;
   #sweep: ReturnType<typeof setInterval> | undefined;
@@ -95,20 +123,7 @@ export class Agent {
 
   constructor(options: AgentOptions) {
     this.#options = options;
-    this.#link = new ManagerLink({
-      manager: options.manager,
-      token: options.token,
-      agentId: options.id,
-      mesh: options.mesh ?? null,
-      tls: options.tls ?? null,
-      onState: (state) => this.applyState(state, { persist: true }),
-      report: () => this.#report(),
-      takeFailures: () => {
-        const failures = [...this.#pendingFailures.values()];
-        this.#pendingFailures.clear();
-        return failures;
-      },
-    });
+    this.#signer = new TokenSigner(options.token);
   }
 
   get id(): string {
@@ -120,7 +135,17 @@ export class Agent {
   }
 
   get connectedToManager(): boolean {
-    return this.#link.connected;
+    return this.#link?.connected ?? false;
+  }
+
+  /** Where this agent takes handed-off flows, once listening. */
+  get meshAddr(): Deno.NetAddr | null {
+    return this.#mesh?.addr ?? null;
+  }
+
+  /** Mesh connections refused for a bad or missing header. */
+  get meshRefused(): number {
+    return this.#mesh?.refused ?? 0;
   }
 
   get state(): ClusterState | null {
@@ -157,6 +182,31 @@ export class Agent {
         log.error("Cannot load the saved state: {error}", { error });
       }
     }
+    let advertised: string | null = null;
+    if (this.#options.mesh) {
+      const { host, port } = this.#options.mesh;
+      const listener = Deno.listen({ hostname: host, port });
+      this.#mesh = new MeshServer(listener, this.#signer, (conn, flow) => this.#serveHandedOff(conn, flow));
+      advertised = formatHostPort({ host, port: this.#mesh.addr.port });
+      log.info("Agent {agent} takes handed-off flows on {mesh}", {
+        agent: this.#options.id,
+        mesh: advertised,
+      });
+    }
+    this.#link = new ManagerLink({
+      manager: this.#options.manager,
+      token: this.#options.token,
+      agentId: this.#options.id,
+      mesh: advertised,
+      tls: this.#options.tls ?? null,
+      onState: (state) => this.applyState(state, { persist: true }),
+      report: () => this.#report(),
+      takeFailures: () => {
+        const failures = [...this.#pendingFailures.values()];
+        this.#pendingFailures.clear();
+        return failures;
+      },
+    });
     this.#link.start();
   }
 
@@ -202,6 +252,13 @@ export class Agent {
         this.#services.delete(name);
       }
     }
+    const agentIds = state.agents.map((agent) => agent.id);
+    const claimKey = agentIds.join("\u0000");
+    if (claimKey !== this.#claimAgents || this.#claimOwners === null) {
+      this.#claimOwners = agentIds.length > 0 ? claimOwners(agentIds) : null;
+      this.#claimAgents = claimKey;
+      log.info("Claims split among {count} agents: {agents}", { count: agentIds.length, agents: agentIds });
+    }
     this.#state = state;
     log.debug("Serving state {version} with {services} services", {
       version: state.version,
@@ -242,7 +299,10 @@ export class Agent {
     clearInterval(this.#sweep);
     for (const service of this.#services.values()) this.#closeListener(service);
     for (const flow of this.#flows) closeFlow(flow);
-    await this.#link.close();
+    clearTimeout(this.#openCountsTimer);
+    this.#openCountsTimer = undefined;
+    await this.#mesh?.close();
+    await this.#link?.close();
     await Promise.allSettled([...this.#handlers]);
     await Promise.allSettled([...this.#services.values()].map((s) => s.accepting));
     await this.#saving;
@@ -302,31 +362,162 @@ export class Agent {
     }
     service.open++;
     try {
-      await this.#forward(spec, table, client);
+      const remote = client.remoteAddr as Deno.NetAddr;
+      const local = client.localAddr as Deno.NetAddr;
+      const endpoints: Endpoints = {
+        client: { ip: remote.hostname, port: remote.port },
+        destination: { ip: local.hostname, port: local.port },
+      };
+      const place = this.#placeHash(spec, endpoints);
+      if (spec.handoff === "claimant") {
+        const owner = this.#claimant(place);
+        if (owner !== null && owner.id !== this.#options.id && owner.mesh !== null) {
+          if (await this.#handOff(spec, client, endpoints, owner)) return;
+        }
+      }
+      await this.#serve(spec, table, client, endpoints, place, null);
     } finally {
       service.open--;
     }
   }
 
-  async #forward(
+  /** Serves a flow another agent handed to this one, as this agent's own; it is never handed on. */
+  async #serveHandedOff(conn: Deno.TcpConn, flow: HandedOffFlow): Promise<void> {
+    const service = this.#services.get(flow.service);
+    if (
+      !service || this.#draining || service.table.length === 0 || service.open >= service.spec.maxConnections
+    ) {
+      flowLog.warn("Cannot serve flow of {service} handed off by {sender}: {reason}", {
+        service: flow.service,
+        sender: flow.sender,
+        reason: service ? "draining or at max_connections" : "unknown service",
+      });
+      if (service) this.counters.rejected++;
+      closeQuietly(conn);
+      return;
+    }
+    service.open++;
+    try {
+      const endpoints = { client: flow.client, destination: flow.destination };
+      await this.#serve(
+        service.spec,
+        service.table,
+        conn,
+        endpoints,
+        this.#placeHash(service.spec, endpoints),
+        flow,
+      );
+    } finally {
+      service.open--;
+    }
+  }
+
+  /** The hash that places a flow: the 5-tuple's, or the client address's alone with client_ip affinity. */
+  #placeHash(spec: ServiceSpec, endpoints: Endpoints): number {
+    const seed = this.#state?.seed ?? 0;
+    if (spec.affinity.key === "client_ip") return hashClientIp(endpoints.client.ip, seed);
+    return hashFlowKey({
+      clientIp: endpoints.client.ip,
+      clientPort: endpoints.client.port,
+      serviceIp: endpoints.destination.ip,
+      servicePort: endpoints.destination.port,
+    }, seed);
+  }
+
+  /** The live agent that claims a flow hash, or null when claims are unknown. */
+  #claimant(place: number): AgentSpec | null {
+    const owners = this.#claimOwners;
+    if (owners === null) return null;
+    const owner = owners[claimBucket(place)] as number;
+    return this.#state?.agents[owner] ?? null;
+  }
+
+  /** Relays a flow to its claimant's mesh port; false when the claimant cannot be reached. */
+  async #handOff(
+    spec: ServiceSpec,
+    client: Deno.TcpConn,
+    endpoints: Endpoints,
+    owner: AgentSpec,
+  ): Promise<boolean> {
+    let mesh: Deno.TcpConn;
+    try {
+      const address = parseHostPort(owner.mesh as string);
+      mesh = await connectBackend(address, {
+        timeoutMs: Math.min(spec.timeouts.connectMs, AGENT_DEFAULTS.meshConnectMs),
+      });
+      await writeAll(
+        mesh,
+        await encodeMeshHeader(this.#signer, {
+          service: spec.name,
+          sender: this.#options.id,
+          client: endpoints.client,
+          destination: endpoints.destination,
+        }),
+      );
+    } catch (error) {
+      this.counters.handoffFailures++;
+      flowLog.warn(
+        "Cannot hand a flow of {service} to claimant {agent} at {mesh}: {error}; serving it here",
+        {
+          service: spec.name,
+          agent: owner.id,
+          mesh: owner.mesh,
+          error: error instanceof Error ? error.message : String(error),
+        },
+      );
+      return false;
+    }
+    const id = this.#nextFlowId++;
+    this.counters.handedOff++;
+    if (flowLog.isEnabledFor("debug")) {
+      flowLog.debug("Flow {flow} of {service} from {client} handed off to {agent}", {
+        flow: id,
+        service: spec.name,
+        client: `${endpoints.client.ip}:${endpoints.client.port}`,
+        agent: owner.id,
+      });
+    }
+    await this.#run({
+      id,
+      service: spec.name,
+      backend: null,
+      client,
+      upstream: mesh,
+      idleMs: spec.timeouts.idleMs,
+    });
+    return true;
+  }
+
+  /** Picks the backend (the manager's decision, the affinity cache or the table), connects and pumps. */
+  async #serve(
     spec: ServiceSpec,
     table: Uint16Array,
     client: Deno.TcpConn,
+    endpoints: Endpoints,
+    place: number,
+    handedOff: HandedOffFlow | null,
   ): Promise<void> {
     const id = this.#nextFlowId++;
-    const remote = client.remoteAddr as Deno.NetAddr;
-    const local = client.localAddr as Deno.NetAddr;
-    const seed = this.#state?.seed ?? 0;
-    const hash = hashFlowKey(
-      {
-        clientIp: remote.hostname,
-        clientPort: remote.port,
-        serviceIp: local.hostname,
-        servicePort: local.port,
-      },
-      seed,
-    );
-    const order = candidates(table, hash % table.length, spec.backends.length);
+    let preferred = -1;
+    const affinity = spec.affinity.key === "client_ip" && spec.affinity.ttlMs > 0;
+    if (affinity) preferred = this.#indexOf(spec, this.#affinity.get(spec.name, endpoints.client.ip));
+    if (preferred < 0 && spec.decide === "manager") {
+      const decision = await this.#link?.decide(spec.name, endpoints.client, spec.decisionTimeoutMs) ?? null;
+      if (decision === null) this.counters.decisionFallbacks++;
+      else {
+        this.counters.decisions++;
+        preferred = this.#indexOf(spec, decision.backend);
+        if (affinity && preferred >= 0 && decision.ttlMs > 0 && decision.backend !== null) {
+          this.#affinity.set(spec.name, endpoints.client.ip, decision.backend, decision.ttlMs);
+        }
+      }
+    }
+    const order = candidates(table, place % table.length, spec.backends.length);
+    if (preferred >= 0) {
+      const at = order.indexOf(preferred);
+      if (at > 0) order.splice(at, 1);
+      if (at !== 0) order.unshift(preferred);
+    }
     let upstream: Deno.TcpConn | null = null;
     let backendId = "";
     for (const index of order) {
@@ -346,56 +537,115 @@ export class Agent {
         });
       }
     }
+    const clientText = `${endpoints.client.ip}:${endpoints.client.port}`;
     if (upstream === null) {
       this.counters.noBackend++;
       flowLog.warn("Flow {flow} of {service} from {client}: no backend could be reached", {
         flow: id,
         service: spec.name,
-        client: `${remote.hostname}:${remote.port}`,
+        client: clientText,
       });
       closeQuietly(client);
       return;
     }
-    client.setNoDelay(true);
-    upstream.setNoDelay(true);
-    const now = coarseClock.now;
-    const flow: Flow = {
-      id,
-      service: spec.name,
-      backend: backendId,
-      client,
-      upstream,
-      up: { lastActive: now, bytes: 0 },
-      down: { lastActive: now, bytes: 0 },
-      idleMs: spec.timeouts.idleMs,
-      closed: false,
-    };
+    if (flowLog.isEnabledFor("debug")) {
+      flowLog.debug("Flow {flow} of {service} from {client} served by {agent} via {backend}", {
+        flow: id,
+        service: spec.name,
+        client: clientText,
+        destination: formatHostPort({ host: endpoints.destination.ip, port: endpoints.destination.port }),
+        agent: this.#options.id,
+        backend: backendId,
+        handed_off_by: handedOff?.sender ?? null,
+      });
+    }
+    try {
+      if (spec.proxyProtocol !== "none") {
+        await writeAll(
+          upstream,
+          encodeProxyHeader(spec.proxyProtocol, endpoints.client, endpoints.destination),
+        );
+      }
+      if (handedOff !== null && handedOff.initial.length > 0) await writeAll(upstream, handedOff.initial);
+    } catch (error) {
+      flowLog.debug("Flow {flow} of {service}: backend {backend} failed before the first byte: {error}", {
+        flow: id,
+        service: spec.name,
+        backend: backendId,
+        error: String(error),
+      });
+      closeQuietly(client);
+      closeQuietly(upstream);
+      return;
+    }
     const backendKey = `${spec.name}\u0000${backendId}`;
-    this.#flows.add(flow);
     this.counters.served++;
     this.counters.connectionsByBackend.set(
       backendKey,
       (this.counters.connectionsByBackend.get(backendKey) ?? 0) + 1,
     );
     this.#openByBackend.set(backendKey, (this.#openByBackend.get(backendKey) ?? 0) + 1);
+    this.#openCountsChanged();
     try {
-      const upBuffer = new Uint8Array(AGENT_DEFAULTS.bufferBytes);
-      const downBuffer = new Uint8Array(AGENT_DEFAULTS.bufferBytes);
+      await this.#run({
+        id,
+        service: spec.name,
+        backend: backendId,
+        client,
+        upstream,
+        idleMs: spec.timeouts.idleMs,
+      });
+    } finally {
+      const open = (this.#openByBackend.get(backendKey) ?? 1) - 1;
+      if (open > 0) this.#openByBackend.set(backendKey, open);
+      else this.#openByBackend.delete(backendKey);
+      this.#openCountsChanged();
+    }
+  }
+
+  #indexOf(spec: ServiceSpec, backend: string | null | undefined): number {
+    if (backend === null || backend === undefined) return -1;
+    return spec.backends.findIndex((b) => b.id === backend && b.weight > 0);
+  }
+
+  /** Pumps both directions of a flow until both ends are done, or either fails or idles out. */
+  async #run(
+    parts: {
+      id: number;
+      service: string;
+      backend: string | null;
+      client: Deno.TcpConn;
+      upstream: Deno.TcpConn;
+      idleMs: number;
+    },
+  ): Promise<void> {
+    const { client, upstream } = parts;
+    client.setNoDelay(true);
+    upstream.setNoDelay(true);
+    const now = coarseClock.now;
+    const flow: Flow = {
+      ...parts,
+      up: { lastActive: now, bytes: 0 },
+      down: { lastActive: now, bytes: 0 },
+      closed: false,
+    };
+    this.#flows.add(flow);
+    try {
       const results = await Promise.allSettled([
-        pump(client, upstream, upBuffer, flow.up).catch((error) => {
+        pump(client, upstream, new Uint8Array(AGENT_DEFAULTS.bufferBytes), flow.up).catch((error) => {
           closeFlow(flow);
           throw error;
         }),
-        pump(upstream, client, downBuffer, flow.down).catch((error) => {
+        pump(upstream, client, new Uint8Array(AGENT_DEFAULTS.bufferBytes), flow.down).catch((error) => {
           closeFlow(flow);
           throw error;
         }),
       ]);
       const failed = results.find((result) => result.status === "rejected");
-      if (failed && !flow.closed) {
+      if (failed && flowLog.isEnabledFor("debug")) {
         flowLog.debug("Flow {flow} of {service} ended with an error: {error}", {
-          flow: id,
-          service: spec.name,
+          flow: flow.id,
+          service: flow.service,
           error: String(failed.reason),
         });
       }
@@ -404,10 +654,16 @@ export class Agent {
       this.#flows.delete(flow);
       this.counters.bytesUp += flow.up.bytes;
       this.counters.bytesDown += flow.down.bytes;
-      const open = (this.#openByBackend.get(backendKey) ?? 1) - 1;
-      if (open > 0) this.#openByBackend.set(backendKey, open);
-      else this.#openByBackend.delete(backendKey);
     }
+  }
+
+  /** Tells the manager the new open counts, coalesced over a short window. */
+  #openCountsChanged(): void {
+    if (this.#openCountsTimer !== undefined) return;
+    this.#openCountsTimer = setTimeout(() => {
+      this.#openCountsTimer = undefined;
+      this.#link?.sendOpenCounts(this.#report().backends);
+    }, AGENT_DEFAULTS.openCountsBatchMs);
   }
 
   #connectFailed(service: string, backend: string): void {
@@ -421,6 +677,7 @@ export class Agent {
   #sweepIdle(): void {
     const now = performance.now();
     coarseClock.now = now;
+    this.#affinity.sweep(now);
     for (const flow of this.#flows) {
       if (flow.idleMs > 0 && now - Math.max(flow.up.lastActive, flow.down.lastActive) > flow.idleMs) {
         flowLog.info("Flow {flow} of {service} to {backend} idle for {idleMs} ms; closing", {
@@ -449,6 +706,11 @@ export class Agent {
       backends,
     };
   }
+}
+
+async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  let offset = 0;
+  while (offset < bytes.length) offset += await conn.write(bytes.subarray(offset));
 }
 
 function closeFlow(flow: Flow): void {

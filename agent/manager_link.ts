@@ -23,12 +23,18 @@ const log = logger("agent", "link");
 export const LINK_DEFAULTS = {
   connectTimeoutMs: 5_000,
   backoffBaseMs: 100,
-  backoffMaxMs: 5_000,
+  backoffMaxMs: 1_000,
   /** Heartbeat interval until the manager says otherwise. */
   heartbeatMs: 1_000,
   /** The link is dead after this many heartbeat intervals without a word from the manager. */
   missedHeartbeats: 3,
 } as const;
+
+/** The manager's answer to a connection request. */
+export interface Decision {
+  readonly backend: string | null;
+  readonly ttlMs: number;
+}
 
 export interface LinkReport {
   connections: ConnectionCounts;
@@ -53,6 +59,8 @@ export class ManagerLink {
   readonly #options: ManagerLinkOptions;
   #closed = false;
   #channel: ManagerChannel | null = null;
+  readonly #decisions = new Map<number, (decision: Decision | null) => void>();
+  #nextDecision = 1;
   #wake: (() => void) | null = null;
   #running: Promise<void> | null = null;
   #connected = false;
@@ -63,6 +71,31 @@ export class ManagerLink {
 
   get connected(): boolean {
     return this.#connected;
+  }
+
+  /**
+   * Asks the manager for the preferred backend of a new flow; resolves null when the link is down or no
+   * answer comes within `timeoutMs` (the caller then falls back to its table).
+   */
+  decide(service: string, client: { ip: string; port: number }, timeoutMs: number): Promise<Decision | null> {
+    const channel = this.#channel;
+    if (!channel || !this.#connected) return Promise.resolve(null);
+    const id = this.#nextDecision++;
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => finish(null), timeoutMs);
+      const finish = (decision: Decision | null) => {
+        clearTimeout(timer);
+        this.#decisions.delete(id);
+        resolve(decision);
+      };
+      this.#decisions.set(id, finish);
+      channel.send({ type: "decide", id, service, client }).catch(() => finish(null));
+    });
+  }
+
+  /** Sends this agent's open connections per backend, when connected. */
+  sendOpenCounts(backends: LinkReport["backends"]): void {
+    if (this.#connected) this.#channel?.send({ type: "open_counts", backends }).catch(() => {});
   }
 
   start(): void {
@@ -172,7 +205,9 @@ export class ManagerLink {
 
       for await (const message of messages) {
         lastHeard = performance.now();
-        if (message.type === "state") {
+        if (message.type === "decision") {
+          this.#decisions.get(message.id)?.({ backend: message.backend, ttlMs: message.ttlMs });
+        } else if (message.type === "state") {
           this.#options.onState(message.state);
           await channel.send({ type: "ack", version: message.state.version });
         } else if (message.type === "error") {
@@ -181,6 +216,7 @@ export class ManagerLink {
       }
     } finally {
       this.#connected = false;
+      for (const finish of [...this.#decisions.values()]) finish(null);
       clearTimeout(handshake);
       clearInterval(heartbeat);
       clearInterval(watchdog);

@@ -14,7 +14,7 @@ export interface RunAgentOptions {
   readonly manager: HostPort;
   readonly tokenFile: string;
   readonly id: string;
-  readonly mesh: string | null;
+  readonly mesh: HostPort | null;
   readonly admin: HostPort | null;
   readonly stateDir: string | null;
   readonly caFile: string | null;

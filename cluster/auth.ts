@@ -53,3 +53,30 @@ export async function clusterSeed(token: string): Promise<number> {
   );
   return new DataView(digest.buffer).getUint32(0);
 }
+
+/** HMAC-SHA256 under the cluster token, with the key imported once. */
+export class TokenSigner {
+  readonly #key: Promise<CryptoKey>;
+
+  constructor(token: string) {
+    this.#key = crypto.subtle.importKey(
+      "raw",
+      encoder.encode(token),
+      { name: "HMAC", hash: "SHA-256" },
+      false,
+      [
+        "sign",
+        "verify",
+      ],
+    );
+  }
+
+  async sign(message: Uint8Array<ArrayBuffer>): Promise<Uint8Array> {
+    return new Uint8Array(await crypto.subtle.sign("HMAC", await this.#key, message));
+  }
+
+  /** Checks a signature (Web Crypto's verify compares in constant time). */
+  async verify(message: Uint8Array<ArrayBuffer>, signature: Uint8Array<ArrayBuffer>): Promise<boolean> {
+    return await crypto.subtle.verify("HMAC", await this.#key, signature, message);
+  }
+}

@@ -70,6 +70,18 @@ const AgentMessage = z.discriminatedUnion("type", [
     backends: z.array(z.object({ service: id, backend: z.string().max(300), open: counter })).max(100_000),
   }).strict(),
   z.object({
+    type: z.literal("open_counts"),
+    /** Open connections per backend this agent serves right now: the manager's exact counts. */
+    backends: z.array(z.object({ service: id, backend: z.string().max(300), open: counter })).max(100_000),
+  }).strict(),
+  z.object({
+    type: z.literal("decide"),
+    /** The agent's request id, echoed in the decision. */
+    id: counter,
+    service: id,
+    client: z.object({ ip: z.string().min(1).max(64), port: z.number().int().min(0).max(65535) }),
+  }).strict(),
+  z.object({
     type: z.literal("connect_failures"),
     failures: z.array(z.object({ service: id, backend: z.string().max(300), count: counter })).max(10_000),
   }).strict(),
@@ -82,6 +94,14 @@ const ManagerMessage = z.discriminatedUnion("type", [
   z.object({ type: z.literal("welcome"), heartbeatMs: z.number().int().positive() }).strict(),
   z.object({ type: z.literal("state"), state: ClusterStateSchema }).strict(),
   z.object({ type: z.literal("heartbeat") }).strict(),
+  z.object({
+    type: z.literal("decision"),
+    id: counter,
+    /** The preferred backend's id, or null when the service has none to offer. */
+    backend: z.string().max(300).nullable(),
+    /** How long this choice holds for the same client (affinity), 0 for none. */
+    ttlMs: counter,
+  }).strict(),
   z.object({ type: z.literal("error"), error: z.string().max(1000) }).strict(),
 ]);
 export type ManagerMessage = z.infer<typeof ManagerMessage>;

@@ -1,0 +1,120 @@
+/**
+ * Decisions: the manager's answer to an agent's connection request. The preferred backend is the one
+ * with the fewest open connections per unit of effective weight (weighted least connections), counting
+ * the agents' exact reports plus the decisions made since each agent's last report; with
+ * `affinity.key: client_ip`, a client keeps its backend for the affinity ttl while that backend is up.
+ */
+import type { BackendRuntime, ClusterModel, ServiceRuntime } from "./state.ts";
+import { effectiveWeight, openConnections } from "./state.ts";
+
+export const DECIDE_DEFAULTS = {
+  /** At most this many clients are remembered for affinity; the oldest are forgotten first. */
+  maxAffinityEntries: 1_000_000,
+} as const;
+
+export interface Decision {
+  /** The preferred backend's id, or null when no backend can take new connections. */
+  readonly backend: string | null;
+  readonly ttlMs: number;
+  /** Why this backend, in words an operator reads in `/v1/explain`. */
+  readonly reason: string;
+}
+
+export class Decider {
+  readonly #model: ClusterModel;
+  /** Decisions made for each agent since its last open-count report, by service and backend. */
+  readonly #pending = new Map<string, Map<string, number>>();
+  readonly #affinity = new Map<string, { backend: string; expires: number }>();
+
+  constructor(model: ClusterModel) {
+    this.#model = model;
+  }
+
+  /** Decides and records the decision as a pending open connection of `agent`. */
+  decide(agent: string, service: string, clientIp: string, now = performance.now()): Decision {
+    const decision = this.preview(service, clientIp, now);
+    if (decision.backend === null) return decision;
+    const key = `${service}\u0000${decision.backend}`;
+    let pending = this.#pending.get(agent);
+    if (!pending) this.#pending.set(agent, pending = new Map());
+    pending.set(key, (pending.get(key) ?? 0) + 1);
+    const runtime = this.#model.service(service);
+    if (runtime && runtime.config.affinity.key === "client_ip" && decision.ttlMs > 0) {
+      const affinityKey = `${service}\u0000${clientIp}`;
+      this.#affinity.delete(affinityKey);
+      if (this.#affinity.size >= DECIDE_DEFAULTS.maxAffinityEntries) {
+        const oldest = this.#affinity.keys().next();
+        if (!oldest.done) this.#affinity.delete(oldest.value);
+      }
+      this.#affinity.set(affinityKey, { backend: decision.backend, expires: now + decision.ttlMs });
+    }
+    return decision;
+  }
+
+  /** The decision a new flow of this client would get now, without recording it. */
+  preview(service: string, clientIp: string, now = performance.now()): Decision {
+    const runtime = this.#model.service(service);
+    if (!runtime) return { backend: null, ttlMs: 0, reason: `unknown service "${service}"` };
+    const affinity = runtime.config.affinity;
+    const ttlMs = affinity.key === "client_ip" ? affinity.ttlMs : 0;
+    if (ttlMs > 0) {
+      const held = this.#affinity.get(`${service}\u0000${clientIp}`);
+      if (held && held.expires > now) {
+        const backend = runtime.backends.find((b) => b.config.id === held.backend);
+        if (backend && effectiveWeight(backend) > 0) {
+          const left = Math.round(held.expires - now);
+          return {
+            backend: held.backend,
+            ttlMs: left,
+            reason: `client affinity: chosen before, ${left} ms left`,
+          };
+        }
+      }
+    }
+    let best: BackendRuntime | null = null;
+    let bestScore = Infinity;
+    let bestOpen = 0;
+    for (const backend of runtime.backends) {
+      const weight = effectiveWeight(backend);
+      if (weight <= 0) continue;
+      const open = this.openCount(runtime, backend);
+      const score = (open + 1) / weight;
+      if (score < bestScore) {
+        best = backend;
+        bestScore = score;
+        bestOpen = open;
+      }
+    }
+    if (best === null) return { backend: null, ttlMs: 0, reason: "no backend is up with a weight above 0" };
+    return {
+      backend: best.config.id,
+      ttlMs,
+      reason: `weighted least connections: ${bestOpen} open at effective weight ${effectiveWeight(best)}`,
+    };
+  }
+
+  /** Open connections of a backend across the cluster: reported plus decided since the last reports. */
+  openCount(service: ServiceRuntime, backend: BackendRuntime): number {
+    const key = `${service.config.name}\u0000${backend.config.id}`;
+    let pending = 0;
+    for (const counts of this.#pending.values()) pending += counts.get(key) ?? 0;
+    return openConnections(backend) + pending;
+  }
+
+  /** An agent's exact open counts replace what it reported before and what was decided for it since. */
+  reportOpen(agent: string, counts: ReadonlyArray<{ service: string; backend: string; open: number }>): void {
+    this.#pending.delete(agent);
+    this.#model.reportOpen(agent, counts);
+  }
+
+  forgetAgent(agent: string): void {
+    this.#pending.delete(agent);
+  }
+
+  /** Forgets expired affinity entries. */
+  sweep(now = performance.now()): void {
+    for (const [key, entry] of this.#affinity) {
+      if (entry.expires <= now) this.#affinity.delete(key);
+    }
+  }
+}

@@ -1,0 +1,118 @@
+/**
+ * What the cluster would do with one flow: which agent claims it, which backend its table gives, which
+ * backend the manager would decide on, and why. Pure: it reads the model and the decider, changes nothing.
+ */
+import { formatHostPort, parseHostPort } from "../cluster/address.ts";
+import { CLAIM_BUCKETS, claimBucket, claimOwners, claimShares, NO_AGENT } from "../cluster/claims.ts";
+import { hashClientIp, hashFlowKey, ipBytes } from "../cluster/flow_key.ts";
+import { candidates, NO_BACKEND } from "../cluster/maglev.ts";
+import type { Decider } from "./decide.ts";
+import type { ClusterModel } from "./state.ts";
+
+/** Each live agent's share of the flow-key hash space. */
+export function agentClaims(agentIds: readonly string[]): Map<string, number> {
+  const shares = claimShares(claimOwners(agentIds), agentIds.length);
+  return new Map(agentIds.map((id, index) => [id, shares[index] ?? 0]));
+}
+
+export interface ExplainInput {
+  readonly service: string;
+  /** The client's `ip:port` (`[v6]:port` for IPv6). */
+  readonly client: string;
+  /** The address the client connects to; defaults to the service's listen address. */
+  readonly serviceAddress?: string | undefined;
+}
+
+/** A bad explain request; `path` names the query parameter. */
+export class ExplainError extends Error {
+  constructor(message: string, readonly path: string, readonly status: 400 | 404 = 400) {
+    super(message);
+    this.name = "ExplainError";
+  }
+}
+
+export function explainFlow(
+  deps: {
+    model: ClusterModel;
+    decider: Decider;
+    agents: readonly { id: string; mesh: string | null }[];
+    seed: number;
+  },
+  input: ExplainInput,
+) {
+  const service = deps.model.service(input.service);
+  if (!service) throw new ExplainError(`Unknown service "${input.service}"`, "service", 404);
+  const parse = (text: string, path: string) => {
+    try {
+      const address = parseHostPort(text, { anyPort: true });
+      ipBytes(address.host);
+      return address;
+    } catch (error) {
+      throw new ExplainError(`Cannot use ${path} "${text}": ${(error as Error).message}`, path);
+    }
+  };
+  const client = parse(input.client, "client");
+  const destination = parse(input.serviceAddress ?? formatHostPort(service.config.listen), "service_address");
+  const affinity = service.config.affinity.key === "client_ip";
+  const place = affinity ? hashClientIp(client.host, deps.seed) : hashFlowKey({
+    clientIp: client.host,
+    clientPort: client.port,
+    serviceIp: destination.host,
+    servicePort: destination.port,
+  }, deps.seed);
+
+  const agentIds = deps.agents.map((agent) => agent.id);
+  const bucket = claimBucket(place, CLAIM_BUCKETS);
+  const owner = claimOwners(agentIds)[bucket] ?? NO_AGENT;
+  const claimant = owner === NO_AGENT ? null : deps.agents[owner] ?? null;
+
+  const table = service.table;
+  const slot = table.length > 0 ? place % table.length : 0;
+  const tableIndex = table.length > 0 ? table[slot] ?? NO_BACKEND : NO_BACKEND;
+  const tableBackend = tableIndex === NO_BACKEND ? null : service.tableIds[tableIndex] ?? null;
+  const fallbacks = table.length > 0
+    ? candidates(table, slot, service.backends.length).map((index) => service.tableIds[index] ?? "")
+    : [];
+  const decision = deps.decider.preview(service.config.name, client.host);
+  const managerDecides = service.config.decide === "manager";
+  const backend = managerDecides ? decision.backend ?? tableBackend : tableBackend;
+
+  const reasons: string[] = [];
+  reasons.push(
+    claimant === null
+      ? "no agent is live, so no agent claims the flow"
+      : `${
+        affinity ? "the client address" : "the 5-tuple"
+      } hashes to claim bucket ${bucket} of ${CLAIM_BUCKETS}, owned by agent ${claimant.id}`,
+  );
+  if (service.config.handoff === "claimant" && claimant !== null) {
+    reasons.push(
+      `an agent that accepts it and is not ${claimant.id} hands it off to ${
+        claimant.mesh ?? "(no mesh port: served where accepted)"
+      }`,
+    );
+  } else if (service.config.handoff === "local") {
+    reasons.push("handoff is local: the agent that accepts it serves it");
+  }
+  reasons.push(
+    managerDecides
+      ? `decide is manager: ${decision.reason}; without an answer within ${service.config.decisionTimeoutMs} ms the table gives ${
+        tableBackend ?? "nothing"
+      }`
+      : `decide is agent: table slot ${slot} gives ${tableBackend ?? "nothing"}`,
+  );
+  return {
+    service: service.config.name,
+    client: formatHostPort(client),
+    service_address: formatHostPort(destination),
+    flow_hash: place,
+    claim: { bucket, buckets: CLAIM_BUCKETS, agent: claimant?.id ?? null, mesh: claimant?.mesh ?? null },
+    decide: service.config.decide,
+    backend,
+    decision: managerDecides
+      ? { backend: decision.backend, ttl_ms: decision.ttlMs, reason: decision.reason }
+      : null,
+    table: { slot, backend: tableBackend, fallbacks },
+    why: reasons.join("; "),
+  };
+}

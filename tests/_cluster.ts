@@ -1,0 +1,201 @@
+/**
+ * A cluster for end-to-end tests: one manager and N agents as real processes on loopback, test backends
+ * in the test process, and helpers to ask the admin API.
+ */
+import net from "node:net";
+import { type Proc, startAgentProcess, startManagerProcess } from "./_helpers.ts";
+
+export const CLUSTER_TOKEN = "test-cluster-token-0123456789";
+export const ADMIN_TOKEN = "test-admin-token-0123456789";
+
+export interface AgentProc {
+  id: string;
+  proc: Proc;
+  port: number;
+  args: string[];
+}
+
+export interface TestCluster {
+  readonly dir: string;
+  manager: Proc;
+  admin: string;
+  cluster: string;
+  readonly agents: AgentProc[];
+  api<T>(path: string, init?: RequestInit): Promise<T>;
+  startAgent(id: string, extra?: string[]): Promise<AgentProc>;
+  restartManager(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function startTestCluster(
+  options: {
+    services: Record<string, unknown>[];
+    agents: number;
+    cluster?: string;
+    heartbeat?: string;
+    agentArgs?: (id: string, dir: string) => string[];
+  },
+): Promise<TestCluster> {
+  const dir = await Deno.makeTempDir({ prefix: "switchyard-cluster-" });
+  await Deno.writeTextFile(`${dir}/cluster.token`, CLUSTER_TOKEN);
+  const yaml = JSON.stringify({
+    manager: {
+      admin: "127.0.0.1:0",
+      cluster: options.cluster ?? "127.0.0.1:0",
+      tokens: { admin: ADMIN_TOKEN, cluster: { file: "cluster.token" } },
+    },
+    agents: { heartbeat: options.heartbeat ?? "200ms" },
+    services: options.services,
+  });
+  const started = await startManagerProcess(dir, yaml);
+  const firstService = String(options.services[0]?.name);
+  const cluster: TestCluster = {
+    dir,
+    manager: started.proc,
+    admin: started.admin,
+    cluster: started.cluster,
+    agents: [],
+    async api<T>(path: string, init: RequestInit = {}): Promise<T> {
+      const response = await fetch(`http://${cluster.admin}${path}`, {
+        ...init,
+        headers: {
+          authorization: `Bearer ${ADMIN_TOKEN}`,
+          "content-type": "application/json",
+          ...init.headers,
+        },
+      });
+      const body = await response.json();
+      if (!response.ok) throw new Error(`${path} answered ${response.status}: ${JSON.stringify(body)}`);
+      return body as T;
+    },
+    async startAgent(id: string, extra: string[] = []) {
+      const args = ["--mesh", "127.0.0.1:0", ...(options.agentArgs?.(id, dir) ?? []), ...extra];
+      const agent = await startAgentProcess({
+        manager: cluster.cluster,
+        tokenFile: `${dir}/cluster.token`,
+        id,
+        service: firstService,
+        extra: args,
+      });
+      const entry = { id, proc: agent.proc, port: agent.port, args };
+      const index = cluster.agents.findIndex((a) => a.id === id);
+      if (index >= 0) cluster.agents[index] = entry;
+      else cluster.agents.push(entry);
+      return entry;
+    },
+    async restartManager() {
+      const again = await startManagerProcess(dir, yaml);
+      cluster.manager = again.proc;
+      cluster.admin = again.admin;
+      cluster.cluster = again.cluster;
+    },
+    async close() {
+      await Promise.all(cluster.agents.map((agent) => agent.proc.stop()));
+      await cluster.manager.stop();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+  for (let i = 1; i <= options.agents; i++) await cluster.startAgent(`agent-${i}`);
+  return cluster;
+}
+
+/** An HTTP-ish test backend: answers each connection with its name and a newline, then (optionally) holds it. */
+export function startNamedBackend(name: string, options: { hold?: boolean } = {}) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const open = new Set<Deno.Conn>();
+  let accepted = 0;
+  const handlers = new Set<Promise<void>>();
+  const encoder = new TextEncoder();
+  const accepting = (async () => {
+    try {
+      for await (const conn of listener) {
+        accepted++;
+        open.add(conn);
+        const handler = (async () => {
+          try {
+            await conn.write(encoder.encode(`${name}\n`));
+            if (!options.hold) await conn.closeWrite();
+            const buffer = new Uint8Array(1024);
+            while ((await conn.read(buffer)) !== null) { /* drain until the client closes */ }
+          } catch {
+            // the client reset the connection
+          } finally {
+            open.delete(conn);
+            try {
+              conn.close();
+            } catch { /* closed */ }
+          }
+        })();
+        handlers.add(handler);
+        handler.finally(() => handlers.delete(handler));
+      }
+    } catch {
+      // listener closed
+    }
+  })();
+  return {
+    name,
+    address: `127.0.0.1:${listener.addr.port}`,
+    port: listener.addr.port,
+    accepted: () => accepted,
+    open: () => open.size,
+    async close() {
+      listener.close();
+      await accepting;
+      for (const conn of open) {
+        try {
+          conn.close();
+        } catch { /* closed */ }
+      }
+      await Promise.allSettled([...handlers]);
+    },
+  };
+}
+
+/** Connects (optionally from a given loopback source address), reads the first line, and returns it with the socket. */
+export async function connectAndReadLine(port: number, options: { localAddress?: string } = {}) {
+  const socket = net.connect({
+    host: "127.0.0.1",
+    port,
+    ...(options.localAddress ? { localAddress: options.localAddress } : {}),
+  });
+  const line = await new Promise<string>((resolve, reject) => {
+    let text = "";
+    const onData = (chunk: Uint8Array) => {
+      text += new TextDecoder().decode(chunk);
+      const end = text.indexOf("\n");
+      if (end >= 0) {
+        socket.off("data", onData);
+        resolve(text.slice(0, end));
+      }
+    };
+    socket.on("data", onData);
+    socket.once("error", reject);
+    socket.once("end", () => resolve(text));
+  });
+  return {
+    line,
+    localPort: socket.localPort ?? 0,
+    close: () =>
+      new Promise<void>((resolve) => {
+        if (socket.destroyed) return resolve();
+        socket.once("close", () => resolve());
+        socket.destroy();
+      }),
+  };
+}
+
+/** A port outside the ephemeral range that nothing listens on now, for a manager that must restart on the same port. */
+export function freeFixedPort(): number {
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 10_000);
+    try {
+      const probe = Deno.listen({ hostname: "127.0.0.1", port });
+      probe.close();
+      return port;
+    } catch {
+      // taken; try another
+    }
+  }
+  throw new Error("No free port found between 20000 and 30000");
+}
