@@ -18,6 +18,10 @@ export class Channel<In, Out> {
     options: { maxFrameBytes?: number } = {},
   ) {
     this.#conn = conn;
+    // Decisions are small frames that must not wait for Nagle's algorithm and delayed ACKs (~40 ms).
+    if ("setNoDelay" in conn && typeof conn.setNoDelay === "function") {
+      (conn as Deno.TcpConn).setNoDelay(true);
+    }
     this.#parse = codec.parse;
     this.#encode = codec.encode;
     this.#decoder = new FrameDecoder(options.maxFrameBytes ?? MAX_FRAME_BYTES);
