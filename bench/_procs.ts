@@ -1,0 +1,385 @@
+/**
+ * The processes of the bench and the soak: every child is spawned through a `Processes` registry that
+ * keeps its output, and is stopped, with the processes it started in turn, on every way out (normal end,
+ * error, Ctrl-C). Also the small facts about this machine the bench needs: where a tool is, the open-file
+ * limit, a process's resident memory, a free loopback port.
+ */
+
+const decoder = new TextDecoder();
+
+/** How long a stopped child gets between SIGTERM and SIGKILL. */
+const STOP_GRACE_MS = 3_000;
+/** How many of a child's last output lines are kept, besides its warnings and errors. */
+const KEPT_LINES = 200;
+
+/** One JSON log line of a switchyard role. */
+export interface LogLine {
+  readonly message: string;
+  readonly level: string;
+  readonly properties: Record<string, unknown>;
+}
+
+export interface SpawnOptions {
+  readonly env?: Record<string, string>;
+  readonly cwd?: string;
+}
+
+/** A running child process with its output lines collected as they come. */
+export class Proc {
+  readonly name: string;
+  readonly pid: number;
+  readonly #child: Deno.ChildProcess;
+  readonly #reading: Promise<void>;
+  /** The last lines of stdout and stderr together. */
+  readonly tail: string[] = [];
+  /** JSON log lines (switchyard roles log those on stderr). */
+  readonly logs: LogLine[] = [];
+  /** Log lines at warning level or worse, kept in full (up to 1000). */
+  readonly problems: LogLine[] = [];
+  stdout = "";
+  exit: Deno.CommandStatus | null = null;
+  readonly exited: Promise<Deno.CommandStatus>;
+  #waiters: Array<() => void> = [];
+
+  constructor(name: string, command: string, args: string[], options: SpawnOptions) {
+    this.name = name;
+    this.#child = new Deno.Command(command, {
+      args,
+      env: { NO_COLOR: "1", ...options.env },
+      ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    this.pid = this.#child.pid;
+    this.#reading = Promise.all([this.#read(this.#child.stdout, true), this.#read(this.#child.stderr, false)])
+      .then(() => {});
+    this.exited = this.#child.status.then((status) => {
+      this.exit = status;
+      this.#wake();
+      return status;
+    });
+  }
+
+  get running(): boolean {
+    return this.exit === null;
+  }
+
+  async #read(stream: ReadableStream<Uint8Array>, isStdout: boolean): Promise<void> {
+    let pending = "";
+    for await (const chunk of stream) {
+      const text = decoder.decode(chunk, { stream: true });
+      if (isStdout && this.stdout.length < 1_000_000) this.stdout += text;
+      pending += text;
+      const lines = pending.split("\n");
+      pending = lines.pop() ?? "";
+      for (const line of lines) this.#line(line);
+      this.#wake();
+    }
+    if (pending !== "") this.#line(pending);
+  }
+
+  #line(line: string): void {
+    this.tail.push(line);
+    if (this.tail.length > KEPT_LINES) this.tail.shift();
+    if (!line.startsWith("{")) return;
+    try {
+      const record = JSON.parse(line) as LogLine;
+      if (typeof record.message !== "string") return;
+      if (this.logs.length < 10_000) this.logs.push(record);
+      if (/^(warn|warning|error|fatal)$/i.test(record.level) && this.problems.length < 1_000) {
+        this.problems.push(record);
+      }
+    } catch {
+      // not a JSON log line
+    }
+  }
+
+  #wake(): void {
+    for (const wake of this.#waiters.splice(0)) wake();
+  }
+
+  /** Waits until a log line passes `match` and returns it; fails if the process exits first. */
+  async waitForLog(match: (line: LogLine) => boolean, timeoutMs = 20_000): Promise<LogLine> {
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      const found = this.logs.find(match);
+      if (found) return found;
+      if (this.exit !== null) {
+        throw new Error(
+          `${this.name} exited with code ${this.exit.code}:\n${this.tail.slice(-30).join("\n")}`,
+        );
+      }
+      if (performance.now() > deadline) {
+        throw new Error(
+          `${this.name} did not log what was expected within ${timeoutMs} ms:\n${
+            this.tail.slice(-30).join("\n")
+          }`,
+        );
+      }
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, 100);
+        this.#waiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+  }
+
+  /** Waits until stdout holds a line matching `pattern` and returns the match. */
+  async waitForStdout(pattern: RegExp, timeoutMs = 20_000): Promise<RegExpMatchArray> {
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      const match = this.stdout.match(pattern);
+      if (match) return match;
+      if (this.exit !== null || performance.now() > deadline) {
+        throw new Error(`${this.name} did not print ${pattern}:\n${this.tail.slice(-30).join("\n")}`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+
+  /**
+   * Stops the process and every process it started: SIGTERM, then SIGKILL after `STOP_GRACE_MS`. The
+   * descendants are looked up first, since a killed parent's children are re-parented and lost from view.
+   */
+  async stop(): Promise<void> {
+    if (this.exit === null) {
+      const family = [this.pid, ...descendantsOf(this.pid)];
+      signal(this.pid, "SIGTERM");
+      const timer = setTimeout(() => {
+        for (const pid of family) signal(pid, "SIGKILL");
+      }, STOP_GRACE_MS);
+      await this.exited;
+      clearTimeout(timer);
+      for (const pid of family.slice(1)) {
+        if (isAlive(pid)) signal(pid, "SIGKILL");
+      }
+    }
+    await this.#reading;
+  }
+}
+
+function signal(pid: number, name: Deno.Signal): void {
+  try {
+    Deno.kill(pid, name);
+  } catch {
+    // already gone
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    Deno.statSync(`/proc/${pid}`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The parent pid of every process, from /proc. */
+function parents(): Map<number, number> {
+  const map = new Map<number, number>();
+  for (const entry of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    try {
+      const stat = Deno.readTextFileSync(`/proc/${entry.name}/stat`);
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      map.set(Number(entry.name), Number(fields[1]));
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return map;
+}
+
+/** The pids of the processes `pid` started, and theirs, at this moment. */
+export function descendantsOf(pid: number): number[] {
+  const map = parents();
+  const found: number[] = [];
+  const queue = [pid];
+  while (queue.length > 0) {
+    const parent = queue.shift() as number;
+    for (const [child, ppid] of map) {
+      if (ppid === parent) {
+        found.push(child);
+        queue.push(child);
+      }
+    }
+  }
+  return found;
+}
+
+/** Every child of one run, so all of them are stopped however the run ends. */
+export class Processes {
+  readonly #procs = new Set<Proc>();
+
+  spawn(name: string, command: string, args: string[], options: SpawnOptions = {}): Proc {
+    const proc = new Proc(name, command, args, options);
+    this.#procs.add(proc);
+    return proc;
+  }
+
+  async stop(proc: Proc): Promise<void> {
+    await proc.stop();
+    this.#procs.delete(proc);
+  }
+
+  async stopAll(): Promise<void> {
+    await Promise.all([...this.#procs].map((proc) => this.stop(proc)));
+  }
+}
+
+/**
+ * Runs a command to its end, killed after `timeoutMs`; returns its exit code and output. For the load
+ * tools, whose every run must be bounded in time.
+ */
+export async function runBounded(
+  command: string,
+  args: string[],
+  options: { timeoutMs: number },
+): Promise<{ code: number; stdout: string; stderr: string; timedOut: boolean }> {
+  const child = new Deno.Command(command, { args, stdin: "null", stdout: "piped", stderr: "piped" }).spawn();
+  boundedRuns.add(child.pid);
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    signal(child.pid, "SIGKILL");
+  }, options.timeoutMs);
+  try {
+    const output = await child.output();
+    return {
+      code: output.code,
+      stdout: decoder.decode(output.stdout),
+      stderr: decoder.decode(output.stderr),
+      timedOut,
+    };
+  } finally {
+    clearTimeout(timer);
+    boundedRuns.delete(child.pid);
+  }
+}
+
+/** The pids of the `runBounded` commands running now. */
+const boundedRuns = new Set<number>();
+
+/** Kills every `runBounded` command still running (on Ctrl-C or an error). */
+export function killBoundedRuns(): void {
+  for (const pid of boundedRuns) signal(pid, "SIGKILL");
+}
+
+/** Where an executable is, searching `PATH` and the sbin folders (haproxy and nginx live there). */
+export function findExecutable(name: string): string | null {
+  const dirs = [...(Deno.env.get("PATH") ?? "").split(":"), "/usr/local/sbin", "/usr/sbin", "/sbin"];
+  for (const dir of dirs) {
+    if (dir === "") continue;
+    try {
+      const info = Deno.statSync(`${dir}/${name}`);
+      if (info.isFile && ((info.mode ?? 0o111) & 0o111) !== 0) return `${dir}/${name}`;
+    } catch {
+      // not here
+    }
+  }
+  return null;
+}
+
+/** The soft and hard open-file limits of this process. */
+export function openFileLimit(): { soft: number; hard: number } {
+  const limits = Deno.readTextFileSync("/proc/self/limits");
+  const match = limits.match(/^Max open files\s+(\S+)\s+(\S+)/m);
+  const parse = (text: string | undefined) => text === "unlimited" ? Infinity : Number(text);
+  return { soft: parse(match?.[1]), hard: parse(match?.[2]) };
+}
+
+/**
+ * Makes sure this process may open `wanted` files: when the soft limit is lower, runs this same script
+ * again under `bash` with the limit raised (to 65536, or else to the hard limit) and exits with its code.
+ * Children inherit the raised limit.
+ */
+export async function ensureOpenFileLimit(wanted: number): Promise<void> {
+  const { soft, hard } = openFileLimit();
+  if (soft >= wanted || Deno.env.get("SWITCHYARD_BENCH_RAISED_LIMIT") === "1") return;
+  // root may raise the hard limit too; anyone else only up to it
+  if (soft >= hard && Deno.uid() !== 0) return;
+  const script = new URL(Deno.mainModule).pathname;
+  const child = new Deno.Command("bash", {
+    args: [
+      "-c",
+      'ulimit -n 65536 2>/dev/null || ulimit -Sn "$(ulimit -Hn)"; exec "$@"',
+      "bash",
+      Deno.execPath(),
+      "run",
+      "--allow-all",
+      script,
+      ...Deno.args,
+    ],
+    env: { SWITCHYARD_BENCH_RAISED_LIMIT: "1" },
+    stdin: "inherit",
+    stdout: "inherit",
+    stderr: "inherit",
+  }).spawn();
+  // Ctrl-C reaches the child too (same process group); this process only waits for it.
+  const ignore = () => {};
+  Deno.addSignalListener("SIGINT", ignore);
+  const status = await child.status;
+  Deno.exit(status.code);
+}
+
+/** The resident memory of a process in KiB (`VmRSS`), or null when it is gone. */
+export function rssKiB(pid: number): number | null {
+  try {
+    const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+    const match = status.match(/^VmRSS:\s+(\d+)\s+kB/m);
+    return match ? Number(match[1]) : null;
+  } catch {
+    return null;
+  }
+}
+
+const taken = new Set<number>();
+
+/**
+ * A loopback port that was free a moment ago, for the peers (haproxy, nginx) whose config files need a
+ * fixed port: bind port 0, read it, close. Racy, so acceptable in a benchmark, never in a test.
+ */
+export function freePort(): number {
+  for (;;) {
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = (listener.addr as Deno.NetAddr).port;
+    listener.close();
+    if (!taken.has(port)) {
+      taken.add(port);
+      return port;
+    }
+  }
+}
+
+/** Waits until something accepts TCP connections on `port`. */
+export async function waitForPort(port: number, options: { timeoutMs?: number; what?: string } = {}) {
+  const { timeoutMs = 10_000, what = `port ${port}` } = options;
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    try {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+      conn.close();
+      return;
+    } catch (error) {
+      if (performance.now() > deadline) {
+        throw new Error(`${what} did not accept connections within ${timeoutMs} ms: ${error}`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** A random token of `bytes` bytes, in hex. */
+export function randomHex(bytes = 16): string {
+  return [...crypto.getRandomValues(new Uint8Array(bytes))].map((b) => b.toString(16).padStart(2, "0")).join(
+    "",
+  );
+}

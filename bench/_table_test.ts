@@ -1,0 +1,37 @@
+import assert from "node:assert/strict";
+import { formatTable, type Row } from "./_table.ts";
+
+const HAPROXY: Row = {
+  label: "HAProxy",
+  keepAliveRps: 40_000,
+  p50Ms: 1,
+  p99Ms: 4,
+  newConnectionsPerSecond: 8_000,
+  bulkGbitPerSecond: 6,
+  kibPerIdleConnection: 3.3,
+};
+
+Deno.test("formatTable puts each figure beside its ratio to the baseline's", () => {
+  const switchyard: Row = {
+    label: "switchyard",
+    keepAliveRps: 20_000,
+    p50Ms: 0.25,
+    p99Ms: 12.4,
+    newConnectionsPerSecond: 4_000,
+    bulkGbitPerSecond: 3,
+    kibPerIdleConnection: 33,
+  };
+  const lines = formatTable([HAPROXY, switchyard], HAPROXY).split("\n");
+  assert.equal(lines.length, 4);
+  assert.match(lines[0] as string, /^\| target \| keep-alive req\/s \| × HAProxy \| p50 ms \|/);
+  assert.equal(
+    lines[3],
+    "| switchyard | 20,000 | 0.50× | 0.250 | 0.25× | 12.4 | 3.10× | 4,000 | 0.50× | 3.00 | 0.50× | 33.0 | 10.00× |",
+  );
+});
+
+Deno.test("formatTable shows a dash where a figure or the baseline's is missing", () => {
+  const partial: Row = { ...HAPROXY, label: "direct", kibPerIdleConnection: null, bulkGbitPerSecond: null };
+  const noBaseline = formatTable([partial], null).split("\n")[2] as string;
+  assert.equal(noBaseline, "| direct | 40,000 | — | 1.00 | — | 4.00 | — | 8,000 | — | — | — | — | — |");
+});

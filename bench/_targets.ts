@@ -1,0 +1,420 @@
+/**
+ * The backends and the proxies under test, each started the way its operator would start it, on
+ * loopback, with its config written to the run's temp folder:
+ *
+ * - backends: nginx serving a short HTTP answer (or `_backends.ts http` without nginx), an iperf3 server,
+ *   and `_backends.ts echo` holding idle connections;
+ * - proxies: HAProxy (`mode tcp`, `nbthread 1`), nginx `stream` (one worker), and switchyard: one manager
+ *   and one agent, started as `deno run … main.ts manager|agent`, with every service on port 0 and the
+ *   bound ports read from the agent's JSON log.
+ */
+import { fileURLToPath } from "node:url";
+import { freePort, type Proc, type Processes, randomHex, waitForPort } from "./_procs.ts";
+
+/** switchyard's `main.ts` in this checkout; `--main` points the bench at another one. */
+export const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
+export const BACKENDS_SCRIPT = fileURLToPath(new URL("./_backends.ts", import.meta.url));
+
+/** The executables found on this machine; null when missing. */
+export interface Tools {
+  readonly nginx: string | null;
+  /** The `load_module` line nginx needs for `stream`, "" when built in, null when not available. */
+  readonly nginxStream: string | null;
+  readonly haproxy: string | null;
+  readonly wrk: string | null;
+  readonly iperf3: string | null;
+}
+
+/** Where the backends listen; `iperf` is null without iperf3. */
+export interface BackendPorts {
+  readonly http: number;
+  readonly iperf: number | null;
+  readonly echo: number;
+}
+
+/** Where a target takes each kind of load; null where it does not. */
+export interface FrontPorts {
+  readonly http: number;
+  readonly iperf: number | null;
+  readonly echo: number | null;
+}
+
+/** A proxy (or the direct path) while it runs. */
+export interface RunningTarget {
+  readonly ports: FrontPorts;
+  /** The process whose memory holds the proxied connections; null for the direct path. */
+  memoryPid(): number | null;
+  /** Why the target is no longer usable (a process exited), or null while it is fine. */
+  failure(): string | null;
+  /** Warning and error lines the target logged, for the report. */
+  problems(): string[];
+  stop(): Promise<void>;
+}
+
+export interface StartContext {
+  readonly procs: Processes;
+  readonly tools: Tools;
+  readonly dir: string;
+  readonly backends: BackendPorts;
+  /** Connections each proxy must be able to hold at once (each is two sockets). */
+  readonly maxConnections: number;
+  /** switchyard's `main.ts`. */
+  readonly main: string;
+}
+
+/** Finds the nginx module that provides `stream`, from `nginx -V` and the usual module folders. */
+export async function findNginxStream(nginx: string): Promise<string | null> {
+  const output = await new Deno.Command(nginx, { args: ["-V"], stdout: "piped", stderr: "piped" }).output();
+  const text = new TextDecoder().decode(output.stderr) + new TextDecoder().decode(output.stdout);
+  if (/--with-stream(\s|$)/.test(text)) return "";
+  for (
+    const dir of [
+      "/usr/lib/nginx/modules",
+      "/usr/share/nginx/modules",
+      "/usr/lib64/nginx/modules",
+      "/etc/nginx/modules",
+    ]
+  ) {
+    const file = `${dir}/ngx_stream_module.so`;
+    try {
+      if (Deno.statSync(file).isFile) return `load_module ${file};`;
+    } catch {
+      // not here
+    }
+  }
+  return null;
+}
+
+function nginxCommon(dir: string, name: string, connections: number): string {
+  return [
+    "daemon off;",
+    "worker_processes 1;",
+    `pid ${dir}/${name}.pid;`,
+    `error_log ${dir}/${name}.log warn;`,
+    `events { worker_connections ${connections}; }`,
+  ].join("\n");
+}
+
+async function startNginx(
+  context: Pick<StartContext, "procs" | "tools" | "dir">,
+  name: string,
+  config: string,
+): Promise<Proc> {
+  const file = `${context.dir}/${name}.conf`;
+  await Deno.writeTextFile(file, config);
+  return context.procs.spawn(name, context.tools.nginx as string, [
+    "-p",
+    `${context.dir}/`,
+    "-e",
+    `${context.dir}/${name}.log`,
+    "-c",
+    file,
+  ]);
+}
+
+/**
+ * Starts the backends: HTTP (nginx, else Deno), an iperf3 server (unless `iperf` is false or iperf3 is
+ * missing), echo, and with `rude` the backend that resets every connection.
+ */
+export async function startBackends(
+  context: Pick<StartContext, "procs" | "tools" | "dir">,
+  options: { iperf?: boolean; rude?: boolean } = {},
+): Promise<
+  { ports: BackendPorts & { rude: number | null }; httpServer: string; failure: () => string | null }
+> {
+  const { iperf: withIperf = true, rude = false } = options;
+  const deno = context.procs.spawn("backends", Deno.execPath(), [
+    "run",
+    "--allow-net",
+    BACKENDS_SCRIPT,
+    "echo",
+    ...(context.tools.nginx ? [] : ["http"]),
+    ...(rude ? ["rude"] : []),
+  ]);
+  const line = await deno.waitForStdout(/^\{.*\}$/m);
+  const denoPorts = JSON.parse(line[0]) as { echo: number; http?: number; rude?: number };
+
+  const started: Proc[] = [deno];
+  let http = denoPorts.http ?? 0;
+  let httpServer = "Deno.serve (nginx is not installed)";
+  if (context.tools.nginx) {
+    http = freePort();
+    const dir = context.dir;
+    const proc = await startNginx(
+      context,
+      "backend-nginx",
+      `${nginxCommon(dir, "backend-nginx", 4096)}
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  client_body_temp_path ${dir}/body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  server {
+    listen 127.0.0.1:${http};
+    default_type text/plain;
+    location / { return 200 "switchyard bench\\n"; }
+  }
+}
+`,
+    );
+    await waitForPort(http, { what: "the nginx backend" }).catch((error) => {
+      throw new Error(`${error.message}\n${proc.tail.slice(-10).join("\n")}`);
+    });
+    started.push(proc);
+    httpServer = "nginx, 1 worker";
+  }
+
+  let iperf: number | null = null;
+  if (context.tools.iperf3 && withIperf) {
+    iperf = freePort();
+    started.push(context.procs.spawn("iperf3-server", context.tools.iperf3, [
+      "-s",
+      "-B",
+      "127.0.0.1",
+      "-p",
+      String(iperf),
+    ]));
+    await waitForPort(iperf, { what: "the iperf3 server" });
+  }
+  const failure = () => {
+    const dead = started.find((proc) => !proc.running);
+    return dead
+      ? `${dead.name} exited with code ${dead.exit?.code}: ${dead.tail.slice(-10).join(" | ")}`
+      : null;
+  };
+  return { ports: { http, iperf, echo: denoPorts.echo, rude: denoPorts.rude ?? null }, httpServer, failure };
+}
+
+function processTarget(
+  procs: Processes,
+  proc: Proc,
+  ports: FrontPorts,
+  memoryPid: () => number | null,
+): RunningTarget {
+  return {
+    ports,
+    memoryPid,
+    failure: () => proc.exit === null ? null : `${proc.name} exited with code ${proc.exit.code}`,
+    problems: () => proc.tail.filter((line) => /\[(warn|error|alert|emerg|crit)\]|WARNING|ALERT/i.test(line)),
+    stop: () => procs.stop(proc),
+  };
+}
+
+/** The direct path: the load goes straight to the backends. */
+export function directTarget(context: StartContext): RunningTarget {
+  return {
+    ports: { http: context.backends.http, iperf: context.backends.iperf, echo: null },
+    memoryPid: () => null,
+    failure: () => null,
+    problems: () => [],
+    stop: () => Promise.resolve(),
+  };
+}
+
+/** HAProxy in `mode tcp` with one thread, one frontend per backend. */
+export async function startHaproxy(context: StartContext): Promise<RunningTarget> {
+  const { backends, dir } = context;
+  const ports = { http: freePort(), iperf: backends.iperf === null ? null : freePort(), echo: freePort() };
+  const listen = (name: string, port: number | null, backend: number | null) =>
+    port === null || backend === null
+      ? ""
+      : `listen ${name}\n  bind 127.0.0.1:${port}\n  server ${name}1 127.0.0.1:${backend}\n`;
+  const config = `global
+  nbthread 1
+  maxconn ${context.maxConnections + 20}
+
+defaults
+  mode tcp
+  timeout connect 2s
+  timeout client 300s
+  timeout server 300s
+
+${listen("http", ports.http, backends.http)}
+${listen("iperf", ports.iperf, backends.iperf)}
+${listen("echo", ports.echo, backends.echo)}
+`;
+  const file = `${dir}/haproxy.cfg`;
+  await Deno.writeTextFile(file, config);
+  const proc = context.procs.spawn("haproxy", context.tools.haproxy as string, ["-db", "-f", file]);
+  await waitForPort(ports.echo, { what: "HAProxy" }).catch((error) => {
+    throw new Error(`${error.message}\n${proc.tail.slice(-10).join("\n")}`);
+  });
+  return processTarget(context.procs, proc, ports, () => proc.pid);
+}
+
+/** nginx `stream` with one worker process; its memory is the worker's. */
+export async function startNginxStream(context: StartContext): Promise<RunningTarget> {
+  const { backends, dir } = context;
+  const ports = { http: freePort(), iperf: backends.iperf === null ? null : freePort(), echo: freePort() };
+  const server = (port: number | null, backend: number | null) =>
+    port === null || backend === null
+      ? ""
+      : `  server { listen 127.0.0.1:${port}; proxy_pass 127.0.0.1:${backend}; }\n`;
+  const proc = await startNginx(
+    context,
+    "nginx-stream",
+    `${context.tools.nginxStream}
+${nginxCommon(dir, "nginx-stream", 2 * context.maxConnections + 50)}
+stream {
+  proxy_connect_timeout 2s;
+  proxy_timeout 300s;
+${server(ports.http, backends.http)}${server(ports.iperf, backends.iperf)}${
+      server(ports.echo, backends.echo)
+    }}
+`,
+  );
+  await waitForPort(ports.echo, { what: "nginx stream" }).catch((error) => {
+    throw new Error(`${error.message}\n${proc.tail.slice(-10).join("\n")}`);
+  });
+  let worker: number | null = null;
+  return processTarget(context.procs, proc, ports, () => {
+    if (worker === null) {
+      const children = readChildren(proc.pid);
+      worker = children[0] ?? null;
+    }
+    return worker;
+  });
+}
+
+function readChildren(pid: number): number[] {
+  try {
+    const text = Deno.readTextFileSync(`/proc/${pid}/task/${pid}/children`).trim();
+    return text === "" ? [] : text.split(/\s+/).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+/** A running switchyard: the manager, the agent and the ports the agent bound for each service. */
+export interface Switchyard extends RunningTarget {
+  readonly manager: Proc;
+  readonly agent: Proc;
+  readonly admin: string;
+  readonly adminToken: string;
+  readonly agentAdmin: string | null;
+  /** The port the agent bound for each service, by name. */
+  readonly bound: Readonly<Record<string, number>>;
+}
+
+/** switchyard's config for the bench: one service per kind of load, every one on port 0. */
+export function switchyardConfig(
+  backends: { http?: number | null; iperf?: number | null; echo?: number | null; rude?: number | null },
+  options: { decide: "agent" | "manager"; adminToken: string; maxConnections: number },
+): string {
+  const service = (name: string, port: number | null | undefined) =>
+    port === null || port === undefined ? "" : `  - name: ${name}
+    listen: 127.0.0.1:0
+    decide: ${options.decide}
+    backends:
+      - { address: 127.0.0.1:${port}, weight: 100 }
+    timeouts: { connect: 2s, idle: 300s, drain: 1s }
+    limits: { max_connections: ${Math.max(options.maxConnections + 100, 50_000)} }
+`;
+  return `manager:
+  admin: 127.0.0.1:0
+  cluster: 127.0.0.1:0
+  tokens:
+    admin: ${options.adminToken}
+    cluster: { file: cluster.token }
+agents:
+  heartbeat: 1s
+services:
+${service("http", backends.http)}${service("iperf", backends.iperf)}${service("echo", backends.echo)}${
+    service("rude", backends.rude)
+  }`;
+}
+
+/**
+ * Starts one manager and one agent exactly as a user would, and waits until the agent listens for every
+ * service in `backends`.
+ */
+export async function startSwitchyard(
+  procs: Processes,
+  options: {
+    dir: string;
+    backends: { http?: number | null; iperf?: number | null; echo?: number | null; rude?: number | null };
+    decide: "agent" | "manager";
+    maxConnections: number;
+    agentAdmin?: boolean;
+    /** The `main.ts` to run; the one of this checkout by default. */
+    main?: string;
+  },
+): Promise<Switchyard> {
+  const dir = `${options.dir}/switchyard-${options.decide}`;
+  await Deno.mkdir(dir, { recursive: true });
+  const tokenFile = `${dir}/cluster.token`;
+  await Deno.writeTextFile(tokenFile, `${randomHex(32)}\n`);
+  const adminToken = randomHex(24);
+  const config = `${dir}/switchyard.yaml`;
+  await Deno.writeTextFile(config, switchyardConfig(options.backends, { ...options, adminToken }));
+
+  const main = options.main ?? MAIN;
+  const cwd = main.slice(0, main.lastIndexOf("/")) || "/";
+  const run = ["run", "--allow-all", "--unstable-net", main];
+  const manager = procs.spawn(`switchyard manager (decide: ${options.decide})`, Deno.execPath(), [
+    ...run,
+    "manager",
+    "--config",
+    config,
+    "--log-format",
+    "json",
+  ], { cwd });
+  const ready = await manager.waitForLog((line) => line.message.startsWith("Manager serving"));
+  const cluster = String(ready.properties.cluster);
+  const admin = String(ready.properties.admin);
+
+  const agentAdmin = options.agentAdmin ? `127.0.0.1:${freePort()}` : null;
+  const agent = procs.spawn(`switchyard agent (decide: ${options.decide})`, Deno.execPath(), [
+    ...run,
+    "agent",
+    "--manager",
+    cluster,
+    "--token-file",
+    tokenFile,
+    "--id",
+    "bench-1",
+    "--log-format",
+    "json",
+    ...(agentAdmin ? ["--admin", agentAdmin] : []),
+  ], { cwd });
+  const bound: Record<string, number> = {};
+  for (const [name, port] of Object.entries(options.backends)) {
+    if (port === null || port === undefined) continue;
+    const line = await agent.waitForLog((l) =>
+      l.message.startsWith("Service") && l.properties.service === name && l.properties.bound !== undefined
+    );
+    bound[name] = Number(String(line.properties.bound).split(":").pop());
+  }
+  const ports = { http: bound.http ?? 0, iperf: bound.iperf ?? null, echo: bound.echo ?? null };
+  const describe = (line: { level: string; message: string }) => `${line.level} ${line.message}`;
+  return {
+    manager,
+    agent,
+    admin,
+    adminToken,
+    agentAdmin,
+    bound,
+    ports,
+    memoryPid: () => agent.pid,
+    failure: () => {
+      for (const proc of [agent, manager]) {
+        if (proc.exit !== null) {
+          return `${proc.name} exited with code ${proc.exit.code}: ${proc.tail.slice(-5).join(" | ")}`;
+        }
+      }
+      return null;
+    },
+    problems: () => [
+      ...manager.problems.map((line) => `manager: ${describe(line)}`),
+      ...agent.problems.map((line) => `agent: ${describe(line)}`),
+    ],
+    stop: async () => {
+      await procs.stop(agent);
+      await procs.stop(manager);
+    },
+  };
+}

@@ -1,0 +1,516 @@
+/**
+ * `deno task bench`: switchyard side by side with HAProxy and nginx `stream`, on loopback, under the same
+ * load, in one command. Starts the backends (nginx HTTP, iperf3 server, an echo server), then each target
+ * in turn — the direct path, HAProxy (`mode tcp`, `nbthread 1`), nginx `stream` (one worker), switchyard
+ * with `decide: agent` and with `decide: manager` (one manager and one agent each) — and measures:
+ *
+ * - keep-alive requests/s and p50/p99 latency (wrk), new connections/s (wrk, `Connection: close`);
+ * - bulk throughput (iperf3, one stream);
+ * - resident memory per idle connection, with 10,000 connections held open through the proxy.
+ *
+ * Prints one markdown table, every figure with its ratio to HAProxy's from the same run, and writes it to
+ * bench/out/latest.md. A missing tool skips its columns (run `bash bench/setup`); the exit code is 1 only
+ * when switchyard itself fails. Every process and temp file is removed at the end, also on error or Ctrl-C.
+ */
+import { parseArgs } from "node:util";
+import { resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { openIdleCrowd, runIperf, runWrk, type WrkResult } from "./_load.ts";
+import {
+  ensureOpenFileLimit,
+  findExecutable,
+  killBoundedRuns,
+  openFileLimit,
+  Processes,
+  rssKiB,
+  runBounded,
+  sleep,
+} from "./_procs.ts";
+import { formatTable, type Row } from "./_table.ts";
+import {
+  directTarget,
+  findNginxStream,
+  MAIN,
+  type RunningTarget,
+  startBackends,
+  type StartContext,
+  startHaproxy,
+  startNginxStream,
+  startSwitchyard,
+  type Tools,
+} from "./_targets.ts";
+
+/** Every default of the bench; `--quick` replaces some of them. */
+export const BENCH_DEFAULTS = {
+  /** Seconds of each measured wrk run. */
+  durationS: 10,
+  /** Seconds of keep-alive load before the measured runs of each target (JIT, caches, pools). */
+  warmupS: 2,
+  /** Seconds of each iperf3 run. */
+  iperfDurationS: 5,
+  /** wrk's threads and connections. */
+  threads: 1,
+  connections: 50,
+  /** Idle connections held open for the memory figure. */
+  idleConnections: 10_000,
+} as const;
+
+const QUICK = { durationS: 3, warmupS: 1, iperfDurationS: 2, idleConnections: 2_000 } as const;
+
+/** File descriptors a process needs besides two per proxied connection. */
+const FD_MARGIN = 100;
+
+interface Options {
+  durationS: number;
+  warmupS: number;
+  iperfDurationS: number;
+  threads: number;
+  connections: number;
+  idleConnections: number;
+  only: string[] | null;
+  main: string;
+}
+
+interface TargetSpec {
+  readonly key: string;
+  readonly label: string;
+  readonly needs: readonly (keyof Tools)[];
+  readonly switchyard: boolean;
+  readonly start: (context: StartContext) => Promise<RunningTarget>;
+}
+
+const TARGETS: readonly TargetSpec[] = [
+  {
+    key: "direct",
+    label: "direct (no proxy)",
+    needs: [],
+    switchyard: false,
+    start: (c) => Promise.resolve(directTarget(c)),
+  },
+  {
+    key: "haproxy",
+    label: "HAProxy (mode tcp, nbthread 1)",
+    needs: ["haproxy"],
+    switchyard: false,
+    start: startHaproxy,
+  },
+  {
+    key: "nginx",
+    label: "nginx stream (1 worker)",
+    needs: ["nginx", "nginxStream"],
+    switchyard: false,
+    start: startNginxStream,
+  },
+  ...(["agent", "manager"] as const).map((decide) => ({
+    key: decide,
+    label: `switchyard decide: ${decide}`,
+    needs: [],
+    switchyard: true,
+    start: (c: StartContext) =>
+      startSwitchyard(c.procs, {
+        dir: c.dir,
+        backends: c.backends,
+        decide,
+        maxConnections: c.maxConnections,
+        main: c.main,
+      }),
+  })),
+];
+
+const USAGE = `Usage: deno task bench [--quick] [--duration S] [--warmup S] [--iperf-duration S]
+                       [--connections N] [--threads N] [--idle N] [--only KEYS]
+
+  --quick             about a minute: ${QUICK.durationS} s runs, ${QUICK.iperfDurationS} s iperf3, ${QUICK.idleConnections} idle connections
+  --duration S        seconds of each wrk run (default ${BENCH_DEFAULTS.durationS})
+  --warmup S          seconds of keep-alive load before each target's runs (default ${BENCH_DEFAULTS.warmupS})
+  --iperf-duration S  seconds of each iperf3 run (default ${BENCH_DEFAULTS.iperfDurationS})
+  --connections N     wrk connections (default ${BENCH_DEFAULTS.connections})
+  --threads N         wrk threads (default ${BENCH_DEFAULTS.threads})
+  --idle N            idle connections for the memory figure (default ${BENCH_DEFAULTS.idleConnections}; 0 skips it)
+  --only KEYS         comma-separated subset of: ${TARGETS.map((t) => t.key).join(", ")}
+  --main FILE         the switchyard main.ts to run (default: this checkout's)
+
+Every flag can also be set as SWITCHYARD_BENCH_<FLAG> (e.g. SWITCHYARD_BENCH_DURATION=5); flags win.
+Install the tools with: bash bench/setup`;
+
+function parseOptions(args: string[]): Options {
+  const { values } = parseArgs({
+    args,
+    options: {
+      quick: { type: "boolean" },
+      duration: { type: "string" },
+      warmup: { type: "string" },
+      "iperf-duration": { type: "string" },
+      connections: { type: "string" },
+      threads: { type: "string" },
+      idle: { type: "string" },
+      only: { type: "string" },
+      main: { type: "string" },
+      help: { type: "boolean" },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    console.log(USAGE);
+    Deno.exit(0);
+  }
+  const env = (flag: string) => Deno.env.get(`SWITCHYARD_BENCH_${flag.toUpperCase().replaceAll("-", "_")}`);
+  const quick = values.quick === true || env("quick") === "1";
+  const base = { ...BENCH_DEFAULTS, ...(quick ? QUICK : {}) };
+  const number = (flag: keyof typeof values, fallback: number, min: number) => {
+    const text = (values[flag] as string | undefined) ?? env(flag);
+    if (text === undefined || text === "") return fallback;
+    const value = Number(text);
+    if (!Number.isInteger(value) || value < min) {
+      throw new RangeError(`Cannot use --${flag} "${text}": expected a whole number of at least ${min}`);
+    }
+    return value;
+  };
+  const onlyText = values.only ?? env("only");
+  const only = onlyText ? onlyText.split(",").map((key) => key.trim()) : null;
+  for (const key of only ?? []) {
+    if (!TARGETS.some((target) => target.key === key)) {
+      throw new RangeError(
+        `Cannot use --only "${key}": expected one of ${TARGETS.map((t) => t.key).join(", ")}`,
+      );
+    }
+  }
+  return {
+    durationS: number("duration", base.durationS, 1),
+    warmupS: number("warmup", base.warmupS, 0),
+    iperfDurationS: number("iperf-duration", base.iperfDurationS, 1),
+    threads: number("threads", base.threads, 1),
+    connections: number("connections", base.connections, 1),
+    idleConnections: number("idle", base.idleConnections, 0),
+    only,
+    main: resolve(values.main ?? env("main") ?? MAIN),
+  };
+}
+
+/** The tools found; `SWITCHYARD_BENCH_WITHOUT=wrk,haproxy` pretends some are missing. */
+async function findTools(): Promise<Tools> {
+  const without = (Deno.env.get("SWITCHYARD_BENCH_WITHOUT") ?? "").split(",").map((name) => name.trim());
+  const find = (name: string) => without.includes(name) ? null : findExecutable(name);
+  const nginx = find("nginx");
+  return {
+    nginx,
+    nginxStream: nginx ? await findNginxStream(nginx) : null,
+    haproxy: find("haproxy"),
+    wrk: find("wrk"),
+    iperf3: find("iperf3"),
+  };
+}
+
+async function versionOf(name: string, tool: string | null, args: string[]): Promise<string> {
+  if (tool === null) return `${name} missing`;
+  const result = await runBounded(tool, args, { timeoutMs: 5_000 }).catch(() => null);
+  if (result === null) return "unknown";
+  const text = `${result.stdout}\n${result.stderr}`;
+  return text.split("\n").map((line) => line.trim()).find((line) => /\d+\.\d+/.test(line)) ?? "unknown";
+}
+
+function cpuModel(): string {
+  try {
+    return Deno.readTextFileSync("/proc/cpuinfo").match(/^model name\s*:\s*(.+)$/m)?.[1] ?? "unknown CPU";
+  } catch {
+    return "unknown CPU";
+  }
+}
+
+/** One target's figures, and what went wrong while measuring it. */
+interface Measured {
+  readonly row: Row;
+  readonly notes: string[];
+  failed: boolean;
+  /** The proxy's resident memory fresh, with the idle connections, and after all the load. */
+  memory: string | null;
+}
+
+function progress(text: string): void {
+  console.error(`· ${text}`);
+}
+
+function describeWrk(result: WrkResult): string {
+  return `${Math.round(result.requestsPerSecond)}/s, p50 ${result.p50Ms} ms, p99 ${result.p99Ms} ms` +
+    (result.errors > 0 ? `, ${result.errorText}` : "");
+}
+
+async function measureTarget(
+  spec: TargetSpec,
+  context: StartContext,
+  options: Options,
+  idleCount: number,
+): Promise<Measured> {
+  const row = {
+    label: spec.label,
+    keepAliveRps: null as number | null,
+    p50Ms: null as number | null,
+    p99Ms: null as number | null,
+    newConnectionsPerSecond: null as number | null,
+    bulkGbitPerSecond: null as number | null,
+    kibPerIdleConnection: null as number | null,
+  };
+  const measured: Measured = { row, notes: [], failed: false, memory: null };
+  const note = (text: string, failure = false) => {
+    measured.notes.push(`${spec.label}: ${text}`);
+    if (failure) measured.failed = true;
+    progress(`${spec.key}: ${text}`);
+  };
+  const missing = spec.needs.filter((tool) => context.tools[tool] === null);
+  if (missing.length > 0) {
+    note(
+      `skipped: ${
+        missing.map((tool) => tool === "nginxStream" ? "nginx stream module" : tool).join(", ")
+      } missing`,
+    );
+    return measured;
+  }
+  let target: RunningTarget;
+  try {
+    progress(`${spec.key}: starting`);
+    target = await spec.start(context);
+  } catch (error) {
+    note(`could not start: ${error instanceof Error ? error.message : String(error)}`, true);
+    return measured;
+  }
+  const step = async (what: string, run: () => Promise<void>) => {
+    const failure = target.failure();
+    if (failure !== null) return;
+    try {
+      await run();
+    } catch (error) {
+      note(`${what} failed: ${error instanceof Error ? error.message : String(error)}`, true);
+    }
+    const after = target.failure();
+    if (after !== null) note(`died during ${what}: ${after}`, true);
+  };
+  const { wrk, iperf3 } = context.tools;
+  const wrkOptions = { threads: options.threads, connections: options.connections };
+  const rss = { fresh: null as number | null, idle: null as number | null, loaded: null as number | null };
+  try {
+    // Memory first, on the fresh process: after heavy load a process holds freed memory that new
+    // connections would reuse unseen.
+    const pid = target.memoryPid();
+    const echoPort = target.ports.echo;
+    if (pid !== null && echoPort !== null && idleCount > 0) {
+      await step("idle-connection run", async () => {
+        progress(`${spec.key}: ${idleCount} idle connections`);
+        await sleep(1_000);
+        const before = rssKiB(pid);
+        rss.fresh = before;
+        const started = performance.now();
+        const crowd = await openIdleCrowd(echoPort, { count: idleCount });
+        const openMs = performance.now() - started;
+        try {
+          await sleep(2_000);
+          const after = rssKiB(pid);
+          rss.idle = after;
+          if (before === null || after === null) throw new Error(`process ${pid} is gone`);
+          if (crowd.failed > 0) {
+            note(
+              `${crowd.failed} of ${idleCount} idle connections failed: ${crowd.firstError}`,
+              spec.switchyard,
+            );
+          }
+          if (crowd.opened === 0) throw new Error("no idle connection could be opened");
+          row.kibPerIdleConnection = (after - before) / crowd.opened;
+          progress(
+            `${spec.key}:   RSS ${before} → ${after} KiB for ${crowd.opened} connections (opened in ${
+              Math.round(openMs)
+            } ms): ${row.kibPerIdleConnection.toFixed(1)} KiB each`,
+          );
+        } finally {
+          crowd.close();
+        }
+        await sleep(1_000);
+      });
+    }
+    if (wrk !== null) {
+      if (options.warmupS > 0) {
+        await step("warm-up", async () => {
+          await runWrk(wrk, target.ports.http, { ...wrkOptions, durationS: options.warmupS, close: false });
+        });
+      }
+      await step("keep-alive run", async () => {
+        progress(`${spec.key}: keep-alive, ${options.durationS} s`);
+        const result = await runWrk(wrk, target.ports.http, {
+          ...wrkOptions,
+          durationS: options.durationS,
+          close: false,
+        });
+        progress(`${spec.key}:   ${describeWrk(result)}`);
+        row.keepAliveRps = result.requestsPerSecond;
+        row.p50Ms = result.p50Ms;
+        row.p99Ms = result.p99Ms;
+        if (result.errors > 0) {
+          note(`keep-alive run: ${result.errorText} of ${result.requests} requests`, spec.switchyard);
+        }
+      });
+      await step("new-connection run", async () => {
+        progress(`${spec.key}: Connection: close, ${options.durationS} s`);
+        const result = await runWrk(wrk, target.ports.http, {
+          ...wrkOptions,
+          durationS: options.durationS,
+          close: true,
+        });
+        progress(`${spec.key}:   ${describeWrk(result)}`);
+        row.newConnectionsPerSecond = result.requestsPerSecond;
+        if (result.errors > 0) {
+          note(`new-connection run: ${result.errorText} of ${result.requests} requests`, spec.switchyard);
+        }
+      });
+    }
+    if (iperf3 !== null && target.ports.iperf !== null) {
+      const iperfPort = target.ports.iperf;
+      await step("iperf3 run", async () => {
+        progress(`${spec.key}: iperf3, ${options.iperfDurationS} s`);
+        const result = await runIperf(iperf3, iperfPort, options.iperfDurationS);
+        progress(`${spec.key}:   ${result.gbitPerSecond.toFixed(2)} Gbit/s`);
+        row.bulkGbitPerSecond = result.gbitPerSecond;
+      });
+    }
+    const loadedPid = target.memoryPid();
+    if (loadedPid !== null) {
+      rss.loaded = rssKiB(loadedPid);
+      const mib = (kib: number | null) => kib === null ? "?" : `${(kib / 1024).toFixed(1)} MiB`;
+      measured.memory = `${spec.label}: ${mib(rss.fresh)} fresh, ${mib(rss.idle)} with ${idleCount} idle ` +
+        `connections, ${mib(rss.loaded)} after all the load`;
+    }
+  } finally {
+    for (const line of target.problems().slice(0, 20)) note(`logged: ${line.slice(0, 300)}`, false);
+    await target.stop();
+  }
+  return measured;
+}
+
+async function main(): Promise<number> {
+  let options: Options;
+  try {
+    options = parseOptions(Deno.args);
+  } catch (error) {
+    console.error(`bench: ${error instanceof Error ? error.message : String(error)}\n\n${USAGE}`);
+    return 2;
+  }
+  await ensureOpenFileLimit(2 * options.idleConnections + FD_MARGIN);
+  const began = performance.now();
+  const notes: string[] = [];
+  const limit = openFileLimit().soft;
+  const idleCount = Math.max(0, Math.min(options.idleConnections, Math.floor((limit - FD_MARGIN) / 2)));
+  if (idleCount < options.idleConnections) {
+    notes.push(
+      `Idle connections: ${idleCount} instead of ${options.idleConnections}: the open-file limit is ${limit} ` +
+        `and a proxy needs two files per connection (raise the hard limit, e.g. \`ulimit -Hn 65536\` as root)`,
+    );
+  }
+
+  const tools = await findTools();
+  const missing = [
+    ...(["haproxy", "nginx", "wrk", "iperf3"] as const).filter((tool) => tools[tool] === null),
+    ...(tools.nginx !== null && tools.nginxStream === null
+      ? ["nginx stream module (libnginx-mod-stream)"]
+      : []),
+  ];
+  if (missing.length > 0) {
+    const text = `Missing: ${missing.join(", ")}. Install with: bash bench/setup (Debian/Ubuntu, as root). ` +
+      "The columns that need them are left empty.";
+    console.error(text);
+    notes.push(text);
+  }
+
+  const procs = new Processes();
+  const dir = await Deno.makeTempDir({ prefix: "switchyard-bench-" });
+  let cleaned: Promise<void> | null = null;
+  const cleanup = () =>
+    cleaned ??= (async () => {
+      killBoundedRuns();
+      await procs.stopAll();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    })();
+  const interrupted = (signal: Deno.Signal) => async () => {
+    console.error(`\n${signal}: stopping every process of the bench`);
+    await cleanup();
+    Deno.exit(130);
+  };
+  const onInt = interrupted("SIGINT");
+  const onTerm = interrupted("SIGTERM");
+  Deno.addSignalListener("SIGINT", onInt);
+  Deno.addSignalListener("SIGTERM", onTerm);
+
+  const results: Measured[] = [];
+  let httpServer = "";
+  let broken = false;
+  try {
+    const started = await startBackends({ procs, tools, dir });
+    httpServer = started.httpServer;
+    const context: StartContext = {
+      procs,
+      tools,
+      dir,
+      backends: started.ports,
+      maxConnections: idleCount,
+      main: options.main,
+    };
+    for (const spec of TARGETS) {
+      if (options.only !== null && !options.only.includes(spec.key)) continue;
+      results.push(await measureTarget(spec, context, options, idleCount));
+      const dead = started.failure();
+      if (dead !== null) {
+        throw new Error(`A backend of the bench failed; the figures would be wrong: ${dead}`);
+      }
+    }
+  } catch (error) {
+    const text = `The bench stopped: ${error instanceof Error ? error.message : String(error)}`;
+    console.error(text);
+    notes.push(text);
+    broken = true;
+  } finally {
+    await cleanup();
+    Deno.removeSignalListener("SIGINT", onInt);
+    Deno.removeSignalListener("SIGTERM", onTerm);
+  }
+
+  const elapsedS = (performance.now() - began) / 1_000;
+  const baseline = results.find((result) => result.row.label.startsWith("HAProxy"))?.row ?? null;
+  const table = formatTable(results.map((result) => result.row), baseline);
+  const allNotes = [...notes, ...results.flatMap((result) => result.notes)];
+  const memory = results.flatMap((result) => result.memory === null ? [] : [result.memory]);
+  const versions = await Promise.all([
+    versionOf("haproxy", tools.haproxy, ["-v"]),
+    versionOf("nginx", tools.nginx, ["-v"]),
+    versionOf("wrk", tools.wrk, ["-v"]),
+    versionOf("iperf3", tools.iperf3, ["-v"]),
+  ]);
+  const report = [
+    `## switchyard bench — ${new Date().toISOString().slice(0, 19)}Z`,
+    "",
+    `Loopback, ${navigator.hardwareConcurrency} CPUs (${cpuModel()}), Linux ${Deno.osRelease()}, ` +
+    `deno ${Deno.version.deno}. Backends: HTTP ${httpServer}; ${
+      tools.iperf3 ? "bulk an iperf3 server; " : ""
+    }idle connections an echo server (Deno).`,
+    `Load: \`wrk -t${options.threads} -c${options.connections} -d${options.durationS}s --latency\` after a ` +
+    `${options.warmupS} s warm-up; new conn/s adds \`-H 'Connection: close'\`; bulk is ` +
+    `\`iperf3 -t ${options.iperfDurationS}\` (one stream); KiB/idle conn is the growth of the proxy's VmRSS ` +
+    `(HAProxy, the nginx worker, the switchyard agent) with ${idleCount} connections open, each having ` +
+    "echoed one byte. × HAProxy is the figure divided by HAProxy's (for p50, p99 and KiB lower is better).",
+    "",
+    table,
+    "",
+    `Tools: ${versions.join(" · ")}. Took ${Math.round(elapsedS)} s.`,
+    ...(memory.length > 0 ? ["", "Resident memory (VmRSS):", ...memory.map((text) => `- ${text}`)] : []),
+    ...(allNotes.length > 0 ? ["", "Notes:", ...allNotes.map((text) => `- ${text}`)] : []),
+    "",
+  ].join("\n");
+  console.log(`\n${report}`);
+  const out = fileURLToPath(new URL("./out/", import.meta.url));
+  await Deno.mkdir(out, { recursive: true });
+  await Deno.writeTextFile(`${out}latest.md`, report);
+  console.error(`Written to bench/out/latest.md`);
+  const switchyardFailed = results.some((result) =>
+    result.failed && TARGETS.find((target) => target.label === result.row.label)?.switchyard
+  );
+  return broken || switchyardFailed ? 1 : 0;
+}
+
+if (import.meta.main) {
+  Deno.exit(await main());
+}
