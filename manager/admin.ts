@@ -1,7 +1,8 @@
 /**
- * The manager's admin API (Hono): services, backends, agents, reload, metrics and health. Every route but
- * `/healthz` needs `Authorization: Bearer <token>`; errors are `{"error", "path"}` JSON with the status
- * the spec gives, and a rejected request changes nothing.
+ * The manager's admin API (Hono): feedback, services, backends, agents, reload, metrics and health. Every
+ * route but `/healthz` needs `Authorization: Bearer <token>`: the admin token for every route, a feedback
+ * token for `POST /v1/feedback` and only for its services. Errors are `{"error", "path"}` JSON with the
+ * status the spec gives, and a rejected request changes nothing.
  */
 import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
@@ -9,6 +10,7 @@ import type { Context, MiddlewareHandler } from "hono";
 import { constantTimeEqual } from "../cluster/auth.ts";
 import { formatHostPort } from "../cluster/address.ts";
 import { logger } from "../cluster/log.ts";
+import { parseReports, ReportError } from "../feedback/mod.ts";
 import type { AgentSession } from "./cluster_server.ts";
 import {
   type BackendRuntime,
@@ -46,7 +48,13 @@ export interface AdminDeps {
   readonly adminToken: () => string;
 }
 
-type Env = { Variables: { token: string } };
+/** Who a request's token says it is: the admin, or a feedback reporter for some services. */
+export type Caller = { readonly role: "admin" } | {
+  readonly role: "feedback";
+  readonly services: ReadonlySet<string>;
+};
+
+type Env = { Variables: { caller: Caller } };
 
 export function createAdminApp(deps: AdminDeps): Hono<Env> {
   const app = new Hono<Env>();
@@ -78,12 +86,64 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
     }),
   );
 
-  app.get("/v1/services", (c) => c.json({ services: deps.model.services().map(serviceView) }));
+  app.post("/v1/feedback", async (c) => {
+    const body = await jsonBody(c);
+    let reports;
+    try {
+      reports = parseReports(body);
+    } catch (error) {
+      if (error instanceof ReportError) throw new ApiError(400, error.message, error.path);
+      throw error;
+    }
+    const caller = c.get("caller");
+    const batch = Array.isArray(body);
+    const at = (index: number, field: string) => batch ? `[${index}].${field}` : field;
+    if (caller.role === "feedback") {
+      reports.forEach((report, index) => {
+        if (!caller.services.has(report.service)) {
+          throw new ApiError(
+            403,
+            `This token may not report for service "${report.service}"`,
+            at(index, "service"),
+          );
+        }
+      });
+    }
+    reports.forEach((report, index) => {
+      const service = deps.model.service(report.service);
+      if (!service) throw new ApiError(404, `Unknown service "${report.service}"`, at(index, "service"));
+      if (!service.backends.some((backend) => backend.config.id === report.backend)) {
+        throw new ApiError(
+          404,
+          `Unknown backend "${report.backend}" in service "${report.service}"`,
+          at(index, "backend"),
+        );
+      }
+    });
+    const outcomes = deps.model.applyFeedback(reports);
+    log.debug("Took {count} feedback reports", { count: reports.length, role: caller.role });
+    return c.json({
+      accepted: reports.length,
+      backends: outcomes.map((outcome) => ({
+        service: outcome.service,
+        backend: outcome.backend,
+        effective_weight: outcome.effectiveWeight,
+        state: viewState(outcome.state),
+      })),
+    }, 202);
+  });
+
+  app.use("/v1/*", adminOnly());
+
+  app.get("/v1/services", (c) => {
+    const now = deps.model.now();
+    return c.json({ services: deps.model.services().map((service) => serviceView(service, now)) });
+  });
 
   app.get("/v1/services/:name", (c) => {
     const service = deps.model.service(c.req.param("name"));
     if (!service) throw new ApiError(404, `Unknown service "${c.req.param("name")}"`, "name");
-    return c.json(serviceView(service));
+    return c.json(serviceView(service, deps.model.now()));
   });
 
   app.post("/v1/services/:name/backends/:address/state", async (c) => {
@@ -104,7 +164,7 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
       service: name,
       state,
     });
-    return c.json(backendView(backend));
+    return c.json(backendView(backend, deps.model.now()));
   });
 
   app.get("/v1/agents", (c) => {
@@ -137,20 +197,37 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
   return app;
 }
 
+/** Tells who the bearer token belongs to: the admin, a feedback token (from the config in force), or 401. */
 function bearer(deps: AdminDeps): MiddlewareHandler<Env> {
   return async (c, next) => {
     const header = c.req.header("authorization") ?? "";
     const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
     if (!match) throw new ApiError(401, "Missing bearer token", "authorization");
     const token = match[1] as string;
-    if (!constantTimeEqual(token, deps.adminToken())) {
+    let caller: Caller | null = constantTimeEqual(token, deps.adminToken()) ? { role: "admin" } : null;
+    for (const entry of deps.model.config.manager.tokens.feedback) {
+      if (constantTimeEqual(token, entry.token) && caller === null) {
+        caller = { role: "feedback", services: new Set(entry.services) };
+      }
+    }
+    if (caller === null) {
       log.warn("Refused admin request {method} {path}: bad token", {
         method: c.req.method,
         path: c.req.path,
       });
       throw new ApiError(401, "Bad token", "authorization");
     }
-    c.set("token", token);
+    c.set("caller", caller);
+    await next();
+  };
+}
+
+/** Refuses feedback tokens: every route after it is the admin's. */
+function adminOnly(): MiddlewareHandler<Env> {
+  return async (c, next) => {
+    if (c.get("caller").role !== "admin") {
+      throw new ApiError(403, "A feedback token may only post feedback to /v1/feedback", "authorization");
+    }
     await next();
   };
 }
@@ -168,33 +245,103 @@ function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
-function serviceView(service: ServiceRuntime) {
+function serviceView(service: ServiceRuntime, now: number) {
   const { config } = service;
   return {
     name: config.name,
     listen: formatHostPort(config.listen),
     decide: config.decide,
     handoff: config.handoff,
+    health_check: {
+      kind: config.health.kind,
+      interval_s: config.health.intervalMs / 1000,
+      timeout_s: config.health.timeoutMs / 1000,
+      rise: config.health.rise,
+      fall: config.health.fall,
+      ...(config.health.kind === "http" ? { path: config.health.path } : {}),
+      ...(config.health.kind === "agent-check" ? { port: config.health.port } : {}),
+    },
+    feedback_settings: {
+      ttl_s: config.feedback.ttlMs / 1000,
+      smoothing: config.feedback.smoothing,
+      max_step: config.feedback.maxStep,
+    },
     table: {
       size: service.table.length,
       last_slots_moved: service.lastSlotsMoved,
       slots_moved_total: service.totalSlotsMoved,
     },
-    backends: service.backends.map(backendView),
+    backends: service.backends.map((backend) => backendView(backend, now)),
   };
 }
 
-function backendView(backend: BackendRuntime) {
-  const state = backendState(backend);
+function viewState(state: ReturnType<typeof backendState>): "up" | "drain" | "down" {
+  return state === "draining" ? "drain" : state;
+}
+
+function backendView(backend: BackendRuntime, now: number) {
+  const { feedback, agentCheck, lastCheck } = backend;
   return {
     address: backend.config.id,
     weight: backend.config.weight,
     effective_weight: effectiveWeight(backend),
-    state: state === "draining" ? "drain" : state,
+    state: viewState(backendState(backend)),
     health: backend.health,
     open_connections: openConnections(backend),
-    feedback: null,
+    feedback: feedback === null ? null : {
+      source: feedback.source,
+      weight: feedback.weight === null ? null : round(feedback.weight, 2),
+      ...(feedback.reportedWeight !== null ? { reported_weight: feedback.reportedWeight } : {}),
+      ...(feedback.load ?? {}),
+      ...(feedback.source === "load"
+        ? {
+          load_weight: feedback.raw === null ? null : round(feedback.raw, 4),
+          target_weight: feedback.target === null ? null : round(feedback.target, 2),
+        }
+        : {}),
+      state: feedback.state,
+      age_s: round((now - feedback.reportedAt) / 1000, 3),
+      expires_in_s: round(Math.max(0, feedback.expiresAt - now) / 1000, 3),
+    },
+    operator_state: backend.operatorState,
+    checks: {
+      passed_in_a_row: backend.checks.successes,
+      failed_in_a_row: backend.checks.failures,
+      last: lastCheck === null
+        ? null
+        : { ok: lastCheck.ok, detail: lastCheck.detail, age_s: round((now - lastCheck.at) / 1000, 3) },
+    },
+    agent_check: agentCheck === null ? null : {
+      state: agentCheck.admin,
+      share: agentCheck.share,
+      ...(agentCheck.description !== "" ? { description: agentCheck.description } : {}),
+    },
+    why: why(backend),
   };
+}
+
+/** One line on why the effective weight is what it is, for an operator. */
+function why(backend: BackendRuntime): string {
+  const configured = backend.config.weight;
+  const { feedback, agentCheck } = backend;
+  const reasons: string[] = [];
+  if (backend.health === "down") {
+    reasons.push(`health down: ${backend.checks.failures} failed checks in a row`);
+  }
+  if (feedback?.state === "down") reasons.push("feedback says down");
+  if (agentCheck?.admin === "maint") reasons.push("agent-check says maint");
+  if (backend.operatorState === "drain") reasons.push("drained by an operator");
+  if (feedback?.state === "drain") reasons.push("feedback says drain");
+  if (agentCheck?.admin === "drain") reasons.push("agent-check says drain");
+  if (reasons.length > 0) return `0: ${reasons.join("; ")}`;
+  let text = `configured ${configured}`;
+  if (feedback?.source === "weight") {
+    text = `feedback weight ${feedback.reportedWeight}% of configured ${configured}`;
+  } else if (feedback?.source === "load" && feedback.weight !== null && feedback.target !== null) {
+    text = `load feedback: target ${round(feedback.target, 2)}, smoothed to ${round(feedback.weight, 2)}`;
+  }
+  if (agentCheck !== null && agentCheck.share !== 100) text += `, × agent-check ${agentCheck.share}%`;
+  return `${effectiveWeight(backend)}: ${text}`;
 }
 
 function round(value: number, digits: number): number {

@@ -205,6 +205,7 @@ export class ClusterServer {
             ...failure,
           });
         }
+        this.#model.reportConnectFailures(session.id, message.failures);
         break;
       default:
         throw new Error(`Unexpected ${message.type} after the handshake`);

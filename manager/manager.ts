@@ -9,6 +9,7 @@ import { logger } from "../cluster/log.ts";
 import { createAdminApp, type ReloadResult } from "./admin.ts";
 import { ClusterServer } from "./cluster_server.ts";
 import { type Config, ConfigError, formatProblem, loadConfig } from "./config.ts";
+import { HealthChecker } from "./health.ts";
 import { ClusterModel } from "./state.ts";
 
 const log = logger("manager");
@@ -46,6 +47,7 @@ export async function startManager(config: Config, options: ManagerOptions = {})
     })
     : Deno.listen({ hostname: config.manager.cluster.host, port: config.manager.cluster.port });
   const cluster = new ClusterServer(model, clusterListener, { token: () => current.manager.tokens.cluster });
+  const health = new HealthChecker(model);
 
   const reload = async (): Promise<ReloadResult> => {
     if (!options.configFile) {
@@ -110,8 +112,10 @@ export async function startManager(config: Config, options: ManagerOptions = {})
     cluster,
     reload,
     async close() {
+      await health.close();
       await cluster.close();
       await server.shutdown();
+      model.close();
     },
   };
 }

@@ -1,26 +1,67 @@
 /**
  * The manager's view of the cluster: every service with its backends' configured weight, operator
- * state, health and open connections, the effective weights that follow from them, and the Maglev table
- * built from those weights. Only the manager moves a backend between states; agents learn of every
- * change through a new versioned `ClusterState`.
+ * state, feedback, health and open connections, the effective weight and state that follow from them,
+ * and the Maglev table built from those weights. Only the manager moves a backend between states; agents
+ * learn of every change through a new versioned `ClusterState`.
  *
- * Invariant: `snapshot().services[i].table` is always the table of the current effective weights, and
- * `version` grows by one on every change an agent must learn of.
+ * A backend is `down` while its health is down or its feedback or agent-check says so (`down`, `maint`),
+ * else `draining` while an operator, its feedback or its agent-check drains it, else `up`. Only an `up`
+ * backend has a weight: its feedback weight (or its configured weight when it has no live feedback),
+ * times its agent-check share.
+ *
+ * Invariants: `snapshot().services[i].table` is always the table of the current effective weights;
+ * `version` grows by one on every change an agent must learn of, and only then; feedback for one service
+ * never touches another, even when the same address is a backend of both; a report that expires puts its
+ * backend back at its configured weight and state by itself (a timer, stopped by `close()`).
  */
 import { buildTable, slotsMoved } from "../cluster/maglev.ts";
+import { logger } from "../cluster/log.ts";
 import { type ClusterState, encodeTable, type ServiceSpec } from "../cluster/protocol.ts";
+import {
+  type AgentCheckReply,
+  applyReport,
+  type FeedbackRecord,
+  feedbackState,
+  feedbackWeight,
+  isLive,
+  liveRaw,
+  type Report,
+} from "../feedback/mod.ts";
 import type { BackendConfig, Config, ServiceConfig } from "./config.ts";
+import { type CheckResult, nextHealth } from "./health.ts";
+
+const log = logger("manager", "state");
 
 /** A backend's state as an operator sets it: `drain` keeps open connections, takes no new ones. */
 export type OperatorState = "up" | "drain";
 export type Health = "up" | "down" | "unknown";
+export type BackendState = "up" | "draining" | "down";
 
 export interface BackendRuntime {
   readonly config: BackendConfig;
   operatorState: OperatorState;
   health: Health;
+  /** Passed and failed checks in a row; connect failures the agents report count as failed checks. */
+  checks: { successes: number; failures: number };
+  /** The last active check, and when it ended (the model's clock, ms). */
+  lastCheck: { readonly at: number; readonly ok: boolean; readonly detail: string } | null;
+  /** The last agent-check reply, for services checked with `agent-check`. */
+  agentCheck: AgentCheckReply | null;
+  /** The last feedback report's record; null when there is none or it expired. */
+  feedback: FeedbackRecord | null;
+  /** The weight and state in force, as the last rebuild of the service's table computed them. */
+  effectiveWeight: number;
+  state: BackendState;
   /** Open connections to this backend, per agent, as the agents last reported them. */
   readonly openByAgent: Map<string, number>;
+}
+
+/** What a feedback report left for one backend: the answer of `POST /v1/feedback`. */
+export interface FeedbackOutcome {
+  readonly service: string;
+  readonly backend: string;
+  readonly effectiveWeight: number;
+  readonly state: BackendState;
 }
 
 export interface ServiceRuntime {
@@ -38,6 +79,12 @@ export interface AgentView {
   readonly mesh: string | null;
 }
 
+export interface ModelOptions {
+  readonly seed: number;
+  /** The clock of feedback ages and expiry, in ms; `performance.now` by default. */
+  readonly now?: () => number;
+}
+
 export class ClusterModel {
   #config: Config;
   #services = new Map<string, ServiceRuntime>();
@@ -45,12 +92,30 @@ export class ClusterModel {
   #version = 0;
   readonly #epoch = crypto.randomUUID();
   readonly #seed: number;
+  readonly #now: () => number;
   readonly #listeners = new Set<() => void>();
+  #expiryTimer: ReturnType<typeof setTimeout> | undefined;
+  #expiryAt = Infinity;
+  #closed = false;
 
-  constructor(config: Config, options: { seed: number }) {
+  constructor(config: Config, options: ModelOptions) {
     this.#config = config;
     this.#seed = options.seed;
+    this.#now = options.now ?? (() => performance.now());
     this.#applyServices(config.services);
+  }
+
+  /** The model's clock, in ms. */
+  now(): number {
+    return this.#now();
+  }
+
+  /** Stops the expiry timer; the model still answers, but feedback no longer expires by itself. */
+  close(): void {
+    this.#closed = true;
+    clearTimeout(this.#expiryTimer);
+    this.#expiryTimer = undefined;
+    this.#expiryAt = Infinity;
   }
 
   get config(): Config {
@@ -91,8 +156,7 @@ export class ClusterModel {
     const runtime = this.#backend(service, backend);
     if (runtime.operatorState !== state) {
       runtime.operatorState = state;
-      this.#rebuild(this.#services.get(service) as ServiceRuntime);
-      this.#changed();
+      this.#update([this.#services.get(service) as ServiceRuntime]);
     }
     return runtime;
   }
@@ -101,8 +165,83 @@ export class ClusterModel {
     const runtime = this.#backend(service, backend);
     if (runtime.health === health) return;
     runtime.health = health;
-    this.#rebuild(this.#services.get(service) as ServiceRuntime);
-    this.#changed();
+    runtime.checks = { successes: 0, failures: 0 };
+    this.#update([this.#services.get(service) as ServiceRuntime]);
+  }
+
+  /**
+   * Applies feedback reports in order, all or none: an unknown service or backend throws an
+   * `UnknownError` before anything changes. Tables are rebuilt once per service touched. Returns each
+   * reported backend once, in the order first reported, with its new effective weight.
+   */
+  applyFeedback(reports: readonly Report[]): FeedbackOutcome[] {
+    const targets = reports.map((report) => ({
+      report,
+      backend: this.#backend(report.service, report.backend),
+    }));
+    const now = this.#now();
+    const touched = new Set<ServiceRuntime>();
+    for (const { report, backend } of targets) {
+      const service = this.#services.get(report.service) as ServiceRuntime;
+      backend.feedback = applyReport(report, {
+        configured: backend.config.weight,
+        current: backend.feedback,
+        peers: service.backends.filter((peer) => peer !== backend && peer.config.weight > 0).map((peer) => ({
+          configured: peer.config.weight,
+          raw: liveRaw(peer.feedback, now),
+        })),
+        settings: service.config.feedback,
+        now,
+      });
+      touched.add(service);
+    }
+    this.#update([...touched]);
+    const outcomes = new Map<BackendRuntime, FeedbackOutcome>();
+    for (const { report, backend } of targets) {
+      if (outcomes.has(backend)) continue;
+      outcomes.set(backend, {
+        service: report.service,
+        backend: backend.config.id,
+        effectiveWeight: backend.effectiveWeight,
+        state: backend.state,
+      });
+    }
+    return [...outcomes.values()];
+  }
+
+  /** Takes the outcome of one active check of a backend (from the health checker). */
+  recordCheck(service: string, backend: string, result: CheckResult): void {
+    const runtime = this.#backend(service, backend);
+    const serviceRuntime = this.#services.get(service) as ServiceRuntime;
+    runtime.lastCheck = { at: this.#now(), ok: result.ok, detail: result.detail };
+    if (result.agent) runtime.agentCheck = result.agent;
+    this.#track(serviceRuntime, runtime, { ok: result.ok }, result.detail);
+    this.#update([serviceRuntime]);
+  }
+
+  /**
+   * Takes one agent's count of connections to backends that failed since its last report: each counts as
+   * a failed check, so `fall` of them in a row, cluster-wide, take the backend down until `rise` active
+   * checks pass. Backends the model does not know (an agent serving an older state) are skipped.
+   */
+  reportConnectFailures(
+    agent: string,
+    failures: ReadonlyArray<{ service: string; backend: string; count: number }>,
+  ): void {
+    const touched = new Set<ServiceRuntime>();
+    for (const { service, backend, count } of failures) {
+      const serviceRuntime = this.#services.get(service);
+      const runtime = serviceRuntime?.backends.find((b) => b.config.id === backend);
+      if (!serviceRuntime || !runtime || count <= 0) continue;
+      this.#track(
+        serviceRuntime,
+        runtime,
+        { ok: false, count },
+        `${count} connect failures seen by ${agent}`,
+      );
+      touched.add(serviceRuntime);
+    }
+    this.#update([...touched]);
   }
 
   /** Replaces one agent's report of its open connections per backend. */
@@ -138,8 +277,8 @@ export class ClusterModel {
           id: backend.config.id,
           host: backend.config.address.host,
           port: backend.config.address.port,
-          weight: effectiveWeight(backend),
-          state: backendState(backend),
+          weight: backend.effectiveWeight,
+          state: backend.state,
         })),
         table: encodeTable(service.table),
       };
@@ -172,6 +311,12 @@ export class ClusterModel {
           config: backendConfig,
           operatorState: old?.operatorState ?? "up",
           health: old?.health ?? "unknown",
+          checks: old?.checks ?? { successes: 0, failures: 0 },
+          lastCheck: old?.lastCheck ?? null,
+          agentCheck: config.health.kind === "agent-check" ? old?.agentCheck ?? null : null,
+          feedback: old?.feedback ?? null,
+          effectiveWeight: 0,
+          state: "up",
           openByAgent: old?.openByAgent ?? new Map(),
         };
       });
@@ -183,16 +328,69 @@ export class ClusterModel {
         lastSlotsMoved: 0,
         totalSlotsMoved: previous?.totalSlotsMoved ?? 0,
       };
-      this.#rebuild(runtime);
+      this.#rebuild(runtime, { force: true });
       next.set(config.name, runtime);
     }
     this.#services = next;
+    this.#scheduleExpiry();
   }
 
-  #rebuild(service: ServiceRuntime): void {
+  /** Moves a backend's health track by one outcome, and logs when its health changes. */
+  #track(
+    service: ServiceRuntime,
+    backend: BackendRuntime,
+    outcome: { ok: boolean; count?: number },
+    detail: string,
+  ): void {
+    const { rise, fall } = service.config.health;
+    const before = backend.health;
+    const next = nextHealth({ health: before, ...backend.checks }, outcome, { rise, fall });
+    backend.health = next.health;
+    backend.checks = { successes: next.successes, failures: next.failures };
+    if (before === next.health) return;
+    const fields = { service: service.config.name, backend: backend.config.id, detail, rise, fall };
+    if (next.health === "down") {
+      log.warn(
+        "Backend {backend} of {service} is down after {fall} failed checks in a row: {detail}",
+        fields,
+      );
+    } else if (before === "down") {
+      log.info("Backend {backend} of {service} is up again after {rise} passed checks", fields);
+    }
+  }
+
+  /** Drops expired feedback, rebuilds the tables of `services`, and tells listeners if any changed. */
+  #update(services: readonly ServiceRuntime[]): void {
+    const now = this.#now();
+    let changed = false;
+    for (const service of services) {
+      for (const backend of service.backends) {
+        if (backend.feedback !== null && !isLive(backend.feedback, now)) backend.feedback = null;
+      }
+      if (this.#rebuild(service)) changed = true;
+    }
+    this.#scheduleExpiry();
+    if (changed) this.#changed();
+  }
+
+  /**
+   * Recomputes the service's effective weights and states; rebuilds its table when any changed (or when
+   * `force`d). Returns whether anything agents see changed.
+   */
+  #rebuild(service: ServiceRuntime, options: { force?: boolean } = {}): boolean {
+    const now = this.#now();
+    let changed = options.force === true;
+    for (const backend of service.backends) {
+      const state = stateOf(backend, now);
+      const weight = state === "up" ? weightOf(backend, now) : 0;
+      if (state !== backend.state || weight !== backend.effectiveWeight) changed = true;
+      backend.state = state;
+      backend.effectiveWeight = weight;
+    }
+    if (!changed) return false;
     const entries = service.backends.map((backend) => ({
       id: backend.config.id,
-      weight: effectiveWeight(backend),
+      weight: backend.effectiveWeight,
     }));
     const table = buildTable(entries);
     const ids = entries.map((entry) => entry.id);
@@ -203,6 +401,49 @@ export class ClusterModel {
     service.tableIds = ids;
     service.lastSlotsMoved = moved;
     service.totalSlotsMoved += moved;
+    return true;
+  }
+
+  /** Arms one timer for the earliest feedback expiry, so that an expired report changes the table itself. */
+  #scheduleExpiry(): void {
+    if (this.#closed) return;
+    let earliest = Infinity;
+    for (const service of this.#services.values()) {
+      for (const backend of service.backends) {
+        if (backend.feedback !== null) earliest = Math.min(earliest, backend.feedback.expiresAt);
+      }
+    }
+    if (earliest === this.#expiryAt) return;
+    clearTimeout(this.#expiryTimer);
+    this.#expiryTimer = undefined;
+    this.#expiryAt = earliest;
+    if (earliest === Infinity) return;
+    const delay = Math.min(Math.max(0, earliest - this.#now()), 2 ** 31 - 1);
+    this.#expiryTimer = setTimeout(() => {
+      this.#expiryTimer = undefined;
+      this.#expiryAt = Infinity;
+      this.#expire();
+    }, Math.ceil(delay));
+  }
+
+  #expire(): void {
+    const now = this.#now();
+    const expired: ServiceRuntime[] = [];
+    for (const service of this.#services.values()) {
+      const due = service.backends.filter((backend) =>
+        backend.feedback !== null && !isLive(backend.feedback, now)
+      );
+      if (due.length === 0) continue;
+      expired.push(service);
+      for (const backend of due) {
+        log.info("Feedback for {backend} of {service} expired; back to its configured weight {weight}", {
+          service: service.config.name,
+          backend: backend.config.id,
+          weight: backend.config.weight,
+        });
+      }
+    }
+    this.#update(expired);
   }
 
   #changed(): void {
@@ -216,15 +457,31 @@ export class UnknownError extends Error {
   override readonly name = "UnknownError";
 }
 
-/** What a backend is worth in new decisions: its configured weight while up and not failing checks. */
+/** What a backend is worth in new decisions, as of its service's last rebuild. */
 export function effectiveWeight(backend: BackendRuntime): number {
-  if (backend.operatorState !== "up" || backend.health === "down") return 0;
-  return backend.config.weight;
+  return backend.effectiveWeight;
 }
 
-export function backendState(backend: BackendRuntime): "up" | "draining" | "down" {
-  if (backend.health === "down") return "down";
-  return backend.operatorState === "drain" ? "draining" : "up";
+/** A backend's state in force, as of its service's last rebuild. */
+export function backendState(backend: BackendRuntime): BackendState {
+  return backend.state;
+}
+
+/** The state that follows at `now` from health, feedback, agent-check and operator. */
+function stateOf(backend: BackendRuntime, now: number): BackendState {
+  const reported = feedbackState(backend.feedback, now);
+  const agent = backend.agentCheck?.admin ?? "ready";
+  if (backend.health === "down" || reported === "down" || agent === "maint") return "down";
+  if (backend.operatorState === "drain" || reported === "drain" || agent === "drain") return "draining";
+  return "up";
+}
+
+/** The weight of an `up` backend at `now`: feedback (or configured) × agent-check share, to 0.01. */
+function weightOf(backend: BackendRuntime, now: number): number {
+  if (backend.config.weight === 0) return 0;
+  const share = backend.agentCheck?.share ?? 100;
+  const weight = (feedbackWeight(backend.feedback, backend.config.weight, now) * share) / 100;
+  return Math.round(weight * 100) / 100;
 }
 
 export function openConnections(backend: BackendRuntime): number {

@@ -1,0 +1,425 @@
+import assert from "node:assert/strict";
+import { createAdminApp, MAX_BODY_BYTES } from "./admin.ts";
+import { type Config, parseConfig } from "./config.ts";
+import { ClusterModel } from "./state.ts";
+
+const ADMIN = "admin-token-0123456789";
+const WEB_APP = "web-app-token-0123456789";
+const API_APP = "api-app-token-0123456789";
+const A = "10.0.0.11:80";
+const B = "10.0.0.12:80";
+
+function configOf(feedback: Record<string, unknown> = {}): Config {
+  const service = (name: string, port: number) => ({
+    name,
+    listen: `0.0.0.0:${port}`,
+    backends: [{ address: A, weight: 100 }, { address: B, weight: 100 }],
+    feedback,
+  });
+  const result = parseConfig(JSON.stringify({
+    manager: {
+      tokens: {
+        admin: ADMIN,
+        cluster: "cluster-token-0123456789",
+        feedback: [{ token: WEB_APP, services: ["web"] }, { token: API_APP, services: ["api"] }],
+      },
+    },
+    services: [service("web", 8080), service("api", 8081)],
+  }));
+  assert.deepEqual(result.problems, []);
+  return result.config as Config;
+}
+
+/** An admin app on a model with a clock the test moves; `using` closes the model. */
+function harness(settings: Record<string, unknown> = {}) {
+  const clock = { now: 0 };
+  const model = new ClusterModel(configOf(settings), { seed: 7, now: () => clock.now });
+  const app = createAdminApp({
+    model,
+    agents: () => [],
+    reload: () => Promise.resolve({ ok: false, problems: ["no file"] }),
+    adminToken: () => ADMIN,
+  });
+  const request = (method: string, path: string, options: { token?: string | null; body?: unknown } = {}) => {
+    const token = options.token === undefined ? ADMIN : options.token;
+    const headers: Record<string, string> = { "content-type": "application/json" };
+    if (token !== null) headers.authorization = `Bearer ${token}`;
+    const body = options.body === undefined
+      ? undefined
+      : typeof options.body === "string"
+      ? options.body
+      : JSON.stringify(options.body);
+    return Promise.resolve(app.request(path, { method, headers, ...(body !== undefined ? { body } : {}) }));
+  };
+  const feedback = (body: unknown, token: string | null = ADMIN) =>
+    request("POST", "/v1/feedback", { body, token });
+  const services = async () => {
+    const response = await request("GET", "/v1/services");
+    assert.equal(response.status, 200);
+    return (await response.json()) as { services: ServiceView[] };
+  };
+  const backend = async (service: string, address: string) => {
+    const view = (await services()).services.find((s) => s.name === service);
+    const found = view?.backends.find((b) => b.address === address);
+    assert.ok(found, `${service} ${address} in GET /v1/services`);
+    return found;
+  };
+  return {
+    model,
+    clock,
+    request,
+    feedback,
+    services,
+    backend,
+    [Symbol.dispose]: () => model.close(),
+  };
+}
+
+interface BackendView {
+  address: string;
+  weight: number;
+  effective_weight: number;
+  state: string;
+  health: string;
+  open_connections: number;
+  feedback: Record<string, unknown> | null;
+  why: string;
+  [key: string]: unknown;
+}
+
+interface ServiceView {
+  name: string;
+  listen: string;
+  decide: string;
+  backends: BackendView[];
+  table: { size: number; last_slots_moved: number; slots_moved_total: number };
+}
+
+Deno.test("POST /v1/feedback answers 202 with the new effective weight, and GET /v1/services shows it as the spec does", async () => {
+  using h = harness();
+  const response = await h.feedback({ service: "web", backend: A, weight: 40, ttl: "30s" }, WEB_APP);
+  assert.equal(response.status, 202);
+  assert.deepEqual(await response.json(), {
+    accepted: 1,
+    backends: [{ service: "web", backend: A, effective_weight: 40, state: "up" }],
+  });
+  h.clock.now = 1_500;
+  const { services } = await h.services();
+  const web = services.find((s) => s.name === "web")!;
+  assert.equal(web.listen, "0.0.0.0:8080");
+  assert.equal(web.decide, "manager");
+  const a = web.backends[0]!;
+  assert.deepEqual(
+    {
+      address: a.address,
+      weight: a.weight,
+      effective_weight: a.effective_weight,
+      state: a.state,
+      health: a.health,
+      open_connections: a.open_connections,
+    },
+    { address: A, weight: 100, effective_weight: 40, state: "up", health: "unknown", open_connections: 0 },
+  );
+  assert.deepEqual(a.feedback, {
+    source: "weight",
+    weight: 40,
+    reported_weight: 40,
+    state: "up",
+    age_s: 1.5,
+    expires_in_s: 28.5,
+  });
+  assert.equal(a.why, "40: feedback weight 40% of configured 100");
+  assert.equal(web.backends[1]!.feedback, null);
+  assert.ok(web.table.last_slots_moved > 0);
+  const one = await h.request("GET", "/v1/services/web");
+  assert.equal(one.status, 200);
+  assert.equal(((await one.json()) as ServiceView).backends[0]!.effective_weight, 40);
+});
+
+Deno.test("a batch answers each reported backend once, in order, and is applied as a whole", async () => {
+  using h = harness();
+  const response = await h.feedback([
+    { service: "web", backend: B, weight: 25 },
+    { service: "api", backend: A, state: "drain" },
+    { service: "web", backend: B, weight: 20 },
+  ]);
+  assert.equal(response.status, 202);
+  assert.deepEqual(await response.json(), {
+    accepted: 3,
+    backends: [
+      { service: "web", backend: B, effective_weight: 20, state: "up" },
+      { service: "api", backend: A, effective_weight: 0, state: "drain" },
+    ],
+  });
+});
+
+Deno.test("a batch of 1000 reports fits in one request", async () => {
+  using h = harness();
+  const batch = Array.from(
+    { length: 1000 },
+    (_, i) => ({ service: "web", backend: i % 2 ? A : B, weight: i % 101 }),
+  );
+  assert.ok(JSON.stringify(batch).length < MAX_BODY_BYTES);
+  const response = await h.feedback(batch, WEB_APP);
+  assert.equal(response.status, 202);
+  assert.equal(((await response.json()) as { accepted: number }).accepted, 1000);
+});
+
+Deno.test("every error of the spec is returned for its case, and the state is unchanged after each", async () => {
+  using h = harness();
+  // Some state to keep: one report in force, one operator drain.
+  assert.equal((await h.feedback({ service: "web", backend: A, weight: 60 })).status, 202);
+  assert.equal(
+    (await h.request("POST", `/v1/services/api/backends/${B}/state`, { body: { state: "drain" } })).status,
+    200,
+  );
+  const fingerprint = async () => ({ version: h.model.version, services: (await h.services()).services });
+  const before = await fingerprint();
+  const big = JSON.stringify({ service: "web", backend: A, weight: 1, pad: "x".repeat(MAX_BODY_BYTES) });
+  const cases: Array<
+    { name: string; response: () => Promise<Response>; status: number; path: string; error: RegExp }
+  > = [
+    {
+      name: "malformed JSON",
+      response: () => h.feedback("{not json"),
+      status: 400,
+      path: "",
+      error: /Cannot parse JSON body/,
+    },
+    {
+      name: "a bad field of one report",
+      response: () => h.feedback({ service: "web", backend: A, utilization: 2 }),
+      status: 400,
+      path: "utilization",
+      error: /from 0 to 1, got 2/,
+    },
+    {
+      name: "a bad field in a batch, after good reports",
+      response: () =>
+        h.feedback([
+          { service: "web", backend: A, weight: 1 },
+          { service: "web", backend: B, weight: 2 },
+          { service: "api", backend: A, weight: 3 },
+          { service: "web", backend: B, utilization: -0.1 },
+        ]),
+      status: 400,
+      path: "[3].utilization",
+      error: /got -0.1/,
+    },
+    {
+      name: "too many reports",
+      response: () =>
+        h.feedback(Array.from({ length: 1001 }, () => ({ service: "web", backend: A, state: "up" }))),
+      status: 400,
+      path: "",
+      error: /1 to 1000 reports/,
+    },
+    {
+      name: "weight and load together",
+      response: () => h.feedback({ service: "web", backend: A, weight: 5, utilization: 0.5 }),
+      status: 400,
+      path: "utilization",
+      error: /not both/,
+    },
+    {
+      name: "a bad operator state",
+      response: () => h.request("POST", `/v1/services/web/backends/${A}/state`, { body: { state: "down" } }),
+      status: 400,
+      path: "state",
+      error: /Expected state "up" or "drain"/,
+    },
+    {
+      name: "no token",
+      response: () => h.feedback({ service: "web", backend: A, weight: 1 }, null),
+      status: 401,
+      path: "authorization",
+      error: /Missing bearer token/,
+    },
+    {
+      name: "a bad token",
+      response: () => h.feedback({ service: "web", backend: A, weight: 1 }, "not-a-token-at-all"),
+      status: 401,
+      path: "authorization",
+      error: /Bad token/,
+    },
+    {
+      name: "a feedback token for another service",
+      response: () => h.feedback({ service: "web", backend: A, weight: 1 }, API_APP),
+      status: 403,
+      path: "service",
+      error: /may not report for service "web"/,
+    },
+    {
+      name: "a feedback token for another service, in a batch",
+      response: () =>
+        h.feedback(
+          [{ service: "web", backend: A, weight: 1 }, { service: "api", backend: A, weight: 1 }],
+          WEB_APP,
+        ),
+      status: 403,
+      path: "[1].service",
+      error: /service "api"/,
+    },
+    {
+      name: "a feedback token for a service that does not exist",
+      response: () => h.feedback({ service: "nope", backend: A, weight: 1 }, WEB_APP),
+      status: 403,
+      path: "service",
+      error: /service "nope"/,
+    },
+    {
+      name: "a feedback token on an admin route",
+      response: () => h.request("GET", "/v1/services", { token: WEB_APP }),
+      status: 403,
+      path: "authorization",
+      error: /may only post feedback/,
+    },
+    {
+      name: "a feedback token setting operator state",
+      response: () =>
+        h.request("POST", `/v1/services/web/backends/${A}/state`, {
+          token: WEB_APP,
+          body: { state: "drain" },
+        }),
+      status: 403,
+      path: "authorization",
+      error: /may only post feedback/,
+    },
+    {
+      name: "an unknown service",
+      response: () => h.feedback({ service: "nope", backend: A, weight: 1 }),
+      status: 404,
+      path: "service",
+      error: /Unknown service "nope"/,
+    },
+    {
+      name: "an unknown backend",
+      response: () => h.feedback({ service: "web", backend: "10.0.0.99:80", weight: 1 }, WEB_APP),
+      status: 404,
+      path: "backend",
+      error: /Unknown backend "10.0.0.99:80" in service "web"/,
+    },
+    {
+      name: "an unknown backend in a batch, after good reports",
+      response: () =>
+        h.feedback([{ service: "web", backend: A, weight: 1 }, {
+          service: "web",
+          backend: "10.0.0.11:81",
+          weight: 1,
+        }]),
+      status: 404,
+      path: "[1].backend",
+      error: /10.0.0.11:81/,
+    },
+    {
+      name: "an unknown service on GET",
+      response: () => h.request("GET", "/v1/services/nope"),
+      status: 404,
+      path: "name",
+      error: /Unknown service "nope"/,
+    },
+    {
+      name: "an unknown backend for operator state",
+      response: () =>
+        h.request("POST", "/v1/services/web/backends/10.0.0.99:80/state", { body: { state: "drain" } }),
+      status: 404,
+      path: "address",
+      error: /Unknown backend/,
+    },
+    {
+      name: "a body over 64 KiB",
+      response: () => h.feedback(big),
+      status: 413,
+      path: "",
+      error: /larger than 65536 bytes/,
+    },
+    {
+      name: "a batch over 64 KiB",
+      response: () =>
+        h.feedback(Array.from({ length: 1300 }, () => ({ service: "web", backend: A, weight: 1 }))),
+      status: 413,
+      path: "",
+      error: /larger than/,
+    },
+  ];
+  for (const { name, response, status, path, error } of cases) {
+    const answer = await response();
+    const body = (await answer.json()) as { error: string; path: string };
+    assert.equal(answer.status, status, `${name}: ${JSON.stringify(body)}`);
+    assert.equal(body.path, path, name);
+    assert.match(body.error, error, name);
+    assert.deepEqual(await fingerprint(), before, `${name} changed nothing`);
+  }
+});
+
+Deno.test("the admin token may report for any service; a feedback token only for its own", async () => {
+  using h = harness();
+  assert.equal((await h.feedback({ service: "api", backend: A, weight: 10 })).status, 202);
+  assert.equal((await h.feedback({ service: "web", backend: A, weight: 10 }, WEB_APP)).status, 202);
+  assert.equal((await h.feedback({ service: "api", backend: B, weight: 10 }, API_APP)).status, 202);
+  assert.equal((await h.backend("web", B)).effective_weight, 100);
+  assert.equal((await h.backend("api", B)).effective_weight, 10);
+});
+
+Deno.test("load reports move effective_weight toward the idle backend, step by step, smoothed and capped", async () => {
+  using h = harness({ ttl: "30s", smoothing: 0.5, max_step: 0.1 });
+  const steps: Array<[string, number]> = [];
+  for (let round = 0; round < 6; round++) {
+    for (const [address, utilization] of [[A, 0.9], [B, 0.3]] as const) {
+      h.clock.now += 100;
+      const response = await h.feedback({ service: "web", backend: address, utilization, qps: 100 }, WEB_APP);
+      assert.equal(response.status, 202);
+      steps.push([address === A ? "busy" : "idle", (await h.backend("web", address)).effective_weight]);
+    }
+  }
+  assert.deepEqual(steps, [
+    ["busy", 100],
+    ["idle", 110],
+    ["busy", 90],
+    ["idle", 120],
+    ["busy", 80],
+    ["idle", 130],
+    ["busy", 70],
+    ["idle", 140],
+    ["busy", 60],
+    ["idle", 145],
+    ["busy", 55],
+    ["idle", 147.5],
+  ]);
+  const idle = await h.backend("web", B);
+  assert.deepEqual(idle.feedback, {
+    source: "load",
+    weight: 147.5,
+    utilization: 0.3,
+    qps: 100,
+    load_weight: 333.3333,
+    target_weight: 150,
+    state: "up",
+    age_s: 0,
+    expires_in_s: 30,
+  });
+  assert.equal(idle.why, "147.5: load feedback: target 150, smoothed to 147.5");
+});
+
+Deno.test("an operator drains a backend and brings it back; the answer shows the backend", async () => {
+  using h = harness();
+  const address = encodeURIComponent(A);
+  const drained = await h.request("POST", `/v1/services/web/backends/${address}/state`, {
+    body: { state: "drain" },
+  });
+  assert.equal(drained.status, 200);
+  const view = (await drained.json()) as BackendView;
+  assert.deepEqual([view.state, view.effective_weight, view.operator_state], ["drain", 0, "drain"]);
+  assert.equal(view.why, "0: drained by an operator");
+  assert.equal((await h.backend("api", A)).state, "up", "only that service's backend");
+  const back = await h.request("POST", `/v1/services/web/backends/${address}/state`, {
+    body: { state: "up" },
+  });
+  assert.equal(((await back.json()) as BackendView).effective_weight, 100);
+});
+
+Deno.test("/healthz needs no token", async () => {
+  using h = harness();
+  const response = await h.request("GET", "/healthz", { token: null });
+  assert.equal(response.status, 200);
+});

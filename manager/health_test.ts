@@ -1,0 +1,283 @@
+import assert from "node:assert/strict";
+import { type Config, type HealthConfig, parseConfig } from "./config.ts";
+import { checkBackend, type CheckResult, HealthChecker, type HealthTrack, nextHealth } from "./health.ts";
+import { ClusterModel } from "./state.ts";
+
+const RULE = { rise: 2, fall: 3 };
+
+function health(fields: Partial<HealthConfig> = {}): HealthConfig {
+  return {
+    kind: "tcp",
+    intervalMs: 1_000,
+    timeoutMs: 300,
+    rise: 2,
+    fall: 3,
+    path: "/",
+    port: null,
+    ...fields,
+  };
+}
+
+/** A TCP server on port 0 that hands each connection to `handle`; `close()` ends it and every connection. */
+function serve(handle: (conn: Deno.Conn) => Promise<void>) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<Deno.Conn>();
+  const tasks = new Set<Promise<void>>();
+  const seen: string[] = [];
+  const accepting = (async () => {
+    for await (const conn of listener) {
+      conns.add(conn);
+      const task = handle(conn).catch(() => {}).finally(() => {
+        conns.delete(conn);
+        tasks.delete(task);
+        try {
+          conn.close();
+        } catch {
+          // closed by the handler
+        }
+      });
+      tasks.add(task);
+    }
+  })().catch(() => {});
+  return {
+    port: listener.addr.port,
+    seen,
+    async close() {
+      listener.close();
+      for (const conn of conns) {
+        try {
+          conn.close();
+        } catch {
+          // already closed
+        }
+      }
+      await accepting;
+      await Promise.allSettled([...tasks]);
+    },
+  };
+}
+
+/** Replies `text` after reading the request (or at once when `readFirst` is false). */
+function replying(text: string, options: { readFirst?: boolean; seen?: string[] } = {}) {
+  return async (conn: Deno.Conn) => {
+    if (options.readFirst) {
+      const buffer = new Uint8Array(4096);
+      const n = await conn.read(buffer);
+      options.seen?.push(new TextDecoder().decode(buffer.subarray(0, n ?? 0)));
+    }
+    await conn.write(new TextEncoder().encode(text));
+  };
+}
+
+/** Says nothing and holds the connection until the client or the server closes it. */
+async function holding(conn: Deno.Conn): Promise<void> {
+  const buffer = new Uint8Array(4096);
+  while ((await conn.read(buffer)) !== null) {
+    // ignore what the client sends
+  }
+}
+
+async function closedPort(): Promise<number> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = listener.addr.port;
+  listener.close();
+  return await Promise.resolve(port);
+}
+
+const LOCAL = "127.0.0.1";
+
+Deno.test("health: a pass from unknown is up; from down it takes rise passes; fall failures are down", () => {
+  const unknown: HealthTrack = { health: "unknown", successes: 0, failures: 0 };
+  assert.deepEqual(nextHealth(unknown, { ok: true }, RULE), { health: "up", successes: 1, failures: 0 });
+  assert.deepEqual(nextHealth(unknown, { ok: false }, RULE), {
+    health: "unknown",
+    successes: 0,
+    failures: 1,
+  });
+  assert.deepEqual(nextHealth(unknown, { ok: false, count: 3 }, RULE), {
+    health: "down",
+    successes: 0,
+    failures: 3,
+  });
+  const up: HealthTrack = { health: "up", successes: 5, failures: 0 };
+  assert.deepEqual(nextHealth(up, { ok: false }, RULE), { health: "up", successes: 0, failures: 1 });
+  assert.deepEqual(nextHealth({ health: "up", successes: 0, failures: 2 }, { ok: false }, RULE), {
+    health: "down",
+    successes: 0,
+    failures: 3,
+  });
+  const down: HealthTrack = { health: "down", successes: 0, failures: 7 };
+  assert.deepEqual(nextHealth(down, { ok: true }, RULE), { health: "down", successes: 1, failures: 0 });
+  assert.deepEqual(nextHealth({ health: "down", successes: 1, failures: 0 }, { ok: true }, RULE), {
+    health: "up",
+    successes: 2,
+    failures: 0,
+  });
+  assert.deepEqual(nextHealth(down, { ok: true, count: 0 }, RULE), down, "a count of 0 changes nothing");
+  // rise 1 and fall 1: every check decides.
+  assert.equal(nextHealth(down, { ok: true }, { rise: 1, fall: 1 }).health, "up");
+  assert.equal(nextHealth(up, { ok: false }, { rise: 1, fall: 1 }).health, "down");
+});
+
+Deno.test("a tcp check passes when the backend accepts and fails when it refuses", async () => {
+  const server = serve(() => Promise.resolve());
+  try {
+    assert.deepEqual(await checkBackend({ host: LOCAL, port: server.port }, health()), {
+      ok: true,
+      detail: "connected",
+    });
+  } finally {
+    await server.close();
+  }
+  const refused = await checkBackend({ host: LOCAL, port: await closedPort() }, health());
+  assert.deepEqual(refused, { ok: false, detail: "connection refused" });
+});
+
+Deno.test("an http check asks the backend for the path and passes on 2xx and 3xx only", async () => {
+  for (
+    const [reply, ok, detail] of [
+      ["HTTP/1.1 200 OK\r\n\r\n", true, "HTTP 200"],
+      ["HTTP/1.0 204 No Content\r\n\r\n", true, "HTTP 204"],
+      ["HTTP/1.1 302 Found\r\nLocation: http://elsewhere.invalid/\r\n\r\n", true, "HTTP 302"],
+      ["HTTP/1.1 404 Not Found\r\n\r\n", false, "HTTP 404"],
+      ["HTTP/1.1 503 Service Unavailable\r\n\r\n", false, "HTTP 503"],
+      ["SSH-2.0-OpenSSH\r\n", false, "not an HTTP reply"],
+      ["", false, "no HTTP reply"],
+    ] as const
+  ) {
+    const seen: string[] = [];
+    const server = serve(replying(reply, { readFirst: true, seen }));
+    try {
+      const result = await checkBackend(
+        { host: LOCAL, port: server.port },
+        health({ kind: "http", path: "/healthz" }),
+      );
+      assert.deepEqual(result, { ok, detail }, reply);
+      assert.match(seen[0] ?? "", new RegExp(`^GET /healthz HTTP/1.0\r\nHost: 127.0.0.1:${server.port}\r\n`));
+    } finally {
+      await server.close();
+    }
+  }
+});
+
+Deno.test("an agent-check reads one line from health.port on the backend's host", async () => {
+  for (
+    const [reply, ok, share, admin] of [
+      ["up 50%\n", true, 50, "ready"],
+      ["drain\r\n", true, 100, "drain"],
+      ["75%", true, 75, "ready"],
+      ["down#maintenance window\n", false, 100, "ready"],
+      ["maint\nup 10%\n", true, 100, "maint"],
+    ] as const
+  ) {
+    const agent = serve(replying(reply));
+    try {
+      // The backend's own port is closed: only health.port is asked.
+      const backend = { host: LOCAL, port: await closedPort() };
+      const result: CheckResult = await checkBackend(
+        backend,
+        health({ kind: "agent-check", port: agent.port }),
+      );
+      assert.equal(result.ok, ok, reply);
+      assert.equal(result.agent?.share, share, reply);
+      assert.equal(result.agent?.admin, admin, reply);
+    } finally {
+      await agent.close();
+    }
+  }
+  const silent = serve(holding);
+  const closing = serve(() => Promise.resolve());
+  try {
+    const started = performance.now();
+    const timedOut = await checkBackend(
+      { host: LOCAL, port: 1 },
+      health({ kind: "agent-check", port: silent.port, timeoutMs: 150 }),
+    );
+    assert.deepEqual(timedOut, { ok: false, detail: "no answer within 150 ms" });
+    assert.ok(performance.now() - started < 1_000);
+    const empty = await checkBackend(
+      { host: LOCAL, port: 1 },
+      health({ kind: "agent-check", port: closing.port }),
+    );
+    assert.deepEqual(empty, { ok: false, detail: "agent-check closed without a reply" });
+  } finally {
+    await silent.close();
+    await closing.close();
+  }
+});
+
+Deno.test("every check ends within health.timeout, and at once when stopped", async () => {
+  const silent = serve(holding);
+  try {
+    const started = performance.now();
+    const result = await checkBackend(
+      { host: LOCAL, port: silent.port },
+      health({ kind: "http", timeoutMs: 120 }),
+    );
+    const elapsed = performance.now() - started;
+    assert.deepEqual(result, { ok: false, detail: "no answer within 120 ms" });
+    assert.ok(elapsed >= 110 && elapsed < 1_000, `took ${elapsed} ms`);
+    const abort = new AbortController();
+    const stopping = checkBackend(
+      { host: LOCAL, port: silent.port },
+      health({ kind: "http", timeoutMs: 5_000 }),
+      {
+        signal: abort.signal,
+      },
+    );
+    setTimeout(() => abort.abort(), 30);
+    const stoppedAt = performance.now();
+    assert.deepEqual(await stopping, { ok: false, detail: "stopped" });
+    assert.ok(performance.now() - stoppedAt < 1_000);
+  } finally {
+    await silent.close();
+  }
+});
+
+function configOf(backends: string[], healthFields: Record<string, unknown>): Config {
+  const result = parseConfig(JSON.stringify({
+    manager: { tokens: { cluster: "cluster-secret" } },
+    services: [{ name: "web", listen: "0.0.0.0:8080", backends, health: healthFields }],
+  }));
+  assert.deepEqual(result.problems, []);
+  return result.config as Config;
+}
+
+Deno.test("the checker checks every backend each interval, follows reloads, and stops on close", async () => {
+  const model = new ClusterModel(configOf(["10.0.0.1:80"], { interval: "20ms", timeout: "10ms", fall: 2 }), {
+    seed: 1,
+  });
+  const calls: string[] = [];
+  const checker = new HealthChecker(model, {
+    check: (address) => {
+      calls.push(`${address.host}:${address.port}`);
+      return Promise.resolve({ ok: address.port !== 81, detail: "fake" });
+    },
+  });
+  try {
+    const deadline = performance.now() + 5_000;
+    const wait = async (done: () => boolean) => {
+      while (!done()) {
+        assert.ok(performance.now() < deadline, `calls so far: ${calls.join(", ")}`);
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+    };
+    await wait(() => calls.filter((c) => c === "10.0.0.1:80").length >= 3);
+    assert.equal(model.service("web")!.backends[0]!.health, "up");
+    model.reload(configOf(["10.0.0.1:80", "10.0.0.1:81"], { interval: "20ms", timeout: "10ms", fall: 2 }));
+    await wait(() => model.service("web")!.backends[1]!.health === "down");
+    model.reload(configOf(["10.0.0.1:81"], { interval: "20ms", timeout: "10ms", fall: 2 }));
+    const count = calls.length;
+    await new Promise((resolve) => setTimeout(resolve, 80));
+    assert.ok(
+      calls.slice(count + 1).every((c) => c === "10.0.0.1:81"),
+      "the removed backend is no longer checked",
+    );
+  } finally {
+    await checker.close();
+    model.close();
+  }
+  const after = calls.length;
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.equal(calls.length, after, "no check after close");
+});

@@ -1,0 +1,257 @@
+import assert from "node:assert/strict";
+import { DEFAULT_TABLE_SIZE, NO_BACKEND } from "../cluster/maglev.ts";
+import type { Report } from "../feedback/mod.ts";
+import { type Config, parseConfig } from "./config.ts";
+import { ClusterModel, type ServiceRuntime, UnknownError } from "./state.ts";
+
+const A = "10.0.0.11:80";
+const B = "10.0.0.12:80";
+
+function configOf(services: Array<Record<string, unknown>>): Config {
+  const result = parseConfig(
+    JSON.stringify({ manager: { tokens: { cluster: "cluster-secret" } }, services }),
+  );
+  assert.deepEqual(result.problems, []);
+  return result.config as Config;
+}
+
+function service(name: string, port: number, extra: Record<string, unknown> = {}) {
+  return { name, listen: `0.0.0.0:${port}`, backends: [{ address: A }, { address: B }], ...extra };
+}
+
+/** A model on a clock the test moves. */
+function modelOf(config: Config) {
+  const clock = { now: 0 };
+  const model = new ClusterModel(config, { seed: 1, now: () => clock.now });
+  return { model, clock };
+}
+
+function weights(runtime: ServiceRuntime | undefined): Record<string, number> {
+  assert.ok(runtime);
+  return Object.fromEntries(runtime.backends.map((b) => [b.config.id, b.effectiveWeight]));
+}
+
+function shares(runtime: ServiceRuntime | undefined): Record<string, number> {
+  assert.ok(runtime);
+  const counts: Record<string, number> = {};
+  for (const index of runtime.table) {
+    const id = index === NO_BACKEND ? "none" : runtime.tableIds[index]!;
+    counts[id] = (counts[id] ?? 0) + 1;
+  }
+  return Object.fromEntries(
+    Object.entries(counts).map(([id, n]) => [id, Math.round((n / runtime.table.length) * 1000) / 1000]),
+  );
+}
+
+function report(fields: Partial<Report> & { backend: string }): Report {
+  return { service: "web", ...fields };
+}
+
+Deno.test("feedback for one service never touches another, even on the same address", () => {
+  const { model } = modelOf(configOf([service("web", 8080), service("api", 8081)]));
+  const apiTable = model.service("api")!.table;
+  model.applyFeedback([report({ backend: A, weight: 25 }), report({ backend: B, state: "drain" })]);
+  assert.deepEqual(weights(model.service("web")), { [A]: 25, [B]: 0 });
+  assert.deepEqual(weights(model.service("api")), { [A]: 100, [B]: 100 });
+  assert.equal(model.service("api")!.table, apiTable, "api's table was not rebuilt");
+  assert.equal(model.service("api")!.backends[0]!.feedback, null);
+  // Load normalisation looks only at the reporting service's backends.
+  model.applyFeedback([{ service: "api", backend: A, load: { utilization: 0.9, qps: 100 } }]);
+  assert.deepEqual(weights(model.service("api")), { [A]: 100, [B]: 100 });
+  model.close();
+});
+
+Deno.test("feedback weights 75:25 give the table 75% and 25% of the slots, and the answer says so", () => {
+  const { model } = modelOf(configOf([service("web", 8080)]));
+  const outcomes = model.applyFeedback([
+    report({ backend: A, weight: 75 }),
+    report({ backend: B, weight: 25 }),
+  ]);
+  assert.deepEqual(outcomes, [
+    { service: "web", backend: A, effectiveWeight: 75, state: "up" },
+    { service: "web", backend: B, effectiveWeight: 25, state: "up" },
+  ]);
+  assert.deepEqual(shares(model.service("web")), { [A]: 0.75, [B]: 0.25 });
+  const runtime = model.service("web")!;
+  // From 50/50 to 75/25 a quarter of the slots must move, and Maglev moves no more than that.
+  const minimum = Math.round(DEFAULT_TABLE_SIZE * 0.25);
+  assert.ok(
+    Math.abs(runtime.lastSlotsMoved - minimum) <= 2,
+    `moved ${runtime.lastSlotsMoved}, minimum ${minimum}`,
+  );
+  assert.equal(runtime.totalSlotsMoved, runtime.lastSlotsMoved);
+  model.close();
+});
+
+Deno.test("a batch naming an unknown service or backend changes nothing", () => {
+  const { model } = modelOf(configOf([service("web", 8080)]));
+  const version = model.version;
+  let notified = 0;
+  model.onChange(() => notified++);
+  for (
+    const bad of [report({ backend: "10.9.9.9:80", weight: 1 }), {
+      ...report({ backend: A, weight: 1 }),
+      service: "nope",
+    }]
+  ) {
+    assert.throws(() => model.applyFeedback([report({ backend: A, weight: 10 }), bad]), UnknownError);
+  }
+  assert.equal(model.version, version);
+  assert.equal(notified, 0);
+  assert.equal(model.service("web")!.backends[0]!.feedback, null);
+  assert.deepEqual(weights(model.service("web")), { [A]: 100, [B]: 100 });
+  model.close();
+});
+
+Deno.test("a report that changes no weight or state does not bump the version", () => {
+  const { model, clock } = modelOf(configOf([service("web", 8080)]));
+  model.applyFeedback([report({ backend: A, weight: 40 })]);
+  const version = model.version;
+  clock.now = 1_000;
+  model.applyFeedback([report({ backend: A, weight: 40 })]);
+  assert.equal(model.version, version);
+  assert.equal(
+    model.service("web")!.backends[0]!.feedback?.reportedAt,
+    1_000,
+    "the report is still refreshed",
+  );
+  model.applyFeedback([report({ backend: A, weight: 41 })]);
+  assert.equal(model.version, version + 1);
+  model.close();
+});
+
+Deno.test("an expired report puts its backend back at its configured weight by itself, and agents hear of it", async () => {
+  const model = new ClusterModel(configOf([service("web", 8080)]), { seed: 1 });
+  const changes = Promise.withResolvers<void>();
+  model.applyFeedback([
+    report({ backend: A, weight: 75, ttlMs: 60 }),
+    report({ backend: B, weight: 25, ttlMs: 30_000 }),
+  ]);
+  const version = model.version;
+  model.onChange(() => changes.resolve());
+  await changes.promise;
+  assert.equal(model.version, version + 1);
+  assert.deepEqual(weights(model.service("web")), { [A]: 100, [B]: 25 });
+  assert.equal(model.service("web")!.backends[0]!.feedback, null);
+  assert.notEqual(model.service("web")!.backends[1]!.feedback, null);
+  model.close();
+});
+
+Deno.test("feedback drain and down take a backend out of the table; up brings it back", () => {
+  const { model } = modelOf(configOf([service("web", 8080)]));
+  model.applyFeedback([report({ backend: A, state: "drain" })]);
+  assert.equal(model.service("web")!.backends[0]!.state, "draining");
+  assert.deepEqual(shares(model.service("web")), { [B]: 1 });
+  model.applyFeedback([report({ backend: A, state: "down" })]);
+  assert.equal(model.service("web")!.backends[0]!.state, "down");
+  assert.deepEqual(shares(model.service("web")), { [B]: 1 });
+  const snapshotBackend = model.snapshot().services[0]!.backends[0]!;
+  assert.deepEqual([snapshotBackend.state, snapshotBackend.weight], ["down", 0]);
+  model.applyFeedback([report({ backend: A, state: "up", weight: 50 })]);
+  assert.deepEqual(weights(model.service("web")), { [A]: 50, [B]: 100 });
+  model.close();
+});
+
+Deno.test("operator drain holds whatever feedback says, and feedback drain holds whatever the operator says", () => {
+  const { model } = modelOf(configOf([service("web", 8080)]));
+  model.setOperatorState("web", A, "drain");
+  model.applyFeedback([report({ backend: A, state: "up", weight: 100 })]);
+  assert.equal(model.service("web")!.backends[0]!.state, "draining");
+  model.setOperatorState("web", A, "up");
+  model.applyFeedback([report({ backend: A, state: "drain" })]);
+  assert.equal(model.service("web")!.backends[0]!.state, "draining");
+  model.close();
+});
+
+Deno.test("fall failures in a row, active or from agents, take a backend down; rise passes bring it back", () => {
+  const { model } = modelOf(configOf([service("web", 8080, { health: { rise: 2, fall: 3 } })]));
+  const backend = () => model.service("web")!.backends[0]!;
+  assert.equal(backend().health, "unknown");
+  assert.equal(backend().effectiveWeight, 100, "unknown counts as up");
+  model.recordCheck("web", A, { ok: true, detail: "connected" });
+  assert.equal(backend().health, "up");
+  model.reportConnectFailures("agent-1", [{ service: "web", backend: A, count: 2 }]);
+  assert.equal(backend().health, "up");
+  model.recordCheck("web", A, { ok: true, detail: "connected" });
+  model.reportConnectFailures("agent-2", [{ service: "web", backend: A, count: 2 }]);
+  assert.equal(backend().health, "up", "a pass in between breaks the row");
+  model.reportConnectFailures("agent-1", [{ service: "web", backend: A, count: 1 }]);
+  assert.equal(backend().health, "down");
+  assert.deepEqual(shares(model.service("web")), { [B]: 1 });
+  model.recordCheck("web", A, { ok: true, detail: "connected" });
+  assert.equal(backend().health, "down");
+  model.recordCheck("web", A, { ok: false, detail: "connection refused" });
+  model.recordCheck("web", A, { ok: true, detail: "connected" });
+  assert.equal(backend().health, "down", "a failure in between starts the rise over");
+  model.recordCheck("web", A, { ok: true, detail: "connected" });
+  assert.equal(backend().health, "up");
+  assert.deepEqual(backend().lastCheck, { at: 0, ok: true, detail: "connected" });
+  // Failures for a backend or service the model does not know are skipped.
+  model.reportConnectFailures("agent-1", [{ service: "web", backend: "10.9.9.9:1", count: 9 }, {
+    service: "x",
+    backend: A,
+    count: 9,
+  }]);
+  model.close();
+});
+
+Deno.test("an agent-check reply sets the admin state and scales the weight", () => {
+  const { model } = modelOf(
+    configOf([service("web", 8080, { health: { kind: "agent-check", port: 9999 } })]),
+  );
+  const reply = (admin: "ready" | "drain" | "maint", share: number) => ({
+    ok: true,
+    detail: "agent-check",
+    agent: { operational: "up" as const, admin, share, description: "", ignored: [] },
+  });
+  model.recordCheck("web", A, reply("drain", 100));
+  assert.equal(model.service("web")!.backends[0]!.state, "draining");
+  model.recordCheck("web", A, reply("ready", 50));
+  assert.deepEqual(weights(model.service("web")), { [A]: 50, [B]: 100 });
+  model.applyFeedback([report({ backend: A, weight: 50 })]);
+  assert.deepEqual(weights(model.service("web")), { [A]: 25, [B]: 100 }, "feedback × agent-check share");
+  model.recordCheck("web", A, reply("maint", 50));
+  assert.equal(model.service("web")!.backends[0]!.state, "down");
+  model.close();
+});
+
+Deno.test("load feedback is normalised among the service's reporters and moves by max_step", () => {
+  const { model } = modelOf(configOf([service("web", 8080, { feedback: { smoothing: 0, max_step: 0.25 } })]));
+  const step = () =>
+    model.applyFeedback([
+      report({ backend: A, load: { utilization: 0.9, qps: 100 } }),
+      report({ backend: B, load: { utilization: 0.3, qps: 100 } }),
+    ]).map((outcome) => outcome.effectiveWeight);
+  assert.deepEqual(step(), [100, 125]);
+  assert.deepEqual(step(), [75, 150]);
+  assert.deepEqual(step(), [50, 150]);
+  assert.deepEqual(step(), [50, 150]);
+  model.close();
+});
+
+Deno.test("a backend configured at weight 0 stays out whatever its feedback says", () => {
+  const { model } = modelOf(
+    configOf([{ ...service("web", 8080), backends: [{ address: A, weight: 0 }, { address: B }] }]),
+  );
+  model.applyFeedback([report({ backend: A, weight: 100 })]);
+  model.applyFeedback([
+    report({ backend: A, load: { utilization: 0.1 } }),
+    report({ backend: B, load: { utilization: 0.9 } }),
+  ]);
+  assert.deepEqual(weights(model.service("web")), { [A]: 0, [B]: 100 });
+  model.close();
+});
+
+Deno.test("a reload keeps the feedback and health of backends that stay", () => {
+  const { model } = modelOf(configOf([service("web", 8080)]));
+  model.applyFeedback([report({ backend: A, weight: 30 })]);
+  model.setHealth("web", B, "down");
+  model.reload(
+    configOf([{
+      ...service("web", 8080),
+      backends: [{ address: A }, { address: B }, { address: "10.0.0.13:80" }],
+    }]),
+  );
+  assert.deepEqual(weights(model.service("web")), { [A]: 30, [B]: 0, "10.0.0.13:80": 100 });
+  model.close();
+});
