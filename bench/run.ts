@@ -265,47 +265,61 @@ async function measureTarget(
     );
     return measured;
   }
-  let target: RunningTarget;
-  try {
-    progress(`${spec.key}: starting`);
-    target = await spec.start(context);
-  } catch (error) {
-    note(`could not start: ${error instanceof Error ? error.message : String(error)}`, true);
-    return measured;
-  }
-  const step = async (what: string, run: () => Promise<void>) => {
-    const failure = target.failure();
-    if (failure !== null) return;
+
+  /**
+   * Starts the target afresh, runs `steps` on it, and stops it. Each phase gets a fresh process, so
+   * neither the memory figure nor the load figures carry what the other phase left behind.
+   */
+  const phase = async (name: string, steps: (target: RunningTarget, step: Step) => Promise<void>) => {
+    let target: RunningTarget;
     try {
-      await run();
+      progress(`${spec.key}: starting for the ${name}`);
+      target = await spec.start(context);
     } catch (error) {
-      note(`${what} failed: ${error instanceof Error ? error.message : String(error)}`, true);
+      note(`could not start: ${error instanceof Error ? error.message : String(error)}`, true);
+      return false;
     }
-    const after = target.failure();
-    if (after !== null) note(`died during ${what}: ${after}`, true);
+    const step: Step = async (what, run) => {
+      if (target.failure() !== null) return;
+      try {
+        await run();
+      } catch (error) {
+        note(`${what} failed: ${error instanceof Error ? error.message : String(error)}`, true);
+      }
+      const after = target.failure();
+      if (after !== null) note(`died during ${what}: ${after}`, true);
+    };
+    try {
+      await steps(target, step);
+    } finally {
+      const problems = target.problems();
+      for (const line of problems.slice(0, 10)) note(`logged: ${line.slice(0, 300)}`, spec.switchyard);
+      if (problems.length > 10) note(`logged ${problems.length - 10} more warnings or errors`);
+      await target.stop();
+    }
+    return true;
   };
-  const { wrk, iperf3 } = context.tools;
-  const wrkOptions = { threads: options.threads, connections: options.connections };
+
   const rss = { fresh: null as number | null, idle: null as number | null, loaded: null as number | null };
-  try {
-    // Memory first, on the fresh process: after heavy load a process holds freed memory that new
-    // connections would reuse unseen.
-    const pid = target.memoryPid();
-    const echoPort = target.ports.echo;
-    if (pid !== null && echoPort !== null && idleCount > 0) {
+  const mib = (kib: number | null) => kib === null ? "?" : `${(kib / 1024).toFixed(1)} MiB`;
+
+  if (idleCount > 0 && spec.key !== "direct") {
+    const started = await phase("idle connections", async (target, step) => {
+      const pid = target.memoryPid();
+      const echoPort = target.ports.echo;
+      if (pid === null || echoPort === null) return;
       await step("idle-connection run", async () => {
         progress(`${spec.key}: ${idleCount} idle connections`);
         await sleep(1_000);
         const before = rssKiB(pid);
-        rss.fresh = before;
         const started = performance.now();
         const crowd = await openIdleCrowd(echoPort, { count: idleCount });
         const openMs = performance.now() - started;
         try {
           await sleep(2_000);
           const after = rssKiB(pid);
-          rss.idle = after;
           if (before === null || after === null) throw new Error(`process ${pid} is gone`);
+          rss.idle = after;
           if (crowd.failed > 0) {
             note(
               `${crowd.failed} of ${idleCount} idle connections failed: ${crowd.firstError}`,
@@ -322,8 +336,18 @@ async function measureTarget(
         } finally {
           crowd.close();
         }
-        await sleep(1_000);
       });
+    });
+    if (!started) return measured;
+  }
+
+  const { wrk, iperf3 } = context.tools;
+  const wrkOptions = { threads: options.threads, connections: options.connections };
+  await phase("load", async (target, step) => {
+    const pid = target.memoryPid();
+    if (pid !== null) {
+      await sleep(500);
+      rss.fresh = rssKiB(pid);
     }
     if (wrk !== null) {
       if (options.warmupS > 0) {
@@ -369,19 +393,20 @@ async function measureTarget(
         row.bulkGbitPerSecond = result.gbitPerSecond;
       });
     }
-    const loadedPid = target.memoryPid();
-    if (loadedPid !== null) {
-      rss.loaded = rssKiB(loadedPid);
-      const mib = (kib: number | null) => kib === null ? "?" : `${(kib / 1024).toFixed(1)} MiB`;
-      measured.memory = `${spec.label}: ${mib(rss.fresh)} fresh, ${mib(rss.idle)} with ${idleCount} idle ` +
-        `connections, ${mib(rss.loaded)} after all the load`;
+    if (pid !== null) {
+      rss.loaded = rssKiB(pid);
+      const idle = rss.idle === null
+        ? ""
+        : `; ${mib(rss.idle)} with ${idleCount} idle connections (another process)`;
+      measured.memory = `${spec.label}: ${mib(rss.fresh)} fresh, ${
+        mib(rss.loaded)
+      } after all the load${idle}`;
     }
-  } finally {
-    for (const line of target.problems().slice(0, 20)) note(`logged: ${line.slice(0, 300)}`, false);
-    await target.stop();
-  }
+  });
   return measured;
 }
+
+type Step = (what: string, run: () => Promise<void>) => Promise<void>;
 
 async function main(): Promise<number> {
   let options: Options;
