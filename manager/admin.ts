@@ -137,7 +137,11 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
 
   app.get("/v1/services", (c) => {
     const now = deps.model.now();
-    return c.json({ services: deps.model.services().map((service) => serviceView(service, now)) });
+    return c.json({
+      // The state version agents acknowledge (GET /v1/agents `state_version`): equal means they serve this.
+      version: deps.model.version,
+      services: deps.model.services().map((service) => serviceView(service, now)),
+    });
   });
 
   app.get("/v1/services/:name", (c) => {

@@ -1,0 +1,288 @@
+/**
+ * Health end to end: a manager and an agent as real processes, backends and agent-check responders in this
+ * process. What the checks find must show in where new connections go: an agent-check reply drains a
+ * backend or sets its weight; a killed backend is out after `fall` failed checks and back after `rise`.
+ */
+import assert from "node:assert/strict";
+import { connectAndReadLine, startTestCluster, type TestCluster } from "./_cluster.ts";
+import { eventually } from "./_helpers.ts";
+
+interface BackendView {
+  address: string;
+  effective_weight: number;
+  state: string;
+  health: string;
+  agent_check: { state: string; share: number } | null;
+  checks: { passed_in_a_row: number; failed_in_a_row: number };
+}
+interface ServicesView {
+  version: number;
+  services: Array<{ name: string; backends: BackendView[] }>;
+}
+
+const encoder = new TextEncoder();
+
+/** A TCP server on `host` that runs `handle` per connection; `close()` ends it and its connections. */
+function listen(host: string, port: number, handle: (conn: Deno.Conn) => Promise<void>) {
+  const listener = Deno.listen({ hostname: host, port });
+  const open = new Set<Deno.Conn>();
+  const tasks = new Set<Promise<void>>();
+  const accepting = (async () => {
+    try {
+      for await (const conn of listener) {
+        open.add(conn);
+        const task: Promise<void> = handle(conn).catch(() => {}).finally(() => {
+          open.delete(conn);
+          tasks.delete(task);
+          try {
+            conn.close();
+          } catch {
+            // closed
+          }
+        });
+        tasks.add(task);
+      }
+    } catch {
+      // listener closed
+    }
+  })();
+  return {
+    address: `${host}:${listener.addr.port}`,
+    port: listener.addr.port,
+    /** Ends the server and its connections; a second call does nothing. */
+    async close() {
+      try {
+        listener.close();
+      } catch {
+        // closed before
+      }
+      await accepting;
+      for (const conn of open) {
+        try {
+          conn.close();
+        } catch {
+          // closed
+        }
+      }
+      await Promise.allSettled([...tasks]);
+    },
+  };
+}
+
+/** A backend that answers each connection with its name and closes. */
+function namedBackend(name: string, host = "127.0.0.1", port = 0) {
+  return listen(host, port, async (conn) => {
+    await conn.write(encoder.encode(`${name}\n`));
+  });
+}
+
+/** An HAProxy agent-check responder: one line, `reply`, per connection, which the test may change. */
+function agentCheckResponder(host: string, port: number) {
+  const state = { reply: "up\n" };
+  const server = listen(host, port, async (conn) => {
+    await conn.write(encoder.encode(state.reply));
+  });
+  return Object.assign(server, { state });
+}
+
+async function spread(port: number, count: number, concurrency = 50): Promise<Map<string, number>> {
+  const tally = new Map<string, number>();
+  let next = 0;
+  const worker = async () => {
+    while (next < count) {
+      next++;
+      const conn = await connectAndReadLine(port);
+      tally.set(conn.line, (tally.get(conn.line) ?? 0) + 1);
+      await conn.close();
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  return tally;
+}
+
+async function backendView(cluster: TestCluster, address: string): Promise<BackendView> {
+  const view = await cluster.api<ServicesView>("/v1/services");
+  const found = view.services[0]?.backends.find((backend) => backend.address === address);
+  assert.ok(found, `backend ${address}`);
+  return found;
+}
+
+async function agentsCaughtUp(cluster: TestCluster): Promise<void> {
+  await eventually(
+    async () => {
+      const { version } = await cluster.api<ServicesView>("/v1/services");
+      const { agents } = await cluster.api<{ agents: Array<{ state_version: number }> }>("/v1/agents");
+      return agents.length > 0 && agents.every((agent) => agent.state_version >= version);
+    },
+    10_000,
+    "the agents to serve the manager's state",
+  );
+}
+
+Deno.test("an agent-check reply of drain, then up 50%, drains the backend, then gives it half its weight", async () => {
+  // Each backend's agent answers on the same port of the backend's own host: 127.0.0.1 and 127.0.0.2.
+  const alphaAgent = agentCheckResponder("127.0.0.1", 0);
+  const betaAgent = agentCheckResponder("127.0.0.2", alphaAgent.port);
+  const alpha = namedBackend("alpha", "127.0.0.1");
+  const beta = namedBackend("beta", "127.0.0.2");
+  const cluster = await startTestCluster({
+    agents: 1,
+    services: [{
+      name: "web",
+      listen: "127.0.0.1:0",
+      decide: "agent",
+      backends: [{ address: alpha.address, weight: 100 }, { address: beta.address, weight: 100 }],
+      health: {
+        kind: "agent-check",
+        port: alphaAgent.port,
+        interval: "100ms",
+        timeout: "80ms",
+        rise: 1,
+        fall: 2,
+      },
+    }],
+  });
+  try {
+    const port = cluster.agents[0]!.port;
+    await eventually(
+      async () => (await backendView(cluster, alpha.address)).health === "up",
+      5_000,
+      "alpha up",
+    );
+
+    alphaAgent.state.reply = "drain\n";
+    await eventually(
+      async () => {
+        const view = await backendView(cluster, alpha.address);
+        return view.state === "drain" && view.effective_weight === 0 && view.agent_check?.state === "drain";
+      },
+      5_000,
+      "alpha drained by its agent-check",
+    );
+    assert.equal((await backendView(cluster, beta.address)).state, "up", "beta's agent still says up");
+    await agentsCaughtUp(cluster);
+    const drained = await spread(port, 200);
+    assert.deepEqual([...drained.keys()], ["beta"], "no new connection to the drained alpha");
+
+    alphaAgent.state.reply = "up 50%\n";
+    await eventually(
+      async () => {
+        const view = await backendView(cluster, alpha.address);
+        return view.state === "up" && view.effective_weight === 50 && view.agent_check?.share === 50;
+      },
+      5_000,
+      "alpha up at 50% from its agent-check",
+    );
+    await agentsCaughtUp(cluster);
+    const halved = await spread(port, 1_500);
+    const alphaShare = (halved.get("alpha") ?? 0) / 1_500;
+    console.log(`agent-check up 50%: alpha ${halved.get("alpha")}, beta ${halved.get("beta")} of 1500`);
+    assert.ok(Math.abs(alphaShare - 1 / 3) <= 0.05, `alpha share ${alphaShare}, expected 1/3 (50 of 150)`);
+  } finally {
+    await cluster.close();
+    await Promise.all([alpha.close(), beta.close(), alphaAgent.close(), betaAgent.close()]);
+  }
+});
+
+Deno.test("a killed backend gets no new connections after fall failed checks and gets them again after rise", async () => {
+  let alpha = namedBackend("alpha");
+  const beta = namedBackend("beta");
+  const alphaPort = alpha.port;
+  const cluster = await startTestCluster({
+    agents: 1,
+    services: [{
+      name: "web",
+      listen: "127.0.0.1:0",
+      decide: "agent",
+      backends: [{ address: alpha.address, weight: 100 }, { address: beta.address, weight: 100 }],
+      health: { kind: "tcp", interval: "200ms", timeout: "100ms", rise: 2, fall: 2 },
+    }],
+  });
+  try {
+    const port = cluster.agents[0]!.port;
+    await eventually(
+      async () => (await backendView(cluster, alpha.address)).health === "up",
+      5_000,
+      "alpha up",
+    );
+    const before = await spread(port, 200);
+    assert.ok((before.get("alpha") ?? 0) > 50, `alpha served ${before.get("alpha")} of 200 while up`);
+
+    await alpha.close();
+    const killedAt = performance.now();
+    await eventually(
+      async () => (await backendView(cluster, alpha.address)).health === "down",
+      5_000,
+      "alpha down",
+    );
+    const downAfter = performance.now() - killedAt;
+    const down = await backendView(cluster, alpha.address);
+    assert.ok(down.checks.failed_in_a_row >= 2, `failed ${down.checks.failed_in_a_row} in a row`);
+    assert.deepEqual([down.state, down.effective_weight], ["down", 0]);
+    // Two checks 200 ms apart, plus up to one interval until the first of them.
+    assert.ok(downAfter < 1_500, `down ${Math.round(downAfter)} ms after it was killed`);
+    await agentsCaughtUp(cluster);
+    const without = await spread(port, 200);
+    assert.deepEqual([...without.keys()], ["beta"], "no new connection to the killed alpha");
+
+    alpha = namedBackend("alpha", "127.0.0.1", alphaPort);
+    const revivedAt = performance.now();
+    await eventually(
+      async () => (await backendView(cluster, alpha.address)).health === "up",
+      5_000,
+      "alpha back up",
+    );
+    const upAfter = performance.now() - revivedAt;
+    console.log(
+      `killed alpha down after ${Math.round(downAfter)} ms; revived alpha up after ${Math.round(upAfter)} ms`,
+    );
+    await agentsCaughtUp(cluster);
+    const again = await spread(port, 400);
+    const alphaShare = (again.get("alpha") ?? 0) / 400;
+    assert.ok(alphaShare > 0.35 && alphaShare < 0.65, `alpha share ${alphaShare} after it came back`);
+  } finally {
+    await cluster.close();
+    await alpha.close();
+    await beta.close();
+  }
+});
+
+Deno.test("connect failures the agents report take a backend out after fall of them, between active checks", async () => {
+  const alpha = namedBackend("alpha");
+  const beta = namedBackend("beta");
+  const cluster = await startTestCluster({
+    agents: 1,
+    services: [{
+      name: "web",
+      listen: "127.0.0.1:0",
+      decide: "agent",
+      backends: [{ address: alpha.address, weight: 100 }, { address: beta.address, weight: 100 }],
+      // The first active check comes within a second; the next only after 30 s, long after this test.
+      health: { kind: "tcp", interval: "30s", timeout: "1s", rise: 1, fall: 3 },
+    }],
+  });
+  try {
+    const port = cluster.agents[0]!.port;
+    await eventually(
+      async () => (await backendView(cluster, alpha.address)).health === "up",
+      5_000,
+      "alpha up",
+    );
+    await alpha.close();
+    // Clients whose flow hashes to alpha are retried on beta by the agent, which reports each failure.
+    const served = await spread(port, 60, 10);
+    assert.deepEqual([...served.keys()], ["beta"]);
+    await eventually(
+      async () => (await backendView(cluster, alpha.address)).health === "down",
+      3_000,
+      "alpha down",
+    );
+    const view = await backendView(cluster, alpha.address);
+    assert.ok(view.checks.failed_in_a_row >= 3, `failed ${view.checks.failed_in_a_row} in a row`);
+    assert.equal(view.effective_weight, 0);
+  } finally {
+    await cluster.close();
+    await beta.close();
+    await alpha.close();
+  }
+});
