@@ -118,9 +118,9 @@ export async function checkBackend(
 }
 
 /**
- * Checks every backend of every service of `model`, each on its own loop (first check within one interval
- * of start, then every `health.interval`), and follows config reloads: a new backend gets a loop, a removed
- * one's loop ends.
+ * Checks every backend of every service of `model`, each on its own loop (the first check in the second
+ * half of the first `health.interval`, then one every interval), and follows config reloads: a new backend
+ * gets a loop, a removed one's loop ends.
  */
 export class HealthChecker {
   readonly #model: ClusterModel;
@@ -159,8 +159,10 @@ export class HealthChecker {
 
   async #loop(serviceName: string, backendId: string): Promise<void> {
     const signal = this.#abort.signal;
-    const first = this.#model.service(serviceName)?.config.health.intervalMs ?? 0;
-    await sleep(Math.random() * Math.min(first, 1_000), signal);
+    // The first check comes at a random point in the second half of the first interval, so that the
+    // checks of many backends spread out instead of all starting together after a start or a reload.
+    const interval = this.#model.service(serviceName)?.config.health.intervalMs ?? 0;
+    await sleep(interval * (0.5 + Math.random() / 2), signal);
     while (!signal.aborted) {
       const service = this.#model.service(serviceName);
       const backend = service?.backends.find((b) => b.config.id === backendId);
