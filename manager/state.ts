@@ -195,7 +195,7 @@ export class ClusterModel {
       });
       touched.add(service);
     }
-    this.#update([...touched]);
+    this.#update([...touched], { feedbackChanged: true });
     const outcomes = new Map<BackendRuntime, FeedbackOutcome>();
     for (const { report, backend } of targets) {
       if (outcomes.has(backend)) continue;
@@ -359,17 +359,24 @@ export class ClusterModel {
     }
   }
 
-  /** Drops expired feedback, rebuilds the tables of `services`, and tells listeners if any changed. */
-  #update(services: readonly ServiceRuntime[]): void {
+  /**
+   * Drops expired feedback, rebuilds the tables of `services`, and tells listeners if any changed; re-arms
+   * the expiry timer when feedback records were added or dropped.
+   */
+  #update(services: readonly ServiceRuntime[], options: { feedbackChanged?: boolean } = {}): void {
     const now = this.#now();
     let changed = false;
+    let feedbackChanged = options.feedbackChanged === true;
     for (const service of services) {
       for (const backend of service.backends) {
-        if (backend.feedback !== null && !isLive(backend.feedback, now)) backend.feedback = null;
+        if (backend.feedback !== null && !isLive(backend.feedback, now)) {
+          backend.feedback = null;
+          feedbackChanged = true;
+        }
       }
       if (this.#rebuild(service)) changed = true;
     }
-    this.#scheduleExpiry();
+    if (feedbackChanged) this.#scheduleExpiry();
     if (changed) this.#changed();
   }
 
@@ -443,7 +450,7 @@ export class ClusterModel {
         });
       }
     }
-    this.#update(expired);
+    this.#update(expired, { feedbackChanged: true });
   }
 
   #changed(): void {

@@ -255,3 +255,27 @@ Deno.test("a reload keeps the feedback and health of backends that stay", () => 
   assert.deepEqual(weights(model.service("web")), { [A]: 30, [B]: 0, "10.0.0.13:80": 100 });
   model.close();
 });
+
+Deno.test("a weight change moves close to the fewest table slots it can, and the count adds up", () => {
+  const backends = Array.from({ length: 10 }, (_, i) => ({ address: `10.0.1.${i + 1}:80` }));
+  const { model } = modelOf(configOf([{ ...service("web", 8080), backends }]));
+  const runtime = () => model.service("web")!;
+  const moves: number[] = [];
+  // One backend of ten at 90%: its share falls from 10% to 90/990, so 1/110 of the table must move.
+  model.applyFeedback([report({ backend: "10.0.1.10:80", weight: 90 })]);
+  moves.push(runtime().lastSlotsMoved);
+  const minimum = DEFAULT_TABLE_SIZE * (0.1 - 90 / 990);
+  assert.ok(moves[0]! >= minimum - 1 && moves[0]! <= minimum * 1.25, `moved ${moves[0]}, minimum ${minimum}`);
+  // Out entirely: its tenth moves, and only a little more.
+  model.applyFeedback([report({ backend: "10.0.1.10:80", state: "down" })]);
+  moves.push(runtime().lastSlotsMoved);
+  assert.ok(moves[1]! <= DEFAULT_TABLE_SIZE * (90 / 990) * 1.1, `moved ${moves[1]}`);
+  // Back to the configured weight: the very same table as at the start (the table depends only on weights).
+  const start = new ClusterModel(configOf([{ ...service("web", 8080), backends }]), { seed: 1 });
+  model.applyFeedback([report({ backend: "10.0.1.10:80", state: "up" })]);
+  moves.push(runtime().lastSlotsMoved);
+  assert.deepEqual(runtime().table, start.service("web")!.table);
+  assert.equal(runtime().totalSlotsMoved, moves.reduce((a, b) => a + b, 0));
+  start.close();
+  model.close();
+});
