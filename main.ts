@@ -11,7 +11,7 @@ import { runAgent } from "./agent/mod.ts";
 import { runDemo } from "./demo/mod.ts";
 import { runFeedback } from "./feedback/cli.ts";
 import { runCheck, runManager } from "./manager/mod.ts";
-import { VERSION } from "./version.ts";
+import { VERSION, versionText } from "./version.ts";
 
 type FlagSpec = {
   type: "string" | "boolean";
@@ -147,9 +147,7 @@ const COMMANDS: Readonly<Record<string, Command>> = {
     summary: "Print the version of switchyard and of Deno",
     flags: {},
     run: () => {
-      console.log(
-        `switchyard ${VERSION}\ndeno ${Deno.version.deno} (v8 ${Deno.version.v8}, typescript ${Deno.version.typescript})`,
-      );
+      console.log(versionText());
       return Promise.resolve(0);
     },
   },
