@@ -679,7 +679,12 @@ export class Agent {
     coarseClock.now = now;
     this.#affinity.sweep(now);
     for (const flow of this.#flows) {
-      if (flow.idleMs > 0 && now - Math.max(flow.up.lastActive, flow.down.lastActive) > flow.idleMs) {
+      // Activity is stamped with the coarse clock, up to one sweep behind: allow for it, so a flow is
+      // never closed before it has really been idle for idleMs.
+      if (
+        flow.idleMs > 0 &&
+        now - Math.max(flow.up.lastActive, flow.down.lastActive) > flow.idleMs + AGENT_DEFAULTS.sweepMs
+      ) {
         flowLog.info("Flow {flow} of {service} to {backend} idle for {idleMs} ms; closing", {
           flow: flow.id,
           service: flow.service,

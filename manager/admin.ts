@@ -22,6 +22,9 @@ import {
   UnknownError,
 } from "./state.ts";
 
+import type { Decider } from "./decide.ts";
+import { agentClaims, ExplainError, explainFlow } from "./explain.ts";
+
 const log = logger("manager", "admin");
 
 /** Request bodies larger than this are refused with 413. */
@@ -44,6 +47,10 @@ export type ReloadResult = { ok: true; version: number } | { ok: false; problems
 export interface AdminDeps {
   readonly model: ClusterModel;
   readonly agents: () => AgentSession[];
+  /** The manager's decisions, for `/v1/explain`. */
+  readonly decider: Decider;
+  /** The cluster's flow-hash seed, for `/v1/explain`. */
+  readonly seed: number;
   readonly reload: () => Promise<ReloadResult>;
   readonly adminToken: () => string;
 }
@@ -173,10 +180,12 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
 
   app.get("/v1/agents", (c) => {
     const now = performance.now();
+    const agents = deps.agents();
+    const claims = agentClaims(agents.map((agent) => agent.id));
     return c.json({
-      agents: deps.agents().map((agent) => ({
+      agents: agents.map((agent) => ({
         id: agent.id,
-        claim: round(1 / Math.max(1, deps.agents().length), 4),
+        claim: round(claims.get(agent.id) ?? 0, 4),
         last_heartbeat_s: round((now - agent.lastHeartbeat) / 1000, 3),
         connections: agent.connections,
         mesh: agent.mesh,
@@ -184,6 +193,25 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
         state_version: agent.ackedVersion,
       })),
     });
+  });
+
+  app.get("/v1/explain", (c) => {
+    const service = c.req.query("service");
+    const client = c.req.query("client");
+    if (!service) throw new ApiError(400, "Missing query parameter service", "service");
+    if (!client) throw new ApiError(400, "Missing query parameter client, like 1.2.3.4:5555", "client");
+    try {
+      return c.json(
+        explainFlow({ model: deps.model, decider: deps.decider, agents: deps.agents(), seed: deps.seed }, {
+          service,
+          client,
+          serviceAddress: c.req.query("service_address"),
+        }),
+      );
+    } catch (error) {
+      if (error instanceof ExplainError) throw new ApiError(error.status, error.message, error.path);
+      throw error;
+    }
   });
 
   app.post("/v1/reload", async (c) => {

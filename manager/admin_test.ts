@@ -1,3 +1,4 @@
+import { Decider } from "./decide.ts";
 import assert from "node:assert/strict";
 import { createAdminApp, MAX_BODY_BYTES } from "./admin.ts";
 import { type Config, parseConfig } from "./config.ts";
@@ -37,6 +38,8 @@ function harness(settings: Record<string, unknown> = {}) {
   const app = createAdminApp({
     model,
     agents: () => [],
+    decider: new Decider(model),
+    seed: 7,
     reload: () => Promise.resolve({ ok: false, problems: ["no file"] }),
     adminToken: () => ADMIN,
   });

@@ -14,6 +14,7 @@ import {
   parseAgentMessage,
   PROTOCOL_VERSION,
 } from "../cluster/protocol.ts";
+import { Decider } from "./decide.ts";
 import type { ClusterModel } from "./state.ts";
 
 const log = logger("manager", "cluster");
@@ -37,6 +38,7 @@ type AgentChannel = Channel<AgentMessage, ManagerMessage>;
 
 export class ClusterServer {
   readonly #model: ClusterModel;
+  readonly decider: Decider;
   readonly #token: () => string;
   readonly #listener: Deno.Listener;
   readonly #sessions = new Map<string, { session: AgentSession; channel: AgentChannel }>();
@@ -48,6 +50,7 @@ export class ClusterServer {
 
   constructor(model: ClusterModel, listener: Deno.Listener, options: { token: () => string }) {
     this.#model = model;
+    this.decider = new Decider(model);
     this.#token = options.token;
     this.#listener = listener;
     this.#unsubscribe = model.onChange(() => this.#schedulePush());
@@ -180,6 +183,7 @@ export class ClusterServer {
       channel.close();
       if (agentId !== null && this.#sessions.get(agentId)?.channel === channel) {
         this.#sessions.delete(agentId);
+        this.decider.forgetAgent(agentId);
         this.#model.forgetAgent(agentId);
         log.info("Agent {agent} left", { agent: agentId });
         this.#publishAgents();
@@ -192,8 +196,17 @@ export class ClusterServer {
       case "heartbeat":
         session.lastHeartbeat = performance.now();
         session.connections = message.connections;
-        this.#model.reportOpen(session.id, message.backends);
+        this.decider.reportOpen(session.id, message.backends);
         channel.send({ type: "heartbeat" }).catch(() => channel.close());
+        break;
+      case "decide": {
+        const decision = this.decider.decide(session.id, message.service, message.client.ip);
+        channel.send({ type: "decision", id: message.id, backend: decision.backend, ttlMs: decision.ttlMs })
+          .catch(() => channel.close());
+        break;
+      }
+      case "open_counts":
+        this.decider.reportOpen(session.id, message.backends);
         break;
       case "ack":
         session.ackedVersion = message.version;
@@ -213,6 +226,7 @@ export class ClusterServer {
   }
 
   #dropSilentAgents(): void {
+    this.decider.sweep();
     const limit = this.#model.config.agents.heartbeatMs * MISSED_HEARTBEATS;
     const now = performance.now();
     for (const { session, channel } of this.#sessions.values()) {

@@ -35,7 +35,8 @@ export async function startManager(config: Config, options: ManagerOptions = {})
   const generated = config.manager.tokens.admin === null;
   const fallbackAdminToken = generated ? randomToken() : "";
   let current = config;
-  const model = new ClusterModel(config, { seed: await clusterSeed(config.manager.tokens.cluster) });
+  const seed = await clusterSeed(config.manager.tokens.cluster);
+  const model = new ClusterModel(config, { seed });
   const tls = config.manager.tls;
 
   const clusterListener = tls
@@ -83,6 +84,8 @@ export async function startManager(config: Config, options: ManagerOptions = {})
   const app = createAdminApp({
     model,
     agents: () => cluster.agents(),
+    decider: cluster.decider,
+    seed,
     reload,
     adminToken: () => current.manager.tokens.admin ?? fallbackAdminToken,
   });
