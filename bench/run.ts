@@ -209,6 +209,15 @@ async function versionOf(name: string, tool: string | null, args: string[]): Pro
   return text.split("\n").map((line) => line.trim()).find((line) => /\d+\.\d+/.test(line)) ?? "unknown";
 }
 
+/** The 1-minute load average, to show whether something else ran on the machine meanwhile. */
+function loadAverage(): string {
+  try {
+    return Deno.readTextFileSync("/proc/loadavg").split(" ")[0] ?? "?";
+  } catch {
+    return "?";
+  }
+}
+
 function cpuModel(): string {
   try {
     return Deno.readTextFileSync("/proc/cpuinfo").match(/^model name\s*:\s*(.+)$/m)?.[1] ?? "unknown CPU";
@@ -418,6 +427,7 @@ async function main(): Promise<number> {
   }
   await ensureOpenFileLimit(2 * options.idleConnections + FD_MARGIN);
   const began = performance.now();
+  const loadBefore = loadAverage();
   const notes: string[] = [];
   const limit = openFileLimit().soft;
   const idleCount = Math.max(0, Math.min(options.idleConnections, Math.floor((limit - FD_MARGIN) / 2)));
@@ -520,7 +530,8 @@ async function main(): Promise<number> {
     "",
     table,
     "",
-    `Tools: ${versions.join(" · ")}. Took ${Math.round(elapsedS)} s.`,
+    `Tools: ${versions.join(" · ")}. Took ${Math.round(elapsedS)} s. Load average (1 min) ${loadBefore} ` +
+    `before, ${loadAverage()} after: other work on the machine skews every figure.`,
     ...(memory.length > 0 ? ["", "Resident memory (VmRSS):", ...memory.map((text) => `- ${text}`)] : []),
     ...(allNotes.length > 0 ? ["", "Notes:", ...allNotes.map((text) => `- ${text}`)] : []),
     "",
