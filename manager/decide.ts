@@ -8,6 +8,13 @@ import type { BackendRuntime, ClusterModel, ServiceRuntime } from "./state.ts";
 import { effectiveWeight, openConnections } from "./state.ts";
 
 export const DECIDE_DEFAULTS = {
+  /**
+   * How much of the count of recent decisions per backend survives each new decision of the service (a
+   * memory of about 100 decisions, whatever the rate). Open connections alone would send every
+   * short-lived connection to the heaviest backend (all have 0 open); counting recently started ones too
+   * spreads them in proportion to weight, while long-held connections still dominate.
+   */
+  recentDecay: 0.99,
   /** At most this many clients are remembered for affinity; the oldest are forgotten first. */
   maxAffinityEntries: 1_000_000,
 } as const;
@@ -25,6 +32,8 @@ export class Decider {
   /** Decisions made for each agent since its last open-count report, by service and backend. */
   readonly #pending = new Map<string, Map<string, number>>();
   readonly #affinity = new Map<string, { backend: string; expires: number }>();
+  /** Recent decisions per service and backend, fading by `recentDecay` with every decision of the service. */
+  readonly #recent = new Map<string, Map<string, number>>();
 
   constructor(model: ClusterModel) {
     this.#model = model;
@@ -38,6 +47,10 @@ export class Decider {
     let pending = this.#pending.get(agent);
     if (!pending) this.#pending.set(agent, pending = new Map());
     pending.set(key, (pending.get(key) ?? 0) + 1);
+    let recent = this.#recent.get(service);
+    if (!recent) this.#recent.set(service, recent = new Map());
+    for (const [backend, count] of recent) recent.set(backend, count * DECIDE_DEFAULTS.recentDecay);
+    recent.set(decision.backend, (recent.get(decision.backend) ?? 0) + 1);
     const runtime = this.#model.service(service);
     if (runtime && runtime.config.affinity.key === "client_ip" && decision.ttlMs > 0) {
       const affinityKey = `${service}\u0000${clientIp}`;
@@ -74,22 +87,26 @@ export class Decider {
     let best: BackendRuntime | null = null;
     let bestScore = Infinity;
     let bestOpen = 0;
+    let bestRecent = 0;
     for (const backend of runtime.backends) {
       const weight = effectiveWeight(backend);
       if (weight <= 0) continue;
       const open = this.openCount(runtime, backend);
-      const score = (open + 1) / weight;
+      const recent = this.#recent.get(service)?.get(backend.config.id) ?? 0;
+      const score = (open + recent + 1) / weight;
       if (score < bestScore) {
         best = backend;
         bestScore = score;
         bestOpen = open;
+        bestRecent = recent;
       }
     }
     if (best === null) return { backend: null, ttlMs: 0, reason: "no backend is up with a weight above 0" };
     return {
       backend: best.config.id,
       ttlMs,
-      reason: `weighted least connections: ${bestOpen} open at effective weight ${effectiveWeight(best)}`,
+      reason: `weighted least connections: ${bestOpen} open and ${bestRecent.toFixed(1)} recently started ` +
+        `at effective weight ${effectiveWeight(best)}, the lowest load per weight`,
     };
   }
 
@@ -111,8 +128,11 @@ export class Decider {
     this.#pending.delete(agent);
   }
 
-  /** Forgets expired affinity entries. */
+  /** Forgets expired affinity entries and the decisions of services that are gone. */
   sweep(now = performance.now()): void {
+    for (const name of this.#recent.keys()) {
+      if (!this.#model.service(name)) this.#recent.delete(name);
+    }
     for (const [key, entry] of this.#affinity) {
       if (entry.expires <= now) this.#affinity.delete(key);
     }

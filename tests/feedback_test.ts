@@ -79,76 +79,83 @@ async function postFeedback(cluster: TestCluster, body: unknown) {
   });
 }
 
-Deno.test("feedback weights 75:25 split new connections 75/25 through the agents' table, and 50/50 after the ttl", async () => {
-  const alpha = startNamedBackend("alpha");
-  const beta = startNamedBackend("beta");
-  const cluster = await startTestCluster({
-    agents: 1,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
-      decide: "agent",
-      backends: [{ address: alpha.address, weight: 100 }, { address: beta.address, weight: 100 }],
-      feedback: { ttl: "30s" },
-    }],
-  });
-  // The application keeps reporting (a 1 s ttl refreshed every 300 ms), as a live one would.
-  const report = () =>
-    postFeedback(cluster, [
-      { service: "web", backend: alpha.address, weight: 75, ttl: "1s" },
-      { service: "web", backend: beta.address, weight: 25, ttl: "1s" },
-    ]);
-  let reporting = true;
-  let reporter = Promise.resolve();
-  try {
-    const answer = await report();
-    assert.deepEqual(answer.backends, [
-      { service: "web", backend: alpha.address, effective_weight: 75, state: "up" },
-      { service: "web", backend: beta.address, effective_weight: 25, state: "up" },
-    ]);
-    reporter = (async () => {
-      while (reporting) {
-        await new Promise((resolve) => setTimeout(resolve, 300));
-        if (reporting) await report();
-      }
-    })();
-    await agentsCaughtUp(cluster);
-    const agentPort = cluster.agents[0]!.port;
-    const weighted = await spread(agentPort, 4_000);
-    console.log(`75:25 feedback: alpha ${weighted.get("alpha")}, beta ${weighted.get("beta")} of 4000`);
-    assert.ok(Math.abs(share(weighted, "alpha") - 0.75) <= 0.03, `alpha share ${share(weighted, "alpha")}`);
-    assert.ok(Math.abs(share(weighted, "beta") - 0.25) <= 0.03, `beta share ${share(weighted, "beta")}`);
+for (const decide of ["agent", "manager"] as const) {
+  Deno.test(`feedback weights 75:25 split new connections 75/25 with decide: ${decide}, and 50/50 after the ttl`, async () => {
+    const alpha = startNamedBackend("alpha");
+    const beta = startNamedBackend("beta");
+    const cluster = await startTestCluster({
+      agents: 1,
+      services: [{
+        name: "web",
+        listen: "127.0.0.1:0",
+        decide,
+        decision_timeout: "500ms",
+        backends: [{ address: alpha.address, weight: 100 }, { address: beta.address, weight: 100 }],
+        feedback: { ttl: "30s" },
+      }],
+    });
+    // The application keeps reporting (a 1 s ttl refreshed every 300 ms), as a live one would.
+    const report = () =>
+      postFeedback(cluster, [
+        { service: "web", backend: alpha.address, weight: 75, ttl: "1s" },
+        { service: "web", backend: beta.address, weight: 25, ttl: "1s" },
+      ]);
+    let reporting = true;
+    let reporter = Promise.resolve();
+    try {
+      const answer = await report();
+      assert.deepEqual(answer.backends, [
+        { service: "web", backend: alpha.address, effective_weight: 75, state: "up" },
+        { service: "web", backend: beta.address, effective_weight: 25, state: "up" },
+      ]);
+      reporter = (async () => {
+        while (reporting) {
+          await new Promise((resolve) => setTimeout(resolve, 300));
+          if (reporting) await report();
+        }
+      })();
+      await agentsCaughtUp(cluster);
+      const agentPort = cluster.agents[0]!.port;
+      const weighted = await spread(agentPort, 4_000);
+      console.log(
+        `75:25 feedback, decide: ${decide}: alpha ${weighted.get("alpha")}, beta ${
+          weighted.get("beta")
+        } of 4000`,
+      );
+      assert.ok(Math.abs(share(weighted, "alpha") - 0.75) <= 0.03, `alpha share ${share(weighted, "alpha")}`);
+      assert.ok(Math.abs(share(weighted, "beta") - 0.25) <= 0.03, `beta share ${share(weighted, "beta")}`);
 
-    // The application stops reporting: after the ttl both are back at their configured weight, by the
-    // manager's own timer, with no request in between.
-    reporting = false;
-    await reporter;
-    const stoppedAt = performance.now();
-    let view: ServicesView | undefined;
-    await eventually(
-      async () => {
-        view = await cluster.api<ServicesView>("/v1/services");
-        return backendOf(view, alpha.address).effective_weight === 100;
-      },
-      5_000,
-      "the reports to expire",
-    );
-    const expiredAfter = performance.now() - stoppedAt;
-    assert.ok(expiredAfter < 2_500, `expired ${expiredAfter} ms after the last report`);
-    assert.equal(backendOf(view!, beta.address).effective_weight, 100);
-    assert.equal(backendOf(view!, alpha.address).feedback, null);
-    await agentsCaughtUp(cluster);
-    const even = await spread(agentPort, 4_000);
-    console.log(`after the ttl: alpha ${even.get("alpha")}, beta ${even.get("beta")} of 4000`);
-    assert.ok(Math.abs(share(even, "alpha") - 0.5) <= 0.03, `alpha share ${share(even, "alpha")}`);
-  } finally {
-    reporting = false;
-    await reporter.catch(() => {});
-    await cluster.close();
-    await alpha.close();
-    await beta.close();
-  }
-});
+      // The application stops reporting: after the ttl both are back at their configured weight, by the
+      // manager's own timer, with no request in between.
+      reporting = false;
+      await reporter;
+      const stoppedAt = performance.now();
+      let view: ServicesView | undefined;
+      await eventually(
+        async () => {
+          view = await cluster.api<ServicesView>("/v1/services");
+          return backendOf(view, alpha.address).effective_weight === 100;
+        },
+        5_000,
+        "the reports to expire",
+      );
+      const expiredAfter = performance.now() - stoppedAt;
+      assert.ok(expiredAfter < 2_500, `expired ${expiredAfter} ms after the last report`);
+      assert.equal(backendOf(view!, beta.address).effective_weight, 100);
+      assert.equal(backendOf(view!, alpha.address).feedback, null);
+      await agentsCaughtUp(cluster);
+      const even = await spread(agentPort, 4_000);
+      console.log(`after the ttl: alpha ${even.get("alpha")}, beta ${even.get("beta")} of 4000`);
+      assert.ok(Math.abs(share(even, "alpha") - 0.5) <= 0.03, `alpha share ${share(even, "alpha")}`);
+    } finally {
+      reporting = false;
+      await reporter.catch(() => {});
+      await cluster.close();
+      await alpha.close();
+      await beta.close();
+    }
+  });
+}
 
 Deno.test("load reports shift new connections toward the idle backend", async () => {
   const busy = startNamedBackend("busy");
