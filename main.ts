@@ -168,7 +168,7 @@ function agentFlags(flags: Flags) {
     tokenFile: flags["token-file"] as string,
     id: (flags.id as string | undefined) ?? `${Deno.hostname()}-${Deno.pid}`,
     mesh: flags.mesh === undefined ? null : address("mesh", flags.mesh as string, { anyPort: true }),
-    admin: flags.admin === undefined ? null : address("admin", flags.admin as string),
+    admin: flags.admin === undefined ? null : address("admin", flags.admin as string, { anyPort: true }),
     stateDir: (flags["state-dir"] as string | undefined) ?? null,
     caFile: (flags["ca-file"] as string | undefined) ?? null,
   };

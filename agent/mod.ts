@@ -45,6 +45,12 @@ export async function runAgent(options: RunAgentOptions): Promise<number> {
   });
   await agent.start();
   const admin = options.admin ? startAgentAdmin(agent, options.admin) : null;
+  if (admin) {
+    log.info("Agent {agent} serves /metrics and /healthz on {admin}", {
+      agent: options.id,
+      admin: formatHostPort({ host: admin.addr.hostname, port: admin.addr.port }),
+    });
+  }
   const stop = Promise.withResolvers<string>();
   Deno.addSignalListener("SIGINT", () => stop.resolve("SIGINT"));
   if (Deno.build.os !== "windows") Deno.addSignalListener("SIGTERM", () => stop.resolve("SIGTERM"));

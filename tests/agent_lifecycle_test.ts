@@ -1,0 +1,197 @@
+/**
+ * An agent's life as an operator sees it: SIGTERM drains (no new connections, open ones finish, exit 0,
+ * /healthz 503 meanwhile), and connections reset mid-stream on either side leave nothing behind.
+ */
+import assert from "node:assert/strict";
+import net from "node:net";
+import { startTestCluster } from "./_cluster.ts";
+import { eventually, writeAll } from "./_helpers.ts";
+
+/** An echo backend; with `flood`, it also sends `flood` bytes at once on every connection. */
+function startEcho(options: { flood?: number } = {}) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const handlers = new Set<Promise<void>>();
+  const accepting = (async () => {
+    for await (const conn of listener) {
+      const handler = (async () => {
+        try {
+          if (options.flood) await writeAll(conn, new Uint8Array(options.flood));
+          const buffer = new Uint8Array(4096);
+          for (;;) {
+            const n = await conn.read(buffer);
+            if (n === null) break;
+            await writeAll(conn, buffer.subarray(0, n));
+          }
+        } catch {
+          // reset by the agent: expected in these tests
+        } finally {
+          try {
+            conn.close();
+          } catch { /* closed */ }
+        }
+      })();
+      handlers.add(handler);
+      handler.finally(() => handlers.delete(handler));
+    }
+  })().catch(() => {});
+  return {
+    address: `127.0.0.1:${listener.addr.port}`,
+    async close() {
+      listener.close();
+      await accepting;
+      await Promise.allSettled([...handlers]);
+    },
+  };
+}
+
+async function echoOnce(conn: Deno.Conn, text: string): Promise<string> {
+  await writeAll(conn, new TextEncoder().encode(text));
+  const buffer = new Uint8Array(text.length);
+  let got = 0;
+  while (got < text.length) {
+    const n = await conn.read(buffer.subarray(got));
+    if (n === null) break;
+    got += n;
+  }
+  return new TextDecoder().decode(buffer.subarray(0, got));
+}
+
+async function metric(admin: string, name: string): Promise<number> {
+  const text = await (await fetch(`http://${admin}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+  return Number(line?.split(" ")[1] ?? NaN);
+}
+
+Deno.test("SIGTERM drains an agent: /healthz turns 503, new connections are refused, open ones finish, exit 0", async () => {
+  const echo = startEcho();
+  const cluster = await startTestCluster({
+    agents: 1,
+    services: [{
+      name: "web",
+      listen: "127.0.0.1:0",
+      decide: "agent",
+      health: { interval: "1h", timeout: "1s" },
+      timeouts: { drain: "20s", connect: "1s", idle: "60s" },
+      backends: [echo.address],
+    }],
+    agentArgs: () => ["--admin", "127.0.0.1:0"],
+  });
+  try {
+    const agent = cluster.agents[0]!;
+    const adminLine = await agent.proc.waitForLog((l) => l.message.includes("serves /metrics"));
+    const admin = String(adminLine.properties.admin);
+    assert.equal(
+      await fetch(`http://${admin}/healthz`).then(async (r) => (await r.body?.cancel(), r.status)),
+      200,
+    );
+    const held = await Deno.connect({ hostname: "127.0.0.1", port: agent.port });
+    assert.equal(await echoOnce(held, "before"), "before");
+
+    agent.proc.kill("SIGTERM");
+    await agent.proc.waitForLog((l) => l.properties.signal === "SIGTERM");
+    const draining = await fetch(`http://${admin}/healthz`);
+    assert.equal(draining.status, 503);
+    await draining.body?.cancel();
+    await assert.rejects(
+      Deno.connect({ hostname: "127.0.0.1", port: agent.port }),
+      "new connections are refused",
+    );
+    assert.equal(await echoOnce(held, "during the drain"), "during the drain");
+    const closedAt = performance.now();
+    held.close();
+    const status = await agent.proc.status();
+    assert.equal(status.code, 0);
+    assert.ok(performance.now() - closedAt < 5_000, "the agent exits once its last connection ends");
+  } finally {
+    await cluster.close();
+    await echo.close();
+  }
+});
+
+Deno.test("a drain ends after timeouts.drain even when a connection stays open, and the agent exits 0", async () => {
+  const echo = startEcho();
+  const cluster = await startTestCluster({
+    agents: 1,
+    services: [{
+      name: "web",
+      listen: "127.0.0.1:0",
+      decide: "agent",
+      health: { interval: "1h", timeout: "1s" },
+      timeouts: { drain: "1s", connect: "1s", idle: "60s" },
+      backends: [echo.address],
+    }],
+  });
+  try {
+    const agent = cluster.agents[0]!;
+    const held = await Deno.connect({ hostname: "127.0.0.1", port: agent.port });
+    assert.equal(await echoOnce(held, "x"), "x");
+    const started = performance.now();
+    agent.proc.kill("SIGTERM");
+    const status = await agent.proc.status();
+    const took = performance.now() - started;
+    assert.equal(status.code, 0);
+    assert.ok(took >= 900 && took < 6_000, `drained for ${took.toFixed(0)} ms`);
+    assert.equal(
+      await held.read(new Uint8Array(1)).catch(() => null),
+      null,
+      "the held connection was closed",
+    );
+    held.close();
+  } finally {
+    await cluster.close();
+    await echo.close();
+  }
+});
+
+Deno.test("connections reset mid-stream on either side leak nothing, and the agent serves on", async () => {
+  const flood = startEcho({ flood: 4 * 1024 * 1024 });
+  const cluster = await startTestCluster({
+    agents: 1,
+    services: [{
+      name: "web",
+      listen: "127.0.0.1:0",
+      decide: "agent",
+      health: { interval: "1h", timeout: "1s" },
+      backends: [flood.address],
+    }],
+    agentArgs: () => ["--admin", "127.0.0.1:0"],
+  });
+  try {
+    const agent = cluster.agents[0]!;
+    const admin = String(
+      (await agent.proc.waitForLog((l) => l.message.includes("serves /metrics"))).properties.admin,
+    );
+    // Clients that read a little of a 4 MiB answer and then reset the connection (SO_LINGER 0).
+    for (let i = 0; i < 50; i++) {
+      const socket = net.connect({ host: "127.0.0.1", port: agent.port });
+      await new Promise<void>((resolve, reject) => {
+        socket.once("data", () => resolve());
+        socket.once("error", reject);
+      });
+      if (typeof socket.resetAndDestroy === "function") socket.resetAndDestroy();
+      else socket.destroy();
+      await new Promise((resolve) => socket.once("close", resolve));
+    }
+    // Clients that send and half-close while the backend floods them, then vanish.
+    for (let i = 0; i < 50; i++) {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: agent.port });
+      await conn.write(new Uint8Array(1000));
+      conn.close();
+    }
+    await eventually(
+      async () => (await metric(admin, "switchyard_active_connections")) === 0,
+      10_000,
+      "no open flow",
+    );
+    // Still serving, and still alive.
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: agent.port });
+    const n = await conn.read(new Uint8Array(1024));
+    assert.ok(n !== null && n > 0);
+    conn.close();
+    assert.ok(!agent.proc.logs.some((l) => l.level === "ERROR" || l.level === "FATAL"), "no error logged");
+    assert.ok(!agent.proc.stderr.includes("Uncaught"), "no unhandled rejection");
+  } finally {
+    await cluster.close();
+    await flood.close();
+  }
+});
