@@ -214,8 +214,15 @@ export function descendantsOf(pid: number): number[] {
 /** Every child of one run, so all of them are stopped however the run ends. */
 export class Processes {
   readonly #procs = new Set<Proc>();
+  #closed = false;
+
+  /** Whether `stopAll` was called: nothing may be started any more. */
+  get closed(): boolean {
+    return this.#closed;
+  }
 
   spawn(name: string, command: string, args: string[], options: SpawnOptions = {}): Proc {
+    if (this.#closed) throw new Error(`Cannot start ${name}: the run is stopping`);
     const proc = new Proc(name, command, args, options);
     this.#procs.add(proc);
     return proc;
@@ -227,6 +234,7 @@ export class Processes {
   }
 
   async stopAll(): Promise<void> {
+    this.#closed = true;
     await Promise.all([...this.#procs].map((proc) => this.stop(proc)));
   }
 }
@@ -240,6 +248,7 @@ export async function runBounded(
   args: string[],
   options: { timeoutMs: number },
 ): Promise<{ code: number; stdout: string; stderr: string; timedOut: boolean }> {
+  if (stoppingBoundedRuns) throw new Error(`Cannot run ${command}: the run is stopping`);
   const child = new Deno.Command(command, { args, stdin: "null", stdout: "piped", stderr: "piped" }).spawn();
   boundedRuns.add(child.pid);
   let timedOut = false;
@@ -264,8 +273,11 @@ export async function runBounded(
 /** The pids of the `runBounded` commands running now. */
 const boundedRuns = new Set<number>();
 
-/** Kills every `runBounded` command still running (on Ctrl-C or an error). */
+let stoppingBoundedRuns = false;
+
+/** Kills every `runBounded` command still running, and refuses new ones (on Ctrl-C or an error). */
 export function killBoundedRuns(): void {
+  stoppingBoundedRuns = true;
   for (const pid of boundedRuns) signal(pid, "SIGKILL");
 }
 

@@ -439,6 +439,12 @@ async function main(): Promise<number> {
   }
 
   const tools = await findTools();
+  const versions = await Promise.all([
+    versionOf("haproxy", tools.haproxy, ["-v"]),
+    versionOf("nginx", tools.nginx, ["-v"]),
+    versionOf("wrk", tools.wrk, ["-v"]),
+    versionOf("iperf3", tools.iperf3, ["-v"]),
+  ]);
   const missing = [
     ...(["haproxy", "nginx", "wrk", "iperf3"] as const).filter((tool) => tools[tool] === null),
     ...(tools.nginx !== null && tools.nginxStream === null
@@ -486,6 +492,7 @@ async function main(): Promise<number> {
       main: options.main,
     };
     for (const spec of TARGETS) {
+      if (procs.closed) break;
       if (options.only !== null && !options.only.includes(spec.key)) continue;
       results.push(await measureTarget(spec, context, options, idleCount));
       const dead = started.failure();
@@ -509,12 +516,7 @@ async function main(): Promise<number> {
   const table = formatTable(results.map((result) => result.row), baseline);
   const allNotes = [...notes, ...results.flatMap((result) => result.notes)];
   const memory = results.flatMap((result) => result.memory === null ? [] : [result.memory]);
-  const versions = await Promise.all([
-    versionOf("haproxy", tools.haproxy, ["-v"]),
-    versionOf("nginx", tools.nginx, ["-v"]),
-    versionOf("wrk", tools.wrk, ["-v"]),
-    versionOf("iperf3", tools.iperf3, ["-v"]),
-  ]);
+
   const report = [
     `## switchyard bench — ${new Date().toISOString().slice(0, 19)}Z`,
     "",
