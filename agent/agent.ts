@@ -23,8 +23,6 @@ const log = logger("agent");
 const flowLog = logger("agent", "flow");
 
 export const AGENT_DEFAULTS = {
-  /** Bytes of buffer per direction of a proxied connection. */
-  bufferBytes: 16 * 1024,
   /** How often idle connections are looked for, and the coarse clock advanced. */
   sweepMs: 250,
   /** How long a draining agent waits when no service gives `timeouts.drain`. */
@@ -33,6 +31,10 @@ export const AGENT_DEFAULTS = {
   meshConnectMs: 1_000,
   /** Open-connection counts are sent to the manager at most this often. */
   openCountsBatchMs: 25,
+  /** The longest pause of a listener after accept errors (such as running out of file descriptors). */
+  acceptPauseMaxMs: 1_000,
+  /** Accept errors of one service are logged at most once per this window. */
+  acceptErrorLogMs: 10_000,
 } as const;
 
 /** The original endpoints of a flow: the client and the address it connected to. */
@@ -82,6 +84,7 @@ export interface AgentCounters {
   decisionFallbacks: number;
   rejected: number;
   noBackend: number;
+  acceptErrors: number;
   bytesUp: number;
   bytesDown: number;
   connectFailures: Map<string, number>;
@@ -103,6 +106,7 @@ export class Agent {
     decisionFallbacks: 0,
     rejected: 0,
     noBackend: 0,
+    acceptErrors: 0,
     bytesUp: 0,
     bytesDown: 0,
     connectFailures: new Map(),
@@ -154,6 +158,17 @@ export class Agent {
 
   get openConnections(): number {
     return this.#flows.size;
+  }
+
+  /** Bytes forwarded so far, up (client to backend) and down: finished flows' and open flows' alike. */
+  bytesForwarded(): { up: number; down: number } {
+    let up = this.counters.bytesUp;
+    let down = this.counters.bytesDown;
+    for (const flow of this.#flows) {
+      up += flow.up.bytes;
+      down += flow.down.bytes;
+    }
+    return { up, down };
   }
 
   /** The address each service listens on, once its listener is open. */
@@ -280,6 +295,9 @@ export class Agent {
     if (this.#draining) return;
     this.#draining = true;
     for (const service of this.#services.values()) this.#closeListener(service);
+    // Leave the cluster at once, so the manager moves this agent's claim and the others stop handing
+    // flows to it; flows handed off before they learn of it are still served (see #serveHandedOff).
+    await this.#link?.close();
     const drainMs = Math.max(0, ...[...this.#services.values()].map((s) => s.spec.timeouts.drainMs)) ||
       (this.#services.size === 0 ? 0 : AGENT_DEFAULTS.drainMs);
     log.info("Draining {open} open connections for up to {drainMs} ms", { open: this.#flows.size, drainMs });
@@ -338,18 +356,47 @@ export class Agent {
     service.listener = null;
   }
 
+  /**
+   * Accepts until the listener is closed. Any other accept error (out of file descriptors above all)
+   * pauses accepting with a growing delay and then goes on, as HAProxy and nginx do: the listener is
+   * never given up while the service is configured.
+   */
   async #acceptLoop(service: LiveService, listener: Deno.Listener): Promise<void> {
-    try {
-      for await (const conn of listener) {
-        const handler = this.#handle(service, conn as Deno.TcpConn).finally(() =>
-          this.#handlers.delete(handler)
-        );
-        this.#handlers.add(handler);
+    let pauseMs = 0;
+    let lastLogged = -Infinity;
+    let unlogged = 0;
+    for (;;) {
+      let conn: Deno.Conn;
+      try {
+        conn = await listener.accept();
+      } catch (error) {
+        if (error instanceof Deno.errors.BadResource || error instanceof Deno.errors.Interrupted) return;
+        if (service.listener !== listener) return;
+        this.counters.acceptErrors++;
+        // At most one line per window, however often accepts fail (they can fail thousands of times a second).
+        if (performance.now() - lastLogged > AGENT_DEFAULTS.acceptErrorLogMs) {
+          log.error(
+            "Cannot accept for service {service}: {error}; pausing accepts and retrying ({unlogged} more since the last report)",
+            {
+              service: service.spec.name,
+              error: errorText(error),
+              unlogged,
+            },
+          );
+          lastLogged = performance.now();
+          unlogged = 0;
+        } else {
+          unlogged++;
+        }
+        pauseMs = Math.min(AGENT_DEFAULTS.acceptPauseMaxMs, Math.max(10, pauseMs * 2));
+        await new Promise((resolve) => setTimeout(resolve, pauseMs));
+        continue;
       }
-    } catch (error) {
-      if (!(error instanceof Deno.errors.BadResource) && !(error instanceof Deno.errors.Interrupted)) {
-        log.error("Listener of service {service} failed: {error}", { service: service.spec.name, error });
-      }
+      pauseMs = 0;
+      const handler = this.#handle(service, conn as Deno.TcpConn).finally(() =>
+        this.#handlers.delete(handler)
+      );
+      this.#handlers.add(handler);
     }
   }
 
@@ -384,13 +431,15 @@ export class Agent {
   /** Serves a flow another agent handed to this one, as this agent's own; it is never handed on. */
   async #serveHandedOff(conn: Deno.TcpConn, flow: HandedOffFlow): Promise<void> {
     const service = this.#services.get(flow.service);
-    if (
-      !service || this.#draining || service.table.length === 0 || service.open >= service.spec.maxConnections
-    ) {
+    // A draining agent still serves flows handed to it: they were accepted by another agent before it
+    // learnt that this one left.
+    if (!service || service.table.length === 0 || service.open >= service.spec.maxConnections) {
       flowLog.warn("Cannot serve flow of {service} handed off by {sender}: {reason}", {
         service: flow.service,
         sender: flow.sender,
-        reason: service ? "draining or at max_connections" : "unknown service",
+        reason: service
+          ? (service.table.length === 0 ? "no backend" : "at max_connections")
+          : "unknown service",
       });
       if (service) this.counters.rejected++;
       closeQuietly(conn);
@@ -528,7 +577,8 @@ export class Agent {
         backendId = backend.id;
         break;
       } catch (error) {
-        this.#connectFailed(spec.name, backend.id);
+        // Running out of descriptors or ports here is this agent's trouble, not the backend's.
+        if (!isLocalError(error)) this.#connectFailed(spec.name, backend.id);
         flowLog.debug("Flow {flow} of {service}: backend {backend} failed: {error}", {
           flow: id,
           service: spec.name,
@@ -566,7 +616,10 @@ export class Agent {
           encodeProxyHeader(spec.proxyProtocol, endpoints.client, endpoints.destination),
         );
       }
-      if (handedOff !== null && handedOff.initial.length > 0) await writeAll(upstream, handedOff.initial);
+      if (handedOff !== null && handedOff.initial.length > 0) {
+        await writeAll(upstream, handedOff.initial);
+        this.counters.bytesUp += handedOff.initial.length;
+      }
     } catch (error) {
       flowLog.debug("Flow {flow} of {service}: backend {backend} failed before the first byte: {error}", {
         flow: id,
@@ -632,11 +685,11 @@ export class Agent {
     this.#flows.add(flow);
     try {
       const results = await Promise.allSettled([
-        pump(client, upstream, new Uint8Array(AGENT_DEFAULTS.bufferBytes), flow.up).catch((error) => {
+        pump(client, upstream, flow.up).catch((error) => {
           closeFlow(flow);
           throw error;
         }),
-        pump(upstream, client, new Uint8Array(AGENT_DEFAULTS.bufferBytes), flow.down).catch((error) => {
+        pump(upstream, client, flow.down).catch((error) => {
           closeFlow(flow);
           throw error;
         }),
@@ -711,6 +764,19 @@ export class Agent {
       backends,
     };
   }
+}
+
+/** Errors that say this host is short of something (descriptors, ports, memory), not that a peer failed. */
+const LOCAL_ERROR_CODES = new Set(["EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "EADDRNOTAVAIL"]);
+
+function isLocalError(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code === "string" && LOCAL_ERROR_CODES.has(code)) return true;
+  return error instanceof Error && /Too many open files|os error 24\b/.test(error.message);
+}
+
+function errorText(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
 }
 
 async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {

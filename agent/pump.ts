@@ -1,5 +1,5 @@
 /**
- * The byte pump: copies one direction of a proxied connection with a `read`/`write` loop over one reused
+ * The byte pump: copies one direction of a proxied connection with a `read`/`write` loop over a reused
  * buffer (no per-chunk allocation, no promise chains), and passes end-of-stream on as a TCP half-close.
  * `pipeTo` is not used: it breaks half-close in Deno (deno issues 27510, 22258).
  */
@@ -13,16 +13,20 @@ export interface PumpStats {
 /** A coarse clock, advanced by the agent's sweep timer, so the pump does not call `performance.now()` per chunk. */
 export const coarseClock = { now: performance.now() };
 
+export const PUMP_DEFAULTS = {
+  /** Every direction of a flow starts with a buffer this small: most idle connections never need more. */
+  minBufferBytes: 1024,
+  /** A read that fills the buffer grows it fourfold, up to this (bulk transfers want large reads). */
+  maxBufferBytes: 64 * 1024,
+} as const;
+
 /**
- * Copies `from` into `to` until `from` ends, then half-closes `to`. Rejects when either side fails;
- * the caller closes both connections then.
+ * Copies `from` into `to` until `from` ends, then half-closes `to`. Rejects when either side fails; the
+ * caller closes both connections then. The buffer starts small and is reused; it grows only while reads
+ * fill it, and shrinks back when a large buffer sees only small reads, so an idle flow holds little.
  */
-export async function pump(
-  from: Deno.Conn,
-  to: Deno.Conn,
-  buffer: Uint8Array,
-  stats: PumpStats,
-): Promise<void> {
+export async function pump(from: Deno.Conn, to: Deno.Conn, stats: PumpStats): Promise<void> {
+  let buffer = new Uint8Array(PUMP_DEFAULTS.minBufferBytes);
   for (;;) {
     const n = await from.read(buffer);
     if (n === null) break;
@@ -30,6 +34,11 @@ export async function pump(
     stats.bytes += n;
     let written = await to.write(n === buffer.length ? buffer : buffer.subarray(0, n));
     while (written < n) written += await to.write(buffer.subarray(written, n));
+    if (n === buffer.length) {
+      if (buffer.length < PUMP_DEFAULTS.maxBufferBytes) buffer = new Uint8Array(buffer.length * 4);
+    } else if (buffer.length > PUMP_DEFAULTS.minBufferBytes && n <= PUMP_DEFAULTS.minBufferBytes) {
+      buffer = new Uint8Array(PUMP_DEFAULTS.minBufferBytes);
+    }
   }
   await to.closeWrite();
 }

@@ -195,3 +195,72 @@ Deno.test("connections reset mid-stream on either side leak nothing, and the age
     await flood.close();
   }
 });
+
+Deno.test("while one agent drains, new connections through the others never fail: it leaves the cluster at once", async () => {
+  const echo = startEcho();
+  const cluster = await startTestCluster({
+    agents: 3,
+    services: [{
+      name: "web",
+      listen: "127.0.0.1:0",
+      decide: "agent",
+      health: { interval: "1h", timeout: "1s" },
+      timeouts: { drain: "3s", connect: "1s", idle: "60s" },
+      backends: [echo.address],
+    }],
+  });
+  try {
+    const [first, leaving, third] = cluster.agents as [
+      typeof cluster.agents[0],
+      typeof cluster.agents[0],
+      typeof cluster.agents[0],
+    ];
+    await eventually(
+      () =>
+        cluster.agents.every((a) => a.proc.logs.some((l) => l.message.startsWith("Claims split among 3"))),
+      10_000,
+      "claims among three agents",
+    );
+    const held = await Deno.connect({ hostname: "127.0.0.1", port: leaving.port });
+    assert.equal(await echoOnce(held, "held"), "held");
+    let failures = 0;
+    let served = 0;
+    let running = true;
+    const load = (async () => {
+      const deadline = performance.now() + 15_000;
+      for (let i = 0; running && performance.now() < deadline; i++) {
+        try {
+          const conn = await Deno.connect({ hostname: "127.0.0.1", port: (i % 2 ? first : third).port });
+          if ((await echoOnce(conn, "ping")) === "ping") served++;
+          else failures++;
+          conn.close();
+        } catch {
+          failures++;
+        }
+      }
+    })();
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    leaving.proc.kill("SIGTERM");
+    await eventually(
+      () =>
+        [first, third].every((a) => a.proc.logs.some((l) => l.message.startsWith("Claims split among 2"))),
+      5_000,
+      "the others to take over the leaving agent's claim",
+    );
+    assert.equal(
+      await echoOnce(held, "still here"),
+      "still here",
+      "the draining agent's open flow carries on",
+    );
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    running = false;
+    await load;
+    held.close();
+    assert.equal((await leaving.proc.status()).code, 0);
+    assert.equal(failures, 0, `${failures} of ${served + failures} connections failed during the drain`);
+    assert.ok(served > 50, `served ${served}`);
+  } finally {
+    await cluster.close();
+    await echo.close();
+  }
+});
