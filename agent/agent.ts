@@ -117,6 +117,9 @@ export class Agent {
   #link: ManagerLink | null = null;
   #mesh: MeshServer | null = null;
   #claimOwners: Uint16Array | null = null;
+  /** The certificate the mesh port serves TLS with now ("" for plain TCP). */
+  #meshCert = "";
+  #meshSwitch: Promise<void> = Promise.resolve();
   #claimAgents = "";
   #openCountsTimer: ReturnType<typeof setTimeout> | undefined;
   #state: ClusterState | null = null;
@@ -267,6 +270,7 @@ export class Agent {
         this.#services.delete(name);
       }
     }
+    this.#applyMeshTls(state.meshTls);
     const agentIds = state.agents.map((agent) => agent.id);
     const claimKey = agentIds.join("\u0000");
     if (claimKey !== this.#claimAgents || this.#claimOwners === null) {
@@ -319,11 +323,37 @@ export class Agent {
     for (const flow of this.#flows) closeFlow(flow);
     clearTimeout(this.#openCountsTimer);
     this.#openCountsTimer = undefined;
+    await this.#meshSwitch;
     await this.#mesh?.close();
     await this.#link?.close();
     await Promise.allSettled([...this.#handlers]);
     await Promise.allSettled([...this.#services.values()].map((s) => s.accepting));
     await this.#saving;
+  }
+
+  /** Serves the mesh port with TLS when the manager says so (manager.tls), plain TCP otherwise. */
+  #applyMeshTls(tls: ClusterState["meshTls"]): void {
+    const cert = tls ? `${tls.cert}\u0000${tls.key}` : "";
+    const mesh = this.#mesh;
+    if (!mesh || !this.#options.mesh || cert === this.#meshCert) return;
+    this.#meshCert = cert;
+    const hostname = this.#options.mesh.host;
+    const port = mesh.addr.port;
+    const where = { mesh: `${hostname}:${port}`, protocol: tls ? "TLS" : "TCP" };
+    this.#meshSwitch = this.#meshSwitch.then(() =>
+      mesh.replaceListener(() =>
+        tls
+          ? Deno.listenTls({ hostname, port, cert: tls.cert, key: tls.key })
+          : Deno.listen({ hostname, port })
+      )
+    ).then(
+      () => log.info("Mesh port {mesh} now speaks {protocol}", where),
+      (error) =>
+        log.error("Cannot serve the mesh port {mesh} with {protocol}: {error}", {
+          ...where,
+          error: errorText(error),
+        }),
+    );
   }
 
   #openListener(service: LiveService): void {
@@ -429,7 +459,7 @@ export class Agent {
   }
 
   /** Serves a flow another agent handed to this one, as this agent's own; it is never handed on. */
-  async #serveHandedOff(conn: Deno.TcpConn, flow: HandedOffFlow): Promise<void> {
+  async #serveHandedOff(conn: Deno.Conn, flow: HandedOffFlow): Promise<void> {
     const service = this.#services.get(flow.service);
     // A draining agent still serves flows handed to it: they were accepted by another agent before it
     // learnt that this one left.
@@ -488,12 +518,20 @@ export class Agent {
     endpoints: Endpoints,
     owner: AgentSpec,
   ): Promise<boolean> {
-    let mesh: Deno.TcpConn;
+    let mesh: Deno.Conn;
     try {
       const address = parseHostPort(owner.mesh as string);
-      mesh = await connectBackend(address, {
+      const tcp = await connectBackend(address, {
         timeoutMs: Math.min(spec.timeouts.connectMs, AGENT_DEFAULTS.meshConnectMs),
       });
+      tcp.setNoDelay(true);
+      // With manager.tls the mesh speaks TLS with the manager's certificate: verify it as the manager's.
+      mesh = this.#state?.meshTls
+        ? await Deno.startTls(tcp, {
+          hostname: this.#options.manager.host,
+          caCerts: this.#options.tls?.caCerts ?? [],
+        })
+        : tcp;
       await writeAll(
         mesh,
         await encodeMeshHeader(this.#signer, {
@@ -541,7 +579,7 @@ export class Agent {
   async #serve(
     spec: ServiceSpec,
     table: Uint16Array,
-    client: Deno.TcpConn,
+    client: Deno.Conn,
     endpoints: Endpoints,
     place: number,
     handedOff: HandedOffFlow | null,
@@ -667,14 +705,15 @@ export class Agent {
       id: number;
       service: string;
       backend: string | null;
-      client: Deno.TcpConn;
-      upstream: Deno.TcpConn;
+      client: Deno.Conn;
+      upstream: Deno.Conn;
       idleMs: number;
     },
   ): Promise<void> {
     const { client, upstream } = parts;
-    client.setNoDelay(true);
-    upstream.setNoDelay(true);
+    // TLS connections (the mesh with manager.tls) had it set on their TCP connection before the handshake.
+    if ("setNoDelay" in client) (client as Deno.TcpConn).setNoDelay(true);
+    if ("setNoDelay" in upstream) (upstream as Deno.TcpConn).setNoDelay(true);
     const now = coarseClock.now;
     const flow: Flow = {
       ...parts,

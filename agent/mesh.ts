@@ -155,43 +155,55 @@ export async function readMeshHeader(conn: Deno.Conn, signer: TokenSigner): Prom
 
 /** Accepts handed-off flows on the mesh port and passes each one, checked, to `serve`. */
 export class MeshServer {
-  readonly #listener: Deno.Listener;
+  #listener: Deno.Listener;
   readonly #signer: TokenSigner;
-  readonly #serve: (conn: Deno.TcpConn, flow: HandedOffFlow) => Promise<void>;
+  readonly #serve: (conn: Deno.Conn, flow: HandedOffFlow) => Promise<void>;
   readonly #handlers = new Set<Promise<void>>();
   readonly #refusals = new Map<string, { windowStart: number; count: number }>();
-  readonly #accepting: Promise<void>;
+  readonly #accepting = new Set<Promise<void>>();
   refused = 0;
 
   constructor(
     listener: Deno.Listener,
     signer: TokenSigner,
-    serve: (conn: Deno.TcpConn, flow: HandedOffFlow) => Promise<void>,
+    serve: (conn: Deno.Conn, flow: HandedOffFlow) => Promise<void>,
   ) {
     this.#listener = listener;
     this.#signer = signer;
     this.#serve = serve;
-    this.#accepting = this.#acceptLoop();
+    this.#accept(listener);
   }
 
   get addr(): Deno.NetAddr {
     return this.#listener.addr as Deno.NetAddr;
   }
 
+  /**
+   * Accepts on a new listener from now on (to switch between plain TCP and TLS on the same port): the old
+   * one is closed and its port released first; flows already taken carry on.
+   */
+  async replaceListener(open: () => Deno.Listener): Promise<void> {
+    closeQuietly(this.#listener);
+    await Promise.allSettled([...this.#accepting]);
+    this.#listener = open();
+    this.#accept(this.#listener);
+  }
+
   async close(): Promise<void> {
-    try {
-      this.#listener.close();
-    } catch {
-      // closed already
-    }
-    await this.#accepting;
+    closeQuietly(this.#listener);
+    await Promise.allSettled([...this.#accepting]);
     await Promise.allSettled([...this.#handlers]);
   }
 
-  async #acceptLoop(): Promise<void> {
+  #accept(listener: Deno.Listener): void {
+    const loop = this.#acceptLoop(listener).finally(() => this.#accepting.delete(loop));
+    this.#accepting.add(loop);
+  }
+
+  async #acceptLoop(listener: Deno.Listener): Promise<void> {
     try {
-      for await (const conn of this.#listener) {
-        const handler = this.#handle(conn as Deno.TcpConn).finally(() => this.#handlers.delete(handler));
+      for await (const conn of listener) {
+        const handler = this.#handle(conn).finally(() => this.#handlers.delete(handler));
         this.#handlers.add(handler);
       }
     } catch (error) {
@@ -199,18 +211,14 @@ export class MeshServer {
     }
   }
 
-  async #handle(conn: Deno.TcpConn): Promise<void> {
+  async #handle(conn: Deno.Conn): Promise<void> {
     let flow: HandedOffFlow;
     try {
       flow = await readMeshHeader(conn, this.#signer);
     } catch (error) {
       this.refused++;
       this.#logRefusal(conn.remoteAddr as Deno.NetAddr, error);
-      try {
-        conn.close();
-      } catch {
-        // closed already
-      }
+      closeQuietly(conn);
       return;
     }
     await this.#serve(conn, flow);
@@ -229,5 +237,13 @@ export class MeshServer {
       remote: `${remote.hostname}:${remote.port}`,
       reason: error instanceof Error ? error.message : String(error),
     });
+  }
+}
+
+function closeQuietly(resource: { close(): void }): void {
+  try {
+    resource.close();
+  } catch {
+    // closed already
   }
 }

@@ -12,7 +12,8 @@ export async function saveState(dir: string, state: ClusterState): Promise<void>
   const target = join(dir, STATE_FILE);
   const temporary = join(dir, `.${STATE_FILE}.${crypto.randomUUID()}.tmp`);
   try {
-    await Deno.writeTextFile(temporary, JSON.stringify(state));
+    // Readable by this user only: with manager.tls the state holds the mesh port's private key.
+    await Deno.writeTextFile(temporary, JSON.stringify(state), { mode: 0o600 });
     await Deno.rename(temporary, target);
   } catch (error) {
     await Deno.remove(temporary).catch(() => {});

@@ -53,6 +53,10 @@ export const ClusterStateSchema = z.object({
   heartbeatMs: z.number().int().positive(),
   services: z.array(ServiceSpecSchema).max(10_000),
   agents: z.array(AgentSpecSchema).max(10_000),
+  /** With `manager.tls`: the certificate and key (PEM) every agent's mesh port serves TLS with. */
+  meshTls: z.object({ cert: z.string().min(1).max(1_000_000), key: z.string().min(1).max(1_000_000) })
+    .nullable()
+    .default(null),
 });
 export type ClusterState = z.infer<typeof ClusterStateSchema>;
 

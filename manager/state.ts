@@ -28,6 +28,7 @@ import {
   type Report,
 } from "../feedback/mod.ts";
 import type { BackendConfig, Config, ServiceConfig } from "./config.ts";
+import { EventLog } from "./events.ts";
 import { type CheckResult, nextHealth } from "./health.ts";
 
 const log = logger("manager", "state");
@@ -97,6 +98,12 @@ export class ClusterModel {
   #expiryTimer: ReturnType<typeof setTimeout> | undefined;
   #expiryAt = Infinity;
   #closed = false;
+  /** Recent feedback, state, health, operator, agent and config events, for the dashboard. */
+  readonly events = new EventLog();
+  /** Feedback reports taken, by service, for `/metrics`. */
+  readonly feedbackReports = new Map<string, number>();
+  /** Connect failures the agents reported, by service and backend, for `/metrics`. */
+  readonly connectFailures = new Map<string, Map<string, number>>();
 
   constructor(config: Config, options: ModelOptions) {
     this.#config = config;
@@ -144,6 +151,7 @@ export class ClusterModel {
   reload(config: Config): void {
     this.#config = config;
     this.#applyServices(config.services);
+    this.events.add({ kind: "config", message: `Config reloaded: ${config.services.length} services` });
     this.#changed();
   }
 
@@ -198,7 +206,16 @@ export class ClusterModel {
     this.#update([...touched], { feedbackChanged: true });
     const outcomes = new Map<BackendRuntime, FeedbackOutcome>();
     for (const { report, backend } of targets) {
+      this.feedbackReports.set(report.service, (this.feedbackReports.get(report.service) ?? 0) + 1);
       if (outcomes.has(backend)) continue;
+      this.events.feedback({
+        service: report.service,
+        backend: backend.config.id,
+        configured: backend.config.weight,
+        effectiveWeight: backend.effectiveWeight,
+        state: backend.feedback?.state ?? "up",
+        reported: describeReport(report),
+      });
       outcomes.set(backend, {
         service: report.service,
         backend: backend.config.id,
@@ -233,6 +250,9 @@ export class ClusterModel {
       const serviceRuntime = this.#services.get(service);
       const runtime = serviceRuntime?.backends.find((b) => b.config.id === backend);
       if (!serviceRuntime || !runtime || count <= 0) continue;
+      let counts = this.connectFailures.get(service);
+      if (!counts) this.connectFailures.set(service, counts = new Map());
+      counts.set(backend, (counts.get(backend) ?? 0) + count);
       this.#track(
         serviceRuntime,
         runtime,
@@ -290,6 +310,10 @@ export class ClusterModel {
       heartbeatMs: this.#config.agents.heartbeatMs,
       services,
       agents: this.#agents.map((agent) => ({ id: agent.id, mesh: agent.mesh })),
+      // With manager.tls, the agents' mesh ports speak TLS with the manager's certificate.
+      meshTls: this.#config.manager.tls
+        ? { cert: this.#config.manager.tls.cert, key: this.#config.manager.tls.key }
+        : null,
     };
   }
 
@@ -349,6 +373,14 @@ export class ClusterModel {
     backend.checks = { successes: next.successes, failures: next.failures };
     if (before === next.health) return;
     const fields = { service: service.config.name, backend: backend.config.id, detail, rise, fall };
+    this.events.add({
+      kind: "health",
+      service: fields.service,
+      backend: fields.backend,
+      message: next.health === "down"
+        ? `Backend ${fields.backend} of ${fields.service} is down after ${fall} failed checks: ${detail}`
+        : `Backend ${fields.backend} of ${fields.service} is healthy after ${rise} passed checks`,
+    });
     if (next.health === "down") {
       log.warn(
         "Backend {backend} of {service} is down after {fall} failed checks in a row: {detail}",
@@ -391,6 +423,16 @@ export class ClusterModel {
       const state = stateOf(backend, now);
       const weight = state === "up" ? weightOf(backend, now) : 0;
       if (state !== backend.state || weight !== backend.effectiveWeight) changed = true;
+      if (state !== backend.state) {
+        const shown = state === "draining" ? "drain" : state;
+        const reason = state === "up" ? "" : ` (${reasonOf(backend, now)})`;
+        this.events.add({
+          kind: "state",
+          service: service.config.name,
+          backend: backend.config.id,
+          message: `Backend ${backend.config.id} of ${service.config.name} is ${shown}${reason}`,
+        });
+      }
       backend.state = state;
       backend.effectiveWeight = weight;
     }
@@ -443,6 +485,14 @@ export class ClusterModel {
       if (due.length === 0) continue;
       expired.push(service);
       for (const backend of due) {
+        this.events.forgetFeedback(service.config.name, backend.config.id);
+        this.events.add({
+          kind: "feedback",
+          service: service.config.name,
+          backend: backend.config.id,
+          message: `Feedback for ${backend.config.id} of ${service.config.name} expired; ` +
+            `back to its configured weight ${backend.config.weight}`,
+        });
         log.info("Feedback for {backend} of {service} expired; back to its configured weight {weight}", {
           service: service.config.name,
           backend: backend.config.id,
@@ -481,6 +531,30 @@ function stateOf(backend: BackendRuntime, now: number): BackendState {
   if (backend.health === "down" || reported === "down" || agent === "maint") return "down";
   if (backend.operatorState === "drain" || reported === "drain" || agent === "drain") return "draining";
   return "up";
+}
+
+/** Why a backend is out of new decisions, in a few words, for its state-change event. */
+function reasonOf(backend: BackendRuntime, now: number): string {
+  const reported = feedbackState(backend.feedback, now);
+  if (backend.health === "down") return "health checks failed";
+  if (reported === "down" || reported === "drain") return `feedback says ${reported}`;
+  if (backend.agentCheck?.admin === "maint") return "agent-check says maint";
+  if (backend.operatorState === "drain") return "drained by an operator";
+  if (backend.agentCheck?.admin === "drain") return "agent-check says drain";
+  return "no reason known";
+}
+
+/** What a report said, in words, for its feedback event. */
+function describeReport(report: Report): string {
+  const parts: string[] = [];
+  if (report.weight !== undefined) parts.push(`weight ${report.weight}%`);
+  if (report.load !== undefined) {
+    parts.push(`utilization ${report.load.utilization}`);
+    if (report.load.qps !== undefined) parts.push(`qps ${report.load.qps}`);
+    if (report.load.eps !== undefined) parts.push(`eps ${report.load.eps}`);
+  }
+  if (parts.length === 0 && report.state !== undefined) parts.push(`state ${report.state}`);
+  return parts.join(", ");
 }
 
 /** The weight of an `up` backend at `now`: feedback (or configured) × agent-check share, to 0.01. */

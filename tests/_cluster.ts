@@ -34,15 +34,25 @@ export async function startTestCluster(
     cluster?: string;
     heartbeat?: string;
     agentArgs?: (id: string, dir: string) => string[];
+    /** PEM text for manager.tls (written to the cluster's folder); the API is then called over https. */
+    tls?: { cert: string; key: string; ca: string };
   },
 ): Promise<TestCluster> {
   const dir = await Deno.makeTempDir({ prefix: "switchyard-cluster-" });
   await Deno.writeTextFile(`${dir}/cluster.token`, CLUSTER_TOKEN);
+  if (options.tls) {
+    await Deno.writeTextFile(`${dir}/cert.pem`, options.tls.cert);
+    await Deno.writeTextFile(`${dir}/key.pem`, options.tls.key);
+    await Deno.writeTextFile(`${dir}/ca.pem`, options.tls.ca);
+  }
+  const client = options.tls ? Deno.createHttpClient({ caCerts: [options.tls.ca] }) : null;
+  const scheme = options.tls ? "https" : "http";
   const yaml = JSON.stringify({
     manager: {
       admin: "127.0.0.1:0",
       cluster: options.cluster ?? "127.0.0.1:0",
       tokens: { admin: ADMIN_TOKEN, cluster: { file: "cluster.token" } },
+      ...(options.tls ? { tls: { cert: "cert.pem", key: "key.pem" } } : {}),
     },
     agents: { heartbeat: options.heartbeat ?? "200ms" },
     services: options.services,
@@ -56,8 +66,9 @@ export async function startTestCluster(
     cluster: started.cluster,
     agents: [],
     async api<T>(path: string, init: RequestInit = {}): Promise<T> {
-      const response = await fetch(`http://${cluster.admin}${path}`, {
+      const response = await fetch(`${scheme}://${cluster.admin}${path}`, {
         ...init,
+        ...(client ? { client } : {}),
         headers: {
           authorization: `Bearer ${ADMIN_TOKEN}`,
           "content-type": "application/json",
@@ -92,6 +103,7 @@ export async function startTestCluster(
     async close() {
       await Promise.all(cluster.agents.map((agent) => agent.proc.stop()));
       await cluster.manager.stop();
+      client?.close();
       await Deno.remove(dir, { recursive: true });
     },
   };
