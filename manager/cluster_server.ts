@@ -156,6 +156,11 @@ export class ClusterServer {
       };
       this.#sessions.set(agentId, { session, channel });
       log.info("Agent {agent} joined from {remote}", { agent: agentId, remote, mesh: auth.mesh });
+      this.#model.events.add({
+        kind: "agent",
+        agent: agentId,
+        message: `Agent ${agentId} joined from ${remote}`,
+      });
       await channel.send({ type: "welcome", heartbeatMs: this.#model.config.agents.heartbeatMs });
       this.#publishAgents();
       await channel.send({ type: "state", state: this.#model.snapshot() });
@@ -186,6 +191,7 @@ export class ClusterServer {
         this.decider.forgetAgent(agentId);
         this.#model.forgetAgent(agentId);
         log.info("Agent {agent} left", { agent: agentId });
+        this.#model.events.add({ kind: "agent", agent: agentId, message: `Agent ${agentId} left` });
         this.#publishAgents();
       }
     }
@@ -234,6 +240,12 @@ export class ClusterServer {
         log.warn("Agent {agent} missed {count} heartbeats; dropping it", {
           agent: session.id,
           count: MISSED_HEARTBEATS,
+        });
+        this.#model.events.add({
+          kind: "agent",
+          severity: "warning",
+          agent: session.id,
+          message: `Agent ${session.id} missed ${MISSED_HEARTBEATS} heartbeats; dropping it`,
         });
         channel.close();
       }

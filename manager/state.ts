@@ -375,6 +375,7 @@ export class ClusterModel {
     const fields = { service: service.config.name, backend: backend.config.id, detail, rise, fall };
     this.events.add({
       kind: "health",
+      severity: next.health === "down" ? "warning" : "info",
       service: fields.service,
       backend: fields.backend,
       message: next.health === "down"
@@ -428,6 +429,7 @@ export class ClusterModel {
         const reason = state === "up" ? "" : ` (${reasonOf(backend, now)})`;
         this.events.add({
           kind: "state",
+          severity: state === "down" ? "warning" : "info",
           service: service.config.name,
           backend: backend.config.id,
           message: `Backend ${backend.config.id} of ${service.config.name} is ${shown}${reason}`,
