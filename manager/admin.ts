@@ -1,8 +1,8 @@
 /**
- * The manager's admin API (Hono): feedback, services, backends, agents, reload, metrics and health. Every
- * route but `/healthz` needs `Authorization: Bearer <token>`: the admin token for every route, a feedback
- * token for `POST /v1/feedback` and only for its services. Errors are `{"error", "path"}` JSON with the
- * status the spec gives, and a rejected request changes nothing.
+ * The manager's admin API (Hono): feedback, services, backends, agents, events, reload, metrics and
+ * health. Every route but `/healthz` needs `Authorization: Bearer <token>`: the admin token for every
+ * route, a feedback token for `POST /v1/feedback` and only for its services. Errors are `{"error", "path"}`
+ * JSON with the status the spec gives, and a rejected request changes nothing.
  */
 import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
@@ -23,7 +23,9 @@ import {
 } from "./state.ts";
 
 import type { Decider } from "./decide.ts";
+import { EVENTS_DEFAULTS } from "./events.ts";
 import { agentClaims, ExplainError, explainFlow } from "./explain.ts";
+import { managerMetrics, METRICS_CONTENT_TYPE } from "./metrics.ts";
 
 const log = logger("manager", "admin");
 
@@ -142,6 +144,33 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
 
   app.use("/v1/*", adminOnly());
 
+  app.get("/metrics", adminOnly(), (c) => {
+    const agents = deps.agents();
+    const body = managerMetrics({
+      services: deps.model.services(),
+      agents,
+      claims: agentClaims(agents.map((agent) => agent.id)),
+      decisionSeconds: deps.decider.seconds,
+      decisions: deps.decider.counts,
+      feedbackReports: deps.model.feedbackReports,
+      connectFailures: deps.model.connectFailures,
+      version: deps.model.version,
+      modelNow: deps.model.now(),
+      now: performance.now(),
+    });
+    return c.body(body, 200, { "content-type": METRICS_CONTENT_TYPE });
+  });
+
+  app.get("/v1/events", (c) => {
+    const text = c.req.query("after") ?? "0";
+    const after = Number(text);
+    if (!/^\d+$/.test(text) || !Number.isSafeInteger(after)) {
+      throw new ApiError(400, `Expected after to be an event number, got ${JSON.stringify(text)}`, "after");
+    }
+    const events = deps.model.events.after(after, EVENTS_DEFAULTS.pageSize);
+    return c.json({ last: deps.model.events.last, events });
+  });
+
   app.get("/v1/services", (c) => {
     const now = deps.model.now();
     return c.json({
@@ -169,7 +198,16 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
     if (state !== "up" && state !== "drain") {
       throw new ApiError(400, `Expected state "up" or "drain", got ${JSON.stringify(state)}`, "state");
     }
+    const before = backend.operatorState;
     deps.model.setOperatorState(name, address, state);
+    if (before !== state) {
+      deps.model.events.add({
+        kind: "operator",
+        service: name,
+        backend: address,
+        message: `Operator set ${address} of ${name} to ${state}`,
+      });
+    }
     log.info("Operator set backend {backend} of {service} to {state}", {
       backend: address,
       service: name,

@@ -6,6 +6,7 @@
  */
 import type { BackendRuntime, ClusterModel, ServiceRuntime } from "./state.ts";
 import { effectiveWeight, openConnections } from "./state.ts";
+import { DECISION_BUCKETS_S, Histogram } from "./metrics.ts";
 
 export const DECIDE_DEFAULTS = {
   /**
@@ -34,6 +35,10 @@ export class Decider {
   readonly #affinity = new Map<string, { backend: string; expires: number }>();
   /** Recent decisions per service and backend, fading by `recentDecay` with every decision of the service. */
   readonly #recent = new Map<string, Map<string, number>>();
+  /** Seconds each decision took, by service, for `/metrics`. */
+  readonly seconds = new Map<string, Histogram>();
+  /** Decisions by service and chosen backend (`none` when no backend could take it), for `/metrics`. */
+  readonly counts = new Map<string, Map<string, number>>();
 
   constructor(model: ClusterModel) {
     this.#model = model;
@@ -41,6 +46,20 @@ export class Decider {
 
   /** Decides and records the decision as a pending open connection of `agent`. */
   decide(agent: string, service: string, clientIp: string, now = performance.now()): Decision {
+    const started = performance.now();
+    const decision = this.#decide(agent, service, clientIp, now);
+    if (!this.#model.service(service)) return decision;
+    let histogram = this.seconds.get(service);
+    if (!histogram) this.seconds.set(service, histogram = new Histogram(DECISION_BUCKETS_S));
+    histogram.observe((performance.now() - started) / 1000);
+    let counts = this.counts.get(service);
+    if (!counts) this.counts.set(service, counts = new Map());
+    const chosen = decision.backend ?? "none";
+    counts.set(chosen, (counts.get(chosen) ?? 0) + 1);
+    return decision;
+  }
+
+  #decide(agent: string, service: string, clientIp: string, now: number): Decision {
     const decision = this.preview(service, clientIp, now);
     if (decision.backend === null) return decision;
     const key = `${service}\u0000${decision.backend}`;
@@ -132,6 +151,12 @@ export class Decider {
   sweep(now = performance.now()): void {
     for (const name of this.#recent.keys()) {
       if (!this.#model.service(name)) this.#recent.delete(name);
+    }
+    for (const name of this.seconds.keys()) {
+      if (!this.#model.service(name)) {
+        this.seconds.delete(name);
+        this.counts.delete(name);
+      }
     }
     for (const [key, entry] of this.#affinity) {
       if (entry.expires <= now) this.#affinity.delete(key);

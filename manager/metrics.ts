@@ -1,0 +1,316 @@
+/**
+ * Prometheus metrics: a writer of the text exposition format (version 0.0.4), a histogram, and the
+ * manager's `/metrics` page. Everything the manager exposes is read from its state at scrape time, so the
+ * writer is given finished numbers and only formats them: names checked, label values escaped, histograms
+ * written as cumulative `_bucket{le}` series ending at `le="+Inf"`, then `_sum` and `_count`.
+ *
+ * This file imports only types, so the agent's `/metrics` uses the same writer without taking in the
+ * manager.
+ */
+import type { AgentSession } from "./cluster_server.ts";
+import type { ServiceRuntime } from "./state.ts";
+
+export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
+
+/** Upper bounds (seconds) of the manager's decision-time histogram: 10 µs to 25 ms. */
+export const DECISION_BUCKETS_S: readonly number[] = [
+  0.00001,
+  0.000025,
+  0.00005,
+  0.0001,
+  0.00025,
+  0.0005,
+  0.001,
+  0.0025,
+  0.005,
+  0.01,
+  0.025,
+];
+
+export type Labels = Readonly<Record<string, string>>;
+/** One series of a family: its labels and its value. */
+export type Sample = readonly [Labels, number];
+
+const METRIC_NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
+const LABEL_NAME = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
+
+/**
+ * A histogram with fixed upper bounds: `observe` is O(buckets), allocates nothing, and keeps per-bucket
+ * counts that `cumulative()` adds up the way Prometheus wants them (each bucket counts every value ≤ its
+ * bound).
+ */
+export class Histogram {
+  readonly bounds: readonly number[];
+  readonly #counts: Float64Array;
+  #sum = 0;
+  #count = 0;
+
+  constructor(bounds: readonly number[]) {
+    for (let i = 0; i < bounds.length; i++) {
+      const bound = bounds[i] as number;
+      if (!Number.isFinite(bound) || (i > 0 && bound <= (bounds[i - 1] as number))) {
+        throw new RangeError(
+          `Cannot make a histogram with bounds [${bounds.join(", ")}]: they must be finite and rise`,
+        );
+      }
+    }
+    this.bounds = [...bounds];
+    this.#counts = new Float64Array(bounds.length + 1);
+  }
+
+  observe(value: number): void {
+    let index = 0;
+    while (index < this.bounds.length && value > (this.bounds[index] as number)) index++;
+    this.#counts[index] = (this.#counts[index] as number) + 1;
+    this.#sum += value;
+    this.#count++;
+  }
+
+  get sum(): number {
+    return this.#sum;
+  }
+
+  get count(): number {
+    return this.#count;
+  }
+
+  /** Counts of values ≤ each bound, then of all values (the `+Inf` bucket). */
+  cumulative(): number[] {
+    const out: number[] = [];
+    let total = 0;
+    for (const count of this.#counts) out.push(total += count);
+    return out;
+  }
+}
+
+/** Builds one `/metrics` page, family by family; each family is written once with its HELP and TYPE. */
+export class Exposition {
+  readonly #lines: string[] = [];
+  readonly #names = new Set<string>();
+
+  /** A counter family; its name must end in `_total`. A bare number is one series without labels. */
+  counter(name: string, help: string, samples: Iterable<Sample> | number): this {
+    if (!name.endsWith("_total")) {
+      throw new TypeError(`Cannot name counter "${name}": a counter's name ends in _total`);
+    }
+    return this.#family(name, "counter", help, typeof samples === "number" ? [[{}, samples]] : samples);
+  }
+
+  /** A gauge family. A bare number is one series without labels. */
+  gauge(name: string, help: string, samples: Iterable<Sample> | number): this {
+    return this.#family(name, "gauge", help, typeof samples === "number" ? [[{}, samples]] : samples);
+  }
+
+  /** A histogram family: `_bucket{…,le}` for each bound and `+Inf`, then `_sum` and `_count`, per series. */
+  histogram(name: string, help: string, series: Iterable<readonly [Labels, Histogram]>): this {
+    this.#header(name, "histogram", help);
+    for (const [labels, histogram] of series) {
+      if ("le" in labels) throw new TypeError(`Cannot use label "le" on histogram "${name}": it is reserved`);
+      const cumulative = histogram.cumulative();
+      histogram.bounds.forEach((bound, index) => {
+        this.#sample(`${name}_bucket`, { ...labels, le: formatNumber(bound) }, cumulative[index] as number);
+      });
+      this.#sample(`${name}_bucket`, { ...labels, le: "+Inf" }, histogram.count);
+      this.#sample(`${name}_sum`, labels, histogram.sum);
+      this.#sample(`${name}_count`, labels, histogram.count);
+    }
+    return this;
+  }
+
+  /** The page: every family, each line ending in a newline. */
+  text(): string {
+    return this.#lines.length === 0 ? "" : `${this.#lines.join("\n")}\n`;
+  }
+
+  #family(name: string, type: string, help: string, samples: Iterable<Sample>): this {
+    this.#header(name, type, help);
+    for (const [labels, value] of samples) this.#sample(name, labels, value);
+    return this;
+  }
+
+  #header(name: string, type: string, help: string): void {
+    if (!METRIC_NAME.test(name)) throw new TypeError(`Cannot name a metric "${name}": not a Prometheus name`);
+    if (this.#names.has(name)) throw new TypeError(`Cannot write metric "${name}" twice on one page`);
+    this.#names.add(name);
+    this.#lines.push(`# HELP ${name} ${escapeHelp(help)}`, `# TYPE ${name} ${type}`);
+  }
+
+  #sample(name: string, labels: Labels, value: number): void {
+    const pairs = Object.entries(labels).map(([label, text]) => {
+      if (!LABEL_NAME.test(label) || label.startsWith("__")) {
+        throw new TypeError(`Cannot use label "${label}" on metric "${name}": not a Prometheus label name`);
+      }
+      return `${label}="${escapeLabelValue(text)}"`;
+    });
+    this.#lines.push(`${name}${pairs.length > 0 ? `{${pairs.join(",")}}` : ""} ${formatNumber(value)}`);
+  }
+}
+
+/** A label value as the text format writes it: backslash, double quote and newline escaped. */
+export function escapeLabelValue(value: string): string {
+  return value.replaceAll("\\", "\\\\").replaceAll('"', '\\"').replaceAll("\n", "\\n");
+}
+
+function escapeHelp(help: string): string {
+  return help.replaceAll("\\", "\\\\").replaceAll("\n", "\\n");
+}
+
+/** A sample value or `le` bound: `NaN`, `+Inf`, `-Inf`, or the shortest decimal that reads back exactly. */
+export function formatNumber(value: number): string {
+  if (Number.isNaN(value)) return "NaN";
+  if (value === Infinity) return "+Inf";
+  if (value === -Infinity) return "-Inf";
+  return String(value);
+}
+
+/** What the manager's `/metrics` is made of, read at scrape time. */
+export interface ManagerMetricsSource {
+  readonly services: readonly ServiceRuntime[];
+  readonly agents: readonly AgentSession[];
+  /** Each live agent's share of the flow-hash space. */
+  readonly claims: ReadonlyMap<string, number>;
+  /** The decider's time per decision, by service. */
+  readonly decisionSeconds: ReadonlyMap<string, Histogram>;
+  /** Decisions per service and backend. */
+  readonly decisions: ReadonlyMap<string, ReadonlyMap<string, number>>;
+  /** Feedback reports taken, by service. */
+  readonly feedbackReports: ReadonlyMap<string, number>;
+  /** Connect failures the agents reported, by service and backend. */
+  readonly connectFailures: ReadonlyMap<string, ReadonlyMap<string, number>>;
+  readonly version: number;
+  /** The model's clock (ms), which feedback ages are measured on. */
+  readonly modelNow: number;
+  /** `performance.now()`, which heartbeats are stamped with. */
+  readonly now: number;
+}
+
+const BACKEND_STATES = [["up", "up"], ["draining", "drain"], ["down", "down"]] as const;
+const HEALTHS = ["up", "down", "unknown"] as const;
+
+/** The manager's `/metrics` page. */
+export function managerMetrics(source: ManagerMetricsSource): string {
+  const { services, agents } = source;
+  const perBackend = (value: (backend: ServiceRuntime["backends"][number]) => number | null) =>
+    services.flatMap((service) =>
+      service.backends.flatMap((backend): Sample[] => {
+        const v = value(backend);
+        return v === null ? [] : [[{ service: service.config.name, backend: backend.config.id }, v]];
+      })
+    );
+  const nested = (map: ReadonlyMap<string, ReadonlyMap<string, number>>) =>
+    [...map].flatMap(([service, backends]) =>
+      [...backends].map(([backend, count]): Sample => [{ service, backend }, count])
+    );
+  return new Exposition()
+    .histogram(
+      "switchyard_decision_seconds",
+      "Time the manager took to decide one flow an agent asked about (decide: manager).",
+      [...source.decisionSeconds].map(([service, histogram]) => [{ service }, histogram] as const),
+    )
+    .counter(
+      "switchyard_decisions_total",
+      "Flows the manager decided, by the backend it chose.",
+      nested(source.decisions),
+    )
+    .gauge("switchyard_agents_live", "Agents connected to the manager now.", agents.length)
+    .gauge(
+      "switchyard_agent_claim_ratio",
+      "Each live agent's share of the flow-hash space; the shares add up to 1.",
+      agents.map((agent): Sample => [{ agent: agent.id }, source.claims.get(agent.id) ?? 0]),
+    )
+    .gauge(
+      "switchyard_agent_heartbeat_age_seconds",
+      "Seconds since each agent's last heartbeat.",
+      agents.map((agent): Sample => [{ agent: agent.id }, round((source.now - agent.lastHeartbeat) / 1000)]),
+    )
+    .counter(
+      "switchyard_agent_reported_served_total",
+      "Connections each agent forwarded to a backend itself, as its last heartbeat reported.",
+      agents.map((agent): Sample => [{ agent: agent.id }, agent.connections.served]),
+    )
+    .counter(
+      "switchyard_agent_reported_handoffs_total",
+      "Connections each agent relayed to their claimant, as its last heartbeat reported.",
+      agents.map((agent): Sample => [{ agent: agent.id }, agent.connections.handed_off]),
+    )
+    .gauge(
+      "switchyard_agent_reported_open_connections",
+      "Connections open through each agent, as its last heartbeat reported.",
+      agents.map((agent): Sample => [{ agent: agent.id }, agent.connections.open]),
+    )
+    .gauge(
+      "switchyard_backend_weight",
+      "Each backend's configured weight.",
+      perBackend((backend) => backend.config.weight),
+    )
+    .gauge(
+      "switchyard_backend_effective_weight",
+      "The weight each backend has in new decisions: feedback, health, state and agent-check applied.",
+      perBackend((backend) => backend.effectiveWeight),
+    )
+    .gauge(
+      "switchyard_backend_state",
+      "1 for the state each backend is in (up, drain or down), 0 for the others.",
+      services.flatMap((service) =>
+        service.backends.flatMap((backend) =>
+          BACKEND_STATES.map(([state, shown]): Sample => [
+            { service: service.config.name, backend: backend.config.id, state: shown },
+            backend.state === state ? 1 : 0,
+          ])
+        )
+      ),
+    )
+    .gauge(
+      "switchyard_backend_health",
+      "1 for each backend's health as checked (up, down or unknown), 0 for the others.",
+      services.flatMap((service) =>
+        service.backends.flatMap((backend) =>
+          HEALTHS.map((health): Sample => [
+            { service: service.config.name, backend: backend.config.id, health },
+            backend.health === health ? 1 : 0,
+          ])
+        )
+      ),
+    )
+    .gauge(
+      "switchyard_backend_open_connections",
+      "Connections open to each backend, as the agents last reported them.",
+      perBackend((backend) => {
+        let open = 0;
+        for (const count of backend.openByAgent.values()) open += count;
+        return open;
+      }),
+    )
+    .gauge(
+      "switchyard_feedback_age_seconds",
+      "Seconds since each backend's live feedback report; absent when it has none.",
+      perBackend((backend) =>
+        backend.feedback === null ? null : round((source.modelNow - backend.feedback.reportedAt) / 1000)
+      ),
+    )
+    .counter(
+      "switchyard_feedback_reports_total",
+      "Feedback reports taken, by service.",
+      [...source.feedbackReports].map(([service, count]): Sample => [{ service }, count]),
+    )
+    .counter(
+      "switchyard_backend_connect_failures_total",
+      "Failed connection attempts to each backend, as the agents reported them.",
+      nested(source.connectFailures),
+    )
+    .counter(
+      "switchyard_table_slots_moved_total",
+      "Maglev table slots that changed backend since the manager started, by service.",
+      services.map((service): Sample => [{ service: service.config.name }, service.totalSlotsMoved]),
+    )
+    .gauge(
+      "switchyard_state_version",
+      "The version of the cluster state; agents acknowledge the versions they serve.",
+      source.version,
+    )
+    .text();
+}
+
+function round(value: number): number {
+  return Math.round(value * 1000) / 1000;
+}
