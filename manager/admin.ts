@@ -1,8 +1,9 @@
 /**
- * The manager's admin API (Hono): feedback, services, backends, agents, events, reload, metrics and
- * health. Every route but `/healthz` needs `Authorization: Bearer <token>`: the admin token for every
- * route, a feedback token for `POST /v1/feedback` and only for its services. Errors are `{"error", "path"}`
- * JSON with the status the spec gives, and a rejected request changes nothing.
+ * The manager's admin API (Hono): feedback, services, backends, agents, events, reload, metrics, health
+ * and the dashboard. Every route but `/healthz` and `/` (the dashboard's page, which holds no data and asks
+ * for the token) needs `Authorization: Bearer <token>`: the admin token for every route, a feedback token
+ * for `POST /v1/feedback` and only for its services. Errors are `{"error", "path"}` JSON with the status
+ * the spec gives, and a rejected request changes nothing.
  */
 import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
@@ -23,6 +24,7 @@ import {
 } from "./state.ts";
 
 import type { Decider } from "./decide.ts";
+import { dashboardPage } from "./dashboard.ts";
 import { EVENTS_DEFAULTS } from "./events.ts";
 import { agentClaims, ExplainError, explainFlow } from "./explain.ts";
 import { managerMetrics, METRICS_CONTENT_TYPE } from "./metrics.ts";
@@ -83,6 +85,9 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
   app.notFound((c) => c.json({ error: `No route ${c.req.method} ${c.req.path}`, path: "" }, 404));
 
   app.get("/healthz", (c) => c.json({ status: "ok" }));
+
+  // The dashboard's page needs no token: it holds no data, and asks for the token to fetch the data.
+  app.get("/", () => dashboardPage());
 
   app.use("*", bearer(deps));
   app.use(
