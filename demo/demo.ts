@@ -1,7 +1,8 @@
 /**
  * `switchyard demo`: the embedded default. In one process it starts a manager, two agents sharing the
  * service port with `reusePort`, and three demo HTTP backends on loopback, makes the tokens it needs,
- * prints what to try, and runs until Ctrl-C or `--duration`.
+ * prints what to try, and runs until Ctrl-C or `--duration`. Each demo backend reports its load to the
+ * manager every second with a feedback token scoped to service `web`, so the dashboard's weights move.
  */
 import { formatHostPort, type HostPort } from "../cluster/address.ts";
 import { logger } from "../cluster/log.ts";
@@ -40,11 +41,16 @@ export async function startDemo(options: Omit<DemoOptions, "durationS">): Promis
   const backends = DEMO_DEFAULTS.backends.map((name) => startDemoBackend(name));
   const adminToken = randomToken();
   const clusterToken = randomToken();
+  const feedbackToken = randomToken();
   const yaml = JSON.stringify({
     manager: {
       admin: formatHostPort(options.admin),
       cluster: "127.0.0.1:0",
-      tokens: { admin: adminToken, cluster: clusterToken },
+      tokens: {
+        admin: adminToken,
+        cluster: clusterToken,
+        feedback: [{ token: feedbackToken, services: ["web"] }],
+      },
     },
     agents: { heartbeat: "1s" },
     services: [{
@@ -61,14 +67,26 @@ export async function startDemo(options: Omit<DemoOptions, "durationS">): Promis
     throw new Error(`The demo config is invalid: ${parsed.problems.map((p) => p.message).join("; ")}`);
   }
   const manager = await startManager(parsed.config);
+  const managerUrl = `http://${
+    formatHostPort({ host: reachable(options.admin.host), port: manager.adminAddr.port })
+  }`;
+  backends.forEach((backend, index) =>
+    backend.startFeedback({
+      url: managerUrl,
+      token: feedbackToken,
+      service: "web",
+      backend: `127.0.0.1:${backend.addr.port}`,
+      phase: (2 * Math.PI * index) / backends.length,
+    })
+  );
   const agents = DEMO_DEFAULTS.agents.map((id) =>
     new Agent({ id, manager: { host: "127.0.0.1", port: manager.clusterAddr.port }, token: clusterToken })
   );
   for (const agent of agents) await agent.start();
   const close = async () => {
     await Promise.all(agents.map((agent) => agent.close()));
-    await manager.close();
     await Promise.all(backends.map((backend) => backend.close()));
+    await manager.close();
   };
   const deadline = performance.now() + DEMO_DEFAULTS.readyTimeoutMs;
   while (!agents.every((agent) => agent.listenAddrs().has("web"))) {
@@ -88,6 +106,13 @@ export async function startDemo(options: Omit<DemoOptions, "durationS">): Promis
   };
 }
 
+/** An address to reach a listener bound to `host` from this machine: loopback for a wildcard. */
+function reachable(host: string): string {
+  if (host === "0.0.0.0" || host === "") return "127.0.0.1";
+  if (host === "::" || host === "[::]") return "::1";
+  return host;
+}
+
 /** Runs the demo for `durationS` seconds, or until SIGINT/SIGTERM. */
 export async function runDemo(options: DemoOptions): Promise<number> {
   const demo = await startDemo(options);
@@ -97,7 +122,7 @@ export async function runDemo(options: DemoOptions): Promise<number> {
 
   Service web:   ${service}            try: curl ${service}
                  (each backend answers with its name: ${demo.backends.map((b) => b.name).join(", ")})
-  Dashboard:     ${demo.adminUrl}/
+  Dashboard:     ${demo.adminUrl}/   (the backends report their load every second: watch the weights move)
   Admin token:   ${demo.adminToken}
   Services:      curl -H 'Authorization: Bearer ${demo.adminToken}' ${demo.adminUrl}/v1/services
   Agents:        curl -H 'Authorization: Bearer ${demo.adminToken}' ${demo.adminUrl}/v1/agents
