@@ -1,0 +1,225 @@
+/**
+ * Both `/metrics` endpoints after known traffic: a manager and two agents as processes, a backend in the
+ * test that takes a known upload and answers a known download, and exact counts of connections, bytes,
+ * handoffs, decisions and connect failures on each side.
+ */
+import assert from "node:assert/strict";
+import { eventually, readAll, writeAll } from "./_helpers.ts";
+import { ADMIN_TOKEN, type AgentProc, startTestCluster } from "./_cluster.ts";
+
+const UP_BYTES = 1000;
+const DOWN_BYTES = 2500;
+
+interface Series {
+  readonly name: string;
+  readonly labels: Record<string, string>;
+  readonly value: number;
+}
+
+/** Parses a text-format page into its samples (comments checked, label values unescaped). */
+function parse(text: string): Series[] {
+  const out: Series[] = [];
+  for (const line of text.split("\n")) {
+    if (line === "") continue;
+    if (line.startsWith("#")) {
+      assert.match(line, /^# (HELP|TYPE) [a-zA-Z_:][a-zA-Z0-9_:]* /, "a HELP or TYPE comment");
+      continue;
+    }
+    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    assert.ok(match, `not a sample line: ${JSON.stringify(line)}`);
+    const labels: Record<string, string> = {};
+    for (const pair of (match[2] ?? "").matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) {
+      labels[pair[1] as string] = (pair[2] as string).replace(/\\(.)/g, (_, c) => c === "n" ? "\n" : c);
+    }
+    out.push({ name: match[1] as string, labels, value: Number(match[3]) });
+  }
+  return out;
+}
+
+function sum(series: Series[], name: string, labels: Record<string, string> = {}): number {
+  return series
+    .filter((s) => s.name === name && Object.entries(labels).every(([key, value]) => s.labels[key] === value))
+    .reduce((total, s) => total + s.value, 0);
+}
+
+async function scrape(address: string, token?: string): Promise<Series[]> {
+  const response = await fetch(`http://${address}/metrics`, {
+    headers: token ? { authorization: `Bearer ${token}` } : {},
+  });
+  const text = await response.text();
+  assert.equal(response.status, 200, text);
+  assert.equal(response.headers.get("content-type"), "text/plain; version=0.0.4; charset=utf-8");
+  return parse(text);
+}
+
+/** A backend that reads the whole upload, then answers DOWN_BYTES and closes. */
+function startUploadBackend() {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const handlers = new Set<Promise<void>>();
+  let uploads = 0;
+  const accepting = (async () => {
+    try {
+      for await (const conn of listener) {
+        const handler = (async () => {
+          try {
+            const received = await readAll(conn);
+            if (received.length === UP_BYTES) uploads++;
+            await writeAll(conn, new Uint8Array(DOWN_BYTES).fill(7));
+          } catch {
+            // the client went away
+          } finally {
+            conn.close();
+          }
+        })();
+        handlers.add(handler);
+        handler.finally(() => handlers.delete(handler));
+      }
+    } catch {
+      // listener closed
+    }
+  })();
+  return {
+    address: `127.0.0.1:${listener.addr.port}`,
+    uploads: () => uploads,
+    async close() {
+      listener.close();
+      await accepting;
+      await Promise.allSettled([...handlers]);
+    },
+  };
+}
+
+/** One client connection: uploads UP_BYTES, half-closes, reads the whole answer. */
+async function transfer(port: number): Promise<void> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    await writeAll(conn, new Uint8Array(UP_BYTES).fill(1));
+    await conn.closeWrite();
+    assert.equal((await readAll(conn)).length, DOWN_BYTES);
+  } finally {
+    conn.close();
+  }
+}
+
+async function agentAdmin(agent: AgentProc): Promise<string> {
+  const line = await agent.proc.waitForLog((l) => l.message.includes("serves /metrics"));
+  return String(line.properties.admin);
+}
+
+Deno.test("/metrics on the agents and the manager count 37 then 40 known connections exactly", async () => {
+  const backend = startUploadBackend();
+  // Nothing listens on the first backend: the manager prefers it at first, so connects fail and are retried.
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const dead = `127.0.0.1:${probe.addr.port}`;
+  probe.close();
+  const cluster = await startTestCluster({
+    agents: 1,
+    agentArgs: () => ["--admin", "127.0.0.1:0"],
+    services: [{
+      name: "web",
+      listen: "127.0.0.1:0",
+      decide: "manager",
+      decision_timeout: "2s",
+      handoff: "claimant",
+      health: { interval: "1h", timeout: "1s" },
+      backends: [dead, backend.address],
+    }],
+  });
+  try {
+    const agent1 = cluster.agents[0]!;
+    const admin1 = await agentAdmin(agent1);
+
+    // Unauthenticated scrapes of the manager are refused; the agent's admin port is open by design.
+    const refused = await fetch(`http://${cluster.admin}/metrics`);
+    assert.equal(refused.status, 401);
+    await refused.body?.cancel();
+
+    for (let i = 0; i < 37; i++) await transfer(agent1.port);
+    assert.equal(backend.uploads(), 37);
+    await eventually(
+      async () => sum(await scrape(admin1), "switchyard_connections_total") === 37,
+      10_000,
+      "37 connections on the agent's /metrics",
+    );
+    let a1 = await scrape(admin1);
+    assert.equal(sum(a1, "switchyard_connections_total", { service: "web", backend: backend.address }), 37);
+    assert.equal(sum(a1, "switchyard_connections_total", { backend: dead }), 0);
+    assert.equal(sum(a1, "switchyard_agent_connections_served_total"), 37);
+    assert.equal(sum(a1, "switchyard_bytes_total", { direction: "up" }), 37 * UP_BYTES);
+    assert.equal(sum(a1, "switchyard_bytes_total", { direction: "down" }), 37 * DOWN_BYTES);
+    assert.equal(sum(a1, "switchyard_active_connections"), 0);
+    assert.equal(sum(a1, "switchyard_handoffs_total"), 0);
+    assert.equal(sum(a1, "switchyard_manager_decisions_total", { result: "answered" }), 37);
+    assert.equal(sum(a1, "switchyard_manager_decisions_total", { result: "fallback" }), 0);
+    const failures = sum(a1, "switchyard_connect_failures_total", { service: "web", backend: dead });
+    assert.ok(failures >= 1, "the dead backend was tried and failed");
+    assert.equal(sum(a1, "switchyard_manager_connected"), 1);
+
+    await eventually(
+      async () =>
+        sum(await scrape(cluster.admin, ADMIN_TOKEN), "switchyard_backend_connect_failures_total", {
+          backend: dead,
+        }) === failures,
+      10_000,
+      "the manager to have every connect failure the agent saw",
+    );
+    let m = await scrape(cluster.admin, ADMIN_TOKEN);
+    assert.equal(sum(m, "switchyard_decision_seconds_count", { service: "web" }), 37);
+    assert.equal(sum(m, "switchyard_decision_seconds_bucket", { service: "web", le: "+Inf" }), 37);
+    assert.equal(sum(m, "switchyard_decisions_total", { service: "web" }), 37);
+    assert.equal(sum(m, "switchyard_agents_live"), 1);
+    assert.equal(sum(m, "switchyard_agent_claim_ratio", { agent: "agent-1" }), 1);
+    assert.equal(sum(m, "switchyard_backend_effective_weight", { backend: backend.address }), 100);
+    assert.equal(sum(m, "switchyard_backend_state", { backend: dead, state: "down" }), 1);
+
+    // A second agent takes about half of the flow-hash space: flows accepted by agent-1 that agent-2
+    // claims are handed off to it, and agent-2 asks the manager for each of them.
+    const agent2 = await cluster.startAgent("agent-2", ["--admin", "127.0.0.1:0"]);
+    const admin2 = await agentAdmin(agent2);
+    await eventually(
+      () => agent1.proc.logs.some((l) => l.message.startsWith("Claims split among 2")),
+      10_000,
+      "agent-1 to know both claims",
+    );
+    for (let i = 0; i < 40; i++) await transfer(agent1.port);
+    await eventually(
+      async () => {
+        const [one, two] = [await scrape(admin1), await scrape(admin2)];
+        return sum(one, "switchyard_connections_total") + sum(one, "switchyard_handoffs_total") === 77 &&
+          sum(two, "switchyard_connections_total") === sum(one, "switchyard_handoffs_total") &&
+          sum(one, "switchyard_active_connections") + sum(two, "switchyard_active_connections") === 0;
+      },
+      10_000,
+      "every flow to be counted as served or handed off",
+    );
+    a1 = await scrape(admin1);
+    const a2 = await scrape(admin2);
+    const handedOff = sum(a1, "switchyard_handoffs_total");
+    assert.ok(handedOff > 0 && handedOff < 40, `${handedOff} of 40 handed off`);
+    assert.equal(sum(a2, "switchyard_connections_total", { service: "web" }), handedOff);
+    assert.equal(sum(a2, "switchyard_handoffs_total"), 0);
+    // The accepting agent forwarded every byte; the claimant forwarded the handed-off flows' bytes again.
+    assert.equal(sum(a1, "switchyard_bytes_total", { direction: "up" }), 77 * UP_BYTES);
+    assert.equal(sum(a1, "switchyard_bytes_total", { direction: "down" }), 77 * DOWN_BYTES);
+    assert.equal(sum(a2, "switchyard_bytes_total", { direction: "up" }), handedOff * UP_BYTES);
+    assert.equal(sum(a2, "switchyard_bytes_total", { direction: "down" }), handedOff * DOWN_BYTES);
+
+    await eventually(
+      async () => {
+        const page = await scrape(cluster.admin, ADMIN_TOKEN);
+        return sum(page, "switchyard_agent_reported_handoffs_total", { agent: "agent-1" }) === handedOff &&
+          sum(page, "switchyard_agent_reported_served_total", { agent: "agent-2" }) === handedOff;
+      },
+      10_000,
+      "the agents' heartbeats to report what they served and handed off",
+    );
+    m = await scrape(cluster.admin, ADMIN_TOKEN);
+    assert.equal(sum(m, "switchyard_decision_seconds_count", { service: "web" }), 77);
+    assert.equal(sum(m, "switchyard_agents_live"), 2);
+    assert.ok(Math.abs(sum(m, "switchyard_agent_claim_ratio") - 1) < 1e-9, "claims add up to 1");
+    assert.equal(sum(m, "switchyard_agent_reported_served_total", { agent: "agent-1" }), 77 - handedOff);
+  } finally {
+    await cluster.close();
+    await backend.close();
+  }
+});
