@@ -23,6 +23,7 @@ import {
   UnknownError,
 } from "./state.ts";
 
+import { AuthThrottle } from "./auth_throttle.ts";
 import type { Decider } from "./decide.ts";
 import { dashboardPage } from "./dashboard.ts";
 import { EVENTS_DEFAULTS } from "./events.ts";
@@ -273,7 +274,14 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
 }
 
 /** Tells who the bearer token belongs to: the admin, a feedback token (from the config in force), or 401. */
+/** The client's address, as Deno.serve gave it to Hono (`unknown` in tests without a socket). */
+function sourceOf(c: Context<Env>): string {
+  const info = c.env as { remoteAddr?: { hostname?: string } } | undefined;
+  return info?.remoteAddr?.hostname ?? "unknown";
+}
+
 function bearer(deps: AdminDeps): MiddlewareHandler<Env> {
+  const throttle = new AuthThrottle();
   return async (c, next) => {
     const header = c.req.header("authorization") ?? "";
     const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
@@ -286,10 +294,17 @@ function bearer(deps: AdminDeps): MiddlewareHandler<Env> {
       }
     }
     if (caller === null) {
-      log.warn("Refused admin request {method} {path}: bad token", {
-        method: c.req.method,
-        path: c.req.path,
-      });
+      const source = sourceOf(c);
+      const verdict = throttle.fail(source);
+      if (verdict.log) {
+        log.warn("Refused admin request {method} {path} from {source}: bad token ({count} this minute)", {
+          method: c.req.method,
+          path: c.req.path,
+          source,
+          count: verdict.count,
+        });
+      }
+      if (verdict.delayMs > 0) await new Promise((resolve) => setTimeout(resolve, verdict.delayMs));
       throw new ApiError(401, "Bad token", "authorization");
     }
     c.set("caller", caller);
