@@ -113,6 +113,9 @@ export class Agent {
     connectionsByBackend: new Map(),
   };
   readonly #signer: TokenSigner;
+  /** Loggers whose every line carries this agent's id. */
+  readonly #log: ReturnType<typeof logger>;
+  readonly #flowLog: ReturnType<typeof logger>;
   readonly #affinity = new AffinityCache();
   #link: ManagerLink | null = null;
   #mesh: MeshServer | null = null;
@@ -131,6 +134,8 @@ export class Agent {
   constructor(options: AgentOptions) {
     this.#options = options;
     this.#signer = new TokenSigner(options.token);
+    this.#log = log.with({ agent: options.id });
+    this.#flowLog = flowLog.with({ agent: options.id });
   }
 
   get id(): string {
@@ -190,14 +195,17 @@ export class Agent {
       try {
         const saved = await loadState(this.#options.stateDir);
         if (saved) {
-          log.info("Serving from the saved state of {dir} (version {version}) until the manager answers", {
-            dir: this.#options.stateDir,
-            version: saved.version,
-          });
+          this.#log.info(
+            "Serving from the saved state of {dir} (version {version}) until the manager answers",
+            {
+              dir: this.#options.stateDir,
+              version: saved.version,
+            },
+          );
           this.applyState(saved, { persist: false });
         }
       } catch (error) {
-        log.error("Cannot load the saved state: {error}", { error });
+        this.#log.error("Cannot load the saved state: {error}", { error });
       }
     }
     let advertised: string | null = null;
@@ -206,7 +214,7 @@ export class Agent {
       const listener = Deno.listen({ hostname: host, port });
       this.#mesh = new MeshServer(listener, this.#signer, (conn, flow) => this.#serveHandedOff(conn, flow));
       advertised = formatHostPort({ host, port: this.#mesh.addr.port });
-      log.info("Agent {agent} takes handed-off flows on {mesh}", {
+      this.#log.info("Agent {agent} takes handed-off flows on {mesh}", {
         agent: this.#options.id,
         mesh: advertised,
       });
@@ -237,7 +245,7 @@ export class Agent {
       try {
         table = decodeTable(spec.table, spec.backends.length);
       } catch (error) {
-        log.error("Ignoring service {service} from state {version}: {error}", {
+        this.#log.error("Ignoring service {service} from state {version}: {error}", {
           service: spec.name,
           version: state.version,
           error,
@@ -265,7 +273,7 @@ export class Agent {
     }
     for (const [name, service] of this.#services) {
       if (!seen.has(name)) {
-        log.info("Service {service} was removed; closing its listener", { service: name });
+        this.#log.info("Service {service} was removed; closing its listener", { service: name });
         this.#closeListener(service);
         this.#services.delete(name);
       }
@@ -276,17 +284,20 @@ export class Agent {
     if (claimKey !== this.#claimAgents || this.#claimOwners === null) {
       this.#claimOwners = agentIds.length > 0 ? claimOwners(agentIds) : null;
       this.#claimAgents = claimKey;
-      log.info("Claims split among {count} agents: {agents}", { count: agentIds.length, agents: agentIds });
+      this.#log.info("Claims split among {count} agents: {agents}", {
+        count: agentIds.length,
+        agents: agentIds,
+      });
     }
     this.#state = state;
-    log.debug("Serving state {version} with {services} services", {
+    this.#log.debug("Serving state {version} with {services} services", {
       version: state.version,
       services: state.services.length,
     });
     if (options.persist && this.#options.stateDir) {
       const dir = this.#options.stateDir;
       this.#saving = this.#saving.then(() => saveState(dir, state)).catch((error) => {
-        log.error("Cannot save the state to {dir}: {error}", { dir, error });
+        this.#log.error("Cannot save the state to {dir}: {error}", { dir, error });
       });
     }
   }
@@ -304,13 +315,16 @@ export class Agent {
     await this.#link?.close();
     const drainMs = Math.max(0, ...[...this.#services.values()].map((s) => s.spec.timeouts.drainMs)) ||
       (this.#services.size === 0 ? 0 : AGENT_DEFAULTS.drainMs);
-    log.info("Draining {open} open connections for up to {drainMs} ms", { open: this.#flows.size, drainMs });
+    this.#log.info("Draining {open} open connections for up to {drainMs} ms", {
+      open: this.#flows.size,
+      drainMs,
+    });
     const deadline = performance.now() + drainMs;
     while (this.#flows.size > 0 && performance.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
     if (this.#flows.size > 0) {
-      log.warn("Closing {open} connections still open after the drain", { open: this.#flows.size });
+      this.#log.warn("Closing {open} connections still open after the drain", { open: this.#flows.size });
     }
     await this.close();
   }
@@ -347,9 +361,9 @@ export class Agent {
           : Deno.listen({ hostname, port })
       )
     ).then(
-      () => log.info("Mesh port {mesh} now speaks {protocol}", where),
+      () => this.#log.info("Mesh port {mesh} now speaks {protocol}", where),
       (error) =>
-        log.error("Cannot serve the mesh port {mesh} with {protocol}: {error}", {
+        this.#log.error("Cannot serve the mesh port {mesh} with {protocol}: {error}", {
           ...where,
           error: errorText(error),
         }),
@@ -361,7 +375,7 @@ export class Agent {
     try {
       service.listener = Deno.listen({ hostname: listen.host, port: listen.port, reusePort: true });
     } catch (error) {
-      log.error("Cannot listen on {listen} for service {service}: {error}", {
+      this.#log.error("Cannot listen on {listen} for service {service}: {error}", {
         listen: service.listenKey,
         service: service.spec.name,
         error,
@@ -369,7 +383,7 @@ export class Agent {
       return;
     }
     const bound = service.listener.addr as Deno.NetAddr;
-    log.info("Service {service} listening on {bound}", {
+    this.#log.info("Service {service} listening on {bound}", {
       service: service.spec.name,
       listen: service.listenKey,
       bound: formatHostPort({ host: bound.hostname, port: bound.port }),
@@ -405,7 +419,7 @@ export class Agent {
         this.counters.acceptErrors++;
         // At most one line per window, however often accepts fail (they can fail thousands of times a second).
         if (performance.now() - lastLogged > AGENT_DEFAULTS.acceptErrorLogMs) {
-          log.error(
+          this.#log.error(
             "Cannot accept for service {service}: {error}; pausing accepts and retrying ({unlogged} more since the last report)",
             {
               service: service.spec.name,
@@ -464,7 +478,7 @@ export class Agent {
     // A draining agent still serves flows handed to it: they were accepted by another agent before it
     // learnt that this one left.
     if (!service || service.table.length === 0 || service.open >= service.spec.maxConnections) {
-      flowLog.warn("Cannot serve flow of {service} handed off by {sender}: {reason}", {
+      this.#flowLog.warn("Cannot serve flow of {service} handed off by {sender}: {reason}", {
         service: flow.service,
         sender: flow.sender,
         reason: service
@@ -543,7 +557,7 @@ export class Agent {
       );
     } catch (error) {
       this.counters.handoffFailures++;
-      flowLog.warn(
+      this.#flowLog.warn(
         "Cannot hand a flow of {service} to claimant {agent} at {mesh}: {error}; serving it here",
         {
           service: spec.name,
@@ -556,8 +570,8 @@ export class Agent {
     }
     const id = this.#nextFlowId++;
     this.counters.handedOff++;
-    if (flowLog.isEnabledFor("debug")) {
-      flowLog.debug("Flow {flow} of {service} from {client} handed off to {agent}", {
+    if (this.#flowLog.isEnabledFor("debug")) {
+      this.#flowLog.debug("Flow {flow} of {service} from {client} handed off to {agent}", {
         flow: id,
         service: spec.name,
         client: `${endpoints.client.ip}:${endpoints.client.port}`,
@@ -617,7 +631,7 @@ export class Agent {
       } catch (error) {
         // Running out of descriptors or ports here is this agent's trouble, not the backend's.
         if (!isLocalError(error)) this.#connectFailed(spec.name, backend.id);
-        flowLog.debug("Flow {flow} of {service}: backend {backend} failed: {error}", {
+        this.#flowLog.debug("Flow {flow} of {service}: backend {backend} failed: {error}", {
           flow: id,
           service: spec.name,
           backend: backend.id,
@@ -628,7 +642,7 @@ export class Agent {
     const clientText = `${endpoints.client.ip}:${endpoints.client.port}`;
     if (upstream === null) {
       this.counters.noBackend++;
-      flowLog.warn("Flow {flow} of {service} from {client}: no backend could be reached", {
+      this.#flowLog.warn("Flow {flow} of {service} from {client}: no backend could be reached", {
         flow: id,
         service: spec.name,
         client: clientText,
@@ -636,8 +650,8 @@ export class Agent {
       closeQuietly(client);
       return;
     }
-    if (flowLog.isEnabledFor("debug")) {
-      flowLog.debug("Flow {flow} of {service} from {client} served by {agent} via {backend}", {
+    if (this.#flowLog.isEnabledFor("debug")) {
+      this.#flowLog.debug("Flow {flow} of {service} from {client} served by {agent} via {backend}", {
         flow: id,
         service: spec.name,
         client: clientText,
@@ -659,12 +673,15 @@ export class Agent {
         this.counters.bytesUp += handedOff.initial.length;
       }
     } catch (error) {
-      flowLog.debug("Flow {flow} of {service}: backend {backend} failed before the first byte: {error}", {
-        flow: id,
-        service: spec.name,
-        backend: backendId,
-        error: String(error),
-      });
+      this.#flowLog.debug(
+        "Flow {flow} of {service}: backend {backend} failed before the first byte: {error}",
+        {
+          flow: id,
+          service: spec.name,
+          backend: backendId,
+          error: String(error),
+        },
+      );
       closeQuietly(client);
       closeQuietly(upstream);
       return;
@@ -734,8 +751,8 @@ export class Agent {
         }),
       ]);
       const failed = results.find((result) => result.status === "rejected");
-      if (failed && flowLog.isEnabledFor("debug")) {
-        flowLog.debug("Flow {flow} of {service} ended with an error: {error}", {
+      if (failed && this.#flowLog.isEnabledFor("debug")) {
+        this.#flowLog.debug("Flow {flow} of {service} ended with an error: {error}", {
           flow: flow.id,
           service: flow.service,
           error: String(failed.reason),
@@ -777,7 +794,7 @@ export class Agent {
         flow.idleMs > 0 &&
         now - Math.max(flow.up.lastActive, flow.down.lastActive) > flow.idleMs + AGENT_DEFAULTS.sweepMs
       ) {
-        flowLog.info("Flow {flow} of {service} to {backend} idle for {idleMs} ms; closing", {
+        this.#flowLog.info("Flow {flow} of {service} to {backend} idle for {idleMs} ms; closing", {
           flow: flow.id,
           service: flow.service,
           backend: flow.backend,
