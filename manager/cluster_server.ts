@@ -23,6 +23,11 @@ const log = logger("manager", "cluster");
 export const HANDSHAKE_TIMEOUT_MS = 5_000;
 /** An agent is gone after this many missed heartbeats. */
 export const MISSED_HEARTBEATS = 3;
+/**
+ * The largest frame a peer may send before it has proven the cluster token: hello and auth take well
+ * under 1 KiB, and a stranger must not make the manager buffer up to `MAX_FRAME_BYTES` for it.
+ */
+export const HANDSHAKE_MAX_FRAME_BYTES = 16 * 1024;
 
 export interface AgentSession {
   readonly id: string;
@@ -88,8 +93,7 @@ export class ClusterServer {
     const serving: Promise<void>[] = [];
     try {
       for await (const conn of this.#listener) {
-        const channel: AgentChannel = new Channel(conn, { parse: parseAgentMessage, encode: encodeFrame });
-        const task = this.#serve(channel).finally(() => {
+        const task = this.#serve(conn).finally(() => {
           serving.splice(serving.indexOf(task), 1);
         });
         serving.push(task);
@@ -102,7 +106,9 @@ export class ClusterServer {
     await Promise.allSettled(serving);
   }
 
-  async #serve(channel: AgentChannel): Promise<void> {
+  async #serve(conn: Deno.Conn): Promise<void> {
+    const codec = { parse: parseAgentMessage, encode: encodeFrame };
+    let channel: AgentChannel = new Channel(conn, codec, { maxFrameBytes: HANDSHAKE_MAX_FRAME_BYTES });
     const remote = formatAddr(channel.remoteAddr);
     this.#pending.add(channel);
     const timer = setTimeout(() => {
@@ -111,7 +117,7 @@ export class ClusterServer {
     }, HANDSHAKE_TIMEOUT_MS);
     let agentId: string | null = null;
     try {
-      const messages = channel.messages();
+      let messages = channel.messages();
       const hello = await nextMessage(messages);
       if (hello?.type !== "hello") {
         throw new HandshakeError(`expected hello, got ${hello?.type ?? "nothing"}`);
@@ -133,6 +139,10 @@ export class ClusterServer {
       if (!constantTimeEqual(auth.proof, expected)) throw new HandshakeError("wrong cluster token");
       clearTimeout(timer);
       this.#pending.delete(channel);
+      // Proven: from now on frames may be as large as the protocol allows (a heartbeat lists every
+      // backend). The agent sends nothing more until our welcome, so the handshake channel holds no byte.
+      channel = new Channel(conn, codec);
+      messages = channel.messages();
 
       agentId = hello.agent;
       const existing = this.#sessions.get(agentId);
