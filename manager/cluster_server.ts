@@ -28,6 +28,12 @@ export const MISSED_HEARTBEATS = 3;
  * under 1 KiB, and a stranger must not make the manager buffer up to `MAX_FRAME_BYTES` for it.
  */
 export const HANDSHAKE_MAX_FRAME_BYTES = 16 * 1024;
+/**
+ * Peers in the handshake at most: each holds buffers (some 90 KiB) for up to `HANDSHAKE_TIMEOUT_MS`, so
+ * more are closed at once rather than let a flood of strangers exhaust the manager's memory. Agents with
+ * a session are not affected; one refused retries with backoff.
+ */
+export const MAX_PENDING_HANDSHAKES = 1_000;
 
 export interface AgentSession {
   readonly id: string;
@@ -52,6 +58,8 @@ export class ClusterServer {
   readonly #unsubscribe: () => void;
   #accepting: Promise<void>;
   #pushScheduled = false;
+  #busyRefusals = 0;
+  #busyLoggedAt = -Infinity;
 
   constructor(model: ClusterModel, listener: Deno.Listener, options: { token: () => string }) {
     this.#model = model;
@@ -93,6 +101,10 @@ export class ClusterServer {
     const serving: Promise<void>[] = [];
     try {
       for await (const conn of this.#listener) {
+        if (this.#pending.size >= MAX_PENDING_HANDSHAKES) {
+          this.#refuseBusy(conn);
+          continue;
+        }
         const task = this.#serve(conn).finally(() => {
           serving.splice(serving.indexOf(task), 1);
         });
@@ -104,6 +116,25 @@ export class ClusterServer {
       }
     }
     await Promise.allSettled(serving);
+  }
+
+  /** Closes a peer that came while `MAX_PENDING_HANDSHAKES` others were in the handshake; logs now and then. */
+  #refuseBusy(conn: Deno.Conn): void {
+    try {
+      conn.close();
+    } catch {
+      // already closed
+    }
+    this.#busyRefusals++;
+    const now = performance.now();
+    if (now - this.#busyLoggedAt >= 10_000) {
+      log.warn("Refused {count} peers: {pending} others are in the handshake, the most allowed", {
+        count: this.#busyRefusals,
+        pending: MAX_PENDING_HANDSHAKES,
+      });
+      this.#busyLoggedAt = now;
+      this.#busyRefusals = 0;
+    }
   }
 
   async #serve(conn: Deno.Conn): Promise<void> {
