@@ -17,7 +17,7 @@ import { ClusterModel } from "../manager/state.ts";
 import { ADMIN_TOKEN, CLUSTER_TOKEN, startTestCluster, type TestCluster } from "./_cluster.ts";
 import { eventually, type Proc, startManagerProcess } from "./_helpers.ts";
 import { fuzzSeed, mutateBytes, randomJson, Rng } from "./_fuzz.ts";
-import { forEachBounded, stableView, startGreeter, vmRssKiB, writeAll } from "./_load.ts";
+import { forEachBounded, sleep, stableView, startGreeter, vmRssKiB, writeAll } from "./_load.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -802,6 +802,66 @@ Deno.test("unauthenticated peers streaming frames of up to 16 MiB on the cluster
     );
     assert.deepEqual(await clusterSnapshot(cluster), before);
   } finally {
+    await cluster.close();
+  }
+});
+
+Deno.test("a flood of 4,000 idle connections to the cluster port: the manager's memory stays bounded, agents keep their sessions, and one can join after", async () => {
+  const cluster = await startTestCluster({
+    agents: 2,
+    services: [{
+      name: "web",
+      listen: "127.0.0.1:0",
+      health: { interval: "1h", timeout: "1s" },
+      backends: ["127.0.0.1:9"],
+    }],
+  });
+  const flood: Deno.Conn[] = [];
+  try {
+    await eventually(async () => (await clusterSnapshot(cluster)).agents.length === 2, 10_000, "2 agents");
+    const before = await clusterSnapshot(cluster);
+    const joinsBefore = cluster.agents.map((a) => joins(a.proc));
+    const port = Number(cluster.cluster.split(":").pop());
+    const pid = cluster.manager.child.pid;
+    const rssBefore = await vmRssKiB(pid);
+    // Strangers that connect and say nothing, each for as long as the manager lets it.
+    for (let i = 0; i < 4_000; i++) flood.push(await Deno.connect({ hostname: "127.0.0.1", port }));
+    await sleep(1_000);
+    const rssFlooded = await vmRssKiB(pid);
+    const during = await clusterSnapshot(cluster);
+    const started = performance.now();
+    const closedAfter = await Promise.all(flood.map(async (conn) => {
+      try {
+        while ((await conn.read(new Uint8Array(64))) !== null) { /* until the manager closes it */ }
+      } catch {
+        // reset: closed too
+      }
+      return performance.now() - started;
+    }));
+    const grew = (rssFlooded - rssBefore) / 1024;
+    console.log(
+      `4000 idle peers: manager VmRSS ${(rssBefore / 1024).toFixed(0)} MiB before, ${
+        (rssFlooded / 1024).toFixed(0)
+      } MiB flooded; all closed by the manager within ${(Math.max(...closedAfter) + 1_000).toFixed(0)} ms`,
+    );
+    assert.ok(grew < 150, `the manager grew ${grew.toFixed(0)} MiB holding idle strangers`);
+    assert.deepEqual(during, before, "the flood changed the agents or the state");
+    assert.deepEqual(cluster.agents.map((a) => joins(a.proc)), joinsBefore, "an agent lost its session");
+    // Once the flood is over, a new agent joins.
+    await cluster.startAgent("agent-3");
+    await eventually(
+      async () => (await clusterSnapshot(cluster)).agents.length === 3,
+      10_000,
+      "agent-3 to join",
+    );
+  } finally {
+    for (const conn of flood) {
+      try {
+        conn.close();
+      } catch {
+        // closed
+      }
+    }
     await cluster.close();
   }
 });
