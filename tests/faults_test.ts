@@ -425,7 +425,7 @@ Deno.test("a backend killed under load: no client connection fails, and after fa
   }
 });
 
-Deno.test("SIGHUP reloads under load: bad configs are rejected with their reasons and change nothing, a good one adds a backend that gets traffic", async () => {
+Deno.test("SIGHUP reloads under load: bad configs are rejected with their reasons and change nothing; good ones add a backend that gets traffic and remove one whose open connections carry on", async () => {
   const b1 = startGreeter("b1");
   const b2 = startGreeter("b2");
   const names = new Set(["b1", "b2"]);
@@ -507,13 +507,41 @@ Deno.test("SIGHUP reloads under load: bad configs are rejected with their reason
     assert.ok(view.version > versionBefore);
     assert.deepEqual(view.services[0]!.backends.map((b) => b.address), [b1.address, b2.address]);
     await eventually(() => b2.accepted() > 50, 5_000, "the added backend to get traffic");
+    const b2Got = b2.accepted() - b2Before;
+    const addedAfter = performance.now() - reloadedAt;
+
+    // Another good reload takes b1 out: connections open to it carry on, new ones go to b2 alone.
+    const held: HeldConnection[] = [];
+    for (const agent of cluster.agents) {
+      for (let i = 0; held.filter((c) => c.port === agent.port).length < 5 && i < 100; i++) {
+        const conn = await holdConnection(agent.port);
+        if (conn.line === "b1") held.push(conn);
+        else conn.close();
+      }
+    }
+    await Deno.writeTextFile(config, yaml([service([b2.address], { decide: "manager" })]));
+    cluster.manager.kill("SIGHUP");
+    await cluster.manager.waitForLog(() =>
+      cluster.manager.logs.filter((m) => m.message.startsWith("Reloaded the config")).length === 2
+    );
+    await eventually(() => converged(cluster, 2), 5_000, "the agents to serve the state without b1");
+    await sleep(200);
+    const b1AtRemoval = b1.accepted();
+    await sleep(1_000);
+    const b1After = b1.accepted() - b1AtRemoval;
+    let heldAlive = 0;
+    for (const conn of held) if (await conn.echo("still b1\n")) heldAlive++;
+    for (const conn of held) conn.close();
     const records = await load.stop();
     const all = summarize(records);
     console.log(
-      `load ${all.text}; ${loadBeforeGood} connections during the ${bad.length} rejected reloads; the added backend got ${
-        b2.accepted() - b2Before
-      } connections within ${(performance.now() - reloadedAt).toFixed(0)} ms of the good reload`,
+      `load ${all.text}; ${loadBeforeGood} connections during the ${bad.length} rejected reloads; the added backend got ${b2Got} connections within ${
+        addedAfter.toFixed(0)
+      } ms of the good reload; after b1 was removed it got ${b1After} new ones, and ${heldAlive} of ${held.length} connections held to it carried on`,
     );
+    assert.equal(held.length, 10);
+    assert.equal(heldAlive, held.length, "a connection open to the removed backend was cut");
+    assert.equal(b1After, 0, "the removed backend still got new connections");
     assert.equal(b2Before, 0, "b2 got traffic before it was configured");
     assert.equal(
       all.failed,
