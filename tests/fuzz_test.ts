@@ -356,7 +356,7 @@ Deno.test("4,000 random and mutated feedback bodies (in process): each gets its 
   }
 });
 
-Deno.test("400 random and mutated feedback bodies over HTTP to a manager process: each refused with {error, path}, nothing changes", async () => {
+Deno.test("420 random, mutated and streamed feedback bodies over HTTP to a manager process: each refused with {error, path}, nothing changes", async () => {
   const dir = await Deno.makeTempDir({ prefix: "switchyard-fuzz-" });
   const { proc, admin } = await startManagerProcess(dir, JSON.stringify(feedbackConfig()));
   const api = async (path: string) =>
@@ -365,14 +365,38 @@ Deno.test("400 random and mutated feedback bodies over HTTP to a manager process
     const before = stableView(await api("/v1/services"));
     const rng = new Rng(fuzzSeed("feedback fuzz, over HTTP"));
     const cases = Array.from({ length: 400 }, () => feedbackCase(rng));
-    const problems = (await forEachBounded(cases, 16, async (c) => {
+    const problems: string[] = (await forEachBounded(cases, 16, async (c) => {
       try {
         return await checkAnswer(c, await fetch(`http://${admin}/v1/feedback`, feedbackRequest(c)));
       } catch (error) {
         return `${c.kind}: ${error}`;
       }
     })).filter((p) => p !== null);
-    assert.deepEqual(problems.slice(0, 10), [], `${problems.length} of 400 answers were wrong`);
+    // Bodies streamed without a length (chunked), past the limit: refused as they arrive.
+    for (let i = 0; i < 20; i++) {
+      const valid = encoder.encode(JSON.stringify({ service: "web", backend: A, weight: 10 }));
+      const pad = encoder.encode(" ".repeat(4096));
+      const chunks = rng.int(17, 300);
+      const body = new ReadableStream<Uint8Array>({
+        start(controller) {
+          controller.enqueue(valid);
+          for (let j = 0; j < chunks; j++) controller.enqueue(pad);
+          controller.close();
+        },
+      });
+      const c: FeedbackCase = {
+        kind: "streamed oversized body",
+        body: "",
+        authorization: adminAuth,
+        expect: [413],
+      };
+      const problem = await checkAnswer(
+        c,
+        await fetch(`http://${admin}/v1/feedback`, { ...feedbackRequest(c), body }),
+      );
+      if (problem) problems.push(problem);
+    }
+    assert.deepEqual(problems.slice(0, 10), [], `${problems.length} of 420 answers were wrong`);
     assert.deepEqual(stableView(await api("/v1/services")), before, "GET /v1/services changed");
     assert.ok(
       !proc.logs.some((l) => l.level === "ERROR" || l.level === "FATAL"),
