@@ -31,6 +31,8 @@ export const AGENT_DEFAULTS = {
   meshConnectMs: 1_000,
   /** Open-connection counts are sent to the manager at most this often. */
   openCountsBatchMs: 25,
+  /** A draining agent keeps its mesh port open this many heartbeats at least, while the others learn it left. */
+  missedHeartbeatsGrace: 3,
   /** The longest pause of a listener after accept errors (such as running out of file descriptors). */
   acceptPauseMaxMs: 1_000,
   /** Accept errors of one service are logged at most once per this window. */
@@ -319,8 +321,16 @@ export class Agent {
       open: this.#flows.size,
       drainMs,
     });
-    const deadline = performance.now() + drainMs;
-    while (this.#flows.size > 0 && performance.now() < deadline) {
+    const started = performance.now();
+    const deadline = started + drainMs;
+    // Other agents hand flows to this one until they learn that it left: keep the mesh port open for a
+    // few heartbeats even when nothing is open, within timeouts.drain.
+    const grace = started +
+      Math.min(drainMs, AGENT_DEFAULTS.missedHeartbeatsGrace * (this.#state?.heartbeatMs ?? 1_000));
+    while (
+      (this.#flows.size > 0 || this.#handlers.size > 0 || performance.now() < grace) &&
+      performance.now() < deadline
+    ) {
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
     if (this.#flows.size > 0) {
@@ -446,8 +456,9 @@ export class Agent {
 
   async #handle(service: LiveService, client: Deno.TcpConn): Promise<void> {
     const { spec, table } = service;
-    if (this.#draining || service.open >= spec.maxConnections || table.length === 0) {
-      if (!this.#draining && table.length > 0) this.counters.rejected++;
+    // A connection accepted before a drain began is served like any other: the drain only stops accepts.
+    if (service.open >= spec.maxConnections || table.length === 0) {
+      if (table.length > 0) this.counters.rejected++;
       closeQuietly(client);
       return;
     }

@@ -5,11 +5,10 @@
  * settings of deploy/90-switchyard.conf applied inside it (never to this machine), and clients and the
  * backend reach them through a veth.
  *
- * This test shows three known bugs, so it runs only when asked (`SWITCHYARD_KNOWN_BUGS=1`) until they are
- * fixed: connections queued on the closed listener are reset by the kernel unless
- * `net.ipv4.tcp_migrate_req = 1` moves them to another agent's listener (deploy/90-switchyard.conf does
- * not set it); connections the agent accepted just before its drain began are closed unserved; and the
- * drain ends (closing the mesh port) while the other agents still hand it flows, which are then lost.
+ * It guards three drain behaviours: connections queued on the closed listener move to another agent's
+ * listener (`net.ipv4.tcp_migrate_req = 1`, in deploy/90-switchyard.conf), connections the agent accepted
+ * just before its drain began are served, and the drain keeps the mesh port open a few heartbeats while
+ * the other agents still hand it flows.
  */
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
@@ -22,9 +21,7 @@ const NAME =
   "an agent SIGTERMed while it shares the service port with two others (reusePort): no connection fails";
 const SYSCTLS = fileURLToPath(new URL("../deploy/90-switchyard.conf", import.meta.url));
 const unavailable = await netnsUnavailable();
-const asked = Deno.env.get("SWITCHYARD_KNOWN_BUGS") === "1";
-const ignoredBecause = unavailable ??
-  (asked ? null : "shows three known bugs of the agent's drain; run with SWITCHYARD_KNOWN_BUGS=1");
+const ignoredBecause = unavailable;
 
 /** The `key = value` lines of a sysctl.d file. */
 async function sysctls(file: string): Promise<Array<[string, string]>> {
