@@ -674,7 +674,16 @@ Deno.test("about 4,000 garbage, oversized, truncated and wrong-shape frames on t
     }],
   });
   try {
-    await eventually(async () => (await clusterSnapshot(cluster)).agents.length === 2, 10_000, "2 agents");
+    // Both joined and both acknowledged the manager's current state, so nothing is still settling.
+    await eventually(
+      async () => {
+        const snapshot = await clusterSnapshot(cluster);
+        return snapshot.agents.length === 2 &&
+          snapshot.agents.every((a) => a.state_version === snapshot.version);
+      },
+      10_000,
+      "2 agents serving the current state",
+    );
     await eventually(
       async () => {
         const s = await clusterSnapshot(cluster);
@@ -842,7 +851,16 @@ Deno.test("a flood of 4,000 idle connections to the cluster port: the manager's 
   });
   const flood: Deno.Conn[] = [];
   try {
-    await eventually(async () => (await clusterSnapshot(cluster)).agents.length === 2, 10_000, "2 agents");
+    // Both joined and both acknowledged the manager's current state, so nothing is still settling.
+    await eventually(
+      async () => {
+        const snapshot = await clusterSnapshot(cluster);
+        return snapshot.agents.length === 2 &&
+          snapshot.agents.every((a) => a.state_version === snapshot.version);
+      },
+      10_000,
+      "2 agents serving the current state",
+    );
     const before = await clusterSnapshot(cluster);
     const joinsBefore = cluster.agents.map((a) => joins(a.proc));
     const port = Number(cluster.cluster.split(":").pop());
