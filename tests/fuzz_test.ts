@@ -777,7 +777,16 @@ Deno.test("unauthenticated peers streaming frames of up to 16 MiB on the cluster
     }],
   });
   try {
-    await eventually(async () => (await clusterSnapshot(cluster)).agents.length === 1, 10_000, "the agent");
+    // The agent joined and acknowledged the manager's current state, so nothing is still settling.
+    await eventually(
+      async () => {
+        const snapshot = await clusterSnapshot(cluster);
+        return snapshot.agents.length === 1 &&
+          snapshot.agents.every((a) => a.state_version === snapshot.version);
+      },
+      10_000,
+      "the agent serving the current state",
+    );
     const before = await clusterSnapshot(cluster);
     const port = Number(cluster.cluster.split(":").pop());
     const pid = cluster.manager.child.pid;
