@@ -22,9 +22,11 @@ export class Proc {
   readonly #reading: Promise<void>;
   #waiters: Array<() => void> = [];
 
-  constructor(args: string[], options: { env?: Record<string, string>; cwd?: string } = {}) {
-    this.child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "--allow-all", "--unstable-net", MAIN, ...args],
+  /** With `netns`, the process runs inside that network namespace (`ip netns exec`, which execs it). */
+  constructor(args: string[], options: { env?: Record<string, string>; cwd?: string; netns?: string } = {}) {
+    const inNamespace = options.netns ? ["netns", "exec", options.netns, Deno.execPath()] : [];
+    this.child = new Deno.Command(options.netns ? "ip" : Deno.execPath(), {
+      args: [...inNamespace, "run", "--allow-all", "--unstable-net", MAIN, ...args],
       env: { NO_COLOR: "1", ...options.env },
       ...(options.cwd ? { cwd: options.cwd } : {}),
       stdin: "null",

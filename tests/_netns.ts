@@ -5,7 +5,7 @@
  * free) and assigned only to the veths made here: no packet leaves the machine. `close()` deletes every
  * namespace (and with them their veths) and checks nothing is left behind.
  */
-import { eventually, type LogLine, MAIN } from "./_helpers.ts";
+import { Proc } from "./_helpers.ts";
 
 const decoder = new TextDecoder();
 
@@ -36,68 +36,10 @@ export async function netnsUnavailable(): Promise<string | null> {
 }
 
 /** A switchyard role run inside a namespace with `ip netns exec` (which execs: the pid is the role's). */
-export class NsProc {
-  readonly child: Deno.ChildProcess;
-  readonly logs: LogLine[] = [];
-  stderr = "";
-  readonly #reading: Promise<void>;
-
+/** A switchyard sub-command run inside a network namespace: a `Proc` started with `ip netns exec`. */
+export class NsProc extends Proc {
   constructor(ns: string, args: string[]) {
-    this.child = new Deno.Command("ip", {
-      args: ["netns", "exec", ns, Deno.execPath(), "run", "--allow-all", "--unstable-net", MAIN, ...args],
-      env: { NO_COLOR: "1" },
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-    }).spawn();
-    const stderr = this.child.stderr;
-    this.#reading = (async () => {
-      let pending = "";
-      for await (const chunk of stderr) {
-        const text = decoder.decode(chunk, { stream: true });
-        this.stderr += text;
-        pending += text;
-        const lines = pending.split("\n");
-        pending = lines.pop() ?? "";
-        for (const line of lines) {
-          try {
-            const record = JSON.parse(line) as LogLine;
-            if (typeof record.message === "string") this.logs.push(record);
-          } catch {
-            // not a JSON log line
-          }
-        }
-      }
-    })();
-  }
-
-  async waitForLog(match: (line: LogLine) => boolean, timeoutMs = 15_000): Promise<LogLine> {
-    let found: LogLine | undefined;
-    await eventually(() => (found = this.logs.find(match)) !== undefined, timeoutMs, "a log line").catch(
-      () => {
-        throw new Error(`No matching log line within ${timeoutMs} ms; stderr:\n${this.stderr.slice(-3000)}`);
-      },
-    );
-    return found!;
-  }
-
-  kill(signal: Deno.Signal): void {
-    try {
-      this.child.kill(signal);
-    } catch {
-      // exited
-    }
-  }
-
-  async status(): Promise<Deno.CommandStatus> {
-    const status = await this.child.status;
-    await this.#reading;
-    return status;
-  }
-
-  async stop(): Promise<Deno.CommandStatus> {
-    this.kill("SIGKILL");
-    return await this.status();
+    super(args, { netns: ns });
   }
 }
 
