@@ -144,7 +144,7 @@ const COMMANDS: Readonly<Record<string, Command>> = {
   },
   version: {
     usage: "switchyard version",
-    summary: "Print the version of switchyard and of Deno",
+    summary: "Print the version of switchyard, the commit it was built from, and the Deno it runs on",
     flags: {},
     run: () => {
       console.log(versionText());
