@@ -211,3 +211,41 @@ export function freeFixedPort(): number {
   }
   throw new Error("No free port found between 20000 and 30000");
 }
+
+/** One unlabelled figure from an agent's `--admin` `/metrics` (NaN when absent). */
+export async function agentMetric(admin: string, name: string): Promise<number> {
+  const text = await (await fetch(`http://${admin}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+  return Number(line?.split(" ")[1] ?? NaN);
+}
+
+/** Opens `count` connections through `port`, `concurrency` at a time, and counts the first line each gets. */
+export async function spread(port: number, count: number, concurrency = 50): Promise<Map<string, number>> {
+  const tally = new Map<string, number>();
+  let next = 0;
+  const worker = async () => {
+    while (next < count) {
+      next++;
+      const conn = await connectAndReadLine(port);
+      tally.set(conn.line, (tally.get(conn.line) ?? 0) + 1);
+      await conn.close();
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  return tally;
+}
+
+/** Waits until every agent has acknowledged the manager's current state; returns `/v1/services` as of then. */
+export async function agentsCaughtUp<T extends { version: number }>(cluster: TestCluster): Promise<T> {
+  let view = await cluster.api<T>("/v1/services");
+  const deadline = performance.now() + 10_000;
+  for (;;) {
+    view = await cluster.api<T>("/v1/services");
+    const { agents } = await cluster.api<{ agents: Array<{ state_version: number }> }>("/v1/agents");
+    if (agents.length > 0 && agents.every((agent) => agent.state_version >= view.version)) return view;
+    if (performance.now() > deadline) {
+      throw new Error("Timed out waiting for the agents to serve the manager's state");
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}

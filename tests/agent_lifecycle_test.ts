@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import net from "node:net";
-import { startTestCluster } from "./_cluster.ts";
+import { agentMetric, startTestCluster } from "./_cluster.ts";
 import { eventually, writeAll } from "./_helpers.ts";
 
 /** An echo backend; with `flood`, it also sends `flood` bytes at once on every connection. */
@@ -54,12 +54,6 @@ async function echoOnce(conn: Deno.Conn, text: string): Promise<string> {
     got += n;
   }
   return new TextDecoder().decode(buffer.subarray(0, got));
-}
-
-async function metric(admin: string, name: string): Promise<number> {
-  const text = await (await fetch(`http://${admin}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
-  return Number(line?.split(" ")[1] ?? NaN);
 }
 
 Deno.test("SIGTERM drains an agent: /healthz turns 503, new connections are refused, open ones finish, exit 0", async () => {
@@ -179,7 +173,7 @@ Deno.test("connections reset mid-stream on either side leak nothing, and the age
       conn.close();
     }
     await eventually(
-      async () => (await metric(admin, "switchyard_active_connections")) === 0,
+      async () => (await agentMetric(admin, "switchyard_active_connections")) === 0,
       10_000,
       "no open flow",
     );

@@ -7,7 +7,9 @@
 import assert from "node:assert/strict";
 import {
   ADMIN_TOKEN,
+  agentsCaughtUp,
   connectAndReadLine,
+  spread,
   startNamedBackend,
   startTestCluster,
   type TestCluster,
@@ -25,45 +27,11 @@ interface ServicesView {
   version: number;
   services: Array<{ name: string; backends: BackendView[] }>;
 }
-interface AgentsView {
-  agents: Array<{ id: string; state_version: number }>;
-}
-
-/** Opens `count` connections through `port`, `concurrency` at a time, and counts the first line each gets. */
-async function spread(port: number, count: number, concurrency = 50): Promise<Map<string, number>> {
-  const tally = new Map<string, number>();
-  let next = 0;
-  const worker = async () => {
-    while (next < count) {
-      next++;
-      const conn = await connectAndReadLine(port);
-      tally.set(conn.line, (tally.get(conn.line) ?? 0) + 1);
-      await conn.close();
-    }
-  };
-  await Promise.all(Array.from({ length: concurrency }, worker));
-  return tally;
-}
 
 function share(tally: Map<string, number>, name: string): number {
   let total = 0;
   for (const n of tally.values()) total += n;
   return (tally.get(name) ?? 0) / total;
-}
-
-/** Waits until every agent has acknowledged the manager's current state, so it serves the new table. */
-async function agentsCaughtUp(cluster: TestCluster): Promise<ServicesView> {
-  let view = await cluster.api<ServicesView>("/v1/services");
-  await eventually(
-    async () => {
-      view = await cluster.api<ServicesView>("/v1/services");
-      const { agents } = await cluster.api<AgentsView>("/v1/agents");
-      return agents.length > 0 && agents.every((agent) => agent.state_version >= view.version);
-    },
-    10_000,
-    "the agents to serve the manager's state",
-  );
-  return view;
 }
 
 function backendOf(view: ServicesView, address: string): BackendView {

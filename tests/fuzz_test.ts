@@ -14,7 +14,7 @@ import { createAdminApp, MAX_BODY_BYTES } from "../manager/admin.ts";
 import { type Config, parseConfig } from "../manager/config.ts";
 import { Decider } from "../manager/decide.ts";
 import { ClusterModel } from "../manager/state.ts";
-import { ADMIN_TOKEN, CLUSTER_TOKEN, startTestCluster, type TestCluster } from "./_cluster.ts";
+import { ADMIN_TOKEN, agentMetric, CLUSTER_TOKEN, startTestCluster, type TestCluster } from "./_cluster.ts";
 import { eventually, type Proc, startManagerProcess } from "./_helpers.ts";
 import { fuzzSeed, mutateBytes, randomJson, Rng } from "./_fuzz.ts";
 import { forEachBounded, sleep, stableView, startGreeter, vmRssKiB, writeAll } from "./_load.ts";
@@ -1023,12 +1023,6 @@ async function meshCases(rng: Rng, target: { port: number }): Promise<WireCase[]
   return cases;
 }
 
-async function metric(admin: string, name: string): Promise<number> {
-  const text = await (await fetch(`http://${admin}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
-  return Number(line?.split(" ")[1] ?? NaN);
-}
-
 Deno.test("about 3,300 garbage, forged, stale and truncated PROXY headers on the mesh port: each refused and closed, none reaches a backend", async () => {
   const backend = startGreeter("b1");
   const cluster = await startTestCluster({
@@ -1060,7 +1054,7 @@ Deno.test("about 3,300 garbage, forged, stale and truncated PROXY headers on the
     );
     const rng = new Rng(fuzzSeed("mesh port fuzz"));
     const cases = await meshCases(rng, target);
-    const refusedBefore = await metric(admin, "switchyard_mesh_refused_total");
+    const refusedBefore = await agentMetric(admin, "switchyard_mesh_refused_total");
     const started = performance.now();
     const results = await runWireCases(mesh, cases);
     const took = performance.now() - started;
@@ -1085,7 +1079,7 @@ Deno.test("about 3,300 garbage, forged, stale and truncated PROXY headers on the
     );
     assert.equal(served, 0, "an agent served a forged flow");
     assert.equal(
-      (await metric(admin, "switchyard_mesh_refused_total")) - refusedBefore,
+      (await agentMetric(admin, "switchyard_mesh_refused_total")) - refusedBefore,
       cases.length,
       "every case is counted as refused",
     );

@@ -4,7 +4,7 @@
  * backend or sets its weight; a killed backend is out after `fall` failed checks and back after `rise`.
  */
 import assert from "node:assert/strict";
-import { connectAndReadLine, startTestCluster, type TestCluster } from "./_cluster.ts";
+import { agentsCaughtUp, spread, startTestCluster, type TestCluster } from "./_cluster.ts";
 import { eventually } from "./_helpers.ts";
 
 interface BackendView {
@@ -85,38 +85,11 @@ function agentCheckResponder(host: string, port: number) {
   return Object.assign(server, { state });
 }
 
-async function spread(port: number, count: number, concurrency = 50): Promise<Map<string, number>> {
-  const tally = new Map<string, number>();
-  let next = 0;
-  const worker = async () => {
-    while (next < count) {
-      next++;
-      const conn = await connectAndReadLine(port);
-      tally.set(conn.line, (tally.get(conn.line) ?? 0) + 1);
-      await conn.close();
-    }
-  };
-  await Promise.all(Array.from({ length: concurrency }, worker));
-  return tally;
-}
-
 async function backendView(cluster: TestCluster, address: string): Promise<BackendView> {
   const view = await cluster.api<ServicesView>("/v1/services");
   const found = view.services[0]?.backends.find((backend) => backend.address === address);
   assert.ok(found, `backend ${address}`);
   return found;
-}
-
-async function agentsCaughtUp(cluster: TestCluster): Promise<void> {
-  await eventually(
-    async () => {
-      const { version } = await cluster.api<ServicesView>("/v1/services");
-      const { agents } = await cluster.api<{ agents: Array<{ state_version: number }> }>("/v1/agents");
-      return agents.length > 0 && agents.every((agent) => agent.state_version >= version);
-    },
-    10_000,
-    "the agents to serve the manager's state",
-  );
 }
 
 Deno.test("an agent-check reply of drain, then up 50%, drains the backend, then gives it half its weight", async () => {

@@ -5,7 +5,7 @@
  * bounded, and normal service must resume after it.
  */
 import assert from "node:assert/strict";
-import { startTestCluster } from "./_cluster.ts";
+import { agentMetric, startTestCluster } from "./_cluster.ts";
 import { eventually } from "./_helpers.ts";
 import {
   forEachBounded,
@@ -17,12 +17,6 @@ import {
   summarize,
   vmRssKiB,
 } from "./_load.ts";
-
-async function metric(admin: string, name: string): Promise<number> {
-  const text = await (await fetch(`http://${admin}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
-  return Number(line?.split(" ")[1] ?? NaN);
-}
 
 function percentile(values: number[], p: number): number {
   const sorted = [...values].sort((a, b) => a - b);
@@ -178,7 +172,7 @@ Deno.test("400 slowloris connections are closed by timeouts.idle while the agent
       `normal clients waited ${percentile(latencies, 99)} ms (p99)`,
     );
     await eventually(
-      async () => (await metric(admin, "switchyard_active_connections")) === 0 && backend.open() === 0,
+      async () => (await agentMetric(admin, "switchyard_active_connections")) === 0 && backend.open() === 0,
       5_000,
       "no connection left open in the agent or the backend",
     );
@@ -214,7 +208,7 @@ Deno.test("a flood of 3,000 connections beyond max_connections: each closed at o
     for (let i = 0; i < limit; i++) held.push(await holdConnection(agent.port));
     assert.ok(held.every((conn) => conn.line === "b1"));
     await eventually(() => backend.accepted() === limit, 5_000, "the held connections to reach the backend");
-    const rejectedBefore = await metric(admin, "switchyard_rejected_connections_total");
+    const rejectedBefore = await agentMetric(admin, "switchyard_rejected_connections_total");
     const rssBefore = await vmRssKiB(agent.proc.child.pid);
 
     const flood = 3_000;
@@ -270,7 +264,7 @@ Deno.test("a flood of 3,000 connections beyond max_connections: each closed at o
       `excess connections were closed after ${percentile(closed, 99)} ms`,
     );
     assert.equal(backend.accepted(), limit, "an excess connection reached the backend");
-    assert.equal((await metric(admin, "switchyard_rejected_connections_total")) - rejectedBefore, flood);
+    assert.equal((await agentMetric(admin, "switchyard_rejected_connections_total")) - rejectedBefore, flood);
     assert.ok(
       peakRss - rssBefore < 50 * 1024,
       `the agent grew ${((peakRss - rssBefore) / 1024).toFixed(1)} MiB`,
@@ -280,7 +274,7 @@ Deno.test("a flood of 3,000 connections beyond max_connections: each closed at o
     for (const conn of held) conn.close();
     held.length = 0;
     await eventually(
-      async () => (await metric(admin, "switchyard_active_connections")) === 0,
+      async () => (await agentMetric(admin, "switchyard_active_connections")) === 0,
       5_000,
       "no open flow",
     );
