@@ -13,7 +13,8 @@ import { candidates } from "../cluster/maglev.ts";
 import { type AgentSpec, type ClusterState, decodeTable, type ServiceSpec } from "../cluster/protocol.ts";
 import { encodeProxyHeader, type ProxyAddress } from "../cluster/proxy_protocol.ts";
 import { AffinityCache } from "./affinity.ts";
-import { connectBackend } from "./connect.ts";
+import { Connector } from "./connect.ts";
+import { SlotList } from "./slot_list.ts";
 import { type LinkReport, ManagerLink } from "./manager_link.ts";
 import { encodeMeshHeader, type HandedOffFlow, MeshServer } from "./mesh.ts";
 import { coarseClock, pump, type PumpStats } from "./pump.ts";
@@ -75,6 +76,8 @@ interface Flow {
   readonly down: PumpStats;
   readonly idleMs: number;
   closed: boolean;
+  /** Its index in the agent's list of open flows. */
+  slot: number;
 }
 
 /** Counters an agent exposes in its heartbeat and on its admin `/metrics`. */
@@ -96,10 +99,12 @@ export interface AgentCounters {
 export class Agent {
   readonly #options: AgentOptions;
   readonly #services = new Map<string, LiveService>();
-  readonly #flows = new Set<Flow>();
+  readonly #flows = new SlotList<Flow>();
   readonly #openByBackend = new Map<string, number>();
   readonly #pendingFailures = new Map<string, { service: string; backend: string; count: number }>();
   readonly #handlers = new Set<Promise<void>>();
+  /** Backend and mesh connects, with shared connect deadlines. */
+  readonly #connector = new Connector();
   readonly counters: AgentCounters = {
     served: 0,
     handedOff: 0,
@@ -174,10 +179,10 @@ export class Agent {
   bytesForwarded(): { up: number; down: number } {
     let up = this.counters.bytesUp;
     let down = this.counters.bytesDown;
-    for (const flow of this.#flows) {
+    this.#flows.forEach((flow) => {
       up += flow.up.bytes;
       down += flow.down.bytes;
-    }
+    });
     return { up, down };
   }
 
@@ -344,12 +349,13 @@ export class Agent {
     this.#draining = true;
     clearInterval(this.#sweep);
     for (const service of this.#services.values()) this.#closeListener(service);
-    for (const flow of this.#flows) closeFlow(flow);
+    for (const flow of this.#flows.snapshot()) closeFlow(flow);
     clearTimeout(this.#openCountsTimer);
     this.#openCountsTimer = undefined;
     await this.#meshSwitch;
     await this.#mesh?.close();
     await this.#link?.close();
+    this.#connector.close();
     await Promise.allSettled([...this.#handlers]);
     await Promise.allSettled([...this.#services.values()].map((s) => s.accepting));
     await this.#saving;
@@ -546,9 +552,10 @@ export class Agent {
     let mesh: Deno.Conn;
     try {
       const address = parseHostPort(owner.mesh as string);
-      const tcp = await connectBackend(address, {
-        timeoutMs: Math.min(spec.timeouts.connectMs, AGENT_DEFAULTS.meshConnectMs),
-      });
+      const tcp = await this.#connector.connect(
+        address,
+        Math.min(spec.timeouts.connectMs, AGENT_DEFAULTS.meshConnectMs),
+      );
       tcp.setNoDelay(true);
       // With manager.tls the mesh speaks TLS with the manager's certificate: verify it as the manager's.
       mesh = this.#state?.meshTls
@@ -636,7 +643,7 @@ export class Agent {
       const backend = spec.backends[index];
       if (!backend) continue;
       try {
-        upstream = await connectBackend(backend, { timeoutMs: spec.timeouts.connectMs });
+        upstream = await this.#connector.connect(backend, spec.timeouts.connectMs);
         backendId = backend.id;
         break;
       } catch (error) {
@@ -748,6 +755,7 @@ export class Agent {
       up: { lastActive: now, bytes: 0 },
       down: { lastActive: now, bytes: 0 },
       closed: false,
+      slot: -1,
     };
     this.#flows.add(flow);
     try {
@@ -798,7 +806,8 @@ export class Agent {
     const now = performance.now();
     coarseClock.now = now;
     this.#affinity.sweep(now);
-    for (const flow of this.#flows) {
+    // closeFlow only closes the connections: the flow leaves the list later, when its pumps end.
+    this.#flows.forEach((flow) => {
       // Activity is stamped with the coarse clock, up to one sweep behind: allow for it, so a flow is
       // never closed before it has really been idle for idleMs.
       if (
@@ -813,7 +822,7 @@ export class Agent {
         });
         closeFlow(flow);
       }
-    }
+    });
   }
 
   #report(): LinkReport {

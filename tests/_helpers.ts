@@ -228,3 +228,32 @@ export async function eventually(
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }
+
+/**
+ * A loopback port that takes no connection: a listener that never accepts, its accept queue filled, so
+ * the kernel drops further SYNs and a connect to it hangs until the client gives up.
+ */
+export async function blackhole(): Promise<{ port: number; close(): void }> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  const queued: Deno.Conn[] = [];
+  for (;;) {
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), 200);
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port, signal: abort.signal }).catch((error) => {
+      if (abort.signal.aborted) return null;
+      throw error;
+    }).finally(() => clearTimeout(timer));
+    if (conn === null) {
+      return {
+        port,
+        close() {
+          for (const c of queued) c.close();
+          listener.close();
+        },
+      };
+    }
+    queued.push(conn);
+    if (queued.length > 10_000) throw new Error("the accept queue never filled");
+  }
+}

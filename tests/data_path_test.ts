@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import {
+  blackhole,
   eventually,
   type Proc,
   randomBytes,
@@ -161,6 +162,39 @@ Deno.test("a backend that refuses connections is skipped without the client noti
     assert.ok(retried.length > 20, `expected many retries, saw ${retried.length}`);
   } finally {
     await cluster.close();
+    await alive.close();
+  }
+});
+
+Deno.test("a backend whose connects hang is given up after timeouts.connect and the next one serves", async () => {
+  const alive = startBackend(async (conn) => {
+    await writeAll(conn, new TextEncoder().encode("alive\n"));
+  });
+  const hole = await blackhole();
+  const cluster = await startCluster([`127.0.0.1:${hole.port}`, alive.address], {
+    timeouts: { connect: "400ms", idle: "10s", drain: "1s" },
+  });
+  try {
+    // Concurrent clients, so several connects to the hanging backend are under way at once.
+    const elapsed = await Promise.all(Array.from({ length: 12 }, async (_, i) => {
+      const started = performance.now();
+      const client = await Deno.connect({ hostname: "127.0.0.1", port: cluster.port });
+      const reply = new TextDecoder().decode(await readAll(client));
+      client.close();
+      assert.equal(reply, "alive\n", `connection ${i} got ${JSON.stringify(reply)}`);
+      return performance.now() - started;
+    }));
+    // Flows that hashed to the hanging backend first waited out the connect timeout, and no longer.
+    const waited = elapsed.filter((ms) => ms >= 400);
+    assert.ok(waited.length > 0, `no flow tried the hanging backend first: ${elapsed.map(Math.round)}`);
+    for (const ms of waited) assert.ok(ms < 400 + 1_000, `a flow took ${Math.round(ms)} ms`);
+    const timedOut = cluster.agent.logs.filter((line) =>
+      line.message.includes("failed") && String(line.properties.error).includes("within 400 ms")
+    );
+    assert.equal(timedOut.length, waited.length, "each wait is logged as a connect timeout");
+  } finally {
+    await cluster.close();
+    hole.close();
     await alive.close();
   }
 });
