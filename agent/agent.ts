@@ -14,10 +14,11 @@ import { type AgentSpec, type ClusterState, decodeTable, type ServiceSpec } from
 import { encodeProxyHeader, type ProxyAddress } from "../cluster/proxy_protocol.ts";
 import { AffinityCache } from "./affinity.ts";
 import { Connector } from "./connect.ts";
+import { InFlight } from "./in_flight.ts";
 import { SlotList } from "./slot_list.ts";
 import { type LinkReport, ManagerLink } from "./manager_link.ts";
 import { encodeMeshHeader, type HandedOffFlow, MeshServer } from "./mesh.ts";
-import { coarseClock, pump, type PumpStats } from "./pump.ts";
+import { coarseClock, pump, type PumpEnd, type PumpStats } from "./pump.ts";
 import { loadState, saveState } from "./state_store.ts";
 
 const log = logger("agent");
@@ -65,19 +66,48 @@ interface LiveService {
   open: number;
 }
 
-interface Flow {
-  readonly id: number;
+/** Open connections to one backend of a service, as reported to the manager. */
+interface BackendLoad {
+  /** `service` NUL `backend`: its key in the agent's map. */
+  readonly key: string;
   readonly service: string;
-  /** The backend, or null for a flow relayed to its claimant. */
-  readonly backend: string | null;
-  readonly client: Deno.Conn;
-  readonly upstream: Deno.Conn;
+  readonly backend: string;
+  open: number;
+}
+
+/**
+ * One proxied connection while its two pumps run. It holds only what its life needs: everything used
+ * to set it up (endpoints, candidates, log text) is dropped once the pumps start, so an idle flow is
+ * small. Its pumps report their end to `ended`, the agent's; no promise chain is kept per flow.
+ */
+class Flow implements PumpEnd {
   readonly up: PumpStats;
   readonly down: PumpStats;
-  readonly idleMs: number;
-  closed: boolean;
+  /** Pumps still running. */
+  running = 2;
+  closed = false;
+  failed = false;
   /** Its index in the agent's list of open flows. */
-  slot: number;
+  slot = -1;
+
+  constructor(
+    readonly id: number,
+    readonly service: LiveService,
+    /** The backend's load, or null for a flow relayed to its claimant. */
+    readonly load: BackendLoad | null,
+    readonly client: Deno.Conn,
+    readonly upstream: Deno.Conn,
+    readonly idleMs: number,
+    readonly ended: (flow: Flow, error: unknown) => void,
+  ) {
+    const now = coarseClock.now;
+    this.up = { lastActive: now, bytes: 0 };
+    this.down = { lastActive: now, bytes: 0 };
+  }
+
+  pumpEnded(error: unknown): void {
+    this.ended(this, error);
+  }
 }
 
 /** Counters an agent exposes in its heartbeat and on its admin `/metrics`. */
@@ -100,9 +130,14 @@ export class Agent {
   readonly #options: AgentOptions;
   readonly #services = new Map<string, LiveService>();
   readonly #flows = new SlotList<Flow>();
-  readonly #openByBackend = new Map<string, number>();
+  readonly #openByBackend = new Map<string, BackendLoad>();
   readonly #pendingFailures = new Map<string, { service: string; backend: string; count: number }>();
-  readonly #handlers = new Set<Promise<void>>();
+  /** Connections being set up (until their pumps start or they are refused). */
+  readonly #handlers = new InFlight((error) =>
+    this.#flowLog.error("A connection failed to set up: {error}", { error: errorText(error) })
+  );
+  /** Bound once: what every flow's pumps call when they end. */
+  readonly #pumpEnded = (flow: Flow, error: unknown): void => this.#flowPumpEnded(flow, error);
   /** Backend and mesh connects, with shared connect deadlines. */
   readonly #connector = new Connector();
   readonly counters: AgentCounters = {
@@ -356,7 +391,11 @@ export class Agent {
     await this.#mesh?.close();
     await this.#link?.close();
     this.#connector.close();
-    await Promise.allSettled([...this.#handlers]);
+    await this.#handlers.whenIdle();
+    // Closed above, every flow's pumps end at once; flows started by setups that were still under way
+    // are closed too (draining is set, so nothing new starts after them).
+    for (const flow of this.#flows.snapshot()) closeFlow(flow);
+    while (this.#flows.size > 0) await new Promise((resolve) => setTimeout(resolve, 5));
     await Promise.allSettled([...this.#services.values()].map((s) => s.accepting));
     await this.#saving;
   }
@@ -453,10 +492,7 @@ export class Agent {
         continue;
       }
       pauseMs = 0;
-      const handler = this.#handle(service, conn as Deno.TcpConn).finally(() =>
-        this.#handlers.delete(handler)
-      );
-      this.#handlers.add(handler);
+      this.#handlers.track(this.#handle(service, conn as Deno.TcpConn));
     }
   }
 
@@ -469,6 +505,7 @@ export class Agent {
       return;
     }
     service.open++;
+    let started = false;
     try {
       const remote = client.remoteAddr as Deno.NetAddr;
       const local = client.localAddr as Deno.NetAddr;
@@ -480,12 +517,14 @@ export class Agent {
       if (spec.handoff === "claimant") {
         const owner = this.#claimant(place);
         if (owner !== null && owner.id !== this.#options.id && owner.mesh !== null) {
-          if (await this.#handOff(spec, client, endpoints, owner)) return;
+          started = await this.#handOff(service, client, endpoints, owner);
+          if (started) return;
         }
       }
-      await this.#serve(spec, table, client, endpoints, place, null);
+      started = await this.#serve(service, table, client, endpoints, place, null);
     } finally {
-      service.open--;
+      // A started flow holds its place in service.open until it ends (see #flowPumpEnded).
+      if (!started) service.open--;
     }
   }
 
@@ -507,10 +546,11 @@ export class Agent {
       return;
     }
     service.open++;
+    let started = false;
     try {
       const endpoints = { client: flow.client, destination: flow.destination };
-      await this.#serve(
-        service.spec,
+      started = await this.#serve(
+        service,
         service.table,
         conn,
         endpoints,
@@ -518,7 +558,7 @@ export class Agent {
         flow,
       );
     } finally {
-      service.open--;
+      if (!started) service.open--;
     }
   }
 
@@ -544,11 +584,12 @@ export class Agent {
 
   /** Relays a flow to its claimant's mesh port; false when the claimant cannot be reached. */
   async #handOff(
-    spec: ServiceSpec,
+    service: LiveService,
     client: Deno.TcpConn,
     endpoints: Endpoints,
     owner: AgentSpec,
   ): Promise<boolean> {
+    const spec = service.spec;
     let mesh: Deno.Conn;
     try {
       const address = parseHostPort(owner.mesh as string);
@@ -596,26 +637,23 @@ export class Agent {
         agent: owner.id,
       });
     }
-    await this.#run({
-      id,
-      service: spec.name,
-      backend: null,
-      client,
-      upstream: mesh,
-      idleMs: spec.timeouts.idleMs,
-    });
+    this.#startFlow(new Flow(id, service, null, client, mesh, spec.timeouts.idleMs, this.#pumpEnded));
     return true;
   }
 
-  /** Picks the backend (the manager's decision, the affinity cache or the table), connects and pumps. */
+  /**
+   * Picks the backend (the manager's decision, the affinity cache or the table), connects and starts the
+   * pumps; true when the flow started, false when it was closed for want of a backend.
+   */
   async #serve(
-    spec: ServiceSpec,
+    service: LiveService,
     table: Uint16Array,
     client: Deno.Conn,
     endpoints: Endpoints,
     place: number,
     handedOff: HandedOffFlow | null,
-  ): Promise<void> {
+  ): Promise<boolean> {
+    const spec = service.spec;
     const id = this.#nextFlowId++;
     let preferred = -1;
     const affinity = spec.affinity.key === "client_ip" && spec.affinity.ttlMs > 0;
@@ -666,7 +704,7 @@ export class Agent {
         client: clientText,
       });
       closeQuietly(client);
-      return;
+      return false;
     }
     if (this.#flowLog.isEnabledFor("debug")) {
       this.#flowLog.debug("Flow {flow} of {service} from {client} served by {agent} via {backend}", {
@@ -702,7 +740,7 @@ export class Agent {
       );
       closeQuietly(client);
       closeQuietly(upstream);
-      return;
+      return false;
     }
     const backendKey = `${spec.name}\u0000${backendId}`;
     this.counters.served++;
@@ -710,23 +748,15 @@ export class Agent {
       backendKey,
       (this.counters.connectionsByBackend.get(backendKey) ?? 0) + 1,
     );
-    this.#openByBackend.set(backendKey, (this.#openByBackend.get(backendKey) ?? 0) + 1);
-    this.#openCountsChanged();
-    try {
-      await this.#run({
-        id,
-        service: spec.name,
-        backend: backendId,
-        client,
-        upstream,
-        idleMs: spec.timeouts.idleMs,
-      });
-    } finally {
-      const open = (this.#openByBackend.get(backendKey) ?? 1) - 1;
-      if (open > 0) this.#openByBackend.set(backendKey, open);
-      else this.#openByBackend.delete(backendKey);
-      this.#openCountsChanged();
+    let load = this.#openByBackend.get(backendKey);
+    if (load === undefined) {
+      load = { key: backendKey, service: spec.name, backend: backendId, open: 0 };
+      this.#openByBackend.set(backendKey, load);
     }
+    load.open++;
+    this.#openCountsChanged();
+    this.#startFlow(new Flow(id, service, load, client, upstream, spec.timeouts.idleMs, this.#pumpEnded));
+    return true;
   }
 
   #indexOf(spec: ServiceSpec, backend: string | null | undefined): number {
@@ -734,54 +764,42 @@ export class Agent {
     return spec.backends.findIndex((b) => b.id === backend && b.weight > 0);
   }
 
-  /** Pumps both directions of a flow until both ends are done, or either fails or idles out. */
-  async #run(
-    parts: {
-      id: number;
-      service: string;
-      backend: string | null;
-      client: Deno.Conn;
-      upstream: Deno.Conn;
-      idleMs: number;
-    },
-  ): Promise<void> {
-    const { client, upstream } = parts;
+  /** Starts both pumps of a flow; it runs until both ends are done, or either fails or idles out. */
+  #startFlow(flow: Flow): void {
+    const { client, upstream } = flow;
     // TLS connections (the mesh with manager.tls) had it set on their TCP connection before the handshake.
     if ("setNoDelay" in client) (client as Deno.TcpConn).setNoDelay(true);
     if ("setNoDelay" in upstream) (upstream as Deno.TcpConn).setNoDelay(true);
-    const now = coarseClock.now;
-    const flow: Flow = {
-      ...parts,
-      up: { lastActive: now, bytes: 0 },
-      down: { lastActive: now, bytes: 0 },
-      closed: false,
-      slot: -1,
-    };
     this.#flows.add(flow);
-    try {
-      const results = await Promise.allSettled([
-        pump(client, upstream, flow.up).catch((error) => {
-          closeFlow(flow);
-          throw error;
-        }),
-        pump(upstream, client, flow.down).catch((error) => {
-          closeFlow(flow);
-          throw error;
-        }),
-      ]);
-      const failed = results.find((result) => result.status === "rejected");
-      if (failed && this.#flowLog.isEnabledFor("debug")) {
+    pump(client, upstream, flow.up, flow);
+    pump(upstream, client, flow.down, flow);
+  }
+
+  #flowPumpEnded(flow: Flow, error: unknown): void {
+    if (error !== null) {
+      // Either side failing ends the flow: the other pump then ends too.
+      closeFlow(flow);
+      if (!flow.failed && this.#flowLog.isEnabledFor("debug")) {
         this.#flowLog.debug("Flow {flow} of {service} ended with an error: {error}", {
           flow: flow.id,
-          service: flow.service,
-          error: String(failed.reason),
+          service: flow.service.spec.name,
+          error: String(error),
         });
       }
-    } finally {
-      closeFlow(flow);
-      this.#flows.delete(flow);
-      this.counters.bytesUp += flow.up.bytes;
-      this.counters.bytesDown += flow.down.bytes;
+      flow.failed = true;
+    }
+    if (--flow.running > 0) return;
+    closeFlow(flow);
+    this.#flows.delete(flow);
+    this.counters.bytesUp += flow.up.bytes;
+    this.counters.bytesDown += flow.down.bytes;
+    flow.service.open--;
+    const load = flow.load;
+    if (load !== null) {
+      if (--load.open === 0 && this.#openByBackend.get(load.key) === load) {
+        this.#openByBackend.delete(load.key);
+      }
+      this.#openCountsChanged();
     }
   }
 
@@ -816,8 +834,8 @@ export class Agent {
       ) {
         this.#flowLog.info("Flow {flow} of {service} to {backend} idle for {idleMs} ms; closing", {
           flow: flow.id,
-          service: flow.service,
-          backend: flow.backend,
+          service: flow.service.spec.name,
+          backend: flow.load?.backend ?? null,
           idleMs: flow.idleMs,
         });
         closeFlow(flow);
@@ -827,9 +845,8 @@ export class Agent {
 
   #report(): LinkReport {
     const backends: LinkReport["backends"] = [];
-    for (const [key, open] of this.#openByBackend) {
-      const [service = "", backend = ""] = key.split("\u0000");
-      backends.push({ service, backend, open });
+    for (const load of this.#openByBackend.values()) {
+      backends.push({ service: load.service, backend: load.backend, open: load.open });
     }
     return {
       connections: {

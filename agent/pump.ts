@@ -15,30 +15,43 @@ export const coarseClock = { now: performance.now() };
 
 export const PUMP_DEFAULTS = {
   /** Every direction of a flow starts with a buffer this small: most idle connections never need more. */
-  minBufferBytes: 1024,
+  minBufferBytes: 512,
   /** A read that fills the buffer grows it fourfold, up to this (bulk transfers want large reads). */
   maxBufferBytes: 64 * 1024,
 } as const;
 
+/** Told once when a pump ends: `error` is null when `from` ended and `to` was half-closed. */
+export interface PumpEnd {
+  pumpEnded(error: unknown): void;
+}
+
 /**
- * Copies `from` into `to` until `from` ends, then half-closes `to`. Rejects when either side fails; the
- * caller closes both connections then. The buffer starts small and is reused; it grows only while reads
- * fill it, and shrinks back when a large buffer sees only small reads, so an idle flow holds little.
+ * Copies `from` into `to` until `from` ends, then half-closes `to`, and tells `end` (with the error when
+ * either side failed; the owner closes both connections then). The returned promise never rejects: the
+ * flow is driven by `end`, so no promise chain is kept per flow. The buffer starts small and is reused;
+ * it grows only while reads fill it, and shrinks back when a large buffer sees only small reads, so an
+ * idle flow holds little.
  */
-export async function pump(from: Deno.Conn, to: Deno.Conn, stats: PumpStats): Promise<void> {
-  let buffer = new Uint8Array(PUMP_DEFAULTS.minBufferBytes);
-  for (;;) {
-    const n = await from.read(buffer);
-    if (n === null) break;
-    stats.lastActive = coarseClock.now;
-    stats.bytes += n;
-    let written = await to.write(n === buffer.length ? buffer : buffer.subarray(0, n));
-    while (written < n) written += await to.write(buffer.subarray(written, n));
-    if (n === buffer.length) {
-      if (buffer.length < PUMP_DEFAULTS.maxBufferBytes) buffer = new Uint8Array(buffer.length * 4);
-    } else if (buffer.length > PUMP_DEFAULTS.minBufferBytes && n <= PUMP_DEFAULTS.minBufferBytes) {
-      buffer = new Uint8Array(PUMP_DEFAULTS.minBufferBytes);
+export async function pump(from: Deno.Conn, to: Deno.Conn, stats: PumpStats, end: PumpEnd): Promise<void> {
+  let error: unknown = null;
+  try {
+    let buffer = new Uint8Array(PUMP_DEFAULTS.minBufferBytes);
+    for (;;) {
+      const n = await from.read(buffer);
+      if (n === null) break;
+      stats.lastActive = coarseClock.now;
+      stats.bytes += n;
+      let written = await to.write(n === buffer.length ? buffer : buffer.subarray(0, n));
+      while (written < n) written += await to.write(buffer.subarray(written, n));
+      if (n === buffer.length) {
+        if (buffer.length < PUMP_DEFAULTS.maxBufferBytes) buffer = new Uint8Array(buffer.length * 4);
+      } else if (buffer.length > PUMP_DEFAULTS.minBufferBytes && n <= PUMP_DEFAULTS.minBufferBytes) {
+        buffer = new Uint8Array(PUMP_DEFAULTS.minBufferBytes);
+      }
     }
+    await to.closeWrite();
+  } catch (caught) {
+    error = caught ?? new Error("The pump failed without an error");
   }
-  await to.closeWrite();
+  end.pumpEnded(error);
 }
