@@ -9,6 +9,7 @@
  *   bound ports read from the agent's JSON log.
  */
 import { fileURLToPath } from "node:url";
+import { V8_FLAGS } from "../scripts/compile.ts";
 import { freePort, type Proc, type Processes, randomHex, waitForPort } from "./_procs.ts";
 
 /** switchyard's `main.ts` in this checkout; `--main` points the bench at another one. */
@@ -342,6 +343,8 @@ export async function startSwitchyard(
     agentAdmin?: boolean;
     /** The `main.ts` to run; the one of this checkout by default. */
     main?: string;
+    /** V8 flags for both processes; by default those the compiled binary embeds (V8_FLAGS). */
+    v8Flags?: readonly string[];
   },
 ): Promise<Switchyard> {
   const dir = `${options.dir}/switchyard-${options.decide}`;
@@ -354,7 +357,14 @@ export async function startSwitchyard(
 
   const main = options.main ?? MAIN;
   const cwd = main.slice(0, main.lastIndexOf("/")) || "/";
-  const run = ["run", "--allow-all", "--unstable-net", main];
+  const v8Flags = options.v8Flags ?? V8_FLAGS;
+  const run = [
+    "run",
+    "--allow-all",
+    "--unstable-net",
+    ...(v8Flags.length > 0 ? [`--v8-flags=${v8Flags.join(",")}`] : []),
+    main,
+  ];
   const manager = procs.spawn(`switchyard manager (decide: ${options.decide})`, Deno.execPath(), [
     ...run,
     "manager",
