@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { RUNTIME_FLAGS } from "../scripts/compile.ts";
+import { RUNTIME_FLAGS, V8_FLAGS } from "../scripts/compile.ts";
 import { ROOT, writeStamp } from "../scripts/stamp.ts";
 import { httpGet } from "./_helpers.ts";
 
@@ -43,6 +43,7 @@ function runBundle(bundleDir: string, options: { denoDir: string; audit: string 
       "--no-config",
       "--cached-only",
       ...RUNTIME_FLAGS,
+      `--v8-flags=${V8_FLAGS.join(",")}`,
       `--deny-read=${CHECKOUT}`,
       `--deny-write=${CHECKOUT}`,
       "--no-prompt",
