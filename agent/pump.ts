@@ -18,6 +18,8 @@ export const PUMP_DEFAULTS = {
   minBufferBytes: 512,
   /** A read that fills the buffer grows it fourfold, up to this (bulk transfers want large reads). */
   maxBufferBytes: 64 * 1024,
+  /** A grown buffer goes back to the small size after this many reads in a row that the small one held. */
+  smallReadsToShrink: 4,
 } as const;
 
 /** Told once when a pump ends: `error` is null when `from` ended and `to` was half-closed. */
@@ -29,13 +31,14 @@ export interface PumpEnd {
  * Copies `from` into `to` until `from` ends, then half-closes `to`, and tells `end` (with the error when
  * either side failed; the owner closes both connections then). The returned promise never rejects: the
  * flow is driven by `end`, so no promise chain is kept per flow. The buffer starts small and is reused;
- * it grows only while reads fill it, and shrinks back when a large buffer sees only small reads, so an
+ * it grows only while reads fill it, and shrinks back after a run of reads the small one would hold, so an
  * idle flow holds little.
  */
 export async function pump(from: Deno.Conn, to: Deno.Conn, stats: PumpStats, end: PumpEnd): Promise<void> {
   let error: unknown = null;
   try {
     let buffer = new Uint8Array(PUMP_DEFAULTS.minBufferBytes);
+    let smallReads = 0;
     for (;;) {
       const n = await from.read(buffer);
       if (n === null) break;
@@ -44,9 +47,19 @@ export async function pump(from: Deno.Conn, to: Deno.Conn, stats: PumpStats, end
       let written = await to.write(n === buffer.length ? buffer : buffer.subarray(0, n));
       while (written < n) written += await to.write(buffer.subarray(written, n));
       if (n === buffer.length) {
-        if (buffer.length < PUMP_DEFAULTS.maxBufferBytes) buffer = new Uint8Array(buffer.length * 4);
+        smallReads = 0;
+        if (buffer.length < PUMP_DEFAULTS.maxBufferBytes) {
+          buffer = new Uint8Array(Math.min(PUMP_DEFAULTS.maxBufferBytes, buffer.length * 4));
+        }
       } else if (buffer.length > PUMP_DEFAULTS.minBufferBytes && n <= PUMP_DEFAULTS.minBufferBytes) {
-        buffer = new Uint8Array(PUMP_DEFAULTS.minBufferBytes);
+        // Only a run of small reads shrinks the buffer: answers a little larger than the small buffer
+        // (one full read, then a short tail) would otherwise swap buffers at every answer.
+        if (++smallReads >= PUMP_DEFAULTS.smallReadsToShrink) {
+          smallReads = 0;
+          buffer = new Uint8Array(PUMP_DEFAULTS.minBufferBytes);
+        }
+      } else {
+        smallReads = 0;
       }
     }
     await to.closeWrite();
