@@ -60,3 +60,13 @@ export function formatTable(rows: readonly Row[], baseline: Row | null, baseline
   }
   return lines.map((cells) => `| ${cells.join(" | ")} |`).join("\n");
 }
+
+/** The median of `values` (the mean of the middle two for an even count); null when there are none. */
+export function median(values: readonly number[]): number | null {
+  if (values.length === 0) return null;
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1
+    ? sorted[middle] as number
+    : ((sorted[middle - 1] as number) + (sorted[middle] as number)) / 2;
+}

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { formatTable, type Row } from "./_table.ts";
+import { formatTable, median, type Row } from "./_table.ts";
 
 const HAPROXY: Row = {
   label: "HAProxy",
@@ -34,4 +34,12 @@ Deno.test("formatTable shows a dash where a figure or the baseline's is missing"
   const partial: Row = { ...HAPROXY, label: "direct", kibPerIdleConnection: null, bulkGbitPerSecond: null };
   const noBaseline = formatTable([partial], null).split("\n")[2] as string;
   assert.equal(noBaseline, "| direct | 40,000 | — | 1.00 | — | 4.00 | — | 8,000 | — | — | — | — | — |");
+});
+
+Deno.test("median: the middle value, the mean of the middle two, null for none", () => {
+  assert.equal(median([]), null);
+  assert.equal(median([7]), 7);
+  assert.equal(median([3, 1, 2]), 2);
+  assert.equal(median([4, 1, 3, 2]), 2.5);
+  assert.equal(median([5, 5, 1]), 5);
 });

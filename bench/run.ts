@@ -8,6 +8,10 @@
  * - bulk throughput (iperf3, one stream);
  * - resident memory per idle connection, with 10,000 connections held open through the proxy.
  *
+ * The load runs in rounds (3 by default): every target in turn on a fresh process, then again, and the
+ * table gives each figure's median, so a burst of other work on a shared machine skews every target of
+ * one round alike instead of one target's whole figure.
+ *
  * Prints one markdown table, every figure with its ratio to HAProxy's from the same run, and writes it to
  * bench/out/latest.md. A missing tool skips its columns (run `bash bench/setup`); the exit code is 1 only
  * when switchyard itself fails. Every process and temp file is removed at the end, also on error or Ctrl-C.
@@ -26,7 +30,7 @@ import {
   runBounded,
   sleep,
 } from "./_procs.ts";
-import { formatTable, type Row } from "./_table.ts";
+import { formatTable, median, type Row } from "./_table.ts";
 import {
   directTarget,
   findNginxStream,
@@ -42,12 +46,14 @@ import {
 
 /** Every default of the bench; `--quick` replaces some of them. */
 export const BENCH_DEFAULTS = {
+  /** Rounds of load: every target in turn, then again; the table gives each figure's median. */
+  rounds: 3,
   /** Seconds of each measured wrk run. */
-  durationS: 10,
+  durationS: 5,
   /** Seconds of keep-alive load before the measured runs of each target (JIT, caches, pools). */
   warmupS: 2,
   /** Seconds of each iperf3 run. */
-  iperfDurationS: 5,
+  iperfDurationS: 3,
   /** wrk's threads and connections. */
   threads: 1,
   connections: 50,
@@ -55,12 +61,13 @@ export const BENCH_DEFAULTS = {
   idleConnections: 10_000,
 } as const;
 
-const QUICK = { durationS: 3, warmupS: 1, iperfDurationS: 2, idleConnections: 2_000 } as const;
+const QUICK = { rounds: 1, durationS: 3, warmupS: 1, iperfDurationS: 2, idleConnections: 2_000 } as const;
 
 /** File descriptors a process needs besides two per proxied connection. */
 const FD_MARGIN = 100;
 
 interface Options {
+  rounds: number;
   durationS: number;
   warmupS: number;
   iperfDurationS: number;
@@ -117,10 +124,11 @@ const TARGETS: readonly TargetSpec[] = [
   })),
 ];
 
-const USAGE = `Usage: deno task bench [--quick] [--duration S] [--warmup S] [--iperf-duration S]
-                       [--connections N] [--threads N] [--idle N] [--only KEYS]
+const USAGE = `Usage: deno task bench [--quick] [--rounds N] [--duration S] [--warmup S] [--iperf-duration S]
+                       [--connections N] [--threads N] [--idle N] [--only KEYS] [--main FILE]
 
-  --quick             about a minute: ${QUICK.durationS} s runs, ${QUICK.iperfDurationS} s iperf3, ${QUICK.idleConnections} idle connections
+  --quick             about a minute: ${QUICK.rounds} round, ${QUICK.durationS} s runs, ${QUICK.iperfDurationS} s iperf3, ${QUICK.idleConnections} idle connections
+  --rounds N          rounds of load, each target in turn; the table gives medians (default ${BENCH_DEFAULTS.rounds})
   --duration S        seconds of each wrk run (default ${BENCH_DEFAULTS.durationS})
   --warmup S          seconds of keep-alive load before each target's runs (default ${BENCH_DEFAULTS.warmupS})
   --iperf-duration S  seconds of each iperf3 run (default ${BENCH_DEFAULTS.iperfDurationS})
@@ -138,6 +146,7 @@ function parseOptions(args: string[]): Options {
     args,
     options: {
       quick: { type: "boolean" },
+      rounds: { type: "string" },
       duration: { type: "string" },
       warmup: { type: "string" },
       "iperf-duration": { type: "string" },
@@ -176,6 +185,7 @@ function parseOptions(args: string[]): Options {
     }
   }
   return {
+    rounds: number("rounds", base.rounds, 1),
     durationS: number("duration", base.durationS, 1),
     warmupS: number("warmup", base.warmupS, 0),
     iperfDurationS: number("iperf-duration", base.iperfDurationS, 1),
@@ -226,13 +236,22 @@ function cpuModel(): string {
   }
 }
 
-/** One target's figures, and what went wrong while measuring it. */
+/** One target's figures (every round's), and what went wrong while measuring it. */
 interface Measured {
-  readonly row: Row;
+  readonly spec: TargetSpec;
+  readonly samples: {
+    keepAliveRps: number[];
+    p50Ms: number[];
+    p99Ms: number[];
+    newConnectionsPerSecond: number[];
+    bulkGbitPerSecond: number[];
+  };
+  kibPerIdleConnection: number | null;
   readonly notes: string[];
   failed: boolean;
-  /** The proxy's resident memory fresh, with the idle connections, and after all the load. */
-  memory: string | null;
+  /** Skipped for a missing tool: not started in any round. */
+  skipped: boolean;
+  readonly rss: { fresh: number | null; idle: number | null; loaded: number | null };
 }
 
 function progress(text: string): void {
@@ -244,119 +263,148 @@ function describeWrk(result: WrkResult): string {
     (result.errors > 0 ? `, ${result.errorText}` : "");
 }
 
-async function measureTarget(
-  spec: TargetSpec,
-  context: StartContext,
-  options: Options,
-  idleCount: number,
-): Promise<Measured> {
-  const row = {
-    label: spec.label,
-    keepAliveRps: null as number | null,
-    p50Ms: null as number | null,
-    p99Ms: null as number | null,
-    newConnectionsPerSecond: null as number | null,
-    bulkGbitPerSecond: null as number | null,
-    kibPerIdleConnection: null as number | null,
-  };
-  const measured: Measured = { row, notes: [], failed: false, memory: null };
-  const note = (text: string, failure = false) => {
-    measured.notes.push(`${spec.label}: ${text}`);
-    if (failure) measured.failed = true;
-    progress(`${spec.key}: ${text}`);
+const mib = (kib: number | null) => kib === null ? "?" : `${(kib / 1024).toFixed(1)} MiB`;
+
+function newMeasured(spec: TargetSpec, context: StartContext): Measured {
+  const measured: Measured = {
+    spec,
+    samples: { keepAliveRps: [], p50Ms: [], p99Ms: [], newConnectionsPerSecond: [], bulkGbitPerSecond: [] },
+    kibPerIdleConnection: null,
+    notes: [],
+    failed: false,
+    skipped: false,
+    rss: { fresh: null, idle: null, loaded: null },
   };
   const missing = spec.needs.filter((tool) => context.tools[tool] === null);
   if (missing.length > 0) {
     note(
+      measured,
       `skipped: ${
         missing.map((tool) => tool === "nginxStream" ? "nginx stream module" : tool).join(", ")
       } missing`,
     );
-    return measured;
+    measured.skipped = true;
   }
+  return measured;
+}
 
-  /**
-   * Starts the target afresh, runs `steps` on it, and stops it. Each phase gets a fresh process, so
-   * neither the memory figure nor the load figures carry what the other phase left behind.
-   */
-  const phase = async (name: string, steps: (target: RunningTarget, step: Step) => Promise<void>) => {
-    let target: RunningTarget;
-    try {
-      progress(`${spec.key}: starting for the ${name}`);
-      target = await spec.start(context);
-    } catch (error) {
-      note(`could not start: ${error instanceof Error ? error.message : String(error)}`, true);
-      return false;
-    }
-    const step: Step = async (what, run) => {
-      if (target.failure() !== null) return;
-      try {
-        await run();
-      } catch (error) {
-        note(`${what} failed: ${error instanceof Error ? error.message : String(error)}`, true);
-      }
-      const after = target.failure();
-      if (after !== null) note(`died during ${what}: ${after}`, true);
-    };
-    try {
-      await steps(target, step);
-    } finally {
-      const problems = target.problems();
-      for (const line of problems.slice(0, 10)) note(`logged: ${line.slice(0, 300)}`, spec.switchyard);
-      if (problems.length > 10) note(`logged ${problems.length - 10} more warnings or errors`);
-      await target.stop();
-    }
-    return true;
+function note(measured: Measured, text: string, failure = false): void {
+  measured.notes.push(`${measured.spec.label}: ${text}`);
+  if (failure) measured.failed = true;
+  progress(`${measured.spec.key}: ${text}`);
+}
+
+/** The table row: the median of every round's figures. */
+function rowOf(measured: Measured): Row {
+  const { samples } = measured;
+  return {
+    label: measured.spec.label,
+    keepAliveRps: median(samples.keepAliveRps),
+    p50Ms: median(samples.p50Ms),
+    p99Ms: median(samples.p99Ms),
+    newConnectionsPerSecond: median(samples.newConnectionsPerSecond),
+    bulkGbitPerSecond: median(samples.bulkGbitPerSecond),
+    kibPerIdleConnection: measured.kibPerIdleConnection,
   };
+}
 
-  const rss = { fresh: null as number | null, idle: null as number | null, loaded: null as number | null };
-  const mib = (kib: number | null) => kib === null ? "?" : `${(kib / 1024).toFixed(1)} MiB`;
-
-  if (idleCount > 0 && spec.key !== "direct") {
-    const started = await phase("idle connections", async (target, step) => {
-      const pid = target.memoryPid();
-      const echoPort = target.ports.echo;
-      if (pid === null || echoPort === null) return;
-      await step("idle-connection run", async () => {
-        progress(`${spec.key}: ${idleCount} idle connections`);
-        await sleep(1_000);
-        const before = rssKiB(pid);
-        const started = performance.now();
-        const crowd = await openIdleCrowd(echoPort, { count: idleCount });
-        const openMs = performance.now() - started;
-        try {
-          await sleep(2_000);
-          const after = rssKiB(pid);
-          if (before === null || after === null) throw new Error(`process ${pid} is gone`);
-          rss.idle = after;
-          if (crowd.failed > 0) {
-            note(
-              `${crowd.failed} of ${idleCount} idle connections failed: ${crowd.firstError}`,
-              spec.switchyard,
-            );
-          }
-          if (crowd.opened === 0) throw new Error("no idle connection could be opened");
-          row.kibPerIdleConnection = (after - before) / crowd.opened;
-          progress(
-            `${spec.key}:   RSS ${before} → ${after} KiB for ${crowd.opened} connections (opened in ${
-              Math.round(openMs)
-            } ms): ${row.kibPerIdleConnection.toFixed(1)} KiB each`,
-          );
-        } finally {
-          crowd.close();
-        }
-      });
-    });
-    if (!started) return measured;
+/**
+ * Starts the target afresh, runs `steps` on it, and stops it; false when it could not start. Every phase
+ * and round gets a fresh process, so no figure carries what another measurement left behind.
+ */
+async function phase(
+  measured: Measured,
+  context: StartContext,
+  name: string,
+  steps: (target: RunningTarget, step: Step) => Promise<void>,
+): Promise<boolean> {
+  const { spec } = measured;
+  let target: RunningTarget;
+  try {
+    progress(`${spec.key}: starting for the ${name}`);
+    target = await spec.start(context);
+  } catch (error) {
+    note(measured, `could not start: ${error instanceof Error ? error.message : String(error)}`, true);
+    return false;
   }
+  const step: Step = async (what, run) => {
+    if (target.failure() !== null) return;
+    try {
+      await run();
+    } catch (error) {
+      note(measured, `${what} failed: ${error instanceof Error ? error.message : String(error)}`, true);
+    }
+    const after = target.failure();
+    if (after !== null) note(measured, `died during ${what}: ${after}`, true);
+  };
+  try {
+    await steps(target, step);
+  } finally {
+    const problems = target.problems();
+    for (const line of problems.slice(0, 10)) {
+      note(measured, `logged: ${line.slice(0, 300)}`, spec.switchyard);
+    }
+    if (problems.length > 10) note(measured, `logged ${problems.length - 10} more warnings or errors`);
+    await target.stop();
+  }
+  return true;
+}
 
+/** The memory figure: idle connections held open through a fresh process of the target. */
+async function measureIdle(measured: Measured, context: StartContext, idleCount: number): Promise<void> {
+  const { spec } = measured;
+  await phase(measured, context, "idle connections", async (target, step) => {
+    const pid = target.memoryPid();
+    const echoPort = target.ports.echo;
+    if (pid === null || echoPort === null) return;
+    await step("idle-connection run", async () => {
+      progress(`${spec.key}: ${idleCount} idle connections`);
+      await sleep(1_000);
+      const before = rssKiB(pid);
+      const started = performance.now();
+      const crowd = await openIdleCrowd(echoPort, { count: idleCount });
+      const openMs = performance.now() - started;
+      try {
+        await sleep(2_000);
+        const after = rssKiB(pid);
+        if (before === null || after === null) throw new Error(`process ${pid} is gone`);
+        measured.rss.idle = after;
+        if (crowd.failed > 0) {
+          note(
+            measured,
+            `${crowd.failed} of ${idleCount} idle connections failed: ${crowd.firstError}`,
+            spec.switchyard,
+          );
+        }
+        if (crowd.opened === 0) throw new Error("no idle connection could be opened");
+        measured.kibPerIdleConnection = (after - before) / crowd.opened;
+        progress(
+          `${spec.key}:   RSS ${before} → ${after} KiB for ${crowd.opened} connections (opened in ${
+            Math.round(openMs)
+          } ms): ${measured.kibPerIdleConnection.toFixed(1)} KiB each`,
+        );
+      } finally {
+        crowd.close();
+      }
+    });
+  });
+}
+
+/** One round of load on a fresh process of the target: a warm-up, keep-alive, new connections, bulk. */
+async function measureLoad(
+  measured: Measured,
+  context: StartContext,
+  options: Options,
+  round: string,
+): Promise<void> {
+  const { spec, samples } = measured;
   const { wrk, iperf3 } = context.tools;
   const wrkOptions = { threads: options.threads, connections: options.connections };
-  await phase("load", async (target, step) => {
+  await phase(measured, context, `load (${round})`, async (target, step) => {
     const pid = target.memoryPid();
     if (pid !== null) {
       await sleep(500);
-      rss.fresh = rssKiB(pid);
+      measured.rss.fresh ??= rssKiB(pid);
     }
     if (wrk !== null) {
       if (options.warmupS > 0) {
@@ -365,54 +413,76 @@ async function measureTarget(
         });
       }
       await step("keep-alive run", async () => {
-        progress(`${spec.key}: keep-alive, ${options.durationS} s`);
+        progress(`${spec.key}: keep-alive, ${options.durationS} s (${round})`);
         const result = await runWrk(wrk, target.ports.http, {
           ...wrkOptions,
           durationS: options.durationS,
           close: false,
         });
         progress(`${spec.key}:   ${describeWrk(result)}`);
-        row.keepAliveRps = result.requestsPerSecond;
-        row.p50Ms = result.p50Ms;
-        row.p99Ms = result.p99Ms;
+        samples.keepAliveRps.push(result.requestsPerSecond);
+        if (result.p50Ms !== null) samples.p50Ms.push(result.p50Ms);
+        if (result.p99Ms !== null) samples.p99Ms.push(result.p99Ms);
         if (result.errors > 0) {
-          note(`keep-alive run: ${result.errorText} of ${result.requests} requests`, spec.switchyard);
+          note(
+            measured,
+            `keep-alive run (${round}): ${result.errorText} of ${result.requests} requests`,
+            spec.switchyard,
+          );
         }
       });
       await step("new-connection run", async () => {
-        progress(`${spec.key}: Connection: close, ${options.durationS} s`);
+        progress(`${spec.key}: Connection: close, ${options.durationS} s (${round})`);
         const result = await runWrk(wrk, target.ports.http, {
           ...wrkOptions,
           durationS: options.durationS,
           close: true,
         });
         progress(`${spec.key}:   ${describeWrk(result)}`);
-        row.newConnectionsPerSecond = result.requestsPerSecond;
+        samples.newConnectionsPerSecond.push(result.requestsPerSecond);
         if (result.errors > 0) {
-          note(`new-connection run: ${result.errorText} of ${result.requests} requests`, spec.switchyard);
+          note(
+            measured,
+            `new-connection run (${round}): ${result.errorText} of ${result.requests} requests`,
+            spec.switchyard,
+          );
         }
       });
     }
     if (iperf3 !== null && target.ports.iperf !== null) {
       const iperfPort = target.ports.iperf;
       await step("iperf3 run", async () => {
-        progress(`${spec.key}: iperf3, ${options.iperfDurationS} s`);
+        progress(`${spec.key}: iperf3, ${options.iperfDurationS} s (${round})`);
         const result = await runIperf(iperf3, iperfPort, options.iperfDurationS);
         progress(`${spec.key}:   ${result.gbitPerSecond.toFixed(2)} Gbit/s`);
-        row.bulkGbitPerSecond = result.gbitPerSecond;
+        samples.bulkGbitPerSecond.push(result.gbitPerSecond);
       });
     }
-    if (pid !== null) {
-      rss.loaded = rssKiB(pid);
-      const idle = rss.idle === null
-        ? ""
-        : `; ${mib(rss.idle)} with ${idleCount} idle connections (another process)`;
-      measured.memory = `${spec.label}: ${mib(rss.fresh)} fresh, ${
-        mib(rss.loaded)
-      } after all the load${idle}`;
-    }
+    if (pid !== null) measured.rss.loaded = rssKiB(pid);
   });
-  return measured;
+}
+
+/** The memory line of the report, for targets that have a process of their own. */
+function memoryLine(measured: Measured, idleCount: number): string | null {
+  const { rss, spec } = measured;
+  if (rss.fresh === null && rss.idle === null) return null;
+  const idle = rss.idle === null
+    ? ""
+    : `; ${mib(rss.idle)} with ${idleCount} idle connections (another process)`;
+  return `${spec.label}: ${mib(rss.fresh)} fresh, ${mib(rss.loaded)} after a round of load${idle}`;
+}
+
+/** Every round's figures of one target, for the report: the spread the medians hide. */
+function roundsLine(measured: Measured): string | null {
+  const { samples } = measured;
+  const list = (values: number[], digits: number) =>
+    values.map((value) => value.toLocaleString("en-US", { maximumFractionDigits: digits })).join(" / ");
+  if (samples.keepAliveRps.length === 0 && samples.bulkGbitPerSecond.length === 0) return null;
+  return `${measured.spec.label}: keep-alive ${list(samples.keepAliveRps, 0)} req/s; p99 ${
+    list(samples.p99Ms, 2)
+  } ms; new conn ${list(samples.newConnectionsPerSecond, 0)}/s; bulk ${
+    list(samples.bulkGbitPerSecond, 2)
+  } Gbit/s`;
 }
 
 type Step = (what: string, run: () => Promise<void>) => Promise<void>;
@@ -491,13 +561,30 @@ async function main(): Promise<number> {
       maxConnections: idleCount,
       main: options.main,
     };
-    for (const spec of TARGETS) {
-      if (procs.closed) break;
-      if (options.only !== null && !options.only.includes(spec.key)) continue;
-      results.push(await measureTarget(spec, context, options, idleCount));
+    const checkBackends = () => {
       const dead = started.failure();
       if (dead !== null) {
         throw new Error(`A backend of the bench failed; the figures would be wrong: ${dead}`);
+      }
+    };
+    for (const spec of TARGETS) {
+      if (options.only !== null && !options.only.includes(spec.key)) continue;
+      results.push(newMeasured(spec, context));
+    }
+    const running = () => results.filter((measured) => !measured.skipped && !procs.closed);
+    if (idleCount > 0) {
+      for (const measured of running()) {
+        if (measured.spec.key === "direct") continue;
+        await measureIdle(measured, context, idleCount);
+        checkBackends();
+      }
+    }
+    // Round after round, each target in turn: a burst of other work on the machine then skews one round
+    // of every target alike, and the medians leave it out.
+    for (let round = 1; round <= options.rounds; round++) {
+      for (const measured of running()) {
+        await measureLoad(measured, context, options, `round ${round} of ${options.rounds}`);
+        checkBackends();
       }
     }
   } catch (error) {
@@ -512,10 +599,12 @@ async function main(): Promise<number> {
   }
 
   const elapsedS = (performance.now() - began) / 1_000;
-  const baseline = results.find((result) => result.row.label.startsWith("HAProxy"))?.row ?? null;
-  const table = formatTable(results.map((result) => result.row), baseline);
+  const rows = results.map(rowOf);
+  const baseline = rows.find((row) => row.label.startsWith("HAProxy")) ?? null;
+  const table = formatTable(rows, baseline);
   const allNotes = [...notes, ...results.flatMap((result) => result.notes)];
-  const memory = results.flatMap((result) => result.memory === null ? [] : [result.memory]);
+  const memory = results.flatMap((result) => memoryLine(result, idleCount) ?? []);
+  const rounds = results.flatMap((result) => roundsLine(result) ?? []);
 
   const report = [
     `## switchyard bench — ${new Date().toISOString().slice(0, 19)}Z`,
@@ -524,7 +613,11 @@ async function main(): Promise<number> {
     `deno ${Deno.version.deno}. Backends: HTTP ${httpServer}; ${
       tools.iperf3 ? "bulk an iperf3 server; " : ""
     }idle connections an echo server (Deno).`,
-    `Load: \`wrk -t${options.threads} -c${options.connections} -d${options.durationS}s --latency\` after a ` +
+    `Load: ${options.rounds} round${
+      options.rounds === 1 ? "" : "s"
+    }, each target in turn on a fresh process; ` +
+    `the table gives the median of the rounds. Each round: ` +
+    `\`wrk -t${options.threads} -c${options.connections} -d${options.durationS}s --latency\` after a ` +
     `${options.warmupS} s warm-up; new conn/s adds \`-H 'Connection: close'\`; bulk is ` +
     `\`iperf3 -t ${options.iperfDurationS}\` (one stream); KiB/idle conn is the growth of the proxy's VmRSS ` +
     `(HAProxy, the nginx worker, the switchyard agent) with ${idleCount} connections open, each having ` +
@@ -534,6 +627,7 @@ async function main(): Promise<number> {
     "",
     `Tools: ${versions.join(" · ")}. Took ${Math.round(elapsedS)} s. Load average (1 min) ${loadBefore} ` +
     `before, ${loadAverage()} after: other work on the machine skews every figure.`,
+    ...(rounds.length > 0 ? ["", "Every round:", ...rounds.map((text) => `- ${text}`)] : []),
     ...(memory.length > 0 ? ["", "Resident memory (VmRSS):", ...memory.map((text) => `- ${text}`)] : []),
     ...(allNotes.length > 0 ? ["", "Notes:", ...allNotes.map((text) => `- ${text}`)] : []),
     "",
@@ -543,9 +637,7 @@ async function main(): Promise<number> {
   await Deno.mkdir(out, { recursive: true });
   await Deno.writeTextFile(`${out}latest.md`, report);
   console.error(`Written to bench/out/latest.md`);
-  const switchyardFailed = results.some((result) =>
-    result.failed && TARGETS.find((target) => target.label === result.row.label)?.switchyard
-  );
+  const switchyardFailed = results.some((result) => result.failed && result.spec.switchyard);
   return broken || switchyardFailed ? 1 : 0;
 }
 
