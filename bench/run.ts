@@ -580,9 +580,12 @@ async function main(): Promise<number> {
       }
     }
     // Round after round, each target in turn: a burst of other work on the machine then skews one round
-    // of every target alike, and the medians leave it out.
+    // of every target alike, and the medians leave it out. The order turns by one each round, so no target
+    // always follows the same one (whose sockets in TIME_WAIT, or bulk run, could weigh on it).
     for (let round = 1; round <= options.rounds; round++) {
-      for (const measured of running()) {
+      const targets = running();
+      const turn = (round - 1) % Math.max(1, targets.length);
+      for (const measured of [...targets.slice(turn), ...targets.slice(0, turn)]) {
         await measureLoad(measured, context, options, `round ${round} of ${options.rounds}`);
         checkBackends();
       }
