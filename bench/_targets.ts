@@ -43,8 +43,8 @@ export interface FrontPorts {
 /** A proxy (or the direct path) while it runs. */
 export interface RunningTarget {
   readonly ports: FrontPorts;
-  /** The process whose memory holds the proxied connections; null for the direct path. */
-  memoryPid(): number | null;
+  /** The processes whose memory holds the proxied connections; none for the direct path. */
+  memoryPids(): number[];
   /** Why the target is no longer usable (a process exited), or null while it is fine. */
   failure(): string | null;
   /** Warning and error lines the target logged, for the report. */
@@ -198,7 +198,10 @@ function processTarget(
 ): RunningTarget {
   return {
     ports,
-    memoryPid,
+    memoryPids: () => {
+      const pid = memoryPid();
+      return pid === null ? [] : [pid];
+    },
     failure: () => proc.exit === null ? null : `${proc.name} exited with code ${proc.exit.code}`,
     problems: () => proc.tail.filter((line) => /\[(warn|error|alert|emerg|crit)\]|WARNING|ALERT/i.test(line)),
     stop: () => procs.stop(proc),
@@ -209,7 +212,7 @@ function processTarget(
 export function directTarget(context: StartContext): RunningTarget {
   return {
     ports: { http: context.backends.http, iperf: context.backends.iperf, echo: null },
-    memoryPid: () => null,
+    memoryPids: () => [],
     failure: () => null,
     problems: () => [],
     stop: () => Promise.resolve(),
@@ -293,7 +296,9 @@ function readChildren(pid: number): number[] {
 /** A running switchyard: the manager, the agent and the ports the agent bound for each service. */
 export interface Switchyard extends RunningTarget {
   readonly manager: Proc;
+  /** The first agent (the only one unless `agents` was more). */
   readonly agent: Proc;
+  readonly agents: readonly Proc[];
   readonly admin: string;
   readonly adminToken: string;
   readonly agentAdmin: string | null;
@@ -301,15 +306,25 @@ export interface Switchyard extends RunningTarget {
   readonly bound: Readonly<Record<string, number>>;
 }
 
-/** switchyard's config for the bench: one service per kind of load, every one on port 0. */
+/**
+ * switchyard's config for the bench: one service per kind of load, on port 0 unless `listen` gives the
+ * port (agents sharing a port with reusePort need a fixed one).
+ */
 export function switchyardConfig(
   backends: { http?: number | null; iperf?: number | null; echo?: number | null; rude?: number | null },
-  options: { decide: "agent" | "manager"; adminToken: string; maxConnections: number },
+  options: {
+    decide: "agent" | "manager";
+    adminToken: string;
+    maxConnections: number;
+    listen?: Readonly<Record<string, number>>;
+    handoff?: "claimant" | "local";
+  },
 ): string {
   const service = (name: string, port: number | null | undefined) =>
     port === null || port === undefined ? "" : `  - name: ${name}
-    listen: 127.0.0.1:0
+    listen: 127.0.0.1:${options.listen?.[name] ?? 0}
     decide: ${options.decide}
+    handoff: ${options.handoff ?? "claimant"}
     backends:
       - { address: 127.0.0.1:${port}, weight: 100 }
     timeouts: { connect: 2s, idle: 300s, drain: 1s }
@@ -330,8 +345,10 @@ ${service("http", backends.http)}${service("iperf", backends.iperf)}${service("e
 }
 
 /**
- * Starts one manager and one agent exactly as a user would, and waits until the agent listens for every
- * service in `backends`.
+ * Starts one manager and one agent (or `agents` of them) exactly as a user would, and waits until every
+ * agent listens for every service in `backends`. Several agents share each service's port with reusePort,
+ * as on a host whose cores each run an agent, with `handoff: local` (a handoff between agents of one host
+ * would only add a hop).
  */
 export async function startSwitchyard(
   procs: Processes,
@@ -345,15 +362,26 @@ export async function startSwitchyard(
     main?: string;
     /** V8 flags for both processes; by default those the compiled binary embeds (V8_FLAGS). */
     v8Flags?: readonly string[];
+    /** Agents sharing each service's port (default 1). */
+    agents?: number;
   },
 ): Promise<Switchyard> {
-  const dir = `${options.dir}/switchyard-${options.decide}`;
+  const count = options.agents ?? 1;
+  const dir = `${options.dir}/switchyard-${options.decide}-${count}`;
   await Deno.mkdir(dir, { recursive: true });
   const tokenFile = `${dir}/cluster.token`;
   await Deno.writeTextFile(tokenFile, `${randomHex(32)}\n`);
   const adminToken = randomHex(24);
   const config = `${dir}/switchyard.yaml`;
-  await Deno.writeTextFile(config, switchyardConfig(options.backends, { ...options, adminToken }));
+  const shared = count > 1
+    ? {
+      listen: Object.fromEntries(
+        Object.entries(options.backends).flatMap(([name, port]) => port == null ? [] : [[name, freePort()]]),
+      ),
+      handoff: "local" as const,
+    }
+    : {};
+  await Deno.writeTextFile(config, switchyardConfig(options.backends, { ...options, ...shared, adminToken }));
 
   const main = options.main ?? MAIN;
   const cwd = main.slice(0, main.lastIndexOf("/")) || "/";
@@ -378,40 +406,48 @@ export async function startSwitchyard(
   const admin = String(ready.properties.admin);
 
   const agentAdmin = options.agentAdmin ? `127.0.0.1:${freePort()}` : null;
-  const agent = procs.spawn(`switchyard agent (decide: ${options.decide})`, Deno.execPath(), [
-    ...run,
-    "agent",
-    "--manager",
-    cluster,
-    "--token-file",
-    tokenFile,
-    "--id",
-    "bench-1",
-    "--log-format",
-    "json",
-    ...(agentAdmin ? ["--admin", agentAdmin] : []),
-  ], { cwd });
+  const agents = Array.from(
+    { length: count },
+    (_, i) =>
+      procs.spawn(`switchyard agent ${i + 1} (decide: ${options.decide})`, Deno.execPath(), [
+        ...run,
+        "agent",
+        "--manager",
+        cluster,
+        "--token-file",
+        tokenFile,
+        "--id",
+        `bench-${i + 1}`,
+        "--log-format",
+        "json",
+        ...(agentAdmin && i === 0 ? ["--admin", agentAdmin] : []),
+      ], { cwd }),
+  );
+  const agent = agents[0] as Proc;
   const bound: Record<string, number> = {};
-  for (const [name, port] of Object.entries(options.backends)) {
-    if (port === null || port === undefined) continue;
-    const line = await agent.waitForLog((l) =>
-      l.message.startsWith("Service") && l.properties.service === name && l.properties.bound !== undefined
-    );
-    bound[name] = Number(String(line.properties.bound).split(":").pop());
+  for (const each of agents) {
+    for (const [name, port] of Object.entries(options.backends)) {
+      if (port === null || port === undefined) continue;
+      const line = await each.waitForLog((l) =>
+        l.message.startsWith("Service") && l.properties.service === name && l.properties.bound !== undefined
+      );
+      bound[name] = Number(String(line.properties.bound).split(":").pop());
+    }
   }
   const ports = { http: bound.http ?? 0, iperf: bound.iperf ?? null, echo: bound.echo ?? null };
   const describe = (line: { level: string; message: string }) => `${line.level} ${line.message}`;
   return {
     manager,
     agent,
+    agents,
     admin,
     adminToken,
     agentAdmin,
     bound,
     ports,
-    memoryPid: () => agent.pid,
+    memoryPids: () => agents.map((each) => each.pid),
     failure: () => {
-      for (const proc of [agent, manager]) {
+      for (const proc of [...agents, manager]) {
         if (proc.exit !== null) {
           return `${proc.name} exited with code ${proc.exit.code}: ${proc.tail.slice(-5).join(" | ")}`;
         }
@@ -420,10 +456,12 @@ export async function startSwitchyard(
     },
     problems: () => [
       ...manager.problems.map((line) => `manager: ${describe(line)}`),
-      ...agent.problems.map((line) => `agent: ${describe(line)}`),
+      ...agents.flatMap((each, i) =>
+        each.problems.map((line) => `agent${count > 1 ? ` ${i + 1}` : ""}: ${describe(line)}`)
+      ),
     ],
     stop: async () => {
-      await procs.stop(agent);
+      await Promise.all(agents.map((each) => procs.stop(each)));
       await procs.stop(manager);
     },
   };

@@ -2,7 +2,8 @@
  * `deno task bench`: switchyard side by side with HAProxy and nginx `stream`, on loopback, under the same
  * load, in one command. Starts the backends (nginx HTTP, iperf3 server, an echo server), then each target
  * in turn — the direct path, HAProxy (`mode tcp`, `nbthread 1`), nginx `stream` (one worker), switchyard
- * with `decide: agent` and with `decide: manager` (one manager and one agent each) — and measures:
+ * with `decide: agent` and with `decide: manager` (one manager and one agent each), and with two agents
+ * sharing each port with reusePort (`decide: agent`, `handoff: local`) — and measures:
  *
  * - keep-alive requests/s and p50/p99 latency (wrk), new connections/s (wrk, `Connection: close`);
  * - bulk throughput (iperf3, one stream);
@@ -122,6 +123,21 @@ const TARGETS: readonly TargetSpec[] = [
         main: c.main,
       }),
   })),
+  {
+    key: "agents2",
+    label: "switchyard decide: agent, 2 agents",
+    needs: [],
+    switchyard: true,
+    start: (c: StartContext) =>
+      startSwitchyard(c.procs, {
+        dir: c.dir,
+        backends: c.backends,
+        decide: "agent",
+        maxConnections: c.maxConnections,
+        main: c.main,
+        agents: 2,
+      }),
+  },
 ];
 
 const USAGE = `Usage: deno task bench [--quick] [--rounds N] [--duration S] [--warmup S] [--iperf-duration S]
@@ -350,24 +366,35 @@ async function phase(
   return true;
 }
 
+/** The resident memory of processes together; null when one is gone. */
+function totalRssKiB(pids: readonly number[]): number | null {
+  let total = 0;
+  for (const pid of pids) {
+    const kib = rssKiB(pid);
+    if (kib === null) return null;
+    total += kib;
+  }
+  return total;
+}
+
 /** The memory figure: idle connections held open through a fresh process of the target. */
 async function measureIdle(measured: Measured, context: StartContext, idleCount: number): Promise<void> {
   const { spec } = measured;
   await phase(measured, context, "idle connections", async (target, step) => {
-    const pid = target.memoryPid();
+    const pids = target.memoryPids();
     const echoPort = target.ports.echo;
-    if (pid === null || echoPort === null) return;
+    if (pids.length === 0 || echoPort === null) return;
     await step("idle-connection run", async () => {
       progress(`${spec.key}: ${idleCount} idle connections`);
       await sleep(1_000);
-      const before = rssKiB(pid);
+      const before = totalRssKiB(pids);
       const started = performance.now();
       const crowd = await openIdleCrowd(echoPort, { count: idleCount });
       const openMs = performance.now() - started;
       try {
         await sleep(2_000);
-        const after = rssKiB(pid);
-        if (before === null || after === null) throw new Error(`process ${pid} is gone`);
+        const after = totalRssKiB(pids);
+        if (before === null || after === null) throw new Error(`a process of ${spec.label} is gone`);
         measured.rss.idle = after;
         if (crowd.failed > 0) {
           note(
@@ -401,10 +428,10 @@ async function measureLoad(
   const { wrk, iperf3 } = context.tools;
   const wrkOptions = { threads: options.threads, connections: options.connections };
   await phase(measured, context, `load (${round})`, async (target, step) => {
-    const pid = target.memoryPid();
-    if (pid !== null) {
+    const pids = target.memoryPids();
+    if (pids.length > 0) {
       await sleep(500);
-      measured.rss.fresh ??= rssKiB(pid);
+      measured.rss.fresh ??= totalRssKiB(pids);
     }
     if (wrk !== null) {
       if (options.warmupS > 0) {
@@ -458,7 +485,7 @@ async function measureLoad(
         samples.bulkGbitPerSecond.push(result.gbitPerSecond);
       });
     }
-    if (pid !== null) measured.rss.loaded = rssKiB(pid);
+    if (pids.length > 0) measured.rss.loaded = totalRssKiB(pids);
   });
 }
 
@@ -623,7 +650,7 @@ async function main(): Promise<number> {
     `\`wrk -t${options.threads} -c${options.connections} -d${options.durationS}s --latency\` after a ` +
     `${options.warmupS} s warm-up; new conn/s adds \`-H 'Connection: close'\`; bulk is ` +
     `\`iperf3 -t ${options.iperfDurationS}\` (one stream); KiB/idle conn is the growth of the proxy's VmRSS ` +
-    `(HAProxy, the nginx worker, the switchyard agent) with ${idleCount} connections open, each having ` +
+    `(HAProxy, the nginx worker, the switchyard agents) with ${idleCount} connections open, each having ` +
     "echoed one byte. × HAProxy is the figure divided by HAProxy's (for p50, p99 and KiB lower is better).",
     "",
     table,
