@@ -8,6 +8,7 @@ import { formatHostPort, type HostPort } from "../cluster/address.ts";
 import { constantTimeEqual, proof, randomNonce } from "../cluster/auth.ts";
 import { Channel } from "../cluster/channel.ts";
 import { logger } from "../cluster/log.ts";
+import { PendingDecisions } from "./pending_decisions.ts";
 import {
   type AgentMessage,
   type ClusterState,
@@ -59,7 +60,7 @@ export class ManagerLink {
   readonly #options: ManagerLinkOptions;
   #closed = false;
   #channel: ManagerChannel | null = null;
-  readonly #decisions = new Map<number, (decision: Decision | null) => void>();
+  readonly #decisions = new PendingDecisions<Decision>();
   #nextDecision = 1;
   #wake: (() => void) | null = null;
   #running: Promise<void> | null = null;
@@ -81,21 +82,15 @@ export class ManagerLink {
     const channel = this.#channel;
     if (!channel || !this.#connected) return Promise.resolve(null);
     const id = this.#nextDecision++;
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => finish(null), timeoutMs);
-      const finish = (decision: Decision | null) => {
-        clearTimeout(timer);
-        this.#decisions.delete(id);
-        resolve(decision);
-      };
-      this.#decisions.set(id, finish);
-      channel.send({ type: "decide", id, service, client }).catch(() => finish(null));
-    });
+    const decision = this.#decisions.wait(id, timeoutMs);
+    // A failed write closes the channel; the session then ends and answers every waiter with null.
+    channel.post({ type: "decide", id, service, client });
+    return decision;
   }
 
   /** Sends this agent's open connections per backend, when connected. */
   sendOpenCounts(backends: LinkReport["backends"]): void {
-    if (this.#connected) this.#channel?.send({ type: "open_counts", backends }).catch(() => {});
+    if (this.#connected) this.#channel?.post({ type: "open_counts", backends });
   }
 
   start(): void {
@@ -206,7 +201,7 @@ export class ManagerLink {
       for await (const message of messages) {
         lastHeard = performance.now();
         if (message.type === "decision") {
-          this.#decisions.get(message.id)?.({ backend: message.backend, ttlMs: message.ttlMs });
+          this.#decisions.settle(message.id, { backend: message.backend, ttlMs: message.ttlMs });
         } else if (message.type === "state") {
           this.#options.onState(message.state);
           await channel.send({ type: "ack", version: message.state.version });
@@ -216,7 +211,7 @@ export class ManagerLink {
       }
     } finally {
       this.#connected = false;
-      for (const finish of [...this.#decisions.values()]) finish(null);
+      this.#decisions.settleAll();
       clearTimeout(handshake);
       clearInterval(heartbeat);
       clearInterval(watchdog);

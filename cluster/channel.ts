@@ -10,7 +10,7 @@ export class Channel<In, Out> {
   readonly #encode: (message: Out) => Uint8Array;
   readonly #decoder: FrameDecoder;
   /** Frames waiting to be written, with what to tell their senders; written together in one write. */
-  #queue: Array<{ frame: Uint8Array; done: PromiseWithResolvers<void> }> = [];
+  #queue: Array<{ frame: Uint8Array; done: PromiseWithResolvers<void> | null }> = [];
   #flushing = false;
   #closed = false;
 
@@ -49,6 +49,15 @@ export class Channel<In, Out> {
     return done.promise;
   }
 
+  /**
+   * Queues one message like `send`, with nothing to wait on: for the frames of every new connection
+   * (decisions), which need no promise each. A failed write closes the channel, which ends `messages()`.
+   */
+  post(message: Out): void {
+    this.#queue.push({ frame: this.#encode(message), done: null });
+    if (!this.#flushing) this.#flush();
+  }
+
   async #flush(): Promise<void> {
     this.#flushing = true;
     try {
@@ -69,10 +78,11 @@ export class Channel<In, Out> {
         try {
           let offset = 0;
           while (offset < bytes.length) offset += await this.#conn.write(bytes.subarray(offset));
-          for (const { done } of batch) done.resolve();
+          for (const { done } of batch) done?.resolve();
         } catch (error) {
-          for (const { done } of [...batch, ...this.#queue]) done.reject(error);
+          for (const { done } of [...batch, ...this.#queue]) done?.reject(error);
           this.#queue = [];
+          this.close();
         }
       }
     } finally {

@@ -248,8 +248,7 @@ export class ClusterServer {
         break;
       case "decide": {
         const decision = this.decider.decide(session.id, message.service, message.client.ip);
-        channel.send({ type: "decision", id: message.id, backend: decision.backend, ttlMs: decision.ttlMs })
-          .catch(() => channel.close());
+        channel.post({ type: "decision", id: message.id, backend: decision.backend, ttlMs: decision.ttlMs });
         break;
       }
       case "open_counts":
