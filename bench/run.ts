@@ -87,6 +87,30 @@ interface TargetSpec {
   readonly start: (context: StartContext) => Promise<RunningTarget>;
 }
 
+/** switchyard as a target: one manager and `agents` agents sharing each port. */
+function switchyardTarget(
+  key: string,
+  label: string,
+  decide: "agent" | "manager",
+  agents: number,
+): TargetSpec {
+  return {
+    key,
+    label,
+    needs: [],
+    switchyard: true,
+    start: (c: StartContext) =>
+      startSwitchyard(c.procs, {
+        dir: c.dir,
+        backends: c.backends,
+        decide,
+        maxConnections: c.maxConnections,
+        main: c.main,
+        agents,
+      }),
+  };
+}
+
 const TARGETS: readonly TargetSpec[] = [
   {
     key: "direct",
@@ -109,35 +133,9 @@ const TARGETS: readonly TargetSpec[] = [
     switchyard: false,
     start: startNginxStream,
   },
-  ...(["agent", "manager"] as const).map((decide) => ({
-    key: decide,
-    label: `switchyard decide: ${decide}`,
-    needs: [],
-    switchyard: true,
-    start: (c: StartContext) =>
-      startSwitchyard(c.procs, {
-        dir: c.dir,
-        backends: c.backends,
-        decide,
-        maxConnections: c.maxConnections,
-        main: c.main,
-      }),
-  })),
-  {
-    key: "agents2",
-    label: "switchyard decide: agent, 2 agents",
-    needs: [],
-    switchyard: true,
-    start: (c: StartContext) =>
-      startSwitchyard(c.procs, {
-        dir: c.dir,
-        backends: c.backends,
-        decide: "agent",
-        maxConnections: c.maxConnections,
-        main: c.main,
-        agents: 2,
-      }),
-  },
+  switchyardTarget("agent", "switchyard decide: agent", "agent", 1),
+  switchyardTarget("manager", "switchyard decide: manager", "manager", 1),
+  switchyardTarget("agents2", "switchyard decide: agent, 2 agents", "agent", 2),
 ];
 
 const USAGE = `Usage: deno task bench [--quick] [--rounds N] [--duration S] [--warmup S] [--iperf-duration S]
