@@ -349,6 +349,23 @@ export function rssKiB(pid: number): number | null {
   }
 }
 
+/**
+ * CPU time a process has used so far, user and system, all its threads, in milliseconds; null when it is
+ * gone. From /proc/<pid>/stat, whose times are in clock ticks of 1/100 s (USER_HZ on Linux).
+ */
+export function cpuMs(pid: number): number | null {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    // The command name (field 2) may hold spaces; the fields after it are counted from its closing ")".
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const utime = Number(fields[11]);
+    const stime = Number(fields[12]);
+    return Number.isFinite(utime) && Number.isFinite(stime) ? (utime + stime) * 10 : null;
+  } catch {
+    return null;
+  }
+}
+
 const taken = new Set<number>();
 
 /**

@@ -45,6 +45,8 @@ export interface RunningTarget {
   readonly ports: FrontPorts;
   /** The processes whose memory holds the proxied connections; none for the direct path. */
   memoryPids(): number[];
+  /** The processes whose CPU time a connection costs (for switchyard the agents and the manager). */
+  cpuPids(): number[];
   /** Why the target is no longer usable (a process exited), or null while it is fine. */
   failure(): string | null;
   /** Warning and error lines the target logged, for the report. */
@@ -196,12 +198,15 @@ function processTarget(
   ports: FrontPorts,
   memoryPid: () => number | null,
 ): RunningTarget {
+  // One process holds the connections and does the work (HAProxy, the nginx worker).
+  const pids = () => {
+    const pid = memoryPid();
+    return pid === null ? [] : [pid];
+  };
   return {
     ports,
-    memoryPids: () => {
-      const pid = memoryPid();
-      return pid === null ? [] : [pid];
-    },
+    memoryPids: pids,
+    cpuPids: pids,
     failure: () => proc.exit === null ? null : `${proc.name} exited with code ${proc.exit.code}`,
     problems: () => proc.tail.filter((line) => /\[(warn|error|alert|emerg|crit)\]|WARNING|ALERT/i.test(line)),
     stop: () => procs.stop(proc),
@@ -213,6 +218,7 @@ export function directTarget(context: StartContext): RunningTarget {
   return {
     ports: { http: context.backends.http, iperf: context.backends.iperf, echo: null },
     memoryPids: () => [],
+    cpuPids: () => [],
     failure: () => null,
     problems: () => [],
     stop: () => Promise.resolve(),
@@ -446,6 +452,7 @@ export async function startSwitchyard(
     bound,
     ports,
     memoryPids: () => agents.map((each) => each.pid),
+    cpuPids: () => [...agents.map((each) => each.pid), manager.pid],
     failure: () => {
       for (const proc of [...agents, manager]) {
         if (proc.exit !== null) {

@@ -22,6 +22,7 @@ import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { openIdleCrowd, runIperf, runWrk, type WrkResult } from "./_load.ts";
 import {
+  cpuMs,
   ensureOpenFileLimit,
   findExecutable,
   killBoundedRuns,
@@ -259,6 +260,8 @@ interface Measured {
     p99Ms: number[];
     newConnectionsPerSecond: number[];
     bulkGbitPerSecond: number[];
+    /** CPU time of the target's processes per connection in the Connection: close run, µs. */
+    cpuUsPerConnection: number[];
   };
   kibPerIdleConnection: number | null;
   readonly notes: string[];
@@ -282,7 +285,14 @@ const mib = (kib: number | null) => kib === null ? "?" : `${(kib / 1024).toFixed
 function newMeasured(spec: TargetSpec, context: StartContext): Measured {
   const measured: Measured = {
     spec,
-    samples: { keepAliveRps: [], p50Ms: [], p99Ms: [], newConnectionsPerSecond: [], bulkGbitPerSecond: [] },
+    samples: {
+      keepAliveRps: [],
+      p50Ms: [],
+      p99Ms: [],
+      newConnectionsPerSecond: [],
+      bulkGbitPerSecond: [],
+      cpuUsPerConnection: [],
+    },
     kibPerIdleConnection: null,
     notes: [],
     failed: false,
@@ -375,6 +385,18 @@ function totalRssKiB(pids: readonly number[]): number | null {
   return total;
 }
 
+/** The CPU time of processes together, in ms; null when there are none or one is gone. */
+function totalCpuMs(pids: readonly number[]): number | null {
+  if (pids.length === 0) return null;
+  let total = 0;
+  for (const pid of pids) {
+    const ms = cpuMs(pid);
+    if (ms === null) return null;
+    total += ms;
+  }
+  return total;
+}
+
 /** The memory figure: idle connections held open through a fresh process of the target. */
 async function measureIdle(measured: Measured, context: StartContext, idleCount: number): Promise<void> {
   const { spec } = measured;
@@ -458,13 +480,22 @@ async function measureLoad(
       });
       await step("new-connection run", async () => {
         progress(`${spec.key}: Connection: close, ${options.durationS} s (${round})`);
+        const cpuPids = target.cpuPids();
+        const cpuBefore = totalCpuMs(cpuPids);
         const result = await runWrk(wrk, target.ports.http, {
           ...wrkOptions,
           durationS: options.durationS,
           close: true,
         });
-        progress(`${spec.key}:   ${describeWrk(result)}`);
+        const cpuAfter = totalCpuMs(cpuPids);
+        const cpuUs = cpuBefore === null || cpuAfter === null || result.requests === 0
+          ? null
+          : (cpuAfter - cpuBefore) * 1_000 / result.requests;
+        progress(
+          `${spec.key}:   ${describeWrk(result)}${cpuUs === null ? "" : `, ${cpuUs.toFixed(0)} µs CPU each`}`,
+        );
         samples.newConnectionsPerSecond.push(result.requestsPerSecond);
+        if (cpuUs !== null) samples.cpuUsPerConnection.push(cpuUs);
         if (result.errors > 0) {
           note(
             measured,
@@ -495,6 +526,22 @@ function memoryLine(measured: Measured, idleCount: number): string | null {
     ? ""
     : `; ${mib(rss.idle)} with ${idleCount} idle connections (another process)`;
   return `${spec.label}: ${mib(rss.fresh)} fresh, ${mib(rss.loaded)} after a round of load${idle}`;
+}
+
+/**
+ * CPU per new connection of every target that has processes, with its ratio to HAProxy's: on a machine the
+ * load generator and backend share, this cost, not the proxy's design, sets the new-connection rate.
+ */
+function cpuLines(results: readonly Measured[]): string[] {
+  const haproxy = median(
+    results.find((result) => result.spec.key === "haproxy")?.samples.cpuUsPerConnection ?? [],
+  );
+  return results.flatMap((result) => {
+    const us = median(result.samples.cpuUsPerConnection);
+    if (us === null) return [];
+    const ratio = haproxy === null || haproxy === 0 ? "" : ` (${(us / haproxy).toFixed(2)}× HAProxy)`;
+    return [`${result.spec.label}: ${us.toFixed(0)} µs${ratio}`];
+  });
 }
 
 /** Every round's figures of one target, for the report: the spread the medians hide. */
@@ -583,7 +630,8 @@ async function main(): Promise<number> {
       tools,
       dir,
       backends: started.ports,
-      maxConnections: idleCount,
+      // Every proxy must take the idle connections, and wrk's (with --idle 0 too) with room to spare.
+      maxConnections: Math.max(idleCount, options.connections + 100),
       main: options.main,
     };
     const checkBackends = () => {
@@ -633,6 +681,7 @@ async function main(): Promise<number> {
   const allNotes = [...notes, ...results.flatMap((result) => result.notes)];
   const memory = results.flatMap((result) => memoryLine(result, idleCount) ?? []);
   const rounds = results.flatMap((result) => roundsLine(result) ?? []);
+  const cpu = cpuLines(results);
 
   const report = [
     `## switchyard bench — ${new Date().toISOString().slice(0, 19)}Z`,
@@ -655,6 +704,14 @@ async function main(): Promise<number> {
     "",
     `Tools: ${versions.join(" · ")}. Took ${Math.round(elapsedS)} s. Load average (1 min) ${loadBefore} ` +
     `before, ${loadAverage()} after: other work on the machine skews every figure.`,
+    ...(cpu.length > 0
+      ? [
+        "",
+        "CPU per new connection (user and system time of the proxy's processes over the Connection: close " +
+        "run, per connection; for switchyard the agents and the manager; median of the rounds):",
+        ...cpu.map((text) => `- ${text}`),
+      ]
+      : []),
     ...(rounds.length > 0 ? ["", "Every round:", ...rounds.map((text) => `- ${text}`)] : []),
     ...(memory.length > 0 ? ["", "Resident memory (VmRSS):", ...memory.map((text) => `- ${text}`)] : []),
     ...(allNotes.length > 0 ? ["", "Notes:", ...allNotes.map((text) => `- ${text}`)] : []),
