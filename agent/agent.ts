@@ -384,16 +384,15 @@ export class Agent {
     this.#draining = true;
     clearInterval(this.#sweep);
     for (const service of this.#services.values()) this.#closeListener(service);
-    for (const flow of this.#flows.snapshot()) closeFlow(flow);
     clearTimeout(this.#openCountsTimer);
     this.#openCountsTimer = undefined;
     await this.#meshSwitch;
     await this.#mesh?.close();
     await this.#link?.close();
     this.#connector.close();
+    // Setups wait on connects and decisions, never on flows: once they are done (the connector and the
+    // link are closed, so at once), no flow starts any more, and closing every flow ends its pumps.
     await this.#handlers.whenIdle();
-    // Closed above, every flow's pumps end at once; flows started by setups that were still under way
-    // are closed too (draining is set, so nothing new starts after them).
     for (const flow of this.#flows.snapshot()) closeFlow(flow);
     while (this.#flows.size > 0) await new Promise((resolve) => setTimeout(resolve, 5));
     await Promise.allSettled([...this.#services.values()].map((s) => s.accepting));
@@ -796,9 +795,8 @@ export class Agent {
     flow.service.open--;
     const load = flow.load;
     if (load !== null) {
-      if (--load.open === 0 && this.#openByBackend.get(load.key) === load) {
-        this.#openByBackend.delete(load.key);
-      }
+      // A load is in the map exactly while it has open flows.
+      if (--load.open === 0) this.#openByBackend.delete(load.key);
       this.#openCountsChanged();
     }
   }

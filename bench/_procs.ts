@@ -412,3 +412,26 @@ export function randomHex(bytes = 16): string {
     "",
   );
 }
+
+/**
+ * A run's cleanup (stop its processes, remove its folder), done once: at the first SIGINT or SIGTERM,
+ * which then exits with 130, or when the returned function is called, which also stops listening.
+ */
+export function cleanupOnInterrupt(what: string, cleanup: () => Promise<void>): () => Promise<void> {
+  let cleaned: Promise<void> | null = null;
+  const once = () => cleaned ??= cleanup();
+  const interrupted = (signal: Deno.Signal) => async () => {
+    console.error(`\n${signal}: stopping every process of the ${what}`);
+    await once();
+    Deno.exit(130);
+  };
+  const onInt = interrupted("SIGINT");
+  const onTerm = interrupted("SIGTERM");
+  Deno.addSignalListener("SIGINT", onInt);
+  Deno.addSignalListener("SIGTERM", onTerm);
+  return async () => {
+    await once();
+    Deno.removeSignalListener("SIGINT", onInt);
+    Deno.removeSignalListener("SIGTERM", onTerm);
+  };
+}

@@ -22,6 +22,7 @@ import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { openIdleCrowd, runIperf, runWrk, type WrkResult } from "./_load.ts";
 import {
+  cleanupOnInterrupt,
   cpuMs,
   ensureOpenFileLimit,
   findExecutable,
@@ -374,27 +375,16 @@ async function phase(
   return true;
 }
 
-/** The resident memory of processes together; null when one is gone. */
-function totalRssKiB(pids: readonly number[]): number | null {
-  let total = 0;
-  for (const pid of pids) {
-    const kib = rssKiB(pid);
-    if (kib === null) return null;
-    total += kib;
-  }
-  return total;
-}
-
-/** The CPU time of processes together, in ms; null when there are none or one is gone. */
-function totalCpuMs(pids: readonly number[]): number | null {
+/** `read` (RSS in KiB, CPU time in ms) of processes together; null when there are none or one is gone. */
+function total(pids: readonly number[], read: (pid: number) => number | null): number | null {
   if (pids.length === 0) return null;
-  let total = 0;
+  let sum = 0;
   for (const pid of pids) {
-    const ms = cpuMs(pid);
-    if (ms === null) return null;
-    total += ms;
+    const value = read(pid);
+    if (value === null) return null;
+    sum += value;
   }
-  return total;
+  return sum;
 }
 
 /** The memory figure: idle connections held open through a fresh process of the target. */
@@ -407,13 +397,13 @@ async function measureIdle(measured: Measured, context: StartContext, idleCount:
     await step("idle-connection run", async () => {
       progress(`${spec.key}: ${idleCount} idle connections`);
       await sleep(1_000);
-      const before = totalRssKiB(pids);
+      const before = total(pids, rssKiB);
       const started = performance.now();
       const crowd = await openIdleCrowd(echoPort, { count: idleCount });
       const openMs = performance.now() - started;
       try {
         await sleep(2_000);
-        const after = totalRssKiB(pids);
+        const after = total(pids, rssKiB);
         if (before === null || after === null) throw new Error(`a process of ${spec.label} is gone`);
         measured.rss.idle = after;
         if (crowd.failed > 0) {
@@ -451,7 +441,7 @@ async function measureLoad(
     const pids = target.memoryPids();
     if (pids.length > 0) {
       await sleep(500);
-      measured.rss.fresh ??= totalRssKiB(pids);
+      measured.rss.fresh ??= total(pids, rssKiB);
     }
     if (wrk !== null) {
       if (options.warmupS > 0) {
@@ -481,13 +471,13 @@ async function measureLoad(
       await step("new-connection run", async () => {
         progress(`${spec.key}: Connection: close, ${options.durationS} s (${round})`);
         const cpuPids = target.cpuPids();
-        const cpuBefore = totalCpuMs(cpuPids);
+        const cpuBefore = total(cpuPids, cpuMs);
         const result = await runWrk(wrk, target.ports.http, {
           ...wrkOptions,
           durationS: options.durationS,
           close: true,
         });
-        const cpuAfter = totalCpuMs(cpuPids);
+        const cpuAfter = total(cpuPids, cpuMs);
         const cpuUs = cpuBefore === null || cpuAfter === null || result.requests === 0
           ? null
           : (cpuAfter - cpuBefore) * 1_000 / result.requests;
@@ -514,7 +504,7 @@ async function measureLoad(
         samples.bulkGbitPerSecond.push(result.gbitPerSecond);
       });
     }
-    if (pids.length > 0) measured.rss.loaded = totalRssKiB(pids);
+    if (pids.length > 0) measured.rss.loaded = total(pids, rssKiB);
   });
 }
 
@@ -602,22 +592,11 @@ async function main(): Promise<number> {
 
   const procs = new Processes();
   const dir = await Deno.makeTempDir({ prefix: "switchyard-bench-" });
-  let cleaned: Promise<void> | null = null;
-  const cleanup = () =>
-    cleaned ??= (async () => {
-      killBoundedRuns();
-      await procs.stopAll();
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
-    })();
-  const interrupted = (signal: Deno.Signal) => async () => {
-    console.error(`\n${signal}: stopping every process of the bench`);
-    await cleanup();
-    Deno.exit(130);
-  };
-  const onInt = interrupted("SIGINT");
-  const onTerm = interrupted("SIGTERM");
-  Deno.addSignalListener("SIGINT", onInt);
-  Deno.addSignalListener("SIGTERM", onTerm);
+  const cleanup = cleanupOnInterrupt("bench", async () => {
+    killBoundedRuns();
+    await procs.stopAll();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  });
 
   const results: Measured[] = [];
   let httpServer = "";
@@ -670,8 +649,6 @@ async function main(): Promise<number> {
     broken = true;
   } finally {
     await cleanup();
-    Deno.removeSignalListener("SIGINT", onInt);
-    Deno.removeSignalListener("SIGTERM", onTerm);
   }
 
   const elapsedS = (performance.now() - began) / 1_000;

@@ -17,7 +17,14 @@
 import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import { HTTP_BODY } from "./_backends.ts";
-import { ensureOpenFileLimit, findExecutable, Processes, rssKiB, sleep } from "./_procs.ts";
+import {
+  cleanupOnInterrupt,
+  ensureOpenFileLimit,
+  findExecutable,
+  Processes,
+  rssKiB,
+  sleep,
+} from "./_procs.ts";
 import { findNginxStream, MAIN, startBackends, startSwitchyard, type Switchyard } from "./_targets.ts";
 
 /** Every default of the soak. */
@@ -372,21 +379,10 @@ async function main(): Promise<number> {
   };
   const procs = new Processes();
   const dir = await Deno.makeTempDir({ prefix: "switchyard-soak-" });
-  let cleaned: Promise<void> | null = null;
-  const cleanup = () =>
-    cleaned ??= (async () => {
-      await procs.stopAll();
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
-    })();
-  const interrupted = (signal: Deno.Signal) => async () => {
-    console.error(`\n${signal}: stopping every process of the soak`);
-    await cleanup();
-    Deno.exit(130);
-  };
-  const onInt = interrupted("SIGINT");
-  const onTerm = interrupted("SIGTERM");
-  Deno.addSignalListener("SIGINT", onInt);
-  Deno.addSignalListener("SIGTERM", onTerm);
+  const cleanup = cleanupOnInterrupt("soak", async () => {
+    await procs.stopAll();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  });
 
   const began = performance.now();
   const tally = new Tally();
@@ -471,8 +467,6 @@ async function main(): Promise<number> {
     failures.push(`the soak could not run: ${error instanceof Error ? error.message : String(error)}`);
   } finally {
     await cleanup();
-    Deno.removeSignalListener("SIGINT", onInt);
-    Deno.removeSignalListener("SIGTERM", onTerm);
   }
 
   const at = (fraction: number) => {

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { freeFixedPort, waitForPort } from "../tests/_helpers.ts";
 import { ipBytes } from "./flow_key.ts";
 import {
   decodeProxyHeader,
@@ -776,8 +777,8 @@ Deno.test({
   ignore: !haproxyInstalled,
   async fn() {
     const backend = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const fromV1 = freePort(); // frontend whose server line has send-proxy
-    const fromV2 = freePort(); // frontend whose server line has send-proxy-v2, with a CRC32C
+    const fromV1 = freeFixedPort(); // frontend whose server line has send-proxy
+    const fromV2 = freeFixedPort(); // frontend whose server line has send-proxy-v2, with a CRC32C
     const dir = await Deno.makeTempDir({ prefix: "switchyard_haproxy_" });
     const config = `${dir}/haproxy.cfg`;
     await Deno.writeTextFile(
@@ -811,7 +812,7 @@ Deno.test({
     const status = haproxy.status.then(() => exited = true);
     let failure: unknown = null;
     try {
-      for (const port of [fromV1, fromV2]) await waitForPort(port, () => exited);
+      for (const port of [fromV1, fromV2]) await waitForPort(port, { what: "HAProxy", exited: () => exited });
 
       // A header HAProxy must refuse: it checks our CRC32C, so one changed byte gets the client dropped.
       const corrupt = encodeProxyV2(CLIENT, SERVICE, { tlvs: [CRC_TLV] });
@@ -875,33 +876,6 @@ Deno.test({
 
 const PAYLOAD = ascii("hello from the client\n");
 const REPLY = ascii("hello from the backend\n");
-
-/**
- * A port that was free a moment ago. Everywhere else tests bind port 0 and read the port back; HAProxy
- * cannot report the port it bound, so for it alone a port is picked here, released, and handed over.
- */
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr;
-  listener.close();
-  return port;
-}
-
-async function waitForPort(port: number, exited: () => boolean): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    try {
-      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-      return;
-    } catch (error) {
-      if (exited()) throw new Error(`HAProxy exited before listening on port ${port}`);
-      if (Date.now() > deadline) {
-        throw new Error(`HAProxy did not listen on port ${port} within 10 s`, { cause: error });
-      }
-      await new Promise((resolve) => setTimeout(resolve, 25));
-    }
-  }
-}
 
 /**
  * Sends `header` and the client's first bytes through HAProxy at `port`; returns the header HAProxy's

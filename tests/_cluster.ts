@@ -197,21 +197,6 @@ export async function connectAndReadLine(port: number, options: { localAddress?:
   };
 }
 
-/** A port outside the ephemeral range that nothing listens on now, for a manager that must restart on the same port. */
-export function freeFixedPort(): number {
-  for (let attempt = 0; attempt < 100; attempt++) {
-    const port = 20_000 + Math.floor(Math.random() * 10_000);
-    try {
-      const probe = Deno.listen({ hostname: "127.0.0.1", port });
-      probe.close();
-      return port;
-    } catch {
-      // taken; try another
-    }
-  }
-  throw new Error("No free port found between 20000 and 30000");
-}
-
 /** One unlabelled figure from an agent's `--admin` `/metrics` (NaN when absent). */
 export async function agentMetric(admin: string, name: string): Promise<number> {
   const text = await (await fetch(`http://${admin}/metrics`)).text();

@@ -257,3 +257,41 @@ export async function blackhole(): Promise<{ port: number; close(): void }> {
     if (queued.length > 10_000) throw new Error("the accept queue never filled");
   }
 }
+
+/**
+ * A port outside the ephemeral range that nothing listens on now, for a process that cannot bind port 0
+ * and report it (HAProxy) or must restart on the same port (the manager).
+ */
+export function freeFixedPort(): number {
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 10_000);
+    try {
+      const probe = Deno.listen({ hostname: "127.0.0.1", port });
+      probe.close();
+      return port;
+    } catch {
+      // taken; try another
+    }
+  }
+  throw new Error("No free port found between 20000 and 30000");
+}
+
+/** Waits until something accepts TCP connections on `port` (10 s at most); `exited` ends the wait early. */
+export async function waitForPort(
+  port: number,
+  options: { what: string; exited?: () => boolean },
+): Promise<void> {
+  const deadline = performance.now() + 10_000;
+  for (;;) {
+    try {
+      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+      return;
+    } catch (error) {
+      if (options.exited?.()) throw new Error(`${options.what} exited before listening on port ${port}`);
+      if (performance.now() > deadline) {
+        throw new Error(`${options.what} did not listen on port ${port} within 10 s`, { cause: error });
+      }
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+  }
+}

@@ -4,8 +4,8 @@
  * while the manager is gone.
  */
 import assert from "node:assert/strict";
-import { eventually, type LogLine, Proc } from "./_helpers.ts";
-import { connectAndReadLine, freeFixedPort, startNamedBackend, startTestCluster } from "./_cluster.ts";
+import { eventually, freeFixedPort, type LogLine, Proc } from "./_helpers.ts";
+import { connectAndReadLine, startNamedBackend, startTestCluster } from "./_cluster.ts";
 
 interface AgentsView {
   agents: Array<

@@ -6,8 +6,8 @@
  * of those is traced to that agent through the agents' own log lines.
  */
 import assert from "node:assert/strict";
-import { ADMIN_TOKEN, freeFixedPort, startTestCluster, type TestCluster } from "./_cluster.ts";
-import { eventually, type LogLine, type Proc } from "./_helpers.ts";
+import { ADMIN_TOKEN, startTestCluster, type TestCluster } from "./_cluster.ts";
+import { eventually, freeFixedPort, type LogLine, type Proc } from "./_helpers.ts";
 import {
   type HeldConnection,
   holdConnection,

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { decodeProxyHeader } from "../cluster/proxy_protocol.ts";
 import { startTestCluster } from "./_cluster.ts";
-import { readAll, writeAll } from "./_helpers.ts";
+import { freeFixedPort, readAll, waitForPort, writeAll } from "./_helpers.ts";
 
 const HAPROXY = "/usr/sbin/haproxy";
 const installed = (() => {
@@ -17,29 +17,6 @@ const installed = (() => {
   }
 })();
 const NAME = "an agent's PROXY v1 and v2 headers carry the client's address through HAProxy accept-proxy";
-
-/** HAProxy cannot report the port it bound: a port is picked here, released and handed over (only for HAProxy). */
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr;
-  listener.close();
-  return port;
-}
-
-async function waitForPort(port: number): Promise<void> {
-  const deadline = performance.now() + 10_000;
-  for (;;) {
-    try {
-      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-      return;
-    } catch (error) {
-      if (performance.now() > deadline) {
-        throw new Error(`HAProxy did not listen on ${port}`, { cause: error });
-      }
-      await new Promise((resolve) => setTimeout(resolve, 25));
-    }
-  }
-}
 
 Deno.test({
   name: installed ? NAME : `${NAME} (ignored: ${HAPROXY} is not installed; bash .ci/run installs it)`,
@@ -63,8 +40,8 @@ Deno.test({
         }
       }
     })().catch(() => {});
-    const v1Port = freePort();
-    const v2Port = freePort();
+    const v1Port = freeFixedPort();
+    const v2Port = freeFixedPort();
     const dir = await Deno.makeTempDir({ prefix: "switchyard-haproxy-" });
     await Deno.writeTextFile(
       `${dir}/haproxy.cfg`,
@@ -118,7 +95,7 @@ Deno.test({
       throw error;
     });
     try {
-      await Promise.all([waitForPort(v1Port), waitForPort(v2Port)]);
+      await Promise.all([v1Port, v2Port].map((port) => waitForPort(port, { what: "HAProxy" })));
       const agent = cluster.agents[0]!;
       for (const service of ["pp1", "pp2"]) {
         const line = await agent.proc.waitForLog((l) =>
