@@ -239,9 +239,13 @@ function feedbackCase(rng: Rng): FeedbackCase {
     }
   }
   if (roll < 0.85) {
+    // Every body is 1 byte to 64 KiB over the limit, whichever way it is padded.
+    const over = rng.int(1, 64 * 1024);
     const valid = JSON.stringify(validReport(rng, "web"));
-    const pad = MAX_BODY_BYTES - valid.length + rng.int(1, 64 * 1024);
-    const body = rng.next() < 0.5 ? valid + " ".repeat(pad) : `{"service":"${"w".repeat(pad)}"}`;
+    const wrapper = `{"service":""}`;
+    const body = rng.next() < 0.5
+      ? valid + " ".repeat(MAX_BODY_BYTES - valid.length + over)
+      : `{"service":"${"w".repeat(MAX_BODY_BYTES - wrapper.length + over)}"}`;
     return { kind: "oversized body", body, authorization, expect: [413] };
   }
   if (roll < 0.9) {
