@@ -664,6 +664,19 @@ async function clusterSnapshot(cluster: TestCluster) {
   };
 }
 
+/** Waits until `count` agents have joined and acknowledged the manager's current state: nothing is settling. */
+async function untilSettled(cluster: TestCluster, count: number): Promise<void> {
+  await eventually(
+    async () => {
+      const snapshot = await clusterSnapshot(cluster);
+      return snapshot.agents.length === count &&
+        snapshot.agents.every((a) => a.state_version === snapshot.version);
+    },
+    10_000,
+    `${count} agent(s) serving the current state`,
+  );
+}
+
 const joins = (proc: Proc) => proc.logs.filter((l) => l.message.startsWith("Joined the manager")).length;
 
 Deno.test("about 4,000 garbage, oversized, truncated and wrong-shape frames on the cluster port: each closed by the manager, nothing changes", async () => {
@@ -678,24 +691,7 @@ Deno.test("about 4,000 garbage, oversized, truncated and wrong-shape frames on t
     }],
   });
   try {
-    // Both joined and both acknowledged the manager's current state, so nothing is still settling.
-    await eventually(
-      async () => {
-        const snapshot = await clusterSnapshot(cluster);
-        return snapshot.agents.length === 2 &&
-          snapshot.agents.every((a) => a.state_version === snapshot.version);
-      },
-      10_000,
-      "2 agents serving the current state",
-    );
-    await eventually(
-      async () => {
-        const s = await clusterSnapshot(cluster);
-        return s.agents.every((a) => a.state_version === s.version);
-      },
-      5_000,
-      "the agents to ack the state",
-    );
+    await untilSettled(cluster, 2);
     const before = await clusterSnapshot(cluster);
     const joinsBefore = cluster.agents.map((a) => joins(a.proc));
     const refusedBefore = cluster.manager.logs.filter((l) => l.message.startsWith("Refused peer")).length;
@@ -781,16 +777,7 @@ Deno.test("unauthenticated peers streaming frames of up to 16 MiB on the cluster
     }],
   });
   try {
-    // The agent joined and acknowledged the manager's current state, so nothing is still settling.
-    await eventually(
-      async () => {
-        const snapshot = await clusterSnapshot(cluster);
-        return snapshot.agents.length === 1 &&
-          snapshot.agents.every((a) => a.state_version === snapshot.version);
-      },
-      10_000,
-      "the agent serving the current state",
-    );
+    await untilSettled(cluster, 1);
     const before = await clusterSnapshot(cluster);
     const port = Number(cluster.cluster.split(":").pop());
     const pid = cluster.manager.child.pid;
@@ -864,16 +851,7 @@ Deno.test("a flood of 4,000 idle connections to the cluster port: the manager's 
   });
   const flood: Deno.Conn[] = [];
   try {
-    // Both joined and both acknowledged the manager's current state, so nothing is still settling.
-    await eventually(
-      async () => {
-        const snapshot = await clusterSnapshot(cluster);
-        return snapshot.agents.length === 2 &&
-          snapshot.agents.every((a) => a.state_version === snapshot.version);
-      },
-      10_000,
-      "2 agents serving the current state",
-    );
+    await untilSettled(cluster, 2);
     const before = await clusterSnapshot(cluster);
     const joinsBefore = cluster.agents.map((a) => joins(a.proc));
     const port = Number(cluster.cluster.split(":").pop());
