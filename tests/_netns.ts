@@ -35,12 +35,34 @@ export async function netnsUnavailable(): Promise<string | null> {
   return null;
 }
 
-/** A switchyard role run inside a namespace with `ip netns exec` (which execs: the pid is the role's). */
-/** A switchyard sub-command run inside a network namespace: a `Proc` started with `ip netns exec`. */
+/** A switchyard sub-command run inside a network namespace: a `Proc` started with `ip netns exec` (which
+ * execs: the pid is the role's). */
 export class NsProc extends Proc {
   constructor(ns: string, args: string[]) {
     super(args, { netns: ns });
   }
+}
+
+/**
+ * The arguments of agent `id` joining `manager` with the token in `dir/cluster.token`: it takes handed-off
+ * flows on a free port of 127.0.0.1 and logs JSON lines from debug up.
+ */
+export function meshAgentArgs(manager: string, dir: string, id: string): string[] {
+  return [
+    "agent",
+    "--manager",
+    manager,
+    "--token-file",
+    `${dir}/cluster.token`,
+    "--id",
+    id,
+    "--mesh",
+    "127.0.0.1:0",
+    "--log-format",
+    "json",
+    "--log-level",
+    "debug",
+  ];
 }
 
 /** The namespaces and veths of one test, named after this process so that concurrent runs never meet. */

@@ -13,7 +13,7 @@ import assert from "node:assert/strict";
 import { ADMIN_TOKEN, CLUSTER_TOKEN } from "./_cluster.ts";
 import { eventually } from "./_helpers.ts";
 import { sleep, startGreeter, startLoad, summarize } from "./_load.ts";
-import { netnsUnavailable, NsProc, TestNetwork } from "./_netns.ts";
+import { meshAgentArgs, netnsUnavailable, NsProc, TestNetwork } from "./_netns.ts";
 
 const NAME =
   "a manager partitioned off by a cut veth: agents serve every client throughout, then rejoin and converge";
@@ -90,21 +90,7 @@ Deno.test({
       };
       const agents: Array<{ id: string; proc: NsProc; port: number }> = [];
       for (const id of ["agent-1", "agent-2"]) {
-        const proc = new NsProc(nsA, [
-          "agent",
-          "--manager",
-          clusterAddr,
-          "--token-file",
-          `${dir}/cluster.token`,
-          "--id",
-          id,
-          "--mesh",
-          "127.0.0.1:0",
-          "--log-format",
-          "json",
-          "--log-level",
-          "debug",
-        ]);
+        const proc = new NsProc(nsA, meshAgentArgs(clusterAddr, dir, id));
         procs.push(proc);
         const line = await proc.waitForLog((l) =>
           l.message.startsWith("Service") && l.properties.service === "web"

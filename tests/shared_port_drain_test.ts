@@ -15,7 +15,7 @@ import { fileURLToPath } from "node:url";
 import { CLUSTER_TOKEN } from "./_cluster.ts";
 import { eventually } from "./_helpers.ts";
 import { sleep, startGreeter, startLoad, summarize } from "./_load.ts";
-import { netnsUnavailable, NsProc, TestNetwork } from "./_netns.ts";
+import { meshAgentArgs, netnsUnavailable, NsProc, TestNetwork } from "./_netns.ts";
 
 const NAME =
   "an agent SIGTERMed while it shares the service port with two others (reusePort): no connection fails";
@@ -83,22 +83,9 @@ Deno.test({
       const cluster = String(
         (await manager.waitForLog((l) => l.message.startsWith("Manager serving"))).properties.cluster,
       );
+      const tokenDir = dir;
       const agents = ["agent-1", "agent-2", "agent-3"].map((id) => {
-        const agent = new NsProc(ns, [
-          "agent",
-          "--manager",
-          cluster,
-          "--token-file",
-          `${dir}/cluster.token`,
-          "--id",
-          id,
-          "--mesh",
-          "127.0.0.1:0",
-          "--log-format",
-          "json",
-          "--log-level",
-          "debug",
-        ]);
+        const agent = new NsProc(ns, meshAgentArgs(cluster, tokenDir, id));
         procs.push(agent);
         return agent;
       });
