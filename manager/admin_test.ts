@@ -1,6 +1,6 @@
-import { Decider } from "./decide.ts";
 import assert from "node:assert/strict";
-import { createAdminApp, MAX_BODY_BYTES } from "./admin.ts";
+import { MAX_BODY_BYTES } from "./admin.ts";
+import { testAdminApp } from "./_test_admin_app.ts";
 import { type Config, parseConfig } from "./config.ts";
 import { ClusterModel } from "./state.ts";
 
@@ -35,14 +35,7 @@ function configOf(feedback: Record<string, unknown> = {}): Config {
 function harness(settings: Record<string, unknown> = {}) {
   const clock = { now: 0 };
   const model = new ClusterModel(configOf(settings), { seed: 7, now: () => clock.now });
-  const app = createAdminApp({
-    model,
-    agents: () => [],
-    decider: new Decider(model),
-    seed: 7,
-    reload: () => Promise.resolve({ ok: false, problems: ["no file"] }),
-    adminToken: () => ADMIN,
-  });
+  const app = testAdminApp(model, ADMIN);
   const request = (method: string, path: string, options: { token?: string | null; body?: unknown } = {}) => {
     const token = options.token === undefined ? ADMIN : options.token;
     const headers: Record<string, string> = { "content-type": "application/json" };

@@ -1,8 +1,7 @@
 import assert from "node:assert/strict";
-import { createAdminApp } from "./admin.ts";
+import { testAdminApp } from "./_test_admin_app.ts";
 import { DASHBOARD_SCRIPT } from "./_dashboard_page.ts";
 import { type Config, parseConfig } from "./config.ts";
-import { Decider } from "./decide.ts";
 import { ClusterModel } from "./state.ts";
 
 const ADMIN = "admin-token-0123456789";
@@ -15,14 +14,7 @@ function harness() {
   }));
   assert.deepEqual(result.problems, []);
   const model = new ClusterModel(result.config as Config, { seed: 7 });
-  const app = createAdminApp({
-    model,
-    agents: () => [],
-    decider: new Decider(model),
-    seed: 7,
-    reload: () => Promise.resolve({ ok: false, problems: ["no file"] }),
-    adminToken: () => ADMIN,
-  });
+  const app = testAdminApp(model, ADMIN);
   const request = (method: string, path: string, options: { token?: string | null; body?: unknown } = {}) => {
     const token = options.token === undefined ? ADMIN : options.token;
     return Promise.resolve(app.request(path, {

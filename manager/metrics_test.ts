@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { createAdminApp } from "./admin.ts";
+import { testAdminApp } from "./_test_admin_app.ts";
 import { type Config, parseConfig } from "./config.ts";
 import { Decider } from "./decide.ts";
 import { escapeLabelValue, Exposition, formatNumber, Histogram, METRICS_CONTENT_TYPE } from "./metrics.ts";
@@ -125,14 +125,7 @@ function harness() {
   const clock = { now: 0 };
   const model = new ClusterModel(configOf(), { seed: 7, now: () => clock.now });
   const decider = new Decider(model);
-  const app = createAdminApp({
-    model,
-    agents: () => [],
-    decider,
-    seed: 7,
-    reload: () => Promise.resolve({ ok: false, problems: ["no file"] }),
-    adminToken: () => ADMIN,
-  });
+  const app = testAdminApp(model, ADMIN, decider);
   const get = (path: string, token: string | null = ADMIN) =>
     Promise.resolve(
       app.request(path, { headers: token === null ? {} : { authorization: `Bearer ${token}` } }),

@@ -10,9 +10,9 @@ import assert from "node:assert/strict";
 import { proof, TokenSigner } from "../cluster/auth.ts";
 import { decodeProxyHeader } from "../cluster/proxy_protocol.ts";
 import { encodeMeshHeader } from "../agent/mesh.ts";
-import { createAdminApp, MAX_BODY_BYTES } from "../manager/admin.ts";
+import { MAX_BODY_BYTES } from "../manager/admin.ts";
+import { testAdminApp } from "../manager/_test_admin_app.ts";
 import { type Config, parseConfig } from "../manager/config.ts";
-import { Decider } from "../manager/decide.ts";
 import { ClusterModel } from "../manager/state.ts";
 import { ADMIN_TOKEN, agentMetric, CLUSTER_TOKEN, startTestCluster, type TestCluster } from "./_cluster.ts";
 import { eventually, type Proc, startManagerProcess } from "./_helpers.ts";
@@ -313,14 +313,7 @@ Deno.test("4,000 random and mutated feedback bodies (in process): each gets its 
   const parsed = parseConfig(JSON.stringify(feedbackConfig()));
   assert.deepEqual(parsed.problems, []);
   const model = new ClusterModel(parsed.config as Config, { seed: 7 });
-  const app = createAdminApp({
-    model,
-    agents: () => [],
-    decider: new Decider(model),
-    seed: 7,
-    reload: () => Promise.resolve({ ok: false, problems: ["no file"] }),
-    adminToken: () => ADMIN_TOKEN,
-  });
+  const app = testAdminApp(model, ADMIN_TOKEN);
   const services = async () =>
     await (await app.request("/v1/services", { headers: { authorization: adminAuth } })).json();
   try {

@@ -1,0 +1,20 @@
+/** The admin API in process for tests: the app a manager would serve, with nothing around it. */
+import { createAdminApp } from "./admin.ts";
+import { Decider } from "./decide.ts";
+import type { ClusterModel } from "./state.ts";
+
+/** The admin app over `model`: no agents, no config file to reload, `adminToken` as the admin token. */
+export function testAdminApp(
+  model: ClusterModel,
+  adminToken: string,
+  decider: Decider = new Decider(model),
+): ReturnType<typeof createAdminApp> {
+  return createAdminApp({
+    model,
+    agents: () => [],
+    decider,
+    seed: 7,
+    reload: () => Promise.resolve({ ok: false, problems: ["no file"] }),
+    adminToken: () => adminToken,
+  });
+}
