@@ -12,6 +12,8 @@ export class Channel<In, Out> {
   /** Frames waiting to be written, with what to tell their senders; written together in one write. */
   #queue: Array<{ frame: Uint8Array; done: PromiseWithResolvers<void> | null }> = [];
   #flushing = false;
+  /** A flush is queued for the end of this turn. */
+  #flushQueued = false;
   #closed = false;
 
   constructor(
@@ -38,9 +40,9 @@ export class Channel<In, Out> {
   }
 
   /**
-   * Queues one message; resolves when it is written, rejects if the connection failed. Messages queued
-   * while a write is under way go out together in the next one, so a burst of small frames (decisions)
-   * costs one system call, not one each.
+   * Queues one message and writes it at once, with any posted before it; resolves when it is written,
+   * rejects if the connection failed. Messages queued while a write is under way go out together in the
+   * next one, so a burst of small frames costs one system call, not one each.
    */
   send(message: Out): Promise<void> {
     const done = Promise.withResolvers<void>();
@@ -52,10 +54,23 @@ export class Channel<In, Out> {
   /**
    * Queues one message like `send`, with nothing to wait on: for the frames of every new connection
    * (decisions), which need no promise each. A failed write closes the channel, which ends `messages()`.
+   *
+   * The write waits for the end of the current turn (a microtask): what is posted in one turn, such as the
+   * decisions answering one `batches()` read, goes out in one write. Written one by one, each cost a
+   * system call and an op of its own on both ends.
    */
   post(message: Out): void {
     this.#queue.push({ frame: this.#encode(message), done: null });
-    if (!this.#flushing) this.#flush();
+    this.#flushSoon();
+  }
+
+  #flushSoon(): void {
+    if (this.#flushing || this.#flushQueued) return;
+    this.#flushQueued = true;
+    queueMicrotask(() => {
+      this.#flushQueued = false;
+      if (!this.#flushing && this.#queue.length > 0) this.#flush();
+    });
   }
 
   async #flush(): Promise<void> {
@@ -92,6 +107,16 @@ export class Channel<In, Out> {
 
   /** Yields each message until the peer closes; throws `ProtocolError` on a bad frame or message. */
   async *messages(): AsyncGenerator<In> {
+    for await (const batch of this.batches()) {
+      for (const message of batch) yield message;
+    }
+  }
+
+  /**
+   * Yields the messages of each read together, until the peer closes; throws `ProtocolError` on a bad
+   * frame or message. Handle a batch without awaiting and what you post for it goes out in one write.
+   */
+  async *batches(): AsyncGenerator<In[]> {
     const buffer = new Uint8Array(64 * 1024);
     while (!this.#closed) {
       let n: number | null;
@@ -102,9 +127,8 @@ export class Channel<In, Out> {
         throw error;
       }
       if (n === null) return;
-      for (const body of this.#decoder.push(buffer.subarray(0, n))) {
-        yield this.#parse(body);
-      }
+      const batch = Array.from(this.#decoder.push(buffer.subarray(0, n)), (body) => this.#parse(body));
+      if (batch.length > 0) yield batch;
     }
   }
 

@@ -148,7 +148,7 @@ export class ClusterServer {
     }, HANDSHAKE_TIMEOUT_MS);
     let agentId: string | null = null;
     try {
-      let messages = channel.messages();
+      const messages = channel.messages();
       const hello = await nextMessage(messages);
       if (hello?.type !== "hello") {
         throw new HandshakeError(`expected hello, got ${hello?.type ?? "nothing"}`);
@@ -173,7 +173,6 @@ export class ClusterServer {
       // Proven: from now on frames may be as large as the protocol allows (a heartbeat lists every
       // backend). The agent sends nothing more until our welcome, so the handshake channel holds no byte.
       channel = new Channel(conn, codec);
-      messages = channel.messages();
 
       agentId = hello.agent;
       const existing = this.#sessions.get(agentId);
@@ -206,8 +205,9 @@ export class ClusterServer {
       this.#publishAgents();
       await channel.send({ type: "state", state: this.#model.snapshot() });
 
-      for await (const message of messages) {
-        this.#handle(session, channel, message);
+      // Each read is handled whole before the next: the decisions it asks for go out in one write.
+      for await (const batch of channel.batches()) {
+        for (const message of batch) this.#handle(session, channel, message);
       }
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);
