@@ -2,6 +2,7 @@
  * A framed message channel over one TCP (or TLS) connection: writes are queued so frames never
  * interleave, reads yield whole validated messages. Control path only; the data path never uses it.
  */
+import { setImmediate } from "node:timers";
 import { FrameDecoder, MAX_FRAME_BYTES } from "./protocol.ts";
 
 export class Channel<In, Out> {
@@ -12,7 +13,7 @@ export class Channel<In, Out> {
   /** Frames waiting to be written, with what to tell their senders; written together in one write. */
   #queue: Array<{ frame: Uint8Array; done: PromiseWithResolvers<void> | null }> = [];
   #flushing = false;
-  /** A flush is queued for the end of this turn. */
+  /** A flush is queued for the end of this turn of the event loop. */
   #flushQueued = false;
   #closed = false;
 
@@ -55,9 +56,10 @@ export class Channel<In, Out> {
    * Queues one message like `send`, with nothing to wait on: for the frames of every new connection
    * (decisions), which need no promise each. A failed write closes the channel, which ends `messages()`.
    *
-   * The write waits for the end of the current turn (a microtask): what is posted in one turn, such as the
-   * decisions answering one `batches()` read, goes out in one write. Written one by one, each cost a
-   * system call and an op of its own on both ends.
+   * The write waits for the end of this turn of the event loop (`setImmediate`, a few microseconds): the
+   * decisions an agent asks for as connections arrive, or a manager answers for one `batches()` read, go
+   * out together. Written one by one, each cost a system call and an op on both ends: the manager spent
+   * 43 µs per decision, 22 µs batched (wrk `Connection: close` through one agent).
    */
   post(message: Out): void {
     this.#queue.push({ frame: this.#encode(message), done: null });
@@ -67,7 +69,7 @@ export class Channel<In, Out> {
   #flushSoon(): void {
     if (this.#flushing || this.#flushQueued) return;
     this.#flushQueued = true;
-    queueMicrotask(() => {
+    setImmediate(() => {
       this.#flushQueued = false;
       if (!this.#flushing && this.#queue.length > 0) this.#flush();
     });
