@@ -14,7 +14,10 @@ const codec = {
   },
 };
 
-/** A connected pair of channels over loopback TCP; `writes` counts each side's write calls. */
+/**
+ * A connected pair of channels over loopback TCP; `writes` counts each side's write calls. Both close
+ * when the pair is disposed (`using`).
+ */
 async function channelPair() {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const [left, right] = await Promise.all([
@@ -36,11 +39,16 @@ async function channelPair() {
         return typeof value === "function" ? value.bind(target) : value;
       },
     });
-  return {
+  const pair = {
     left: new Channel<Message, Message>(counted(left, "left"), codec),
     right: new Channel<Message, Message>(counted(right, "right"), codec),
     writes,
+    [Symbol.dispose]: () => {
+      pair.left.close();
+      pair.right.close();
+    },
   };
+  return pair;
 }
 
 /** Reads `count` messages from `messages`. */
@@ -55,46 +63,34 @@ async function take(messages: AsyncGenerator<Message>, count: number): Promise<n
 }
 
 Deno.test("messages posted in one turn go out in one write, in order", async () => {
-  const { left, right, writes } = await channelPair();
-  try {
-    for (let n = 1; n <= 5; n++) left.post({ n });
-    assert.deepEqual(await take(right.messages(), 5), [1, 2, 3, 4, 5]);
-    assert.equal(writes.left, 1);
-  } finally {
-    left.close();
-    right.close();
-  }
+  using pair = await channelPair();
+  const { left, right, writes } = pair;
+  for (let n = 1; n <= 5; n++) left.post({ n });
+  assert.deepEqual(await take(right.messages(), 5), [1, 2, 3, 4, 5]);
+  assert.equal(writes.left, 1);
 });
 
 Deno.test("answers posted while handling one batch go out in one write", async () => {
-  const { left, right, writes } = await channelPair();
-  try {
-    for (let n = 1; n <= 5; n++) left.post({ n });
-    const batches = right.batches();
-    const batch = await batches.next();
-    assert.equal(batch.done, false);
-    assert.deepEqual(batch.value?.map((message) => message.n), [1, 2, 3, 4, 5]);
-    for (const { n } of batch.value ?? []) right.post({ n: n * 10 });
-    assert.deepEqual(await take(left.messages(), 5), [10, 20, 30, 40, 50]);
-    assert.equal(writes.right, 1);
-    await batches.return(undefined);
-  } finally {
-    left.close();
-    right.close();
-  }
+  using pair = await channelPair();
+  const { left, right, writes } = pair;
+  for (let n = 1; n <= 5; n++) left.post({ n });
+  const batches = right.batches();
+  const batch = await batches.next();
+  assert.equal(batch.done, false);
+  assert.deepEqual(batch.value?.map((message) => message.n), [1, 2, 3, 4, 5]);
+  for (const { n } of batch.value ?? []) right.post({ n: n * 10 });
+  assert.deepEqual(await take(left.messages(), 5), [10, 20, 30, 40, 50]);
+  assert.equal(writes.right, 1);
+  await batches.return(undefined);
 });
 
 Deno.test("a send is written at once, together with and after what was posted before it", async () => {
-  const { left, right, writes } = await channelPair();
-  try {
-    right.post({ n: 100 });
-    const sent = right.send({ n: 200 });
-    assert.equal(writes.right, 1);
-    await sent;
-    assert.deepEqual(await take(left.messages(), 2), [100, 200]);
-    assert.equal(writes.right, 1);
-  } finally {
-    left.close();
-    right.close();
-  }
+  using pair = await channelPair();
+  const { left, right, writes } = pair;
+  right.post({ n: 100 });
+  const sent = right.send({ n: 200 });
+  assert.equal(writes.right, 1);
+  await sent;
+  assert.deepEqual(await take(left.messages(), 2), [100, 200]);
+  assert.equal(writes.right, 1);
 });
