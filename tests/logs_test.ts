@@ -159,6 +159,19 @@ Deno.test("no configured token appears in the logs of a manager (JSON) and agent
       await api(`/v1/services/web/backends/${backend.address}/state`, ADMIN, { method: "POST", body: up }),
       200,
     );
+    // The agent learns the backend is up again from the manager, a moment after the answer above.
+    await eventually(
+      async () => {
+        const view = (path: string) =>
+          fetch(`http://${manager.admin}${path}`, { headers: { authorization: `Bearer ${ADMIN}` } })
+            .then((response) => response.json());
+        const { version } = await view("/v1/services") as { version: number };
+        const { agents } = await view("/v1/agents") as { agents: Array<{ state_version: number }> };
+        return agents.length > 0 && agents.every((each) => each.state_version >= version);
+      },
+      10_000,
+      "the agent to serve the state with the backend up",
+    );
     for (let i = 0; i < 5; i++) await get(port);
     await stderrMatch(agent, /Flow \d+ of "?web"? from .* served by/, "a flow line at debug level");
 
