@@ -220,12 +220,16 @@ export async function spread(port: number, count: number, concurrency = 50): Pro
   return tally;
 }
 
-/** Waits until every agent has acknowledged the manager's current state; returns `/v1/services` as of then. */
-export async function agentsCaughtUp<T extends { version: number }>(cluster: TestCluster): Promise<T> {
-  let view = await cluster.api<T>("/v1/services");
+/**
+ * Waits until every agent has acknowledged the manager's current state; returns `/v1/services` as of then.
+ * `cluster` is anything that reads the manager's admin API with the admin token.
+ */
+export async function agentsCaughtUp<T extends { version: number }>(
+  cluster: Pick<TestCluster, "api">,
+): Promise<T> {
   const deadline = performance.now() + 10_000;
   for (;;) {
-    view = await cluster.api<T>("/v1/services");
+    const view = await cluster.api<T>("/v1/services");
     const { agents } = await cluster.api<{ agents: Array<{ state_version: number }> }>("/v1/agents");
     if (agents.length > 0 && agents.every((agent) => agent.state_version >= view.version)) return view;
     if (performance.now() > deadline) {

@@ -35,8 +35,10 @@ export async function netnsUnavailable(): Promise<string | null> {
   return null;
 }
 
-/** A switchyard sub-command run inside a network namespace: a `Proc` started with `ip netns exec` (which
- * execs: the pid is the role's). */
+/**
+ * A switchyard sub-command run inside a network namespace: a `Proc` started with `ip netns exec` (which
+ * execs: the pid is the role's).
+ */
 export class NsProc extends Proc {
   constructor(ns: string, args: string[]) {
     super(args, { netns: ns });

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { eventually, type LogLine, Proc, run, startManagerProcess } from "./_helpers.ts";
-import { connectAndReadLine, startNamedBackend } from "./_cluster.ts";
+import { agentsCaughtUp, connectAndReadLine, startNamedBackend } from "./_cluster.ts";
 
 const ADMIN = "admin-secret-4f1c9a7be2d8";
 const CLUSTER = "cluster-secret-9d03e6c1a5b7";
@@ -160,18 +160,11 @@ Deno.test("no configured token appears in the logs of a manager (JSON) and agent
       200,
     );
     // The agent learns the backend is up again from the manager, a moment after the answer above.
-    await eventually(
-      async () => {
-        const view = (path: string) =>
-          fetch(`http://${manager.admin}${path}`, { headers: { authorization: `Bearer ${ADMIN}` } })
-            .then((response) => response.json());
-        const { version } = await view("/v1/services") as { version: number };
-        const { agents } = await view("/v1/agents") as { agents: Array<{ state_version: number }> };
-        return agents.length > 0 && agents.every((each) => each.state_version >= version);
-      },
-      10_000,
-      "the agent to serve the state with the backend up",
-    );
+    await agentsCaughtUp({
+      api: <T>(path: string) =>
+        fetch(`http://${manager.admin}${path}`, { headers: { authorization: `Bearer ${ADMIN}` } })
+          .then((response) => response.json() as Promise<T>),
+    });
     for (let i = 0; i < 5; i++) await get(port);
     await stderrMatch(agent, /Flow \d+ of "?web"? from .* served by/, "a flow line at debug level");
 
