@@ -1,0 +1,546 @@
+/**
+ * A TCP relay on one io_uring: listeners, connects to backends, and both directions of every flow, with
+ * no promise and no object per read or write. Flows are slots in typed arrays; a receive takes a buffer
+ * from the ring's pool only when bytes arrive, so an idle flow holds none, and a direction holds at most
+ * one buffer until the other side took its bytes (a slow reader stops its writer).
+ *
+ * It runs on one thread, which it blocks in `poll`: the agent runs it in a worker of its own.
+ */
+import {
+  ACCEPT_MULTISHOT,
+  type BufferRing,
+  CQE_BUFFER_SHIFT,
+  CQE_F_BUFFER,
+  CQE_F_MORE,
+  ENOBUFS,
+  IOSQE_BUFFER_SELECT,
+  IOSQE_IO_LINK,
+  Op,
+  type Ring,
+} from "./ring.ts";
+
+const SOCKETS = {
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  listen: { parameters: ["i32", "i32"], result: "i32" },
+  setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
+  getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  shutdown: { parameters: ["i32", "i32"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
+  __errno_location: { parameters: [], result: "pointer" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+const AF_INET = 2;
+const AF_INET6 = 10;
+const SOCK_STREAM = 1;
+const SOCK_NONBLOCK = 0o4000;
+const SOCK_CLOEXEC = 0o2000000;
+const SOL_SOCKET = 1;
+const SO_REUSEADDR = 2;
+const SO_REUSEPORT = 15;
+const IPPROTO_TCP = 6;
+const TCP_NODELAY = 1;
+const SHUT_WR = 1;
+const SHUT_RDWR = 2;
+const MSG_NOSIGNAL = 0x4000;
+
+/** What a completion was for: the low 3 bits of its data; the flow's slot (or listener) is above them. */
+const ACCEPT = 0;
+const CONNECT = 1;
+const RECV_UP = 2; // client → backend
+const RECV_DOWN = 3; // backend → client
+const SEND_UP = 4;
+const SEND_DOWN = 5;
+const IGNORED = 7;
+
+/** Flow states, in `#done`: bit 0 up finished, bit 1 down finished. */
+const BOTH = 3;
+
+export interface SocketAddress {
+  readonly ip: string;
+  readonly port: number;
+}
+
+/** A service as the relay serves it. */
+export interface RelayService {
+  readonly name: string;
+  readonly listen: SocketAddress;
+  readonly backends: readonly SocketAddress[];
+  /** Backends to try for a new flow from `client`, in order (indexes into `backends`). */
+  readonly candidates: (client: SocketAddress) => readonly number[];
+  readonly maxConnections: number;
+  readonly connectTimeoutMs: number;
+  readonly idleTimeoutMs: number;
+}
+
+export interface RelayCounters {
+  accepted: number;
+  rejected: number;
+  noBackend: number;
+  connectFailures: number;
+  bytesUp: number;
+  bytesDown: number;
+  acceptErrors: number;
+}
+
+export const RELAY_DEFAULTS = {
+  /** Flows held at once (each is two sockets). */
+  maxFlows: 65_536,
+  /** Receive buffers in the pool, and their size. */
+  buffers: 1024,
+  bufferSize: 16 * 1024,
+  /** How often idle flows are looked for. */
+  sweepMs: 250,
+} as const;
+
+interface Listener {
+  readonly fd: number;
+  readonly service: RelayService;
+  readonly index: number;
+  open: number;
+  /** The kernel's copy of the connect timeout is taken at submission, so one per service will do. */
+  readonly connectTimeout: BigInt64Array;
+  readonly backendAddresses: Uint8Array[];
+}
+
+export class Relay {
+  readonly #ring: Ring;
+  readonly #sockets: Deno.DynamicLibrary<typeof SOCKETS>["symbols"];
+  readonly #errno: Deno.UnsafePointerView;
+  readonly #buffers: BufferRing;
+  readonly #listeners: Listener[] = [];
+  readonly counters: RelayCounters = {
+    accepted: 0,
+    rejected: 0,
+    noBackend: 0,
+    connectFailures: 0,
+    bytesUp: 0,
+    bytesDown: 0,
+    acceptErrors: 0,
+  };
+
+  // One entry per flow slot.
+  readonly #client: Int32Array;
+  readonly #backend: Int32Array;
+  readonly #listener: Int32Array;
+  /** Operations in flight; a slot is freed only when none is. */
+  readonly #pending: Int32Array;
+  readonly #done: Uint8Array;
+  /** Candidates left to try while connecting (indexes into the service's backends). */
+  readonly #tries: (readonly number[] | null)[];
+  readonly #tried: Uint8Array;
+  readonly #lastActive: Float64Array;
+  /** Per direction (slot × 2 + 0 up, + 1 down): the buffer held, its length, and bytes sent from it. */
+  readonly #bufferId: Int32Array;
+  readonly #length: Int32Array;
+  readonly #sent: Int32Array;
+  readonly #free: number[] = [];
+  /** Directions waiting for a buffer (the pool was empty when they received). */
+  readonly #starved: number[] = [];
+  #open = 0;
+  #now = performance.now();
+  #nextSweep = 0;
+  readonly #one = new Uint8Array(new Int32Array([1]).buffer);
+  readonly #addressBytes = new Uint8Array(28);
+  readonly #addressLength = new Uint32Array(1);
+  readonly #onCompletion = (data: number, result: number, flags: number) =>
+    this.#completed(data, result, flags);
+  #closed = false;
+
+  constructor(ring: Ring, options: { maxFlows?: number; buffers?: number; bufferSize?: number } = {}) {
+    this.#ring = ring;
+    const library = Deno.dlopen("libc.so.6", SOCKETS);
+    this.#sockets = library.symbols;
+    this.#errno = new Deno.UnsafePointerView(this.#sockets.__errno_location()!);
+    this.#buffers = ring.provideBuffers(
+      0,
+      options.buffers ?? RELAY_DEFAULTS.buffers,
+      options.bufferSize ?? RELAY_DEFAULTS.bufferSize,
+    );
+    const slots = options.maxFlows ?? RELAY_DEFAULTS.maxFlows;
+    this.#client = new Int32Array(slots);
+    this.#backend = new Int32Array(slots);
+    this.#listener = new Int32Array(slots);
+    this.#pending = new Int32Array(slots);
+    this.#done = new Uint8Array(slots);
+    this.#tries = new Array(slots).fill(null);
+    this.#tried = new Uint8Array(slots);
+    this.#lastActive = new Float64Array(slots);
+    this.#bufferId = new Int32Array(slots * 2);
+    this.#length = new Int32Array(slots * 2);
+    this.#sent = new Int32Array(slots * 2);
+    this.#client.fill(-1);
+    this.#backend.fill(-1);
+    for (let slot = slots - 1; slot >= 0; slot--) this.#free.push(slot);
+  }
+
+  /** Flows open now. */
+  get open(): number {
+    return this.#open;
+  }
+
+  /** Starts accepting for `service`; returns the port bound (useful with port 0). */
+  listen(service: RelayService): number {
+    const fd = this.#socket(service.listen.ip, false);
+    const opt = this.#one;
+    this.#sockets.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, opt, 4);
+    this.#sockets.setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, opt, 4);
+    const address = encodeAddress(service.listen);
+    if (this.#sockets.bind(fd, address, address.length) !== 0 || this.#sockets.listen(fd, 4096) !== 0) {
+      const errno = this.#errno.getInt32();
+      this.#sockets.close(fd);
+      throw new Error(`Cannot listen on ${service.listen.ip}:${service.listen.port} (errno ${errno})`);
+    }
+    this.#addressLength[0] = 28;
+    this.#sockets.getsockname(fd, this.#addressBytes, this.#addressLength);
+    const port = (this.#addressBytes[2]! << 8) | this.#addressBytes[3]!;
+    const timeout = new BigInt64Array(2);
+    timeout[0] = BigInt(Math.floor(service.connectTimeoutMs / 1000));
+    timeout[1] = BigInt((service.connectTimeoutMs % 1000) * 1_000_000);
+    const listener: Listener = {
+      fd,
+      service,
+      index: this.#listeners.length,
+      open: 0,
+      connectTimeout: timeout,
+      backendAddresses: service.backends.map(encodeAddress),
+    };
+    this.#listeners.push(listener);
+    this.#accept(listener);
+    return port;
+  }
+
+  /**
+   * Submits what is queued, waits up to `waitMs` for completions (0: none), and handles them. Returns
+   * the number handled.
+   */
+  poll(waitMs: number): number {
+    this.#ring.enter(1, Math.min(waitMs, Math.max(0, this.#nextSweep - performance.now())));
+    this.#now = performance.now();
+    const count = this.#ring.complete(this.#onCompletion);
+    if (this.#now >= this.#nextSweep) this.#sweep();
+    return count;
+  }
+
+  /** Stops accepting, ends every flow, and closes the listeners (the ring is the caller's). */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const listener of this.#listeners) {
+      this.#sockets.shutdown(listener.fd, SHUT_RDWR);
+      this.#sockets.close(listener.fd);
+    }
+    for (let slot = 0; slot < this.#client.length; slot++) {
+      if (this.#client[slot]! >= 0) this.#abort(slot);
+    }
+    // Every aborted operation completes at once (its sockets are shut down): take those completions.
+    for (let round = 0; round < 100 && this.#open > 0; round++) this.poll(10);
+  }
+
+  #socket(ip: string, nonBlocking: boolean): number {
+    const family = ip.includes(":") ? AF_INET6 : AF_INET;
+    const fd = this.#sockets.socket(
+      family,
+      SOCK_STREAM | SOCK_CLOEXEC | (nonBlocking ? SOCK_NONBLOCK : 0),
+      0,
+    );
+    if (fd < 0) throw new Error(`Cannot open a socket (errno ${this.#errno.getInt32()})`);
+    return fd;
+  }
+
+  #accept(listener: Listener): void {
+    this.#ring.queue(
+      Op.ACCEPT,
+      listener.fd,
+      0,
+      0,
+      SOCK_CLOEXEC | SOCK_NONBLOCK,
+      (listener.index << 3) | ACCEPT,
+      0,
+      0,
+      ACCEPT_MULTISHOT,
+    );
+  }
+
+  #completed(data: number, result: number, flags: number): void {
+    const kind = data & 7;
+    const slot = data >>> 3;
+    switch (kind) {
+      case ACCEPT:
+        this.#accepted(slot, result, flags);
+        return;
+      case CONNECT:
+        this.#pending[slot]!--;
+        this.#connected(slot, result);
+        return;
+      case RECV_UP:
+      case RECV_DOWN:
+        this.#pending[slot]!--;
+        this.#received(slot, kind - RECV_UP, result, flags);
+        return;
+      case SEND_UP:
+      case SEND_DOWN:
+        this.#pending[slot]!--;
+        this.#wrote(slot, kind - SEND_UP, result);
+        return;
+    }
+  }
+
+  #accepted(index: number, fd: number, flags: number): void {
+    const listener = this.#listeners[index]!;
+    if (!(flags & CQE_F_MORE) && !this.#closed) this.#accept(listener);
+    if (fd < 0) {
+      if (!this.#closed) this.counters.acceptErrors++;
+      return;
+    }
+    const slot = this.#free.pop();
+    if (slot === undefined || listener.open >= listener.service.maxConnections) {
+      this.counters.rejected++;
+      this.#sockets.close(fd);
+      return;
+    }
+    this.counters.accepted++;
+    listener.open++;
+    this.#open++;
+    this.#client[slot] = fd;
+    this.#backend[slot] = -1;
+    this.#listener[slot] = index;
+    this.#pending[slot] = 0;
+    this.#done[slot] = 0;
+    this.#lastActive[slot] = this.#now;
+    this.#bufferId[slot * 2] = -1;
+    this.#bufferId[slot * 2 + 1] = -1;
+    this.#sockets.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, this.#one, 4);
+    this.#addressLength[0] = 28;
+    this.#sockets.getpeername(fd, this.#addressBytes, this.#addressLength);
+    this.#tries[slot] = listener.service.candidates(decodeAddress(this.#addressBytes));
+    this.#tried[slot] = 0;
+    this.#connectNext(slot);
+  }
+
+  /** Connects to the next candidate, or gives the flow up when none is left. */
+  #connectNext(slot: number): void {
+    const listener = this.#listeners[this.#listener[slot]!]!;
+    const tries = this.#tries[slot]!;
+    const at = this.#tried[slot]!;
+    if (at >= tries.length || this.#closed) {
+      this.#tries[slot] = null;
+      if (!this.#closed) this.counters.noBackend++;
+      this.#done[slot] = BOTH;
+      this.#sockets.shutdown(this.#client[slot]!, SHUT_RDWR);
+      this.#release(slot);
+      return;
+    }
+    this.#tried[slot] = at + 1;
+    const backend = listener.service.backends[tries[at]!]!;
+    const address = listener.backendAddresses[tries[at]!]!;
+    let fd: number;
+    try {
+      fd = this.#socket(backend.ip, true);
+    } catch {
+      this.#connectNext(slot);
+      return;
+    }
+    this.#backend[slot] = fd;
+    this.#sockets.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, this.#one, 4);
+    this.#pending[slot]!++;
+    this.#ring.queue(
+      Op.CONNECT,
+      fd,
+      addressOfBytes(address),
+      0,
+      0,
+      (slot << 3) | CONNECT,
+      IOSQE_IO_LINK,
+      address.length,
+    );
+    this.#ring.queue(Op.LINK_TIMEOUT, -1, addressOfBytes(listener.connectTimeout), 1, 0, IGNORED);
+  }
+
+  #connected(slot: number, result: number): void {
+    if (result < 0 || this.#done[slot] === BOTH) {
+      this.#sockets.close(this.#backend[slot]!);
+      this.#backend[slot] = -1;
+      if (this.#done[slot] === BOTH) {
+        // Aborted while connecting (the relay is closing).
+        this.#tries[slot] = null;
+        this.#release(slot);
+        return;
+      }
+      this.counters.connectFailures++;
+      this.#connectNext(slot);
+      return;
+    }
+    this.#tries[slot] = null;
+    this.#receive(slot, 0);
+    this.#receive(slot, 1);
+  }
+
+  #receive(slot: number, direction: number): void {
+    this.#pending[slot]!++;
+    this.#ring.queue(
+      Op.RECV,
+      direction === 0 ? this.#client[slot]! : this.#backend[slot]!,
+      0,
+      0,
+      0,
+      (slot << 3) | (RECV_UP + direction),
+      IOSQE_BUFFER_SELECT,
+      0,
+      0,
+      this.#buffers.group,
+    );
+  }
+
+  #received(slot: number, direction: number, result: number, flags: number): void {
+    if (result > 0) {
+      const id = (flags & CQE_F_BUFFER) ? flags >>> CQE_BUFFER_SHIFT : -1;
+      if (this.#done[slot] === BOTH) {
+        if (id >= 0) this.#recycle(id);
+        this.#release(slot);
+        return;
+      }
+      const k = slot * 2 + direction;
+      this.#bufferId[k] = id;
+      this.#length[k] = result;
+      this.#sent[k] = 0;
+      this.#lastActive[slot] = this.#now;
+      if (direction === 0) this.counters.bytesUp += result;
+      else this.counters.bytesDown += result;
+      this.#send(slot, direction);
+      return;
+    }
+    if (result === -ENOBUFS && this.#done[slot] !== BOTH) {
+      this.#starved.push(slot * 2 + direction);
+      return;
+    }
+    if (result === 0) this.#finish(slot, direction);
+    else this.#abort(slot);
+    this.#release(slot);
+  }
+
+  #send(slot: number, direction: number): void {
+    const k = slot * 2 + direction;
+    this.#pending[slot]!++;
+    this.#ring.queue(
+      Op.SEND,
+      direction === 0 ? this.#backend[slot]! : this.#client[slot]!,
+      this.#buffers.address(this.#bufferId[k]!) + this.#sent[k]!,
+      this.#length[k]! - this.#sent[k]!,
+      MSG_NOSIGNAL,
+      (slot << 3) | (SEND_UP + direction),
+    );
+  }
+
+  #wrote(slot: number, direction: number, result: number): void {
+    const k = slot * 2 + direction;
+    if (result > 0 && this.#done[slot] !== BOTH) {
+      this.#sent[k]! += result;
+      if (this.#sent[k]! < this.#length[k]!) {
+        this.#send(slot, direction);
+        return;
+      }
+    }
+    this.#recycle(this.#bufferId[k]!);
+    this.#bufferId[k] = -1;
+    if (result <= 0) this.#abort(slot);
+    else if (this.#done[slot] !== BOTH) this.#receive(slot, direction);
+    this.#release(slot);
+  }
+
+  /** Gives a buffer back; a direction that found the pool empty then receives again. */
+  #recycle(id: number): void {
+    this.#buffers.recycle(id);
+    const k = this.#starved.shift();
+    if (k === undefined) return;
+    const slot = k >> 1;
+    if (this.#done[slot] === BOTH) {
+      this.#release(slot);
+      return;
+    }
+    this.#receive(slot, k & 1);
+  }
+
+  /** One direction reached its end: the other side learns it (half-close); the flow ends with both. */
+  #finish(slot: number, direction: number): void {
+    this.#done[slot]! |= 1 << direction;
+    this.#sockets.shutdown(direction === 0 ? this.#backend[slot]! : this.#client[slot]!, SHUT_WR);
+  }
+
+  /** Ends both directions at once: every operation in flight on the flow's sockets completes. */
+  #abort(slot: number): void {
+    if (this.#done[slot] === BOTH && this.#tries[slot] === null) return;
+    this.#done[slot] = BOTH;
+    this.#sockets.shutdown(this.#client[slot]!, SHUT_RDWR);
+    if (this.#backend[slot]! >= 0) this.#sockets.shutdown(this.#backend[slot]!, SHUT_RDWR);
+  }
+
+  /** Frees the flow's slot once it is over and nothing of it is in flight. */
+  #release(slot: number): void {
+    if (this.#done[slot] !== BOTH || this.#pending[slot] !== 0) return;
+    this.#sockets.close(this.#client[slot]!);
+    if (this.#backend[slot]! >= 0) this.#sockets.close(this.#backend[slot]!);
+    this.#client[slot] = -1;
+    this.#backend[slot] = -1;
+    this.#tries[slot] = null;
+    if (this.#starved.length > 0) {
+      const left = this.#starved.filter((k) => k >> 1 !== slot);
+      this.#starved.length = 0;
+      this.#starved.push(...left);
+    }
+    this.#listeners[this.#listener[slot]!]!.open--;
+    this.#open--;
+    this.#free.push(slot);
+  }
+
+  /** Aborts flows idle for longer than their service allows. */
+  #sweep(): void {
+    this.#nextSweep = this.#now + RELAY_DEFAULTS.sweepMs;
+    for (let slot = 0; slot < this.#client.length; slot++) {
+      if (this.#client[slot]! < 0 || this.#done[slot] === BOTH || this.#tries[slot] !== null) continue;
+      const idleMs = this.#listeners[this.#listener[slot]!]!.service.idleTimeoutMs;
+      if (idleMs > 0 && this.#now - this.#lastActive[slot]! > idleMs) this.#abort(slot);
+    }
+  }
+}
+
+function addressOfBytes(bytes: ArrayBufferView): number {
+  return Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bytes as Uint8Array<ArrayBuffer>)));
+}
+
+/** `struct sockaddr_in` or `sockaddr_in6` for an IP literal and port. */
+export function encodeAddress(address: SocketAddress): Uint8Array {
+  const v6 = address.ip.includes(":");
+  const bytes = new Uint8Array(v6 ? 28 : 16);
+  const view = new DataView(bytes.buffer);
+  view.setUint16(0, v6 ? AF_INET6 : AF_INET, true);
+  view.setUint16(2, address.port, false);
+  if (!v6) {
+    const parts = address.ip.split(".").map(Number);
+    if (parts.length !== 4 || parts.some((part) => !(part >= 0 && part <= 255))) {
+      throw new RangeError(`Not an IPv4 address: ${address.ip}`);
+    }
+    bytes.set(parts, 4);
+    return bytes;
+  }
+  const [head = "", tail = ""] = address.ip.split("::");
+  const groups = (text: string) => text === "" ? [] : text.split(":").map((group) => parseInt(group, 16));
+  const front = groups(head);
+  const back = address.ip.includes("::") ? groups(tail) : [];
+  const all = [...front, ...new Array(8 - front.length - back.length).fill(0), ...back];
+  if (all.length !== 8 || all.some((group) => !(group >= 0 && group <= 0xffff))) {
+    throw new RangeError(`Not an IPv6 address: ${address.ip}`);
+  }
+  all.forEach((group, i) => view.setUint16(8 + i * 2, group, false));
+  return bytes;
+}
+
+/** The IP and port of a `sockaddr_in` or `sockaddr_in6`. */
+export function decodeAddress(bytes: Uint8Array): SocketAddress {
+  const port = (bytes[2]! << 8) | bytes[3]!;
+  if ((bytes[0]! | (bytes[1]! << 8)) === AF_INET) return { ip: bytes.subarray(4, 8).join("."), port };
+  const groups: string[] = [];
+  for (let i = 0; i < 8; i++) groups.push(((bytes[8 + i * 2]! << 8) | bytes[9 + i * 2]!).toString(16));
+  return { ip: groups.join(":").replace(/(^|:)0(:0)+(:|$)/, "::"), port };
+}

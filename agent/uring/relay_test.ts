@@ -1,0 +1,330 @@
+/**
+ * The io_uring relay over real loopback sockets, run in its worker as the agent runs it. Skipped where
+ * io_uring cannot be had (the relay's own check says why).
+ */
+import assert from "node:assert/strict";
+import { blackhole, eventually, randomBytes, readAll, writeAll } from "../../tests/_helpers.ts";
+import { openRing, unavailableReason } from "./ring.ts";
+import type { RelayCounters, SocketAddress } from "./relay.ts";
+
+const probe = openRing({ entries: 8 });
+probe?.close();
+const ignore = probe === null;
+if (ignore) console.error(`io_uring relay tests skipped: ${unavailableReason}`);
+
+interface ServiceOptions {
+  backends: SocketAddress[];
+  maxConnections?: number;
+  connectTimeoutMs?: number;
+  idleTimeoutMs?: number;
+}
+
+/** The relay in its worker, serving one service on a free loopback port. */
+async function startRelay(options: ServiceOptions) {
+  const worker = new Worker(new URL("./relay_worker.ts", import.meta.url), { type: "module" });
+  const inbox: Array<{ type: string; [key: string]: unknown }> = [];
+  let wake = () => {};
+  worker.onmessage = (event) => {
+    inbox.push(event.data);
+    wake();
+  };
+  const next = async (type: string) => {
+    for (;;) {
+      const at = inbox.findIndex((message) => message.type === type || message.type === "error");
+      if (at >= 0) {
+        const [message] = inbox.splice(at, 1);
+        if (message!.type === "error") throw new Error(String(message!.message));
+        return message!;
+      }
+      await new Promise<void>((resolve) => wake = resolve);
+    }
+  };
+  worker.postMessage({
+    type: "start",
+    services: [{
+      name: "test",
+      listen: { ip: "127.0.0.1", port: 0 },
+      backends: options.backends,
+      maxConnections: options.maxConnections ?? 1000,
+      connectTimeoutMs: options.connectTimeoutMs ?? 2000,
+      idleTimeoutMs: options.idleTimeoutMs ?? 0,
+    }],
+  });
+  const { ports } = await next("listening") as unknown as { ports: number[] };
+  let stopped = false;
+  return {
+    port: ports[0]!,
+    async counters(): Promise<RelayCounters & { open: number }> {
+      worker.postMessage({ type: "counters" });
+      const message = await next("counters") as unknown as { counters: RelayCounters; open: number };
+      return { ...message.counters, open: message.open };
+    },
+    async stop(): Promise<{ open: number }> {
+      if (stopped) return { open: 0 };
+      stopped = true;
+      worker.postMessage({ type: "stop" });
+      const message = await next("stopped") as unknown as { open: number };
+      worker.terminate();
+      return message;
+    },
+    async [Symbol.asyncDispose]() {
+      await this.stop();
+    },
+  };
+}
+
+/** A backend that answers each connection with `reply(bytes received)` after the client's half-close. */
+function backend(reply: (received: Uint8Array) => Uint8Array) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const served: Promise<void>[] = [];
+  const accepting = (async () => {
+    for await (const conn of listener) {
+      served.push(
+        (async () => {
+          try {
+            const received = await readAll(conn);
+            await writeAll(conn, reply(received));
+          } finally {
+            conn.close();
+          }
+        })().catch(() => {}),
+      );
+    }
+  })();
+  return {
+    address: { ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port },
+    async [Symbol.asyncDispose]() {
+      listener.close();
+      await accepting;
+      await Promise.all(served);
+    },
+  };
+}
+
+const refusedAddress = (): SocketAddress => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return { ip: "127.0.0.1", port };
+};
+
+async function exchange(port: number, bytes: Uint8Array): Promise<Uint8Array> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    await Promise.all([writeAll(conn, bytes).then(() => conn.closeWrite()), Promise.resolve()]);
+    return await readAll(conn);
+  } finally {
+    conn.close();
+  }
+}
+
+Deno.test({
+  name: "io_uring relay: bytes both ways in order, and a half-close reaches the other side",
+  ignore,
+  async fn() {
+    await using echo = backend((received) => new Uint8Array([...received].reverse()));
+    await using relay = await startRelay({ backends: [echo.address] });
+    const sent = randomBytes(10_000);
+    const answer = await exchange(relay.port, sent);
+    assert.deepEqual(answer, new Uint8Array([...sent].reverse()));
+    await eventually(async () => (await relay.counters()).open === 0, 10_000, "the flow to end");
+    const counters = await relay.counters();
+    assert.equal(counters.accepted, 1);
+    assert.equal(counters.bytesUp, 10_000);
+    assert.equal(counters.bytesDown, 10_000);
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: 8 MiB each way through 16 KiB buffers, read while written, arrives intact",
+  ignore,
+  async fn() {
+    const size = 8 * 1024 * 1024;
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const echoing = (async () => {
+      const conn = await listener.accept();
+      const buffer = new Uint8Array(64 * 1024);
+      for (;;) {
+        const n = await conn.read(buffer);
+        if (n === null) break;
+        await writeAll(conn, buffer.subarray(0, n));
+      }
+      await conn.closeWrite();
+      await readAll(conn);
+      conn.close();
+    })();
+    await using relay = await startRelay({
+      backends: [{ ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
+    });
+    const sent = randomBytes(size);
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+    const [, received] = await Promise.all([
+      writeAll(conn, sent).then(() => conn.closeWrite()),
+      readAll(conn),
+    ]);
+    conn.close();
+    await echoing;
+    listener.close();
+    assert.equal(received.length, size);
+    assert.ok(received.every((byte, i) => byte === sent[i]), "the bytes came back unchanged");
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: a refused backend is skipped for the next candidate, and counted",
+  ignore,
+  async fn() {
+    await using echo = backend(() => new TextEncoder().encode("second"));
+    await using relay = await startRelay({ backends: [refusedAddress(), echo.address] });
+    assert.equal(new TextDecoder().decode(await exchange(relay.port, new Uint8Array(1))), "second");
+    const counters = await relay.counters();
+    assert.equal(counters.connectFailures, 1);
+    assert.equal(counters.noBackend, 0);
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: a black-holed backend is given up after connect timeout, for the next",
+  ignore,
+  async fn() {
+    const hole = await blackhole();
+    try {
+      await using echo = backend(() => new TextEncoder().encode("after the timeout"));
+      await using relay = await startRelay({
+        backends: [{ ip: "127.0.0.1", port: hole.port }, echo.address],
+        connectTimeoutMs: 300,
+      });
+      const started = performance.now();
+      const answer = new TextDecoder().decode(await exchange(relay.port, new Uint8Array(1)));
+      const took = performance.now() - started;
+      assert.equal(answer, "after the timeout");
+      assert.ok(took >= 250 && took < 2_000, `took ${took.toFixed(0)} ms`);
+      assert.equal((await relay.counters()).connectFailures, 1);
+    } finally {
+      hole.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: no backend reachable closes the client and counts it",
+  ignore,
+  async fn() {
+    await using relay = await startRelay({ backends: [refusedAddress(), refusedAddress()] });
+    assert.equal((await exchange(relay.port, new Uint8Array(1))).length, 0);
+    const counters = await relay.counters();
+    assert.equal(counters.noBackend, 1);
+    assert.equal(counters.connectFailures, 2);
+    assert.equal(counters.open, 0);
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: connections beyond max_connections are closed at once and counted",
+  ignore,
+  async fn() {
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const held: Deno.Conn[] = [];
+    const accepting = (async () => {
+      for await (const conn of listener) held.push(conn);
+    })();
+    await using relay = await startRelay({
+      backends: [{ ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
+      maxConnections: 2,
+    });
+    const clients = await Promise.all(
+      [1, 2].map(() => Deno.connect({ hostname: "127.0.0.1", port: relay.port })),
+    );
+    await eventually(() => held.length === 2, 10_000, "two flows to reach the backend");
+    const third = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+    assert.equal(await third.read(new Uint8Array(1)), null, "the third connection is closed");
+    third.close();
+    assert.equal((await relay.counters()).rejected, 1);
+    // A client's close is a half-close for the flow: it ends when the backend closes too.
+    for (const conn of clients) conn.close();
+    for (const conn of held) conn.close();
+    await eventually(async () => (await relay.counters()).open === 0, 10_000, "the flows to end");
+    listener.close();
+    await accepting;
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: an idle flow is closed after idle timeout; a busy one is not",
+  ignore,
+  async fn() {
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const held: Deno.Conn[] = [];
+    const accepting = (async () => {
+      for await (const conn of listener) {
+        held.push(conn);
+        // echo, so the busy client sees its bytes back
+        (async () => {
+          const buffer = new Uint8Array(1024);
+          for (;;) {
+            const n = await conn.read(buffer).catch(() => null);
+            if (n === null) break;
+            await writeAll(conn, buffer.subarray(0, n)).catch(() => {});
+          }
+        })();
+      }
+    })();
+    await using relay = await startRelay({
+      backends: [{ ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
+      idleTimeoutMs: 400,
+    });
+    const idle = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+    const busy = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+    const started = performance.now();
+    for (let i = 0; i < 8; i++) {
+      await writeAll(busy, new Uint8Array([i]));
+      const got = new Uint8Array(1);
+      assert.equal(await busy.read(got), 1);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    assert.equal(await idle.read(new Uint8Array(1)).catch(() => null), null, "the idle flow was closed");
+    assert.ok(performance.now() - started >= 400);
+    await writeAll(busy, new Uint8Array([9]));
+    assert.equal(await busy.read(new Uint8Array(1)), 1, "the busy flow still works");
+    idle.close();
+    busy.close();
+    await eventually(async () => (await relay.counters()).open === 0, 10_000, "the flows to end");
+    for (const conn of held) conn.close();
+    listener.close();
+    await accepting;
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: 200 clients reset mid-stream leave no flow and no socket behind",
+  ignore,
+  async fn() {
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const accepting = (async () => {
+      for await (const conn of listener) {
+        (async () => {
+          const buffer = new Uint8Array(64 * 1024);
+          // a backend that keeps sending until its peer goes away
+          while (await conn.write(buffer).catch(() => 0) > 0) { /* sending */ }
+          conn.close();
+        })();
+      }
+    })();
+    await using relay = await startRelay({
+      backends: [{ ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
+    });
+    const fdsBefore = [...Deno.readDirSync("/proc/self/fd")].length;
+    for (let i = 0; i < 200; i++) {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+      await conn.read(new Uint8Array(1000));
+      // SO_LINGER 0 is not reachable from Deno; closing with unread bytes makes the kernel send a reset.
+      conn.close();
+    }
+    await eventually(async () => (await relay.counters()).open === 0, 10_000, "every flow to end");
+    const { open } = await relay.stop();
+    assert.equal(open, 0);
+    assert.ok([...Deno.readDirSync("/proc/self/fd")].length <= fdsBefore + 2, "no socket left open");
+    listener.close();
+    await accepting;
+  },
+});
