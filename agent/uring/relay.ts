@@ -27,6 +27,7 @@ const SOCKETS = {
   getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   shutdown: { parameters: ["i32", "i32"], result: "i32" },
+  eventfd: { parameters: ["u32", "i32"], result: "i32" },
   close: { parameters: ["i32"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
@@ -44,6 +45,7 @@ const TCP_NODELAY = 1;
 const SHUT_WR = 1;
 const SHUT_RDWR = 2;
 const MSG_NOSIGNAL = 0x4000;
+const EFD_CLOEXEC = 0o2000000;
 
 /** What a completion was for: the low 3 bits of its data; the flow's slot (or listener) is above them. */
 const ACCEPT = 0;
@@ -52,6 +54,7 @@ const RECV_UP = 2; // client → backend
 const RECV_DOWN = 3; // backend → client
 const SEND_UP = 4;
 const SEND_DOWN = 5;
+const WAKE = 6;
 const IGNORED = 7;
 
 /** Flow states, in `#done`: bit 0 up finished, bit 1 down finished. */
@@ -147,6 +150,14 @@ export class Relay {
   readonly #onCompletion = (data: number, result: number, flags: number) =>
     this.#completed(data, result, flags);
   #closed = false;
+  /**
+   * An eventfd the relay always has a read pending on: another thread writes to it (`wake`) to end a
+   * wait in `poll` at once. `woken` tells whether that happened in the last `poll`.
+   */
+  readonly wakeFd: number;
+  readonly #wakeBytes = new BigUint64Array(1);
+  readonly #wakeAddress: number;
+  woken = false;
 
   constructor(ring: Ring, options: { maxFlows?: number; buffers?: number; bufferSize?: number } = {}) {
     this.#ring = ring;
@@ -173,6 +184,14 @@ export class Relay {
     this.#client.fill(-1);
     this.#backend.fill(-1);
     for (let slot = slots - 1; slot >= 0; slot--) this.#free.push(slot);
+    this.wakeFd = this.#sockets.eventfd(0, EFD_CLOEXEC);
+    if (this.wakeFd < 0) throw new Error(`Cannot make an eventfd (errno ${this.#errno.getInt32()})`);
+    this.#wakeAddress = addressOfBytes(this.#wakeBytes);
+    this.#watchWake();
+  }
+
+  #watchWake(): void {
+    this.#ring.queue(Op.READ, this.wakeFd, this.#wakeAddress, 8, 0, WAKE);
   }
 
   /** Flows open now. */
@@ -216,6 +235,7 @@ export class Relay {
    * the number handled.
    */
   poll(waitMs: number): number {
+    this.woken = false;
     this.#ring.enter(1, Math.min(waitMs, Math.max(0, this.#nextSweep - performance.now())));
     this.#now = performance.now();
     const count = this.#ring.complete(this.#onCompletion);
@@ -236,6 +256,7 @@ export class Relay {
     }
     // Every aborted operation completes at once (its sockets are shut down): take those completions.
     for (let round = 0; round < 100 && this.#open > 0; round++) this.poll(10);
+    this.#sockets.close(this.wakeFd);
   }
 
   #socket(ip: string, nonBlocking: boolean): number {
@@ -283,6 +304,10 @@ export class Relay {
       case SEND_DOWN:
         this.#pending[slot]!--;
         this.#wrote(slot, kind - SEND_UP, result);
+        return;
+      case WAKE:
+        this.woken = true;
+        if (!this.#closed) this.#watchWake();
         return;
     }
   }
@@ -503,6 +528,21 @@ export class Relay {
       if (idleMs > 0 && this.#now - this.#lastActive[slot]! > idleMs) this.#abort(slot);
     }
   }
+}
+
+const ONE_EVENT = new Uint8Array(new BigUint64Array([1n]).buffer);
+
+/**
+ * What ends the wait of a relay from another thread: `wake(relay.wakeFd)` (its `woken` is then set).
+ * Opens libc, so call it once, when setting up.
+ */
+export function openWaker(): (wakeFd: number) => void {
+  const { write } = Deno.dlopen("libc.so.6", {
+    write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  }).symbols;
+  return (wakeFd) => {
+    write(wakeFd, ONE_EVENT, 8n);
+  };
 }
 
 function addressOfBytes(bytes: ArrayBufferView): number {

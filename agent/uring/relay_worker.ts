@@ -1,15 +1,17 @@
 /**
  * A relay on a thread of its own: it blocks in `io_uring_enter`, and turns to its event loop (messages
- * from the agent) between waits, at least every `YIELD_MS`.
+ * from the agent) between waits: at least every `yieldMs`, and at once when woken.
  *
- * Messages in: `{ type: "start", services }` (services without `candidates`: every backend in order),
- * `{ type: "counters" }`, `{ type: "stop" }`. Out: `{ type: "listening", ports }`, `{ type: "counters",
+ * Messages in: `{ type: "start", services, yieldMs? }` (services without `candidates`: every backend in
+ * order), `{ type: "counters" }`, `{ type: "stop" }`. Out: `{ type: "listening", ports, wakeFd }` (write to
+ * `wakeFd` with `wake` after posting, and the message is taken at once), `{ type: "counters",
  * counters, open }`, `{ type: "stopped", counters }`, `{ type: "error", message }`.
  */
 import { openRing, unavailableReason } from "./ring.ts";
 import { Relay, type RelayService } from "./relay.ts";
 
-const YIELD_MS = 10;
+/** The longest the relay blocks before it turns to its event loop anyway. */
+let yieldMs = 10;
 
 type ServiceMessage = Omit<RelayService, "candidates">;
 
@@ -24,9 +26,11 @@ let stopping = false;
 let relay: Relay | null = null;
 
 scope.onmessage = (event: MessageEvent) => {
-  const message = event.data as { type: string; services?: ServiceMessage[] };
-  if (message.type === "start") start(message.services ?? []);
-  else if (message.type === "counters" && relay) {
+  const message = event.data as { type: string; services?: ServiceMessage[]; yieldMs?: number };
+  if (message.type === "start") {
+    yieldMs = message.yieldMs ?? yieldMs;
+    start(message.services ?? []);
+  } else if (message.type === "counters" && relay) {
     scope.postMessage({ type: "counters", counters: relay.counters, open: relay.open });
   } else if (message.type === "stop") stopping = true;
 };
@@ -42,14 +46,15 @@ function start(services: ServiceMessage[]): void {
     const order = service.backends.map((_, i) => i);
     return relay!.listen({ ...service, candidates: () => order });
   });
-  scope.postMessage({ type: "listening", ports });
+  scope.postMessage({ type: "listening", ports, wakeFd: relay.wakeFd });
   void run(relay, ring);
 }
 
 async function run(relay: Relay, ring: { close(): void }): Promise<void> {
   while (!stopping) {
-    const until = performance.now() + YIELD_MS;
-    while (!stopping && performance.now() < until) relay.poll(until - performance.now());
+    // A wake (the agent posted a message and wrote the eventfd) ends the wait at once.
+    const until = performance.now() + yieldMs;
+    do relay.poll(Math.max(0, until - performance.now())); while (!relay.woken && performance.now() < until);
     await new Promise((resolve) => setTimeout(resolve, 0));
   }
   relay.close();

@@ -36,6 +36,7 @@ const SYS = {
 /** Operations (`enum io_uring_op`). */
 export const Op = {
   NOP: 0,
+  READ: 22,
   ACCEPT: 13,
   CONNECT: 16,
   CLOSE: 19,
