@@ -18,6 +18,7 @@ import {
   Op,
   type Ring,
 } from "./ring.ts";
+import { encodeProxyHeader } from "../../cluster/proxy_protocol.ts";
 
 const SOCKETS = {
   socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
@@ -75,6 +76,8 @@ export interface RelayService {
   readonly maxConnections: number;
   readonly connectTimeoutMs: number;
   readonly idleTimeoutMs: number;
+  /** A PROXY protocol header to send the backend before any byte of the client's. */
+  readonly proxyProtocol?: "none" | "v1" | "v2";
 }
 
 export interface RelayCounters {
@@ -134,6 +137,10 @@ export class Relay {
   readonly #tries: (readonly number[] | null)[];
   readonly #tried: Uint8Array;
   readonly #lastActive: Float64Array;
+  /** The PROXY header being sent to the backend (kept alive until sent), or null. */
+  readonly #header: (Uint8Array | null)[];
+  /** The flow's client and the address it connected to, while a header is to be made. */
+  readonly #endpoints: ({ client: SocketAddress; destination: SocketAddress } | null)[];
   /** Per direction (slot × 2 + 0 up, + 1 down): the buffer held, its length, and bytes sent from it. */
   readonly #bufferId: Int32Array;
   readonly #length: Int32Array;
@@ -178,6 +185,8 @@ export class Relay {
     this.#tries = new Array(slots).fill(null);
     this.#tried = new Uint8Array(slots);
     this.#lastActive = new Float64Array(slots);
+    this.#header = new Array(slots).fill(null);
+    this.#endpoints = new Array(slots).fill(null);
     this.#bufferId = new Int32Array(slots * 2);
     this.#length = new Int32Array(slots * 2);
     this.#sent = new Int32Array(slots * 2);
@@ -339,7 +348,13 @@ export class Relay {
     this.#sockets.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, this.#one, 4);
     this.#addressLength[0] = 28;
     this.#sockets.getpeername(fd, this.#addressBytes, this.#addressLength);
-    this.#tries[slot] = listener.service.candidates(decodeAddress(this.#addressBytes));
+    const client = decodeAddress(this.#addressBytes);
+    if ((listener.service.proxyProtocol ?? "none") !== "none") {
+      this.#addressLength[0] = 28;
+      this.#sockets.getsockname(fd, this.#addressBytes, this.#addressLength);
+      this.#endpoints[slot] = { client, destination: decodeAddress(this.#addressBytes) };
+    }
+    this.#tries[slot] = listener.service.candidates(client);
     this.#tried[slot] = 0;
     this.#connectNext(slot);
   }
@@ -398,8 +413,32 @@ export class Relay {
       return;
     }
     this.#tries[slot] = null;
-    this.#receive(slot, 0);
+    const endpoints = this.#endpoints[slot];
+    const version = this.#listeners[this.#listener[slot]!]!.service.proxyProtocol;
+    this.#endpoints[slot] = null;
+    if (endpoints && (version === "v1" || version === "v2")) {
+      // The header goes first; the client's bytes are read once it is sent (see #wrote).
+      const header = encodeProxyHeader(version, endpoints.client, endpoints.destination);
+      this.#header[slot] = header;
+      const k = slot * 2;
+      this.#length[k] = header.length;
+      this.#sent[k] = 0;
+      this.#sendHeader(slot);
+    } else this.#receive(slot, 0);
     this.#receive(slot, 1);
+  }
+
+  #sendHeader(slot: number): void {
+    const k = slot * 2;
+    this.#pending[slot]!++;
+    this.#ring.queue(
+      Op.SEND,
+      this.#backend[slot]!,
+      addressOfBytes(this.#header[slot]!) + this.#sent[k]!,
+      this.#length[k]! - this.#sent[k]!,
+      MSG_NOSIGNAL,
+      (slot << 3) | SEND_UP,
+    );
   }
 
   #receive(slot: number, direction: number): void {
@@ -460,6 +499,10 @@ export class Relay {
 
   #wrote(slot: number, direction: number, result: number): void {
     const k = slot * 2 + direction;
+    if (direction === 0 && this.#header[slot] !== null) {
+      this.#headerWritten(slot, result);
+      return;
+    }
     if (result > 0 && this.#done[slot] !== BOTH) {
       this.#sent[k]! += result;
       if (this.#sent[k]! < this.#length[k]!) {
@@ -471,6 +514,21 @@ export class Relay {
     this.#bufferId[k] = -1;
     if (result <= 0) this.#abort(slot);
     else if (this.#done[slot] !== BOTH) this.#receive(slot, direction);
+    this.#release(slot);
+  }
+
+  #headerWritten(slot: number, result: number): void {
+    const k = slot * 2;
+    if (result > 0 && this.#done[slot] !== BOTH) {
+      this.#sent[k]! += result;
+      if (this.#sent[k]! < this.#length[k]!) {
+        this.#sendHeader(slot);
+        return;
+      }
+    }
+    this.#header[slot] = null;
+    if (result <= 0) this.#abort(slot);
+    else if (this.#done[slot] !== BOTH) this.#receive(slot, 0);
     this.#release(slot);
   }
 
@@ -509,6 +567,8 @@ export class Relay {
     this.#client[slot] = -1;
     this.#backend[slot] = -1;
     this.#tries[slot] = null;
+    this.#header[slot] = null;
+    this.#endpoints[slot] = null;
     if (this.#starved.length > 0) {
       const left = this.#starved.filter((k) => k >> 1 !== slot);
       this.#starved.length = 0;

@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { blackhole, eventually, randomBytes, readAll, writeAll } from "../../tests/_helpers.ts";
+import { decodeProxyHeader } from "../../cluster/proxy_protocol.ts";
 import { openRing, unavailableReason } from "./ring.ts";
 import { openWaker, type RelayCounters, type SocketAddress } from "./relay.ts";
 
@@ -18,6 +19,7 @@ interface ServiceOptions {
   maxConnections?: number;
   connectTimeoutMs?: number;
   idleTimeoutMs?: number;
+  proxyProtocol?: "none" | "v1" | "v2";
   /** How long the relay may block before it reads its messages, unless woken. */
   yieldMs?: number;
 }
@@ -52,6 +54,7 @@ async function startRelay(options: ServiceOptions) {
       maxConnections: options.maxConnections ?? 1000,
       connectTimeoutMs: options.connectTimeoutMs ?? 2000,
       idleTimeoutMs: options.idleTimeoutMs ?? 0,
+      proxyProtocol: options.proxyProtocol ?? "none",
     }],
   });
   const { ports, wakeFd } = await next("listening") as unknown as { ports: number[]; wakeFd: number };
@@ -191,6 +194,40 @@ Deno.test({
     }
   },
 });
+
+for (const version of ["v1", "v2"] as const) {
+  Deno.test({
+    name: `io_uring relay: proxy_protocol ${version} sends the client's address before its first byte`,
+    ignore,
+    async fn() {
+      const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+      const port = (listener.addr as Deno.NetAddr).port;
+      await using proxied = await startRelay({
+        backends: [{ ip: "127.0.0.1", port }],
+        proxyProtocol: version,
+      });
+      const client = await Deno.connect({ hostname: "127.0.0.1", port: proxied.port });
+      const [conn] = await Promise.all([
+        listener.accept(),
+        writeAll(client, new TextEncoder().encode("hello")),
+      ]);
+      await client.closeWrite();
+      const received = await readAll(conn);
+      const decoded = decodeProxyHeader(received);
+      assert.ok(decoded, "a complete header arrived");
+      assert.equal(decoded.header.version, version === "v1" ? 1 : 2);
+      assert.deepEqual(decoded.header.source, {
+        ip: "127.0.0.1",
+        port: (client.localAddr as Deno.NetAddr).port,
+      });
+      assert.deepEqual(decoded.header.destination, { ip: "127.0.0.1", port: proxied.port });
+      assert.equal(new TextDecoder().decode(received.subarray(decoded.length)), "hello");
+      conn.close();
+      client.close();
+      listener.close();
+    },
+  });
+}
 
 Deno.test({
   name: "io_uring relay: a refused backend is skipped for the next candidate, and counted",
