@@ -61,6 +61,9 @@ const IGNORED = 7;
 /** Flow states, in `#done`: bit 0 up finished, bit 1 down finished. */
 const BOTH = 3;
 
+/** `#tries` of a flow waiting to be placed. */
+const ASKED: readonly Uint8Array[] = Object.freeze([]);
+
 export interface SocketAddress {
   readonly ip: string;
   readonly port: number;
@@ -71,13 +74,35 @@ export interface RelayService {
   readonly name: string;
   readonly listen: SocketAddress;
   readonly backends: readonly SocketAddress[];
-  /** Backends to try for a new flow from `client`, in order (indexes into `backends`). */
-  readonly candidates: (client: SocketAddress) => readonly number[];
+  /**
+   * Backends to try for a new flow from `client` to `destination`, in order (indexes into `backends`); or
+   * null when the relay cannot place it alone: it then asks (`RelayOptions.ask`) and waits for `placed`.
+   */
+  readonly candidates: (client: SocketAddress, destination: SocketAddress) => readonly number[] | null;
   readonly maxConnections: number;
   readonly connectTimeoutMs: number;
   readonly idleTimeoutMs: number;
   /** A PROXY protocol header to send the backend before any byte of the client's. */
   readonly proxyProtocol?: "none" | "v1" | "v2";
+}
+
+/** A flow the relay waits to be told where to send (see `Relay.placed`). */
+export interface PlacementRequest {
+  /** The service's index, in the order of `listen` calls. */
+  readonly service: number;
+  readonly slot: number;
+  /** Tells this flow from a later one in the same slot. */
+  readonly generation: number;
+  readonly client: SocketAddress;
+  readonly destination: SocketAddress;
+}
+
+export interface RelayOptions {
+  maxFlows?: number;
+  buffers?: number;
+  bufferSize?: number;
+  /** Called for each flow whose service's `candidates` returned null. */
+  ask?: (request: PlacementRequest) => void;
 }
 
 export interface RelayCounters {
@@ -133,14 +158,16 @@ export class Relay {
   /** Operations in flight; a slot is freed only when none is. */
   readonly #pending: Int32Array;
   readonly #done: Uint8Array;
-  /** Candidates left to try while connecting (indexes into the service's backends). */
-  readonly #tries: (readonly number[] | null)[];
+  /**
+   * While a flow is being connected, the addresses to try (`struct sockaddr`s) in order; ASKED while it
+   * waits to be placed; null once connected.
+   */
+  readonly #tries: (readonly Uint8Array[] | null)[];
+  readonly #generation: Uint32Array;
   readonly #tried: Uint8Array;
   readonly #lastActive: Float64Array;
-  /** The PROXY header being sent to the backend (kept alive until sent), or null. */
+  /** Bytes sent to the backend before any of the client's (a PROXY header), kept alive until sent. */
   readonly #header: (Uint8Array | null)[];
-  /** The flow's client and the address it connected to, while a header is to be made. */
-  readonly #endpoints: ({ client: SocketAddress; destination: SocketAddress } | null)[];
   /** Per direction (slot × 2 + 0 up, + 1 down): the buffer held, its length, and bytes sent from it. */
   readonly #bufferId: Int32Array;
   readonly #length: Int32Array;
@@ -157,6 +184,7 @@ export class Relay {
   readonly #onCompletion = (data: number, result: number, flags: number) =>
     this.#completed(data, result, flags);
   #closed = false;
+  readonly #ask: ((request: PlacementRequest) => void) | null;
   /**
    * An eventfd the relay always has a read pending on: another thread writes to it (`wake`) to end a
    * wait in `poll` at once. `woken` tells whether that happened in the last `poll`.
@@ -166,8 +194,9 @@ export class Relay {
   readonly #wakeAddress: number;
   woken = false;
 
-  constructor(ring: Ring, options: { maxFlows?: number; buffers?: number; bufferSize?: number } = {}) {
+  constructor(ring: Ring, options: RelayOptions = {}) {
     this.#ring = ring;
+    this.#ask = options.ask ?? null;
     const library = Deno.dlopen("libc.so.6", SOCKETS);
     this.#sockets = library.symbols;
     this.#errno = new Deno.UnsafePointerView(this.#sockets.__errno_location()!);
@@ -186,7 +215,7 @@ export class Relay {
     this.#tried = new Uint8Array(slots);
     this.#lastActive = new Float64Array(slots);
     this.#header = new Array(slots).fill(null);
-    this.#endpoints = new Array(slots).fill(null);
+    this.#generation = new Uint32Array(slots);
     this.#bufferId = new Int32Array(slots * 2);
     this.#length = new Int32Array(slots * 2);
     this.#sent = new Int32Array(slots * 2);
@@ -210,7 +239,7 @@ export class Relay {
 
   /** Starts accepting for `service`; returns the port bound (useful with port 0). */
   listen(service: RelayService): number {
-    const fd = this.#socket(service.listen.ip, false);
+    const fd = this.#socket(service.listen.ip.includes(":"), false);
     const opt = this.#one;
     this.#sockets.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, opt, 4);
     this.#sockets.setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, opt, 4);
@@ -261,15 +290,21 @@ export class Relay {
       this.#sockets.close(listener.fd);
     }
     for (let slot = 0; slot < this.#client.length; slot++) {
-      if (this.#client[slot]! >= 0) this.#abort(slot);
+      if (this.#client[slot]! < 0) continue;
+      this.#abort(slot);
+      if (this.#tries[slot] === ASKED) {
+        // Nothing is in flight for a flow waiting to be placed: it ends here.
+        this.#tries[slot] = null;
+        this.#release(slot);
+      }
     }
     // Every aborted operation completes at once (its sockets are shut down): take those completions.
     for (let round = 0; round < 100 && this.#open > 0; round++) this.poll(10);
     this.#sockets.close(this.wakeFd);
   }
 
-  #socket(ip: string, nonBlocking: boolean): number {
-    const family = ip.includes(":") ? AF_INET6 : AF_INET;
+  #socket(v6: boolean, nonBlocking: boolean): number {
+    const family = v6 ? AF_INET6 : AF_INET;
     const fd = this.#sockets.socket(
       family,
       SOCK_STREAM | SOCK_CLOEXEC | (nonBlocking ? SOCK_NONBLOCK : 0),
@@ -349,13 +384,52 @@ export class Relay {
     this.#addressLength[0] = 28;
     this.#sockets.getpeername(fd, this.#addressBytes, this.#addressLength);
     const client = decodeAddress(this.#addressBytes);
-    if ((listener.service.proxyProtocol ?? "none") !== "none") {
-      this.#addressLength[0] = 28;
-      this.#sockets.getsockname(fd, this.#addressBytes, this.#addressLength);
-      this.#endpoints[slot] = { client, destination: decodeAddress(this.#addressBytes) };
+    this.#addressLength[0] = 28;
+    this.#sockets.getsockname(fd, this.#addressBytes, this.#addressLength);
+    const destination = decodeAddress(this.#addressBytes);
+    const generation = ++this.#generation[slot]!;
+    const service = listener.service;
+    const order = service.candidates(client, destination);
+    if (order === null) {
+      this.#tries[slot] = ASKED;
+      if (this.#ask === null) {
+        throw new Error(`Service ${service.name} asks where to send flows, but no one answers`);
+      }
+      this.#ask({ service: index, slot, generation, client, destination });
+      return;
     }
-    this.#tries[slot] = listener.service.candidates(client);
+    const version = service.proxyProtocol ?? "none";
+    this.#begin(
+      slot,
+      order.map((i) => listener.backendAddresses[i]!),
+      version === "none" ? null : encodeProxyHeader(version, client, destination),
+    );
+  }
+
+  /**
+   * Where to send a flow the relay asked about: `targets` in order, `header` (if any) first. Ignored
+   * when that flow is gone (its slot's generation moved on); an empty `targets` closes it as having no
+   * backend.
+   */
+  placed(
+    slot: number,
+    generation: number,
+    targets: readonly SocketAddress[],
+    header: Uint8Array | null,
+  ): void {
+    if (this.#generation[slot] !== generation || this.#tries[slot] !== ASKED) return;
+    if (this.#done[slot] === BOTH) {
+      this.#tries[slot] = null;
+      this.#release(slot);
+      return;
+    }
+    this.#begin(slot, targets.map(encodeAddress), header);
+  }
+
+  #begin(slot: number, targets: readonly Uint8Array[], header: Uint8Array | null): void {
+    this.#tries[slot] = targets;
     this.#tried[slot] = 0;
+    this.#header[slot] = header;
     this.#connectNext(slot);
   }
 
@@ -373,11 +447,10 @@ export class Relay {
       return;
     }
     this.#tried[slot] = at + 1;
-    const backend = listener.service.backends[tries[at]!]!;
-    const address = listener.backendAddresses[tries[at]!]!;
+    const address = tries[at]!;
     let fd: number;
     try {
-      fd = this.#socket(backend.ip, true);
+      fd = this.#socket(address[0] === AF_INET6, true);
     } catch {
       this.#connectNext(slot);
       return;
@@ -413,13 +486,9 @@ export class Relay {
       return;
     }
     this.#tries[slot] = null;
-    const endpoints = this.#endpoints[slot];
-    const version = this.#listeners[this.#listener[slot]!]!.service.proxyProtocol;
-    this.#endpoints[slot] = null;
-    if (endpoints && (version === "v1" || version === "v2")) {
+    const header = this.#header[slot];
+    if (header) {
       // The header goes first; the client's bytes are read once it is sent (see #wrote).
-      const header = encodeProxyHeader(version, endpoints.client, endpoints.destination);
-      this.#header[slot] = header;
       const k = slot * 2;
       this.#length[k] = header.length;
       this.#sent[k] = 0;
@@ -568,7 +637,6 @@ export class Relay {
     this.#backend[slot] = -1;
     this.#tries[slot] = null;
     this.#header[slot] = null;
-    this.#endpoints[slot] = null;
     if (this.#starved.length > 0) {
       const left = this.#starved.filter((k) => k >> 1 !== slot);
       this.#starved.length = 0;

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { blackhole, eventually, randomBytes, readAll, writeAll } from "../../tests/_helpers.ts";
 import { decodeProxyHeader } from "../../cluster/proxy_protocol.ts";
 import { openRing, unavailableReason } from "./ring.ts";
-import { openWaker, type RelayCounters, type SocketAddress } from "./relay.ts";
+import { openWaker, type PlacementRequest, type RelayCounters, type SocketAddress } from "./relay.ts";
 
 const probe = openRing({ entries: 8 });
 probe?.close();
@@ -20,6 +20,8 @@ interface ServiceOptions {
   connectTimeoutMs?: number;
   idleTimeoutMs?: number;
   proxyProtocol?: "none" | "v1" | "v2";
+  /** Makes every flow ask where to go, and answers with this. */
+  place?: (request: PlacementRequest) => Promise<{ targets: SocketAddress[]; header: Uint8Array | null }>;
   /** How long the relay may block before it reads its messages, unless woken. */
   yieldMs?: number;
 }
@@ -30,6 +32,15 @@ async function startRelay(options: ServiceOptions) {
   const inbox: Array<{ type: string; [key: string]: unknown }> = [];
   let notify = () => {};
   worker.onmessage = (event) => {
+    if (event.data.type === "place" && options.place) {
+      const request = event.data as PlacementRequest;
+      void options.place(request).then(({ targets, header }) => {
+        if (!stopped) {
+          post({ type: "placed", slot: request.slot, generation: request.generation, targets, header });
+        }
+      });
+      return;
+    }
     inbox.push(event.data);
     notify();
   };
@@ -55,14 +66,15 @@ async function startRelay(options: ServiceOptions) {
       connectTimeoutMs: options.connectTimeoutMs ?? 2000,
       idleTimeoutMs: options.idleTimeoutMs ?? 0,
       proxyProtocol: options.proxyProtocol ?? "none",
+      ask: options.place !== undefined,
     }],
   });
   const { ports, wakeFd } = await next("listening") as unknown as { ports: number[]; wakeFd: number };
   let stopped = false;
-  const post = (message: unknown) => {
+  function post(message: unknown) {
     worker.postMessage(message);
     wake(wakeFd);
-  };
+  }
   return {
     port: ports[0]!,
     async counters(): Promise<RelayCounters & { open: number }> {
@@ -228,6 +240,56 @@ for (const version of ["v1", "v2"] as const) {
     },
   });
 }
+
+Deno.test({
+  name: "io_uring relay: flows it cannot place alone wait for the agent's answer, its targets and header",
+  ignore,
+  async fn() {
+    await using echo = backend((received) => received);
+    const requests: PlacementRequest[] = [];
+    await using relay = await startRelay({
+      backends: [],
+      place: async (request) => {
+        requests.push(request);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        // The first flow has nowhere to go; the next ones go to a refused address, then to the echo.
+        if (requests.length === 1) return { targets: [], header: null };
+        return {
+          targets: [refusedAddress(), echo.address],
+          header: new TextEncoder().encode(`flow ${requests.length}:`),
+        };
+      },
+    });
+    assert.equal((await exchange(relay.port, new TextEncoder().encode("lost"))).length, 0);
+    for (const n of [2, 3]) {
+      const answer = new TextDecoder().decode(await exchange(relay.port, new TextEncoder().encode("hi")));
+      assert.equal(answer, `flow ${n}:hi`);
+    }
+    assert.equal(requests.length, 3);
+    assert.deepEqual(requests[1]!.destination, { ip: "127.0.0.1", port: relay.port });
+    assert.equal(requests[1]!.client.ip, "127.0.0.1");
+    const counters = await relay.counters();
+    assert.equal(counters.noBackend, 1);
+    assert.equal(counters.connectFailures, 2);
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: a flow still waiting to be placed when the relay stops is closed, not leaked",
+  ignore,
+  async fn() {
+    await using relay = await startRelay({
+      backends: [],
+      // No answer ever comes.
+      place: () => new Promise(() => {}),
+    });
+    const client = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+    await eventually(async () => (await relay.counters()).open === 1, 10_000, "the flow to wait");
+    assert.equal((await relay.stop()).open, 0);
+    assert.equal(await client.read(new Uint8Array(1)).catch(() => null), null);
+    client.close();
+  },
+});
 
 Deno.test({
   name: "io_uring relay: a refused backend is skipped for the next candidate, and counted",

@@ -2,19 +2,35 @@
  * A relay on a thread of its own: it blocks in `io_uring_enter`, and turns to its event loop (messages
  * from the agent) between waits: at least every `yieldMs`, and at once when woken.
  *
- * Messages in: `{ type: "start", services, yieldMs? }` (services without `candidates`: every backend in
- * order), `{ type: "counters" }`, `{ type: "stop" }`. Out: `{ type: "listening", ports, wakeFd }` (write to
- * `wakeFd` with `wake` after posting, and the message is taken at once), `{ type: "counters",
- * counters, open }`, `{ type: "stopped", counters }`, `{ type: "error", message }`.
+ * Messages in:
+ * - `{ type: "start", services, yieldMs? }`: each service's flows go to every backend in order, or with
+ *   `ask` where the agent says;
+ * - `{ type: "placed", slot, generation, targets, header }`: the agent's answer to a `place`;
+ * - `{ type: "counters" }`, `{ type: "stop" }`.
+ *
+ * Messages out:
+ * - `{ type: "listening", ports, wakeFd }`: write to `wakeFd` (`openWaker`) after posting, and the message
+ *   is taken at once;
+ * - `{ type: "place", service, slot, generation, client, destination }`;
+ * - `{ type: "counters", counters, open }`, `{ type: "stopped", counters, open }`, `{ type: "error", message }`.
  */
 import { setImmediate } from "node:timers";
 import { openRing, unavailableReason } from "./ring.ts";
-import { Relay, type RelayService } from "./relay.ts";
+import { type PlacementRequest, Relay, type RelayService, type SocketAddress } from "./relay.ts";
 
 /** The longest the relay blocks before it turns to its event loop anyway. */
 let yieldMs = 10;
 
-type ServiceMessage = Omit<RelayService, "candidates">;
+/** A service as posted: `ask` has every flow placed by the agent (`place` out, `placed` in). */
+type ServiceMessage = Omit<RelayService, "candidates"> & { ask?: boolean };
+
+interface PlacedMessage {
+  type: "placed";
+  slot: number;
+  generation: number;
+  targets: SocketAddress[];
+  header: Uint8Array | null;
+}
 
 interface WorkerScope {
   onmessage: ((event: MessageEvent) => void) | null;
@@ -28,7 +44,10 @@ let relay: Relay | null = null;
 
 scope.onmessage = (event: MessageEvent) => {
   const message = event.data as { type: string; services?: ServiceMessage[]; yieldMs?: number };
-  if (message.type === "start") {
+  if (message.type === "placed" && relay) {
+    const placed = message as unknown as PlacedMessage;
+    relay.placed(placed.slot, placed.generation, placed.targets, placed.header);
+  } else if (message.type === "start") {
     yieldMs = message.yieldMs ?? yieldMs;
     start(message.services ?? []);
   } else if (message.type === "counters" && relay) {
@@ -42,10 +61,12 @@ function start(services: ServiceMessage[]): void {
     scope.postMessage({ type: "error", message: `io_uring is not available: ${unavailableReason}` });
     return;
   }
-  relay = new Relay(ring);
+  relay = new Relay(ring, {
+    ask: (request: PlacementRequest) => scope.postMessage({ type: "place", ...request }),
+  });
   const ports = services.map((service) => {
     const order = service.backends.map((_, i) => i);
-    return relay!.listen({ ...service, candidates: () => order });
+    return relay!.listen({ ...service, candidates: () => service.ask ? null : order });
   });
   scope.postMessage({ type: "listening", ports, wakeFd: relay.wakeFd });
   void run(relay, ring);
