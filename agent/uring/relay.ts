@@ -127,12 +127,12 @@ export const RELAY_DEFAULTS = {
 
 interface Listener {
   readonly fd: number;
-  readonly service: RelayService;
+  service: RelayService;
   readonly index: number;
   open: number;
   /** The kernel's copy of the connect timeout is taken at submission, so one per service will do. */
   readonly connectTimeout: BigInt64Array;
-  readonly backendAddresses: Uint8Array[];
+  backendAddresses: Uint8Array[];
 }
 
 export class Relay {
@@ -266,6 +266,17 @@ export class Relay {
     this.#listeners.push(listener);
     this.#accept(listener);
     return port;
+  }
+
+  /**
+   * Gives service `index` (in the order of `listen` calls) new backends, which its `candidates` index
+   * from now on; flows already connecting keep the addresses they had.
+   */
+  update(index: number, backends: readonly SocketAddress[]): void {
+    const listener = this.#listeners[index];
+    if (!listener) throw new RangeError(`No service ${index}: the relay has ${this.#listeners.length}`);
+    listener.service = { ...listener.service, backends };
+    listener.backendAddresses = backends.map(encodeAddress);
   }
 
   /**

@@ -4,7 +4,10 @@
  */
 import assert from "node:assert/strict";
 import { blackhole, eventually, randomBytes, readAll, writeAll } from "../../tests/_helpers.ts";
+import { CLAIM_BUCKETS } from "../../cluster/claims.ts";
+import { buildTable } from "../../cluster/maglev.ts";
 import { decodeProxyHeader } from "../../cluster/proxy_protocol.ts";
+import { placeFlow, type Placement } from "./placement.ts";
 import { openRing, unavailableReason } from "./ring.ts";
 import { openWaker, type PlacementRequest, type RelayCounters, type SocketAddress } from "./relay.ts";
 
@@ -20,6 +23,7 @@ interface ServiceOptions {
   connectTimeoutMs?: number;
   idleTimeoutMs?: number;
   proxyProtocol?: "none" | "v1" | "v2";
+  placement?: Placement;
   /** Makes every flow ask where to go, and answers with this. */
   place?: (request: PlacementRequest) => Promise<{ targets: SocketAddress[]; header: Uint8Array | null }>;
   /** How long the relay may block before it reads its messages, unless woken. */
@@ -66,7 +70,9 @@ async function startRelay(options: ServiceOptions) {
       connectTimeoutMs: options.connectTimeoutMs ?? 2000,
       idleTimeoutMs: options.idleTimeoutMs ?? 0,
       proxyProtocol: options.proxyProtocol ?? "none",
-      ask: options.place !== undefined,
+      // With a placement, only the flows it cannot place are asked.
+      ask: options.place !== undefined && options.placement === undefined,
+      ...(options.placement ? { placement: options.placement } : {}),
     }],
   });
   const { ports, wakeFd } = await next("listening") as unknown as { ports: number[]; wakeFd: number };
@@ -77,6 +83,9 @@ async function startRelay(options: ServiceOptions) {
   }
   return {
     port: ports[0]!,
+    setPlacement(placement: Placement) {
+      post({ type: "placement", service: 0, placement });
+    },
     async counters(): Promise<RelayCounters & { open: number }> {
       post({ type: "counters" });
       const message = await next("counters") as unknown as { counters: RelayCounters; open: number };
@@ -288,6 +297,81 @@ Deno.test({
     assert.equal((await relay.stop()).open, 0);
     assert.equal(await client.read(new Uint8Array(1)).catch(() => null), null);
     client.close();
+  },
+});
+
+Deno.test({
+  name:
+    "io_uring relay: its worker places flows by the agent's hash, claims and Maglev table, and follows updates",
+  ignore,
+  async fn() {
+    await using b0 = backend(() => new TextEncoder().encode("b0"));
+    await using b1 = backend(() => new TextEncoder().encode("b1"));
+    await using b2 = backend(() => new TextEncoder().encode("b2"));
+    const backends = [b0.address, b1.address, b2.address];
+    const table = (weights: number[]) =>
+      buildTable(weights.map((weight, i) => ({ id: `b${i}`, weight })), { size: 251 });
+    const placement: Placement = {
+      backends,
+      table: table([1, 1, 1]),
+      seed: 7,
+      placeBy: "flow",
+      askBuckets: null,
+    };
+    await using relay = await startRelay({ backends, placement });
+    const seen = new Set<string>();
+    for (let i = 0; i < 30; i++) {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+      const client = { ip: "127.0.0.1", port: (conn.localAddr as Deno.NetAddr).port };
+      await conn.closeWrite();
+      const answer = new TextDecoder().decode(await readAll(conn));
+      conn.close();
+      const expected = placeFlow(placement, client, { ip: "127.0.0.1", port: relay.port })![0];
+      assert.equal(answer, `b${expected}`, `client port ${client.port}`);
+      seen.add(answer);
+    }
+    assert.ok(seen.size >= 2, `30 flows went to ${[...seen].join(", ")} only`);
+
+    relay.setPlacement({ ...placement, table: table([0, 0, 1]) });
+    await relay.counters(); // the update is taken before this answer
+    for (let i = 0; i < 5; i++) {
+      assert.equal(new TextDecoder().decode(await exchange(relay.port, new Uint8Array(0))), "b2");
+    }
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: flows of buckets another agent claims are asked of the agent, the others placed",
+  ignore,
+  async fn() {
+    await using b0 = backend(() => new TextEncoder().encode("here"));
+    await using mesh = backend(() => new TextEncoder().encode("handed off"));
+    // Odd buckets belong to another agent.
+    const askBuckets = new Uint8Array(CLAIM_BUCKETS).map((_, bucket) => bucket % 2);
+    const placement: Placement = {
+      backends: [b0.address],
+      table: buildTable([{ id: "b0", weight: 1 }], { size: 13 }),
+      seed: 1,
+      placeBy: "flow",
+      askBuckets,
+    };
+    let asked = 0;
+    await using relay = await startRelay({
+      backends: [b0.address],
+      placement,
+      place: () => {
+        asked++;
+        return Promise.resolve({ targets: [mesh.address], header: null });
+      },
+    });
+    let handedOff = 0;
+    for (let i = 0; i < 40; i++) {
+      const answer = new TextDecoder().decode(await exchange(relay.port, new Uint8Array(0)));
+      if (answer === "handed off") handedOff++;
+      else assert.equal(answer, "here");
+    }
+    assert.equal(handedOff, asked);
+    assert.ok(asked > 5 && asked < 35, `${asked} of 40 flows were asked`);
   },
 });
 

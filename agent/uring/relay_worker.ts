@@ -3,8 +3,9 @@
  * from the agent) between waits: at least every `yieldMs`, and at once when woken.
  *
  * Messages in:
- * - `{ type: "start", services, yieldMs? }`: each service's flows go to every backend in order, or with
- *   `ask` where the agent says;
+ * - `{ type: "start", services, yieldMs? }`: each service's flows are placed by its `placement` (see
+ *   `placement.ts`), or with `ask` where the agent says, or else go to every backend in order;
+ * - `{ type: "placement", service, placement }`: a service's placement from now on;
  * - `{ type: "placed", slot, generation, targets, header }`: the agent's answer to a `place`;
  * - `{ type: "counters" }`, `{ type: "stop" }`.
  *
@@ -16,13 +17,14 @@
  */
 import { setImmediate } from "node:timers";
 import { openRing, unavailableReason } from "./ring.ts";
+import { placeFlow, type Placement } from "./placement.ts";
 import { type PlacementRequest, Relay, type RelayService, type SocketAddress } from "./relay.ts";
 
 /** The longest the relay blocks before it turns to its event loop anyway. */
 let yieldMs = 10;
 
 /** A service as posted: `ask` has every flow placed by the agent (`place` out, `placed` in). */
-type ServiceMessage = Omit<RelayService, "candidates"> & { ask?: boolean };
+type ServiceMessage = Omit<RelayService, "candidates"> & { ask?: boolean; placement?: Placement };
 
 interface PlacedMessage {
   type: "placed";
@@ -41,10 +43,16 @@ const scope = self as unknown as WorkerScope;
 
 let stopping = false;
 let relay: Relay | null = null;
+/** Per service, how the worker places its flows alone (null: every backend in order). */
+const placements: (Placement | null)[] = [];
 
 scope.onmessage = (event: MessageEvent) => {
   const message = event.data as { type: string; services?: ServiceMessage[]; yieldMs?: number };
-  if (message.type === "placed" && relay) {
+  if (message.type === "placement" && relay) {
+    const { service, placement } = message as unknown as { service: number; placement: Placement };
+    placements[service] = placement;
+    relay.update(service, placement.backends);
+  } else if (message.type === "placed" && relay) {
     const placed = message as unknown as PlacedMessage;
     relay.placed(placed.slot, placed.generation, placed.targets, placed.header);
   } else if (message.type === "start") {
@@ -64,9 +72,18 @@ function start(services: ServiceMessage[]): void {
   relay = new Relay(ring, {
     ask: (request: PlacementRequest) => scope.postMessage({ type: "place", ...request }),
   });
-  const ports = services.map((service) => {
+  const ports = services.map((service, index) => {
     const order = service.backends.map((_, i) => i);
-    return relay!.listen({ ...service, candidates: () => service.ask ? null : order });
+    placements[index] = service.placement ?? null;
+    return relay!.listen({
+      ...service,
+      ...(service.placement ? { backends: service.placement.backends } : {}),
+      candidates: (client, destination) => {
+        if (service.ask) return null;
+        const placement = placements[index];
+        return placement ? placeFlow(placement, client, destination) : order;
+      },
+    });
   });
   scope.postMessage({ type: "listening", ports, wakeFd: relay.wakeFd });
   void run(relay, ring);
