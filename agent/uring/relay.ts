@@ -123,6 +123,8 @@ export const RELAY_DEFAULTS = {
   bufferSize: 16 * 1024,
   /** How often idle flows are looked for. */
   sweepMs: 250,
+  /** The longest pause of accepting after accept errors. */
+  acceptPauseMaxMs: 1_000,
 } as const;
 
 interface Listener {
@@ -133,7 +135,13 @@ interface Listener {
   /** The kernel's copy of the connect timeout is taken at submission, so one per service will do. */
   readonly connectTimeout: BigInt64Array;
   backendAddresses: Uint8Array[];
+  /** How long accepting pauses after the next accept error (grows while they last), and its timespec. */
+  pauseMs: number;
+  readonly pause: BigInt64Array;
 }
+
+/** In an ACCEPT completion's slot bits: the end of an accept pause, not an accept. */
+const PAUSED = 1 << 24;
 
 export class Relay {
   readonly #ring: Ring;
@@ -262,6 +270,8 @@ export class Relay {
       open: 0,
       connectTimeout: timeout,
       backendAddresses: service.backends.map(encodeAddress),
+      pauseMs: 0,
+      pause: new BigInt64Array(2),
     };
     this.#listeners.push(listener);
     this.#accept(listener);
@@ -344,7 +354,9 @@ export class Relay {
     const slot = data >>> 3;
     switch (kind) {
       case ACCEPT:
-        this.#accepted(slot, result, flags);
+        if (slot & PAUSED) {
+          if (!this.#closed) this.#accept(this.#listeners[slot & ~PAUSED]!);
+        } else this.#accepted(slot, result, flags);
         return;
       case CONNECT:
         this.#pending[slot]!--;
@@ -369,11 +381,16 @@ export class Relay {
 
   #accepted(index: number, fd: number, flags: number): void {
     const listener = this.#listeners[index]!;
-    if (!(flags & CQE_F_MORE) && !this.#closed) this.#accept(listener);
     if (fd < 0) {
-      if (!this.#closed) this.counters.acceptErrors++;
+      if (this.#closed) return;
+      this.counters.acceptErrors++;
+      // Out of descriptors above all: the connection waiting would fail again at once, so accepting pauses,
+      // longer while errors last (as HAProxy and nginx do, and the agent on Deno's sockets).
+      if (!(flags & CQE_F_MORE)) this.#pauseAccepting(listener);
       return;
     }
+    listener.pauseMs = 0;
+    if (!(flags & CQE_F_MORE) && !this.#closed) this.#accept(listener);
     const slot = this.#free.pop();
     if (slot === undefined || listener.open >= listener.service.maxConnections) {
       this.counters.rejected++;
@@ -442,6 +459,20 @@ export class Relay {
     this.#tried[slot] = 0;
     this.#header[slot] = header;
     this.#connectNext(slot);
+  }
+
+  #pauseAccepting(listener: Listener): void {
+    listener.pauseMs = Math.min(RELAY_DEFAULTS.acceptPauseMaxMs, Math.max(10, listener.pauseMs * 2));
+    listener.pause[0] = BigInt(Math.floor(listener.pauseMs / 1000));
+    listener.pause[1] = BigInt((listener.pauseMs % 1000) * 1_000_000);
+    this.#ring.queue(
+      Op.TIMEOUT,
+      -1,
+      addressOfBytes(listener.pause),
+      1,
+      0,
+      ((listener.index | PAUSED) << 3) | ACCEPT,
+    );
   }
 
   /** Connects to the next candidate, or gives the flow up when none is left. */

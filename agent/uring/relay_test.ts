@@ -376,6 +376,57 @@ Deno.test({
 });
 
 Deno.test({
+  name: "io_uring relay: out of descriptors, accepting pauses instead of spinning, and resumes after",
+  ignore,
+  async fn() {
+    // A backend that speaks first, so a shell client can read its answer.
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const answering = (async () => {
+      for await (const conn of listener) {
+        await writeAll(conn, new TextEncoder().encode("served\n")).catch(() => {});
+        conn.close();
+      }
+    })();
+    await using relay = await startRelay({
+      backends: [{ ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
+    });
+    // The client is another process, started now: once this one is out of descriptors it cannot spawn.
+    const shell = new Deno.Command("bash", {
+      args: ["-c", `read go; exec 3<>/dev/tcp/127.0.0.1/${relay.port}; cat <&3`],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    const go = shell.stdin.getWriter();
+    // Every descriptor this process may have taken (the relay's accept then fails with EMFILE). io_uring
+    // reads the limit when an accept is queued, so lowering it now would not reach the one pending.
+    const fillers: Deno.FsFile[] = [];
+    let errors = -1;
+    try {
+      for (;;) {
+        try {
+          fillers.push(Deno.openSync("/dev/null"));
+        } catch {
+          break;
+        }
+      }
+      await go.write(new TextEncoder().encode("go\n"));
+      await new Promise((resolve) => setTimeout(resolve, 600));
+      errors = (await relay.counters()).acceptErrors;
+    } finally {
+      for (const file of fillers) file.close();
+    }
+    // Pauses of 10, 20, 40, 80, 160 and 320 ms fit in 600 ms: a few errors, not thousands.
+    assert.ok(errors >= 1 && errors <= 10, `${errors} accept errors in 600 ms`);
+    await go.close();
+    const { stdout } = await shell.output();
+    assert.equal(new TextDecoder().decode(stdout), "served\n", "the waiting client is served after");
+    listener.close();
+    await answering;
+  },
+});
+
+Deno.test({
   name: "io_uring relay: a refused backend is skipped for the next candidate, and counted",
   ignore,
   async fn() {

@@ -37,6 +37,7 @@ const SYS = {
 export const Op = {
   NOP: 0,
   READ: 22,
+  TIMEOUT: 11,
   ACCEPT: 13,
   CONNECT: 16,
   CLOSE: 19,
