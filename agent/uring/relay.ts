@@ -135,6 +135,8 @@ interface Listener {
   /** The kernel's copy of the connect timeout is taken at submission, so one per service will do. */
   readonly connectTimeout: BigInt64Array;
   backendAddresses: Uint8Array[];
+  /** Whether `unlisten` closed it; its flows go on. */
+  closed: boolean;
   /** How long accepting pauses after the next accept error (grows while they last), and its timespec. */
   pauseMs: number;
   readonly pause: BigInt64Array;
@@ -270,12 +272,27 @@ export class Relay {
       open: 0,
       connectTimeout: timeout,
       backendAddresses: service.backends.map(encodeAddress),
+      closed: false,
       pauseMs: 0,
       pause: new BigInt64Array(2),
     };
     this.#listeners.push(listener);
     this.#accept(listener);
     return port;
+  }
+
+  /**
+   * Stops accepting for service `index` (removed, or moving to another address); its open flows go on
+   * to their end. Its index stays taken.
+   */
+  unlisten(index: number): void {
+    const listener = this.#listeners[index];
+    if (!listener) throw new RangeError(`No service ${index}: the relay has ${this.#listeners.length}`);
+    if (listener.closed) return;
+    listener.closed = true;
+    // The pending accept ends (with an error nobody counts) once the socket is shut down.
+    this.#sockets.shutdown(listener.fd, SHUT_RDWR);
+    this.#sockets.close(listener.fd);
   }
 
   /**
@@ -306,10 +323,7 @@ export class Relay {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    for (const listener of this.#listeners) {
-      this.#sockets.shutdown(listener.fd, SHUT_RDWR);
-      this.#sockets.close(listener.fd);
-    }
+    for (const listener of this.#listeners) this.unlisten(listener.index);
     for (let slot = 0; slot < this.#client.length; slot++) {
       if (this.#client[slot]! < 0) continue;
       this.#abort(slot);
@@ -355,7 +369,8 @@ export class Relay {
     switch (kind) {
       case ACCEPT:
         if (slot & PAUSED) {
-          if (!this.#closed) this.#accept(this.#listeners[slot & ~PAUSED]!);
+          const listener = this.#listeners[slot & ~PAUSED]!;
+          if (!listener.closed) this.#accept(listener);
         } else this.#accepted(slot, result, flags);
         return;
       case CONNECT:
@@ -382,7 +397,7 @@ export class Relay {
   #accepted(index: number, fd: number, flags: number): void {
     const listener = this.#listeners[index]!;
     if (fd < 0) {
-      if (this.#closed) return;
+      if (listener.closed) return;
       this.counters.acceptErrors++;
       // Out of descriptors above all: the connection waiting would fail again at once, so accepting pauses,
       // longer while errors last (as HAProxy and nginx do, and the agent on Deno's sockets).
@@ -390,7 +405,7 @@ export class Relay {
       return;
     }
     listener.pauseMs = 0;
-    if (!(flags & CQE_F_MORE) && !this.#closed) this.#accept(listener);
+    if (!(flags & CQE_F_MORE) && !listener.closed) this.#accept(listener);
     const slot = this.#free.pop();
     if (slot === undefined || listener.open >= listener.service.maxConnections) {
       this.counters.rejected++;

@@ -83,6 +83,10 @@ async function startRelay(options: ServiceOptions) {
   }
   return {
     port: ports[0]!,
+    async unlisten() {
+      post({ type: "unlisten", service: 0 });
+      await next("unlistened");
+    },
     setPlacement(placement: Placement) {
       post({ type: "placement", service: 0, placement });
     },
@@ -423,6 +427,34 @@ Deno.test({
     assert.equal(new TextDecoder().decode(stdout), "served\n", "the waiting client is served after");
     listener.close();
     await answering;
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: a service no longer listened to refuses new connections, and its open flows go on",
+  ignore,
+  async fn() {
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const accepting = listener.accept();
+    await using relay = await startRelay({
+      backends: [{ ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
+    });
+    const client = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+    const upstream = await accepting;
+    await relay.unlisten();
+    await assert.rejects(
+      Deno.connect({ hostname: "127.0.0.1", port: relay.port }),
+      Deno.errors.ConnectionRefused,
+    );
+    await writeAll(client, new TextEncoder().encode("still here"));
+    await client.closeWrite();
+    assert.equal(new TextDecoder().decode(await readAll(upstream)), "still here");
+    upstream.close();
+    assert.equal(await client.read(new Uint8Array(1)), null);
+    client.close();
+    listener.close();
+    await eventually(async () => (await relay.counters()).open === 0, 10_000, "the flow to end");
+    assert.equal((await relay.counters()).acceptErrors, 0);
   },
 });
 

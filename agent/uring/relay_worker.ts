@@ -6,6 +6,7 @@
  * - `{ type: "start", services, yieldMs? }`: each service's flows are placed by its `placement` (see
  *   `placement.ts`), or with `ask` where the agent says, or else go to every backend in order;
  * - `{ type: "placement", service, placement }`: a service's placement from now on;
+ * - `{ type: "unlisten", service }`: stop accepting for it (answered `{ type: "unlistened" }`);
  * - `{ type: "placed", slot, generation, targets, header }`: the agent's answer to a `place`;
  * - `{ type: "counters" }`, `{ type: "stop" }`.
  *
@@ -48,7 +49,10 @@ const placements: (Placement | null)[] = [];
 
 scope.onmessage = (event: MessageEvent) => {
   const message = event.data as { type: string; services?: ServiceMessage[]; yieldMs?: number };
-  if (message.type === "placement" && relay) {
+  if (message.type === "unlisten" && relay) {
+    relay.unlisten((message as unknown as { service: number }).service);
+    scope.postMessage({ type: "unlistened" });
+  } else if (message.type === "placement" && relay) {
     const { service, placement } = message as unknown as { service: number; placement: Placement };
     placements[service] = placement;
     relay.update(service, placement.backends);
