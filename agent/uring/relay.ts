@@ -97,7 +97,27 @@ export interface PlacementRequest {
   readonly destination: SocketAddress;
 }
 
+/**
+ * What happens to flows, for the agent's counts (open connections per backend, connect failures). A
+ * flow's `choice` is a backend index when the relay placed it, and an index into the answer's targets
+ * when the agent did (`placed`).
+ */
+export interface FlowEvents {
+  connected(service: number, slot: number, generation: number, choice: number): void;
+  /** `local`: the fault was this host's (no socket could be had), not the backend's. */
+  connectFailed(service: number, slot: number, generation: number, choice: number, local: boolean): void;
+  /** Nothing could be reached; the client was closed. */
+  noBackend(service: number, slot: number, generation: number): void;
+  /** A connected flow ended. */
+  ended(service: number, slot: number, generation: number, choice: number): void;
+}
+
+/** The kinds of flow event, as the relay's worker posts them (`{ type: "flows", events }`). */
+export const FlowEvent = { CONNECTED: 1, FAILED: 2, FAILED_LOCALLY: 3, NO_BACKEND: 4, ENDED: 5 } as const;
+
 export interface RelayOptions {
+  /** Told of every flow's connect and end. */
+  events?: FlowEvents;
   maxFlows?: number;
   buffers?: number;
   bufferSize?: number;
@@ -174,6 +194,10 @@ export class Relay {
    */
   readonly #tries: (readonly Uint8Array[] | null)[];
   readonly #generation: Uint32Array;
+  /** The backend index of each target for a flow the relay placed (null when the agent did). */
+  readonly #choices: (readonly number[] | null)[];
+  /** The choice a connected flow reached, or -1. */
+  readonly #choice: Int32Array;
   readonly #tried: Uint8Array;
   readonly #lastActive: Float64Array;
   /** Bytes sent to the backend before any of the client's (a PROXY header), kept alive until sent. */
@@ -195,6 +219,7 @@ export class Relay {
     this.#completed(data, result, flags);
   #closed = false;
   readonly #ask: ((request: PlacementRequest) => void) | null;
+  readonly #events: FlowEvents | null;
   /**
    * An eventfd the relay always has a read pending on: another thread writes to it (`wake`) to end a
    * wait in `poll` at once. `woken` tells whether that happened in the last `poll`.
@@ -207,6 +232,7 @@ export class Relay {
   constructor(ring: Ring, options: RelayOptions = {}) {
     this.#ring = ring;
     this.#ask = options.ask ?? null;
+    this.#events = options.events ?? null;
     const library = Deno.dlopen("libc.so.6", SOCKETS);
     this.#sockets = library.symbols;
     this.#errno = new Deno.UnsafePointerView(this.#sockets.__errno_location()!);
@@ -226,6 +252,8 @@ export class Relay {
     this.#lastActive = new Float64Array(slots);
     this.#header = new Array(slots).fill(null);
     this.#generation = new Uint32Array(slots);
+    this.#choices = new Array(slots).fill(null);
+    this.#choice = new Int32Array(slots).fill(-1);
     this.#bufferId = new Int32Array(slots * 2);
     this.#length = new Int32Array(slots * 2);
     this.#sent = new Int32Array(slots * 2);
@@ -445,6 +473,7 @@ export class Relay {
     this.#begin(
       slot,
       order.map((i) => listener.backendAddresses[i]!),
+      order,
       version === "none" ? null : encodeProxyHeader(version, client, destination),
     );
   }
@@ -466,11 +495,17 @@ export class Relay {
       this.#release(slot);
       return;
     }
-    this.#begin(slot, targets.map(encodeAddress), header);
+    this.#begin(slot, targets.map(encodeAddress), null, header);
   }
 
-  #begin(slot: number, targets: readonly Uint8Array[], header: Uint8Array | null): void {
+  #begin(
+    slot: number,
+    targets: readonly Uint8Array[],
+    choices: readonly number[] | null,
+    header: Uint8Array | null,
+  ): void {
     this.#tries[slot] = targets;
+    this.#choices[slot] = choices;
     this.#tried[slot] = 0;
     this.#header[slot] = header;
     this.#connectNext(slot);
@@ -497,7 +532,10 @@ export class Relay {
     const at = this.#tried[slot]!;
     if (at >= tries.length || this.#closed) {
       this.#tries[slot] = null;
-      if (!this.#closed) this.counters.noBackend++;
+      if (!this.#closed) {
+        this.counters.noBackend++;
+        this.#events?.noBackend(this.#listener[slot]!, slot, this.#generation[slot]!);
+      }
       this.#done[slot] = BOTH;
       this.#sockets.shutdown(this.#client[slot]!, SHUT_RDWR);
       this.#release(slot);
@@ -509,6 +547,13 @@ export class Relay {
     try {
       fd = this.#socket(address[0] === AF_INET6, true);
     } catch {
+      this.#events?.connectFailed(
+        this.#listener[slot]!,
+        slot,
+        this.#generation[slot]!,
+        this.#choiceOf(slot, at),
+        true,
+      );
       this.#connectNext(slot);
       return;
     }
@@ -539,10 +584,16 @@ export class Relay {
         return;
       }
       this.counters.connectFailures++;
+      const choice = this.#choiceOf(slot, this.#tried[slot]! - 1);
+      this.#events?.connectFailed(this.#listener[slot]!, slot, this.#generation[slot]!, choice, false);
       this.#connectNext(slot);
       return;
     }
     this.#tries[slot] = null;
+    const choice = this.#choiceOf(slot, this.#tried[slot]! - 1);
+    this.#choice[slot] = choice;
+    this.#choices[slot] = null;
+    this.#events?.connected(this.#listener[slot]!, slot, this.#generation[slot]!, choice);
     const header = this.#header[slot];
     if (header) {
       // The header goes first; the client's bytes are read once it is sent (see #wrote).
@@ -552,6 +603,12 @@ export class Relay {
       this.#sendHeader(slot);
     } else this.#receive(slot, 0);
     this.#receive(slot, 1);
+  }
+
+  /** The choice that the `at`th target of a flow stands for (see `FlowEvents`). */
+  #choiceOf(slot: number, at: number): number {
+    const choices = this.#choices[slot];
+    return choices ? choices[at]! : at;
   }
 
   #sendHeader(slot: number): void {
@@ -694,6 +751,11 @@ export class Relay {
     this.#backend[slot] = -1;
     this.#tries[slot] = null;
     this.#header[slot] = null;
+    this.#choices[slot] = null;
+    if (this.#choice[slot]! >= 0) {
+      this.#events?.ended(this.#listener[slot]!, slot, this.#generation[slot]!, this.#choice[slot]!);
+      this.#choice[slot] = -1;
+    }
     if (this.#starved.length > 0) {
       const left = this.#starved.filter((k) => k >> 1 !== slot);
       this.#starved.length = 0;

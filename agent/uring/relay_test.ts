@@ -9,7 +9,13 @@ import { buildTable } from "../../cluster/maglev.ts";
 import { decodeProxyHeader } from "../../cluster/proxy_protocol.ts";
 import { placeFlow, type Placement } from "./placement.ts";
 import { openRing, unavailableReason } from "./ring.ts";
-import { openWaker, type PlacementRequest, type RelayCounters, type SocketAddress } from "./relay.ts";
+import {
+  FlowEvent,
+  openWaker,
+  type PlacementRequest,
+  type RelayCounters,
+  type SocketAddress,
+} from "./relay.ts";
 
 const probe = openRing({ entries: 8 });
 probe?.close();
@@ -35,7 +41,13 @@ async function startRelay(options: ServiceOptions) {
   const worker = new Worker(new URL("./relay_worker.ts", import.meta.url), { type: "module" });
   const inbox: Array<{ type: string; [key: string]: unknown }> = [];
   let notify = () => {};
+  /** Flow events as posted: kind, service, slot, generation, choice. */
+  const flowEvents: number[] = [];
   worker.onmessage = (event) => {
+    if (event.data.type === "flows") {
+      flowEvents.push(...(event.data.events as number[]));
+      return;
+    }
     if (event.data.type === "place" && options.place) {
       const request = event.data as PlacementRequest;
       void options.place(request).then(({ targets, header }) => {
@@ -83,6 +95,16 @@ async function startRelay(options: ServiceOptions) {
   }
   return {
     port: ports[0]!,
+    /** The flow events so far, per flow (slot and generation), as [kind, choice] each. */
+    flowEvents(): Array<Array<[number, number]>> {
+      const flows = new Map<string, Array<[number, number]>>();
+      for (let i = 0; i < flowEvents.length; i += 5) {
+        const key = `${flowEvents[i + 2]}:${flowEvents[i + 3]}`;
+        if (!flows.has(key)) flows.set(key, []);
+        flows.get(key)!.push([flowEvents[i]!, flowEvents[i + 4]!]);
+      }
+      return [...flows.values()];
+    },
     async unlisten() {
       post({ type: "unlisten", service: 0 });
       await next("unlistened");
@@ -455,6 +477,27 @@ Deno.test({
     listener.close();
     await eventually(async () => (await relay.counters()).open === 0, 10_000, "the flow to end");
     assert.equal((await relay.counters()).acceptErrors, 0);
+  },
+});
+
+Deno.test({
+  name:
+    "io_uring relay: the agent is told each flow's connect failures, backend reached and end, or no backend",
+  ignore,
+  async fn() {
+    const { CONNECTED, FAILED, NO_BACKEND, ENDED } = FlowEvent;
+    await using echo = backend(() => new TextEncoder().encode("ok"));
+    await using relay = await startRelay({ backends: [refusedAddress(), echo.address] });
+    for (let i = 0; i < 3; i++) await exchange(relay.port, new Uint8Array(1));
+    const flow = [[FAILED, 0], [CONNECTED, 1], [ENDED, 1]];
+    const events = () => relay.flowEvents().flat().length;
+    await eventually(() => events() === 9, 10_000, "nine flow events");
+    assert.deepEqual(relay.flowEvents(), [flow, flow, flow]);
+
+    await using nowhere = await startRelay({ backends: [refusedAddress()] });
+    await exchange(nowhere.port, new Uint8Array(1));
+    await eventually(() => nowhere.flowEvents().flat().length === 2, 10_000, "two flow events");
+    assert.deepEqual(nowhere.flowEvents(), [[[FAILED, 0], [NO_BACKEND, -1]]]);
   },
 });
 

@@ -14,12 +14,13 @@
  * - `{ type: "listening", ports, wakeFd }`: write to `wakeFd` (`openWaker`) after posting, and the message
  *   is taken at once;
  * - `{ type: "place", service, slot, generation, client, destination }`;
+ * - `{ type: "flows", events }`: what happened to flows since the last (see `events` below);
  * - `{ type: "counters", counters, open }`, `{ type: "stopped", counters, open }`, `{ type: "error", message }`.
  */
 import { setImmediate } from "node:timers";
 import { openRing, unavailableReason } from "./ring.ts";
 import { placeFlow, type Placement } from "./placement.ts";
-import { type PlacementRequest, Relay, type RelayService, type SocketAddress } from "./relay.ts";
+import { FlowEvent, type PlacementRequest, Relay, type RelayService, type SocketAddress } from "./relay.ts";
 
 /** The longest the relay blocks before it turns to its event loop anyway. */
 let yieldMs = 10;
@@ -44,6 +45,18 @@ const scope = self as unknown as WorkerScope;
 
 let stopping = false;
 let relay: Relay | null = null;
+/**
+ * Flow events not yet posted, five numbers each: kind, service, slot, generation, choice (see
+ * `FlowEvents`); posted together after each wait, as `{ type: "flows", events }`.
+ */
+let events: number[] = [];
+const { CONNECTED, FAILED, FAILED_LOCALLY, NO_BACKEND, ENDED } = FlowEvent;
+
+function postEvents(): void {
+  if (events.length === 0) return;
+  scope.postMessage({ type: "flows", events });
+  events = [];
+}
 /** Per service, how the worker places its flows alone (null: every backend in order). */
 const placements: (Placement | null)[] = [];
 
@@ -75,6 +88,14 @@ function start(services: ServiceMessage[]): void {
   }
   relay = new Relay(ring, {
     ask: (request: PlacementRequest) => scope.postMessage({ type: "place", ...request }),
+    events: {
+      connected: (service, slot, generation, choice) =>
+        events.push(CONNECTED, service, slot, generation, choice),
+      connectFailed: (service, slot, generation, choice, local) =>
+        events.push(local ? FAILED_LOCALLY : FAILED, service, slot, generation, choice),
+      noBackend: (service, slot, generation) => events.push(NO_BACKEND, service, slot, generation, -1),
+      ended: (service, slot, generation, choice) => events.push(ENDED, service, slot, generation, choice),
+    },
   });
   const ports = services.map((service, index) => {
     const order = service.backends.map((_, i) => i);
@@ -97,12 +118,16 @@ async function run(relay: Relay, ring: { close(): void }): Promise<void> {
   while (!stopping) {
     // A wake (the agent posted a message and wrote the eventfd) ends the wait at once.
     const until = performance.now() + yieldMs;
-    do relay.poll(Math.max(0, until - performance.now())); while (!relay.woken && performance.now() < until);
+    do {
+      relay.poll(Math.max(0, until - performance.now()));
+      postEvents();
+    } while (!relay.woken && performance.now() < until);
     // setImmediate, not setTimeout(…, 0): that one waits for the timer's next millisecond (2 ms measured
     // here), during which the relay would not run.
     await new Promise((resolve) => setImmediate(resolve));
   }
   relay.close();
+  postEvents();
   ring.close();
   scope.postMessage({ type: "stopped", counters: relay.counters, open: relay.open });
   scope.close();
