@@ -47,7 +47,7 @@ let stopping = false;
 let relay: Relay | null = null;
 /**
  * Flow events not yet posted, five numbers each: kind, service, slot, generation, choice (see
- * `FlowEvents`); posted together after each wait, as `{ type: "flows", events }`.
+ * `FlowEvents`); posted together at each turn to the event loop, as `{ type: "flows", events }`.
  */
 let events: number[] = [];
 const { CONNECTED, FAILED, FAILED_LOCALLY, NO_BACKEND, ENDED } = FlowEvent;
@@ -118,10 +118,9 @@ async function run(relay: Relay, ring: { close(): void }): Promise<void> {
   while (!stopping) {
     // A wake (the agent posted a message and wrote the eventfd) ends the wait at once.
     const until = performance.now() + yieldMs;
-    do {
-      relay.poll(Math.max(0, until - performance.now()));
-      postEvents();
-    } while (!relay.woken && performance.now() < until);
+    do relay.poll(Math.max(0, until - performance.now())); while (!relay.woken && performance.now() < until);
+    // One message per turn to the event loop (at most every `yieldMs`), however many waits it took.
+    postEvents();
     // setImmediate, not setTimeout(…, 0): that one waits for the timer's next millisecond (2 ms measured
     // here), during which the relay would not run.
     await new Promise((resolve) => setImmediate(resolve));
