@@ -781,14 +781,17 @@ const ONE_EVENT = new Uint8Array(new BigUint64Array([1n]).buffer);
 
 /**
  * What ends the wait of a relay from another thread: `wake(relay.wakeFd)` (its `woken` is then set).
- * Opens libc, so call it once, when setting up.
+ * Opens libc; `close` when done.
  */
-export function openWaker(): (wakeFd: number) => void {
-  const { write } = Deno.dlopen("libc.so.6", {
+export function openWaker(): { wake(wakeFd: number): void; close(): void } {
+  const library = Deno.dlopen("libc.so.6", {
     write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
-  }).symbols;
-  return (wakeFd) => {
-    write(wakeFd, ONE_EVENT, 8n);
+  });
+  return {
+    wake: (wakeFd) => {
+      library.symbols.write(wakeFd, ONE_EVENT, 8n);
+    },
+    close: () => library.close(),
   };
 }
 

@@ -9,18 +9,12 @@ import { buildTable } from "../../cluster/maglev.ts";
 import { decodeProxyHeader } from "../../cluster/proxy_protocol.ts";
 import { placeFlow, type Placement } from "./placement.ts";
 import { openRing, unavailableReason } from "./ring.ts";
-import {
-  FlowEvent,
-  openWaker,
-  type PlacementRequest,
-  type RelayCounters,
-  type SocketAddress,
-} from "./relay.ts";
+import { RelayDataPlane } from "./data_plane.ts";
+import { FlowEvent, type PlacementRequest, type SocketAddress } from "./relay.ts";
 
 const probe = openRing({ entries: 8 });
 probe?.close();
 const ignore = probe === null;
-const wake = ignore ? () => {} : openWaker();
 if (ignore) console.error(`io_uring relay tests skipped: ${unavailableReason}`);
 
 interface ServiceOptions {
@@ -36,65 +30,35 @@ interface ServiceOptions {
   yieldMs?: number;
 }
 
-/** The relay in its worker, serving one service on a free loopback port. */
+/** The relay in its worker, serving one service on a free loopback port, as the agent drives it. */
 async function startRelay(options: ServiceOptions) {
-  const worker = new Worker(new URL("./relay_worker.ts", import.meta.url), { type: "module" });
-  const inbox: Array<{ type: string; [key: string]: unknown }> = [];
-  let notify = () => {};
   /** Flow events as posted: kind, service, slot, generation, choice. */
   const flowEvents: number[] = [];
-  worker.onmessage = (event) => {
-    if (event.data.type === "flows") {
-      flowEvents.push(...(event.data.events as number[]));
-      return;
-    }
-    if (event.data.type === "place" && options.place) {
-      const request = event.data as PlacementRequest;
-      void options.place(request).then(({ targets, header }) => {
-        if (!stopped) {
-          post({ type: "placed", slot: request.slot, generation: request.generation, targets, header });
-        }
-      });
-      return;
-    }
-    inbox.push(event.data);
-    notify();
-  };
-  const next = async (type: string) => {
-    for (;;) {
-      const at = inbox.findIndex((message) => message.type === type || message.type === "error");
-      if (at >= 0) {
-        const [message] = inbox.splice(at, 1);
-        if (message!.type === "error") throw new Error(String(message!.message));
-        return message!;
-      }
-      await new Promise<void>((resolve) => notify = resolve);
-    }
-  };
-  worker.postMessage({
-    type: "start",
-    yieldMs: options.yieldMs ?? 10,
-    services: [{
-      name: "test",
-      listen: { ip: "127.0.0.1", port: 0 },
-      backends: options.backends,
-      maxConnections: options.maxConnections ?? 1000,
-      connectTimeoutMs: options.connectTimeoutMs ?? 2000,
-      idleTimeoutMs: options.idleTimeoutMs ?? 0,
-      proxyProtocol: options.proxyProtocol ?? "none",
-      // With a placement, only the flows it cannot place are asked.
-      ask: options.place !== undefined && options.placement === undefined,
-      ...(options.placement ? { placement: options.placement } : {}),
-    }],
-  });
-  const { ports, wakeFd } = await next("listening") as unknown as { ports: number[]; wakeFd: number };
   let stopped = false;
-  function post(message: unknown) {
-    worker.postMessage(message);
-    wake(wakeFd);
-  }
+  const opened = await RelayDataPlane.open({
+    place: (request) => {
+      void options.place?.(request).then(({ targets, header }) => {
+        if (!stopped) plane.placed(request, targets, header);
+      });
+    },
+    flows: (events) => flowEvents.push(...events),
+  }, { yieldMs: options.yieldMs ?? 10 });
+  if (!(opened instanceof RelayDataPlane)) throw new Error(opened.unavailable);
+  const plane = opened;
+  const { index, port } = await plane.listen({
+    name: "test",
+    listen: { ip: "127.0.0.1", port: 0 },
+    backends: options.backends,
+    maxConnections: options.maxConnections ?? 1000,
+    connectTimeoutMs: options.connectTimeoutMs ?? 2000,
+    idleTimeoutMs: options.idleTimeoutMs ?? 0,
+    proxyProtocol: options.proxyProtocol ?? "none",
+    // With a placement, only the flows it cannot place are asked.
+    ask: options.place !== undefined && options.placement === undefined,
+    ...(options.placement ? { placement: options.placement } : {}),
+  });
   return {
-    port: ports[0]!,
+    port,
     /** The flow events so far, per flow (slot and generation), as [kind, choice] each. */
     flowEvents(): Array<Array<[number, number]>> {
       const flows = new Map<string, Array<[number, number]>>();
@@ -105,25 +69,12 @@ async function startRelay(options: ServiceOptions) {
       }
       return [...flows.values()];
     },
-    async unlisten() {
-      post({ type: "unlisten", service: 0 });
-      await next("unlistened");
-    },
-    setPlacement(placement: Placement) {
-      post({ type: "placement", service: 0, placement });
-    },
-    async counters(): Promise<RelayCounters & { open: number }> {
-      post({ type: "counters" });
-      const message = await next("counters") as unknown as { counters: RelayCounters; open: number };
-      return { ...message.counters, open: message.open };
-    },
+    unlisten: () => plane.unlisten(index),
+    setPlacement: (placement: Placement) => plane.setPlacement(index, placement),
+    counters: () => plane.counters(),
     async stop(): Promise<{ open: number }> {
-      if (stopped) return { open: 0 };
       stopped = true;
-      post({ type: "stop" });
-      const message = await next("stopped") as unknown as { open: number };
-      worker.terminate();
-      return message;
+      return await plane.stop();
     },
     async [Symbol.asyncDispose]() {
       await this.stop();
@@ -498,6 +449,31 @@ Deno.test({
     await exchange(nowhere.port, new Uint8Array(1));
     await eventually(() => nowhere.flowEvents().flat().length === 2, 10_000, "two flow events");
     assert.deepEqual(nowhere.flowEvents(), [[[FAILED, 0], [NO_BACKEND, -1]]]);
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: a listen address taken is refused with the reason, and uses no service index",
+  ignore,
+  async fn() {
+    const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const opened = await RelayDataPlane.open({ place: () => {}, flows: () => {} });
+    if (!(opened instanceof RelayDataPlane)) throw new Error(opened.unavailable);
+    try {
+      const service = {
+        name: "web",
+        listen: { ip: "127.0.0.1", port: (taken.addr as Deno.NetAddr).port },
+        backends: [],
+        maxConnections: 10,
+        connectTimeoutMs: 1000,
+        idleTimeoutMs: 0,
+      };
+      await assert.rejects(opened.listen(service), /Cannot listen on 127\.0\.0\.1:\d+ \(errno 98\)/);
+      assert.equal((await opened.listen({ ...service, listen: { ip: "127.0.0.1", port: 0 } })).index, 0);
+    } finally {
+      await opened.stop();
+      taken.close();
+    }
   },
 });
 

@@ -1,93 +1,70 @@
 /**
  * A relay on a thread of its own: it blocks in `io_uring_enter`, and turns to its event loop (messages
- * from the agent) between waits: at least every `yieldMs`, and at once when woken.
- *
- * Messages in:
- * - `{ type: "start", services, yieldMs? }`: each service's flows are placed by its `placement` (see
- *   `placement.ts`), or with `ask` where the agent says, or else go to every backend in order;
- * - `{ type: "placement", service, placement }`: a service's placement from now on;
- * - `{ type: "unlisten", service }`: stop accepting for it (answered `{ type: "unlistened" }`);
- * - `{ type: "placed", slot, generation, targets, header }`: the agent's answer to a `place`;
- * - `{ type: "counters" }`, `{ type: "stop" }`.
- *
- * Messages out:
- * - `{ type: "listening", ports, wakeFd }`: write to `wakeFd` (`openWaker`) after posting, and the message
- *   is taken at once;
- * - `{ type: "place", service, slot, generation, client, destination }`;
- * - `{ type: "flows", events }`: what happened to flows since the last (see `events` below);
- * - `{ type: "counters", counters, open }`, `{ type: "stopped", counters, open }`, `{ type: "error", message }`.
+ * from the agent, `messages.ts`) between waits: at least every `yieldMs`, and at once when woken.
  */
 import { setImmediate } from "node:timers";
-import { openRing, unavailableReason } from "./ring.ts";
+import type { FromWorker, ServiceMessage, ToWorker } from "./messages.ts";
 import { placeFlow, type Placement } from "./placement.ts";
-import { FlowEvent, type PlacementRequest, Relay, type RelayService, type SocketAddress } from "./relay.ts";
-
-/** The longest the relay blocks before it turns to its event loop anyway. */
-let yieldMs = 10;
-
-/** A service as posted: `ask` has every flow placed by the agent (`place` out, `placed` in). */
-type ServiceMessage = Omit<RelayService, "candidates"> & { ask?: boolean; placement?: Placement };
-
-interface PlacedMessage {
-  type: "placed";
-  slot: number;
-  generation: number;
-  targets: SocketAddress[];
-  header: Uint8Array | null;
-}
+import { FlowEvent, Relay } from "./relay.ts";
+import { openRing, type Ring, unavailableReason } from "./ring.ts";
 
 interface WorkerScope {
-  onmessage: ((event: MessageEvent) => void) | null;
-  postMessage(message: unknown): void;
+  onmessage: ((event: MessageEvent<ToWorker>) => void) | null;
+  postMessage(message: FromWorker): void;
   close(): void;
 }
 const scope = self as unknown as WorkerScope;
 
+/** The longest the relay blocks before it turns to its event loop anyway. */
+let yieldMs = 10;
 let stopping = false;
 let relay: Relay | null = null;
-/**
- * Flow events not yet posted, five numbers each: kind, service, slot, generation, choice (see
- * `FlowEvents`); posted together at each turn to the event loop, as `{ type: "flows", events }`.
- */
+/** Per service, how the worker places its flows alone (null: every backend in order). */
+const placements: (Placement | null)[] = [];
+/** Flow events not yet posted, five numbers each (see `FromWorker`), posted once per turn. */
 let events: number[] = [];
 const { CONNECTED, FAILED, FAILED_LOCALLY, NO_BACKEND, ENDED } = FlowEvent;
 
-function postEvents(): void {
-  if (events.length === 0) return;
-  scope.postMessage({ type: "flows", events });
-  events = [];
-}
-/** Per service, how the worker places its flows alone (null: every backend in order). */
-const placements: (Placement | null)[] = [];
-
-scope.onmessage = (event: MessageEvent) => {
-  const message = event.data as { type: string; services?: ServiceMessage[]; yieldMs?: number };
-  if (message.type === "unlisten" && relay) {
-    relay.unlisten((message as unknown as { service: number }).service);
-    scope.postMessage({ type: "unlistened" });
-  } else if (message.type === "placement" && relay) {
-    const { service, placement } = message as unknown as { service: number; placement: Placement };
-    placements[service] = placement;
-    relay.update(service, placement.backends);
-  } else if (message.type === "placed" && relay) {
-    const placed = message as unknown as PlacedMessage;
-    relay.placed(placed.slot, placed.generation, placed.targets, placed.header);
-  } else if (message.type === "start") {
-    yieldMs = message.yieldMs ?? yieldMs;
-    start(message.services ?? []);
-  } else if (message.type === "counters" && relay) {
-    scope.postMessage({ type: "counters", counters: relay.counters, open: relay.open });
-  } else if (message.type === "stop") stopping = true;
+scope.onmessage = ({ data: message }) => {
+  if (message.type === "start") {
+    yieldMs = message.yieldMs;
+    start();
+    return;
+  }
+  if (relay === null) return;
+  switch (message.type) {
+    case "listen":
+      listen(relay, message.service);
+      return;
+    case "unlisten":
+      relay.unlisten(message.service);
+      scope.postMessage({ type: "unlistened" });
+      return;
+    case "placement":
+      placements[message.service] = message.placement;
+      relay.update(message.service, message.placement.backends);
+      return;
+    case "placed":
+      relay.placed(message.slot, message.generation, message.targets, message.header);
+      return;
+    case "counters":
+      scope.postMessage({ type: "counters", counters: { ...relay.counters }, open: relay.open });
+      return;
+    case "stop":
+      stopping = true;
+      return;
+  }
 };
 
-function start(services: ServiceMessage[]): void {
+function start(): void {
   const ring = openRing();
   if (ring === null) {
-    scope.postMessage({ type: "error", message: `io_uring is not available: ${unavailableReason}` });
+    scope.postMessage({ type: "unavailable", reason: unavailableReason });
+    scope.close();
     return;
   }
   relay = new Relay(ring, {
-    ask: (request: PlacementRequest) => scope.postMessage({ type: "place", ...request }),
+    ask: (request) => scope.postMessage({ type: "place", ...request }),
     events: {
       connected: (service, slot, generation, choice) =>
         events.push(CONNECTED, service, slot, generation, choice),
@@ -97,10 +74,17 @@ function start(services: ServiceMessage[]): void {
       ended: (service, slot, generation, choice) => events.push(ENDED, service, slot, generation, choice),
     },
   });
-  const ports = services.map((service, index) => {
-    const order = service.backends.map((_, i) => i);
-    placements[index] = service.placement ?? null;
-    return relay!.listen({
+  scope.postMessage({ type: "ready", wakeFd: relay.wakeFd });
+  void run(relay, ring);
+}
+
+function listen(relay: Relay, service: ServiceMessage): void {
+  const index = placements.length;
+  const order = service.backends.map((_, i) => i);
+  placements.push(service.placement ?? null);
+  let port: number;
+  try {
+    port = relay.listen({
       ...service,
       ...(service.placement ? { backends: service.placement.backends } : {}),
       candidates: (client, destination) => {
@@ -109,12 +93,24 @@ function start(services: ServiceMessage[]): void {
         return placement ? placeFlow(placement, client, destination) : order;
       },
     });
-  });
-  scope.postMessage({ type: "listening", ports, wakeFd: relay.wakeFd });
-  void run(relay, ring);
+  } catch (error) {
+    placements.pop();
+    scope.postMessage({
+      type: "listenFailed",
+      message: error instanceof Error ? error.message : String(error),
+    });
+    return;
+  }
+  scope.postMessage({ type: "listened", index, port });
 }
 
-async function run(relay: Relay, ring: { close(): void }): Promise<void> {
+function postEvents(): void {
+  if (events.length === 0) return;
+  scope.postMessage({ type: "flows", events });
+  events = [];
+}
+
+async function run(relay: Relay, ring: Ring): Promise<void> {
   while (!stopping) {
     // A wake (the agent posted a message and wrote the eventfd) ends the wait at once.
     const until = performance.now() + yieldMs;
@@ -128,6 +124,6 @@ async function run(relay: Relay, ring: { close(): void }): Promise<void> {
   relay.close();
   postEvents();
   ring.close();
-  scope.postMessage({ type: "stopped", counters: relay.counters, open: relay.open });
+  scope.postMessage({ type: "stopped", counters: { ...relay.counters }, open: relay.open });
   scope.close();
 }

@@ -1,0 +1,119 @@
+/**
+ * The agent's side of the io_uring relay: the worker it runs in, the messages to it (`messages.ts`), and
+ * the eventfd that makes the worker take each message at once.
+ */
+import type { FromWorker, ServiceMessage, ToWorker } from "./messages.ts";
+import type { Placement } from "./placement.ts";
+import { openWaker, type PlacementRequest, type RelayCounters, type SocketAddress } from "./relay.ts";
+
+export interface DataPlaneHandlers {
+  /** A flow the worker cannot place alone; answer with `placed`. */
+  place(request: PlacementRequest): void;
+  /** Flow events, five numbers each: kind (`FlowEvent`), service, slot, generation, choice. */
+  flows(events: number[]): void;
+}
+
+export class RelayDataPlane {
+  readonly #worker: Worker;
+  readonly #waker: { wake(wakeFd: number): void; close(): void };
+  readonly #wakeFd: number;
+  readonly #handlers: DataPlaneHandlers;
+  /** Answers awaited, in the order the worker gives them. */
+  readonly #waiting: Array<{ types: readonly string[]; resolve: (message: FromWorker) => void }> = [];
+  #stopped: Promise<{ counters: RelayCounters; open: number }> | null = null;
+
+  private constructor(worker: Worker, wakeFd: number, handlers: DataPlaneHandlers) {
+    this.#worker = worker;
+    this.#wakeFd = wakeFd;
+    this.#waker = openWaker();
+    this.#handlers = handlers;
+    worker.onmessage = ({ data }: MessageEvent<FromWorker>) => this.#received(data);
+  }
+
+  /**
+   * Starts the relay's worker; null (with the reason) where io_uring cannot be had, and the agent keeps
+   * to Deno's sockets.
+   */
+  static async open(
+    handlers: DataPlaneHandlers,
+    options: { yieldMs?: number } = {},
+  ): Promise<RelayDataPlane | { unavailable: string }> {
+    const worker = new Worker(new URL("./relay_worker.ts", import.meta.url), { type: "module" });
+    const first = await new Promise<FromWorker>((resolve, reject) => {
+      worker.onmessage = ({ data }: MessageEvent<FromWorker>) => resolve(data);
+      worker.onerror = (event) => {
+        event.preventDefault();
+        reject(new Error(`The relay's worker failed: ${event.message}`));
+      };
+      worker.postMessage({ type: "start", yieldMs: options.yieldMs ?? 10 } satisfies ToWorker);
+    }).catch((error) => {
+      worker.terminate();
+      throw error;
+    });
+    if (first.type !== "ready") {
+      worker.terminate();
+      return { unavailable: first.type === "unavailable" ? first.reason : `unexpected ${first.type}` };
+    }
+    return new RelayDataPlane(worker, first.wakeFd, handlers);
+  }
+
+  /** Accepts for a service; its index (for the other calls) and the port bound. */
+  async listen(service: ServiceMessage): Promise<{ index: number; port: number }> {
+    const answer = await this.#ask({ type: "listen", service }, ["listened", "listenFailed"]);
+    if (answer.type === "listenFailed") throw new Error(answer.message);
+    if (answer.type !== "listened") throw new Error(`Unexpected answer ${answer.type}`);
+    return { index: answer.index, port: answer.port };
+  }
+
+  /** Stops accepting for a service; its open flows go on. */
+  async unlisten(index: number): Promise<void> {
+    await this.#ask({ type: "unlisten", service: index }, ["unlistened"]);
+  }
+
+  setPlacement(index: number, placement: Placement): void {
+    this.#post({ type: "placement", service: index, placement });
+  }
+
+  /** The answer to a `place` request. */
+  placed(request: PlacementRequest, targets: SocketAddress[], header: Uint8Array | null): void {
+    this.#post({ type: "placed", slot: request.slot, generation: request.generation, targets, header });
+  }
+
+  async counters(): Promise<RelayCounters & { open: number }> {
+    const answer = await this.#ask({ type: "counters" }, ["counters"]);
+    if (answer.type !== "counters") throw new Error(`Unexpected answer ${answer.type}`);
+    return { ...answer.counters, open: answer.open };
+  }
+
+  /** Ends every flow and the worker; what it counted, and the flows left open (0). */
+  stop(): Promise<{ counters: RelayCounters; open: number }> {
+    this.#stopped ??= this.#ask({ type: "stop" }, ["stopped"]).then((answer) => {
+      this.#worker.terminate();
+      this.#waker.close();
+      if (answer.type !== "stopped") throw new Error(`Unexpected answer ${answer.type}`);
+      return { counters: answer.counters, open: answer.open };
+    });
+    return this.#stopped;
+  }
+
+  #post(message: ToWorker): void {
+    this.#worker.postMessage(message);
+    this.#waker.wake(this.#wakeFd);
+  }
+
+  #ask(message: ToWorker, types: readonly string[]): Promise<FromWorker> {
+    return new Promise((resolve) => {
+      this.#waiting.push({ types, resolve });
+      this.#post(message);
+    });
+  }
+
+  #received(message: FromWorker): void {
+    if (message.type === "place") this.#handlers.place(message);
+    else if (message.type === "flows") this.#handlers.flows(message.events);
+    else {
+      const at = this.#waiting.findIndex((waiter) => waiter.types.includes(message.type));
+      if (at >= 0) this.#waiting.splice(at, 1)[0]!.resolve(message);
+    }
+  }
+}

@@ -1,0 +1,30 @@
+/**
+ * The messages between the agent's thread (`data_plane.ts`) and the relay's worker (`relay_worker.ts`).
+ * The worker handles them in order, and answers those that are answered in the same order.
+ */
+import type { Placement } from "./placement.ts";
+import type { PlacementRequest, RelayCounters, RelayService, SocketAddress } from "./relay.ts";
+
+/** A service as posted: placed by `placement`, or with `ask` every flow placed by the agent. */
+export type ServiceMessage = Omit<RelayService, "candidates"> & { ask?: boolean; placement?: Placement };
+
+export type ToWorker =
+  | { type: "start"; yieldMs: number }
+  | { type: "listen"; service: ServiceMessage }
+  | { type: "unlisten"; service: number }
+  | { type: "placement"; service: number; placement: Placement }
+  | { type: "placed"; slot: number; generation: number; targets: SocketAddress[]; header: Uint8Array | null }
+  | { type: "counters" }
+  | { type: "stop" };
+
+export type FromWorker =
+  | { type: "ready"; wakeFd: number }
+  | { type: "unavailable"; reason: string }
+  | { type: "listened"; index: number; port: number }
+  | { type: "listenFailed"; message: string }
+  | { type: "unlistened" }
+  | ({ type: "place" } & PlacementRequest)
+  /** Five numbers per event: kind (`FlowEvent`), service, slot, generation, choice. */
+  | { type: "flows"; events: number[] }
+  | { type: "counters"; counters: RelayCounters; open: number }
+  | { type: "stopped"; counters: RelayCounters; open: number };
