@@ -9,8 +9,11 @@ import { openWaker, type PlacementRequest, type RelayCounters, type SocketAddres
 export interface DataPlaneHandlers {
   /** A flow the worker cannot place alone; answer with `placed`. */
   place(request: PlacementRequest): void;
-  /** Flow events, five numbers each: kind (`FlowEvent`), service, slot, generation, choice. */
-  flows(events: number[]): void;
+  /**
+   * Flow events, five numbers each: kind (`FlowEvent`), service, slot, generation, choice; and the
+   * relay's counters and open flows as of then.
+   */
+  flows(events: number[], counters: RelayCounters, open: number): void;
 }
 
 export class RelayDataPlane {
@@ -110,7 +113,7 @@ export class RelayDataPlane {
 
   #received(message: FromWorker): void {
     if (message.type === "place") this.#handlers.place(message);
-    else if (message.type === "flows") this.#handlers.flows(message.events);
+    else if (message.type === "flows") this.#handlers.flows(message.events, message.counters, message.open);
     else {
       const at = this.#waiting.findIndex((waiter) => waiter.types.includes(message.type));
       if (at >= 0) this.#waiting.splice(at, 1)[0]!.resolve(message);

@@ -24,7 +24,10 @@ export type FromWorker =
   | { type: "listenFailed"; message: string }
   | { type: "unlistened" }
   | ({ type: "place" } & PlacementRequest)
-  /** Five numbers per event: kind (`FlowEvent`), service, slot, generation, choice. */
-  | { type: "flows"; events: number[] }
+  /**
+   * Five numbers per event: kind (`FlowEvent`), service, slot, generation, choice; with the counters as
+   * of then. Posted at most once per turn, when there are events or the counters moved.
+   */
+  | { type: "flows"; events: number[]; counters: RelayCounters; open: number }
   | { type: "counters"; counters: RelayCounters; open: number }
   | { type: "stopped"; counters: RelayCounters; open: number };

@@ -104,9 +104,17 @@ function listen(relay: Relay, service: ServiceMessage): void {
   scope.postMessage({ type: "listened", index, port });
 }
 
+/** What the counters summed to when last posted. */
+let postedSum = 0;
+
 function postEvents(): void {
-  if (events.length === 0) return;
-  scope.postMessage({ type: "flows", events });
+  if (relay === null) return;
+  const { counters } = relay;
+  const sum = counters.accepted + counters.rejected + counters.bytesUp + counters.bytesDown +
+    counters.acceptErrors;
+  if (events.length === 0 && sum === postedSum) return;
+  postedSum = sum;
+  scope.postMessage({ type: "flows", events, counters: { ...counters }, open: relay.open });
   events = [];
 }
 
