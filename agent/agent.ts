@@ -6,7 +6,7 @@
  */
 import { formatHostPort, type HostPort, parseHostPort } from "../cluster/address.ts";
 import { TokenSigner } from "../cluster/auth.ts";
-import { claimBucket, claimOwners } from "../cluster/claims.ts";
+import { CLAIM_BUCKETS, claimBucket, claimOwners } from "../cluster/claims.ts";
 import { hashClientIp, hashFlowKey } from "../cluster/flow_key.ts";
 import { logger } from "../cluster/log.ts";
 import { candidates } from "../cluster/maglev.ts";
@@ -20,6 +20,9 @@ import { type LinkReport, ManagerLink } from "./manager_link.ts";
 import { encodeMeshHeader, type HandedOffFlow, MeshServer } from "./mesh.ts";
 import { coarseClock, pump, type PumpEnd, type PumpStats } from "./pump.ts";
 import { loadState, saveState } from "./state_store.ts";
+import { RelayDataPlane } from "./uring/data_plane.ts";
+import type { Placement } from "./uring/placement.ts";
+import { FlowEvent, type PlacementRequest, type RelayCounters } from "./uring/relay.ts";
 
 const log = logger("agent");
 const flowLog = logger("agent", "flow");
@@ -64,6 +67,18 @@ interface LiveService {
   listener: Deno.Listener | null;
   accepting: Promise<void> | null;
   open: number;
+  /** Its index in the io_uring relay while the relay accepts for it, and the address bound. */
+  relay: { index: number; bound: Deno.NetAddr } | null;
+}
+
+/** A flow of the io_uring relay, from its connect to its end. */
+interface RelayFlow {
+  readonly service: LiveService;
+  /** The backend ids of the targets the agent answered with (null: the relay placed it). */
+  readonly targets: readonly string[] | null;
+  /** Handed off to a claimant (the target is its mesh port). */
+  readonly handoff: boolean;
+  load: BackendLoad | null;
 }
 
 /** Open connections to one backend of a service, as reported to the manager. */
@@ -172,6 +187,16 @@ export class Agent {
   #sweep: ReturnType<typeof setInterval> | undefined;
   #draining = false;
   #saving: Promise<void> = Promise.resolve();
+  /** The io_uring relay, when it serves this agent's listeners (`SWITCHYARD_DATA_PATH=uring`). */
+  #plane: RelayDataPlane | null = null;
+  /** Services by their relay index. */
+  readonly #relayServices = new Map<number, LiveService>();
+  /** Relay flows asked of the agent, by slot and generation, until connected or given up. */
+  readonly #relayAsked = new Map<string, RelayFlow>();
+  /** Connected relay flows, by slot and generation. */
+  readonly #relayFlows = new Map<string, RelayFlow>();
+  /** The relay's counters as last added into this agent's. */
+  #relayCounters: RelayCounters | null = null;
 
   constructor(options: AgentOptions) {
     this.#options = options;
@@ -207,7 +232,7 @@ export class Agent {
   }
 
   get openConnections(): number {
-    return this.#flows.size;
+    return this.#flows.size + this.#relayFlows.size;
   }
 
   /** Bytes forwarded so far, up (client to backend) and down: finished flows' and open flows' alike. */
@@ -226,6 +251,7 @@ export class Agent {
     const addrs = new Map<string, Deno.NetAddr>();
     for (const [name, service] of this.#services) {
       if (service.listener) addrs.set(name, service.listener.addr as Deno.NetAddr);
+      else if (service.relay) addrs.set(name, service.relay.bound);
     }
     return addrs;
   }
@@ -233,6 +259,7 @@ export class Agent {
   /** Serves from the saved state (if any) at once, then joins the manager. */
   async start(): Promise<void> {
     this.#sweep = setInterval(() => this.#sweepIdle(), AGENT_DEFAULTS.sweepMs);
+    if (Deno.env.get("SWITCHYARD_DATA_PATH") === "uring") await this.#openPlane();
     if (this.#options.stateDir) {
       try {
         const saved = await loadState(this.#options.stateDir);
@@ -296,9 +323,10 @@ export class Agent {
       }
       const listenKey = formatHostPort(spec.listen);
       const existing = this.#services.get(spec.name);
-      if (existing && existing.listenKey === listenKey && existing.listener) {
+      if (existing && existing.listenKey === listenKey && (existing.listener || existing.relay)) {
         existing.spec = spec;
         existing.table = table;
+        if (existing.relay) this.#postPlacement(existing, state);
         continue;
       }
       if (existing) this.#closeListener(existing);
@@ -309,9 +337,10 @@ export class Agent {
         listener: null,
         accepting: null,
         open: existing?.open ?? 0,
+        relay: null,
       };
       this.#services.set(spec.name, live);
-      if (!this.#draining) this.#openListener(live);
+      if (!this.#draining) this.#openListener(live, state);
     }
     for (const [name, service] of this.#services) {
       if (!seen.has(name)) {
@@ -332,6 +361,7 @@ export class Agent {
       });
     }
     this.#state = state;
+    for (const service of this.#services.values()) if (service.relay) this.#postPlacement(service, state);
     this.#log.debug("Serving state {version} with {services} services", {
       version: state.version,
       services: state.services.length,
@@ -368,7 +398,8 @@ export class Agent {
     const grace = started +
       Math.min(drainMs, AGENT_DEFAULTS.missedHeartbeatsGrace * (this.#state?.heartbeatMs ?? 1_000));
     while (
-      (this.#flows.size > 0 || this.#handlers.size > 0 || performance.now() < grace) &&
+      (this.#flows.size > 0 || this.#relayFlows.size > 0 || this.#relayAsked.size > 0 ||
+        this.#handlers.size > 0 || performance.now() < grace) &&
       performance.now() < deadline
     ) {
       await new Promise((resolve) => setTimeout(resolve, 50));
@@ -396,6 +427,13 @@ export class Agent {
     for (const flow of this.#flows.snapshot()) closeFlow(flow);
     while (this.#flows.size > 0) await new Promise((resolve) => setTimeout(resolve, 5));
     await Promise.allSettled([...this.#services.values()].map((s) => s.accepting));
+    if (this.#plane) {
+      const { counters } = await this.#plane.stop();
+      this.#relayFlowsUpdate([], counters);
+      for (const flow of this.#relayFlows.values()) this.#relayFlowEnded(flow);
+      this.#relayFlows.clear();
+      this.#relayAsked.clear();
+    }
     await this.#saving;
   }
 
@@ -424,8 +462,12 @@ export class Agent {
     );
   }
 
-  #openListener(service: LiveService): void {
+  #openListener(service: LiveService, state: ClusterState): void {
     const { listen } = service.spec;
+    if (this.#plane && relayCanServe(service.spec, state)) {
+      this.#openRelayListener(service, state);
+      return;
+    }
     try {
       service.listener = Deno.listen({ hostname: listen.host, port: listen.port, reusePort: true });
     } catch (error) {
@@ -452,6 +494,230 @@ export class Agent {
       // already closed
     }
     service.listener = null;
+    if (service.relay && this.#plane) {
+      void this.#plane.unlisten(service.relay.index);
+      service.relay = null;
+    }
+  }
+
+  /** Starts the io_uring relay; where it cannot be had, says why and keeps to Deno's sockets. */
+  async #openPlane(): Promise<void> {
+    const opened = await RelayDataPlane.open({
+      place: (request) => void this.#placeAsked(request),
+      flows: (events, counters) => this.#relayFlowsUpdate(events, counters),
+    }).catch((error) => ({ unavailable: errorText(error) }));
+    if (opened instanceof RelayDataPlane) {
+      this.#plane = opened;
+      this.#log.info("Serving connections through io_uring");
+    } else {
+      this.#log.warn("Cannot serve connections through io_uring ({reason}); using Deno's sockets", {
+        reason: opened.unavailable,
+      });
+    }
+  }
+
+  #openRelayListener(service: LiveService, state: ClusterState): void {
+    const plane = this.#plane!;
+    const { spec } = service;
+    const placement = this.#placementOf(service, state);
+    plane.listen({
+      name: spec.name,
+      listen: { ip: spec.listen.host, port: spec.listen.port },
+      backends: placement.backends,
+      maxConnections: spec.maxConnections,
+      connectTimeoutMs: spec.timeouts.connectMs,
+      idleTimeoutMs: spec.timeouts.idleMs,
+      proxyProtocol: spec.proxyProtocol,
+      placement,
+    }).then(({ index, port }) => {
+      if (this.#services.get(spec.name) !== service || this.#draining) {
+        void plane.unlisten(index);
+        return;
+      }
+      service.relay = { index, bound: { transport: "tcp", hostname: spec.listen.host, port } };
+      this.#relayServices.set(index, service);
+      // The state may have moved on while the listener opened.
+      if (this.#state) this.#postPlacement(service, this.#state);
+      this.#log.info("Service {service} listening on {bound}", {
+        service: spec.name,
+        listen: service.listenKey,
+        bound: formatHostPort({ host: spec.listen.host, port }),
+      });
+    }, (error) => {
+      this.#log.error("Cannot listen on {listen} for service {service}: {error}", {
+        listen: service.listenKey,
+        service: spec.name,
+        error: errorText(error),
+      });
+    });
+  }
+
+  /** How the relay places a service's flows alone, and which it must ask about. */
+  #placementOf(service: LiveService, state: ClusterState): Placement {
+    const { spec } = service;
+    const askAll = spec.decide === "manager" ||
+      (spec.affinity.key === "client_ip" && spec.affinity.ttlMs > 0) ||
+      this.#flowLog.isEnabledFor("debug");
+    let askBuckets: Uint8Array | null = null;
+    if (askAll) askBuckets = new Uint8Array(CLAIM_BUCKETS).fill(1);
+    else if (spec.handoff === "claimant" && this.#claimOwners !== null) {
+      const owners = this.#claimOwners;
+      askBuckets = new Uint8Array(owners.length);
+      for (let bucket = 0; bucket < owners.length; bucket++) {
+        const owner = state.agents[owners[bucket]!];
+        if (owner && owner.id !== this.#options.id && owner.mesh !== null) askBuckets[bucket] = 1;
+      }
+    }
+    return {
+      backends: spec.backends.map((backend) => ({ ip: backend.host, port: backend.port })),
+      table: service.table,
+      seed: state.seed,
+      placeBy: spec.affinity.key === "client_ip" ? "client_ip" : "flow",
+      askBuckets,
+    };
+  }
+
+  #postPlacement(service: LiveService, state: ClusterState): void {
+    if (service.relay && this.#plane) {
+      this.#plane.setPlacement(service.relay.index, this.#placementOf(service, state));
+    }
+  }
+
+  /** A relay flow the relay could not place alone: the agent's own decision, as #handle and #serve make it. */
+  async #placeAsked(request: PlacementRequest): Promise<void> {
+    const plane = this.#plane;
+    const service = this.#relayServices.get(request.service);
+    if (!plane) return;
+    const key = `${request.slot}:${request.generation}`;
+    if (!service) {
+      plane.placed(request, [], null);
+      return;
+    }
+    const { spec, table } = service;
+    const endpoints: Endpoints = { client: request.client, destination: request.destination };
+    const place = this.#placeHash(spec, endpoints);
+    if (spec.handoff === "claimant") {
+      const owner = this.#claimant(place);
+      if (owner !== null && owner.id !== this.#options.id && owner.mesh !== null) {
+        const mesh = parseHostPort(owner.mesh);
+        const header = await encodeMeshHeader(this.#signer, {
+          service: spec.name,
+          sender: this.#options.id,
+          client: endpoints.client,
+          destination: endpoints.destination,
+        });
+        this.#relayAsked.set(key, { service, targets: [owner.id], handoff: true, load: null });
+        plane.placed(request, [{ ip: mesh.host, port: mesh.port }], header);
+        return;
+      }
+    }
+    let preferred = -1;
+    const affinity = spec.affinity.key === "client_ip" && spec.affinity.ttlMs > 0;
+    if (affinity) preferred = this.#indexOf(spec, this.#affinity.get(spec.name, endpoints.client.ip));
+    if (preferred < 0 && spec.decide === "manager") {
+      const decision = await this.#link?.decide(spec.name, endpoints.client, spec.decisionTimeoutMs) ?? null;
+      if (decision === null) this.counters.decisionFallbacks++;
+      else {
+        this.counters.decisions++;
+        preferred = this.#indexOf(spec, decision.backend);
+        if (affinity && preferred >= 0 && decision.ttlMs > 0 && decision.backend !== null) {
+          this.#affinity.set(spec.name, endpoints.client.ip, decision.backend, decision.ttlMs);
+        }
+      }
+    }
+    const order = table.length === 0 ? [] : candidates(table, place % table.length, spec.backends.length);
+    if (preferred >= 0) {
+      const at = order.indexOf(preferred);
+      if (at > 0) order.splice(at, 1);
+      if (at !== 0) order.unshift(preferred);
+    }
+    const backends = order.map((index) => spec.backends[index]!);
+    this.#relayAsked.set(key, {
+      service,
+      targets: backends.map((backend) => backend.id),
+      handoff: false,
+      load: null,
+    });
+    plane.placed(
+      request,
+      backends.map((backend) => ({ ip: backend.host, port: backend.port })),
+      spec.proxyProtocol === "none"
+        ? null
+        : encodeProxyHeader(spec.proxyProtocol, endpoints.client, endpoints.destination),
+    );
+  }
+
+  /** Flow events of the relay into this agent's counts, and its counters into this agent's. */
+  #relayFlowsUpdate(events: number[], counters: RelayCounters): void {
+    const last = this.#relayCounters;
+    this.counters.rejected += counters.rejected - (last?.rejected ?? 0);
+    this.counters.acceptErrors += counters.acceptErrors - (last?.acceptErrors ?? 0);
+    this.counters.bytesUp += counters.bytesUp - (last?.bytesUp ?? 0);
+    this.counters.bytesDown += counters.bytesDown - (last?.bytesDown ?? 0);
+    this.#relayCounters = counters;
+    for (let i = 0; i < events.length; i += 5) {
+      const kind = events[i]!;
+      const service = this.#relayServices.get(events[i + 1]!);
+      const key = `${events[i + 2]}:${events[i + 3]}`;
+      const choice = events[i + 4]!;
+      const asked = this.#relayAsked.get(key);
+      const flow: RelayFlow | undefined = asked ??
+        (service ? { service, targets: null, handoff: false, load: null } : undefined);
+      if (!flow) continue;
+      const spec = flow.service.spec;
+      const backendId = flow.targets ? flow.targets[choice] : spec.backends[choice]?.id;
+      switch (kind) {
+        case FlowEvent.CONNECTED: {
+          this.#relayAsked.delete(key);
+          if (flow.handoff) this.counters.handedOff++;
+          else if (backendId !== undefined) {
+            this.counters.served++;
+            const backendKey = `${spec.name}\u0000${backendId}`;
+            this.counters.connectionsByBackend.set(
+              backendKey,
+              (this.counters.connectionsByBackend.get(backendKey) ?? 0) + 1,
+            );
+            let load = this.#openByBackend.get(backendKey);
+            if (load === undefined) {
+              load = { key: backendKey, service: spec.name, backend: backendId, open: 0 };
+              this.#openByBackend.set(backendKey, load);
+            }
+            load.open++;
+            flow.load = load;
+            this.#openCountsChanged();
+          }
+          this.#relayFlows.set(key, flow);
+          break;
+        }
+        case FlowEvent.FAILED:
+          if (flow.handoff) this.counters.handoffFailures++;
+          else if (backendId !== undefined) this.#connectFailed(spec.name, backendId);
+          break;
+        case FlowEvent.NO_BACKEND:
+          this.#relayAsked.delete(key);
+          this.counters.noBackend++;
+          this.#flowLog.warn("A flow of {service} from the relay: no backend could be reached", {
+            service: spec.name,
+          });
+          break;
+        case FlowEvent.ENDED: {
+          const open = this.#relayFlows.get(key);
+          if (open) {
+            this.#relayFlows.delete(key);
+            this.#relayFlowEnded(open);
+          }
+          break;
+        }
+      }
+    }
+  }
+
+  #relayFlowEnded(flow: RelayFlow): void {
+    const load = flow.load;
+    if (load === null) return;
+    flow.load = null;
+    if (--load.open === 0) this.#openByBackend.delete(load.key);
+    this.#openCountsChanged();
   }
 
   /**
@@ -850,11 +1116,20 @@ export class Agent {
       connections: {
         served: this.counters.served,
         handed_off: this.counters.handedOff,
-        open: this.#flows.size,
+        open: this.#flows.size + this.#relayFlows.size,
       },
       backends,
     };
   }
+}
+
+/**
+ * Whether the io_uring relay can serve a service as the agent would: it takes IP literals (no name to
+ * resolve), and speaks no TLS (the mesh with manager.tls).
+ */
+function relayCanServe(spec: ServiceSpec, state: ClusterState): boolean {
+  const ip = (host: string) => /^[\d.]+$/.test(host) || host.includes(":");
+  return !state.meshTls && ip(spec.listen.host) && spec.backends.every((backend) => ip(backend.host));
 }
 
 /** Errors that say this host is short of something (descriptors, ports, memory), not that a peer failed. */
