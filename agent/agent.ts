@@ -74,6 +74,8 @@ interface LiveService {
 /** A flow of the io_uring relay, from its connect to its end. */
 interface RelayFlow {
   readonly service: LiveService;
+  /** For a flow the agent placed (asked): its id and endpoints, for its log lines. */
+  readonly asked: { id: number; endpoints: Endpoints } | null;
   /** The backend ids of the targets the agent answered with (null: the relay placed it). */
   readonly targets: readonly string[] | null;
   /** Handed off to a claimant (the target is its mesh port). */
@@ -197,6 +199,8 @@ export class Agent {
   readonly #relayFlows = new Map<string, RelayFlow>();
   /** The relay's counters as last added into this agent's. */
   #relayCounters: RelayCounters | null = null;
+  /** The relay's open flows as it last said (those it accepted before the agent heard of them too). */
+  #relayOpen = 0;
 
   constructor(options: AgentOptions) {
     this.#options = options;
@@ -398,7 +402,7 @@ export class Agent {
     const grace = started +
       Math.min(drainMs, AGENT_DEFAULTS.missedHeartbeatsGrace * (this.#state?.heartbeatMs ?? 1_000));
     while (
-      (this.#flows.size > 0 || this.#relayFlows.size > 0 || this.#relayAsked.size > 0 ||
+      (this.#flows.size > 0 || this.#relayOpen > 0 || this.#relayAsked.size > 0 ||
         this.#handlers.size > 0 || performance.now() < grace) &&
       performance.now() < deadline
     ) {
@@ -504,7 +508,10 @@ export class Agent {
   async #openPlane(): Promise<void> {
     const opened = await RelayDataPlane.open({
       place: (request) => void this.#placeAsked(request),
-      flows: (events, counters) => this.#relayFlowsUpdate(events, counters),
+      flows: (events, counters, open) => {
+        this.#relayOpen = open;
+        this.#relayFlowsUpdate(events, counters);
+      },
     }).catch((error) => ({ unavailable: errorText(error) }));
     if (opened instanceof RelayDataPlane) {
       this.#plane = opened;
@@ -606,7 +613,13 @@ export class Agent {
           client: endpoints.client,
           destination: endpoints.destination,
         });
-        this.#relayAsked.set(key, { service, targets: [owner.id], handoff: true, load: null });
+        this.#relayAsked.set(key, {
+          service,
+          asked: { id: this.#nextFlowId++, endpoints },
+          targets: [owner.id],
+          handoff: true,
+          load: null,
+        });
         plane.placed(request, [{ ip: mesh.host, port: mesh.port }], header);
         return;
       }
@@ -634,6 +647,7 @@ export class Agent {
     const backends = order.map((index) => spec.backends[index]!);
     this.#relayAsked.set(key, {
       service,
+      asked: { id: this.#nextFlowId++, endpoints },
       targets: backends.map((backend) => backend.id),
       handoff: false,
       load: null,
@@ -655,49 +669,47 @@ export class Agent {
     this.counters.bytesUp += counters.bytesUp - (last?.bytesUp ?? 0);
     this.counters.bytesDown += counters.bytesDown - (last?.bytesDown ?? 0);
     this.#relayCounters = counters;
-    for (let i = 0; i < events.length; i += 5) {
+    for (let i = 0; i < events.length; i += 6) {
       const kind = events[i]!;
       const service = this.#relayServices.get(events[i + 1]!);
       const key = `${events[i + 2]}:${events[i + 3]}`;
       const choice = events[i + 4]!;
       const asked = this.#relayAsked.get(key);
       const flow: RelayFlow | undefined = asked ??
-        (service ? { service, targets: null, handoff: false, load: null } : undefined);
+        (service ? { service, asked: null, targets: null, handoff: false, load: null } : undefined);
       if (!flow) continue;
       const spec = flow.service.spec;
       const backendId = flow.targets ? flow.targets[choice] : spec.backends[choice]?.id;
       switch (kind) {
-        case FlowEvent.CONNECTED: {
+        case FlowEvent.CONNECTED:
           this.#relayAsked.delete(key);
-          if (flow.handoff) this.counters.handedOff++;
-          else if (backendId !== undefined) {
-            this.counters.served++;
-            const backendKey = `${spec.name}\u0000${backendId}`;
-            this.counters.connectionsByBackend.set(
-              backendKey,
-              (this.counters.connectionsByBackend.get(backendKey) ?? 0) + 1,
-            );
-            let load = this.#openByBackend.get(backendKey);
-            if (load === undefined) {
-              load = { key: backendKey, service: spec.name, backend: backendId, open: 0 };
-              this.#openByBackend.set(backendKey, load);
-            }
-            load.open++;
-            flow.load = load;
-            this.#openCountsChanged();
-          }
+          this.#relayConnected(flow, backendId);
           this.#relayFlows.set(key, flow);
           break;
-        }
         case FlowEvent.FAILED:
           if (flow.handoff) this.counters.handoffFailures++;
           else if (backendId !== undefined) this.#connectFailed(spec.name, backendId);
+          if (flow.asked && backendId !== undefined && this.#flowLog.isEnabledFor("debug")) {
+            const backend = spec.backends.find((each) => each.id === backendId);
+            this.#flowLog.debug("Flow {flow} of {service}: backend {backend} failed: {error}", {
+              flow: flow.asked.id,
+              service: spec.name,
+              backend: backendId,
+              error: events[i + 5] === ECANCELED
+                ? `Cannot connect to ${backend?.host}:${backend?.port} within ${spec.timeouts.connectMs} ms`
+                : osErrorText(events[i + 5]!),
+            });
+          }
           break;
         case FlowEvent.NO_BACKEND:
           this.#relayAsked.delete(key);
           this.counters.noBackend++;
-          this.#flowLog.warn("A flow of {service} from the relay: no backend could be reached", {
+          this.#flowLog.warn("Flow {flow} of {service} from {client}: no backend could be reached", {
+            flow: flow.asked?.id ?? null,
             service: spec.name,
+            client: flow.asked
+              ? `${flow.asked.endpoints.client.ip}:${flow.asked.endpoints.client.port}`
+              : null,
           });
           break;
         case FlowEvent.ENDED: {
@@ -709,6 +721,52 @@ export class Agent {
           break;
         }
       }
+    }
+  }
+
+  /** A relay flow reached its backend (or claimant): the counts, and its log line as #serve writes it. */
+  #relayConnected(flow: RelayFlow, backendId: string | undefined): void {
+    const spec = flow.service.spec;
+    const asked = flow.asked;
+    const client = asked ? `${asked.endpoints.client.ip}:${asked.endpoints.client.port}` : "";
+    if (flow.handoff) {
+      this.counters.handedOff++;
+      if (asked && this.#flowLog.isEnabledFor("debug")) {
+        this.#flowLog.debug("Flow {flow} of {service} from {client} handed off to {agent}", {
+          flow: asked.id,
+          service: spec.name,
+          client,
+          agent: backendId ?? null,
+        });
+      }
+      return;
+    }
+    if (backendId === undefined) return;
+    this.counters.served++;
+    const backendKey = `${spec.name}\u0000${backendId}`;
+    this.counters.connectionsByBackend.set(
+      backendKey,
+      (this.counters.connectionsByBackend.get(backendKey) ?? 0) + 1,
+    );
+    let load = this.#openByBackend.get(backendKey);
+    if (load === undefined) {
+      load = { key: backendKey, service: spec.name, backend: backendId, open: 0 };
+      this.#openByBackend.set(backendKey, load);
+    }
+    load.open++;
+    flow.load = load;
+    this.#openCountsChanged();
+    if (asked && this.#flowLog.isEnabledFor("debug")) {
+      const { destination } = asked.endpoints;
+      this.#flowLog.debug("Flow {flow} of {service} from {client} served by {agent} via {backend}", {
+        flow: asked.id,
+        service: spec.name,
+        client,
+        destination: formatHostPort({ host: destination.ip, port: destination.port }),
+        agent: this.#options.id,
+        backend: backendId,
+        handed_off_by: null,
+      });
     }
   }
 
@@ -1130,6 +1188,20 @@ export class Agent {
 function relayCanServe(spec: ServiceSpec, state: ClusterState): boolean {
   const ip = (host: string) => /^[\d.]+$/.test(host) || host.includes(":");
   return !state.meshTls && ip(spec.listen.host) && spec.backends.every((backend) => ip(backend.host));
+}
+
+const ECANCELED = 125;
+
+/** What Deno says for a socket errno (so log lines read alike on both paths). */
+function osErrorText(errno: number): string {
+  const text: Record<number, string> = {
+    104: "Connection reset by peer",
+    101: "Network is unreachable",
+    110: "Connection timed out",
+    111: "Connection refused",
+    113: "No route to host",
+  };
+  return `${text[errno] ?? "Connect failed"} (os error ${errno})`;
 }
 
 /** Errors that say this host is short of something (descriptors, ports, memory), not that a peer failed. */

@@ -10,7 +10,7 @@ export interface DataPlaneHandlers {
   /** A flow the worker cannot place alone; answer with `placed`. */
   place(request: PlacementRequest): void;
   /**
-   * Flow events, five numbers each: kind (`FlowEvent`), service, slot, generation, choice; and the
+   * Flow events, six numbers each: kind (`FlowEvent`), service, slot, generation, choice, errno; and the
    * relay's counters and open flows as of then.
    */
   flows(events: number[], counters: RelayCounters, open: number): void;
@@ -41,6 +41,11 @@ export class RelayDataPlane {
     handlers: DataPlaneHandlers,
     options: { yieldMs?: number } = {},
   ): Promise<RelayDataPlane | { unavailable: string }> {
+    // Checked here too, so that no worker module is even loaded where it could not work.
+    if (Deno.build.os !== "linux") return { unavailable: `io_uring needs Linux, not ${Deno.build.os}` };
+    if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") {
+      return { unavailable: "FFI is not permitted" };
+    }
     const worker = new Worker(new URL("./relay_worker.ts", import.meta.url), { type: "module" });
     const first = await new Promise<FromWorker>((resolve, reject) => {
       worker.onmessage = ({ data }: MessageEvent<FromWorker>) => resolve(data);

@@ -25,7 +25,7 @@ export type FromWorker =
   | { type: "unlistened" }
   | ({ type: "place" } & PlacementRequest)
   /**
-   * Five numbers per event: kind (`FlowEvent`), service, slot, generation, choice; with the counters as
+   * Six numbers per event: kind (`FlowEvent`), service, slot, generation, choice, errno; with the counters as
    * of then. Posted at most once per turn, when there are events or the counters moved.
    */
   | { type: "flows"; events: number[]; counters: RelayCounters; open: number }

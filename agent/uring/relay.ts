@@ -104,8 +104,18 @@ export interface PlacementRequest {
  */
 export interface FlowEvents {
   connected(service: number, slot: number, generation: number, choice: number): void;
-  /** `local`: the fault was this host's (no socket could be had), not the backend's. */
-  connectFailed(service: number, slot: number, generation: number, choice: number, local: boolean): void;
+  /**
+   * `errno`: why (`ECANCELED` when the connect timeout ended it); `local`: the fault was this host's (no
+   * socket could be had), not the backend's.
+   */
+  connectFailed(
+    service: number,
+    slot: number,
+    generation: number,
+    choice: number,
+    errno: number,
+    local: boolean,
+  ): void;
   /** Nothing could be reached; the client was closed. */
   noBackend(service: number, slot: number, generation: number): void;
   /** A connected flow ended. */
@@ -552,6 +562,7 @@ export class Relay {
         slot,
         this.#generation[slot]!,
         this.#choiceOf(slot, at),
+        24, // EMFILE, or whatever socket() met: this host's
         true,
       );
       this.#connectNext(slot);
@@ -585,7 +596,14 @@ export class Relay {
       }
       this.counters.connectFailures++;
       const choice = this.#choiceOf(slot, this.#tried[slot]! - 1);
-      this.#events?.connectFailed(this.#listener[slot]!, slot, this.#generation[slot]!, choice, false);
+      this.#events?.connectFailed(
+        this.#listener[slot]!,
+        slot,
+        this.#generation[slot]!,
+        choice,
+        -result,
+        false,
+      );
       this.#connectNext(slot);
       return;
     }

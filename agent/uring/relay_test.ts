@@ -32,7 +32,7 @@ interface ServiceOptions {
 
 /** The relay in its worker, serving one service on a free loopback port, as the agent drives it. */
 async function startRelay(options: ServiceOptions) {
-  /** Flow events as posted: kind, service, slot, generation, choice. */
+  /** Flow events as posted: kind, service, slot, generation, choice, errno. */
   const flowEvents: number[] = [];
   let stopped = false;
   const opened = await RelayDataPlane.open({
@@ -62,7 +62,7 @@ async function startRelay(options: ServiceOptions) {
     /** The flow events so far, per flow (slot and generation), as [kind, choice] each. */
     flowEvents(): Array<Array<[number, number]>> {
       const flows = new Map<string, Array<[number, number]>>();
-      for (let i = 0; i < flowEvents.length; i += 5) {
+      for (let i = 0; i < flowEvents.length; i += 6) {
         const key = `${flowEvents[i + 2]}:${flowEvents[i + 3]}`;
         if (!flows.has(key)) flows.set(key, []);
         flows.get(key)!.push([flowEvents[i]!, flowEvents[i + 4]!]);

@@ -21,7 +21,7 @@ let stopping = false;
 let relay: Relay | null = null;
 /** Per service, how the worker places its flows alone (null: every backend in order). */
 const placements: (Placement | null)[] = [];
-/** Flow events not yet posted, five numbers each (see `FromWorker`), posted once per turn. */
+/** Flow events not yet posted, six numbers each (see `FromWorker`), posted once per turn. */
 let events: number[] = [];
 const { CONNECTED, FAILED, FAILED_LOCALLY, NO_BACKEND, ENDED } = FlowEvent;
 
@@ -67,11 +67,11 @@ function start(): void {
     ask: (request) => scope.postMessage({ type: "place", ...request }),
     events: {
       connected: (service, slot, generation, choice) =>
-        events.push(CONNECTED, service, slot, generation, choice),
-      connectFailed: (service, slot, generation, choice, local) =>
-        events.push(local ? FAILED_LOCALLY : FAILED, service, slot, generation, choice),
-      noBackend: (service, slot, generation) => events.push(NO_BACKEND, service, slot, generation, -1),
-      ended: (service, slot, generation, choice) => events.push(ENDED, service, slot, generation, choice),
+        events.push(CONNECTED, service, slot, generation, choice, 0),
+      connectFailed: (service, slot, generation, choice, errno, local) =>
+        events.push(local ? FAILED_LOCALLY : FAILED, service, slot, generation, choice, errno),
+      noBackend: (service, slot, generation) => events.push(NO_BACKEND, service, slot, generation, -1, 0),
+      ended: (service, slot, generation, choice) => events.push(ENDED, service, slot, generation, choice, 0),
     },
   });
   scope.postMessage({ type: "ready", wakeFd: relay.wakeFd });
