@@ -78,8 +78,8 @@ interface RelayFlow {
   readonly asked: { id: number; endpoints: Endpoints } | null;
   /** The backend ids of the targets the agent answered with (null: the relay placed it). */
   readonly targets: readonly string[] | null;
-  /** Handed off to a claimant (the target is its mesh port). */
-  readonly handoff: boolean;
+  /** A handoff: its first target is the claimant's mesh port (`targets[0]` its id), the others backends. */
+  readonly handoff: { mesh: string } | null;
   load: BackendLoad | null;
 }
 
@@ -607,20 +607,32 @@ export class Agent {
       const owner = this.#claimant(place);
       if (owner !== null && owner.id !== this.#options.id && owner.mesh !== null) {
         const mesh = parseHostPort(owner.mesh);
-        const header = await encodeMeshHeader(this.#signer, {
+        const meshHeader = await encodeMeshHeader(this.#signer, {
           service: spec.name,
           sender: this.#options.id,
           client: endpoints.client,
           destination: endpoints.destination,
         });
+        // Should the claimant be unreachable, the flow is served here, from the table, as #handle does.
+        const local =
+          (table.length === 0 ? [] : candidates(table, place % table.length, spec.backends.length))
+            .map((index) => spec.backends[index]!);
+        const header = this.#proxyHeader(spec, endpoints);
         this.#relayAsked.set(key, {
           service,
           asked: { id: this.#nextFlowId++, endpoints },
-          targets: [owner.id],
-          handoff: true,
+          targets: [owner.id, ...local.map((backend) => backend.id)],
+          handoff: { mesh: owner.mesh },
           load: null,
         });
-        plane.placed(request, [{ ip: mesh.host, port: mesh.port }], header);
+        plane.placed(
+          request,
+          [
+            { ip: mesh.host, port: mesh.port },
+            ...local.map((backend) => ({ ip: backend.host, port: backend.port })),
+          ],
+          [meshHeader, ...local.map(() => header)],
+        );
         return;
       }
     }
@@ -649,16 +661,20 @@ export class Agent {
       service,
       asked: { id: this.#nextFlowId++, endpoints },
       targets: backends.map((backend) => backend.id),
-      handoff: false,
+      handoff: null,
       load: null,
     });
     plane.placed(
       request,
       backends.map((backend) => ({ ip: backend.host, port: backend.port })),
-      spec.proxyProtocol === "none"
-        ? null
-        : encodeProxyHeader(spec.proxyProtocol, endpoints.client, endpoints.destination),
+      this.#proxyHeader(spec, endpoints),
     );
+  }
+
+  #proxyHeader(spec: ServiceSpec, endpoints: Endpoints): Uint8Array | null {
+    return spec.proxyProtocol === "none"
+      ? null
+      : encodeProxyHeader(spec.proxyProtocol, endpoints.client, endpoints.destination);
   }
 
   /** Flow events of the relay into this agent's counts, and its counters into this agent's. */
@@ -676,19 +692,31 @@ export class Agent {
       const choice = events[i + 4]!;
       const asked = this.#relayAsked.get(key);
       const flow: RelayFlow | undefined = asked ??
-        (service ? { service, asked: null, targets: null, handoff: false, load: null } : undefined);
+        (service ? { service, asked: null, targets: null, handoff: null, load: null } : undefined);
       if (!flow) continue;
       const spec = flow.service.spec;
       const backendId = flow.targets ? flow.targets[choice] : spec.backends[choice]?.id;
       switch (kind) {
         case FlowEvent.CONNECTED:
           this.#relayAsked.delete(key);
-          this.#relayConnected(flow, backendId);
+          this.#relayConnected(flow, backendId, choice);
           this.#relayFlows.set(key, flow);
           break;
         case FlowEvent.FAILED:
-          if (flow.handoff) this.counters.handoffFailures++;
-          else if (backendId !== undefined) this.#connectFailed(spec.name, backendId);
+          if (flow.handoff && choice === 0) {
+            this.counters.handoffFailures++;
+            this.#flowLog.warn(
+              "Cannot hand a flow of {service} to claimant {agent} at {mesh}: {error}; serving it here",
+              {
+                service: spec.name,
+                agent: backendId ?? null,
+                mesh: flow.handoff.mesh,
+                error: osErrorText(events[i + 5]!),
+              },
+            );
+            break;
+          }
+          if (backendId !== undefined) this.#connectFailed(spec.name, backendId);
           if (flow.asked && backendId !== undefined && this.#flowLog.isEnabledFor("debug")) {
             const backend = spec.backends.find((each) => each.id === backendId);
             this.#flowLog.debug("Flow {flow} of {service}: backend {backend} failed: {error}", {
@@ -725,11 +753,11 @@ export class Agent {
   }
 
   /** A relay flow reached its backend (or claimant): the counts, and its log line as #serve writes it. */
-  #relayConnected(flow: RelayFlow, backendId: string | undefined): void {
+  #relayConnected(flow: RelayFlow, backendId: string | undefined, choice: number): void {
     const spec = flow.service.spec;
     const asked = flow.asked;
     const client = asked ? `${asked.endpoints.client.ip}:${asked.endpoints.client.port}` : "";
-    if (flow.handoff) {
+    if (flow.handoff && choice === 0) {
       this.counters.handedOff++;
       if (asked && this.#flowLog.isEnabledFor("debug")) {
         this.#flowLog.debug("Flow {flow} of {service} from {client} handed off to {agent}", {

@@ -83,7 +83,11 @@ export class RelayDataPlane {
   }
 
   /** The answer to a `place` request. */
-  placed(request: PlacementRequest, targets: SocketAddress[], header: Uint8Array | null): void {
+  placed(
+    request: PlacementRequest,
+    targets: SocketAddress[],
+    header: Uint8Array | null | (Uint8Array | null)[],
+  ): void {
     this.#post({ type: "placed", slot: request.slot, generation: request.generation, targets, header });
   }
 

@@ -13,7 +13,14 @@ export type ToWorker =
   | { type: "listen"; service: ServiceMessage }
   | { type: "unlisten"; service: number }
   | { type: "placement"; service: number; placement: Placement }
-  | { type: "placed"; slot: number; generation: number; targets: SocketAddress[]; header: Uint8Array | null }
+  | {
+    type: "placed";
+    slot: number;
+    generation: number;
+    targets: SocketAddress[];
+    /** One header for every target, or one per target. */
+    header: Uint8Array | null | (Uint8Array | null)[];
+  }
   | { type: "counters" }
   | { type: "stop" };
 

@@ -212,6 +212,8 @@ export class Relay {
   readonly #lastActive: Float64Array;
   /** Bytes sent to the backend before any of the client's (a PROXY header), kept alive until sent. */
   readonly #header: (Uint8Array | null)[];
+  /** The header of each target, when they differ (a handoff's mesh header, then the backends'). */
+  readonly #headers: (readonly (Uint8Array | null)[] | null)[];
   /** Per direction (slot × 2 + 0 up, + 1 down): the buffer held, its length, and bytes sent from it. */
   readonly #bufferId: Int32Array;
   readonly #length: Int32Array;
@@ -261,6 +263,7 @@ export class Relay {
     this.#tried = new Uint8Array(slots);
     this.#lastActive = new Float64Array(slots);
     this.#header = new Array(slots).fill(null);
+    this.#headers = new Array(slots).fill(null);
     this.#generation = new Uint32Array(slots);
     this.#choices = new Array(slots).fill(null);
     this.#choice = new Int32Array(slots).fill(-1);
@@ -489,7 +492,8 @@ export class Relay {
   }
 
   /**
-   * Where to send a flow the relay asked about: `targets` in order, `header` (if any) first. Ignored
+   * Where to send a flow the relay asked about: `targets` in order, and the bytes to send each first
+   * (one header for all, or one per target, such as a claimant's mesh header and then none). Ignored
    * when that flow is gone (its slot's generation moved on); an empty `targets` closes it as having no
    * backend.
    */
@@ -497,7 +501,7 @@ export class Relay {
     slot: number,
     generation: number,
     targets: readonly SocketAddress[],
-    header: Uint8Array | null,
+    header: Uint8Array | null | readonly (Uint8Array | null)[],
   ): void {
     if (this.#generation[slot] !== generation || this.#tries[slot] !== ASKED) return;
     if (this.#done[slot] === BOTH) {
@@ -512,12 +516,13 @@ export class Relay {
     slot: number,
     targets: readonly Uint8Array[],
     choices: readonly number[] | null,
-    header: Uint8Array | null,
+    header: Uint8Array | null | readonly (Uint8Array | null)[],
   ): void {
     this.#tries[slot] = targets;
     this.#choices[slot] = choices;
     this.#tried[slot] = 0;
-    this.#header[slot] = header;
+    this.#headers[slot] = header === null || header instanceof Uint8Array ? null : header;
+    this.#header[slot] = header instanceof Uint8Array ? header : null;
     this.#connectNext(slot);
   }
 
@@ -612,6 +617,11 @@ export class Relay {
     this.#choice[slot] = choice;
     this.#choices[slot] = null;
     this.#events?.connected(this.#listener[slot]!, slot, this.#generation[slot]!, choice);
+    const perTarget = this.#headers[slot];
+    if (perTarget) {
+      this.#header[slot] = perTarget[this.#tried[slot]! - 1] ?? null;
+      this.#headers[slot] = null;
+    }
     const header = this.#header[slot];
     if (header) {
       // The header goes first; the client's bytes are read once it is sent (see #wrote).
@@ -769,6 +779,7 @@ export class Relay {
     this.#backend[slot] = -1;
     this.#tries[slot] = null;
     this.#header[slot] = null;
+    this.#headers[slot] = null;
     this.#choices[slot] = null;
     if (this.#choice[slot]! >= 0) {
       this.#events?.ended(this.#listener[slot]!, slot, this.#generation[slot]!, this.#choice[slot]!);

@@ -68,9 +68,16 @@ function start(): void {
     events: {
       connected: (service, slot, generation, choice) =>
         events.push(CONNECTED, service, slot, generation, choice, 0),
-      connectFailed: (service, slot, generation, choice, errno, local) =>
-        events.push(local ? FAILED_LOCALLY : FAILED, service, slot, generation, choice, errno),
-      noBackend: (service, slot, generation) => events.push(NO_BACKEND, service, slot, generation, -1, 0),
+      // Failures go out at once (with what is pending before them): they are rare, and the agent logs them
+      // before the client could see the flow served by the next backend.
+      connectFailed: (service, slot, generation, choice, errno, local) => {
+        events.push(local ? FAILED_LOCALLY : FAILED, service, slot, generation, choice, errno);
+        postEvents();
+      },
+      noBackend: (service, slot, generation) => {
+        events.push(NO_BACKEND, service, slot, generation, -1, 0);
+        postEvents();
+      },
       ended: (service, slot, generation, choice) => events.push(ENDED, service, slot, generation, choice, 0),
     },
   });
