@@ -636,27 +636,9 @@ export class Agent {
         return;
       }
     }
-    let preferred = -1;
-    const affinity = spec.affinity.key === "client_ip" && spec.affinity.ttlMs > 0;
-    if (affinity) preferred = this.#indexOf(spec, this.#affinity.get(spec.name, endpoints.client.ip));
-    if (preferred < 0 && spec.decide === "manager") {
-      const decision = await this.#link?.decide(spec.name, endpoints.client, spec.decisionTimeoutMs) ?? null;
-      if (decision === null) this.counters.decisionFallbacks++;
-      else {
-        this.counters.decisions++;
-        preferred = this.#indexOf(spec, decision.backend);
-        if (affinity && preferred >= 0 && decision.ttlMs > 0 && decision.backend !== null) {
-          this.#affinity.set(spec.name, endpoints.client.ip, decision.backend, decision.ttlMs);
-        }
-      }
-    }
-    const order = table.length === 0 ? [] : candidates(table, place % table.length, spec.backends.length);
-    if (preferred >= 0) {
-      const at = order.indexOf(preferred);
-      if (at > 0) order.splice(at, 1);
-      if (at !== 0) order.unshift(preferred);
-    }
-    const backends = order.map((index) => spec.backends[index]!);
+    const backends = (await this.#backendOrder(spec, table, endpoints, place)).map((index) =>
+      spec.backends[index]!
+    );
     this.#relayAsked.set(key, {
       service,
       asked: { id: this.#nextFlowId++, endpoints },
@@ -770,20 +752,7 @@ export class Agent {
       return;
     }
     if (backendId === undefined) return;
-    this.counters.served++;
-    const backendKey = `${spec.name}\u0000${backendId}`;
-    this.counters.connectionsByBackend.set(
-      backendKey,
-      (this.counters.connectionsByBackend.get(backendKey) ?? 0) + 1,
-    );
-    let load = this.#openByBackend.get(backendKey);
-    if (load === undefined) {
-      load = { key: backendKey, service: spec.name, backend: backendId, open: 0 };
-      this.#openByBackend.set(backendKey, load);
-    }
-    load.open++;
-    flow.load = load;
-    this.#openCountsChanged();
+    flow.load = this.#served(spec.name, backendId);
     if (asked && this.#flowLog.isEnabledFor("debug")) {
       const { destination } = asked.endpoints;
       this.#flowLog.debug("Flow {flow} of {service} from {client} served by {agent} via {backend}", {
@@ -993,19 +962,16 @@ export class Agent {
   }
 
   /**
-   * Picks the backend (the manager's decision, the affinity cache or the table), connects and starts the
-   * pumps; true when the flow started, false when it was closed for want of a backend.
+   * The backends to try for a flow, in order (indexes into `spec.backends`): the table's candidates from
+   * the flow's place, with the preferred one first: the affinity cache's, else the manager's decision
+   * (`decide: manager`), which the affinity cache then keeps.
    */
-  async #serve(
-    service: LiveService,
+  async #backendOrder(
+    spec: ServiceSpec,
     table: Uint16Array,
-    client: Deno.Conn,
     endpoints: Endpoints,
     place: number,
-    handedOff: HandedOffFlow | null,
-  ): Promise<boolean> {
-    const spec = service.spec;
-    const id = this.#nextFlowId++;
+  ): Promise<number[]> {
     let preferred = -1;
     const affinity = spec.affinity.key === "client_ip" && spec.affinity.ttlMs > 0;
     if (affinity) preferred = this.#indexOf(spec, this.#affinity.get(spec.name, endpoints.client.ip));
@@ -1020,12 +986,30 @@ export class Agent {
         }
       }
     }
-    const order = candidates(table, place % table.length, spec.backends.length);
+    const order = table.length === 0 ? [] : candidates(table, place % table.length, spec.backends.length);
     if (preferred >= 0) {
       const at = order.indexOf(preferred);
       if (at > 0) order.splice(at, 1);
       if (at !== 0) order.unshift(preferred);
     }
+    return order;
+  }
+
+  /**
+   * Picks the backend (the manager's decision, the affinity cache or the table), connects and starts the
+   * pumps; true when the flow started, false when it was closed for want of a backend.
+   */
+  async #serve(
+    service: LiveService,
+    table: Uint16Array,
+    client: Deno.Conn,
+    endpoints: Endpoints,
+    place: number,
+    handedOff: HandedOffFlow | null,
+  ): Promise<boolean> {
+    const spec = service.spec;
+    const id = this.#nextFlowId++;
+    const order = await this.#backendOrder(spec, table, endpoints, place);
     let upstream: Deno.TcpConn | null = null;
     let backendId = "";
     for (const index of order) {
@@ -1093,7 +1077,14 @@ export class Agent {
       closeQuietly(upstream);
       return false;
     }
-    const backendKey = `${spec.name}\u0000${backendId}`;
+    const load = this.#served(spec.name, backendId);
+    this.#startFlow(new Flow(id, service, load, client, upstream, spec.timeouts.idleMs, this.#pumpEnded));
+    return true;
+  }
+
+  /** Counts a flow served by `backend` (on either path), open until its load is released. */
+  #served(service: string, backend: string): BackendLoad {
+    const backendKey = `${service}\u0000${backend}`;
     this.counters.served++;
     this.counters.connectionsByBackend.set(
       backendKey,
@@ -1101,13 +1092,12 @@ export class Agent {
     );
     let load = this.#openByBackend.get(backendKey);
     if (load === undefined) {
-      load = { key: backendKey, service: spec.name, backend: backendId, open: 0 };
+      load = { key: backendKey, service, backend, open: 0 };
       this.#openByBackend.set(backendKey, load);
     }
     load.open++;
     this.#openCountsChanged();
-    this.#startFlow(new Flow(id, service, load, client, upstream, spec.timeouts.idleMs, this.#pumpEnded));
-    return true;
+    return load;
   }
 
   #indexOf(spec: ServiceSpec, backend: string | null | undefined): number {
