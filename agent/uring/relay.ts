@@ -240,6 +240,8 @@ export class Relay {
   readonly #wakeBytes = new BigUint64Array(1);
   readonly #wakeAddress: number;
   woken = false;
+  /** How many wakes (`wake` calls, one per message posted) the relay has read from `wakeFd` so far. */
+  wakes = 0;
 
   constructor(ring: Ring, options: RelayOptions = {}) {
     this.#ring = ring;
@@ -430,6 +432,7 @@ export class Relay {
         return;
       case WAKE:
         this.woken = true;
+        if (result === 8) this.wakes += Number(this.#wakeBytes[0]);
         if (!this.#closed) this.#watchWake();
         return;
     }

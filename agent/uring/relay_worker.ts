@@ -18,6 +18,12 @@ const scope = self as unknown as WorkerScope;
 /** The longest the relay blocks before it turns to its event loop anyway. */
 let yieldMs = 10;
 let stopping = false;
+/**
+ * Messages taken since `start`. Each message the agent posts also writes the relay's eventfd once, so while
+ * `relay.wakes` is ahead of this, a message is on its way and the relay must not block: Deno can take many
+ * turns of the event loop to deliver it (about 20, 200 ms, on a loaded machine).
+ */
+let received = 0;
 let relay: Relay | null = null;
 /** Per service, how the worker places its flows alone (null: every backend in order). */
 const placements: (Placement | null)[] = [];
@@ -32,6 +38,7 @@ scope.onmessage = ({ data: message }) => {
     return;
   }
   if (relay === null) return;
+  received++;
   switch (message.type) {
     case "listen":
       listen(relay, message.service);
@@ -129,7 +136,9 @@ async function run(relay: Relay, ring: Ring): Promise<void> {
   while (!stopping) {
     // A wake (the agent posted a message and wrote the eventfd) ends the wait at once.
     const until = performance.now() + yieldMs;
-    do relay.poll(Math.max(0, until - performance.now())); while (!relay.woken && performance.now() < until);
+    do relay.poll(relay.wakes > received ? 0 : Math.max(0, until - performance.now())); while (
+      !relay.woken && relay.wakes <= received && performance.now() < until
+    );
     // One message per turn to the event loop (at most every `yieldMs`), however many waits it took.
     postEvents();
     // setImmediate, not setTimeout(…, 0): that one waits for the timer's next millisecond (2 ms measured
