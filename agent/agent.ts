@@ -22,7 +22,7 @@ import { coarseClock, pump, type PumpEnd, type PumpStats } from "./pump.ts";
 import { loadState, saveState } from "./state_store.ts";
 import { RelayDataPlane } from "./uring/data_plane.ts";
 import type { Placement } from "./uring/placement.ts";
-import { FlowEvent, type PlacementRequest, type RelayCounters } from "./uring/relay.ts";
+import { FlowEvent, type PlacementRequest, type RelayCounters, type SocketAddress } from "./uring/relay.ts";
 
 const log = logger("agent");
 const flowLog = logger("agent", "flow");
@@ -614,9 +614,8 @@ export class Agent {
           destination: endpoints.destination,
         });
         // Should the claimant be unreachable, the flow is served here, from the table, as #handle does.
-        const local =
-          (table.length === 0 ? [] : candidates(table, place % table.length, spec.backends.length))
-            .map((index) => spec.backends[index]!);
+        const order = table.length === 0 ? [] : candidates(table, place % table.length, spec.backends.length);
+        const local = order.map((index) => spec.backends[index]!);
         const header = this.#proxyHeader(spec, endpoints);
         this.#relayAsked.set(key, {
           service,
@@ -627,18 +626,14 @@ export class Agent {
         });
         plane.placed(
           request,
-          [
-            { ip: mesh.host, port: mesh.port },
-            ...local.map((backend) => ({ ip: backend.host, port: backend.port })),
-          ],
+          [{ ip: mesh.host, port: mesh.port }, ...this.#relayTargets(service, spec, order)],
           [meshHeader, ...local.map(() => header)],
         );
         return;
       }
     }
-    const backends = (await this.#backendOrder(spec, table, endpoints, place)).map((index) =>
-      spec.backends[index]!
-    );
+    const order = await this.#backendOrder(spec, table, endpoints, place);
+    const backends = order.map((index) => spec.backends[index]!);
     this.#relayAsked.set(key, {
       service,
       asked: { id: this.#nextFlowId++, endpoints },
@@ -646,11 +641,20 @@ export class Agent {
       handoff: null,
       load: null,
     });
-    plane.placed(
-      request,
-      backends.map((backend) => ({ ip: backend.host, port: backend.port })),
-      this.#proxyHeader(spec, endpoints),
-    );
+    plane.placed(request, this.#relayTargets(service, spec, order), this.#proxyHeader(spec, endpoints));
+  }
+
+  /**
+   * Backends of `spec` as the relay's targets: by index (the relay has their addresses) while `spec` is the
+   * service's, whose placement went to the relay before this answer; else by address.
+   */
+  #relayTargets(
+    service: LiveService,
+    spec: ServiceSpec,
+    order: readonly number[],
+  ): (SocketAddress | number)[] {
+    if (service.spec === spec) return [...order];
+    return order.map((index) => ({ ip: spec.backends[index]!.host, port: spec.backends[index]!.port }));
   }
 
   #proxyHeader(spec: ServiceSpec, endpoints: Endpoints): Uint8Array | null {

@@ -2,7 +2,8 @@
  * The agent's side of the io_uring relay: the worker it runs in, the messages to it (`messages.ts`), and
  * the eventfd that makes the worker take each message at once.
  */
-import type { FromWorker, ServiceMessage, ToWorker } from "./messages.ts";
+import { setImmediate } from "node:timers";
+import type { FromWorker, Placed, ServiceMessage, ToWorker } from "./messages.ts";
 import type { Placement } from "./placement.ts";
 import { openWaker, type PlacementRequest, type RelayCounters, type SocketAddress } from "./relay.ts";
 
@@ -24,6 +25,8 @@ export class RelayDataPlane {
   /** Answers awaited, in the order the worker gives them. */
   readonly #waiting: Array<{ types: readonly string[]; resolve: (message: FromWorker) => void }> = [];
   #stopped: Promise<{ counters: RelayCounters; open: number }> | null = null;
+  /** Answers not yet posted (`placed`). */
+  readonly #answers: Placed[] = [];
 
   private constructor(worker: Worker, wakeFd: number, handlers: DataPlaneHandlers) {
     this.#worker = worker;
@@ -82,14 +85,24 @@ export class RelayDataPlane {
     this.#post({ type: "placement", service: index, placement });
   }
 
-  /** The answer to a `place` request. */
+  /**
+   * The answer to a `place` request: targets in order, an index naming one of the service's backends as
+   * last posted with `setPlacement`. The answers given in one turn of the event loop go to the worker in
+   * one message, with one wake.
+   */
   placed(
     request: PlacementRequest,
-    targets: SocketAddress[],
+    targets: (SocketAddress | number)[],
     header: Uint8Array | null | (Uint8Array | null)[],
   ): void {
-    this.#post({ type: "placed", slot: request.slot, generation: request.generation, targets, header });
+    if (this.#answers.length === 0) setImmediate(this.#postAnswers);
+    this.#answers.push({ slot: request.slot, generation: request.generation, targets, header });
   }
+
+  readonly #postAnswers = () => {
+    const answers = this.#answers.splice(0);
+    if (answers.length > 0 && this.#stopped === null) this.#post({ type: "placed", answers });
+  };
 
   async counters(): Promise<RelayCounters & { open: number }> {
     const answer = await this.#ask({ type: "counters" }, ["counters"]);
@@ -109,6 +122,8 @@ export class RelayDataPlane {
   }
 
   #post(message: ToWorker): void {
+    // Answers go first: they may name backends by index, as of the placements posted before them.
+    if (message.type !== "placed") this.#postAnswers();
     this.#worker.postMessage(message);
     this.#waker.wake(this.#wakeFd);
   }
@@ -121,7 +136,7 @@ export class RelayDataPlane {
   }
 
   #received(message: FromWorker): void {
-    if (message.type === "place") this.#handlers.place(message);
+    if (message.type === "place") { for (const request of message.requests) this.#handlers.place(request); }
     else if (message.type === "flows") this.#handlers.flows(message.events, message.counters, message.open);
     else {
       const at = this.#waiting.findIndex((waiter) => waiter.types.includes(message.type));

@@ -8,19 +8,23 @@ import type { PlacementRequest, RelayCounters, RelayService, SocketAddress } fro
 /** A service as posted: placed by `placement`, or with `ask` every flow placed by the agent. */
 export type ServiceMessage = Omit<RelayService, "candidates"> & { ask?: boolean; placement?: Placement };
 
+/** The agent's answer to one `place` request. */
+export interface Placed {
+  slot: number;
+  generation: number;
+  /** In order; a number is an index into the service's backends as last posted (`placement`). */
+  targets: (SocketAddress | number)[];
+  /** One header for every target, or one per target. */
+  header: Uint8Array | null | (Uint8Array | null)[];
+}
+
 export type ToWorker =
   | { type: "start"; yieldMs: number }
   | { type: "listen"; service: ServiceMessage }
   | { type: "unlisten"; service: number }
   | { type: "placement"; service: number; placement: Placement }
-  | {
-    type: "placed";
-    slot: number;
-    generation: number;
-    targets: SocketAddress[];
-    /** One header for every target, or one per target. */
-    header: Uint8Array | null | (Uint8Array | null)[];
-  }
+  /** Answers to `place` requests, as many as the agent had ready in one turn of its event loop. */
+  | { type: "placed"; answers: Placed[] }
   | { type: "counters" }
   | { type: "stop" };
 
@@ -30,7 +34,8 @@ export type FromWorker =
   | { type: "listened"; index: number; port: number }
   | { type: "listenFailed"; message: string }
   | { type: "unlistened" }
-  | ({ type: "place" } & PlacementRequest)
+  /** The flows the relay asked about in one wait, in the order accepted. */
+  | { type: "place"; requests: PlacementRequest[] }
   /**
    * Six numbers per event: kind (`FlowEvent`), service, slot, generation, choice, errno; with the counters as
    * of then. Posted at most once per turn, when there are events or the counters moved.

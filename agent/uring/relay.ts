@@ -495,7 +495,8 @@ export class Relay {
   }
 
   /**
-   * Where to send a flow the relay asked about: `targets` in order, and the bytes to send each first
+   * Where to send a flow the relay asked about: `targets` in order (addresses, or indexes into the
+   * service's backends as of the last `update`), and the bytes to send each first
    * (one header for all, or one per target, such as a claimant's mesh header and then none). Ignored
    * when that flow is gone (its slot's generation moved on); an empty `targets` closes it as having no
    * backend.
@@ -503,7 +504,7 @@ export class Relay {
   placed(
     slot: number,
     generation: number,
-    targets: readonly SocketAddress[],
+    targets: readonly (SocketAddress | number)[],
     header: Uint8Array | null | readonly (Uint8Array | null)[],
   ): void {
     if (this.#generation[slot] !== generation || this.#tries[slot] !== ASKED) return;
@@ -512,7 +513,16 @@ export class Relay {
       this.#release(slot);
       return;
     }
-    this.#begin(slot, targets.map(encodeAddress), null, header);
+    const backends = this.#listeners[this.#listener[slot]!]!.backendAddresses;
+    const addresses: Uint8Array[] = [];
+    for (const target of targets) {
+      const address = typeof target === "number" ? backends[target] : encodeAddress(target);
+      // An index the relay does not have (never, while the agent answers after its placements) ends the
+      // list there, so that the positions of those before it still name them in flow events.
+      if (address === undefined) break;
+      addresses.push(address);
+    }
+    this.#begin(slot, addresses, null, header);
   }
 
   #begin(

@@ -25,7 +25,9 @@ interface ServiceOptions {
   proxyProtocol?: "none" | "v1" | "v2";
   placement?: Placement;
   /** Makes every flow ask where to go, and answers with this. */
-  place?: (request: PlacementRequest) => Promise<{ targets: SocketAddress[]; header: Uint8Array | null }>;
+  place?: (
+    request: PlacementRequest,
+  ) => Promise<{ targets: (SocketAddress | number)[]; header: Uint8Array | null }>;
   /** How long the relay may block before it reads its messages, unless woken. */
   yieldMs?: number;
 }
@@ -257,6 +259,34 @@ Deno.test({
     const counters = await relay.counters();
     assert.equal(counters.noBackend, 1);
     assert.equal(counters.connectFailures, 2);
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: an answer may name the service's backends by index; an index it lacks ends the list",
+  ignore,
+  async fn() {
+    await using echo = backend((received) => received);
+    const answers: (SocketAddress | number)[][] = [[1], [0, 1], [{
+      ip: "127.0.0.1",
+      port: echo.address.port,
+    }], [
+      7,
+      1,
+    ]];
+    let asked = 0;
+    await using relay = await startRelay({
+      backends: [refusedAddress(), echo.address],
+      place: () => Promise.resolve({ targets: answers[asked++]!, header: null }),
+    });
+    for (let flow = 0; flow < 3; flow++) {
+      const answer = new TextDecoder().decode(await exchange(relay.port, new TextEncoder().encode("hi")));
+      assert.equal(answer, "hi", `flow ${flow}`);
+    }
+    assert.equal((await exchange(relay.port, new TextEncoder().encode("lost"))).length, 0);
+    const counters = await relay.counters();
+    assert.equal(counters.connectFailures, 1, "only the refused backend of the second answer failed");
+    assert.equal(counters.noBackend, 1, "the index 7 ended the last answer's list before the echo");
   },
 });
 

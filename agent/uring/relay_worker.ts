@@ -5,7 +5,7 @@
 import { setImmediate } from "node:timers";
 import type { FromWorker, ServiceMessage, ToWorker } from "./messages.ts";
 import { placeFlow, type Placement } from "./placement.ts";
-import { FlowEvent, Relay } from "./relay.ts";
+import { FlowEvent, type PlacementRequest, Relay } from "./relay.ts";
 import { openRing, type Ring, unavailableReason } from "./ring.ts";
 
 interface WorkerScope {
@@ -27,6 +27,8 @@ let received = 0;
 let relay: Relay | null = null;
 /** Per service, how the worker places its flows alone (null: every backend in order). */
 const placements: (Placement | null)[] = [];
+/** Flows asked about in the current wait, posted together once it ends. */
+let asks: PlacementRequest[] = [];
 /** Flow events not yet posted, six numbers each (see `FromWorker`), posted once per turn. */
 let events: number[] = [];
 const { CONNECTED, FAILED, FAILED_LOCALLY, NO_BACKEND, ENDED } = FlowEvent;
@@ -52,7 +54,9 @@ scope.onmessage = ({ data: message }) => {
       relay.update(message.service, message.placement.backends);
       return;
     case "placed":
-      relay.placed(message.slot, message.generation, message.targets, message.header);
+      for (const { slot, generation, targets, header } of message.answers) {
+        relay.placed(slot, generation, targets, header);
+      }
       return;
     case "counters":
       scope.postMessage({ type: "counters", counters: { ...relay.counters }, open: relay.open });
@@ -71,7 +75,7 @@ function start(): void {
     return;
   }
   relay = new Relay(ring, {
-    ask: (request) => scope.postMessage({ type: "place", ...request }),
+    ask: (request) => asks.push(request),
     events: {
       connected: (service, slot, generation, choice) =>
         events.push(CONNECTED, service, slot, generation, choice, 0),
@@ -118,6 +122,13 @@ function listen(relay: Relay, service: ServiceMessage): void {
   scope.postMessage({ type: "listened", index, port });
 }
 
+/** The flows asked about in the last wait, in one message: the agent answers them in one too. */
+function postAsks(): void {
+  if (asks.length === 0) return;
+  scope.postMessage({ type: "place", requests: asks });
+  asks = [];
+}
+
 /** What the counters summed to when last posted. */
 let postedSum = 0;
 
@@ -136,9 +147,10 @@ async function run(relay: Relay, ring: Ring): Promise<void> {
   while (!stopping) {
     // A wake (the agent posted a message and wrote the eventfd) ends the wait at once.
     const until = performance.now() + yieldMs;
-    do relay.poll(relay.wakes > received ? 0 : Math.max(0, until - performance.now())); while (
-      !relay.woken && relay.wakes <= received && performance.now() < until
-    );
+    do {
+      relay.poll(relay.wakes > received ? 0 : Math.max(0, until - performance.now()));
+      postAsks();
+    } while (!relay.woken && relay.wakes <= received && performance.now() < until);
     // One message per turn to the event loop (at most every `yieldMs`), however many waits it took.
     postEvents();
     // setImmediate, not setTimeout(…, 0): that one waits for the timer's next millisecond (2 ms measured
