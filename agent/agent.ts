@@ -58,7 +58,15 @@ export interface AgentOptions {
   readonly mesh?: HostPort | null;
   readonly stateDir?: string | null;
   readonly tls?: { caCerts: string[] } | null;
+  /**
+   * What carries connections: the io_uring relay (`agent/uring/`, the default; where it cannot be had the
+   * agent says why and uses Deno's sockets), or Deno's sockets.
+   */
+  readonly dataPath?: DataPath;
 }
+
+export const DATA_PATHS = ["uring", "deno"] as const;
+export type DataPath = typeof DATA_PATHS[number];
 
 interface LiveService {
   spec: ServiceSpec;
@@ -69,6 +77,8 @@ interface LiveService {
   open: number;
   /** Its index in the io_uring relay while the relay accepts for it, and the address bound. */
   relay: { index: number; bound: Deno.NetAddr } | null;
+  /** Accept errors: when one was last logged, and how many since (at most one line per window). */
+  acceptErrors: { lastLogged: number; unlogged: number };
 }
 
 /** A flow of the io_uring relay, from its connect to its end. */
@@ -263,7 +273,7 @@ export class Agent {
   /** Serves from the saved state (if any) at once, then joins the manager. */
   async start(): Promise<void> {
     this.#sweep = setInterval(() => this.#sweepIdle(), AGENT_DEFAULTS.sweepMs);
-    if (Deno.env.get("SWITCHYARD_DATA_PATH") === "uring") await this.#openPlane();
+    if ((this.#options.dataPath ?? "uring") === "uring") await this.#openPlane();
     if (this.#options.stateDir) {
       try {
         const saved = await loadState(this.#options.stateDir);
@@ -342,6 +352,7 @@ export class Agent {
         accepting: null,
         open: existing?.open ?? 0,
         relay: null,
+        acceptErrors: { lastLogged: -Infinity, unlogged: 0 },
       };
       this.#services.set(spec.name, live);
       if (!this.#draining) this.#openListener(live, state);
@@ -628,6 +639,8 @@ export class Agent {
           request,
           [{ ip: mesh.host, port: mesh.port }, ...this.#relayTargets(service, spec, order)],
           [meshHeader, ...local.map(() => header)],
+          // As on Deno's sockets: a claimant that does not answer soon is passed over for a backend.
+          Math.min(spec.timeouts.connectMs, AGENT_DEFAULTS.meshConnectMs),
         );
         return;
       }
@@ -674,6 +687,10 @@ export class Agent {
     for (let i = 0; i < events.length; i += 6) {
       const kind = events[i]!;
       const service = this.#relayServices.get(events[i + 1]!);
+      if (kind === FlowEvent.ACCEPT_FAILED) {
+        if (service) this.#acceptFailed(service, osErrorText(events[i + 5]!));
+        continue;
+      }
       const key = `${events[i + 2]}:${events[i + 3]}`;
       const choice = events[i + 4]!;
       const asked = this.#relayAsked.get(key);
@@ -726,6 +743,16 @@ export class Agent {
               : null,
           });
           break;
+        case FlowEvent.IDLE: {
+          const open = this.#relayFlows.get(key);
+          this.#flowLog.info("Flow {flow} of {service} to {backend} idle for {idleMs} ms; closing", {
+            flow: open?.asked?.id ?? null,
+            service: spec.name,
+            backend: open?.load?.backend ?? backendId ?? null,
+            idleMs: spec.timeouts.idleMs,
+          });
+          break;
+        }
         case FlowEvent.ENDED: {
           const open = this.#relayFlows.get(key);
           if (open) {
@@ -786,8 +813,6 @@ export class Agent {
    */
   async #acceptLoop(service: LiveService, listener: Deno.Listener): Promise<void> {
     let pauseMs = 0;
-    let lastLogged = -Infinity;
-    let unlogged = 0;
     for (;;) {
       let conn: Deno.Conn;
       try {
@@ -796,21 +821,7 @@ export class Agent {
         if (error instanceof Deno.errors.BadResource || error instanceof Deno.errors.Interrupted) return;
         if (service.listener !== listener) return;
         this.counters.acceptErrors++;
-        // At most one line per window, however often accepts fail (they can fail thousands of times a second).
-        if (performance.now() - lastLogged > AGENT_DEFAULTS.acceptErrorLogMs) {
-          this.#log.error(
-            "Cannot accept for service {service}: {error}; pausing accepts and retrying ({unlogged} more since the last report)",
-            {
-              service: service.spec.name,
-              error: errorText(error),
-              unlogged,
-            },
-          );
-          lastLogged = performance.now();
-          unlogged = 0;
-        } else {
-          unlogged++;
-        }
+        this.#acceptFailed(service, errorText(error));
         pauseMs = Math.min(AGENT_DEFAULTS.acceptPauseMaxMs, Math.max(10, pauseMs * 2));
         await new Promise((resolve) => setTimeout(resolve, pauseMs));
         continue;
@@ -1164,6 +1175,21 @@ export class Agent {
     else this.#pendingFailures.set(key, { service, backend, count: 1 });
   }
 
+  /** Logs a failed accept, at most one line per window: they can fail thousands of times a second. */
+  #acceptFailed(service: LiveService, error: string): void {
+    const errors = service.acceptErrors;
+    if (performance.now() - errors.lastLogged <= AGENT_DEFAULTS.acceptErrorLogMs) {
+      errors.unlogged++;
+      return;
+    }
+    this.#log.error(
+      "Cannot accept for service {service}: {error}; pausing accepts and retrying ({unlogged} more since the last report)",
+      { service: service.spec.name, error, unlogged: errors.unlogged },
+    );
+    errors.lastLogged = performance.now();
+    errors.unlogged = 0;
+  }
+
   #sweepIdle(): void {
     const now = performance.now();
     coarseClock.now = now;
@@ -1216,15 +1242,23 @@ const ECANCELED = 125;
 
 /** What Deno says for a socket errno (so log lines read alike on both paths). */
 function osErrorText(errno: number): string {
-  const text: Record<number, string> = {
-    104: "Connection reset by peer",
-    101: "Network is unreachable",
-    110: "Connection timed out",
-    111: "Connection refused",
-    113: "No route to host",
-  };
-  return `${text[errno] ?? "Connect failed"} (os error ${errno})`;
+  return `${OS_ERROR_TEXT[errno] ?? "System error"} (os error ${errno})`;
 }
+
+/** Linux's text of the errnos a connect or an accept of the relay meets, as Deno's errors word them. */
+const OS_ERROR_TEXT: Readonly<Record<number, string>> = {
+  12: "Cannot allocate memory",
+  23: "Too many open files in system",
+  24: "Too many open files",
+  99: "Cannot assign requested address",
+  101: "Network is unreachable",
+  103: "Software caused connection abort",
+  104: "Connection reset by peer",
+  105: "No buffer space available",
+  110: "Connection timed out",
+  111: "Connection refused",
+  113: "No route to host",
+};
 
 /** Errors that say this host is short of something (descriptors, ports, memory), not that a peer failed. */
 const LOCAL_ERROR_CODES = new Set(["EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "EADDRNOTAVAIL"]);

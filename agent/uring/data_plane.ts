@@ -94,9 +94,16 @@ export class RelayDataPlane {
     request: PlacementRequest,
     targets: (SocketAddress | number)[],
     header: Uint8Array | null | (Uint8Array | null)[],
+    firstTimeoutMs = 0,
   ): void {
     if (this.#answers.length === 0) setImmediate(this.#postAnswers);
-    this.#answers.push({ slot: request.slot, generation: request.generation, targets, header });
+    this.#answers.push({
+      slot: request.slot,
+      generation: request.generation,
+      targets,
+      header,
+      firstTimeoutMs,
+    });
   }
 
   readonly #postAnswers = () => {

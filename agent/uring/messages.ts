@@ -16,6 +16,8 @@ export interface Placed {
   targets: (SocketAddress | number)[];
   /** One header for every target, or one per target. */
   header: Uint8Array | null | (Uint8Array | null)[];
+  /** The first target's connect timeout, when not the service's (a claimant's mesh port); 0: the service's. */
+  firstTimeoutMs: number;
 }
 
 export type ToWorker =
@@ -37,8 +39,9 @@ export type FromWorker =
   /** The flows the relay asked about in one wait, in the order accepted. */
   | { type: "place"; requests: PlacementRequest[] }
   /**
-   * Six numbers per event: kind (`FlowEvent`), service, slot, generation, choice, errno; with the counters as
-   * of then. Posted at most once per turn, when there are events or the counters moved.
+   * Six numbers per event: kind (`FlowEvent`), service, slot, generation, choice, errno (an accept failure
+   * has no flow: slot and choice -1); with the counters as of then. Posted at most once per turn, when there
+   * are events or the counters moved.
    */
   | { type: "flows"; events: number[]; counters: RelayCounters; open: number }
   | { type: "counters"; counters: RelayCounters; open: number }

@@ -15,6 +15,7 @@ import {
   ENOBUFS,
   IOSQE_BUFFER_SELECT,
   IOSQE_IO_LINK,
+  LIBC_PATH,
   Op,
   type Ring,
 } from "./ring.ts";
@@ -120,10 +121,22 @@ export interface FlowEvents {
   noBackend(service: number, slot: number, generation: number): void;
   /** A connected flow ended. */
   ended(service: number, slot: number, generation: number, choice: number): void;
+  /** A connected flow is closed for being idle longer than its service allows (`ended` follows). */
+  idle?(service: number, slot: number, generation: number, choice: number): void;
+  /** An accept failed (`errno`): out of descriptors above all. Accepting pauses, longer while it lasts. */
+  acceptFailed?(service: number, errno: number): void;
 }
 
 /** The kinds of flow event, as the relay's worker posts them (`{ type: "flows", events }`). */
-export const FlowEvent = { CONNECTED: 1, FAILED: 2, FAILED_LOCALLY: 3, NO_BACKEND: 4, ENDED: 5 } as const;
+export const FlowEvent = {
+  CONNECTED: 1,
+  FAILED: 2,
+  FAILED_LOCALLY: 3,
+  NO_BACKEND: 4,
+  ENDED: 5,
+  IDLE: 6,
+  ACCEPT_FAILED: 7,
+} as const;
 
 export interface RelayOptions {
   /** Told of every flow's connect and end. */
@@ -209,6 +222,10 @@ export class Relay {
   /** The choice a connected flow reached, or -1. */
   readonly #choice: Int32Array;
   readonly #tried: Uint8Array;
+  /** The connect timeout of a flow's first target when the agent set one (`placed`), else 0. */
+  readonly #firstTimeoutMs: Uint32Array;
+  /** `struct __kernel_timespec`s of connect timeouts, by milliseconds (few values; kept for the ring). */
+  readonly #timespecs = new Map<number, BigInt64Array>();
   readonly #lastActive: Float64Array;
   /** Bytes sent to the backend before any of the client's (a PROXY header), kept alive until sent. */
   readonly #header: (Uint8Array | null)[];
@@ -247,7 +264,7 @@ export class Relay {
     this.#ring = ring;
     this.#ask = options.ask ?? null;
     this.#events = options.events ?? null;
-    const library = Deno.dlopen("libc.so.6", SOCKETS);
+    const library = Deno.dlopen(LIBC_PATH, SOCKETS);
     this.#sockets = library.symbols;
     this.#errno = new Deno.UnsafePointerView(this.#sockets.__errno_location()!);
     this.#buffers = ring.provideBuffers(
@@ -263,6 +280,7 @@ export class Relay {
     this.#done = new Uint8Array(slots);
     this.#tries = new Array(slots).fill(null);
     this.#tried = new Uint8Array(slots);
+    this.#firstTimeoutMs = new Uint32Array(slots);
     this.#lastActive = new Float64Array(slots);
     this.#header = new Array(slots).fill(null);
     this.#headers = new Array(slots).fill(null);
@@ -305,15 +323,12 @@ export class Relay {
     this.#addressLength[0] = 28;
     this.#sockets.getsockname(fd, this.#addressBytes, this.#addressLength);
     const port = (this.#addressBytes[2]! << 8) | this.#addressBytes[3]!;
-    const timeout = new BigInt64Array(2);
-    timeout[0] = BigInt(Math.floor(service.connectTimeoutMs / 1000));
-    timeout[1] = BigInt((service.connectTimeoutMs % 1000) * 1_000_000);
     const listener: Listener = {
       fd,
       service,
       index: this.#listeners.length,
       open: 0,
-      connectTimeout: timeout,
+      connectTimeout: this.#timespec(service.connectTimeoutMs),
       backendAddresses: service.backends.map(encodeAddress),
       closed: false,
       pauseMs: 0,
@@ -443,6 +458,7 @@ export class Relay {
     if (fd < 0) {
       if (listener.closed) return;
       this.counters.acceptErrors++;
+      this.#events?.acceptFailed?.(index, -fd);
       // Out of descriptors above all: the connection waiting would fail again at once, so accepting pauses,
       // longer while errors last (as HAProxy and nginx do, and the agent on Deno's sockets).
       if (!(flags & CQE_F_MORE)) this.#pauseAccepting(listener);
@@ -467,6 +483,7 @@ export class Relay {
     this.#lastActive[slot] = this.#now;
     this.#bufferId[slot * 2] = -1;
     this.#bufferId[slot * 2 + 1] = -1;
+    this.#firstTimeoutMs[slot] = 0;
     this.#sockets.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, this.#one, 4);
     this.#addressLength[0] = 28;
     this.#sockets.getpeername(fd, this.#addressBytes, this.#addressLength);
@@ -506,6 +523,7 @@ export class Relay {
     generation: number,
     targets: readonly (SocketAddress | number)[],
     header: Uint8Array | null | readonly (Uint8Array | null)[],
+    firstTimeoutMs = 0,
   ): void {
     if (this.#generation[slot] !== generation || this.#tries[slot] !== ASKED) return;
     if (this.#done[slot] === BOTH) {
@@ -522,6 +540,7 @@ export class Relay {
       if (address === undefined) break;
       addresses.push(address);
     }
+    this.#firstTimeoutMs[slot] = firstTimeoutMs;
     this.#begin(slot, addresses, null, header);
   }
 
@@ -599,7 +618,18 @@ export class Relay {
       IOSQE_IO_LINK,
       address.length,
     );
-    this.#ring.queue(Op.LINK_TIMEOUT, -1, addressOfBytes(listener.connectTimeout), 1, 0, IGNORED);
+    const firstTimeoutMs = this.#firstTimeoutMs[slot]!;
+    const timeout = at === 0 && firstTimeoutMs > 0 ? this.#timespec(firstTimeoutMs) : listener.connectTimeout;
+    this.#ring.queue(Op.LINK_TIMEOUT, -1, addressOfBytes(timeout), 1, 0, IGNORED);
+  }
+
+  #timespec(ms: number): BigInt64Array {
+    let timespec = this.#timespecs.get(ms);
+    if (timespec === undefined) {
+      timespec = new BigInt64Array([BigInt(Math.floor(ms / 1000)), BigInt((ms % 1000) * 1_000_000)]);
+      this.#timespecs.set(ms, timespec);
+    }
+    return timespec;
   }
 
   #connected(slot: number, result: number): void {
@@ -814,7 +844,10 @@ export class Relay {
     for (let slot = 0; slot < this.#client.length; slot++) {
       if (this.#client[slot]! < 0 || this.#done[slot] === BOTH || this.#tries[slot] !== null) continue;
       const idleMs = this.#listeners[this.#listener[slot]!]!.service.idleTimeoutMs;
-      if (idleMs > 0 && this.#now - this.#lastActive[slot]! > idleMs) this.#abort(slot);
+      if (idleMs > 0 && this.#now - this.#lastActive[slot]! > idleMs) {
+        this.#events?.idle?.(this.#listener[slot]!, slot, this.#generation[slot]!, this.#choice[slot]!);
+        this.#abort(slot);
+      }
     }
   }
 }
@@ -826,7 +859,7 @@ const ONE_EVENT = new Uint8Array(new BigUint64Array([1n]).buffer);
  * Opens libc; `close` when done.
  */
 export function openWaker(): { wake(wakeFd: number): void; close(): void } {
-  const library = Deno.dlopen("libc.so.6", {
+  const library = Deno.dlopen(LIBC_PATH, {
     write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   });
   return {

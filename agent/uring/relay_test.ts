@@ -12,6 +12,7 @@ import { openRing, unavailableReason } from "./ring.ts";
 import { RelayDataPlane } from "./data_plane.ts";
 import { FlowEvent, type PlacementRequest, type SocketAddress } from "./relay.ts";
 
+const { CONNECTED, FAILED, NO_BACKEND, ENDED, IDLE, ACCEPT_FAILED } = FlowEvent;
 const probe = openRing({ entries: 8 });
 probe?.close();
 const ignore = probe === null;
@@ -27,7 +28,7 @@ interface ServiceOptions {
   /** Makes every flow ask where to go, and answers with this. */
   place?: (
     request: PlacementRequest,
-  ) => Promise<{ targets: (SocketAddress | number)[]; header: Uint8Array | null }>;
+  ) => Promise<{ targets: (SocketAddress | number)[]; header: Uint8Array | null; firstTimeoutMs?: number }>;
   /** How long the relay may block before it reads its messages, unless woken. */
   yieldMs?: number;
 }
@@ -39,8 +40,8 @@ async function startRelay(options: ServiceOptions) {
   let stopped = false;
   const opened = await RelayDataPlane.open({
     place: (request) => {
-      void options.place?.(request).then(({ targets, header }) => {
-        if (!stopped) plane.placed(request, targets, header);
+      void options.place?.(request).then(({ targets, header, firstTimeoutMs }) => {
+        if (!stopped) plane.placed(request, targets, header, firstTimeoutMs);
       });
     },
     flows: (events) => flowEvents.push(...events),
@@ -61,6 +62,8 @@ async function startRelay(options: ServiceOptions) {
   });
   return {
     port,
+    /** The flow events so far, as posted: kind, service, slot, generation, choice, errno. */
+    events: () => flowEvents,
     /** The flow events so far, per flow (slot and generation), as [kind, choice] each. */
     flowEvents(): Array<Array<[number, number]>> {
       const flows = new Map<string, Array<[number, number]>>();
@@ -425,6 +428,15 @@ Deno.test({
     }
     // Pauses of 10, 20, 40, 80, 160 and 320 ms fit in 600 ms: a few errors, not thousands.
     assert.ok(errors >= 1 && errors <= 10, `${errors} accept errors in 600 ms`);
+    // Each reported, with its errno (EMFILE), for the agent's log line.
+    const failures = () => {
+      const found: number[] = [];
+      const events = relay.events();
+      for (let i = 0; i < events.length; i += 6) if (events[i] === ACCEPT_FAILED) found.push(events[i + 5]!);
+      return found;
+    };
+    await eventually(() => failures().length >= errors, 5_000, "the accept failures reported");
+    assert.ok(failures().every((errno) => errno === 24), `errnos ${failures()}`);
     await go.close();
     const { stdout } = await shell.output();
     assert.equal(new TextDecoder().decode(stdout), "served\n", "the waiting client is served after");
@@ -466,7 +478,6 @@ Deno.test({
     "io_uring relay: the agent is told each flow's connect failures, backend reached and end, or no backend",
   ignore,
   async fn() {
-    const { CONNECTED, FAILED, NO_BACKEND, ENDED } = FlowEvent;
     await using echo = backend(() => new TextEncoder().encode("ok"));
     await using relay = await startRelay({ backends: [refusedAddress(), echo.address] });
     for (let i = 0; i < 3; i++) await exchange(relay.port, new Uint8Array(1));
@@ -537,6 +548,34 @@ Deno.test({
       assert.equal(answer, "after the timeout");
       assert.ok(took >= 250 && took < 2_000, `took ${took.toFixed(0)} ms`);
       assert.equal((await relay.counters()).connectFailures, 1);
+    } finally {
+      hole.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: an answer's first target may have a shorter connect timeout than the service's",
+  ignore,
+  async fn() {
+    const hole = await blackhole();
+    try {
+      await using echo = backend(() => new TextEncoder().encode("after the claimant"));
+      await using relay = await startRelay({
+        backends: [echo.address],
+        connectTimeoutMs: 5_000,
+        place: () =>
+          Promise.resolve({
+            targets: [{ ip: "127.0.0.1", port: hole.port }, 0],
+            header: null,
+            firstTimeoutMs: 300,
+          }),
+      });
+      const started = performance.now();
+      const answer = new TextDecoder().decode(await exchange(relay.port, new Uint8Array(1)));
+      const took = performance.now() - started;
+      assert.equal(answer, "after the claimant");
+      assert.ok(took >= 250 && took < 2_000, `took ${took.toFixed(0)} ms, not the service's 5 s`);
     } finally {
       hole.close();
     }
@@ -621,6 +660,16 @@ Deno.test({
     }
     assert.equal(await idle.read(new Uint8Array(1)).catch(() => null), null, "the idle flow was closed");
     assert.ok(performance.now() - started >= 400);
+    await eventually(
+      () => relay.flowEvents().some((flow) => flow.some(([kind]) => kind === IDLE)),
+      5_000,
+      "the idle close reported",
+    );
+    assert.deepEqual(
+      relay.flowEvents().filter((flow) => flow.some(([kind]) => kind === IDLE)),
+      [[[CONNECTED, 0], [IDLE, 0], [ENDED, 0]]],
+      "only the idle flow, closed as idle and then ended",
+    );
     await writeAll(busy, new Uint8Array([9]));
     assert.equal(await busy.read(new Uint8Array(1)), 1, "the busy flow still works");
     idle.close();

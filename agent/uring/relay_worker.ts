@@ -31,7 +31,7 @@ const placements: (Placement | null)[] = [];
 let asks: PlacementRequest[] = [];
 /** Flow events not yet posted, six numbers each (see `FromWorker`), posted once per turn. */
 let events: number[] = [];
-const { CONNECTED, FAILED, FAILED_LOCALLY, NO_BACKEND, ENDED } = FlowEvent;
+const { CONNECTED, FAILED, FAILED_LOCALLY, NO_BACKEND, ENDED, IDLE, ACCEPT_FAILED } = FlowEvent;
 
 scope.onmessage = ({ data: message }) => {
   if (message.type === "start") {
@@ -54,8 +54,8 @@ scope.onmessage = ({ data: message }) => {
       relay.update(message.service, message.placement.backends);
       return;
     case "placed":
-      for (const { slot, generation, targets, header } of message.answers) {
-        relay.placed(slot, generation, targets, header);
+      for (const { slot, generation, targets, header, firstTimeoutMs } of message.answers) {
+        relay.placed(slot, generation, targets, header, firstTimeoutMs);
       }
       return;
     case "counters":
@@ -90,6 +90,8 @@ function start(): void {
         postEvents();
       },
       ended: (service, slot, generation, choice) => events.push(ENDED, service, slot, generation, choice, 0),
+      idle: (service, slot, generation, choice) => events.push(IDLE, service, slot, generation, choice, 0),
+      acceptFailed: (service, errno) => events.push(ACCEPT_FAILED, service, -1, 0, -1, errno),
     },
   });
   scope.postMessage({ type: "ready", wakeFd: relay.wakeFd });

@@ -12,6 +12,13 @@
  * not permitted, or when the kernel refuses io_uring (old kernels, seccomp filters of containers).
  */
 
+/**
+ * The C library the relay calls (io_uring's system calls, sockets, eventfd), the only library it opens. By
+ * name, for the dynamic linker to find: `--allow-ffi=libc.so.6` would make Deno look for it in the working
+ * directory, so the permission is `--allow-ffi`.
+ */
+export const LIBC_PATH = "libc.so.6";
+
 const LIBC = {
   syscall: { parameters: ["i64", "i64", "i64", "i64", "i64", "i64", "i64"], result: "i64" },
   mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" },
@@ -384,7 +391,7 @@ export function openRing(options: RingOptions = {}): Ring | null {
   }
   let libc: Libc;
   try {
-    libc = Deno.dlopen("libc.so.6", LIBC);
+    libc = Deno.dlopen(LIBC_PATH, LIBC);
   } catch (error) {
     unavailableReason = `cannot load libc: ${error instanceof Error ? error.message : String(error)}`;
     return null;
