@@ -7,6 +7,7 @@ import { parseArgs } from "node:util";
 import { parseHostPort } from "./cluster/address.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel, setupLogging } from "./cluster/log.ts";
 import { UsageError } from "./cluster/usage.ts";
+import { DATA_PATHS, type DataPath } from "./agent/agent.ts";
 import { runAgent } from "./agent/mod.ts";
 import { runDemo } from "./demo/mod.ts";
 import { runFeedback } from "./feedback/cli.ts";
@@ -68,6 +69,11 @@ const COMMANDS: Readonly<Record<string, Command>> = {
         help: "keep the last cluster state here, to serve without the manager",
       },
       "ca-file": { type: "string", value: "FILE", help: "trust this CA (PEM) for a manager that speaks TLS" },
+      "data-path": {
+        type: "string",
+        value: "uring|deno",
+        help: "carry connections through io_uring (default; Linux) or Deno's sockets",
+      },
     },
     run: (flags) => runAgent(agentFlags(flags)),
   },
@@ -171,7 +177,16 @@ function agentFlags(flags: Flags) {
     admin: flags.admin === undefined ? null : address("admin", flags.admin as string, { anyPort: true }),
     stateDir: (flags["state-dir"] as string | undefined) ?? null,
     caFile: (flags["ca-file"] as string | undefined) ?? null,
+    dataPath: dataPath(flags["data-path"] as string | undefined),
   };
+}
+
+function dataPath(text: string | undefined): DataPath {
+  if (text === undefined) return "uring";
+  if (!(DATA_PATHS as readonly string[]).includes(text)) {
+    throw new UsageError(`Cannot use --data-path "${text}": expected ${DATA_PATHS.join(" or ")}`);
+  }
+  return text as DataPath;
 }
 
 function envName(flag: string): string {

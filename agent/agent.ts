@@ -6,7 +6,7 @@
  */
 import { formatHostPort, type HostPort, parseHostPort } from "../cluster/address.ts";
 import { TokenSigner } from "../cluster/auth.ts";
-import { claimBucket, claimOwners } from "../cluster/claims.ts";
+import { CLAIM_BUCKETS, claimBucket, claimOwners } from "../cluster/claims.ts";
 import { hashClientIp, hashFlowKey } from "../cluster/flow_key.ts";
 import { logger } from "../cluster/log.ts";
 import { candidates } from "../cluster/maglev.ts";
@@ -20,6 +20,9 @@ import { type LinkReport, ManagerLink } from "./manager_link.ts";
 import { encodeMeshHeader, type HandedOffFlow, MeshServer } from "./mesh.ts";
 import { coarseClock, pump, type PumpEnd, type PumpStats } from "./pump.ts";
 import { loadState, saveState } from "./state_store.ts";
+import { RelayDataPlane } from "./uring/data_plane.ts";
+import type { Placement } from "./uring/placement.ts";
+import { FlowEvent, type PlacementRequest, type RelayCounters, type SocketAddress } from "./uring/relay.ts";
 
 const log = logger("agent");
 const flowLog = logger("agent", "flow");
@@ -55,7 +58,15 @@ export interface AgentOptions {
   readonly mesh?: HostPort | null;
   readonly stateDir?: string | null;
   readonly tls?: { caCerts: string[] } | null;
+  /**
+   * What carries connections: the io_uring relay (`agent/uring/`, the default; where it cannot be had the
+   * agent says why and uses Deno's sockets), or Deno's sockets.
+   */
+  readonly dataPath?: DataPath;
 }
+
+export const DATA_PATHS = ["uring", "deno"] as const;
+export type DataPath = typeof DATA_PATHS[number];
 
 interface LiveService {
   spec: ServiceSpec;
@@ -64,6 +75,22 @@ interface LiveService {
   listener: Deno.Listener | null;
   accepting: Promise<void> | null;
   open: number;
+  /** Its index in the io_uring relay while the relay accepts for it, and the address bound. */
+  relay: { index: number; bound: Deno.NetAddr } | null;
+  /** Accept errors: when one was last logged, and how many since (at most one line per window). */
+  acceptErrors: { lastLogged: number; unlogged: number };
+}
+
+/** A flow of the io_uring relay, from its connect to its end. */
+interface RelayFlow {
+  readonly service: LiveService;
+  /** For a flow the agent placed (asked): its id and endpoints, for its log lines. */
+  readonly asked: { id: number; endpoints: Endpoints } | null;
+  /** The backend ids of the targets the agent answered with (null: the relay placed it). */
+  readonly targets: readonly string[] | null;
+  /** A handoff: its first target is the claimant's mesh port (`targets[0]` its id), the others backends. */
+  readonly handoff: { mesh: string } | null;
+  load: BackendLoad | null;
 }
 
 /** Open connections to one backend of a service, as reported to the manager. */
@@ -172,6 +199,18 @@ export class Agent {
   #sweep: ReturnType<typeof setInterval> | undefined;
   #draining = false;
   #saving: Promise<void> = Promise.resolve();
+  /** The io_uring relay, when it serves this agent's listeners (`SWITCHYARD_DATA_PATH=uring`). */
+  #plane: RelayDataPlane | null = null;
+  /** Services by their relay index. */
+  readonly #relayServices = new Map<number, LiveService>();
+  /** Relay flows asked of the agent, by slot and generation, until connected or given up. */
+  readonly #relayAsked = new Map<string, RelayFlow>();
+  /** Connected relay flows, by slot and generation. */
+  readonly #relayFlows = new Map<string, RelayFlow>();
+  /** The relay's counters as last added into this agent's. */
+  #relayCounters: RelayCounters | null = null;
+  /** The relay's open flows as it last said (those it accepted before the agent heard of them too). */
+  #relayOpen = 0;
 
   constructor(options: AgentOptions) {
     this.#options = options;
@@ -207,7 +246,7 @@ export class Agent {
   }
 
   get openConnections(): number {
-    return this.#flows.size;
+    return this.#flows.size + this.#relayFlows.size;
   }
 
   /** Bytes forwarded so far, up (client to backend) and down: finished flows' and open flows' alike. */
@@ -226,6 +265,7 @@ export class Agent {
     const addrs = new Map<string, Deno.NetAddr>();
     for (const [name, service] of this.#services) {
       if (service.listener) addrs.set(name, service.listener.addr as Deno.NetAddr);
+      else if (service.relay) addrs.set(name, service.relay.bound);
     }
     return addrs;
   }
@@ -233,6 +273,7 @@ export class Agent {
   /** Serves from the saved state (if any) at once, then joins the manager. */
   async start(): Promise<void> {
     this.#sweep = setInterval(() => this.#sweepIdle(), AGENT_DEFAULTS.sweepMs);
+    if ((this.#options.dataPath ?? "uring") === "uring") await this.#openPlane();
     if (this.#options.stateDir) {
       try {
         const saved = await loadState(this.#options.stateDir);
@@ -296,9 +337,10 @@ export class Agent {
       }
       const listenKey = formatHostPort(spec.listen);
       const existing = this.#services.get(spec.name);
-      if (existing && existing.listenKey === listenKey && existing.listener) {
+      if (existing && existing.listenKey === listenKey && (existing.listener || existing.relay)) {
         existing.spec = spec;
         existing.table = table;
+        if (existing.relay) this.#postPlacement(existing, state);
         continue;
       }
       if (existing) this.#closeListener(existing);
@@ -309,9 +351,11 @@ export class Agent {
         listener: null,
         accepting: null,
         open: existing?.open ?? 0,
+        relay: null,
+        acceptErrors: { lastLogged: -Infinity, unlogged: 0 },
       };
       this.#services.set(spec.name, live);
-      if (!this.#draining) this.#openListener(live);
+      if (!this.#draining) this.#openListener(live, state);
     }
     for (const [name, service] of this.#services) {
       if (!seen.has(name)) {
@@ -332,6 +376,7 @@ export class Agent {
       });
     }
     this.#state = state;
+    for (const service of this.#services.values()) if (service.relay) this.#postPlacement(service, state);
     this.#log.debug("Serving state {version} with {services} services", {
       version: state.version,
       services: state.services.length,
@@ -368,7 +413,8 @@ export class Agent {
     const grace = started +
       Math.min(drainMs, AGENT_DEFAULTS.missedHeartbeatsGrace * (this.#state?.heartbeatMs ?? 1_000));
     while (
-      (this.#flows.size > 0 || this.#handlers.size > 0 || performance.now() < grace) &&
+      (this.#flows.size > 0 || this.#relayOpen > 0 || this.#relayAsked.size > 0 ||
+        this.#handlers.size > 0 || performance.now() < grace) &&
       performance.now() < deadline
     ) {
       await new Promise((resolve) => setTimeout(resolve, 50));
@@ -396,6 +442,13 @@ export class Agent {
     for (const flow of this.#flows.snapshot()) closeFlow(flow);
     while (this.#flows.size > 0) await new Promise((resolve) => setTimeout(resolve, 5));
     await Promise.allSettled([...this.#services.values()].map((s) => s.accepting));
+    if (this.#plane) {
+      const { counters } = await this.#plane.stop();
+      this.#relayFlowsUpdate([], counters);
+      for (const flow of this.#relayFlows.values()) this.#relayFlowEnded(flow);
+      this.#relayFlows.clear();
+      this.#relayAsked.clear();
+    }
     await this.#saving;
   }
 
@@ -424,8 +477,12 @@ export class Agent {
     );
   }
 
-  #openListener(service: LiveService): void {
+  #openListener(service: LiveService, state: ClusterState): void {
     const { listen } = service.spec;
+    if (this.#plane && relayCanServe(service.spec, state)) {
+      this.#openRelayListener(service, state);
+      return;
+    }
     try {
       service.listener = Deno.listen({ hostname: listen.host, port: listen.port, reusePort: true });
     } catch (error) {
@@ -452,6 +509,301 @@ export class Agent {
       // already closed
     }
     service.listener = null;
+    if (service.relay && this.#plane) {
+      void this.#plane.unlisten(service.relay.index);
+      service.relay = null;
+    }
+  }
+
+  /** Starts the io_uring relay; where it cannot be had, says why and keeps to Deno's sockets. */
+  async #openPlane(): Promise<void> {
+    const opened = await RelayDataPlane.open({
+      place: (request) => void this.#placeAsked(request),
+      flows: (events, counters, open) => {
+        this.#relayOpen = open;
+        this.#relayFlowsUpdate(events, counters);
+      },
+    }).catch((error) => ({ unavailable: errorText(error) }));
+    if (opened instanceof RelayDataPlane) {
+      this.#plane = opened;
+      this.#log.info("Serving connections through io_uring");
+    } else {
+      this.#log.warn("Cannot serve connections through io_uring ({reason}); using Deno's sockets", {
+        reason: opened.unavailable,
+      });
+    }
+  }
+
+  #openRelayListener(service: LiveService, state: ClusterState): void {
+    const plane = this.#plane!;
+    const { spec } = service;
+    const placement = this.#placementOf(service, state);
+    plane.listen({
+      name: spec.name,
+      listen: { ip: spec.listen.host, port: spec.listen.port },
+      backends: placement.backends,
+      maxConnections: spec.maxConnections,
+      connectTimeoutMs: spec.timeouts.connectMs,
+      idleTimeoutMs: spec.timeouts.idleMs,
+      proxyProtocol: spec.proxyProtocol,
+      placement,
+    }).then(({ index, port }) => {
+      if (this.#services.get(spec.name) !== service || this.#draining) {
+        void plane.unlisten(index);
+        return;
+      }
+      service.relay = { index, bound: { transport: "tcp", hostname: spec.listen.host, port } };
+      this.#relayServices.set(index, service);
+      // The state may have moved on while the listener opened.
+      if (this.#state) this.#postPlacement(service, this.#state);
+      this.#log.info("Service {service} listening on {bound}", {
+        service: spec.name,
+        listen: service.listenKey,
+        bound: formatHostPort({ host: spec.listen.host, port }),
+      });
+    }, (error) => {
+      this.#log.error("Cannot listen on {listen} for service {service}: {error}", {
+        listen: service.listenKey,
+        service: spec.name,
+        error: errorText(error),
+      });
+    });
+  }
+
+  /** How the relay places a service's flows alone, and which it must ask about. */
+  #placementOf(service: LiveService, state: ClusterState): Placement {
+    const { spec } = service;
+    const askAll = spec.decide === "manager" ||
+      (spec.affinity.key === "client_ip" && spec.affinity.ttlMs > 0) ||
+      this.#flowLog.isEnabledFor("debug");
+    let askBuckets: Uint8Array | null = null;
+    if (askAll) askBuckets = new Uint8Array(CLAIM_BUCKETS).fill(1);
+    else if (spec.handoff === "claimant" && this.#claimOwners !== null) {
+      const owners = this.#claimOwners;
+      askBuckets = new Uint8Array(owners.length);
+      for (let bucket = 0; bucket < owners.length; bucket++) {
+        const owner = state.agents[owners[bucket]!];
+        if (owner && owner.id !== this.#options.id && owner.mesh !== null) askBuckets[bucket] = 1;
+      }
+    }
+    return {
+      backends: spec.backends.map((backend) => ({ ip: backend.host, port: backend.port })),
+      table: service.table,
+      seed: state.seed,
+      placeBy: spec.affinity.key === "client_ip" ? "client_ip" : "flow",
+      askBuckets,
+    };
+  }
+
+  #postPlacement(service: LiveService, state: ClusterState): void {
+    if (service.relay && this.#plane) {
+      this.#plane.setPlacement(service.relay.index, this.#placementOf(service, state));
+    }
+  }
+
+  /** A relay flow the relay could not place alone: the agent's own decision, as #handle and #serve make it. */
+  async #placeAsked(request: PlacementRequest): Promise<void> {
+    const plane = this.#plane;
+    const service = this.#relayServices.get(request.service);
+    if (!plane) return;
+    const key = `${request.slot}:${request.generation}`;
+    if (!service) {
+      plane.placed(request, [], null);
+      return;
+    }
+    const { spec, table } = service;
+    const endpoints: Endpoints = { client: request.client, destination: request.destination };
+    const place = this.#placeHash(spec, endpoints);
+    if (spec.handoff === "claimant") {
+      const owner = this.#claimant(place);
+      if (owner !== null && owner.id !== this.#options.id && owner.mesh !== null) {
+        const mesh = parseHostPort(owner.mesh);
+        const meshHeader = await encodeMeshHeader(this.#signer, {
+          service: spec.name,
+          sender: this.#options.id,
+          client: endpoints.client,
+          destination: endpoints.destination,
+        });
+        // Should the claimant be unreachable, the flow is served here, from the table, as #handle does.
+        const order = table.length === 0 ? [] : candidates(table, place % table.length, spec.backends.length);
+        const local = order.map((index) => spec.backends[index]!);
+        const header = this.#proxyHeader(spec, endpoints);
+        this.#relayAsked.set(key, {
+          service,
+          asked: { id: this.#nextFlowId++, endpoints },
+          targets: [owner.id, ...local.map((backend) => backend.id)],
+          handoff: { mesh: owner.mesh },
+          load: null,
+        });
+        plane.placed(
+          request,
+          [{ ip: mesh.host, port: mesh.port }, ...this.#relayTargets(service, spec, order)],
+          [meshHeader, ...local.map(() => header)],
+          // As on Deno's sockets: a claimant that does not answer soon is passed over for a backend.
+          Math.min(spec.timeouts.connectMs, AGENT_DEFAULTS.meshConnectMs),
+        );
+        return;
+      }
+    }
+    const order = await this.#backendOrder(spec, table, endpoints, place);
+    const backends = order.map((index) => spec.backends[index]!);
+    this.#relayAsked.set(key, {
+      service,
+      asked: { id: this.#nextFlowId++, endpoints },
+      targets: backends.map((backend) => backend.id),
+      handoff: null,
+      load: null,
+    });
+    plane.placed(request, this.#relayTargets(service, spec, order), this.#proxyHeader(spec, endpoints));
+  }
+
+  /**
+   * Backends of `spec` as the relay's targets: by index (the relay has their addresses) while `spec` is the
+   * service's, whose placement went to the relay before this answer; else by address.
+   */
+  #relayTargets(
+    service: LiveService,
+    spec: ServiceSpec,
+    order: readonly number[],
+  ): (SocketAddress | number)[] {
+    if (service.spec === spec) return [...order];
+    return order.map((index) => ({ ip: spec.backends[index]!.host, port: spec.backends[index]!.port }));
+  }
+
+  #proxyHeader(spec: ServiceSpec, endpoints: Endpoints): Uint8Array | null {
+    return spec.proxyProtocol === "none"
+      ? null
+      : encodeProxyHeader(spec.proxyProtocol, endpoints.client, endpoints.destination);
+  }
+
+  /** Flow events of the relay into this agent's counts, and its counters into this agent's. */
+  #relayFlowsUpdate(events: number[], counters: RelayCounters): void {
+    const last = this.#relayCounters;
+    this.counters.rejected += counters.rejected - (last?.rejected ?? 0);
+    this.counters.acceptErrors += counters.acceptErrors - (last?.acceptErrors ?? 0);
+    this.counters.bytesUp += counters.bytesUp - (last?.bytesUp ?? 0);
+    this.counters.bytesDown += counters.bytesDown - (last?.bytesDown ?? 0);
+    this.#relayCounters = counters;
+    for (let i = 0; i < events.length; i += 6) {
+      const kind = events[i]!;
+      const service = this.#relayServices.get(events[i + 1]!);
+      if (kind === FlowEvent.ACCEPT_FAILED) {
+        if (service) this.#acceptFailed(service, osErrorText(events[i + 5]!));
+        continue;
+      }
+      const key = `${events[i + 2]}:${events[i + 3]}`;
+      const choice = events[i + 4]!;
+      const asked = this.#relayAsked.get(key);
+      const flow: RelayFlow | undefined = asked ??
+        (service ? { service, asked: null, targets: null, handoff: null, load: null } : undefined);
+      if (!flow) continue;
+      const spec = flow.service.spec;
+      const backendId = flow.targets ? flow.targets[choice] : spec.backends[choice]?.id;
+      switch (kind) {
+        case FlowEvent.CONNECTED:
+          this.#relayAsked.delete(key);
+          this.#relayConnected(flow, backendId, choice);
+          this.#relayFlows.set(key, flow);
+          break;
+        case FlowEvent.FAILED:
+          if (flow.handoff && choice === 0) {
+            this.counters.handoffFailures++;
+            this.#flowLog.warn(
+              "Cannot hand a flow of {service} to claimant {agent} at {mesh}: {error}; serving it here",
+              {
+                service: spec.name,
+                agent: backendId ?? null,
+                mesh: flow.handoff.mesh,
+                error: osErrorText(events[i + 5]!),
+              },
+            );
+            break;
+          }
+          if (backendId !== undefined) this.#connectFailed(spec.name, backendId);
+          if (flow.asked && backendId !== undefined && this.#flowLog.isEnabledFor("debug")) {
+            const backend = spec.backends.find((each) => each.id === backendId);
+            this.#flowLog.debug("Flow {flow} of {service}: backend {backend} failed: {error}", {
+              flow: flow.asked.id,
+              service: spec.name,
+              backend: backendId,
+              error: events[i + 5] === ECANCELED
+                ? `Cannot connect to ${backend?.host}:${backend?.port} within ${spec.timeouts.connectMs} ms`
+                : osErrorText(events[i + 5]!),
+            });
+          }
+          break;
+        case FlowEvent.NO_BACKEND:
+          this.#relayAsked.delete(key);
+          this.counters.noBackend++;
+          this.#flowLog.warn("Flow {flow} of {service} from {client}: no backend could be reached", {
+            flow: flow.asked?.id ?? null,
+            service: spec.name,
+            client: flow.asked
+              ? `${flow.asked.endpoints.client.ip}:${flow.asked.endpoints.client.port}`
+              : null,
+          });
+          break;
+        case FlowEvent.IDLE: {
+          const open = this.#relayFlows.get(key);
+          this.#flowLog.info("Flow {flow} of {service} to {backend} idle for {idleMs} ms; closing", {
+            flow: open?.asked?.id ?? null,
+            service: spec.name,
+            backend: open?.load?.backend ?? backendId ?? null,
+            idleMs: spec.timeouts.idleMs,
+          });
+          break;
+        }
+        case FlowEvent.ENDED: {
+          const open = this.#relayFlows.get(key);
+          if (open) {
+            this.#relayFlows.delete(key);
+            this.#relayFlowEnded(open);
+          }
+          break;
+        }
+      }
+    }
+  }
+
+  /** A relay flow reached its backend (or claimant): the counts, and its log line as #serve writes it. */
+  #relayConnected(flow: RelayFlow, backendId: string | undefined, choice: number): void {
+    const spec = flow.service.spec;
+    const asked = flow.asked;
+    const client = asked ? `${asked.endpoints.client.ip}:${asked.endpoints.client.port}` : "";
+    if (flow.handoff && choice === 0) {
+      this.counters.handedOff++;
+      if (asked && this.#flowLog.isEnabledFor("debug")) {
+        this.#flowLog.debug("Flow {flow} of {service} from {client} handed off to {agent}", {
+          flow: asked.id,
+          service: spec.name,
+          client,
+          agent: backendId ?? null,
+        });
+      }
+      return;
+    }
+    if (backendId === undefined) return;
+    flow.load = this.#served(spec.name, backendId);
+    if (asked && this.#flowLog.isEnabledFor("debug")) {
+      const { destination } = asked.endpoints;
+      this.#flowLog.debug("Flow {flow} of {service} from {client} served by {agent} via {backend}", {
+        flow: asked.id,
+        service: spec.name,
+        client,
+        destination: formatHostPort({ host: destination.ip, port: destination.port }),
+        agent: this.#options.id,
+        backend: backendId,
+        handed_off_by: null,
+      });
+    }
+  }
+
+  #relayFlowEnded(flow: RelayFlow): void {
+    const load = flow.load;
+    if (load === null) return;
+    flow.load = null;
+    if (--load.open === 0) this.#openByBackend.delete(load.key);
+    this.#openCountsChanged();
   }
 
   /**
@@ -461,8 +813,6 @@ export class Agent {
    */
   async #acceptLoop(service: LiveService, listener: Deno.Listener): Promise<void> {
     let pauseMs = 0;
-    let lastLogged = -Infinity;
-    let unlogged = 0;
     for (;;) {
       let conn: Deno.Conn;
       try {
@@ -471,21 +821,7 @@ export class Agent {
         if (error instanceof Deno.errors.BadResource || error instanceof Deno.errors.Interrupted) return;
         if (service.listener !== listener) return;
         this.counters.acceptErrors++;
-        // At most one line per window, however often accepts fail (they can fail thousands of times a second).
-        if (performance.now() - lastLogged > AGENT_DEFAULTS.acceptErrorLogMs) {
-          this.#log.error(
-            "Cannot accept for service {service}: {error}; pausing accepts and retrying ({unlogged} more since the last report)",
-            {
-              service: service.spec.name,
-              error: errorText(error),
-              unlogged,
-            },
-          );
-          lastLogged = performance.now();
-          unlogged = 0;
-        } else {
-          unlogged++;
-        }
+        this.#acceptFailed(service, errorText(error));
         pauseMs = Math.min(AGENT_DEFAULTS.acceptPauseMaxMs, Math.max(10, pauseMs * 2));
         await new Promise((resolve) => setTimeout(resolve, pauseMs));
         continue;
@@ -641,19 +977,16 @@ export class Agent {
   }
 
   /**
-   * Picks the backend (the manager's decision, the affinity cache or the table), connects and starts the
-   * pumps; true when the flow started, false when it was closed for want of a backend.
+   * The backends to try for a flow, in order (indexes into `spec.backends`): the table's candidates from
+   * the flow's place, with the preferred one first: the affinity cache's, else the manager's decision
+   * (`decide: manager`), which the affinity cache then keeps.
    */
-  async #serve(
-    service: LiveService,
+  async #backendOrder(
+    spec: ServiceSpec,
     table: Uint16Array,
-    client: Deno.Conn,
     endpoints: Endpoints,
     place: number,
-    handedOff: HandedOffFlow | null,
-  ): Promise<boolean> {
-    const spec = service.spec;
-    const id = this.#nextFlowId++;
+  ): Promise<number[]> {
     let preferred = -1;
     const affinity = spec.affinity.key === "client_ip" && spec.affinity.ttlMs > 0;
     if (affinity) preferred = this.#indexOf(spec, this.#affinity.get(spec.name, endpoints.client.ip));
@@ -668,12 +1001,30 @@ export class Agent {
         }
       }
     }
-    const order = candidates(table, place % table.length, spec.backends.length);
+    const order = table.length === 0 ? [] : candidates(table, place % table.length, spec.backends.length);
     if (preferred >= 0) {
       const at = order.indexOf(preferred);
       if (at > 0) order.splice(at, 1);
       if (at !== 0) order.unshift(preferred);
     }
+    return order;
+  }
+
+  /**
+   * Picks the backend (the manager's decision, the affinity cache or the table), connects and starts the
+   * pumps; true when the flow started, false when it was closed for want of a backend.
+   */
+  async #serve(
+    service: LiveService,
+    table: Uint16Array,
+    client: Deno.Conn,
+    endpoints: Endpoints,
+    place: number,
+    handedOff: HandedOffFlow | null,
+  ): Promise<boolean> {
+    const spec = service.spec;
+    const id = this.#nextFlowId++;
+    const order = await this.#backendOrder(spec, table, endpoints, place);
     let upstream: Deno.TcpConn | null = null;
     let backendId = "";
     for (const index of order) {
@@ -741,7 +1092,14 @@ export class Agent {
       closeQuietly(upstream);
       return false;
     }
-    const backendKey = `${spec.name}\u0000${backendId}`;
+    const load = this.#served(spec.name, backendId);
+    this.#startFlow(new Flow(id, service, load, client, upstream, spec.timeouts.idleMs, this.#pumpEnded));
+    return true;
+  }
+
+  /** Counts a flow served by `backend` (on either path), open until its load is released. */
+  #served(service: string, backend: string): BackendLoad {
+    const backendKey = `${service}\u0000${backend}`;
     this.counters.served++;
     this.counters.connectionsByBackend.set(
       backendKey,
@@ -749,13 +1107,12 @@ export class Agent {
     );
     let load = this.#openByBackend.get(backendKey);
     if (load === undefined) {
-      load = { key: backendKey, service: spec.name, backend: backendId, open: 0 };
+      load = { key: backendKey, service, backend, open: 0 };
       this.#openByBackend.set(backendKey, load);
     }
     load.open++;
     this.#openCountsChanged();
-    this.#startFlow(new Flow(id, service, load, client, upstream, spec.timeouts.idleMs, this.#pumpEnded));
-    return true;
+    return load;
   }
 
   #indexOf(spec: ServiceSpec, backend: string | null | undefined): number {
@@ -818,6 +1175,21 @@ export class Agent {
     else this.#pendingFailures.set(key, { service, backend, count: 1 });
   }
 
+  /** Logs a failed accept, at most one line per window: they can fail thousands of times a second. */
+  #acceptFailed(service: LiveService, error: string): void {
+    const errors = service.acceptErrors;
+    if (performance.now() - errors.lastLogged <= AGENT_DEFAULTS.acceptErrorLogMs) {
+      errors.unlogged++;
+      return;
+    }
+    this.#log.error(
+      "Cannot accept for service {service}: {error}; pausing accepts and retrying ({unlogged} more since the last report)",
+      { service: service.spec.name, error, unlogged: errors.unlogged },
+    );
+    errors.lastLogged = performance.now();
+    errors.unlogged = 0;
+  }
+
   #sweepIdle(): void {
     const now = performance.now();
     coarseClock.now = now;
@@ -850,12 +1222,43 @@ export class Agent {
       connections: {
         served: this.counters.served,
         handed_off: this.counters.handedOff,
-        open: this.#flows.size,
+        open: this.#flows.size + this.#relayFlows.size,
       },
       backends,
     };
   }
 }
+
+/**
+ * Whether the io_uring relay can serve a service as the agent would: it takes IP literals (no name to
+ * resolve), and speaks no TLS (the mesh with manager.tls).
+ */
+function relayCanServe(spec: ServiceSpec, state: ClusterState): boolean {
+  const ip = (host: string) => /^[\d.]+$/.test(host) || host.includes(":");
+  return !state.meshTls && ip(spec.listen.host) && spec.backends.every((backend) => ip(backend.host));
+}
+
+const ECANCELED = 125;
+
+/** What Deno says for a socket errno (so log lines read alike on both paths). */
+function osErrorText(errno: number): string {
+  return `${OS_ERROR_TEXT[errno] ?? "System error"} (os error ${errno})`;
+}
+
+/** Linux's text of the errnos a connect or an accept of the relay meets, as Deno's errors word them. */
+const OS_ERROR_TEXT: Readonly<Record<number, string>> = {
+  12: "Cannot allocate memory",
+  23: "Too many open files in system",
+  24: "Too many open files",
+  99: "Cannot assign requested address",
+  101: "Network is unreachable",
+  103: "Software caused connection abort",
+  104: "Connection reset by peer",
+  105: "No buffer space available",
+  110: "Connection timed out",
+  111: "Connection refused",
+  113: "No route to host",
+};
 
 /** Errors that say this host is short of something (descriptors, ports, memory), not that a peer failed. */
 const LOCAL_ERROR_CODES = new Set(["EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "EADDRNOTAVAIL"]);

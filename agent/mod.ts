@@ -2,7 +2,7 @@
 import { formatHostPort, type HostPort } from "../cluster/address.ts";
 import { logger } from "../cluster/log.ts";
 import { UsageError } from "../cluster/usage.ts";
-import { Agent } from "./agent.ts";
+import { Agent, type DataPath } from "./agent.ts";
 import { startAgentAdmin } from "./admin.ts";
 
 export { Agent, type AgentOptions } from "./agent.ts";
@@ -18,6 +18,7 @@ export interface RunAgentOptions {
   readonly admin: HostPort | null;
   readonly stateDir: string | null;
   readonly caFile: string | null;
+  readonly dataPath: DataPath;
 }
 
 /** `switchyard agent`: serves until SIGTERM/SIGINT, then drains for up to `timeouts.drain` and exits 0. */
@@ -38,6 +39,7 @@ export async function runAgent(options: RunAgentOptions): Promise<number> {
     mesh: options.mesh,
     stateDir: options.stateDir,
     tls: caCerts ? { caCerts } : null,
+    dataPath: options.dataPath,
   });
   log.info("Agent {agent} starting; manager at {manager}", {
     agent: options.id,

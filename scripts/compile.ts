@@ -28,8 +28,9 @@ export const TARGETS = [
 /**
  * What the binary may do, and nothing more: network (every role), environment (`SWITCHYARD_*` flags and
  * `${VAR}` in the config), host name (the agent's default id), reading config, token, TLS and state files,
- * writing the agent's state. No subprocesses, no FFI. `--unstable-net` is for `reusePort`, which lets
- * several agents on one machine share a service's port. tests/bundle_test.ts runs the demo with these.
+ * writing the agent's state, and FFI: the agent's io_uring relay calls libc (`agent/uring/ring.ts`). No
+ * subprocesses. `--unstable-net` is for `reusePort`, which lets several agents on one machine share a
+ * service's port. tests/bundle_test.ts runs the demo with these.
  */
 export const RUNTIME_FLAGS = [
   "--unstable-net",
@@ -38,7 +39,14 @@ export const RUNTIME_FLAGS = [
   "--allow-sys",
   "--allow-read",
   "--allow-write",
+  "--allow-ffi",
 ] as const;
+
+/**
+ * Worker modules, which `deno compile` does not find by itself in `new Worker(new URL(…))`: embedded with
+ * `--include`, at the same place relative to the module that starts them.
+ */
+export const WORKERS = ["agent/uring/relay_worker.ts"] as const;
 
 /**
  * V8 flags the binary embeds (the bench passes them to `deno run` too, so it measures what ships).
@@ -84,6 +92,7 @@ export async function compile(options: CompileOptions = {}): Promise<string[]> {
           importMap,
           ...RUNTIME_FLAGS,
           `--v8-flags=${V8_FLAGS.join(",")}`,
+          ...WORKERS.flatMap((worker) => ["--include", worker]),
           ...(target ? ["--target", target] : []),
           "--output",
           output,

@@ -6,30 +6,45 @@
  * fill, no deno.json, reading and writing the checkout denied, and every permission it uses audited.
  */
 import assert from "node:assert/strict";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { RUNTIME_FLAGS, V8_FLAGS } from "../scripts/compile.ts";
+import { RUNTIME_FLAGS, V8_FLAGS, WORKERS } from "../scripts/compile.ts";
 import { ROOT, writeStamp } from "../scripts/stamp.ts";
 import { httpGet } from "./_helpers.ts";
+import { openRing } from "../agent/uring/ring.ts";
 
 const CHECKOUT = fileURLToPath(ROOT).replace(/\/$/, "");
+/** Whether this machine lets the agent serve through io_uring (else it keeps to Deno's sockets). */
+const probe = openRing({ entries: 8 });
+probe?.close();
+const uring = probe !== null;
 // Fixed ports, as the demo's are (below the ephemeral range, not the demo_test's 18080/19090).
 const LISTEN = "127.0.0.1:18081";
 const ADMIN = "127.0.0.1:19091";
 const decoder = new TextDecoder();
 
-/** Bundles main.ts, stamped with `commit`, into `file`, by way of a stamp folder removed afterwards. */
-async function bundle(file: string, commit: string): Promise<void> {
+/**
+ * Bundles main.ts, stamped with `commit`, into `switchyard.js` in `dir`, by way of a stamp folder removed
+ * afterwards; and each worker (`WORKERS`, which `deno compile` embeds with `--include`) beside it, where the
+ * bundle's `new Worker(new URL("./….ts", import.meta.url))` now points.
+ */
+async function bundle(dir: string, commit: string): Promise<void> {
   const stampDir = await Deno.makeTempDir({ prefix: "switchyard-stamp-" });
   try {
     const importMap = await writeStamp(stampDir, { commit });
-    const output = await new Deno.Command(Deno.execPath(), {
-      args: ["bundle", "--platform", "deno", "--import-map", importMap, "--output", file, "main.ts"],
-      cwd: CHECKOUT,
-      env: { NO_COLOR: "1" },
-      stdin: "null",
-    }).output();
-    assert.ok(output.success, `deno bundle failed:\n${decoder.decode(output.stderr)}`);
+    const entries = [
+      { module: "main.ts", output: join(dir, "switchyard.js") },
+      ...WORKERS.map((worker) => ({ module: worker, output: join(dir, basename(worker)) })),
+    ];
+    for (const { module, output: file } of entries) {
+      const output = await new Deno.Command(Deno.execPath(), {
+        args: ["bundle", "--platform", "deno", "--import-map", importMap, "--output", file, module],
+        cwd: CHECKOUT,
+        env: { NO_COLOR: "1" },
+        stdin: "null",
+      }).output();
+      assert.ok(output.success, `deno bundle of ${module} failed:\n${decoder.decode(output.stderr)}`);
+    }
   } finally {
     await Deno.remove(stampDir, { recursive: true });
   }
@@ -65,10 +80,14 @@ Deno.test("the bundled program runs the demo from a folder outside the checkout 
   const audit = join(scratch, "audit.jsonl");
   try {
     const commit = `bundle-test-${crypto.randomUUID().slice(0, 8)}`;
-    await bundle(join(bundleDir, "switchyard.js"), commit);
+    await bundle(bundleDir, commit);
     const copied = [];
     for await (const entry of Deno.readDir(bundleDir)) copied.push(entry.name);
-    assert.deepEqual(copied, ["switchyard.js"], "the folder holds the bundle and nothing else");
+    assert.deepEqual(
+      copied.sort(),
+      [...WORKERS.map((worker) => basename(worker)), "switchyard.js"].sort(),
+      "the folder holds the bundle and its workers, nothing else",
+    );
 
     const version = await runBundle(bundleDir, { denoDir, audit }, ["version"]).output();
     assert.equal(version.code, 0, decoder.decode(version.stderr));
@@ -109,6 +128,11 @@ Deno.test("the bundled program runs the demo from a folder outside the checkout 
       demo.kill("SIGINT");
       const status = await demo.status;
       assert.equal(status.code, 0, stderr);
+      if (uring) {
+        // The relay's worker loaded from beside the bundle, as the binary loads it from what it embeds.
+        assert.doesNotMatch(stderr, /Cannot serve connections through io_uring/);
+        assert.match(stderr, /Serving connections through io_uring/);
+      }
     } finally {
       try {
         demo.kill("SIGKILL");
@@ -126,7 +150,13 @@ Deno.test("the bundled program runs the demo from a folder outside the checkout 
     const files = accesses.filter((access) => access.permission === "read" || access.permission === "write");
     const inCheckout = files.filter((access) => access.value?.startsWith(CHECKOUT));
     assert.deepEqual(inCheckout, [], "no file of the checkout is read or written");
-    assert.deepEqual(files, [], "the demo reads and writes no file at all");
+    // The worker modules beside the bundle are read to start them (the binary reads them from what it
+    // embeds); nothing else.
+    const workers = new Set(WORKERS.map((worker) => join(bundleDir, basename(worker))));
+    const others = files.filter((access) =>
+      !(access.permission === "read" && workers.has(access.value ?? ""))
+    );
+    assert.deepEqual(others, [], "the demo reads and writes no other file");
   } finally {
     await Deno.remove(bundleDir, { recursive: true });
     await Deno.remove(scratch, { recursive: true });

@@ -92,12 +92,16 @@ function servedBy(procs: Proc[], localPort: number, port: number): { agent: stri
   return last ? { agent: String(last.properties.agent) } : null;
 }
 
-/** The agent `proc` handed the load connection `record` to, if it did (a line logged while it lasted). */
+/**
+ * The agent `proc` handed the load connection `record` to, if it did: a line logged while it lasted, or
+ * soon after. The io_uring relay reports a flow's handoff at the end of its turn, so a claimant killed at
+ * once can have closed the client before the line is written.
+ */
 function handedOffTo(proc: Proc, record: LoadRecord): string | null {
   const client = `127.0.0.1:${record.localPort}`;
   const line = proc.logs.find((l) =>
     l.properties.client === client && l.message.includes("handed off to") &&
-    loggedAt(l) >= Math.floor(epoch(record.start)) - 1 && loggedAt(l) <= epoch(record.end) + 1
+    loggedAt(l) >= Math.floor(epoch(record.start)) - 1 && loggedAt(l) <= epoch(record.end) + 500
   );
   return line ? String(line.properties.agent) : null;
 }

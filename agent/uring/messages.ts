@@ -1,0 +1,48 @@
+/**
+ * The messages between the agent's thread (`data_plane.ts`) and the relay's worker (`relay_worker.ts`).
+ * The worker handles them in order, and answers those that are answered in the same order.
+ */
+import type { Placement } from "./placement.ts";
+import type { PlacementRequest, RelayCounters, RelayService, SocketAddress } from "./relay.ts";
+
+/** A service as posted: placed by `placement`, or with `ask` every flow placed by the agent. */
+export type ServiceMessage = Omit<RelayService, "candidates"> & { ask?: boolean; placement?: Placement };
+
+/** The agent's answer to one `place` request. */
+export interface Placed {
+  slot: number;
+  generation: number;
+  /** In order; a number is an index into the service's backends as last posted (`placement`). */
+  targets: (SocketAddress | number)[];
+  /** One header for every target, or one per target. */
+  header: Uint8Array | null | (Uint8Array | null)[];
+  /** The first target's connect timeout, when not the service's (a claimant's mesh port); 0: the service's. */
+  firstTimeoutMs: number;
+}
+
+export type ToWorker =
+  | { type: "start"; yieldMs: number }
+  | { type: "listen"; service: ServiceMessage }
+  | { type: "unlisten"; service: number }
+  | { type: "placement"; service: number; placement: Placement }
+  /** Answers to `place` requests, as many as the agent had ready in one turn of its event loop. */
+  | { type: "placed"; answers: Placed[] }
+  | { type: "counters" }
+  | { type: "stop" };
+
+export type FromWorker =
+  | { type: "ready"; wakeFd: number }
+  | { type: "unavailable"; reason: string }
+  | { type: "listened"; index: number; port: number }
+  | { type: "listenFailed"; message: string }
+  | { type: "unlistened" }
+  /** The flows the relay asked about in one wait, in the order accepted. */
+  | { type: "place"; requests: PlacementRequest[] }
+  /**
+   * Six numbers per event: kind (`FlowEvent`), service, slot, generation, choice, errno (an accept failure
+   * has no flow: slot and choice -1); with the counters as of then. Posted at most once per turn, when there
+   * are events or the counters moved.
+   */
+  | { type: "flows"; events: number[]; counters: RelayCounters; open: number }
+  | { type: "counters"; counters: RelayCounters; open: number }
+  | { type: "stopped"; counters: RelayCounters; open: number };

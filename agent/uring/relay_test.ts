@@ -1,0 +1,716 @@
+/**
+ * The io_uring relay over real loopback sockets, run in its worker as the agent runs it. Skipped where
+ * io_uring cannot be had (the relay's own check says why).
+ */
+import assert from "node:assert/strict";
+import { blackhole, eventually, randomBytes, readAll, writeAll } from "../../tests/_helpers.ts";
+import { CLAIM_BUCKETS } from "../../cluster/claims.ts";
+import { buildTable } from "../../cluster/maglev.ts";
+import { decodeProxyHeader } from "../../cluster/proxy_protocol.ts";
+import { placeFlow, type Placement } from "./placement.ts";
+import { openRing, unavailableReason } from "./ring.ts";
+import { RelayDataPlane } from "./data_plane.ts";
+import { FlowEvent, type PlacementRequest, type SocketAddress } from "./relay.ts";
+
+const { CONNECTED, FAILED, NO_BACKEND, ENDED, IDLE, ACCEPT_FAILED } = FlowEvent;
+const probe = openRing({ entries: 8 });
+probe?.close();
+const ignore = probe === null;
+if (ignore) console.error(`io_uring relay tests skipped: ${unavailableReason}`);
+
+interface ServiceOptions {
+  backends: SocketAddress[];
+  maxConnections?: number;
+  connectTimeoutMs?: number;
+  idleTimeoutMs?: number;
+  proxyProtocol?: "none" | "v1" | "v2";
+  placement?: Placement;
+  /** Makes every flow ask where to go, and answers with this. */
+  place?: (
+    request: PlacementRequest,
+  ) => Promise<{ targets: (SocketAddress | number)[]; header: Uint8Array | null; firstTimeoutMs?: number }>;
+  /** How long the relay may block before it reads its messages, unless woken. */
+  yieldMs?: number;
+}
+
+/** The relay in its worker, serving one service on a free loopback port, as the agent drives it. */
+async function startRelay(options: ServiceOptions) {
+  /** Flow events as posted: kind, service, slot, generation, choice, errno. */
+  const flowEvents: number[] = [];
+  let stopped = false;
+  const opened = await RelayDataPlane.open({
+    place: (request) => {
+      void options.place?.(request).then(({ targets, header, firstTimeoutMs }) => {
+        if (!stopped) plane.placed(request, targets, header, firstTimeoutMs);
+      });
+    },
+    flows: (events) => flowEvents.push(...events),
+  }, { yieldMs: options.yieldMs ?? 10 });
+  if (!(opened instanceof RelayDataPlane)) throw new Error(opened.unavailable);
+  const plane = opened;
+  const { index, port } = await plane.listen({
+    name: "test",
+    listen: { ip: "127.0.0.1", port: 0 },
+    backends: options.backends,
+    maxConnections: options.maxConnections ?? 1000,
+    connectTimeoutMs: options.connectTimeoutMs ?? 2000,
+    idleTimeoutMs: options.idleTimeoutMs ?? 0,
+    proxyProtocol: options.proxyProtocol ?? "none",
+    // With a placement, only the flows it cannot place are asked.
+    ask: options.place !== undefined && options.placement === undefined,
+    ...(options.placement ? { placement: options.placement } : {}),
+  });
+  return {
+    port,
+    /** The flow events so far, as posted: kind, service, slot, generation, choice, errno. */
+    events: () => flowEvents,
+    /** The flow events so far, per flow (slot and generation), as [kind, choice] each. */
+    flowEvents(): Array<Array<[number, number]>> {
+      const flows = new Map<string, Array<[number, number]>>();
+      for (let i = 0; i < flowEvents.length; i += 6) {
+        const key = `${flowEvents[i + 2]}:${flowEvents[i + 3]}`;
+        if (!flows.has(key)) flows.set(key, []);
+        flows.get(key)!.push([flowEvents[i]!, flowEvents[i + 4]!]);
+      }
+      return [...flows.values()];
+    },
+    unlisten: () => plane.unlisten(index),
+    setPlacement: (placement: Placement) => plane.setPlacement(index, placement),
+    counters: () => plane.counters(),
+    async stop(): Promise<{ open: number }> {
+      stopped = true;
+      return await plane.stop();
+    },
+    async [Symbol.asyncDispose]() {
+      await this.stop();
+    },
+  };
+}
+
+/** A backend that answers each connection with `reply(bytes received)` after the client's half-close. */
+function backend(reply: (received: Uint8Array) => Uint8Array) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const served: Promise<void>[] = [];
+  const accepting = (async () => {
+    for await (const conn of listener) {
+      served.push(
+        (async () => {
+          try {
+            const received = await readAll(conn);
+            await writeAll(conn, reply(received));
+          } finally {
+            conn.close();
+          }
+        })().catch(() => {}),
+      );
+    }
+  })();
+  return {
+    address: { ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port },
+    async [Symbol.asyncDispose]() {
+      listener.close();
+      await accepting;
+      await Promise.all(served);
+    },
+  };
+}
+
+const refusedAddress = (): SocketAddress => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return { ip: "127.0.0.1", port };
+};
+
+async function exchange(port: number, bytes: Uint8Array): Promise<Uint8Array> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    await Promise.all([writeAll(conn, bytes).then(() => conn.closeWrite()), Promise.resolve()]);
+    return await readAll(conn);
+  } finally {
+    conn.close();
+  }
+}
+
+Deno.test({
+  name: "io_uring relay: bytes both ways in order, and a half-close reaches the other side",
+  ignore,
+  async fn() {
+    await using echo = backend((received) => new Uint8Array([...received].reverse()));
+    await using relay = await startRelay({ backends: [echo.address] });
+    const sent = randomBytes(10_000);
+    const answer = await exchange(relay.port, sent);
+    assert.deepEqual(answer, new Uint8Array([...sent].reverse()));
+    await eventually(async () => (await relay.counters()).open === 0, 10_000, "the flow to end");
+    const counters = await relay.counters();
+    assert.equal(counters.accepted, 1);
+    assert.equal(counters.bytesUp, 10_000);
+    assert.equal(counters.bytesDown, 10_000);
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: 8 MiB each way through 16 KiB buffers, read while written, arrives intact",
+  ignore,
+  async fn() {
+    const size = 8 * 1024 * 1024;
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const echoing = (async () => {
+      const conn = await listener.accept();
+      const buffer = new Uint8Array(64 * 1024);
+      for (;;) {
+        const n = await conn.read(buffer);
+        if (n === null) break;
+        await writeAll(conn, buffer.subarray(0, n));
+      }
+      await conn.closeWrite();
+      await readAll(conn);
+      conn.close();
+    })();
+    await using relay = await startRelay({
+      backends: [{ ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
+    });
+    const sent = randomBytes(size);
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+    const [, received] = await Promise.all([
+      writeAll(conn, sent).then(() => conn.closeWrite()),
+      readAll(conn),
+    ]);
+    conn.close();
+    await echoing;
+    listener.close();
+    assert.equal(received.length, size);
+    assert.ok(received.every((byte, i) => byte === sent[i]), "the bytes came back unchanged");
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: a message is taken at once when the relay is woken, however long it may block",
+  ignore,
+  async fn() {
+    await using relay = await startRelay({ backends: [refusedAddress()], yieldMs: 30_000 });
+    for (let i = 0; i < 20; i++) {
+      const started = performance.now();
+      await relay.counters();
+      const took = performance.now() - started;
+      assert.ok(took < 500, `a counters request took ${took.toFixed(0)} ms`);
+    }
+  },
+});
+
+for (const version of ["v1", "v2"] as const) {
+  Deno.test({
+    name: `io_uring relay: proxy_protocol ${version} sends the client's address before its first byte`,
+    ignore,
+    async fn() {
+      const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+      const port = (listener.addr as Deno.NetAddr).port;
+      await using proxied = await startRelay({
+        backends: [{ ip: "127.0.0.1", port }],
+        proxyProtocol: version,
+      });
+      const client = await Deno.connect({ hostname: "127.0.0.1", port: proxied.port });
+      const [conn] = await Promise.all([
+        listener.accept(),
+        writeAll(client, new TextEncoder().encode("hello")),
+      ]);
+      await client.closeWrite();
+      const received = await readAll(conn);
+      const decoded = decodeProxyHeader(received);
+      assert.ok(decoded, "a complete header arrived");
+      assert.equal(decoded.header.version, version === "v1" ? 1 : 2);
+      assert.deepEqual(decoded.header.source, {
+        ip: "127.0.0.1",
+        port: (client.localAddr as Deno.NetAddr).port,
+      });
+      assert.deepEqual(decoded.header.destination, { ip: "127.0.0.1", port: proxied.port });
+      assert.equal(new TextDecoder().decode(received.subarray(decoded.length)), "hello");
+      conn.close();
+      client.close();
+      listener.close();
+    },
+  });
+}
+
+Deno.test({
+  name: "io_uring relay: flows it cannot place alone wait for the agent's answer, its targets and header",
+  ignore,
+  async fn() {
+    await using echo = backend((received) => received);
+    const requests: PlacementRequest[] = [];
+    await using relay = await startRelay({
+      backends: [],
+      place: async (request) => {
+        requests.push(request);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        // The first flow has nowhere to go; the next ones go to a refused address, then to the echo.
+        if (requests.length === 1) return { targets: [], header: null };
+        return {
+          targets: [refusedAddress(), echo.address],
+          header: new TextEncoder().encode(`flow ${requests.length}:`),
+        };
+      },
+    });
+    assert.equal((await exchange(relay.port, new TextEncoder().encode("lost"))).length, 0);
+    for (const n of [2, 3]) {
+      const answer = new TextDecoder().decode(await exchange(relay.port, new TextEncoder().encode("hi")));
+      assert.equal(answer, `flow ${n}:hi`);
+    }
+    assert.equal(requests.length, 3);
+    assert.deepEqual(requests[1]!.destination, { ip: "127.0.0.1", port: relay.port });
+    assert.equal(requests[1]!.client.ip, "127.0.0.1");
+    const counters = await relay.counters();
+    assert.equal(counters.noBackend, 1);
+    assert.equal(counters.connectFailures, 2);
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: an answer may name the service's backends by index; an index it lacks ends the list",
+  ignore,
+  async fn() {
+    await using echo = backend((received) => received);
+    const answers: (SocketAddress | number)[][] = [[1], [0, 1], [{
+      ip: "127.0.0.1",
+      port: echo.address.port,
+    }], [
+      7,
+      1,
+    ]];
+    let asked = 0;
+    await using relay = await startRelay({
+      backends: [refusedAddress(), echo.address],
+      place: () => Promise.resolve({ targets: answers[asked++]!, header: null }),
+    });
+    for (let flow = 0; flow < 3; flow++) {
+      const answer = new TextDecoder().decode(await exchange(relay.port, new TextEncoder().encode("hi")));
+      assert.equal(answer, "hi", `flow ${flow}`);
+    }
+    assert.equal((await exchange(relay.port, new TextEncoder().encode("lost"))).length, 0);
+    const counters = await relay.counters();
+    assert.equal(counters.connectFailures, 1, "only the refused backend of the second answer failed");
+    assert.equal(counters.noBackend, 1, "the index 7 ended the last answer's list before the echo");
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: a flow still waiting to be placed when the relay stops is closed, not leaked",
+  ignore,
+  async fn() {
+    await using relay = await startRelay({
+      backends: [],
+      // No answer ever comes.
+      place: () => new Promise(() => {}),
+    });
+    const client = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+    await eventually(async () => (await relay.counters()).open === 1, 10_000, "the flow to wait");
+    assert.equal((await relay.stop()).open, 0);
+    assert.equal(await client.read(new Uint8Array(1)).catch(() => null), null);
+    client.close();
+  },
+});
+
+Deno.test({
+  name:
+    "io_uring relay: its worker places flows by the agent's hash, claims and Maglev table, and follows updates",
+  ignore,
+  async fn() {
+    await using b0 = backend(() => new TextEncoder().encode("b0"));
+    await using b1 = backend(() => new TextEncoder().encode("b1"));
+    await using b2 = backend(() => new TextEncoder().encode("b2"));
+    const backends = [b0.address, b1.address, b2.address];
+    const table = (weights: number[]) =>
+      buildTable(weights.map((weight, i) => ({ id: `b${i}`, weight })), { size: 251 });
+    const placement: Placement = {
+      backends,
+      table: table([1, 1, 1]),
+      seed: 7,
+      placeBy: "flow",
+      askBuckets: null,
+    };
+    await using relay = await startRelay({ backends, placement });
+    const seen = new Set<string>();
+    for (let i = 0; i < 30; i++) {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+      const client = { ip: "127.0.0.1", port: (conn.localAddr as Deno.NetAddr).port };
+      await conn.closeWrite();
+      const answer = new TextDecoder().decode(await readAll(conn));
+      conn.close();
+      const expected = placeFlow(placement, client, { ip: "127.0.0.1", port: relay.port })![0];
+      assert.equal(answer, `b${expected}`, `client port ${client.port}`);
+      seen.add(answer);
+    }
+    assert.ok(seen.size >= 2, `30 flows went to ${[...seen].join(", ")} only`);
+
+    relay.setPlacement({ ...placement, table: table([0, 0, 1]) });
+    await relay.counters(); // the update is taken before this answer
+    for (let i = 0; i < 5; i++) {
+      assert.equal(new TextDecoder().decode(await exchange(relay.port, new Uint8Array(0))), "b2");
+    }
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: flows of buckets another agent claims are asked of the agent, the others placed",
+  ignore,
+  async fn() {
+    await using b0 = backend(() => new TextEncoder().encode("here"));
+    await using mesh = backend(() => new TextEncoder().encode("handed off"));
+    // Odd buckets belong to another agent.
+    const askBuckets = new Uint8Array(CLAIM_BUCKETS).map((_, bucket) => bucket % 2);
+    const placement: Placement = {
+      backends: [b0.address],
+      table: buildTable([{ id: "b0", weight: 1 }], { size: 13 }),
+      seed: 1,
+      placeBy: "flow",
+      askBuckets,
+    };
+    let asked = 0;
+    await using relay = await startRelay({
+      backends: [b0.address],
+      placement,
+      place: () => {
+        asked++;
+        return Promise.resolve({ targets: [mesh.address], header: null });
+      },
+    });
+    let handedOff = 0;
+    for (let i = 0; i < 40; i++) {
+      const answer = new TextDecoder().decode(await exchange(relay.port, new Uint8Array(0)));
+      if (answer === "handed off") handedOff++;
+      else assert.equal(answer, "here");
+    }
+    assert.equal(handedOff, asked);
+    assert.ok(asked > 5 && asked < 35, `${asked} of 40 flows were asked`);
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: out of descriptors, accepting pauses instead of spinning, and resumes after",
+  ignore,
+  async fn() {
+    // A backend that speaks first, so a shell client can read its answer.
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const answering = (async () => {
+      for await (const conn of listener) {
+        await writeAll(conn, new TextEncoder().encode("served\n")).catch(() => {});
+        conn.close();
+      }
+    })();
+    await using relay = await startRelay({
+      backends: [{ ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
+    });
+    // The client is another process, started now: once this one is out of descriptors it cannot spawn.
+    const shell = new Deno.Command("bash", {
+      args: ["-c", `read go; exec 3<>/dev/tcp/127.0.0.1/${relay.port}; cat <&3`],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    const go = shell.stdin.getWriter();
+    // Every descriptor this process may have taken (the relay's accept then fails with EMFILE). io_uring
+    // reads the limit when an accept is queued, so lowering it now would not reach the one pending.
+    const fillers: Deno.FsFile[] = [];
+    let errors = -1;
+    try {
+      for (;;) {
+        try {
+          fillers.push(Deno.openSync("/dev/null"));
+        } catch {
+          break;
+        }
+      }
+      await go.write(new TextEncoder().encode("go\n"));
+      await new Promise((resolve) => setTimeout(resolve, 600));
+      errors = (await relay.counters()).acceptErrors;
+    } finally {
+      for (const file of fillers) file.close();
+    }
+    // Pauses of 10, 20, 40, 80, 160 and 320 ms fit in 600 ms: a few errors, not thousands.
+    assert.ok(errors >= 1 && errors <= 10, `${errors} accept errors in 600 ms`);
+    // Each reported, with its errno (EMFILE), for the agent's log line.
+    const failures = () => {
+      const found: number[] = [];
+      const events = relay.events();
+      for (let i = 0; i < events.length; i += 6) if (events[i] === ACCEPT_FAILED) found.push(events[i + 5]!);
+      return found;
+    };
+    await eventually(() => failures().length >= errors, 5_000, "the accept failures reported");
+    assert.ok(failures().every((errno) => errno === 24), `errnos ${failures()}`);
+    await go.close();
+    const { stdout } = await shell.output();
+    assert.equal(new TextDecoder().decode(stdout), "served\n", "the waiting client is served after");
+    listener.close();
+    await answering;
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: a service no longer listened to refuses new connections, and its open flows go on",
+  ignore,
+  async fn() {
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const accepting = listener.accept();
+    await using relay = await startRelay({
+      backends: [{ ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
+    });
+    const client = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+    const upstream = await accepting;
+    await relay.unlisten();
+    await assert.rejects(
+      Deno.connect({ hostname: "127.0.0.1", port: relay.port }),
+      Deno.errors.ConnectionRefused,
+    );
+    await writeAll(client, new TextEncoder().encode("still here"));
+    await client.closeWrite();
+    assert.equal(new TextDecoder().decode(await readAll(upstream)), "still here");
+    upstream.close();
+    assert.equal(await client.read(new Uint8Array(1)), null);
+    client.close();
+    listener.close();
+    await eventually(async () => (await relay.counters()).open === 0, 10_000, "the flow to end");
+    assert.equal((await relay.counters()).acceptErrors, 0);
+  },
+});
+
+Deno.test({
+  name:
+    "io_uring relay: the agent is told each flow's connect failures, backend reached and end, or no backend",
+  ignore,
+  async fn() {
+    await using echo = backend(() => new TextEncoder().encode("ok"));
+    await using relay = await startRelay({ backends: [refusedAddress(), echo.address] });
+    for (let i = 0; i < 3; i++) await exchange(relay.port, new Uint8Array(1));
+    const flow = [[FAILED, 0], [CONNECTED, 1], [ENDED, 1]];
+    const events = () => relay.flowEvents().flat().length;
+    await eventually(() => events() === 9, 10_000, "nine flow events");
+    assert.deepEqual(relay.flowEvents(), [flow, flow, flow]);
+
+    await using nowhere = await startRelay({ backends: [refusedAddress()] });
+    await exchange(nowhere.port, new Uint8Array(1));
+    await eventually(() => nowhere.flowEvents().flat().length === 2, 10_000, "two flow events");
+    assert.deepEqual(nowhere.flowEvents(), [[[FAILED, 0], [NO_BACKEND, -1]]]);
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: a listen address taken is refused with the reason, and uses no service index",
+  ignore,
+  async fn() {
+    const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const opened = await RelayDataPlane.open({ place: () => {}, flows: () => {} });
+    if (!(opened instanceof RelayDataPlane)) throw new Error(opened.unavailable);
+    try {
+      const service = {
+        name: "web",
+        listen: { ip: "127.0.0.1", port: (taken.addr as Deno.NetAddr).port },
+        backends: [],
+        maxConnections: 10,
+        connectTimeoutMs: 1000,
+        idleTimeoutMs: 0,
+      };
+      await assert.rejects(opened.listen(service), /Cannot listen on 127\.0\.0\.1:\d+ \(errno 98\)/);
+      assert.equal((await opened.listen({ ...service, listen: { ip: "127.0.0.1", port: 0 } })).index, 0);
+    } finally {
+      await opened.stop();
+      taken.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: a refused backend is skipped for the next candidate, and counted",
+  ignore,
+  async fn() {
+    await using echo = backend(() => new TextEncoder().encode("second"));
+    await using relay = await startRelay({ backends: [refusedAddress(), echo.address] });
+    assert.equal(new TextDecoder().decode(await exchange(relay.port, new Uint8Array(1))), "second");
+    const counters = await relay.counters();
+    assert.equal(counters.connectFailures, 1);
+    assert.equal(counters.noBackend, 0);
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: a black-holed backend is given up after connect timeout, for the next",
+  ignore,
+  async fn() {
+    const hole = await blackhole();
+    try {
+      await using echo = backend(() => new TextEncoder().encode("after the timeout"));
+      await using relay = await startRelay({
+        backends: [{ ip: "127.0.0.1", port: hole.port }, echo.address],
+        connectTimeoutMs: 300,
+      });
+      const started = performance.now();
+      const answer = new TextDecoder().decode(await exchange(relay.port, new Uint8Array(1)));
+      const took = performance.now() - started;
+      assert.equal(answer, "after the timeout");
+      assert.ok(took >= 250 && took < 2_000, `took ${took.toFixed(0)} ms`);
+      assert.equal((await relay.counters()).connectFailures, 1);
+    } finally {
+      hole.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: an answer's first target may have a shorter connect timeout than the service's",
+  ignore,
+  async fn() {
+    const hole = await blackhole();
+    try {
+      await using echo = backend(() => new TextEncoder().encode("after the claimant"));
+      await using relay = await startRelay({
+        backends: [echo.address],
+        connectTimeoutMs: 5_000,
+        place: () =>
+          Promise.resolve({
+            targets: [{ ip: "127.0.0.1", port: hole.port }, 0],
+            header: null,
+            firstTimeoutMs: 300,
+          }),
+      });
+      const started = performance.now();
+      const answer = new TextDecoder().decode(await exchange(relay.port, new Uint8Array(1)));
+      const took = performance.now() - started;
+      assert.equal(answer, "after the claimant");
+      assert.ok(took >= 250 && took < 2_000, `took ${took.toFixed(0)} ms, not the service's 5 s`);
+    } finally {
+      hole.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: no backend reachable closes the client and counts it",
+  ignore,
+  async fn() {
+    await using relay = await startRelay({ backends: [refusedAddress(), refusedAddress()] });
+    assert.equal((await exchange(relay.port, new Uint8Array(1))).length, 0);
+    const counters = await relay.counters();
+    assert.equal(counters.noBackend, 1);
+    assert.equal(counters.connectFailures, 2);
+    assert.equal(counters.open, 0);
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: connections beyond max_connections are closed at once and counted",
+  ignore,
+  async fn() {
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const held: Deno.Conn[] = [];
+    const accepting = (async () => {
+      for await (const conn of listener) held.push(conn);
+    })();
+    await using relay = await startRelay({
+      backends: [{ ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
+      maxConnections: 2,
+    });
+    const clients = await Promise.all(
+      [1, 2].map(() => Deno.connect({ hostname: "127.0.0.1", port: relay.port })),
+    );
+    await eventually(() => held.length === 2, 10_000, "two flows to reach the backend");
+    const third = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+    assert.equal(await third.read(new Uint8Array(1)), null, "the third connection is closed");
+    third.close();
+    assert.equal((await relay.counters()).rejected, 1);
+    // A client's close is a half-close for the flow: it ends when the backend closes too.
+    for (const conn of clients) conn.close();
+    for (const conn of held) conn.close();
+    await eventually(async () => (await relay.counters()).open === 0, 10_000, "the flows to end");
+    listener.close();
+    await accepting;
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: an idle flow is closed after idle timeout; a busy one is not",
+  ignore,
+  async fn() {
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const held: Deno.Conn[] = [];
+    const accepting = (async () => {
+      for await (const conn of listener) {
+        held.push(conn);
+        // echo, so the busy client sees its bytes back
+        (async () => {
+          const buffer = new Uint8Array(1024);
+          for (;;) {
+            const n = await conn.read(buffer).catch(() => null);
+            if (n === null) break;
+            await writeAll(conn, buffer.subarray(0, n)).catch(() => {});
+          }
+        })();
+      }
+    })();
+    await using relay = await startRelay({
+      backends: [{ ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
+      idleTimeoutMs: 400,
+    });
+    const idle = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+    const busy = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+    const started = performance.now();
+    for (let i = 0; i < 8; i++) {
+      await writeAll(busy, new Uint8Array([i]));
+      const got = new Uint8Array(1);
+      assert.equal(await busy.read(got), 1);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    assert.equal(await idle.read(new Uint8Array(1)).catch(() => null), null, "the idle flow was closed");
+    assert.ok(performance.now() - started >= 400);
+    await eventually(
+      () => relay.flowEvents().some((flow) => flow.some(([kind]) => kind === IDLE)),
+      5_000,
+      "the idle close reported",
+    );
+    assert.deepEqual(
+      relay.flowEvents().filter((flow) => flow.some(([kind]) => kind === IDLE)),
+      [[[CONNECTED, 0], [IDLE, 0], [ENDED, 0]]],
+      "only the idle flow, closed as idle and then ended",
+    );
+    await writeAll(busy, new Uint8Array([9]));
+    assert.equal(await busy.read(new Uint8Array(1)), 1, "the busy flow still works");
+    idle.close();
+    busy.close();
+    await eventually(async () => (await relay.counters()).open === 0, 10_000, "the flows to end");
+    for (const conn of held) conn.close();
+    listener.close();
+    await accepting;
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: 200 clients reset mid-stream leave no flow and no socket behind",
+  ignore,
+  async fn() {
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const accepting = (async () => {
+      for await (const conn of listener) {
+        (async () => {
+          const buffer = new Uint8Array(64 * 1024);
+          // a backend that keeps sending until its peer goes away
+          while (await conn.write(buffer).catch(() => 0) > 0) { /* sending */ }
+          conn.close();
+        })();
+      }
+    })();
+    await using relay = await startRelay({
+      backends: [{ ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
+    });
+    const fdsBefore = [...Deno.readDirSync("/proc/self/fd")].length;
+    for (let i = 0; i < 200; i++) {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+      await conn.read(new Uint8Array(1000));
+      // SO_LINGER 0 is not reachable from Deno; closing with unread bytes makes the kernel send a reset.
+      conn.close();
+    }
+    await eventually(async () => (await relay.counters()).open === 0, 10_000, "every flow to end");
+    const { open } = await relay.stop();
+    assert.equal(open, 0);
+    assert.ok([...Deno.readDirSync("/proc/self/fd")].length <= fdsBefore + 2, "no socket left open");
+    listener.close();
+    await accepting;
+  },
+});
