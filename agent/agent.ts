@@ -204,9 +204,9 @@ export class Agent {
   /** Services by their relay index. */
   readonly #relayServices = new Map<number, LiveService>();
   /** Relay flows asked of the agent, by slot and generation, until connected or given up. */
-  readonly #relayAsked = new Map<string, RelayFlow>();
+  readonly #relayAsked = new Map<number, RelayFlow>();
   /** Connected relay flows, by slot and generation. */
-  readonly #relayFlows = new Map<string, RelayFlow>();
+  readonly #relayFlows = new Map<number, RelayFlow>();
   /** The relay's counters as last added into this agent's. */
   #relayCounters: RelayCounters | null = null;
   /** The relay's open flows as it last said (those it accepted before the agent heard of them too). */
@@ -606,7 +606,7 @@ export class Agent {
     const plane = this.#plane;
     const service = this.#relayServices.get(request.service);
     if (!plane) return;
-    const key = `${request.slot}:${request.generation}`;
+    const key = relayFlowKey(request.slot, request.generation);
     if (!service) {
       plane.placed(request, [], null);
       return;
@@ -691,7 +691,7 @@ export class Agent {
         if (service) this.#acceptFailed(service, osErrorText(events[i + 5]!));
         continue;
       }
-      const key = `${events[i + 2]}:${events[i + 3]}`;
+      const key = relayFlowKey(events[i + 2]!, events[i + 3]!);
       const choice = events[i + 4]!;
       const asked = this.#relayAsked.get(key);
       const flow: RelayFlow | undefined = asked ??
@@ -769,10 +769,11 @@ export class Agent {
   #relayConnected(flow: RelayFlow, backendId: string | undefined, choice: number): void {
     const spec = flow.service.spec;
     const asked = flow.asked;
-    const client = asked ? `${asked.endpoints.client.ip}:${asked.endpoints.client.port}` : "";
+    const debug = asked !== null && this.#flowLog.isEnabledFor("debug");
+    const client = debug ? `${asked.endpoints.client.ip}:${asked.endpoints.client.port}` : "";
     if (flow.handoff && choice === 0) {
       this.counters.handedOff++;
-      if (asked && this.#flowLog.isEnabledFor("debug")) {
+      if (debug) {
         this.#flowLog.debug("Flow {flow} of {service} from {client} handed off to {agent}", {
           flow: asked.id,
           service: spec.name,
@@ -784,7 +785,7 @@ export class Agent {
     }
     if (backendId === undefined) return;
     flow.load = this.#served(spec.name, backendId);
-    if (asked && this.#flowLog.isEnabledFor("debug")) {
+    if (debug) {
       const { destination } = asked.endpoints;
       this.#flowLog.debug("Flow {flow} of {service} from {client} served by {agent} via {backend}", {
         flow: asked.id,
@@ -1241,6 +1242,11 @@ function relayCanServe(spec: ServiceSpec, state: ClusterState): boolean {
 const ECANCELED = 125;
 
 /** What Deno says for a socket errno (so log lines read alike on both paths). */
+/** A relay flow's key in the agent's maps: its slot and its generation there, in one number. */
+function relayFlowKey(slot: number, generation: number): number {
+  return slot * 0x1_0000_0000 + generation;
+}
+
 function osErrorText(errno: number): string {
   return `${OS_ERROR_TEXT[errno] ?? "System error"} (os error ${errno})`;
 }

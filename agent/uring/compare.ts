@@ -1,5 +1,5 @@
 // Measurement only (branch uring-data-path): HAProxy, switchyard variants and extra proxies, interleaved.
-// VARIANTS="agent=@agent;mgr=@manager" EXTRA="proto=agent/uring/bare_proxy.ts=NB:1;relay=agent/uring/relay_proxy.ts" R=3 D=5 deno run -A agent/uring/compare.ts
+// VARIANTS="agent=@agent;mgr=@manager;old=@manager%/elsewhere/main.ts" EXTRA="proto=agent/uring/bare_proxy.ts=NB:1;relay=agent/uring/relay_proxy.ts" R=3 D=5 deno run -A agent/uring/compare.ts
 // Interleaved comparison: HAProxy and switchyard variants (V8 flag sets), keep-alive and close.
 // env: VARIANTS="base=;stgc=--single-threaded-gc" R=4 D=5 DECIDE=agent
 import { cpuMs, findExecutable, freePort, Processes, sleep, waitForPort } from "../../bench/_procs.ts";
@@ -18,11 +18,13 @@ const R = Number(Deno.env.get("R") ?? 4), D = Number(Deno.env.get("D") ?? 5);
 const decide = (Deno.env.get("DECIDE") ?? "agent") as "agent" | "manager";
 const variants = (Deno.env.get("VARIANTS") ?? "base=").split(";").map((v) => {
   const [name, rest] = v.split("=") as [string, string];
-  const [flags, dec] = rest.split("@") as [string, string | undefined];
+  const [flags, after] = rest.split("@") as [string, string | undefined];
+  const [dec, main] = (after ?? "").split("%") as [string, string | undefined];
   return {
     name,
-    decide: (dec ?? decide) as "agent" | "manager",
+    decide: (dec || decide) as "agent" | "manager",
     flags: [...V8_FLAGS, ...flags.split(",").filter(Boolean)],
+    main,
   };
 });
 const nginx = findExecutable("nginx");
@@ -78,6 +80,7 @@ try {
         decide: v.decide,
         maxConnections: 1000,
         v8Flags: v.flags,
+        ...(v.main ? { main: v.main } : {}),
       }),
     ]);
   }

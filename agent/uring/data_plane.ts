@@ -3,7 +3,13 @@
  * the eventfd that makes the worker take each message at once.
  */
 import { setImmediate } from "node:timers";
-import type { FromWorker, Placed, ServiceMessage, ToWorker } from "./messages.ts";
+import {
+  type FromWorker,
+  type Placed,
+  REQUEST_FIELDS,
+  type ServiceMessage,
+  type ToWorker,
+} from "./messages.ts";
 import type { Placement } from "./placement.ts";
 import { openWaker, type PlacementRequest, type RelayCounters, type SocketAddress } from "./relay.ts";
 
@@ -97,13 +103,7 @@ export class RelayDataPlane {
     firstTimeoutMs = 0,
   ): void {
     if (this.#answers.length === 0) setImmediate(this.#postAnswers);
-    this.#answers.push({
-      slot: request.slot,
-      generation: request.generation,
-      targets,
-      header,
-      firstTimeoutMs,
-    });
+    this.#answers.push([request.slot, request.generation, targets, header, firstTimeoutMs]);
   }
 
   readonly #postAnswers = () => {
@@ -143,8 +143,18 @@ export class RelayDataPlane {
   }
 
   #received(message: FromWorker): void {
-    if (message.type === "place") { for (const request of message.requests) this.#handlers.place(request); }
-    else if (message.type === "flows") this.#handlers.flows(message.events, message.counters, message.open);
+    if (message.type === "place") {
+      const fields = message.requests;
+      for (let i = 0; i < fields.length; i += REQUEST_FIELDS) {
+        this.#handlers.place({
+          service: fields[i] as number,
+          slot: fields[i + 1] as number,
+          generation: fields[i + 2] as number,
+          client: { ip: fields[i + 3] as string, port: fields[i + 4] as number },
+          destination: { ip: fields[i + 5] as string, port: fields[i + 6] as number },
+        });
+      }
+    } else if (message.type === "flows") this.#handlers.flows(message.events, message.counters, message.open);
     else {
       const at = this.#waiting.findIndex((waiter) => waiter.types.includes(message.type));
       if (at >= 0) this.#waiting.splice(at, 1)[0]!.resolve(message);

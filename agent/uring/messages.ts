@@ -3,22 +3,27 @@
  * The worker handles them in order, and answers those that are answered in the same order.
  */
 import type { Placement } from "./placement.ts";
-import type { PlacementRequest, RelayCounters, RelayService, SocketAddress } from "./relay.ts";
+import type { RelayCounters, RelayService, SocketAddress } from "./relay.ts";
 
 /** A service as posted: placed by `placement`, or with `ask` every flow placed by the agent. */
 export type ServiceMessage = Omit<RelayService, "candidates"> & { ask?: boolean; placement?: Placement };
 
-/** The agent's answer to one `place` request. */
-export interface Placed {
-  slot: number;
-  generation: number;
-  /** In order; a number is an index into the service's backends as last posted (`placement`). */
-  targets: (SocketAddress | number)[];
-  /** One header for every target, or one per target. */
-  header: Uint8Array | null | (Uint8Array | null)[];
-  /** The first target's connect timeout, when not the service's (a claimant's mesh port); 0: the service's. */
-  firstTimeoutMs: number;
-}
+/**
+ * The agent's answer to one `place` request: slot, generation; targets in order (a number is an index into
+ * the service's backends as last posted with `placement`); one header for every target, or one per target;
+ * the first target's connect timeout when not the service's (a claimant's mesh port), or 0. A tuple, not
+ * an object: messages are cloned, and an object's property names with them.
+ */
+export type Placed = [
+  slot: number,
+  generation: number,
+  targets: (SocketAddress | number)[],
+  header: Uint8Array | null | (Uint8Array | null)[],
+  firstTimeoutMs: number,
+];
+
+/** Numbers and strings per `place` request, in this order (see `PlacementRequest`). */
+export const REQUEST_FIELDS = 7;
 
 export type ToWorker =
   | { type: "start"; yieldMs: number }
@@ -36,8 +41,11 @@ export type FromWorker =
   | { type: "listened"; index: number; port: number }
   | { type: "listenFailed"; message: string }
   | { type: "unlistened" }
-  /** The flows the relay asked about in one wait, in the order accepted. */
-  | { type: "place"; requests: PlacementRequest[] }
+  /**
+   * The flows the relay asked about in one wait, in the order accepted, `REQUEST_FIELDS` entries each:
+   * service, slot, generation, client IP, client port, destination IP, destination port.
+   */
+  | { type: "place"; requests: (number | string)[] }
   /**
    * Six numbers per event: kind (`FlowEvent`), service, slot, generation, choice, errno (an accept failure
    * has no flow: slot and choice -1); with the counters as of then. Posted at most once per turn, when there

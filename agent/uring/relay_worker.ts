@@ -5,7 +5,7 @@
 import { setImmediate } from "node:timers";
 import type { FromWorker, ServiceMessage, ToWorker } from "./messages.ts";
 import { placeFlow, type Placement } from "./placement.ts";
-import { FlowEvent, type PlacementRequest, Relay } from "./relay.ts";
+import { FlowEvent, Relay } from "./relay.ts";
 import { openRing, type Ring, unavailableReason } from "./ring.ts";
 
 interface WorkerScope {
@@ -28,7 +28,7 @@ let relay: Relay | null = null;
 /** Per service, how the worker places its flows alone (null: every backend in order). */
 const placements: (Placement | null)[] = [];
 /** Flows asked about in the current wait, posted together once it ends. */
-let asks: PlacementRequest[] = [];
+let asks: (number | string)[] = [];
 /** Flow events not yet posted, six numbers each (see `FromWorker`), posted once per turn. */
 let events: number[] = [];
 const { CONNECTED, FAILED, FAILED_LOCALLY, NO_BACKEND, ENDED, IDLE, ACCEPT_FAILED } = FlowEvent;
@@ -54,7 +54,7 @@ scope.onmessage = ({ data: message }) => {
       relay.update(message.service, message.placement.backends);
       return;
     case "placed":
-      for (const { slot, generation, targets, header, firstTimeoutMs } of message.answers) {
+      for (const [slot, generation, targets, header, firstTimeoutMs] of message.answers) {
         relay.placed(slot, generation, targets, header, firstTimeoutMs);
       }
       return;
@@ -75,7 +75,8 @@ function start(): void {
     return;
   }
   relay = new Relay(ring, {
-    ask: (request) => asks.push(request),
+    ask: ({ service, slot, generation, client, destination }) =>
+      asks.push(service, slot, generation, client.ip, client.port, destination.ip, destination.port),
     events: {
       connected: (service, slot, generation, choice) =>
         events.push(CONNECTED, service, slot, generation, choice, 0),
