@@ -93,26 +93,27 @@ function servedBy(procs: Proc[], localPort: number, port: number): { agent: stri
 }
 
 /**
- * The agent `proc` handed the load connection `record` to, if it did: a line logged while it lasted, or
- * soon after. The io_uring relay reports a flow's handoff at the end of its turn, so a claimant killed at
+ * The line of `proc` with `phrase` about the load connection `record`: logged while it lasted, or soon
+ * after. The io_uring relay reports a flow's backend or handoff at the end of its turn, so a peer gone at
  * once can have closed the client before the line is written.
  */
-function handedOffTo(proc: Proc, record: LoadRecord): string | null {
+function lineAbout(proc: Proc, record: LoadRecord, phrase: string): LogLine | undefined {
   const client = `127.0.0.1:${record.localPort}`;
-  const line = proc.logs.find((l) =>
-    l.properties.client === client && l.message.includes("handed off to") &&
+  return proc.logs.find((l) =>
+    l.properties.client === client && l.message.includes(phrase) &&
     loggedAt(l) >= Math.floor(epoch(record.start)) - 1 && loggedAt(l) <= epoch(record.end) + 500
   );
+}
+
+/** The agent `proc` handed the load connection `record` to, if it did. */
+function handedOffTo(proc: Proc, record: LoadRecord): string | null {
+  const line = lineAbout(proc, record, "handed off to");
   return line ? String(line.properties.agent) : null;
 }
 
-/** The backend an agent's "served by" line names for the load connection `record`, if it logged one. */
+/** The backend `proc` served the load connection `record` by, if it did. */
 function servedVia(proc: Proc, record: LoadRecord): string | null {
-  const client = `127.0.0.1:${record.localPort}`;
-  const line = proc.logs.find((l) =>
-    l.properties.client === client && l.message.includes("served by") &&
-    loggedAt(l) >= Math.floor(epoch(record.start)) - 1 && loggedAt(l) <= epoch(record.end) + 500
-  );
+  const line = lineAbout(proc, record, "served by");
   return line ? String(line.properties.backend) : null;
 }
 

@@ -149,6 +149,42 @@ Deno.test({
   },
 });
 
+/**
+ * A backend that echoes each of `flows` connections as it reads, then half-closes and waits for the other
+ * side's end; `done` once every one has.
+ */
+function streamingEcho(flows: number) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const done = (async () => {
+    const echoes: Promise<void>[] = [];
+    for (let i = 0; i < flows; i++) {
+      const conn = await listener.accept();
+      echoes.push((async () => {
+        const buffer = new Uint8Array(64 * 1024);
+        for (;;) {
+          const n = await conn.read(buffer);
+          if (n === null) break;
+          await writeAll(conn, buffer.subarray(0, n));
+        }
+        await conn.closeWrite();
+        await readAll(conn);
+        conn.close();
+      })());
+    }
+    await Promise.all(echoes);
+    listener.close();
+  })();
+  return { address: { ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }, done };
+}
+
+/** Sends `sent` through the relay while reading what comes back, until the echo's end. */
+async function streamThrough(port: number, sent: Uint8Array): Promise<Uint8Array> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const [, received] = await Promise.all([writeAll(conn, sent).then(() => conn.closeWrite()), readAll(conn)]);
+  conn.close();
+  return received;
+}
+
 Deno.test({
   name: "io_uring relay: 100 bulk flows at once, more than its large buffers, each arrives intact",
   ignore,
@@ -157,39 +193,14 @@ Deno.test({
     // ones, and every byte arrives in order all the same.
     const flows = 100;
     const size = 512 * 1024;
-    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const echoes: Promise<void>[] = [];
-    const accepting = (async () => {
-      for (let i = 0; i < flows; i++) {
-        const conn = await listener.accept();
-        echoes.push((async () => {
-          const buffer = new Uint8Array(64 * 1024);
-          for (;;) {
-            const n = await conn.read(buffer);
-            if (n === null) break;
-            await writeAll(conn, buffer.subarray(0, n));
-          }
-          await conn.closeWrite();
-          conn.close();
-        })());
-      }
-    })();
-    await using relay = await startRelay({
-      backends: [{ ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
-    });
+    const echo = streamingEcho(flows);
+    await using relay = await startRelay({ backends: [echo.address] });
     const results = await Promise.all(Array.from({ length: flows }, async () => {
       const sent = randomBytes(size);
-      const conn = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
-      const [, received] = await Promise.all([
-        writeAll(conn, sent).then(() => conn.closeWrite()),
-        readAll(conn),
-      ]);
-      conn.close();
+      const received = await streamThrough(relay.port, sent);
       return received.length === size && received.every((byte, i) => byte === sent[i]!);
     }));
-    await accepting;
-    await Promise.all(echoes);
-    listener.close();
+    await echo.done;
     assert.equal(results.filter((intact) => intact).length, flows, "every flow's bytes came back unchanged");
     await eventually(async () => (await relay.counters()).open === 0, 10_000, "the flows to end");
   },
@@ -200,31 +211,11 @@ Deno.test({
   ignore,
   async fn() {
     const size = 8 * 1024 * 1024;
-    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const echoing = (async () => {
-      const conn = await listener.accept();
-      const buffer = new Uint8Array(64 * 1024);
-      for (;;) {
-        const n = await conn.read(buffer);
-        if (n === null) break;
-        await writeAll(conn, buffer.subarray(0, n));
-      }
-      await conn.closeWrite();
-      await readAll(conn);
-      conn.close();
-    })();
-    await using relay = await startRelay({
-      backends: [{ ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
-    });
+    const echo = streamingEcho(1);
+    await using relay = await startRelay({ backends: [echo.address] });
     const sent = randomBytes(size);
-    const conn = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
-    const [, received] = await Promise.all([
-      writeAll(conn, sent).then(() => conn.closeWrite()),
-      readAll(conn),
-    ]);
-    conn.close();
-    await echoing;
-    listener.close();
+    const received = await streamThrough(relay.port, sent);
+    await echo.done;
     assert.equal(received.length, size);
     assert.ok(received.every((byte, i) => byte === sent[i]), "the bytes came back unchanged");
   },
