@@ -7,13 +7,13 @@
 import { formatHostPort, type HostPort, parseHostPort } from "../cluster/address.ts";
 import { TokenSigner } from "../cluster/auth.ts";
 import { CLAIM_BUCKETS, claimBucket, claimOwners } from "../cluster/claims.ts";
-import { hashClientIp, hashFlowKey } from "../cluster/flow_key.ts";
+import { hashClientIp, hashFlowKey, ipBytes } from "../cluster/flow_key.ts";
 import { logger } from "../cluster/log.ts";
 import { candidates } from "../cluster/maglev.ts";
 import { type AgentSpec, type ClusterState, decodeTable, type ServiceSpec } from "../cluster/protocol.ts";
 import { encodeProxyHeader, type ProxyAddress } from "../cluster/proxy_protocol.ts";
 import { AffinityCache } from "./affinity.ts";
-import { Connector } from "./connect.ts";
+import { Connector, connectTimeoutText } from "./connect.ts";
 import { InFlight } from "./in_flight.ts";
 import { SlotList } from "./slot_list.ts";
 import { type LinkReport, ManagerLink } from "./manager_link.ts";
@@ -583,7 +583,7 @@ export class Agent {
       askBuckets = new Uint8Array(owners.length);
       for (let bucket = 0; bucket < owners.length; bucket++) {
         const owner = state.agents[owners[bucket]!];
-        if (owner && owner.id !== this.#options.id && owner.mesh !== null) askBuckets[bucket] = 1;
+        if (owner && this.#takesHandoffs(owner)) askBuckets[bucket] = 1;
       }
     }
     return {
@@ -614,36 +614,34 @@ export class Agent {
     const { spec, table } = service;
     const endpoints: Endpoints = { client: request.client, destination: request.destination };
     const place = this.#placeHash(spec, endpoints);
-    if (spec.handoff === "claimant") {
-      const owner = this.#claimant(place);
-      if (owner !== null && owner.id !== this.#options.id && owner.mesh !== null) {
-        const mesh = parseHostPort(owner.mesh);
-        const meshHeader = await encodeMeshHeader(this.#signer, {
-          service: spec.name,
-          sender: this.#options.id,
-          client: endpoints.client,
-          destination: endpoints.destination,
-        });
-        // Should the claimant be unreachable, the flow is served here, from the table, as #handle does.
-        const order = table.length === 0 ? [] : candidates(table, place % table.length, spec.backends.length);
-        const local = order.map((index) => spec.backends[index]!);
-        const header = this.#proxyHeader(spec, endpoints);
-        this.#relayAsked.set(key, {
-          service,
-          asked: { id: this.#nextFlowId++, endpoints },
-          targets: [owner.id, ...local.map((backend) => backend.id)],
-          handoff: { mesh: owner.mesh },
-          load: null,
-        });
-        plane.placed(
-          request,
-          [{ ip: mesh.host, port: mesh.port }, ...this.#relayTargets(service, spec, order)],
-          [meshHeader, ...local.map(() => header)],
-          // As on Deno's sockets: a claimant that does not answer soon is passed over for a backend.
-          Math.min(spec.timeouts.connectMs, AGENT_DEFAULTS.meshConnectMs),
-        );
-        return;
-      }
+    const owner = this.#handoffClaimant(spec, place);
+    if (owner !== null) {
+      const mesh = parseHostPort(owner.mesh);
+      const meshHeader = await encodeMeshHeader(this.#signer, {
+        service: spec.name,
+        sender: this.#options.id,
+        client: endpoints.client,
+        destination: endpoints.destination,
+      });
+      // Should the claimant be unreachable, the flow is served here, from the table, as #handle does.
+      const order = tableOrder(spec, table, place);
+      const local = order.map((index) => spec.backends[index]!);
+      const header = this.#proxyHeader(spec, endpoints);
+      this.#relayAsked.set(key, {
+        service,
+        asked: { id: this.#nextFlowId++, endpoints },
+        targets: [owner.id, ...local.map((backend) => backend.id)],
+        handoff: { mesh: owner.mesh },
+        load: null,
+      });
+      plane.placed(
+        request,
+        [{ ip: mesh.host, port: mesh.port }, ...this.#relayTargets(service, spec, order)],
+        [meshHeader, ...local.map(() => header)],
+        // As on Deno's sockets: a claimant that does not answer soon is passed over for a backend.
+        Math.min(spec.timeouts.connectMs, AGENT_DEFAULTS.meshConnectMs),
+      );
+      return;
     }
     const order = await this.#backendOrder(spec, table, endpoints, place);
     const backends = order.map((index) => spec.backends[index]!);
@@ -664,9 +662,9 @@ export class Agent {
   #relayTargets(
     service: LiveService,
     spec: ServiceSpec,
-    order: readonly number[],
+    order: number[],
   ): (SocketAddress | number)[] {
-    if (service.spec === spec) return [...order];
+    if (service.spec === spec) return order;
     return order.map((index) => ({ ip: spec.backends[index]!.host, port: spec.backends[index]!.port }));
   }
 
@@ -692,6 +690,14 @@ export class Agent {
         continue;
       }
       const key = relayFlowKey(events[i + 2]!, events[i + 3]!);
+      if (kind === FlowEvent.ENDED) {
+        const open = this.#relayFlows.get(key);
+        if (open) {
+          this.#relayFlows.delete(key);
+          this.#relayFlowEnded(open);
+        }
+        continue;
+      }
       const choice = events[i + 4]!;
       const asked = this.#relayAsked.get(key);
       const flow: RelayFlow | undefined = asked ??
@@ -726,8 +732,8 @@ export class Agent {
               flow: flow.asked.id,
               service: spec.name,
               backend: backendId,
-              error: events[i + 5] === ECANCELED
-                ? `Cannot connect to ${backend?.host}:${backend?.port} within ${spec.timeouts.connectMs} ms`
+              error: events[i + 5] === ECANCELED && backend
+                ? connectTimeoutText(backend, spec.timeouts.connectMs)
                 : osErrorText(events[i + 5]!),
             });
           }
@@ -751,14 +757,6 @@ export class Agent {
             backend: open?.load?.backend ?? backendId ?? null,
             idleMs: spec.timeouts.idleMs,
           });
-          break;
-        }
-        case FlowEvent.ENDED: {
-          const open = this.#relayFlows.get(key);
-          if (open) {
-            this.#relayFlows.delete(key);
-            this.#relayFlowEnded(open);
-          }
           break;
         }
       }
@@ -850,12 +848,10 @@ export class Agent {
         destination: { ip: local.hostname, port: local.port },
       };
       const place = this.#placeHash(spec, endpoints);
-      if (spec.handoff === "claimant") {
-        const owner = this.#claimant(place);
-        if (owner !== null && owner.id !== this.#options.id && owner.mesh !== null) {
-          started = await this.#handOff(service, client, endpoints, owner);
-          if (started) return;
-        }
+      const owner = this.#handoffClaimant(spec, place);
+      if (owner !== null) {
+        started = await this.#handOff(service, client, endpoints, owner);
+        if (started) return;
       }
       started = await this.#serve(service, table, client, endpoints, place, null);
     } finally {
@@ -918,17 +914,29 @@ export class Agent {
     return this.#state?.agents[owner] ?? null;
   }
 
+  /** The claimant a flow of `spec` at `place` is handed to, or null when this agent serves it. */
+  #handoffClaimant(spec: ServiceSpec, place: number): MeshAgent | null {
+    if (spec.handoff !== "claimant") return null;
+    const owner = this.#claimant(place);
+    return owner !== null && this.#takesHandoffs(owner) ? owner : null;
+  }
+
+  /** Whether flows another agent claims go to it: it is not this one, and it has a mesh port. */
+  #takesHandoffs(owner: AgentSpec): owner is MeshAgent {
+    return owner.id !== this.#options.id && owner.mesh !== null;
+  }
+
   /** Relays a flow to its claimant's mesh port; false when the claimant cannot be reached. */
   async #handOff(
     service: LiveService,
     client: Deno.TcpConn,
     endpoints: Endpoints,
-    owner: AgentSpec,
+    owner: MeshAgent,
   ): Promise<boolean> {
     const spec = service.spec;
     let mesh: Deno.Conn;
     try {
-      const address = parseHostPort(owner.mesh as string);
+      const address = parseHostPort(owner.mesh);
       const tcp = await this.#connector.connect(
         address,
         Math.min(spec.timeouts.connectMs, AGENT_DEFAULTS.meshConnectMs),
@@ -1002,7 +1010,7 @@ export class Agent {
         }
       }
     }
-    const order = table.length === 0 ? [] : candidates(table, place % table.length, spec.backends.length);
+    const order = tableOrder(spec, table, place);
     if (preferred >= 0) {
       const at = order.indexOf(preferred);
       if (at > 0) order.splice(at, 1);
@@ -1235,18 +1243,35 @@ export class Agent {
  * resolve), and speaks no TLS (the mesh with manager.tls).
  */
 function relayCanServe(spec: ServiceSpec, state: ClusterState): boolean {
-  const ip = (host: string) => /^[\d.]+$/.test(host) || host.includes(":");
-  return !state.meshTls && ip(spec.listen.host) && spec.backends.every((backend) => ip(backend.host));
+  return !state.meshTls && isIpLiteral(spec.listen.host) &&
+    spec.backends.every((backend) => isIpLiteral(backend.host));
+}
+
+function isIpLiteral(host: string): boolean {
+  try {
+    ipBytes(host);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 const ECANCELED = 125;
 
-/** What Deno says for a socket errno (so log lines read alike on both paths). */
+/** An agent with a mesh port, where flows it claims are handed. */
+type MeshAgent = AgentSpec & { readonly mesh: string };
+
+/** The table's candidates for a flow at `place`, in order (indexes into `spec.backends`); none without a table. */
+function tableOrder(spec: ServiceSpec, table: Uint16Array, place: number): number[] {
+  return table.length === 0 ? [] : candidates(table, place % table.length, spec.backends.length);
+}
+
 /** A relay flow's key in the agent's maps: its slot and its generation there, in one number. */
 function relayFlowKey(slot: number, generation: number): number {
   return slot * 0x1_0000_0000 + generation;
 }
 
+/** What Deno says for a socket errno (so log lines read alike on both paths). */
 function osErrorText(errno: number): string {
   return `${OS_ERROR_TEXT[errno] ?? "System error"} (os error ${errno})`;
 }

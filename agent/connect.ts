@@ -51,9 +51,7 @@ export class Connector {
     } catch (error) {
       if (this.#closed) throw new Deno.errors.Interrupted("The connector was closed");
       if (group.controller.signal.aborted) {
-        throw new Deno.errors.TimedOut(
-          `Cannot connect to ${backend.host}:${backend.port} within ${timeoutMs} ms`,
-        );
+        throw new Deno.errors.TimedOut(connectTimeoutText(backend, timeoutMs));
       }
       throw error;
     } finally {
@@ -105,4 +103,9 @@ export class Connector {
     this.#armed.delete(group);
     if (this.#open.get(group.timeoutMs) === group) this.#open.delete(group.timeoutMs);
   }
+}
+
+/** What a connect given up after its timeout says, on either data path. */
+export function connectTimeoutText(backend: { host: string; port: number }, timeoutMs: number): string {
+  return `Cannot connect to ${backend.host}:${backend.port} within ${timeoutMs} ms`;
 }

@@ -57,6 +57,30 @@ export function hashClientIp(clientIp: string, seed: number): number {
   return hash32(keyView(parseIpInto(clientIp, KEY, 0)), seed);
 }
 
+/**
+ * `hashFlowKey` of a flow whose addresses are bytes already (4 or 16, as a socket address holds them), so
+ * nothing is formatted to text and parsed back.
+ */
+export function hashFlowKeyOfBytes(
+  clientIp: Uint8Array,
+  clientPort: number,
+  serviceIp: Uint8Array,
+  servicePort: number,
+  seed: number,
+): number {
+  let at = copyIpInto(clientIp, 0);
+  at = writePort(clientPort, at);
+  at += copyIpInto(serviceIp, at);
+  at = writePort(servicePort, at);
+  KEY[at++] = PROTOCOL_TCP;
+  return hash32(keyView(at), seed);
+}
+
+/** `hashClientIp` of an address's bytes. */
+export function hashClientIpOfBytes(clientIp: Uint8Array, seed: number): number {
+  return hash32(keyView(copyIpInto(clientIp, 0)), seed);
+}
+
 /** The table slot a hash falls in: `hash % size`, for a table of `size` slots. */
 export function tableSlot(hash: number, size: number): number {
   return hash % size;
@@ -93,6 +117,19 @@ function parseIpInto(ip: string, out: Uint8Array, at: number): number {
   }
   out.set(SCRATCH, at);
   return 16;
+}
+
+/** Copies IP bytes into `KEY` at `at` as `parseIpInto` would write them; returns how many (4 or 16). */
+function copyIpInto(ip: Uint8Array, at: number): number {
+  if (ip.length === 16 && isIpv4Mapped(ip)) {
+    KEY.set(ip.subarray(12), at);
+    return 4;
+  }
+  if (ip.length !== 4 && ip.length !== 16) {
+    throw new TypeError(`Cannot hash ${ip.length} bytes as an IP address`);
+  }
+  KEY.set(ip, at);
+  return ip.length;
 }
 
 function invalidIp(ip: string): TypeError {

@@ -1,5 +1,13 @@
 import assert from "node:assert/strict";
-import { type FlowKey, hashClientIp, hashFlowKey, ipBytes, tableSlot } from "./flow_key.ts";
+import {
+  type FlowKey,
+  hashClientIp,
+  hashClientIpOfBytes,
+  hashFlowKey,
+  hashFlowKeyOfBytes,
+  ipBytes,
+  tableSlot,
+} from "./flow_key.ts";
 import { hash32 } from "./hash.ts";
 
 const KEY: FlowKey = { clientIp: "192.0.2.10", clientPort: 40000, serviceIp: "10.0.0.1", servicePort: 80 };
@@ -51,6 +59,30 @@ Deno.test("an IPv4-mapped IPv6 address gives the plain IPv4 bytes and hashes the
   // The IPv4-compatible form ::a.b.c.d is a different, IPv6 address.
   assert.equal(ipBytes("::10.0.0.11").length, 16);
 });
+
+Deno.test("hashing an address's bytes gives the hash of its text, IPv4-mapped included", () => {
+  const flows = [
+    ["10.1.2.3", 40000, "192.168.0.1", 443],
+    ["fd00::1", 1, "fd00::2:3", 65535],
+    ["::ffff:10.1.2.3", 40000, "::ffff:192.168.0.1", 443],
+    ["10.1.2.3", 0, "fd00::9", 80],
+  ] as const;
+  for (const [clientIp, clientPort, serviceIp, servicePort] of flows) {
+    for (const seed of [0, 12345, 0xffffffff]) {
+      assert.equal(
+        hashFlowKeyOfBytes(ipBytesOf16(clientIp), clientPort, ipBytesOf16(serviceIp), servicePort, seed),
+        hashFlowKey({ clientIp, clientPort, serviceIp, servicePort }, seed),
+      );
+      assert.equal(hashClientIpOfBytes(ipBytesOf16(clientIp), seed), hashClientIp(clientIp, seed));
+    }
+  }
+});
+
+/** An address's bytes as a socket address of its family holds them: mapped IPv4 stays 16 bytes. */
+function ipBytesOf16(ip: string): Uint8Array {
+  if (!ip.startsWith("::ffff:")) return ipBytes(ip);
+  return new Uint8Array([...new Uint8Array(10), 0xff, 0xff, ...ipBytes(ip)]);
+}
 
 Deno.test("text that is not an IP address is refused with a TypeError naming it", () => {
   const invalid = [

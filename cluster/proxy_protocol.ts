@@ -238,7 +238,7 @@ function writeUint32(out: Uint8Array, at: number, value: number): void {
  * zeros, the longest run of two or more zero groups — the first of equals — as `::`), and
  * `::ffff:a.b.c.d` for an IPv4-mapped address.
  */
-function formatIp(bytes: Uint8Array): string {
+export function formatIp(bytes: Uint8Array): string {
   if (bytes.length === 4) return bytes.join(".");
   if (isIpv4Mapped(bytes)) return `::ffff:${bytes.subarray(12).join(".")}`;
   const groups: number[] = [];

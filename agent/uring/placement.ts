@@ -5,9 +5,9 @@
  * placed here: the relay asks the agent, which hands it off.
  */
 import { claimBucket } from "../../cluster/claims.ts";
-import { hashClientIp, hashFlowKey } from "../../cluster/flow_key.ts";
+import { hashClientIpOfBytes, hashFlowKeyOfBytes } from "../../cluster/flow_key.ts";
 import { candidates } from "../../cluster/maglev.ts";
-import type { SocketAddress } from "./relay.ts";
+import { ipOfAddress, portOfAddress, type SocketAddress } from "./relay.ts";
 
 /** What the worker needs to place a service's flows, as the agent posts it with each state. */
 export interface Placement {
@@ -22,18 +22,24 @@ export interface Placement {
   readonly askBuckets: Uint8Array | null;
 }
 
-/** The backends to try, in order (indexes into `backends`), or null when the agent must be asked. */
+/**
+ * The backends to try, in order (indexes into `backends`), or null when the agent must be asked; for a
+ * flow between two socket addresses (`struct sockaddr`s, as the relay has them).
+ */
 export function placeFlow(
   placement: Placement,
-  client: SocketAddress,
-  destination: SocketAddress,
+  client: Uint8Array,
+  destination: Uint8Array,
 ): readonly number[] | null {
-  const place = placement.placeBy === "client_ip" ? hashClientIp(client.ip, placement.seed) : hashFlowKey({
-    clientIp: client.ip,
-    clientPort: client.port,
-    serviceIp: destination.ip,
-    servicePort: destination.port,
-  }, placement.seed);
+  const place = placement.placeBy === "client_ip"
+    ? hashClientIpOfBytes(ipOfAddress(client), placement.seed)
+    : hashFlowKeyOfBytes(
+      ipOfAddress(client),
+      portOfAddress(client),
+      ipOfAddress(destination),
+      portOfAddress(destination),
+      placement.seed,
+    );
   if (placement.askBuckets !== null && placement.askBuckets[claimBucket(place)] === 1) return null;
   const { table } = placement;
   if (table.length === 0) return [];

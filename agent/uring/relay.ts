@@ -19,7 +19,8 @@ import {
   Op,
   type Ring,
 } from "./ring.ts";
-import { encodeProxyHeader } from "../../cluster/proxy_protocol.ts";
+import { ipBytes } from "../../cluster/flow_key.ts";
+import { encodeProxyHeader, formatIp } from "../../cluster/proxy_protocol.ts";
 
 const SOCKETS = {
   socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
@@ -76,10 +77,11 @@ export interface RelayService {
   readonly listen: SocketAddress;
   readonly backends: readonly SocketAddress[];
   /**
-   * Backends to try for a new flow from `client` to `destination`, in order (indexes into `backends`); or
+   * Backends to try for a new flow from `client` to `destination` (`struct sockaddr`s; `decodeAddress`
+   * reads them), in order (indexes into `backends`); or
    * null when the relay cannot place it alone: it then asks (`RelayOptions.ask`) and waits for `placed`.
    */
-  readonly candidates: (client: SocketAddress, destination: SocketAddress) => readonly number[] | null;
+  readonly candidates: (client: Uint8Array, destination: Uint8Array) => readonly number[] | null;
   readonly maxConnections: number;
   readonly connectTimeoutMs: number;
   readonly idleTimeoutMs: number;
@@ -261,6 +263,10 @@ export class Relay {
   #now = performance.now();
   #nextSweep = 0;
   readonly #one = new Uint8Array(new Int32Array([1]).buffer);
+  /** The addresses of the connection being accepted (`struct sockaddr_in` or `_in6`). */
+  readonly #clientAddress = new Uint8Array(28);
+  readonly #destinationAddress = new Uint8Array(28);
+  /** The address `listen` binds, read back for its port. */
   readonly #addressBytes = new Uint8Array(28);
   readonly #addressLength = new Uint32Array(1);
   readonly #onCompletion = (data: number, result: number, flags: number) =>
@@ -338,11 +344,11 @@ export class Relay {
 
   /** Starts accepting for `service`; returns the port bound (useful with port 0). */
   listen(service: RelayService): number {
-    const fd = this.#socket(service.listen.ip.includes(":"), false);
+    const address = encodeAddress(service.listen);
+    const fd = this.#socket(address[0] === AF_INET6, false);
     const opt = this.#one;
     this.#sockets.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, opt, 4);
     this.#sockets.setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, opt, 4);
-    const address = encodeAddress(service.listen);
     if (this.#sockets.bind(fd, address, address.length) !== 0 || this.#sockets.listen(fd, 4096) !== 0) {
       const errno = this.#errno.getInt32();
       this.#sockets.close(fd);
@@ -350,7 +356,7 @@ export class Relay {
     }
     this.#addressLength[0] = 28;
     this.#sockets.getsockname(fd, this.#addressBytes, this.#addressLength);
-    const port = (this.#addressBytes[2]! << 8) | this.#addressBytes[3]!;
+    const port = portOfAddress(this.#addressBytes);
     const listener: Listener = {
       fd,
       service,
@@ -516,20 +522,26 @@ export class Relay {
     this.#firstTimeoutMs[slot] = 0;
     this.#sockets.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, this.#one, 4);
     this.#addressLength[0] = 28;
-    this.#sockets.getpeername(fd, this.#addressBytes, this.#addressLength);
-    const client = decodeAddress(this.#addressBytes);
+    this.#sockets.getpeername(fd, this.#clientAddress, this.#addressLength);
     this.#addressLength[0] = 28;
-    this.#sockets.getsockname(fd, this.#addressBytes, this.#addressLength);
-    const destination = decodeAddress(this.#addressBytes);
+    this.#sockets.getsockname(fd, this.#destinationAddress, this.#addressLength);
     const generation = ++this.#generation[slot]!;
     const service = listener.service;
-    const order = service.candidates(client, destination);
+    // Placed from the addresses' bytes; they become text only for the agent or a PROXY header.
+    const order = service.candidates(this.#clientAddress, this.#destinationAddress);
     if (order === null) {
       this.#tries[slot] = ASKED;
       if (this.#ask === null) {
         throw new Error(`Service ${service.name} asks where to send flows, but no one answers`);
       }
-      this.#ask({ service: index, slot, generation, client, destination });
+      const client = decodeAddress(this.#clientAddress);
+      this.#ask({
+        service: index,
+        slot,
+        generation,
+        client,
+        destination: decodeAddress(this.#destinationAddress),
+      });
       return;
     }
     const version = service.proxyProtocol ?? "none";
@@ -537,7 +549,11 @@ export class Relay {
       slot,
       order.map((i) => listener.backendAddresses[i]!),
       order,
-      version === "none" ? null : encodeProxyHeader(version, client, destination),
+      version === "none" ? null : encodeProxyHeader(
+        version,
+        decodeAddress(this.#clientAddress),
+        decodeAddress(this.#destinationAddress),
+      ),
     );
   }
 
@@ -919,38 +935,32 @@ function addressOfBytes(bytes: ArrayBufferView): number {
   return Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bytes as Uint8Array<ArrayBuffer>)));
 }
 
-/** `struct sockaddr_in` or `sockaddr_in6` for an IP literal and port. */
+/**
+ * `struct sockaddr_in` or `sockaddr_in6` for an IP literal and port (an IPv4-mapped IPv6 address gives
+ * `sockaddr_in`, as `ipBytes` does). Throws a `TypeError` for anything but an IP literal.
+ */
 export function encodeAddress(address: SocketAddress): Uint8Array {
-  const v6 = address.ip.includes(":");
+  const ip = ipBytes(address.ip);
+  const v6 = ip.length === 16;
   const bytes = new Uint8Array(v6 ? 28 : 16);
-  const view = new DataView(bytes.buffer);
-  view.setUint16(0, v6 ? AF_INET6 : AF_INET, true);
-  view.setUint16(2, address.port, false);
-  if (!v6) {
-    const parts = address.ip.split(".").map(Number);
-    if (parts.length !== 4 || parts.some((part) => !(part >= 0 && part <= 255))) {
-      throw new RangeError(`Not an IPv4 address: ${address.ip}`);
-    }
-    bytes.set(parts, 4);
-    return bytes;
-  }
-  const [head = "", tail = ""] = address.ip.split("::");
-  const groups = (text: string) => text === "" ? [] : text.split(":").map((group) => parseInt(group, 16));
-  const front = groups(head);
-  const back = address.ip.includes("::") ? groups(tail) : [];
-  const all = [...front, ...new Array(8 - front.length - back.length).fill(0), ...back];
-  if (all.length !== 8 || all.some((group) => !(group >= 0 && group <= 0xffff))) {
-    throw new RangeError(`Not an IPv6 address: ${address.ip}`);
-  }
-  all.forEach((group, i) => view.setUint16(8 + i * 2, group, false));
+  bytes[0] = v6 ? AF_INET6 : AF_INET; // sa_family, a little-endian u16
+  bytes[2] = address.port >>> 8;
+  bytes[3] = address.port & 0xff;
+  bytes.set(ip, v6 ? 8 : 4);
   return bytes;
 }
 
-/** The IP and port of a `sockaddr_in` or `sockaddr_in6`. */
+/** The IP (as `formatIp` writes it) and port of a `sockaddr_in` or `sockaddr_in6`. */
 export function decodeAddress(bytes: Uint8Array): SocketAddress {
-  const port = (bytes[2]! << 8) | bytes[3]!;
-  if ((bytes[0]! | (bytes[1]! << 8)) === AF_INET) return { ip: bytes.subarray(4, 8).join("."), port };
-  const groups: string[] = [];
-  for (let i = 0; i < 8; i++) groups.push(((bytes[8 + i * 2]! << 8) | bytes[9 + i * 2]!).toString(16));
-  return { ip: groups.join(":").replace(/(^|:)0(:0)+(:|$)/, "::"), port };
+  return { ip: formatIp(ipOfAddress(bytes)), port: portOfAddress(bytes) };
+}
+
+/** The IP bytes of a `sockaddr_in` (4) or `sockaddr_in6` (16), as a view of it. */
+export function ipOfAddress(bytes: Uint8Array): Uint8Array {
+  return bytes[0] === AF_INET ? bytes.subarray(4, 8) : bytes.subarray(8, 24);
+}
+
+/** The port of a `sockaddr_in` or `sockaddr_in6`. */
+export function portOfAddress(bytes: Uint8Array): number {
+  return (bytes[2]! << 8) | bytes[3]!;
 }

@@ -10,7 +10,7 @@ import { decodeProxyHeader } from "../../cluster/proxy_protocol.ts";
 import { placeFlow, type Placement } from "./placement.ts";
 import { openRing, unavailableReason } from "./ring.ts";
 import { RelayDataPlane } from "./data_plane.ts";
-import { FlowEvent, type PlacementRequest, type SocketAddress } from "./relay.ts";
+import { encodeAddress, FlowEvent, type PlacementRequest, type SocketAddress } from "./relay.ts";
 
 const { CONNECTED, FAILED, NO_BACKEND, ENDED, IDLE, ACCEPT_FAILED } = FlowEvent;
 const probe = openRing({ entries: 8 });
@@ -373,7 +373,8 @@ Deno.test({
       await conn.closeWrite();
       const answer = new TextDecoder().decode(await readAll(conn));
       conn.close();
-      const expected = placeFlow(placement, client, { ip: "127.0.0.1", port: relay.port })![0];
+      const destination = { ip: "127.0.0.1", port: relay.port };
+      const expected = placeFlow(placement, encodeAddress(client), encodeAddress(destination))![0];
       assert.equal(answer, `b${expected}`, `client port ${client.port}`);
       seen.add(answer);
     }
