@@ -921,7 +921,7 @@ const ONE_EVENT = new Uint8Array(new BigUint64Array([1n]).buffer);
  */
 export function openWaker(): { wake(wakeFd: number): void; close(): void } {
   const library = Deno.dlopen(LIBC_PATH, {
-    write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+    write: { parameters: ["i32", "buffer", "usize"], result: "void" },
   });
   return {
     wake: (wakeFd) => {

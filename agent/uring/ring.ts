@@ -20,7 +20,9 @@
 export const LIBC_PATH = "libc.so.6";
 
 const LIBC = {
-  syscall: { parameters: ["i64", "i64", "i64", "i64", "i64", "i64", "i64"], result: "i64" },
+  // The result is a C long, but every call here returns an int (an fd, a count, 0 or -1): the low half of
+  // the register, and a number rather than a bigint to compare.
+  syscall: { parameters: ["i64", "i64", "i64", "i64", "i64", "i64", "i64"], result: "i32" },
   mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" },
   munmap: { parameters: ["pointer", "usize"], result: "i32" },
   close: { parameters: ["i32"], result: "i32" },
@@ -30,10 +32,11 @@ const LIBC = {
 type Libc = Deno.DynamicLibrary<typeof LIBC>;
 
 /**
- * libc's `syscall` with number arguments: Deno's FFI takes numbers for 64-bit integers (a bigint would be
- * allocated per call), though its type declarations only say bigint.
+ * libc's `syscall`, its 64-bit arguments bigints. Deno's FFI also takes numbers for them, but only on its
+ * slow path: once V8 had optimised the relay's loop onto the fast one, each number deoptimised it ("not a
+ * BigInt") and it was compiled again, without end. The hot call, `enter`, passes bigints made once.
  */
-type Syscall = (nr: number, a: number, b: number, c: number, d: number, e: number, f: number) => number;
+type Syscall = (nr: bigint, a: bigint, b: bigint, c: bigint, d: bigint, e: bigint, f: bigint) => number;
 
 const SYS = {
   x86_64: { setup: 425, enter: 426, register: 427 },
@@ -71,10 +74,13 @@ const SETUP_SINGLE_ISSUER = 1 << 12;
 const SETUP_DEFER_TASKRUN = 1 << 13;
 const FEAT_SINGLE_MMAP = 1 << 0;
 const FEAT_EXT_ARG = 1 << 8;
-const ENTER_GETEVENTS = 1 << 0;
-const ENTER_EXT_ARG = 1 << 3;
+const ENTER_GETEVENTS = 1n << 0n;
+const ENTER_EXT_ARG = 1n << 3n;
+/** `io_uring_enter`'s flags and argument size for a wait with a timeout (`io_uring_getevents_arg`). */
+const WAIT_FLAGS = ENTER_GETEVENTS | ENTER_EXT_ARG;
+const WAIT_ARG_SIZE = 24n;
 const OFF_SQES = 0x10000000;
-const REGISTER_PBUF_RING = 22;
+const REGISTER_PBUF_RING = 22n;
 const PROT_READ_WRITE = 3;
 const MAP_SHARED = 0x01;
 const MAP_PRIVATE = 0x02;
@@ -113,7 +119,11 @@ export class Ring {
   /** This thread's errno: libc's `syscall` returns -1 and leaves the error there. */
   readonly #errno: Deno.UnsafePointerView;
   readonly fd: number;
-  readonly #sys: { setup: number; enter: number; register: number };
+  readonly #sys: { setup: bigint; enter: bigint; register: bigint };
+  /** `fd` as the syscall takes it. */
+  readonly #fd: bigint;
+  /** The counts 0 to the submission queue's size as bigints, made once (see `Syscall`). */
+  readonly #counts: readonly bigint[];
   readonly #ringPointer: Deno.PointerObject;
   readonly #ringBytes: number;
   readonly #sqePointer: Deno.PointerObject;
@@ -136,21 +146,22 @@ export class Ring {
   /** `struct io_uring_getevents_arg` and the `__kernel_timespec` it points to, at fixed addresses. */
   readonly #waitArg = new BigUint64Array(3);
   readonly #timespec = new Int32Array(4);
-  readonly #waitArgAddress: number;
+  readonly #waitArgAddress: bigint;
   #closed = false;
 
   constructor(libc: Libc, sys: { setup: number; enter: number; register: number }, options: RingOptions) {
     this.#libc = libc;
-    this.#syscall = libc.symbols.syscall as unknown as Syscall;
+    this.#syscall = libc.symbols.syscall;
     this.#errno = new Deno.UnsafePointerView(libc.symbols.__errno_location()!);
-    this.#sys = sys;
+    this.#sys = { setup: BigInt(sys.setup), enter: BigInt(sys.enter), register: BigInt(sys.register) };
     const entries = options.entries ?? 4096;
     const params = new Uint32Array(30);
     params[1] = options.completions ?? entries * 4;
     params[2] = SETUP_CQSIZE | SETUP_SUBMIT_ALL | SETUP_SINGLE_ISSUER | SETUP_DEFER_TASKRUN;
-    const fd = Number(this.#syscall(sys.setup, entries, addressOf(params), 0, 0, 0, 0));
+    const fd = this.#syscall(this.#sys.setup, BigInt(entries), BigInt(addressOf(params)), 0n, 0n, 0n, 0n);
     if (fd < 0) throw new Error(`io_uring_setup failed (errno ${this.#errno.getInt32()})`);
     this.fd = fd;
+    this.#fd = BigInt(fd);
     const features = params[5] as number;
     if (!(features & FEAT_SINGLE_MMAP) || !(features & FEAT_EXT_ARG)) {
       libc.symbols.close(fd);
@@ -175,6 +186,7 @@ export class Ring {
     this.#sqTail = (sq[1] as number) >> 2;
     this.#sqMask = this.#u32[(sq[2] as number) >> 2] as number;
     this.#sqEntries = sqEntries;
+    this.#counts = Array.from({ length: sqEntries + 1 }, (_, count) => BigInt(count));
     // The submission array maps ring slots to entries one to one, once.
     const array = (sq[6] as number) >> 2;
     for (let i = 0; i < sqEntries; i++) this.#u32[array + i] = i;
@@ -184,7 +196,7 @@ export class Ring {
     this.#cqes = (cq[5] as number) >> 2;
     this.#tail = this.#u32[this.#sqTail] as number;
     this.#waitArg[2] = BigInt(addressOf(this.#timespec));
-    this.#waitArgAddress = addressOf(this.#waitArg);
+    this.#waitArgAddress = BigInt(addressOf(this.#waitArg));
   }
 
   #map(bytes: number, flags: number, fd: number, offset: number): Deno.PointerObject {
@@ -245,20 +257,27 @@ export class Ring {
     if (this.#closed) throw new Error("The ring is closed");
     this.#u32[this.#sqTail] = this.#tail;
     const submit = this.queued;
-    let flags = 0;
-    let arg = 0;
-    let argSize = 0;
+    let flags = 0n;
+    let arg = 0n;
+    let argSize = 0n;
     if (waitMs >= 0) {
-      flags = ENTER_GETEVENTS | ENTER_EXT_ARG;
+      flags = WAIT_FLAGS;
       const ms = Math.max(0, waitMs);
       // Seconds and nanoseconds, each the low half of a 64-bit little-endian field (the high half stays 0).
       this.#timespec[0] = Math.floor(ms / 1000);
       this.#timespec[2] = Math.round((ms % 1000) * 1_000_000);
       arg = this.#waitArgAddress;
-      argSize = 24;
+      argSize = WAIT_ARG_SIZE;
     }
-    const result = Number(
-      this.#syscall(this.#sys.enter, this.fd, submit, minComplete, flags, arg, argSize),
+    const counts = this.#counts;
+    const result = this.#syscall(
+      this.#sys.enter,
+      this.#fd,
+      counts[submit] as bigint,
+      counts[minComplete] as bigint,
+      flags,
+      arg,
+      argSize,
     );
     if (result >= 0) return result;
     const errno = this.#errno.getInt32();
@@ -302,8 +321,14 @@ export class Ring {
     registration[0] = BigInt(Number(Deno.UnsafePointer.value(ringPointer)));
     new Uint32Array(registration.buffer)[2] = count;
     new Uint16Array(registration.buffer)[6] = group;
-    const result = Number(
-      this.#syscall(this.#sys.register, this.fd, REGISTER_PBUF_RING, addressOf(registration), 1, 0, 0),
+    const result = this.#syscall(
+      this.#sys.register,
+      this.#fd,
+      REGISTER_PBUF_RING,
+      BigInt(addressOf(registration)),
+      1n,
+      0n,
+      0n,
     );
     if (result < 0) throw new Error(`Cannot register a buffer ring (errno ${this.#errno.getInt32()})`);
     return new BufferRing(
