@@ -189,6 +189,11 @@ interface Listener {
   /** The kernel's copy of the connect timeout is taken at submission, so one per service will do. */
   readonly connectTimeout: BigInt64Array;
   backendAddresses: Uint8Array[];
+  /**
+   * The address every flow accepted here arrives at: the one bound, unless that is a wildcard (0.0.0.0,
+   * ::), where each flow's is asked of the kernel. One system call fewer per flow.
+   */
+  readonly local: Uint8Array | null;
   /** Whether `unlisten` closed it; its flows go on. */
   closed: boolean;
   /** How long accepting pauses after the next accept error (grows while they last), and its timespec. */
@@ -349,6 +354,9 @@ export class Relay {
     const opt = this.#one;
     this.#sockets.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, opt, 4);
     this.#sockets.setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, opt, 4);
+    // Accepted sockets inherit it (Linux copies a listener's options to each connection it accepts): no
+    // system call per flow.
+    this.#sockets.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, opt, 4);
     if (this.#sockets.bind(fd, address, address.length) !== 0 || this.#sockets.listen(fd, 4096) !== 0) {
       const errno = this.#errno.getInt32();
       this.#sockets.close(fd);
@@ -364,6 +372,7 @@ export class Relay {
       open: 0,
       connectTimeout: this.#timespec(service.connectTimeoutMs),
       backendAddresses: service.backends.map(encodeAddress),
+      local: isWildcard(this.#addressBytes) ? null : this.#addressBytes.slice(),
       closed: false,
       pauseMs: 0,
       pause: new BigInt64Array(2),
@@ -520,15 +529,18 @@ export class Relay {
     this.#nextGroup[slot * 2] = SMALL;
     this.#nextGroup[slot * 2 + 1] = SMALL;
     this.#firstTimeoutMs[slot] = 0;
-    this.#sockets.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, this.#one, 4);
     this.#addressLength[0] = 28;
     this.#sockets.getpeername(fd, this.#clientAddress, this.#addressLength);
-    this.#addressLength[0] = 28;
-    this.#sockets.getsockname(fd, this.#destinationAddress, this.#addressLength);
+    let destination = listener.local;
+    if (destination === null) {
+      destination = this.#destinationAddress;
+      this.#addressLength[0] = 28;
+      this.#sockets.getsockname(fd, destination, this.#addressLength);
+    }
     const generation = ++this.#generation[slot]!;
     const service = listener.service;
     // Placed from the addresses' bytes; they become text only for the agent or a PROXY header.
-    const order = service.candidates(this.#clientAddress, this.#destinationAddress);
+    const order = service.candidates(this.#clientAddress, destination);
     if (order === null) {
       this.#tries[slot] = ASKED;
       if (this.#ask === null) {
@@ -540,7 +552,7 @@ export class Relay {
         slot,
         generation,
         client,
-        destination: decodeAddress(this.#destinationAddress),
+        destination: decodeAddress(destination),
       });
       return;
     }
@@ -552,7 +564,7 @@ export class Relay {
       version === "none" ? null : encodeProxyHeader(
         version,
         decodeAddress(this.#clientAddress),
-        decodeAddress(this.#destinationAddress),
+        decodeAddress(destination),
       ),
     );
   }
@@ -860,9 +872,14 @@ export class Relay {
     this.#receive(slot, k & 1);
   }
 
-  /** One direction reached its end: the other side learns it (half-close); the flow ends with both. */
+  /**
+   * One direction reached its end: the other side learns it (half-close); the flow ends with both. When this
+   * ends the flow, with nothing in flight, `#release` closes both sockets next, and a close sends the same
+   * FIN (the socket has nothing unread: its own direction ended first), one system call fewer per flow.
+   */
   #finish(slot: number, direction: number): void {
     this.#done[slot]! |= 1 << direction;
+    if (this.#done[slot] === BOTH && this.#pending[slot] === 0) return;
     this.#sockets.shutdown(direction === 0 ? this.#backend[slot]! : this.#client[slot]!, SHUT_WR);
   }
 
@@ -963,4 +980,9 @@ export function ipOfAddress(bytes: Uint8Array): Uint8Array {
 /** The port of a `sockaddr_in` or `sockaddr_in6`. */
 export function portOfAddress(bytes: Uint8Array): number {
   return (bytes[2]! << 8) | bytes[3]!;
+}
+
+/** Whether a socket address (as `encodeAddress` lays it out) is 0.0.0.0 or ::, any port. */
+export function isWildcard(bytes: Uint8Array): boolean {
+  return ipOfAddress(bytes).every((byte) => byte === 0);
 }

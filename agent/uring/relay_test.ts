@@ -31,6 +31,8 @@ interface ServiceOptions {
   ) => Promise<{ targets: (SocketAddress | number)[]; header: Uint8Array | null; firstTimeoutMs?: number }>;
   /** How long the relay may block before it reads its messages, unless woken. */
   yieldMs?: number;
+  /** The IP to listen on (default 127.0.0.1). */
+  listenIp?: string;
 }
 
 /** The relay in its worker, serving one service on a free loopback port, as the agent drives it. */
@@ -50,7 +52,7 @@ async function startRelay(options: ServiceOptions) {
   const plane = opened;
   const { index, port } = await plane.listen({
     name: "test",
-    listen: { ip: "127.0.0.1", port: 0 },
+    listen: { ip: options.listenIp ?? "127.0.0.1", port: 0 },
     backends: options.backends,
     maxConnections: options.maxConnections ?? 1000,
     connectTimeoutMs: options.connectTimeoutMs ?? 2000,
@@ -236,38 +238,88 @@ Deno.test({
 });
 
 for (const version of ["v1", "v2"] as const) {
-  Deno.test({
-    name: `io_uring relay: proxy_protocol ${version} sends the client's address before its first byte`,
-    ignore,
-    async fn() {
-      const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-      const port = (listener.addr as Deno.NetAddr).port;
-      await using proxied = await startRelay({
-        backends: [{ ip: "127.0.0.1", port }],
-        proxyProtocol: version,
-      });
-      const client = await Deno.connect({ hostname: "127.0.0.1", port: proxied.port });
-      const [conn] = await Promise.all([
-        listener.accept(),
-        writeAll(client, new TextEncoder().encode("hello")),
-      ]);
-      await client.closeWrite();
-      const received = await readAll(conn);
-      const decoded = decodeProxyHeader(received);
-      assert.ok(decoded, "a complete header arrived");
-      assert.equal(decoded.header.version, version === "v1" ? 1 : 2);
-      assert.deepEqual(decoded.header.source, {
-        ip: "127.0.0.1",
-        port: (client.localAddr as Deno.NetAddr).port,
-      });
-      assert.deepEqual(decoded.header.destination, { ip: "127.0.0.1", port: proxied.port });
-      assert.equal(new TextDecoder().decode(received.subarray(decoded.length)), "hello");
-      conn.close();
-      client.close();
-      listener.close();
-    },
-  });
+  for (const listenIp of ["127.0.0.1", "0.0.0.0"]) {
+    Deno.test({
+      name: `io_uring relay: proxy_protocol ${version} sends the client's address before its first byte, ` +
+        `listening on ${listenIp}`,
+      ignore,
+      async fn() {
+        const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+        const port = (listener.addr as Deno.NetAddr).port;
+        await using proxied = await startRelay({
+          backends: [{ ip: "127.0.0.1", port }],
+          proxyProtocol: version,
+          listenIp,
+        });
+        const client = await Deno.connect({ hostname: "127.0.0.1", port: proxied.port });
+        const [conn] = await Promise.all([
+          listener.accept(),
+          writeAll(client, new TextEncoder().encode("hello")),
+        ]);
+        await client.closeWrite();
+        const received = await readAll(conn);
+        const decoded = decodeProxyHeader(received);
+        assert.ok(decoded, "a complete header arrived");
+        assert.equal(decoded.header.version, version === "v1" ? 1 : 2);
+        assert.deepEqual(decoded.header.source, {
+          ip: "127.0.0.1",
+          port: (client.localAddr as Deno.NetAddr).port,
+        });
+        // The address the client reached, not the wildcard the relay listens on.
+        assert.deepEqual(decoded.header.destination, { ip: "127.0.0.1", port: proxied.port });
+        assert.equal(new TextDecoder().decode(received.subarray(decoded.length)), "hello");
+        conn.close();
+        client.close();
+        listener.close();
+      },
+    });
+  }
 }
+
+/** Reads exactly `length` bytes. */
+async function readExactly(conn: Deno.Conn, length: number): Promise<void> {
+  const buffer = new Uint8Array(length);
+  for (let got = 0; got < length;) {
+    const n = await conn.read(buffer.subarray(got));
+    if (n === null) throw new Error(`The connection ended after ${got} of ${length} bytes`);
+    got += n;
+  }
+}
+
+Deno.test({
+  name: "io_uring relay: small writes go on at once both ways (no Nagle delay on either of a flow's sockets)",
+  ignore,
+  async fn() {
+    // Two small writes, then a wait for the answer, which comes once both arrived: with Nagle's algorithm
+    // on a relay's socket, the second write waits for the first's ACK, which the peer delays (40 ms or
+    // more) since it has nothing to send yet.
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    await using relay = await startRelay({
+      backends: [{ ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
+    });
+    const client = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+    const conn = await listener.accept();
+    client.setNoDelay(true);
+    conn.setNoDelay(true);
+    // A round held back by a delayed ACK takes 40 ms or more; without one, well under 1 ms here.
+    const slow: number[] = [];
+    for (let round = 0; round < 100; round++) {
+      const started = performance.now();
+      await client.write(Uint8Array.of(1));
+      await client.write(Uint8Array.of(2));
+      await readExactly(conn, 2);
+      await conn.write(Uint8Array.of(3));
+      await conn.write(Uint8Array.of(4));
+      await readExactly(client, 2);
+      const ms = performance.now() - started;
+      if (ms >= 35) slow.push(Math.round(ms));
+    }
+    conn.close();
+    client.close();
+    listener.close();
+    assert.ok(slow.length <= 3, `rounds of 35 ms or more: ${slow.join(", ")} ms`);
+  },
+});
 
 Deno.test({
   name: "io_uring relay: flows it cannot place alone wait for the agent's answer, its targets and header",
