@@ -197,7 +197,7 @@ export class FrameDecoder {
       if (this.#length - offset - 4 < size) break;
       // A view, not a copy (each buffer allocated costs about 1.2 µs, and there is a frame per decision):
       // the caller reads it before asking for the next.
-      yield this.#buffer.subarray(offset + 4, offset + 4 + size);
+      yield buffer.subarray(offset + 4, offset + 4 + size);
       offset += 4 + size;
     }
     if (offset > 0) {

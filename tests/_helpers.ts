@@ -231,9 +231,10 @@ export async function eventually(
 
 /**
  * A loopback port that takes no connection: a listener that never accepts, its accept queue filled, so
- * the kernel drops further SYNs and a connect to it hangs until the client gives up.
+ * the kernel drops further SYNs and a connect to it hangs until the client gives up. `close` (or `using`)
+ * ends it.
  */
-export async function blackhole(): Promise<{ port: number; close(): void }> {
+export async function blackhole(): Promise<{ port: number; close(): void; [Symbol.dispose](): void }> {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
   const queued: Deno.Conn[] = [];
@@ -245,13 +246,11 @@ export async function blackhole(): Promise<{ port: number; close(): void }> {
       throw error;
     }).finally(() => clearTimeout(timer));
     if (conn === null) {
-      return {
-        port,
-        close() {
-          for (const c of queued) c.close();
-          listener.close();
-        },
+      const close = () => {
+        for (const c of queued) c.close();
+        listener.close();
       };
+      return { port, close, [Symbol.dispose]: close };
     }
     queued.push(conn);
     if (queued.length > 10_000) throw new Error("the accept queue never filled");

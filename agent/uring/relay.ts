@@ -546,12 +546,11 @@ export class Relay {
       if (this.#ask === null) {
         throw new Error(`Service ${service.name} asks where to send flows, but no one answers`);
       }
-      const client = decodeAddress(this.#clientAddress);
       this.#ask({
         service: index,
         slot,
         generation,
-        client,
+        client: decodeAddress(this.#clientAddress),
         destination: decodeAddress(destination),
       });
       return;

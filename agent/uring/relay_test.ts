@@ -625,22 +625,18 @@ Deno.test({
   name: "io_uring relay: a black-holed backend is given up after connect timeout, for the next",
   ignore,
   async fn() {
-    const hole = await blackhole();
-    try {
-      await using echo = backend(() => new TextEncoder().encode("after the timeout"));
-      await using relay = await startRelay({
-        backends: [{ ip: "127.0.0.1", port: hole.port }, echo.address],
-        connectTimeoutMs: 300,
-      });
-      const started = performance.now();
-      const answer = new TextDecoder().decode(await exchange(relay.port, new Uint8Array(1)));
-      const took = performance.now() - started;
-      assert.equal(answer, "after the timeout");
-      assert.ok(took >= 250 && took < 2_000, `took ${took.toFixed(0)} ms`);
-      assert.equal((await relay.counters()).connectFailures, 1);
-    } finally {
-      hole.close();
-    }
+    using hole = await blackhole();
+    await using echo = backend(() => new TextEncoder().encode("after the timeout"));
+    await using relay = await startRelay({
+      backends: [{ ip: "127.0.0.1", port: hole.port }, echo.address],
+      connectTimeoutMs: 300,
+    });
+    const started = performance.now();
+    const answer = new TextDecoder().decode(await exchange(relay.port, new Uint8Array(1)));
+    const took = performance.now() - started;
+    assert.equal(answer, "after the timeout");
+    assert.ok(took >= 250 && took < 2_000, `took ${took.toFixed(0)} ms`);
+    assert.equal((await relay.counters()).connectFailures, 1);
   },
 });
 
@@ -648,27 +644,23 @@ Deno.test({
   name: "io_uring relay: an answer's first target may have a shorter connect timeout than the service's",
   ignore,
   async fn() {
-    const hole = await blackhole();
-    try {
-      await using echo = backend(() => new TextEncoder().encode("after the claimant"));
-      await using relay = await startRelay({
-        backends: [echo.address],
-        connectTimeoutMs: 5_000,
-        place: () =>
-          Promise.resolve({
-            targets: [{ ip: "127.0.0.1", port: hole.port }, 0],
-            header: null,
-            firstTimeoutMs: 300,
-          }),
-      });
-      const started = performance.now();
-      const answer = new TextDecoder().decode(await exchange(relay.port, new Uint8Array(1)));
-      const took = performance.now() - started;
-      assert.equal(answer, "after the claimant");
-      assert.ok(took >= 250 && took < 2_000, `took ${took.toFixed(0)} ms, not the service's 5 s`);
-    } finally {
-      hole.close();
-    }
+    using hole = await blackhole();
+    await using echo = backend(() => new TextEncoder().encode("after the claimant"));
+    await using relay = await startRelay({
+      backends: [echo.address],
+      connectTimeoutMs: 5_000,
+      place: () =>
+        Promise.resolve({
+          targets: [{ ip: "127.0.0.1", port: hole.port }, 0],
+          header: null,
+          firstTimeoutMs: 300,
+        }),
+    });
+    const started = performance.now();
+    const answer = new TextDecoder().decode(await exchange(relay.port, new Uint8Array(1)));
+    const took = performance.now() - started;
+    assert.equal(answer, "after the claimant");
+    assert.ok(took >= 250 && took < 2_000, `took ${took.toFixed(0)} ms, not the service's 5 s`);
   },
 });
 

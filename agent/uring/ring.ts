@@ -38,9 +38,10 @@ type Libc = Deno.DynamicLibrary<typeof LIBC>;
  */
 type Syscall = (nr: bigint, a: bigint, b: bigint, c: bigint, d: bigint, e: bigint, f: bigint) => number;
 
+/** io_uring's system call numbers, as `Syscall` takes them. */
 const SYS = {
-  x86_64: { setup: 425, enter: 426, register: 427 },
-  aarch64: { setup: 425, enter: 426, register: 427 },
+  x86_64: { setup: 425n, enter: 426n, register: 427n },
+  aarch64: { setup: 425n, enter: 426n, register: 427n },
 } as const;
 
 /** Operations (`enum io_uring_op`). */
@@ -149,11 +150,11 @@ export class Ring {
   readonly #waitArgAddress: bigint;
   #closed = false;
 
-  constructor(libc: Libc, sys: { setup: number; enter: number; register: number }, options: RingOptions) {
+  constructor(libc: Libc, sys: { setup: bigint; enter: bigint; register: bigint }, options: RingOptions) {
     this.#libc = libc;
     this.#syscall = libc.symbols.syscall;
     this.#errno = new Deno.UnsafePointerView(libc.symbols.__errno_location()!);
-    this.#sys = { setup: BigInt(sys.setup), enter: BigInt(sys.enter), register: BigInt(sys.register) };
+    this.#sys = sys;
     const entries = options.entries ?? 4096;
     const params = new Uint32Array(30);
     params[1] = options.completions ?? entries * 4;
