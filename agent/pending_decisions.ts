@@ -4,6 +4,11 @@
  * With `decide: manager` every new connection waits for a decision, so this runs thousands of times a
  * second. A timer, a `Map` entry and a closure per decision are replaced by an array in request order
  * (ids only grow) searched by id, and one timer set for the earliest deadline still pending.
+ *
+ * That timer is not cleared when the last decision is answered: decisions come in bursts, answered
+ * together, and clearing it at the end of each burst set a new one at the start of the next (about 3% of
+ * the agent's thread). Left, it fires by the last burst's deadline at most, finds nothing, and is not set
+ * again until a decision waits.
  */
 
 interface Entry<T> {
@@ -88,7 +93,6 @@ export class PendingDecisions<T> {
     if (this.#head === entries.length) {
       this.#entries = [];
       this.#head = 0;
-      this.#disarm();
     } else if (this.#head > 1024 && this.#head * 2 > entries.length) {
       this.#entries = entries.slice(this.#head);
       this.#head = 0;
