@@ -1,6 +1,7 @@
 /**
- * The agent's side of the io_uring relay: the worker it runs in, the messages to it (`messages.ts`), and
- * the eventfd that makes the worker take each message at once.
+ * The agent's side of the io_uring relay: the worker it runs in, the messages to it (`messages.ts`), the
+ * asks and answers through shared memory (`shared_queues.ts`), and the eventfd that makes the worker take
+ * each at once.
  */
 import { setImmediate } from "node:timers";
 import {
@@ -11,7 +12,14 @@ import {
   type ToWorker,
 } from "./messages.ts";
 import type { Placement } from "./placement.ts";
-import { openWaker, type PlacementRequest, type RelayCounters, type SocketAddress } from "./relay.ts";
+import {
+  encodeAddress,
+  openWaker,
+  type PlacementRequest,
+  type RelayCounters,
+  type SocketAddress,
+} from "./relay.ts";
+import { AnswerQueue, ASKED, AskQueue, counters, POSTED, sharedBuffer } from "./shared_queues.ts";
 
 export interface DataPlaneHandlers {
   /** A flow the worker cannot place alone; answer with `placed`. */
@@ -31,15 +39,32 @@ export class RelayDataPlane {
   /** Answers awaited, in the order the worker gives them. */
   readonly #waiting: Array<{ types: readonly string[]; resolve: (message: FromWorker) => void }> = [];
   #stopped: Promise<{ counters: RelayCounters; open: number }> | null = null;
-  /** Answers not yet posted (`placed`). */
+  /** The shared counters (`shared_queues.ts`), and the asks and answers through shared memory. */
+  readonly #counters: Int32Array;
+  readonly #asks: AskQueue;
+  readonly #answerQueue: AnswerQueue;
+  /** Messages posted to the worker, as `POSTED` has it. */
+  #posted = 0;
+  /** Answers that found no room in shared memory, not yet posted (`placed`). */
   readonly #answers: Placed[] = [];
+  /** A wake of the worker is due at the end of this turn, for answers in shared memory. */
+  #wakeDue = false;
 
-  private constructor(worker: Worker, wakeFd: number, handlers: DataPlaneHandlers) {
+  private constructor(
+    worker: Worker,
+    wakeFd: number,
+    shared: SharedArrayBuffer,
+    handlers: DataPlaneHandlers,
+  ) {
     this.#worker = worker;
     this.#wakeFd = wakeFd;
     this.#waker = openWaker();
     this.#handlers = handlers;
+    this.#counters = counters(shared);
+    this.#asks = new AskQueue(shared);
+    this.#answerQueue = new AnswerQueue(shared);
     worker.onmessage = ({ data }: MessageEvent<FromWorker>) => this.#received(data);
+    void this.#takeAsks();
   }
 
   /**
@@ -48,7 +73,7 @@ export class RelayDataPlane {
    */
   static async open(
     handlers: DataPlaneHandlers,
-    options: { yieldMs?: number } = {},
+    options: { yieldMs?: number; ringBytes?: number } = {},
   ): Promise<RelayDataPlane | { unavailable: string }> {
     // Checked here too, so that no worker module is even loaded where it could not work.
     if (Deno.build.os !== "linux") return { unavailable: `io_uring needs Linux, not ${Deno.build.os}` };
@@ -56,13 +81,14 @@ export class RelayDataPlane {
       return { unavailable: "FFI is not permitted" };
     }
     const worker = new Worker(new URL("./relay_worker.ts", import.meta.url), { type: "module" });
+    const shared = sharedBuffer(options.ringBytes);
     const first = await new Promise<FromWorker>((resolve, reject) => {
       worker.onmessage = ({ data }: MessageEvent<FromWorker>) => resolve(data);
       worker.onerror = (event) => {
         event.preventDefault();
         reject(new Error(`The relay's worker failed: ${event.message}`));
       };
-      worker.postMessage({ type: "start", yieldMs: options.yieldMs ?? 10 } satisfies ToWorker);
+      worker.postMessage({ type: "start", yieldMs: options.yieldMs ?? 10, shared } satisfies ToWorker);
     }).catch((error) => {
       worker.terminate();
       throw error;
@@ -71,7 +97,7 @@ export class RelayDataPlane {
       worker.terminate();
       return { unavailable: first.type === "unavailable" ? first.reason : `unexpected ${first.type}` };
     }
-    return new RelayDataPlane(worker, first.wakeFd, handlers);
+    return new RelayDataPlane(worker, first.wakeFd, shared, handlers);
   }
 
   /** Accepts for a service; its index (for the other calls) and the port bound. */
@@ -93,8 +119,8 @@ export class RelayDataPlane {
 
   /**
    * The answer to a `place` request: targets in order, an index naming one of the service's backends as
-   * last posted with `setPlacement`. The answers given in one turn of the event loop go to the worker in
-   * one message, with one wake.
+   * last posted with `setPlacement`. It goes to the worker through shared memory at once; the answers of
+   * one turn of the event loop share one wake. Should shared memory have no room, they go in one message.
    */
   placed(
     request: PlacementRequest,
@@ -102,13 +128,27 @@ export class RelayDataPlane {
     header: Uint8Array | null | (Uint8Array | null)[],
     firstTimeoutMs = 0,
   ): void {
-    if (this.#answers.length === 0) setImmediate(this.#postAnswers);
-    this.#answers.push([request.slot, request.generation, targets, header, firstTimeoutMs]);
+    const { slot, generation } = request;
+    const written = this.#answerQueue.put(this.#posted, {
+      slot,
+      generation,
+      targets: targets.map((target) => typeof target === "number" ? target : encodeAddress(target)),
+      header,
+      firstTimeoutMs,
+    });
+    if (!this.#wakeDue && this.#answers.length === 0) setImmediate(this.#postAnswers);
+    if (written) this.#wakeDue = true;
+    else this.#answers.push([slot, generation, targets, header, firstTimeoutMs]);
   }
 
   readonly #postAnswers = () => {
     const answers = this.#answers.splice(0);
-    if (answers.length > 0 && this.#stopped === null) this.#post({ type: "placed", answers });
+    if (this.#stopped !== null) return;
+    if (answers.length > 0) this.#post({ type: "placed", answers });
+    else if (this.#wakeDue) {
+      this.#wakeDue = false;
+      this.#waker.wake(this.#wakeFd);
+    }
   };
 
   async counters(): Promise<RelayCounters & { open: number }> {
@@ -122,6 +162,8 @@ export class RelayDataPlane {
     this.#stopped ??= this.#ask({ type: "stop" }, ["stopped"]).then((answer) => {
       this.#worker.terminate();
       this.#waker.close();
+      // Ends the wait in #takeAsks.
+      Atomics.notify(this.#counters, ASKED);
       if (answer.type !== "stopped") throw new Error(`Unexpected answer ${answer.type}`);
       return { counters: answer.counters, open: answer.open };
     });
@@ -131,8 +173,23 @@ export class RelayDataPlane {
   #post(message: ToWorker): void {
     // Answers go first: they may name backends by index, as of the placements posted before them.
     if (message.type !== "placed") this.#postAnswers();
+    // Counted before it is posted: the worker must not block while it is on its way.
+    Atomics.store(this.#counters, POSTED, ++this.#posted);
     this.#worker.postMessage(message);
+    this.#wakeDue = false;
     this.#waker.wake(this.#wakeFd);
+  }
+
+  /** Takes the asks the worker writes to shared memory, as it signals them, until `stop`. */
+  async #takeAsks(): Promise<void> {
+    while (this.#stopped === null) {
+      const signalled = Atomics.load(this.#counters, ASKED);
+      for (let request = this.#asks.take(); request !== null; request = this.#asks.take()) {
+        this.#handlers.place(request);
+      }
+      const wait = Atomics.waitAsync(this.#counters, ASKED, signalled);
+      if (wait.async) await wait.value;
+    }
   }
 
   #ask(message: ToWorker, types: readonly string[]): Promise<FromWorker> {

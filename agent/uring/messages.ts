@@ -1,6 +1,8 @@
 /**
  * The messages between the agent's thread (`data_plane.ts`) and the relay's worker (`relay_worker.ts`).
- * The worker handles them in order, and answers those that are answered in the same order.
+ * The worker handles them in order, and answers those that are answered in the same order. Asks and
+ * answers go through shared memory (`shared_queues.ts`); `place` and `placed` carry those that found no
+ * room there.
  */
 import type { Placement } from "./placement.ts";
 import type { RelayCounters, RelayService, SocketAddress } from "./relay.ts";
@@ -26,7 +28,8 @@ export type Placed = [
 export const REQUEST_FIELDS = 7;
 
 export type ToWorker =
-  | { type: "start"; yieldMs: number }
+  /** `shared`: the buffer from `sharedBuffer`. */
+  | { type: "start"; yieldMs: number; shared: SharedArrayBuffer }
   | { type: "listen"; service: ServiceMessage }
   | { type: "unlisten"; service: number }
   | { type: "placement"; service: number; placement: Placement }

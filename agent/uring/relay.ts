@@ -148,8 +148,17 @@ export interface RelayOptions {
   bufferSize?: number;
   largeBuffers?: number;
   largeBufferSize?: number;
-  /** Called for each flow whose service's `candidates` returned null. */
-  ask?: (request: PlacementRequest) => void;
+  /**
+   * Called for each flow whose service's `candidates` returned null, with its addresses as `struct
+   * sockaddr`s (`decodeAddress` reads them), valid during the call only.
+   */
+  ask?: (
+    service: number,
+    slot: number,
+    generation: number,
+    client: Uint8Array,
+    destination: Uint8Array,
+  ) => void;
 }
 
 export interface RelayCounters {
@@ -277,18 +286,15 @@ export class Relay {
   readonly #onCompletion = (data: number, result: number, flags: number) =>
     this.#completed(data, result, flags);
   #closed = false;
-  readonly #ask: ((request: PlacementRequest) => void) | null;
+  readonly #ask: NonNullable<RelayOptions["ask"]> | null;
   readonly #events: FlowEvents | null;
   /**
    * An eventfd the relay always has a read pending on: another thread writes to it (`wake`) to end a
-   * wait in `poll` at once. `woken` tells whether that happened in the last `poll`.
+   * wait in `poll` at once.
    */
   readonly wakeFd: number;
   readonly #wakeBytes = new BigUint64Array(1);
   readonly #wakeAddress: number;
-  woken = false;
-  /** How many wakes (`wake` calls, one per message posted) the relay has read from `wakeFd` so far. */
-  wakes = 0;
 
   constructor(ring: Ring, options: RelayOptions = {}) {
     this.#ring = ring;
@@ -412,7 +418,6 @@ export class Relay {
    * the number handled.
    */
   poll(waitMs: number): number {
-    this.woken = false;
     this.#ring.enter(1, Math.min(waitMs, Math.max(0, this.#nextSweep - performance.now())));
     this.#now = performance.now();
     const count = this.#ring.complete(this.#onCompletion);
@@ -489,8 +494,6 @@ export class Relay {
         this.#wrote(slot, kind - SEND_UP, result);
         return;
       case WAKE:
-        this.woken = true;
-        if (result === 8) this.wakes += Number(this.#wakeBytes[0]);
         if (!this.#closed) this.#watchWake();
         return;
     }
@@ -546,13 +549,7 @@ export class Relay {
       if (this.#ask === null) {
         throw new Error(`Service ${service.name} asks where to send flows, but no one answers`);
       }
-      this.#ask({
-        service: index,
-        slot,
-        generation,
-        client: decodeAddress(this.#clientAddress),
-        destination: decodeAddress(destination),
-      });
+      this.#ask(index, slot, generation, this.#clientAddress, destination);
       return;
     }
     const version = service.proxyProtocol ?? "none";
@@ -569,8 +566,8 @@ export class Relay {
   }
 
   /**
-   * Where to send a flow the relay asked about: `targets` in order (addresses, or indexes into the
-   * service's backends as of the last `update`), and the bytes to send each first
+   * Where to send a flow the relay asked about: `targets` in order (addresses, as text or `struct sockaddr`s,
+   * or indexes into the service's backends as of the last `update`), and the bytes to send each first
    * (one header for all, or one per target, such as a claimant's mesh header and then none). Ignored
    * when that flow is gone (its slot's generation moved on); an empty `targets` closes it as having no
    * backend.
@@ -578,7 +575,7 @@ export class Relay {
   placed(
     slot: number,
     generation: number,
-    targets: readonly (SocketAddress | number)[],
+    targets: readonly (SocketAddress | Uint8Array | number)[],
     header: Uint8Array | null | readonly (Uint8Array | null)[],
     firstTimeoutMs = 0,
   ): void {
@@ -591,7 +588,11 @@ export class Relay {
     const backends = this.#listeners[this.#listener[slot]!]!.backendAddresses;
     const addresses: Uint8Array[] = [];
     for (const target of targets) {
-      const address = typeof target === "number" ? backends[target] : encodeAddress(target);
+      const address = typeof target === "number"
+        ? backends[target]
+        : target instanceof Uint8Array
+        ? target
+        : encodeAddress(target);
       // An index the relay does not have (never, while the agent answers after its placements) ends the
       // list there, so that the positions of those before it still name them in flow events.
       if (address === undefined) break;
@@ -932,7 +933,7 @@ export class Relay {
 const ONE_EVENT = new Uint8Array(new BigUint64Array([1n]).buffer);
 
 /**
- * What ends the wait of a relay from another thread: `wake(relay.wakeFd)` (its `woken` is then set).
+ * What ends the wait of a relay from another thread: `wake(relay.wakeFd)`.
  * Opens libc; `close` when done.
  */
 export function openWaker(): { wake(wakeFd: number): void; close(): void } {

@@ -28,11 +28,17 @@ interface ServiceOptions {
   /** Makes every flow ask where to go, and answers with this. */
   place?: (
     request: PlacementRequest,
-  ) => Promise<{ targets: (SocketAddress | number)[]; header: Uint8Array | null; firstTimeoutMs?: number }>;
+  ) => Promise<{
+    targets: (SocketAddress | number)[];
+    header: Uint8Array | null | (Uint8Array | null)[];
+    firstTimeoutMs?: number;
+  }>;
   /** How long the relay may block before it reads its messages, unless woken. */
   yieldMs?: number;
   /** The IP to listen on (default 127.0.0.1). */
   listenIp?: string;
+  /** Bytes of shared memory each way for asks and answers (the data plane's default unless given). */
+  ringBytes?: number;
 }
 
 /** The relay in its worker, serving one service on a free loopback port, as the agent drives it. */
@@ -47,7 +53,7 @@ async function startRelay(options: ServiceOptions) {
       });
     },
     flows: (events) => flowEvents.push(...events),
-  }, { yieldMs: options.yieldMs ?? 10 });
+  }, { yieldMs: options.yieldMs ?? 10, ...(options.ringBytes ? { ringBytes: options.ringBytes } : {}) });
   if (!(opened instanceof RelayDataPlane)) throw new Error(opened.unavailable);
   const plane = opened;
   const { index, port } = await plane.listen({
@@ -237,6 +243,27 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "io_uring relay: an answer is taken at once, however long the relay may block",
+  ignore,
+  async fn() {
+    await using echo = backend((received) => received);
+    await using relay = await startRelay({
+      backends: [echo.address],
+      yieldMs: 30_000,
+      place: () => Promise.resolve({ targets: [0], header: null }),
+    });
+    // Unwoken, the relay would take each answer at its next sweep (every 250 ms): about 5 s for 40.
+    const started = performance.now();
+    for (let i = 0; i < 40; i++) {
+      const answer = await exchange(relay.port, new TextEncoder().encode("hi"));
+      assert.equal(new TextDecoder().decode(answer), "hi");
+    }
+    const took = performance.now() - started;
+    assert.ok(took < 2_000, `40 asked flows one after another took ${took.toFixed(0)} ms`);
+  },
+});
+
 for (const version of ["v1", "v2"] as const) {
   for (const listenIp of ["127.0.0.1", "0.0.0.0"]) {
     Deno.test({
@@ -379,6 +406,69 @@ Deno.test({
     const counters = await relay.counters();
     assert.equal(counters.connectFailures, 1, "only the refused backend of the second answer failed");
     assert.equal(counters.noBackend, 1, "the index 7 ended the last answer's list before the echo");
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: an answer given right after a new placement names that placement's backends",
+  ignore,
+  async fn() {
+    await using echo = backend((received) => received);
+    const refused = refusedAddress();
+    const placement = (backends: SocketAddress[]): Placement => ({
+      backends,
+      table: new Uint16Array(0),
+      seed: 1,
+      placeBy: "flow",
+      askBuckets: null,
+    });
+    // Each answer names the echo by the index it has in the placement set just before, in the same turn:
+    // it is taken only after that placement, though the answer can reach the worker first.
+    let asked = 0;
+    await using relay = await startRelay({
+      backends: [refused],
+      place: () => {
+        const echoFirst = asked++ % 2 === 0;
+        relay.setPlacement(placement(echoFirst ? [echo.address, refused] : [refused, echo.address]));
+        return Promise.resolve({ targets: [echoFirst ? 0 : 1], header: null });
+      },
+    });
+    for (let flow = 0; flow < 40; flow++) {
+      const answer = new TextDecoder().decode(
+        await exchange(relay.port, new TextEncoder().encode(`${flow}`)),
+      );
+      assert.equal(answer, `${flow}`, `flow ${flow}`);
+    }
+    const counters = await relay.counters();
+    assert.equal(counters.connectFailures, 0, "no answer was read with the placement before its own");
+    assert.equal(counters.noBackend, 0);
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: asks and answers that find no room in shared memory go as messages, none lost",
+  ignore,
+  async fn() {
+    await using echo = backend((received) => received);
+    // 64 bytes hold one ask (52) or two short answers (28 each) at a time: most go as messages.
+    await using relay = await startRelay({
+      backends: [],
+      ringBytes: 64,
+      place: (request) =>
+        Promise.resolve({
+          // A header per target, an address each: the largest answers there are.
+          targets: [refusedAddress(), { ip: "127.0.0.1", port: echo.address.port }],
+          header: [new TextEncoder().encode(`to ${request.slot}:`), null],
+        }),
+    });
+    const flows = await Promise.all(
+      Array.from({ length: 60 }, (_, flow) => exchange(relay.port, new TextEncoder().encode(`flow ${flow}`))),
+    );
+    flows.forEach((bytes, flow) => {
+      assert.equal(new TextDecoder().decode(bytes), `flow ${flow}`, "the second target, with no header");
+    });
+    const counters = await relay.counters();
+    assert.equal(counters.connectFailures, 60, "each flow tried its first target");
   },
 });
 

@@ -1,12 +1,14 @@
 /**
  * A relay on a thread of its own: it blocks in `io_uring_enter`, and turns to its event loop (messages
- * from the agent, `messages.ts`) between waits: at least every `yieldMs`, and at once when woken.
+ * from the agent, `messages.ts`) between waits: at least every `yieldMs`, and at once when a message is on
+ * its way. Asks and answers go through shared memory (`shared_queues.ts`), between waits, with no turn.
  */
 import { setImmediate } from "node:timers";
 import type { FromWorker, ServiceMessage, ToWorker } from "./messages.ts";
 import { placeFlow, type Placement } from "./placement.ts";
-import { FlowEvent, Relay } from "./relay.ts";
+import { decodeAddress, FlowEvent, Relay } from "./relay.ts";
 import { openRing, type Ring, unavailableReason } from "./ring.ts";
+import { AnswerQueue, ASKED, AskQueue, counters, POSTED } from "./shared_queues.ts";
 
 interface WorkerScope {
   onmessage: ((event: MessageEvent<ToWorker>) => void) | null;
@@ -19,15 +21,19 @@ const scope = self as unknown as WorkerScope;
 let yieldMs = 10;
 let stopping = false;
 /**
- * Messages taken since `start`. Each message the agent posts also writes the relay's eventfd once, so while
- * `relay.wakes` is ahead of this, a message is on its way and the relay must not block: Deno can take many
- * turns of the event loop to deliver it (about 20, 200 ms, on a loaded machine).
+ * Messages handled since `start`. While the agent's count of those it posted (`POSTED`) is ahead, a message
+ * is on its way and the relay must not block: Deno can take many turns of the event loop to deliver it
+ * (about 20, 200 ms, on a loaded machine).
  */
-let received = 0;
+let handled = 0;
 let relay: Relay | null = null;
+/** Shared with the agent (`shared_queues.ts`): its counters, the asks, the answers. */
+let shared: { counters: Int32Array; asks: AskQueue; answers: AnswerQueue } | null = null;
+/** Asks written to shared memory since the agent was last signalled. */
+let askWritten = false;
 /** Per service, how the worker places its flows alone (null: every backend in order). */
 const placements: (Placement | null)[] = [];
-/** Flows asked about in the current wait, posted together once it ends. */
+/** Flows asked about in the current wait that found no room in shared memory, posted together once it ends. */
 let asks: (number | string)[] = [];
 /** Flow events not yet posted, six numbers each (see `FromWorker`), posted once per turn. */
 let events: number[] = [];
@@ -36,11 +42,23 @@ const { CONNECTED, FAILED, FAILED_LOCALLY, NO_BACKEND, ENDED, IDLE, ACCEPT_FAILE
 scope.onmessage = ({ data: message }) => {
   if (message.type === "start") {
     yieldMs = message.yieldMs;
+    shared = {
+      counters: counters(message.shared),
+      asks: new AskQueue(message.shared),
+      answers: new AnswerQueue(message.shared),
+    };
     start();
     return;
   }
   if (relay === null) return;
-  received++;
+  // The answers written before this message was posted go first, as they would have been posted first.
+  takeAnswers(relay);
+  handle(relay, message);
+  handled++;
+  takeAnswers(relay);
+};
+
+function handle(relay: Relay, message: ToWorker): void {
   switch (message.type) {
     case "listen":
       listen(relay, message.service);
@@ -65,7 +83,21 @@ scope.onmessage = ({ data: message }) => {
       stopping = true;
       return;
   }
-};
+}
+
+/** The answers in shared memory the agent wrote after messages this worker has handled, in order. */
+function takeAnswers(relay: Relay): void {
+  const { answers } = shared!;
+  for (let posted = answers.nextPosted(); posted >= 0 && posted <= handled; posted = answers.nextPosted()) {
+    const { slot, generation, targets, header, firstTimeoutMs } = answers.take()!;
+    relay.placed(slot, generation, targets, header, firstTimeoutMs);
+  }
+}
+
+/** Whether a message from the agent is on its way. */
+function messageDue(): boolean {
+  return Atomics.load(shared!.counters, POSTED) > handled;
+}
 
 function start(): void {
   const ring = openRing();
@@ -74,9 +106,16 @@ function start(): void {
     scope.close();
     return;
   }
+  const askQueue = shared!.asks;
   relay = new Relay(ring, {
-    ask: ({ service, slot, generation, client, destination }) =>
-      asks.push(service, slot, generation, client.ip, client.port, destination.ip, destination.port),
+    ask: (service, slot, generation, client, destination) => {
+      if (askQueue.put(service, slot, generation, client, destination)) askWritten = true;
+      else {
+        const from = decodeAddress(client);
+        const to = decodeAddress(destination);
+        asks.push(service, slot, generation, from.ip, from.port, to.ip, to.port);
+      }
+    },
     events: {
       connected: (service, slot, generation, choice) =>
         events.push(CONNECTED, service, slot, generation, choice, 0),
@@ -125,8 +164,16 @@ function listen(relay: Relay, service: ServiceMessage): void {
   scope.postMessage({ type: "listened", index, port });
 }
 
-/** The flows asked about in the last wait, in one message: the agent answers them in one too. */
+/**
+ * Tells the agent of the flows asked about in the last wait: those in shared memory with one signal, the
+ * others in one message.
+ */
 function postAsks(): void {
+  if (askWritten) {
+    askWritten = false;
+    Atomics.add(shared!.counters, ASKED, 1);
+    Atomics.notify(shared!.counters, ASKED);
+  }
   if (asks.length === 0) return;
   scope.postMessage({ type: "place", requests: asks });
   asks = [];
@@ -148,12 +195,14 @@ function postEvents(): void {
 
 async function run(relay: Relay, ring: Ring): Promise<void> {
   while (!stopping) {
-    // A wake (the agent posted a message and wrote the eventfd) ends the wait at once.
+    // A wake (the agent wrote answers or posted a message, then wrote the eventfd) ends a wait at once.
+    // Answers are taken here; a message needs a turn of the event loop.
     const until = performance.now() + yieldMs;
     do {
-      relay.poll(relay.wakes > received ? 0 : Math.max(0, until - performance.now()));
+      relay.poll(messageDue() ? 0 : Math.max(0, until - performance.now()));
+      takeAnswers(relay);
       postAsks();
-    } while (!relay.woken && relay.wakes <= received && performance.now() < until);
+    } while (!messageDue() && performance.now() < until);
     // One message per turn to the event loop (at most every `yieldMs`), however many waits it took.
     postEvents();
     // setImmediate, not setTimeout(…, 0): that one waits for the timer's next millisecond (2 ms measured

@@ -1,0 +1,217 @@
+/**
+ * The flows the relay's worker asks about, and the agent's answers, through shared memory
+ * (`shared_ring.ts`) rather than messages: one `SharedArrayBuffer`, made by the agent and posted with
+ * `start`, holds two counters and a ring each way.
+ *
+ * - `POSTED`: messages the agent has posted to the worker. The worker compares it with those it has
+ *   handled: while it is ahead, a message is on its way and the relay must not block. An answer carries
+ *   the count as of when it was written, and the worker takes it only once it has handled as many: an
+ *   answer may name backends by index as of a placement posted before it.
+ * - `ASKED`: moved by the worker after it writes asks, for the agent waiting on it (`Atomics.waitAsync`).
+ *
+ * Either side falls back to the messages when a ring has no room (`FromWorker` `place`, `ToWorker` `placed`).
+ */
+import { SharedRing } from "./shared_ring.ts";
+import { decodeAddress, type PlacementRequest } from "./relay.ts";
+
+/** Indexes of the counters, 32-bit each, at the start of the buffer. */
+export const POSTED = 0;
+export const ASKED = 1;
+const COUNTERS_BYTES = 16;
+
+export const SHARED_DEFAULTS = {
+  /** Bytes of records each way: about 5,000 asks, or answers of a few backends each. */
+  ringBytes: 256 * 1024,
+} as const;
+
+/** The buffer both sides share, for rings of `ringBytes` each way. */
+export function sharedBuffer(ringBytes: number = SHARED_DEFAULTS.ringBytes): SharedArrayBuffer {
+  return new SharedArrayBuffer(COUNTERS_BYTES + 2 * SharedRing.bytesFor(ringBytes));
+}
+
+/** The counters of a buffer from `sharedBuffer`. */
+export function counters(buffer: SharedArrayBuffer): Int32Array {
+  return new Int32Array(buffer, 0, COUNTERS_BYTES / 4);
+}
+
+function ringBytesOf(buffer: SharedArrayBuffer): number {
+  return (buffer.byteLength - COUNTERS_BYTES) / 2 - SharedRing.bytesFor(0);
+}
+
+/** One side of the asks: the worker writes them, the agent reads them. */
+export class AskQueue {
+  readonly #ring: SharedRing;
+
+  constructor(buffer: SharedArrayBuffer) {
+    this.#ring = new SharedRing(buffer, COUNTERS_BYTES, ringBytesOf(buffer));
+  }
+
+  /**
+   * The worker's side: a flow to place, between two `struct sockaddr`s (read during the call only); false
+   * when the ring has no room.
+   */
+  put(
+    service: number,
+    slot: number,
+    generation: number,
+    client: Uint8Array,
+    destination: Uint8Array,
+  ): boolean {
+    const ring = this.#ring;
+    const at = ring.reserve(16 + client.length + destination.length);
+    if (at < 0) return false;
+    const { view, bytes } = ring;
+    view.setUint32(at, service, true);
+    view.setUint32(at + 4, slot, true);
+    view.setUint32(at + 8, generation, true);
+    view.setUint8(at + 12, client.length);
+    view.setUint8(at + 13, destination.length);
+    bytes.set(client, at + 16);
+    bytes.set(destination, at + 16 + client.length);
+    ring.commit();
+    return true;
+  }
+
+  /** The agent's side: the next flow asked about, or null. */
+  take(): PlacementRequest | null {
+    const ring = this.#ring;
+    const at = ring.next();
+    if (at < 0) return null;
+    const { view, bytes } = ring;
+    const clientLength = view.getUint8(at + 12);
+    const destinationLength = view.getUint8(at + 13);
+    const request: PlacementRequest = {
+      service: view.getUint32(at, true),
+      slot: view.getUint32(at + 4, true),
+      generation: view.getUint32(at + 8, true),
+      client: decodeAddress(bytes.subarray(at + 16, at + 16 + clientLength)),
+      destination: decodeAddress(
+        bytes.subarray(at + 16 + clientLength, at + 16 + clientLength + destinationLength),
+      ),
+    };
+    ring.done();
+    return request;
+  }
+}
+
+/** An answer as the worker reads it: targets are indexes or `struct sockaddr`s. */
+export interface Answer {
+  readonly slot: number;
+  readonly generation: number;
+  readonly targets: (number | Uint8Array)[];
+  readonly header: Uint8Array | null | (Uint8Array | null)[];
+  readonly firstTimeoutMs: number;
+}
+
+const NO_HEADER = 0;
+const ONE_HEADER = 1;
+const HEADER_PER_TARGET = 2;
+
+const padded = (length: number) => (length + 3) & ~3;
+
+/** The other side: the agent writes answers, the worker reads them. */
+export class AnswerQueue {
+  readonly #ring: SharedRing;
+
+  constructor(buffer: SharedArrayBuffer) {
+    const ringBytes = ringBytesOf(buffer);
+    this.#ring = new SharedRing(buffer, COUNTERS_BYTES + SharedRing.bytesFor(ringBytes), ringBytes);
+  }
+
+  /**
+   * The agent's side: an answer (see `RelayDataPlane.placed`; addresses as `struct sockaddr`s), written
+   * after `posted` messages; false when the ring has no room.
+   */
+  put(
+    posted: number,
+    answer: Answer,
+  ): boolean {
+    const { targets, header } = answer;
+    let size = 20 + 4 * targets.length;
+    for (const target of targets) if (typeof target !== "number") size += padded(target.length);
+    if (header instanceof Uint8Array) size += 4 + padded(header.length);
+    else if (header !== null) {
+      if (header.length !== targets.length) {
+        throw new RangeError(`Cannot answer with ${header.length} headers for ${targets.length} targets`);
+      }
+      for (const one of header) size += 4 + (one === null ? 0 : padded(one.length));
+    }
+    const ring = this.#ring;
+    let at = ring.reserve(size);
+    if (at < 0) return false;
+    const { view, bytes } = ring;
+    view.setUint32(at, posted, true);
+    view.setUint32(at + 4, answer.slot, true);
+    view.setUint32(at + 8, answer.generation, true);
+    view.setUint32(at + 12, answer.firstTimeoutMs, true);
+    view.setUint16(at + 16, targets.length, true);
+    view.setUint16(
+      at + 18,
+      header === null ? NO_HEADER : header instanceof Uint8Array ? ONE_HEADER : HEADER_PER_TARGET,
+      true,
+    );
+    at += 20;
+    for (const target of targets) {
+      if (typeof target === "number") {
+        view.setInt32(at, target, true);
+        at += 4;
+      } else {
+        view.setInt32(at, -target.length, true);
+        bytes.set(target, at + 4);
+        at += 4 + padded(target.length);
+      }
+    }
+    const headers = header === null ? [] : header instanceof Uint8Array ? [header] : header;
+    for (const one of headers) {
+      view.setInt32(at, one === null ? -1 : one.length, true);
+      if (one !== null) bytes.set(one, at + 4);
+      at += 4 + (one === null ? 0 : padded(one.length));
+    }
+    ring.commit();
+    return true;
+  }
+
+  /** The worker's side: how many messages the agent had posted when it wrote the next answer; -1 for none. */
+  nextPosted(): number {
+    const at = this.#ring.next();
+    return at < 0 ? -1 : this.#ring.view.getUint32(at, true);
+  }
+
+  /** The worker's side: the next answer (addresses and headers copied out), or null. */
+  take(): Answer | null {
+    const ring = this.#ring;
+    const start = ring.next();
+    if (start < 0) return null;
+    const { view, bytes } = ring;
+    const count = view.getUint16(start + 16, true);
+    const mode = view.getUint16(start + 18, true);
+    let at = start + 20;
+    const targets: (number | Uint8Array)[] = [];
+    for (let i = 0; i < count; i++) {
+      const value = view.getInt32(at, true);
+      if (value >= 0) {
+        targets.push(value);
+        at += 4;
+      } else {
+        targets.push(bytes.slice(at + 4, at + 4 - value));
+        at += 4 + padded(-value);
+      }
+    }
+    const headers: (Uint8Array | null)[] = [];
+    const headerCount = mode === NO_HEADER ? 0 : mode === ONE_HEADER ? 1 : count;
+    for (let i = 0; i < headerCount; i++) {
+      const length = view.getInt32(at, true);
+      headers.push(length < 0 ? null : bytes.slice(at + 4, at + 4 + length));
+      at += 4 + (length < 0 ? 0 : padded(length));
+    }
+    const answer: Answer = {
+      slot: view.getUint32(start + 4, true),
+      generation: view.getUint32(start + 8, true),
+      targets,
+      header: mode === NO_HEADER ? null : mode === ONE_HEADER ? headers[0]! : headers,
+      firstTimeoutMs: view.getUint32(start + 12, true),
+    };
+    ring.done();
+    return answer;
+  }
+}
