@@ -1,7 +1,7 @@
 /**
  * The agent's side of the io_uring relay: the worker it runs in, the messages to it (`messages.ts`), the
- * asks and answers through shared memory (`shared_queues.ts`), and the eventfd that makes the worker take
- * each at once.
+ * asks, answers and flow events through shared memory (`shared_queues.ts`), and the eventfd that makes the
+ * worker take each at once.
  */
 import { setImmediate } from "node:timers";
 import {
@@ -19,7 +19,15 @@ import {
   type RelayCounters,
   type SocketAddress,
 } from "./relay.ts";
-import { AnswerQueue, ASKED, AskQueue, counters, POSTED, sharedBuffer } from "./shared_queues.ts";
+import {
+  AnswerQueue,
+  AskQueue,
+  counters,
+  EventQueue,
+  POSTED,
+  sharedBuffer,
+  SIGNAL,
+} from "./shared_queues.ts";
 
 export interface DataPlaneHandlers {
   /** A flow the worker cannot place alone; answer with `placed`. */
@@ -39,10 +47,11 @@ export class RelayDataPlane {
   /** Answers awaited, in the order the worker gives them. */
   readonly #waiting: Array<{ types: readonly string[]; resolve: (message: FromWorker) => void }> = [];
   #stopped: Promise<{ counters: RelayCounters; open: number }> | null = null;
-  /** The shared counters (`shared_queues.ts`), and the asks and answers through shared memory. */
+  /** The shared counters (`shared_queues.ts`), and the asks, answers and flow events through shared memory. */
   readonly #counters: Int32Array;
   readonly #asks: AskQueue;
   readonly #answerQueue: AnswerQueue;
+  readonly #events: EventQueue;
   /** Messages posted to the worker, as `POSTED` has it. */
   #posted = 0;
   /** Answers that found no room in shared memory, not yet posted (`placed`). */
@@ -63,8 +72,9 @@ export class RelayDataPlane {
     this.#counters = counters(shared);
     this.#asks = new AskQueue(shared);
     this.#answerQueue = new AnswerQueue(shared);
+    this.#events = new EventQueue(shared);
     worker.onmessage = ({ data }: MessageEvent<FromWorker>) => this.#received(data);
-    void this.#takeAsks();
+    void this.#waitShared();
   }
 
   /**
@@ -162,8 +172,8 @@ export class RelayDataPlane {
     this.#stopped ??= this.#ask({ type: "stop" }, ["stopped"]).then((answer) => {
       this.#worker.terminate();
       this.#waker.close();
-      // Ends the wait in #takeAsks.
-      Atomics.notify(this.#counters, ASKED);
+      // Ends the wait in #waitShared.
+      Atomics.notify(this.#counters, SIGNAL);
       if (answer.type !== "stopped") throw new Error(`Unexpected answer ${answer.type}`);
       return { counters: answer.counters, open: answer.open };
     });
@@ -180,15 +190,32 @@ export class RelayDataPlane {
     this.#waker.wake(this.#wakeFd);
   }
 
-  /** Takes the asks the worker writes to shared memory, as it signals them, until `stop`. */
-  async #takeAsks(): Promise<void> {
+  /** Takes what the worker writes to shared memory, as it signals it, until `stop`. */
+  async #waitShared(): Promise<void> {
     while (this.#stopped === null) {
-      const signalled = Atomics.load(this.#counters, ASKED);
-      for (let request = this.#asks.take(); request !== null; request = this.#asks.take()) {
-        this.#handlers.place(request);
-      }
-      const wait = Atomics.waitAsync(this.#counters, ASKED, signalled);
+      const signalled = Atomics.load(this.#counters, SIGNAL);
+      this.#takeShared();
+      const wait = Atomics.waitAsync(this.#counters, SIGNAL, signalled);
       if (wait.async) await wait.value;
+    }
+  }
+
+  /**
+   * The asks and flow events in shared memory, in the order written: the asks written before a turn's
+   * events are placed before those events are handled.
+   */
+  #takeShared(): void {
+    this.#placeAsks();
+    while (this.#events.pending()) {
+      this.#placeAsks();
+      const { events, counters, open } = this.#events.take()!;
+      this.#handlers.flows(events, counters, open);
+    }
+  }
+
+  #placeAsks(): void {
+    for (let request = this.#asks.take(); request !== null; request = this.#asks.take()) {
+      this.#handlers.place(request);
     }
   }
 
@@ -200,6 +227,8 @@ export class RelayDataPlane {
   }
 
   #received(message: FromWorker): void {
+    // What the worker wrote to shared memory before it posted this goes first.
+    this.#takeShared();
     if (message.type === "place") {
       const fields = message.requests;
       for (let i = 0; i < fields.length; i += REQUEST_FIELDS) {

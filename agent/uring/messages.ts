@@ -1,8 +1,8 @@
 /**
  * The messages between the agent's thread (`data_plane.ts`) and the relay's worker (`relay_worker.ts`).
- * The worker handles them in order, and answers those that are answered in the same order. Asks and
- * answers go through shared memory (`shared_queues.ts`); `place` and `placed` carry those that found no
- * room there.
+ * The worker handles them in order, and answers those that are answered in the same order. Asks, answers
+ * and flow events go through shared memory (`shared_queues.ts`); `place`, `placed` and `flows` carry those
+ * that found no room there.
  */
 import type { Placement } from "./placement.ts";
 import type { RelayCounters, RelayService, SocketAddress } from "./relay.ts";

@@ -1,14 +1,15 @@
 /**
  * A relay on a thread of its own: it blocks in `io_uring_enter`, and turns to its event loop (messages
  * from the agent, `messages.ts`) between waits: at least every `yieldMs`, and at once when a message is on
- * its way. Asks and answers go through shared memory (`shared_queues.ts`), between waits, with no turn.
+ * its way. Asks, answers and flow events go through shared memory (`shared_queues.ts`), between waits, with
+ * no turn.
  */
 import { setImmediate } from "node:timers";
 import type { FromWorker, ServiceMessage, ToWorker } from "./messages.ts";
 import { placeFlow, type Placement } from "./placement.ts";
 import { decodeAddress, FlowEvent, Relay } from "./relay.ts";
 import { openRing, type Ring, unavailableReason } from "./ring.ts";
-import { AnswerQueue, ASKED, AskQueue, counters, POSTED } from "./shared_queues.ts";
+import { AnswerQueue, AskQueue, counters, EventQueue, POSTED, SIGNAL } from "./shared_queues.ts";
 
 interface WorkerScope {
   onmessage: ((event: MessageEvent<ToWorker>) => void) | null;
@@ -27,8 +28,8 @@ let stopping = false;
  */
 let handled = 0;
 let relay: Relay | null = null;
-/** Shared with the agent (`shared_queues.ts`): its counters, the asks, the answers. */
-let shared: { counters: Int32Array; asks: AskQueue; answers: AnswerQueue } | null = null;
+/** Shared with the agent (`shared_queues.ts`): its counters, the asks, the answers, the flow events. */
+let shared: { counters: Int32Array; asks: AskQueue; answers: AnswerQueue; events: EventQueue } | null = null;
 /** Asks written to shared memory since the agent was last signalled. */
 let askWritten = false;
 /** Per service, how the worker places its flows alone (null: every backend in order). */
@@ -46,6 +47,7 @@ scope.onmessage = ({ data: message }) => {
       counters: counters(message.shared),
       asks: new AskQueue(message.shared),
       answers: new AnswerQueue(message.shared),
+      events: new EventQueue(message.shared),
     };
     start();
     return;
@@ -171,17 +173,23 @@ function listen(relay: Relay, service: ServiceMessage): void {
 function postAsks(): void {
   if (askWritten) {
     askWritten = false;
-    Atomics.add(shared!.counters, ASKED, 1);
-    Atomics.notify(shared!.counters, ASKED);
+    signal();
   }
   if (asks.length === 0) return;
   scope.postMessage({ type: "place", requests: asks });
   asks = [];
 }
 
+/** Tells the agent that asks or flow events wait in shared memory. */
+function signal(): void {
+  Atomics.add(shared!.counters, SIGNAL, 1);
+  Atomics.notify(shared!.counters, SIGNAL);
+}
+
 /** What the counters summed to when last posted. */
 let postedSum = 0;
 
+/** The flow events since the last call, with the counters: in shared memory, or in a message without room. */
 function postEvents(): void {
   if (relay === null) return;
   const { counters } = relay;
@@ -189,6 +197,11 @@ function postEvents(): void {
     counters.acceptErrors;
   if (events.length === 0 && sum === postedSum) return;
   postedSum = sum;
+  if (shared!.events.put(events, counters, relay.open)) {
+    events.length = 0;
+    signal();
+    return;
+  }
   scope.postMessage({ type: "flows", events, counters: { ...counters }, open: relay.open });
   events = [];
 }

@@ -1,32 +1,35 @@
 /**
- * The flows the relay's worker asks about, and the agent's answers, through shared memory
+ * The flows the relay's worker asks about, the agent's answers, and the flow events, through shared memory
  * (`shared_ring.ts`) rather than messages: one `SharedArrayBuffer`, made by the agent and posted with
- * `start`, holds two counters and a ring each way.
+ * `start`, holds two counters and three rings (asks, answers, events).
  *
  * - `POSTED`: messages the agent has posted to the worker. The worker compares it with those it has
  *   handled: while it is ahead, a message is on its way and the relay must not block. An answer carries
  *   the count as of when it was written, and the worker takes it only once it has handled as many: an
  *   answer may name backends by index as of a placement posted before it.
- * - `ASKED`: moved by the worker after it writes asks, for the agent waiting on it (`Atomics.waitAsync`).
+ * - `SIGNAL`: moved by the worker after it writes asks or events, for the agent waiting on it
+ *   (`Atomics.waitAsync`).
  *
- * Either side falls back to the messages when a ring has no room (`FromWorker` `place`, `ToWorker` `placed`).
+ * Either side falls back to the messages when a ring has no room (`FromWorker` `place` and `flows`,
+ * `ToWorker` `placed`).
  */
 import { SharedRing } from "./shared_ring.ts";
-import { decodeAddress, type PlacementRequest } from "./relay.ts";
+import { decodeAddress, type PlacementRequest, type RelayCounters } from "./relay.ts";
 
 /** Indexes of the counters, 32-bit each, at the start of the buffer. */
 export const POSTED = 0;
-export const ASKED = 1;
+export const SIGNAL = 1;
 const COUNTERS_BYTES = 16;
+const RINGS = 3;
 
 export const SHARED_DEFAULTS = {
-  /** Bytes of records each way: about 5,000 asks, or answers of a few backends each. */
+  /** Bytes of records in each ring: about 5,000 asks, answers of a few backends each, or flow events. */
   ringBytes: 256 * 1024,
 } as const;
 
-/** The buffer both sides share, for rings of `ringBytes` each way. */
+/** The buffer both sides share, for rings of `ringBytes` each. */
 export function sharedBuffer(ringBytes: number = SHARED_DEFAULTS.ringBytes): SharedArrayBuffer {
-  return new SharedArrayBuffer(COUNTERS_BYTES + 2 * SharedRing.bytesFor(ringBytes));
+  return new SharedArrayBuffer(COUNTERS_BYTES + RINGS * SharedRing.bytesFor(ringBytes));
 }
 
 /** The counters of a buffer from `sharedBuffer`. */
@@ -34,8 +37,10 @@ export function counters(buffer: SharedArrayBuffer): Int32Array {
   return new Int32Array(buffer, 0, COUNTERS_BYTES / 4);
 }
 
-function ringBytesOf(buffer: SharedArrayBuffer): number {
-  return (buffer.byteLength - COUNTERS_BYTES) / 2 - SharedRing.bytesFor(0);
+/** The `index`th ring of a buffer from `sharedBuffer`. */
+function ringOf(buffer: SharedArrayBuffer, index: number): SharedRing {
+  const ringBytes = (buffer.byteLength - COUNTERS_BYTES) / RINGS - SharedRing.bytesFor(0);
+  return new SharedRing(buffer, COUNTERS_BYTES + index * SharedRing.bytesFor(ringBytes), ringBytes);
 }
 
 /** One side of the asks: the worker writes them, the agent reads them. */
@@ -43,7 +48,7 @@ export class AskQueue {
   readonly #ring: SharedRing;
 
   constructor(buffer: SharedArrayBuffer) {
-    this.#ring = new SharedRing(buffer, COUNTERS_BYTES, ringBytesOf(buffer));
+    this.#ring = ringOf(buffer, 0);
   }
 
   /**
@@ -114,8 +119,7 @@ export class AnswerQueue {
   readonly #ring: SharedRing;
 
   constructor(buffer: SharedArrayBuffer) {
-    const ringBytes = ringBytesOf(buffer);
-    this.#ring = new SharedRing(buffer, COUNTERS_BYTES + SharedRing.bytesFor(ringBytes), ringBytes);
+    this.#ring = ringOf(buffer, 1);
   }
 
   /**
@@ -213,5 +217,97 @@ export class AnswerQueue {
     };
     ring.done();
     return answer;
+  }
+}
+
+/** The relay's counters in the order an events record holds them. */
+const COUNTER_NAMES = [
+  "accepted",
+  "rejected",
+  "noBackend",
+  "connectFailures",
+  "bytesUp",
+  "bytesDown",
+  "acceptErrors",
+] as const satisfies readonly (keyof RelayCounters)[];
+/** Open flows, the number of events, then the counters (64-bit floats: bytes pass 2^32). */
+const EVENTS_HEAD_BYTES = 8 + 8 * COUNTER_NAMES.length;
+/** Numbers per event (see `FromWorker` `flows`); the fourth, the generation, is unsigned. */
+const EVENT_FIELDS = 6;
+
+/** Flow events as the agent reads them. */
+export interface FlowEvents {
+  readonly events: number[];
+  readonly counters: RelayCounters;
+  readonly open: number;
+}
+
+/** The third ring: the worker writes the flow events of a turn, with its counters; the agent reads them. */
+export class EventQueue {
+  readonly #ring: SharedRing;
+
+  constructor(buffer: SharedArrayBuffer) {
+    this.#ring = ringOf(buffer, 2);
+  }
+
+  /**
+   * The worker's side: flow events, six numbers each (kind, service, slot, generation, choice, errno),
+   * with the counters and open flows as of then; false when the ring has no room.
+   */
+  put(events: readonly number[], counters: RelayCounters, open: number): boolean {
+    const ring = this.#ring;
+    let at = ring.reserve(EVENTS_HEAD_BYTES + 4 * events.length);
+    if (at < 0) return false;
+    const { view } = ring;
+    view.setUint32(at, open, true);
+    view.setUint32(at + 4, events.length / EVENT_FIELDS, true);
+    at += 8;
+    for (const name of COUNTER_NAMES) {
+      view.setFloat64(at, counters[name], true);
+      at += 8;
+    }
+    for (let i = 0; i < events.length; i++) {
+      if (i % EVENT_FIELDS === 3) view.setUint32(at, events[i]!, true);
+      else view.setInt32(at, events[i]!, true);
+      at += 4;
+    }
+    ring.commit();
+    return true;
+  }
+
+  /** The agent's side: whether a record is there to take. */
+  pending(): boolean {
+    return this.#ring.next() >= 0;
+  }
+
+  /** The agent's side: the next record, or null. */
+  take(): FlowEvents | null {
+    const ring = this.#ring;
+    const start = ring.next();
+    if (start < 0) return null;
+    const { view } = ring;
+    const count = view.getUint32(start + 4, true) * EVENT_FIELDS;
+    const events = new Array<number>(count);
+    let at = start + EVENTS_HEAD_BYTES;
+    for (let i = 0; i < count; i++) {
+      events[i] = i % EVENT_FIELDS === 3 ? view.getUint32(at, true) : view.getInt32(at, true);
+      at += 4;
+    }
+    const counter = (index: number) => view.getFloat64(start + 8 + 8 * index, true);
+    const record: FlowEvents = {
+      events,
+      counters: {
+        accepted: counter(0),
+        rejected: counter(1),
+        noBackend: counter(2),
+        connectFailures: counter(3),
+        bytesUp: counter(4),
+        bytesDown: counter(5),
+        acceptErrors: counter(6),
+      },
+      open: view.getUint32(start, true),
+    };
+    ring.done();
+    return record;
   }
 }

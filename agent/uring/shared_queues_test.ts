@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { encodeAddress } from "./relay.ts";
-import { type Answer, AnswerQueue, AskQueue, sharedBuffer } from "./shared_queues.ts";
+import { type Answer, AnswerQueue, AskQueue, EventQueue, sharedBuffer } from "./shared_queues.ts";
 
 Deno.test("AskQueue carries each flow's service, slot, generation and both addresses, IPv4 and IPv6", () => {
   const buffer = sharedBuffer(1024);
@@ -95,7 +95,33 @@ Deno.test("AnswerQueue refuses an answer it has no room for, and headers that do
   assert.equal(worker.take(), null, "a refused answer writes nothing");
 });
 
-Deno.test("the asks and the answers of one buffer do not touch each other", () => {
+Deno.test("EventQueue carries each turn's flow events with the relay's counters and open flows", () => {
+  const buffer = sharedBuffer(1024);
+  const worker = new EventQueue(buffer);
+  const agent = new EventQueue(buffer);
+  const counters = {
+    accepted: 123_456,
+    rejected: 7,
+    noBackend: 3,
+    connectFailures: 2,
+    bytesUp: 2 ** 40 + 5,
+    bytesDown: 9_007_199_254_740_991,
+    acceptErrors: 1,
+  };
+  // kind, service, slot, generation, choice, errno: an accept failure has slot and choice -1.
+  const events = [1, 0, 65_535, 4_000_000_000, 2, 0, 7, 3, -1, 0, -1, 24, 3, 1, 5, 9, 0, 111];
+  assert.equal(agent.pending(), false);
+  assert.ok(worker.put(events, counters, 4_000));
+  assert.ok(worker.put([], { ...counters, accepted: 123_457 }, 3_999));
+  assert.equal(agent.pending(), true);
+  assert.deepEqual(agent.take(), { events, counters, open: 4_000 });
+  assert.deepEqual(agent.take(), { events: [], counters: { ...counters, accepted: 123_457 }, open: 3_999 });
+  assert.equal(agent.pending(), false);
+  assert.equal(agent.take(), null);
+  assert.equal(worker.put(new Array(6 * 100).fill(1), counters, 0), false, "more than the ring holds");
+});
+
+Deno.test("the asks, the answers and the events of one buffer do not touch each other", () => {
   const buffer = sharedBuffer(256);
   const asks = new AskQueue(buffer);
   const answers = new AnswerQueue(buffer);
@@ -108,13 +134,19 @@ Deno.test("the asks and the answers of one buffer do not touch each other", () =
   ) {
     answered++;
   }
-  assert.ok(asked > 0 && answered > 0);
+  const events = new EventQueue(buffer);
+  let turns = 0;
+  while (events.put([1, 0, turns, 1, 0, 0], { ...ZERO_COUNTERS, accepted: turns }, turns)) turns++;
+  assert.ok(asked > 0 && answered > 0 && turns > 0);
   const askReader = new AskQueue(buffer);
   for (let i = 0; i < asked; i++) assert.equal(askReader.take()?.slot, i);
   assert.equal(askReader.take(), null);
   const answerReader = new AnswerQueue(buffer);
   for (let i = 0; i < answered; i++) assert.equal(answerReader.take()?.slot, i);
   assert.equal(answerReader.take(), null);
+  const eventReader = new EventQueue(buffer);
+  for (let i = 0; i < turns; i++) assert.equal(eventReader.take()?.counters.accepted, i);
+  assert.equal(eventReader.take(), null);
 });
 
 function bytes(text: string): Uint8Array {
@@ -125,3 +157,13 @@ function addressOf(hostPort: string): { ip: string; port: number } {
   const at = hostPort.lastIndexOf(":");
   return { ip: hostPort.slice(0, at).replace(/^\[|\]$/g, ""), port: Number(hostPort.slice(at + 1)) };
 }
+
+const ZERO_COUNTERS = {
+  accepted: 0,
+  rejected: 0,
+  noBackend: 0,
+  connectFailures: 0,
+  bytesUp: 0,
+  bytesDown: 0,
+  acceptErrors: 0,
+};
