@@ -62,6 +62,9 @@ export class ManagerLink {
   #channel: ManagerChannel | null = null;
   readonly #decisions = new PendingDecisions<Decision>();
   #nextDecision = 1;
+  /** Decisions asked for in this turn, sent together once it ends, and the channel they go on. */
+  #requests: Array<{ id: number; service: string; client: { ip: string; port: number } }> = [];
+  #requestsChannel: ManagerChannel | null = null;
   #wake: (() => void) | null = null;
   #running: Promise<void> | null = null;
   #connected = false;
@@ -83,10 +86,24 @@ export class ManagerLink {
     if (!channel || !this.#connected) return Promise.resolve(null);
     const id = this.#nextDecision++;
     const decision = this.#decisions.wait(id, timeoutMs);
-    // A failed write closes the channel; the session then ends and answers every waiter with null.
-    channel.post({ type: "decide", id, service, client });
+    if (this.#requests.length === 0) {
+      this.#requestsChannel = channel;
+      queueMicrotask(this.#sendRequests);
+    }
+    this.#requests.push({ id, service, client });
     return decision;
   }
+
+  /**
+   * The decisions asked for since the last call, in one frame. A failed write closes the channel; the
+   * session then ends and answers every waiter with null, as it does should the channel close first.
+   */
+  readonly #sendRequests = () => {
+    const requests = this.#requests;
+    this.#requests = [];
+    if (this.#requestsChannel?.closed === false) this.#requestsChannel.post({ type: "decide", requests });
+    this.#requestsChannel = null;
+  };
 
   /** Sends this agent's open connections per backend, when connected. */
   sendOpenCounts(backends: LinkReport["backends"]): void {
@@ -200,8 +217,10 @@ export class ManagerLink {
 
       for await (const message of messages) {
         lastHeard = performance.now();
-        if (message.type === "decision") {
-          this.#decisions.settle(message.id, { backend: message.backend, ttlMs: message.ttlMs });
+        if (message.type === "decisions") {
+          for (const { id, backend, ttlMs } of message.decisions) {
+            this.#decisions.settle(id, { backend, ttlMs });
+          }
         } else if (message.type === "state") {
           this.#options.onState(message.state);
           await channel.send({ type: "ack", version: message.state.version });

@@ -9,7 +9,8 @@
  */
 import { z } from "zod";
 
-export const PROTOCOL_VERSION = 1;
+/** 2: decisions asked and answered in batches (`decide` with `requests`, `decisions`). */
+export const PROTOCOL_VERSION = 2;
 /** No frame may be larger than this; a peer announcing more is cut off. */
 export const MAX_FRAME_BYTES = 16 * 1024 * 1024;
 
@@ -80,10 +81,18 @@ const AgentMessage = z.discriminatedUnion("type", [
   }).strict(),
   z.object({
     type: z.literal("decide"),
-    /** The agent's request id, echoed in the decision. */
-    id: counter,
-    service: id,
-    client: z.object({ ip: z.string().min(1).max(64), port: z.number().int().min(0).max(65535) }),
+    /**
+     * New connections to place, answered together in one `decisions`: one frame each way for the flows an
+     * agent asks about in one turn, not one per flow (each frame costs both ends an encode and a parse).
+     */
+    requests: z.array(
+      z.object({
+        /** The agent's request id, echoed in the decision. */
+        id: counter,
+        service: id,
+        client: z.object({ ip: z.string().min(1).max(64), port: z.number().int().min(0).max(65535) }),
+      }).strict(),
+    ).min(1).max(100_000),
   }).strict(),
   z.object({
     type: z.literal("connect_failures"),
@@ -99,12 +108,18 @@ const ManagerMessage = z.discriminatedUnion("type", [
   z.object({ type: z.literal("state"), state: ClusterStateSchema }).strict(),
   z.object({ type: z.literal("heartbeat") }).strict(),
   z.object({
-    type: z.literal("decision"),
-    id: counter,
-    /** The preferred backend's id, or null when the service has none to offer. */
-    backend: z.string().max(300).nullable(),
-    /** How long this choice holds for the same client (affinity), 0 for none. */
-    ttlMs: counter,
+    type: z.literal("decisions"),
+    /** The answers to one `decide`, in its order. */
+    decisions: z.array(
+      z.object({
+        /** The request's id. */
+        id: counter,
+        /** The preferred backend's id, or null when the service has none to offer. */
+        backend: z.string().max(300).nullable(),
+        /** How long this choice holds for the same client (affinity), 0 for none. */
+        ttlMs: counter,
+      }).strict(),
+    ).max(100_000),
   }).strict(),
   z.object({ type: z.literal("error"), error: z.string().max(1000) }).strict(),
 ]);

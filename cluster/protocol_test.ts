@@ -9,8 +9,11 @@ import {
 } from "./protocol.ts";
 
 const decisions: ManagerMessage[] = [
-  { type: "decision", id: 1, backend: "10.0.0.1:8080", ttlMs: 0 },
-  { type: "decision", id: 2, backend: null, ttlMs: 30_000 },
+  { type: "decisions", decisions: [{ id: 1, backend: "10.0.0.1:8080", ttlMs: 0 }] },
+  {
+    type: "decisions",
+    decisions: [{ id: 2, backend: null, ttlMs: 30_000 }, { id: 3, backend: "b", ttlMs: 0 }],
+  },
   // Multi-byte UTF-8: the frame's length is in bytes, not characters.
   { type: "error", error: "backend « café » is gone ✓" },
 ];

@@ -247,8 +247,11 @@ export class ClusterServer {
         channel.send({ type: "heartbeat" }).catch(() => channel.close());
         break;
       case "decide": {
-        const decision = this.decider.decide(session.id, message.service, message.client.ip);
-        channel.post({ type: "decision", id: message.id, backend: decision.backend, ttlMs: decision.ttlMs });
+        const decisions = message.requests.map(({ id, service, client }) => {
+          const { backend, ttlMs } = this.decider.decide(session.id, service, client.ip);
+          return { id, backend, ttlMs };
+        });
+        channel.post({ type: "decisions", decisions });
         break;
       }
       case "open_counts":

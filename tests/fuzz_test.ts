@@ -8,6 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { proof, TokenSigner } from "../cluster/auth.ts";
+import { PROTOCOL_VERSION } from "../cluster/protocol.ts";
 import { decodeProxyHeader } from "../cluster/proxy_protocol.ts";
 import { encodeMeshHeader } from "../agent/mesh.ts";
 import { MAX_BODY_BYTES } from "../manager/admin.ts";
@@ -533,7 +534,7 @@ function framesIn(bytes: Uint8Array): unknown[] {
 function hello(rng: Rng, overrides: Record<string, unknown> = {}): Record<string, unknown> {
   return {
     type: "hello",
-    version: 1,
+    version: PROTOCOL_VERSION,
     agent: `fuzz-${rng.int(0, 1e9)}`,
     nonce: btoa(String.fromCharCode(...rng.bytes(16))),
     ...overrides,
@@ -545,7 +546,7 @@ function wrongShape(rng: Rng): Record<string, unknown> {
   const pick = rng.int(0, 9);
   switch (pick) {
     case 0:
-      return hello(rng, { version: rng.pick(["1", null, 1.5, 2, 0, -1]) });
+      return hello(rng, { version: rng.pick(["1", null, 1.5, PROTOCOL_VERSION + 1, 0, -1]) });
     case 1:
       return hello(rng, { agent: rng.pick(["", 5, null, "a".repeat(129), []]) });
     case 2:
