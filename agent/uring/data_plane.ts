@@ -54,6 +54,8 @@ export class RelayDataPlane {
   readonly #events: EventQueue;
   /** Messages posted to the worker, as `POSTED` has it. */
   #posted = 0;
+  /** `flows` messages handled: flow events that found no room in shared memory. */
+  #flowsHandled = 0;
   /** Answers that found no room in shared memory, not yet posted (`placed`). */
   readonly #answers: Placed[] = [];
   /** A wake of the worker is due at the end of this turn, for answers in shared memory. */
@@ -202,14 +204,17 @@ export class RelayDataPlane {
 
   /**
    * The asks and flow events in shared memory, in the order written: the asks written before a turn's
-   * events are placed before those events are handled.
+   * events are placed before those events are handled, and the events after the `flows` messages posted
+   * before them.
    */
   #takeShared(): void {
     this.#placeAsks();
-    while (this.#events.pending()) {
+    const events = this.#events;
+    for (let posted = events.nextPosted(); posted >= 0 && posted <= this.#flowsHandled;) {
       this.#placeAsks();
-      const { events, counters, open } = this.#events.take()!;
-      this.#handlers.flows(events, counters, open);
+      const { events: flowEvents, counters, open } = events.take()!;
+      this.#handlers.flows(flowEvents, counters, open);
+      posted = events.nextPosted();
     }
   }
 
@@ -240,8 +245,11 @@ export class RelayDataPlane {
           destination: { ip: fields[i + 5] as string, port: fields[i + 6] as number },
         });
       }
-    } else if (message.type === "flows") this.#handlers.flows(message.events, message.counters, message.open);
-    else {
+    } else if (message.type === "flows") {
+      this.#handlers.flows(message.events, message.counters, message.open);
+      this.#flowsHandled++;
+      this.#takeShared();
+    } else {
       const at = this.#waiting.findIndex((waiter) => waiter.types.includes(message.type));
       if (at >= 0) this.#waiting.splice(at, 1)[0]!.resolve(message);
     }

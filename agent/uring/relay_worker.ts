@@ -188,6 +188,8 @@ function signal(): void {
 
 /** What the counters summed to when last posted. */
 let postedSum = 0;
+/** `flows` messages posted: the events that found no room in shared memory. */
+let flowsPosted = 0;
 
 /** The flow events since the last call, with the counters: in shared memory, or in a message without room. */
 function postEvents(): void {
@@ -197,12 +199,13 @@ function postEvents(): void {
     counters.acceptErrors;
   if (events.length === 0 && sum === postedSum) return;
   postedSum = sum;
-  if (shared!.events.put(events, counters, relay.open)) {
+  if (shared!.events.put(flowsPosted, events, counters, relay.open)) {
     events.length = 0;
     signal();
     return;
   }
   scope.postMessage({ type: "flows", events, counters: { ...counters }, open: relay.open });
+  flowsPosted++;
   events = [];
 }
 
@@ -216,7 +219,7 @@ async function run(relay: Relay, ring: Ring): Promise<void> {
       takeAnswers(relay);
       postAsks();
     } while (!messageDue() && performance.now() < until);
-    // One message per turn to the event loop (at most every `yieldMs`), however many waits it took.
+    // The flow events once per turn to the event loop (at most every `yieldMs`), however many waits it took.
     postEvents();
     // setImmediate, not setTimeout(…, 0): that one waits for the timer's next millisecond (2 ms measured
     // here), during which the relay would not run.

@@ -230,8 +230,11 @@ const COUNTER_NAMES = [
   "bytesDown",
   "acceptErrors",
 ] as const satisfies readonly (keyof RelayCounters)[];
-/** Open flows, the number of events, then the counters (64-bit floats: bytes pass 2^32). */
-const EVENTS_HEAD_BYTES = 8 + 8 * COUNTER_NAMES.length;
+/**
+ * The `flows` messages posted before, open flows, the number of events, then the counters (64-bit floats:
+ * bytes pass 2^32).
+ */
+const EVENTS_HEAD_BYTES = 12 + 8 * COUNTER_NAMES.length;
 /** Numbers per event (see `FromWorker` `flows`); the fourth, the generation, is unsigned. */
 const EVENT_FIELDS = 6;
 
@@ -242,7 +245,11 @@ export interface FlowEvents {
   readonly open: number;
 }
 
-/** The third ring: the worker writes the flow events of a turn, with its counters; the agent reads them. */
+/**
+ * The third ring: the worker writes the flow events of a turn, with its counters; the agent reads them. A
+ * record carries the count of `flows` messages the worker posted before it (those that found no room): the
+ * agent takes it only once it has handled as many, so that a flow's events keep their order.
+ */
 export class EventQueue {
   readonly #ring: SharedRing;
 
@@ -254,14 +261,15 @@ export class EventQueue {
    * The worker's side: flow events, six numbers each (kind, service, slot, generation, choice, errno),
    * with the counters and open flows as of then; false when the ring has no room.
    */
-  put(events: readonly number[], counters: RelayCounters, open: number): boolean {
+  put(posted: number, events: readonly number[], counters: RelayCounters, open: number): boolean {
     const ring = this.#ring;
     let at = ring.reserve(EVENTS_HEAD_BYTES + 4 * events.length);
     if (at < 0) return false;
     const { view } = ring;
-    view.setUint32(at, open, true);
-    view.setUint32(at + 4, events.length / EVENT_FIELDS, true);
-    at += 8;
+    view.setUint32(at, posted, true);
+    view.setUint32(at + 4, open, true);
+    view.setUint32(at + 8, events.length / EVENT_FIELDS, true);
+    at += 12;
     for (const name of COUNTER_NAMES) {
       view.setFloat64(at, counters[name], true);
       at += 8;
@@ -275,9 +283,10 @@ export class EventQueue {
     return true;
   }
 
-  /** The agent's side: whether a record is there to take. */
-  pending(): boolean {
-    return this.#ring.next() >= 0;
+  /** The agent's side: how many `flows` messages the worker had posted when it wrote the next record; -1 for none. */
+  nextPosted(): number {
+    const at = this.#ring.next();
+    return at < 0 ? -1 : this.#ring.view.getUint32(at, true);
   }
 
   /** The agent's side: the next record, or null. */
@@ -286,14 +295,14 @@ export class EventQueue {
     const start = ring.next();
     if (start < 0) return null;
     const { view } = ring;
-    const count = view.getUint32(start + 4, true) * EVENT_FIELDS;
+    const count = view.getUint32(start + 8, true) * EVENT_FIELDS;
     const events = new Array<number>(count);
     let at = start + EVENTS_HEAD_BYTES;
     for (let i = 0; i < count; i++) {
       events[i] = i % EVENT_FIELDS === 3 ? view.getUint32(at, true) : view.getInt32(at, true);
       at += 4;
     }
-    const counter = (index: number) => view.getFloat64(start + 8 + 8 * index, true);
+    const counter = (index: number) => view.getFloat64(start + 12 + 8 * index, true);
     const record: FlowEvents = {
       events,
       counters: {
@@ -305,7 +314,7 @@ export class EventQueue {
         bytesDown: counter(5),
         acceptErrors: counter(6),
       },
-      open: view.getUint32(start, true),
+      open: view.getUint32(start + 4, true),
     };
     ring.done();
     return record;

@@ -110,15 +110,16 @@ Deno.test("EventQueue carries each turn's flow events with the relay's counters 
   };
   // kind, service, slot, generation, choice, errno: an accept failure has slot and choice -1.
   const events = [1, 0, 65_535, 4_000_000_000, 2, 0, 7, 3, -1, 0, -1, 24, 3, 1, 5, 9, 0, 111];
-  assert.equal(agent.pending(), false);
-  assert.ok(worker.put(events, counters, 4_000));
-  assert.ok(worker.put([], { ...counters, accepted: 123_457 }, 3_999));
-  assert.equal(agent.pending(), true);
+  assert.equal(agent.nextPosted(), -1);
+  assert.ok(worker.put(0, events, counters, 4_000));
+  assert.ok(worker.put(2, [], { ...counters, accepted: 123_457 }, 3_999));
+  assert.equal(agent.nextPosted(), 0);
   assert.deepEqual(agent.take(), { events, counters, open: 4_000 });
+  assert.equal(agent.nextPosted(), 2, "the flows messages posted before it");
   assert.deepEqual(agent.take(), { events: [], counters: { ...counters, accepted: 123_457 }, open: 3_999 });
-  assert.equal(agent.pending(), false);
+  assert.equal(agent.nextPosted(), -1);
   assert.equal(agent.take(), null);
-  assert.equal(worker.put(new Array(6 * 100).fill(1), counters, 0), false, "more than the ring holds");
+  assert.equal(worker.put(0, new Array(6 * 100).fill(1), counters, 0), false, "more than the ring holds");
 });
 
 Deno.test("the asks, the answers and the events of one buffer do not touch each other", () => {
@@ -136,7 +137,7 @@ Deno.test("the asks, the answers and the events of one buffer do not touch each 
   }
   const events = new EventQueue(buffer);
   let turns = 0;
-  while (events.put([1, 0, turns, 1, 0, 0], { ...ZERO_COUNTERS, accepted: turns }, turns)) turns++;
+  while (events.put(0, [1, 0, turns, 1, 0, 0], { ...ZERO_COUNTERS, accepted: turns }, turns)) turns++;
   assert.ok(asked > 0 && answered > 0 && turns > 0);
   const askReader = new AskQueue(buffer);
   for (let i = 0; i < asked; i++) assert.equal(askReader.take()?.slot, i);

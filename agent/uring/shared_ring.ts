@@ -63,7 +63,8 @@ export class SharedRing {
   /**
    * The writer's side: room for a record with a body of `bodyBytes`, and the offset in `bytes` where its
    * body goes; or -1 when the ring has no room for it now (the reader is behind) or ever. Write the body,
-   * then `commit`: until then the reader does not see it.
+   * then `commit`: until then the reader does not see it. A record never wraps, so one of more than half the
+   * ring may find no room even in an empty ring: keep records well under that.
    */
   reserve(bodyBytes: number): number {
     const size = SIZE_BYTES + ((bodyBytes + 3) & ~3);
