@@ -171,6 +171,19 @@ export interface RelayCounters {
   acceptErrors: number;
 }
 
+/** Counters at zero, as a relay starts. */
+export function noCounters(): RelayCounters {
+  return {
+    accepted: 0,
+    rejected: 0,
+    noBackend: 0,
+    connectFailures: 0,
+    bytesUp: 0,
+    bytesDown: 0,
+    acceptErrors: 0,
+  };
+}
+
 export const RELAY_DEFAULTS = {
   /** Flows held at once (each is two sockets). */
   maxFlows: 65_536,
@@ -224,15 +237,7 @@ export class Relay {
   /** The buffer pools receives pick from: small (group 0) and large (group 1), by group. */
   readonly #pools: readonly [BufferRing, BufferRing];
   readonly #listeners: Listener[] = [];
-  readonly counters: RelayCounters = {
-    accepted: 0,
-    rejected: 0,
-    noBackend: 0,
-    connectFailures: 0,
-    bytesUp: 0,
-    bytesDown: 0,
-    acceptErrors: 0,
-  };
+  readonly counters: RelayCounters = noCounters();
 
   // One entry per flow slot.
   readonly #client: Int32Array;

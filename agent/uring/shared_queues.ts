@@ -43,6 +43,12 @@ function ringOf(buffer: SharedArrayBuffer, index: number): SharedRing {
   return new SharedRing(buffer, COUNTERS_BYTES + index * SharedRing.bytesFor(ringBytes), ringBytes);
 }
 
+/** The count of messages posted before the next record of `ring`, its body's first 32 bits; -1 for none. */
+function postedOfNext(ring: SharedRing): number {
+  const at = ring.next();
+  return at < 0 ? -1 : ring.view.getUint32(at, true);
+}
+
 /** One side of the asks: the worker writes them, the agent reads them. */
 export class AskQueue {
   readonly #ring: SharedRing;
@@ -177,8 +183,7 @@ export class AnswerQueue {
 
   /** The worker's side: how many messages the agent had posted when it wrote the next answer; -1 for none. */
   nextPosted(): number {
-    const at = this.#ring.next();
-    return at < 0 ? -1 : this.#ring.view.getUint32(at, true);
+    return postedOfNext(this.#ring);
   }
 
   /** The worker's side: the next answer (addresses and headers copied out), or null. */
@@ -285,8 +290,7 @@ export class EventQueue {
 
   /** The agent's side: how many `flows` messages the worker had posted when it wrote the next record; -1 for none. */
   nextPosted(): number {
-    const at = this.#ring.next();
-    return at < 0 ? -1 : this.#ring.view.getUint32(at, true);
+    return postedOfNext(this.#ring);
   }
 
   /** The agent's side: the next record, or null. */

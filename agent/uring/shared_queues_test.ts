@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { encodeAddress } from "./relay.ts";
+import { encodeAddress, noCounters } from "./relay.ts";
 import { type Answer, AnswerQueue, AskQueue, EventQueue, sharedBuffer } from "./shared_queues.ts";
 
 Deno.test("AskQueue carries each flow's service, slot, generation and both addresses, IPv4 and IPv6", () => {
@@ -137,7 +137,7 @@ Deno.test("the asks, the answers and the events of one buffer do not touch each 
   }
   const events = new EventQueue(buffer);
   let turns = 0;
-  while (events.put(0, [1, 0, turns, 1, 0, 0], { ...ZERO_COUNTERS, accepted: turns }, turns)) turns++;
+  while (events.put(0, [1, 0, turns, 1, 0, 0], { ...noCounters(), accepted: turns }, turns)) turns++;
   assert.ok(asked > 0 && answered > 0 && turns > 0);
   const askReader = new AskQueue(buffer);
   for (let i = 0; i < asked; i++) assert.equal(askReader.take()?.slot, i);
@@ -158,13 +158,3 @@ function addressOf(hostPort: string): { ip: string; port: number } {
   const at = hostPort.lastIndexOf(":");
   return { ip: hostPort.slice(0, at).replace(/^\[|\]$/g, ""), port: Number(hostPort.slice(at + 1)) };
 }
-
-const ZERO_COUNTERS = {
-  accepted: 0,
-  rejected: 0,
-  noBackend: 0,
-  connectFailures: 0,
-  bytesUp: 0,
-  bytesDown: 0,
-  acceptErrors: 0,
-};
