@@ -62,9 +62,8 @@ export class ManagerLink {
   #channel: ManagerChannel | null = null;
   readonly #decisions = new PendingDecisions<Decision>();
   #nextDecision = 1;
-  /** Decisions asked for in this turn, sent together once it ends, and the channel they go on. */
+  /** Decisions asked for in this task, sent together once it ends. */
   #requests: Array<{ id: number; service: string; client: { ip: string; port: number } }> = [];
-  #requestsChannel: ManagerChannel | null = null;
   #wake: (() => void) | null = null;
   #running: Promise<void> | null = null;
   #connected = false;
@@ -86,23 +85,20 @@ export class ManagerLink {
     if (!channel || !this.#connected) return Promise.resolve(null);
     const id = this.#nextDecision++;
     const decision = this.#decisions.wait(id, timeoutMs);
-    if (this.#requests.length === 0) {
-      this.#requestsChannel = channel;
-      queueMicrotask(this.#sendRequests);
-    }
+    if (this.#requests.length === 0) queueMicrotask(this.#sendRequests);
     this.#requests.push({ id, service, client });
     return decision;
   }
 
   /**
-   * The decisions asked for since the last call, in one frame. A failed write closes the channel; the
-   * session then ends and answers every waiter with null, as it does should the channel close first.
+   * The decisions asked for since the last call, in one frame, on the channel they were asked on: no new
+   * one can open within a task. A failed write closes the channel; the session then ends and answers every
+   * waiter with null, as it has already should the channel have closed first.
    */
   readonly #sendRequests = () => {
     const requests = this.#requests;
     this.#requests = [];
-    if (this.#requestsChannel?.closed === false) this.#requestsChannel.post({ type: "decide", requests });
-    this.#requestsChannel = null;
+    if (this.#connected) this.#channel?.post({ type: "decide", requests });
   };
 
   /** Sends this agent's open connections per backend, when connected. */

@@ -144,7 +144,10 @@ export class RelayDataPlane {
     const written = this.#answerQueue.put(this.#posted, {
       slot,
       generation,
-      targets: targets.map((target) => typeof target === "number" ? target : encodeAddress(target)),
+      // Indexes as they are (every answer of decide: manager); addresses (a handoff's) as `struct sockaddr`s.
+      targets: targets.every((target) => typeof target === "number")
+        ? targets as number[]
+        : targets.map((target) => typeof target === "number" ? target : encodeAddress(target)),
       header,
       firstTimeoutMs,
     });
@@ -209,12 +212,11 @@ export class RelayDataPlane {
    */
   #takeShared(): void {
     this.#placeAsks();
-    const events = this.#events;
-    for (let posted = events.nextPosted(); posted >= 0 && posted <= this.#flowsHandled;) {
+    for (let record = this.#events.take(this.#flowsHandled); record !== null;) {
+      // Taken once the record is seen: the asks written before it are there to take too.
       this.#placeAsks();
-      const { events: flowEvents, counters, open } = events.take()!;
-      this.#handlers.flows(flowEvents, counters, open);
-      posted = events.nextPosted();
+      this.#handlers.flows(record.events, record.counters, record.open);
+      record = this.#events.take(this.#flowsHandled);
     }
   }
 

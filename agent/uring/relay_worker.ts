@@ -90,9 +90,8 @@ function handle(relay: Relay, message: ToWorker): void {
 /** The answers in shared memory the agent wrote after messages this worker has handled, in order. */
 function takeAnswers(relay: Relay): void {
   const { answers } = shared!;
-  for (let posted = answers.nextPosted(); posted >= 0 && posted <= handled; posted = answers.nextPosted()) {
-    const { slot, generation, targets, header, firstTimeoutMs } = answers.take()!;
-    relay.placed(slot, generation, targets, header, firstTimeoutMs);
+  for (let answer = answers.take(handled); answer !== null; answer = answers.take(handled)) {
+    relay.placed(answer.slot, answer.generation, answer.targets, answer.header, answer.firstTimeoutMs);
   }
 }
 

@@ -14,7 +14,7 @@
  * `ToWorker` `placed`).
  */
 import { SharedRing } from "./shared_ring.ts";
-import { decodeAddress, type PlacementRequest, type RelayCounters } from "./relay.ts";
+import { decodeAddress, noCounters, type PlacementRequest, type RelayCounters } from "./relay.ts";
 
 /** Indexes of the counters, 32-bit each, at the start of the buffer. */
 export const POSTED = 0;
@@ -43,10 +43,13 @@ function ringOf(buffer: SharedArrayBuffer, index: number): SharedRing {
   return new SharedRing(buffer, COUNTERS_BYTES + index * SharedRing.bytesFor(ringBytes), ringBytes);
 }
 
-/** The count of messages posted before the next record of `ring`, its body's first 32 bits; -1 for none. */
-function postedOfNext(ring: SharedRing): number {
+/**
+ * The body of the next record of `ring`, if the reader may take it: the record's first 32 bits count the
+ * messages posted before it, and it waits until the reader has handled as many (`handled`). -1 otherwise.
+ */
+function nextAfter(ring: SharedRing, handled: number): number {
   const at = ring.next();
-  return at < 0 ? -1 : ring.view.getUint32(at, true);
+  return at < 0 || ring.view.getUint32(at, true) > handled ? -1 : at;
 }
 
 /** One side of the asks: the worker writes them, the agent reads them. */
@@ -181,15 +184,13 @@ export class AnswerQueue {
     return true;
   }
 
-  /** The worker's side: how many messages the agent had posted when it wrote the next answer; -1 for none. */
-  nextPosted(): number {
-    return postedOfNext(this.#ring);
-  }
-
-  /** The worker's side: the next answer (addresses and headers copied out), or null. */
-  take(): Answer | null {
+  /**
+   * The worker's side: the next answer (addresses and headers copied out), or null when there is none or it
+   * was written after more messages than the worker has `handled`.
+   */
+  take(handled: number): Answer | null {
     const ring = this.#ring;
-    const start = ring.next();
+    const start = nextAfter(ring, handled);
     if (start < 0) return null;
     const { view, bytes } = ring;
     const count = view.getUint16(start + 16, true);
@@ -288,15 +289,13 @@ export class EventQueue {
     return true;
   }
 
-  /** The agent's side: how many `flows` messages the worker had posted when it wrote the next record; -1 for none. */
-  nextPosted(): number {
-    return postedOfNext(this.#ring);
-  }
-
-  /** The agent's side: the next record, or null. */
-  take(): FlowEvents | null {
+  /**
+   * The agent's side: the next record, or null when there is none or it was written after more `flows`
+   * messages than the agent has `handled`.
+   */
+  take(handled: number): FlowEvents | null {
     const ring = this.#ring;
-    const start = ring.next();
+    const start = nextAfter(ring, handled);
     if (start < 0) return null;
     const { view } = ring;
     const count = view.getUint32(start + 8, true) * EVENT_FIELDS;
@@ -306,20 +305,9 @@ export class EventQueue {
       events[i] = i % EVENT_FIELDS === 3 ? view.getUint32(at, true) : view.getInt32(at, true);
       at += 4;
     }
-    const counter = (index: number) => view.getFloat64(start + 12 + 8 * index, true);
-    const record: FlowEvents = {
-      events,
-      counters: {
-        accepted: counter(0),
-        rejected: counter(1),
-        noBackend: counter(2),
-        connectFailures: counter(3),
-        bytesUp: counter(4),
-        bytesDown: counter(5),
-        acceptErrors: counter(6),
-      },
-      open: view.getUint32(start + 4, true),
-    };
+    const counters = noCounters();
+    COUNTER_NAMES.forEach((name, i) => counters[name] = view.getFloat64(start + 12 + 8 * i, true));
+    const record: FlowEvents = { events, counters, open: view.getUint32(start + 4, true) };
     ring.done();
     return record;
   }
