@@ -423,7 +423,9 @@ export class Relay {
    * the number handled.
    */
   poll(waitMs: number): number {
-    this.#ring.enter(1, Math.min(waitMs, Math.max(0, this.#nextSweep - performance.now())));
+    // Idle flows are looked for every `sweepMs` while there are flows; with none, nothing shortens the wait.
+    const sweepIn = this.#open > 0 ? Math.max(0, this.#nextSweep - performance.now()) : waitMs;
+    this.#ring.enter(1, Math.min(waitMs, sweepIn));
     this.#now = performance.now();
     const count = this.#ring.complete(this.#onCompletion);
     if (this.#now >= this.#nextSweep) this.#sweep();

@@ -921,3 +921,39 @@ Deno.test({
     await accepting;
   },
 });
+
+/** This process's threads by id, with how often each has been scheduled to run (`/proc` schedstat). */
+function threadRuns(): Map<number, { name: string; runs: number }> {
+  const threads = new Map<number, { name: string; runs: number }>();
+  for (const entry of Deno.readDirSync("/proc/self/task")) {
+    try {
+      const name = Deno.readTextFileSync(`/proc/self/task/${entry.name}/comm`).trim();
+      const runs = Number(Deno.readTextFileSync(`/proc/self/task/${entry.name}/schedstat`).split(" ")[2]);
+      threads.set(Number(entry.name), { name, runs });
+    } catch {
+      // The thread ended while being listed.
+    }
+  }
+  return threads;
+}
+
+Deno.test({
+  name: "io_uring relay: an idle relay's thread wakes about once a second, not every yield",
+  ignore,
+  async fn() {
+    const before = threadRuns();
+    await using echo = backend((received) => received);
+    await using relay = await startRelay({ backends: [echo.address], yieldMs: 5 });
+    // One flow first, so the wait that follows comes after completions, as on a live agent.
+    assert.equal(new TextDecoder().decode(await exchange(relay.port, new TextEncoder().encode("x"))), "x");
+    const workers = [...threadRuns()].filter(([id, { name }]) =>
+      !before.has(id) && name.startsWith("worker")
+    );
+    assert.equal(workers.length, 1, `new worker threads: ${JSON.stringify(workers)}`);
+    const [id, { runs: start }] = workers[0]!;
+    await new Promise((resolve) => setTimeout(resolve, 2_500));
+    const runs = threadRuns().get(id)!.runs - start;
+    // Turning every 5 ms would be 500 runs; a flow's end and the turns after it take a few.
+    assert.ok(runs <= 20, `the relay's thread ran ${runs} times in 2.5 s of idleness`);
+  },
+});

@@ -1,7 +1,7 @@
 /**
  * A relay on a thread of its own: it blocks in `io_uring_enter`, and turns to its event loop (messages
- * from the agent, `messages.ts`) between waits: at least every `yieldMs`, and at once when a message is on
- * its way. Asks, answers and flow events go through shared memory (`shared_queues.ts`), between waits, with
+ * from the agent, `messages.ts`) between waits: `yieldMs` after the first completion of a turn (about once a
+ * second while nothing completes), and at once when a message is on its way. Asks, answers and flow events go through shared memory (`shared_queues.ts`), between waits, with
  * no turn.
  */
 import { setImmediate } from "node:timers";
@@ -18,8 +18,13 @@ interface WorkerScope {
 }
 const scope = self as unknown as WorkerScope;
 
-/** The longest the relay blocks before it turns to its event loop anyway. */
+/** How long a turn lasts once something completed: flow events are posted once per turn. */
 let yieldMs = 10;
+/**
+ * The longest the relay blocks while nothing completes. A wake (answers, a message) ends a wait at once, so
+ * this only bounds how often an idle relay turns: about once a second, not every `yieldMs`.
+ */
+const IDLE_WAIT_MS = 1_000;
 let stopping = false;
 /**
  * Messages handled since `start`. While the agent's count of those it posted (`POSTED`) is ahead, a message
@@ -212,9 +217,10 @@ async function run(relay: Relay, ring: Ring): Promise<void> {
   while (!stopping) {
     // A wake (the agent wrote answers or posted a message, then wrote the eventfd) ends a wait at once.
     // Answers are taken here; a message needs a turn of the event loop.
-    const until = performance.now() + yieldMs;
+    let until = performance.now() + Math.max(yieldMs, IDLE_WAIT_MS);
     do {
-      relay.poll(messageDue() ? 0 : Math.max(0, until - performance.now()));
+      const completed = relay.poll(messageDue() ? 0 : Math.max(0, until - performance.now()));
+      if (completed > 0 || events.length > 0) until = Math.min(until, performance.now() + yieldMs);
       takeAnswers(relay);
       postAsks();
     } while (!messageDue() && performance.now() < until);
