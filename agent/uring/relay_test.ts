@@ -10,7 +10,13 @@ import { decodeProxyHeader } from "../../cluster/proxy_protocol.ts";
 import { placeFlow, type Placement } from "./placement.ts";
 import { openRing, unavailableReason } from "./ring.ts";
 import { RelayDataPlane } from "./data_plane.ts";
-import { encodeAddress, FlowEvent, type PlacementRequest, type SocketAddress } from "./relay.ts";
+import {
+  encodeAddress,
+  FlowEvent,
+  type PlacementRequest,
+  type RelayCounters,
+  type SocketAddress,
+} from "./relay.ts";
 
 const { CONNECTED, FAILED, NO_BACKEND, ENDED, IDLE, ACCEPT_FAILED } = FlowEvent;
 const probe = openRing({ entries: 8 });
@@ -45,6 +51,8 @@ interface ServiceOptions {
 async function startRelay(options: ServiceOptions) {
   /** Flow events as posted: kind, service, slot, generation, choice, errno. */
   const flowEvents: number[] = [];
+  /** The counters as of each post of flow events, or of counters alone. */
+  const posts: RelayCounters[] = [];
   let stopped = false;
   const opened = await RelayDataPlane.open({
     place: (request) => {
@@ -52,7 +60,10 @@ async function startRelay(options: ServiceOptions) {
         if (!stopped) plane.placed(request, targets, header, firstTimeoutMs);
       });
     },
-    flows: (events) => flowEvents.push(...events),
+    flows: (events, counters) => {
+      flowEvents.push(...events);
+      posts.push({ ...counters });
+    },
   }, { yieldMs: options.yieldMs ?? 10, ...(options.ringBytes ? { ringBytes: options.ringBytes } : {}) });
   if (!(opened instanceof RelayDataPlane)) throw new Error(opened.unavailable);
   const plane = opened;
@@ -72,6 +83,8 @@ async function startRelay(options: ServiceOptions) {
     port,
     /** The flow events so far, as posted: kind, service, slot, generation, choice, errno. */
     events: () => flowEvents,
+    /** The counters of every post so far. */
+    posts: () => posts,
     /** The flow events so far, per flow (slot and generation), as [kind, choice] each. */
     flowEvents(): Array<Array<[number, number]>> {
       const flows = new Map<string, Array<[number, number]>>();
@@ -85,7 +98,7 @@ async function startRelay(options: ServiceOptions) {
     unlisten: () => plane.unlisten(index),
     setPlacement: (placement: Placement) => plane.setPlacement(index, placement),
     counters: () => plane.counters(),
-    async stop(): Promise<{ open: number }> {
+    async stop(): Promise<{ counters: RelayCounters; open: number }> {
       stopped = true;
       return await plane.stop();
     },
@@ -955,5 +968,52 @@ Deno.test({
     const runs = threadRuns().get(id)!.runs - start;
     // Turning every 5 ms would be 500 runs; a flow's end and the turns after it take a few.
     assert.ok(runs <= 20, `the relay's thread ran ${runs} times in 2.5 s of idleness`);
+  },
+});
+
+Deno.test({
+  name: "io_uring relay: bytes with no flow event are posted at most every 100 ms, and in full at the end",
+  ignore,
+  async fn() {
+    // An echo backend that keeps the connection open, as keep-alive traffic does.
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const served = (async () => {
+      const conn = await listener.accept();
+      const buffer = new Uint8Array(64);
+      for (let n; (n = await conn.read(buffer)) !== null;) await writeAll(conn, buffer.subarray(0, n));
+      conn.close();
+    })();
+    const relay = await startRelay({
+      backends: [{ ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
+      yieldMs: 5,
+    });
+    try {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+      const byte = new Uint8Array(1);
+      let exchanges = 1;
+      await writeAll(conn, byte);
+      assert.equal(await conn.read(byte), 1);
+      await eventually(() => relay.posts().length > 0, 2_000, "the connect's post");
+      const before = relay.posts().length;
+      const started = performance.now();
+      while (performance.now() - started < 1_000) {
+        await writeAll(conn, byte);
+        assert.equal(await conn.read(byte), 1);
+        exchanges++;
+      }
+      const posts = relay.posts().length - before;
+      // Posting at every turn (every 5 ms while bytes move) would be about 200.
+      assert.ok(posts >= 5 && posts <= 15, `${posts} posts in 1 s of ${exchanges} exchanges`);
+      conn.close();
+      await served;
+      const { counters } = await relay.stop();
+      const last = relay.posts().at(-1)!;
+      assert.equal(last.bytesUp, exchanges);
+      assert.equal(last.bytesDown, exchanges);
+      assert.deepEqual(last, counters);
+    } finally {
+      listener.close();
+      await relay.stop();
+    }
   },
 });

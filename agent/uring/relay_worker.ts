@@ -190,19 +190,31 @@ function signal(): void {
   Atomics.notify(shared!.counters, SIGNAL);
 }
 
-/** What the counters summed to when last posted. */
+/** What the counters summed to when last posted, and when (`performance.now()`). */
 let postedSum = 0;
+let postedAt = 0;
+/**
+ * How often counters alone are posted, when bytes moved but no flow event happened (keep-alive traffic):
+ * they feed heartbeats and `/metrics`, and each post wakes the agent's thread (100 times a second at every
+ * turn). A flow event goes at the end of its turn, with the counters as of then.
+ */
+const COUNTERS_EVERY_MS = 100;
 /** `flows` messages posted: the events that found no room in shared memory. */
 let flowsPosted = 0;
 
-/** The flow events since the last call, with the counters: in shared memory, or in a message without room. */
-function postEvents(): void {
+/**
+ * The flow events since the last call, with the counters: in shared memory, or in a message without room.
+ * Counters alone wait up to `COUNTERS_EVERY_MS`, unless `final`.
+ */
+function postEvents(final = false): void {
   if (relay === null) return;
   const { counters } = relay;
   const sum = counters.accepted + counters.rejected + counters.bytesUp + counters.bytesDown +
     counters.acceptErrors;
-  if (events.length === 0 && sum === postedSum) return;
+  const now = performance.now();
+  if (events.length === 0 && (sum === postedSum || (!final && now - postedAt < COUNTERS_EVERY_MS))) return;
   postedSum = sum;
+  postedAt = now;
   if (shared!.events.put(flowsPosted, events, counters, relay.open)) {
     events.length = 0;
     signal();
@@ -231,7 +243,7 @@ async function run(relay: Relay, ring: Ring): Promise<void> {
     await new Promise((resolve) => setImmediate(resolve));
   }
   relay.close();
-  postEvents();
+  postEvents(true);
   ring.close();
   scope.postMessage({ type: "stopped", counters: { ...relay.counters }, open: relay.open });
   scope.close();
