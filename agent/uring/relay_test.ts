@@ -972,7 +972,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "io_uring relay: bytes with no flow event are posted at most every 100 ms, and in full at the end",
+  name: "io_uring relay: bytes alone are posted at most every 100 ms, and in full at the end",
   ignore,
   async fn() {
     // An echo backend that keeps the connection open, as keep-alive traffic does.

@@ -190,30 +190,36 @@ function signal(): void {
   Atomics.notify(shared!.counters, SIGNAL);
 }
 
-/** What the counters summed to when last posted, and when (`performance.now()`). */
-let postedSum = 0;
+/** What the counters of connections, and of bytes, summed to when last posted, and when (`performance.now()`). */
+let postedConnections = 0;
+let postedBytes = 0;
 let postedAt = 0;
 /**
- * How often counters alone are posted, when bytes moved but no flow event happened (keep-alive traffic):
+ * How often byte counts alone are posted, when bytes moved but nothing else happened (keep-alive traffic):
  * they feed heartbeats and `/metrics`, and each post wakes the agent's thread (100 times a second at every
- * turn). A flow event goes at the end of its turn, with the counters as of then.
+ * turn). A flow event, or a connection counted (accepted, rejected, failed to accept), goes at the end of
+ * its turn, with every counter as of then.
  */
-const COUNTERS_EVERY_MS = 100;
+const BYTES_EVERY_MS = 100;
 /** `flows` messages posted: the events that found no room in shared memory. */
 let flowsPosted = 0;
 
 /**
  * The flow events since the last call, with the counters: in shared memory, or in a message without room.
- * Counters alone wait up to `COUNTERS_EVERY_MS`, unless `final`.
+ * Byte counts alone wait up to `BYTES_EVERY_MS`, unless `final`.
  */
 function postEvents(final = false): void {
   if (relay === null) return;
   const { counters } = relay;
-  const sum = counters.accepted + counters.rejected + counters.bytesUp + counters.bytesDown +
-    counters.acceptErrors;
+  const connections = counters.accepted + counters.rejected + counters.acceptErrors;
+  const bytes = counters.bytesUp + counters.bytesDown;
   const now = performance.now();
-  if (events.length === 0 && (sum === postedSum || (!final && now - postedAt < COUNTERS_EVERY_MS))) return;
-  postedSum = sum;
+  if (
+    events.length === 0 && connections === postedConnections &&
+    (bytes === postedBytes || (!final && now - postedAt < BYTES_EVERY_MS))
+  ) return;
+  postedConnections = connections;
+  postedBytes = bytes;
   postedAt = now;
   if (shared!.events.put(flowsPosted, events, counters, relay.open)) {
     events.length = 0;
