@@ -53,8 +53,12 @@ export const BENCH_DEFAULTS = {
   rounds: 3,
   /** Seconds of each measured wrk run. */
   durationS: 5,
-  /** Seconds of keep-alive load before the measured runs of each target (JIT, caches, pools). */
-  warmupS: 2,
+  /**
+   * Seconds of load before the measured runs of each target (JIT, caches, pools): keep-alive before the
+   * keep-alive run, `Connection: close` before the new-connection run. A fresh agent under keep-alive load
+   * had a p99 of 2.8-3.8 ms in its first 2 s, 2.2-3.1 in the next 2 and 2.0-2.3 from 4-6 s on.
+   */
+  warmupS: 5,
   /** Seconds of each iperf3 run. */
   iperfDurationS: 3,
   /** wrk's threads and connections. */
@@ -146,7 +150,7 @@ const USAGE = `Usage: deno task bench [--quick] [--rounds N] [--duration S] [--w
   --quick             about a minute: ${QUICK.rounds} round, ${QUICK.durationS} s runs, ${QUICK.iperfDurationS} s iperf3, ${QUICK.idleConnections} idle connections
   --rounds N          rounds of load, each target in turn; the table gives medians (default ${BENCH_DEFAULTS.rounds})
   --duration S        seconds of each wrk run (default ${BENCH_DEFAULTS.durationS})
-  --warmup S          seconds of keep-alive load before each target's runs (default ${BENCH_DEFAULTS.warmupS})
+  --warmup S          seconds of the same load before each target's wrk runs (default ${BENCH_DEFAULTS.warmupS})
   --iperf-duration S  seconds of each iperf3 run (default ${BENCH_DEFAULTS.iperfDurationS})
   --connections N     wrk connections (default ${BENCH_DEFAULTS.connections})
   --threads N         wrk threads (default ${BENCH_DEFAULTS.threads})
@@ -468,6 +472,13 @@ async function measureLoad(
           );
         }
       });
+      // The keep-alive load never took the path of a new connection (accept, placement, the manager's
+      // decision, connect, close): a fresh switchyard's first 5 s of it ran 8-9% slower than the next.
+      if (options.warmupS > 0) {
+        await step("Connection: close warm-up", async () => {
+          await runWrk(wrk, target.ports.http, { ...wrkOptions, durationS: options.warmupS, close: true });
+        });
+      }
       await step("new-connection run", async () => {
         progress(`${spec.key}: Connection: close, ${options.durationS} s (${round})`);
         const cpuPids = target.cpuPids();
@@ -672,7 +683,7 @@ async function main(): Promise<number> {
     }, each target in turn on a fresh process; ` +
     `the table gives the median of the rounds. Each round: ` +
     `\`wrk -t${options.threads} -c${options.connections} -d${options.durationS}s --latency\` after a ` +
-    `${options.warmupS} s warm-up; new conn/s adds \`-H 'Connection: close'\`; bulk is ` +
+    `${options.warmupS} s warm-up; new conn/s adds \`-H 'Connection: close'\` (its warm-up too); bulk is ` +
     `\`iperf3 -t ${options.iperfDurationS}\` (one stream); KiB/idle conn is the growth of the proxy's VmRSS ` +
     `(HAProxy, the nginx worker, the switchyard agents) with ${idleCount} connections open, each having ` +
     "echoed one byte. × HAProxy is the figure divided by HAProxy's (for p50, p99 and KiB lower is better).",
