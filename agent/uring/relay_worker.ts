@@ -1,8 +1,8 @@
 /**
  * A relay on a thread of its own: it blocks in `io_uring_enter`, and turns to its event loop (messages
- * from the agent, `messages.ts`) between waits: `yieldMs` after the first completion of a turn (about once a
- * second while nothing completes), and at once when a message is on its way. Asks, answers and flow events go through shared memory (`shared_queues.ts`), between waits, with
- * no turn.
+ * from the agent, `messages.ts`) between waits: `yieldMs` after the first completion of a turn (about once
+ * a second while nothing completes), and at once when a message is on its way. Asks, answers and flow
+ * events go through shared memory (`shared_queues.ts`), between waits, with no turn.
  */
 import { setImmediate } from "node:timers";
 import type { FromWorker, ServiceMessage, ToWorker } from "./messages.ts";
@@ -190,7 +190,7 @@ function signal(): void {
   Atomics.notify(shared!.counters, SIGNAL);
 }
 
-/** What the counters of connections, and of bytes, summed to when last posted, and when (`performance.now()`). */
+/** The sums of the connection counters and of the byte counters when last posted, and when. */
 let postedConnections = 0;
 let postedBytes = 0;
 let postedAt = 0;
