@@ -423,12 +423,13 @@ export class Relay {
    * the number handled.
    */
   poll(waitMs: number): number {
-    // Idle flows are looked for every `sweepMs` while there are flows; with none, nothing shortens the wait.
+    // Idle flows are looked for every `sweepMs` while there are flows; with none, nothing shortens the wait
+    // and there is nothing to look through.
     const sweepIn = this.#open > 0 ? Math.max(0, this.#nextSweep - performance.now()) : waitMs;
     this.#ring.enter(1, Math.min(waitMs, sweepIn));
     this.#now = performance.now();
     const count = this.#ring.complete(this.#onCompletion);
-    if (this.#now >= this.#nextSweep) this.#sweep();
+    if (this.#open > 0 && this.#now >= this.#nextSweep) this.#sweep();
     return count;
   }
 
