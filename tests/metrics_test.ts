@@ -207,7 +207,10 @@ Deno.test("/metrics on the agents and the manager count 37 then 40 known connect
     await eventually(
       async () => {
         const page = await scrape(cluster.admin, ADMIN_TOKEN);
+        // Handoffs are counted as they are made, served flows as they connect: wait for a heartbeat of
+        // agent-1's sent after both, not one between.
         return sum(page, "switchyard_agent_reported_handoffs_total", { agent: "agent-1" }) === handedOff &&
+          sum(page, "switchyard_agent_reported_served_total", { agent: "agent-1" }) === 77 - handedOff &&
           sum(page, "switchyard_agent_reported_served_total", { agent: "agent-2" }) === handedOff;
       },
       10_000,
