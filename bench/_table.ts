@@ -9,11 +9,20 @@ export interface Row {
   readonly newConnectionsPerSecond: number | null;
   readonly bulkGbitPerSecond: number | null;
   readonly kibPerIdleConnection: number | null;
+  /**
+   * Ratios to the baseline measured beside this target (the median of each measurement's ratio to the
+   * baseline's run next to it), where there are some; any other column's ratio is the figure divided by the
+   * baseline's.
+   */
+  readonly ratios?: Partial<Record<Figure, number | null>>;
 }
 
+/** The figures of a row. */
+export type Figure = Exclude<keyof Row, "label" | "ratios">;
+
 interface Column {
+  readonly figure: Figure;
   readonly title: string;
-  readonly value: (row: Row) => number | null;
   readonly format: (value: number) => string;
 }
 
@@ -32,17 +41,18 @@ function milliseconds(value: number): string {
 }
 
 const COLUMNS: readonly Column[] = [
-  { title: "keep-alive req/s", value: (row) => row.keepAliveRps, format: (v) => grouped.format(v) },
-  { title: "p50 ms", value: (row) => row.p50Ms, format: milliseconds },
-  { title: "p99 ms", value: (row) => row.p99Ms, format: milliseconds },
-  { title: "new conn/s", value: (row) => row.newConnectionsPerSecond, format: (v) => grouped.format(v) },
-  { title: "bulk Gbit/s", value: (row) => row.bulkGbitPerSecond, format: decimals(2) },
-  { title: "KiB/idle conn", value: (row) => row.kibPerIdleConnection, format: decimals(1) },
+  { figure: "keepAliveRps", title: "keep-alive req/s", format: (v) => grouped.format(v) },
+  { figure: "p50Ms", title: "p50 ms", format: milliseconds },
+  { figure: "p99Ms", title: "p99 ms", format: milliseconds },
+  { figure: "newConnectionsPerSecond", title: "new conn/s", format: (v) => grouped.format(v) },
+  { figure: "bulkGbitPerSecond", title: "bulk Gbit/s", format: decimals(2) },
+  { figure: "kibPerIdleConnection", title: "KiB/idle conn", format: decimals(1) },
 ];
 
 /**
- * One markdown table: a row per target, each figure followed by its ratio to `baseline`'s figure in the
- * same column ("—" where either is missing).
+ * One markdown table: a row per target, each figure followed by its ratio to `baseline`: the row's own
+ * (`ratios`) where it has one for that column, else the figure divided by the baseline's ("—" where either
+ * is missing).
  */
 export function formatTable(rows: readonly Row[], baseline: Row | null, baselineName = "HAProxy"): string {
   const header = ["target"];
@@ -50,11 +60,18 @@ export function formatTable(rows: readonly Row[], baseline: Row | null, baseline
   const lines = [header, header.map((_, i) => (i === 0 ? "---" : "---:"))];
   for (const row of rows) {
     const cells = [row.label];
-    for (const column of COLUMNS) {
-      const value = column.value(row);
-      const base = baseline ? column.value(baseline) : null;
-      cells.push(value === null ? "—" : column.format(value));
-      cells.push(value === null || base === null || base === 0 ? "—" : `${(value / base).toFixed(2)}×`);
+    for (const { figure, format } of COLUMNS) {
+      const value = row[figure];
+      const base = baseline ? baseline[figure] : null;
+      const ratio = baseline === null || value === null
+        ? null
+        : row.ratios?.[figure] !== undefined
+        ? row.ratios[figure]
+        : base === null || base === 0
+        ? null
+        : value / base;
+      cells.push(value === null ? "—" : format(value));
+      cells.push(ratio === null ? "—" : `${ratio.toFixed(2)}×`);
     }
     lines.push(cells);
   }

@@ -43,3 +43,20 @@ Deno.test("median: the middle value, the mean of the middle two, null for none",
   assert.equal(median([4, 1, 3, 2]), 2.5);
   assert.equal(median([5, 5, 1]), 5);
 });
+
+Deno.test("formatTable takes a row's own ratios where it has them, and divides for the other columns", () => {
+  const paired: Row = {
+    ...HAPROXY,
+    label: "paired",
+    newConnectionsPerSecond: 6_000,
+    ratios: { newConnectionsPerSecond: 0.9, p99Ms: null },
+  };
+  const line = formatTable([HAPROXY, paired], HAPROXY).split("\n")[3] as string;
+  // 6,000 against 8,000 would read 0.75×; measured beside HAProxy run by run, it was 0.90×.
+  assert.equal(
+    line,
+    "| paired | 40,000 | 1.00× | 1.00 | 1.00× | 4.00 | — | 6,000 | 0.90× | 6.00 | 1.00× | 3.3 | 1.00× |",
+  );
+  const noBaseline = formatTable([paired], null).split("\n")[2] as string;
+  assert.match(noBaseline, /\| 6,000 \| — \|/);
+});

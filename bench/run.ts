@@ -11,7 +11,10 @@
  *
  * The load runs in rounds (3 by default): every target in turn on a fresh process, then again, and the
  * table gives each figure's median, so a burst of other work on a shared machine skews every target of
- * one round alike instead of one target's whole figure.
+ * one round alike instead of one target's whole figure. HAProxy, the baseline, runs once through all
+ * rounds, and each measured run of another target has the same run of HAProxy right beside it: a ratio
+ * to HAProxy is the median of those pairs' ratios, two runs seconds apart on a machine whose speed drifts
+ * within a minute.
  *
  * Prints one markdown table, every figure with its ratio to HAProxy's from the same run, and writes it to
  * bench/out/latest.md. A missing tool skips its columns (run `bash bench/setup`); the exit code is 1 only
@@ -256,18 +259,34 @@ function cpuModel(): string {
   }
 }
 
+/** A target's figures of every round. */
+interface Samples {
+  keepAliveRps: number[];
+  p50Ms: number[];
+  p99Ms: number[];
+  newConnectionsPerSecond: number[];
+  bulkGbitPerSecond: number[];
+  /** CPU time of the target's processes per connection in the Connection: close run, µs. */
+  cpuUsPerConnection: number[];
+}
+
+function noSamples(): Samples {
+  return {
+    keepAliveRps: [],
+    p50Ms: [],
+    p99Ms: [],
+    newConnectionsPerSecond: [],
+    bulkGbitPerSecond: [],
+    cpuUsPerConnection: [],
+  };
+}
+
 /** One target's figures (every round's), and what went wrong while measuring it. */
 interface Measured {
   readonly spec: TargetSpec;
-  readonly samples: {
-    keepAliveRps: number[];
-    p50Ms: number[];
-    p99Ms: number[];
-    newConnectionsPerSecond: number[];
-    bulkGbitPerSecond: number[];
-    /** CPU time of the target's processes per connection in the Connection: close run, µs. */
-    cpuUsPerConnection: number[];
-  };
+  readonly samples: Samples;
+  /** Each run's figure divided by that of the reference HAProxy's run beside it (`Reference`). */
+  readonly ratios: Samples;
   kibPerIdleConnection: number | null;
   readonly notes: string[];
   failed: boolean;
@@ -290,14 +309,8 @@ const mib = (kib: number | null) => kib === null ? "?" : `${(kib / 1024).toFixed
 function newMeasured(spec: TargetSpec, context: StartContext): Measured {
   const measured: Measured = {
     spec,
-    samples: {
-      keepAliveRps: [],
-      p50Ms: [],
-      p99Ms: [],
-      newConnectionsPerSecond: [],
-      bulkGbitPerSecond: [],
-      cpuUsPerConnection: [],
-    },
+    samples: noSamples(),
+    ratios: noSamples(),
     kibPerIdleConnection: null,
     notes: [],
     failed: false,
@@ -323,9 +336,12 @@ function note(measured: Measured, text: string, failure = false): void {
   progress(`${measured.spec.key}: ${text}`);
 }
 
-/** The table row: the median of every round's figures. */
+/**
+ * The table row: the median of every round's figures, and of their ratios to the reference HAProxy's runs
+ * beside them, where it was measured beside them.
+ */
 function rowOf(measured: Measured): Row {
-  const { samples } = measured;
+  const { samples, ratios } = measured;
   return {
     label: measured.spec.label,
     keepAliveRps: median(samples.keepAliveRps),
@@ -334,6 +350,11 @@ function rowOf(measured: Measured): Row {
     newConnectionsPerSecond: median(samples.newConnectionsPerSecond),
     bulkGbitPerSecond: median(samples.bulkGbitPerSecond),
     kibPerIdleConnection: measured.kibPerIdleConnection,
+    ratios: Object.fromEntries(
+      (["keepAliveRps", "p50Ms", "p99Ms", "newConnectionsPerSecond", "bulkGbitPerSecond"] as const)
+        .filter((figure) => ratios[figure].length > 0)
+        .map((figure) => [figure, median(ratios[figure])]),
+    ),
   };
 }
 
@@ -431,17 +452,117 @@ async function measureIdle(measured: Measured, context: StartContext, idleCount:
   });
 }
 
-/** One round of load on a fresh process of the target: a warm-up, keep-alive, new connections, bulk. */
+/**
+ * HAProxy as the baseline: one process alive through every round, measured right beside each run of every
+ * other target, so that each ratio compares two runs seconds apart. This machine's speed drifts by 20-30%
+ * within a minute: HAProxy's figures taken a minute before a target's decided its ratio as much as the
+ * target did (decide: manager read 0.72-0.99× in adjacent pairs of 4 s runs). Idle, HAProxy wakes once a
+ * second.
+ */
+interface Reference {
+  readonly measured: Measured;
+  readonly target: RunningTarget;
+}
+
+/** Starts the reference HAProxy; null (noted) when it cannot start, and ratios are then of the medians. */
+async function startReference(measured: Measured, context: StartContext): Promise<Reference | null> {
+  progress(`${measured.spec.key}: starting, to run beside every other target`);
+  try {
+    const target = await measured.spec.start(context);
+    await sleep(500);
+    measured.rss.fresh = total(target.memoryPids(), rssKiB);
+    return { measured, target };
+  } catch (error) {
+    note(measured, `could not start: ${error instanceof Error ? error.message : String(error)}`, true);
+    return null;
+  }
+}
+
+async function stopReference({ measured, target }: Reference): Promise<void> {
+  if (target.failure() === null) measured.rss.loaded = total(target.memoryPids(), rssKiB);
+  const problems = target.problems();
+  for (const line of problems.slice(0, 10)) note(measured, `logged: ${line.slice(0, 300)}`);
+  if (problems.length > 10) note(measured, `logged ${problems.length - 10} more warnings or errors`);
+  await target.stop();
+}
+
+/**
+ * Runs `load` on `target` and, where there is a reference, on it right beside: first in even rounds, so that
+ * neither always follows the other. The reference's result is null when it has none or its run failed (noted
+ * on it); an error of the target's own run is thrown, as `step` expects.
+ */
+async function beside<T>(
+  what: string,
+  target: RunningTarget,
+  reference: Reference | null,
+  referenceFirst: boolean,
+  load: (target: RunningTarget) => Promise<T>,
+): Promise<{ own: T; theirs: T | null }> {
+  const theirs = async (): Promise<T | null> => {
+    if (reference === null || reference.target.failure() !== null) return null;
+    try {
+      return await load(reference.target);
+    } catch (error) {
+      note(
+        reference.measured,
+        `${what} failed: ${error instanceof Error ? error.message : String(error)}`,
+        true,
+      );
+      return null;
+    } finally {
+      const after = reference.target.failure();
+      if (after !== null) note(reference.measured, `died during ${what}: ${after}`, true);
+    }
+  };
+  if (referenceFirst) {
+    const first = await theirs();
+    return { own: await load(target), theirs: first };
+  }
+  const own = await load(target);
+  return { own, theirs: await theirs() };
+}
+
+/** A wrk run's figures into a target's samples, and its errors into its notes. */
+function recordWrk(measured: Measured, result: WrkResult, what: string, cpuUs: number | null): void {
+  const { samples, spec } = measured;
+  progress(
+    `${spec.key}:   ${describeWrk(result)}${cpuUs === null ? "" : `, ${cpuUs.toFixed(0)} µs CPU each`}`,
+  );
+  if (what === "keep-alive run") {
+    samples.keepAliveRps.push(result.requestsPerSecond);
+    if (result.p50Ms !== null) samples.p50Ms.push(result.p50Ms);
+    if (result.p99Ms !== null) samples.p99Ms.push(result.p99Ms);
+  } else {
+    samples.newConnectionsPerSecond.push(result.requestsPerSecond);
+    if (cpuUs !== null) samples.cpuUsPerConnection.push(cpuUs);
+  }
+  if (result.errors > 0) {
+    note(measured, `${what}: ${result.errorText} of ${result.requests} requests`, spec.switchyard);
+  }
+}
+
+/** `own / theirs` into `ratios`, when both were measured. */
+function pushRatio(ratios: number[], own: number | null, theirs: number | null | undefined): void {
+  if (own !== null && theirs !== null && theirs !== undefined && theirs > 0) ratios.push(own / theirs);
+}
+
+/**
+ * One round of load on a fresh process of the target: a warm-up, keep-alive, new connections, bulk; each
+ * measured run with the same run of the reference beside it.
+ */
 async function measureLoad(
   measured: Measured,
   context: StartContext,
   options: Options,
-  round: string,
+  round: { number: number; text: string },
+  reference: Reference | null,
 ): Promise<void> {
-  const { spec, samples } = measured;
+  const { ratios } = measured;
   const { wrk, iperf3 } = context.tools;
   const wrkOptions = { threads: options.threads, connections: options.connections };
-  await phase(measured, context, `load (${round})`, async (target, step) => {
+  const referenceFirst = round.number % 2 === 0;
+  const label = (target: RunningTarget) => target === reference?.target ? reference.measured : measured;
+  await phase(measured, context, `load (${round.text})`, async (target, step) => {
     const pids = target.memoryPids();
     if (pids.length > 0) {
       await sleep(500);
@@ -454,23 +575,25 @@ async function measureLoad(
         });
       }
       await step("keep-alive run", async () => {
-        progress(`${spec.key}: keep-alive, ${options.durationS} s (${round})`);
-        const result = await runWrk(wrk, target.ports.http, {
-          ...wrkOptions,
-          durationS: options.durationS,
-          close: false,
-        });
-        progress(`${spec.key}:   ${describeWrk(result)}`);
-        samples.keepAliveRps.push(result.requestsPerSecond);
-        if (result.p50Ms !== null) samples.p50Ms.push(result.p50Ms);
-        if (result.p99Ms !== null) samples.p99Ms.push(result.p99Ms);
-        if (result.errors > 0) {
-          note(
-            measured,
-            `keep-alive run (${round}): ${result.errorText} of ${result.requests} requests`,
-            spec.switchyard,
-          );
-        }
+        const { own, theirs } = await beside(
+          "keep-alive run",
+          target,
+          reference,
+          referenceFirst,
+          async (t) => {
+            progress(`${label(t).spec.key}: keep-alive, ${options.durationS} s (${round.text})`);
+            const result = await runWrk(wrk, t.ports.http, {
+              ...wrkOptions,
+              durationS: options.durationS,
+              close: false,
+            });
+            recordWrk(label(t), result, "keep-alive run", null);
+            return result;
+          },
+        );
+        pushRatio(ratios.keepAliveRps, own.requestsPerSecond, theirs?.requestsPerSecond);
+        pushRatio(ratios.p50Ms, own.p50Ms, theirs?.p50Ms);
+        pushRatio(ratios.p99Ms, own.p99Ms, theirs?.p99Ms);
       });
       // The keep-alive load never took the path of a new connection (accept, placement, the manager's
       // decision, connect, close): a fresh switchyard's first 5 s of it ran 8-9% slower than the next.
@@ -480,39 +603,43 @@ async function measureLoad(
         });
       }
       await step("new-connection run", async () => {
-        progress(`${spec.key}: Connection: close, ${options.durationS} s (${round})`);
-        const cpuPids = target.cpuPids();
-        const cpuBefore = total(cpuPids, cpuMs);
-        const result = await runWrk(wrk, target.ports.http, {
-          ...wrkOptions,
-          durationS: options.durationS,
-          close: true,
+        const runs = await beside("new-connection run", target, reference, referenceFirst, async (t) => {
+          progress(`${label(t).spec.key}: Connection: close, ${options.durationS} s (${round.text})`);
+          const cpuPids = t.cpuPids();
+          const cpuBefore = total(cpuPids, cpuMs);
+          const result = await runWrk(wrk, t.ports.http, {
+            ...wrkOptions,
+            durationS: options.durationS,
+            close: true,
+          });
+          const cpuAfter = total(cpuPids, cpuMs);
+          const cpuUs = cpuBefore === null || cpuAfter === null || result.requests === 0
+            ? null
+            : (cpuAfter - cpuBefore) * 1_000 / result.requests;
+          recordWrk(label(t), result, "new-connection run", cpuUs);
+          return { result, cpuUs };
         });
-        const cpuAfter = total(cpuPids, cpuMs);
-        const cpuUs = cpuBefore === null || cpuAfter === null || result.requests === 0
-          ? null
-          : (cpuAfter - cpuBefore) * 1_000 / result.requests;
-        progress(
-          `${spec.key}:   ${describeWrk(result)}${cpuUs === null ? "" : `, ${cpuUs.toFixed(0)} µs CPU each`}`,
+        const { own, theirs } = runs;
+        pushRatio(
+          ratios.newConnectionsPerSecond,
+          own.result.requestsPerSecond,
+          theirs?.result.requestsPerSecond,
         );
-        samples.newConnectionsPerSecond.push(result.requestsPerSecond);
-        if (cpuUs !== null) samples.cpuUsPerConnection.push(cpuUs);
-        if (result.errors > 0) {
-          note(
-            measured,
-            `new-connection run (${round}): ${result.errorText} of ${result.requests} requests`,
-            spec.switchyard,
-          );
-        }
+        pushRatio(ratios.cpuUsPerConnection, own.cpuUs, theirs?.cpuUs);
       });
     }
     if (iperf3 !== null && target.ports.iperf !== null) {
-      const iperfPort = target.ports.iperf;
       await step("iperf3 run", async () => {
-        progress(`${spec.key}: iperf3, ${options.iperfDurationS} s (${round})`);
-        const result = await runIperf(iperf3, iperfPort, options.iperfDurationS);
-        progress(`${spec.key}:   ${result.gbitPerSecond.toFixed(2)} Gbit/s`);
-        samples.bulkGbitPerSecond.push(result.gbitPerSecond);
+        const { own, theirs } = await beside("iperf3 run", target, reference, referenceFirst, async (t) => {
+          const port = t.ports.iperf;
+          if (port === null) throw new Error("no iperf3 port");
+          progress(`${label(t).spec.key}: iperf3, ${options.iperfDurationS} s (${round.text})`);
+          const result = await runIperf(iperf3, port, options.iperfDurationS);
+          progress(`${label(t).spec.key}:   ${result.gbitPerSecond.toFixed(2)} Gbit/s`);
+          label(t).samples.bulkGbitPerSecond.push(result.gbitPerSecond);
+          return result.gbitPerSecond;
+        });
+        pushRatio(ratios.bulkGbitPerSecond, own, theirs);
       });
     }
     if (pids.length > 0) measured.rss.loaded = total(pids, rssKiB);
@@ -540,7 +667,12 @@ function cpuLines(results: readonly Measured[]): string[] {
   return results.flatMap((result) => {
     const us = median(result.samples.cpuUsPerConnection);
     if (us === null) return [];
-    const ratio = haproxy === null || haproxy === 0 ? "" : ` (${(us / haproxy).toFixed(2)}× HAProxy)`;
+    const ratioValue = result.ratios.cpuUsPerConnection.length > 0
+      ? median(result.ratios.cpuUsPerConnection)
+      : haproxy === null || haproxy === 0
+      ? null
+      : us / haproxy;
+    const ratio = ratioValue === null ? "" : ` (${ratioValue.toFixed(2)}× HAProxy)`;
     return [`${result.spec.label}: ${us.toFixed(0)} µs${ratio}`];
   });
 }
@@ -555,7 +687,16 @@ function roundsLine(measured: Measured): string | null {
     list(samples.p99Ms, 2)
   } ms; new conn ${list(samples.newConnectionsPerSecond, 0)}/s; bulk ${
     list(samples.bulkGbitPerSecond, 2)
-  } Gbit/s`;
+  } Gbit/s${pairedLine(measured)}`;
+}
+
+/** Each run's ratio to the reference HAProxy's run beside it, for the report; empty without any. */
+function pairedLine({ ratios }: Measured): string {
+  if (ratios.keepAliveRps.length === 0 && ratios.bulkGbitPerSecond.length === 0) return "";
+  const list = (values: number[]) => values.map((value) => value.toFixed(2)).join(" / ");
+  return `; × HAProxy beside it: keep-alive ${list(ratios.keepAliveRps)}; p99 ${
+    list(ratios.p99Ms)
+  }; new conn ${list(ratios.newConnectionsPerSecond)}; bulk ${list(ratios.bulkGbitPerSecond)}`;
 }
 
 type Step = (what: string, run: () => Promise<void>) => Promise<void>;
@@ -610,6 +751,7 @@ async function main(): Promise<number> {
   });
 
   const results: Measured[] = [];
+  let reference: Reference | null = null;
   let httpServer = "";
   let broken = false;
   try {
@@ -642,14 +784,20 @@ async function main(): Promise<number> {
         checkBackends();
       }
     }
+    // HAProxy, when there is another target to compare with it, is the reference run beside each of theirs.
+    const haproxy = running().find((measured) => measured.spec.key === "haproxy");
+    if (haproxy !== undefined && running().length > 1) {
+      reference = await startReference(haproxy, context);
+    }
     // Round after round, each target in turn: a burst of other work on the machine then skews one round
     // of every target alike, and the medians leave it out. The order turns by one each round, so no target
     // always follows the same one (whose sockets in TIME_WAIT, or bulk run, could weigh on it).
     for (let round = 1; round <= options.rounds; round++) {
-      const targets = running();
+      const targets = running().filter((measured) => measured !== reference?.measured);
       const turn = (round - 1) % Math.max(1, targets.length);
       for (const measured of [...targets.slice(turn), ...targets.slice(0, turn)]) {
-        await measureLoad(measured, context, options, `round ${round} of ${options.rounds}`);
+        const text = `round ${round} of ${options.rounds}`;
+        await measureLoad(measured, context, options, { number: round, text }, reference);
         checkBackends();
       }
     }
@@ -659,10 +807,12 @@ async function main(): Promise<number> {
     notes.push(text);
     broken = true;
   } finally {
+    if (reference !== null) await stopReference(reference);
     await cleanup();
   }
 
   const elapsedS = (performance.now() - began) / 1_000;
+  const pairedWithReference = results.some((result) => result.ratios.keepAliveRps.length > 0);
   const rows = results.map(rowOf);
   const baseline = rows.find((row) => row.label.startsWith("HAProxy")) ?? null;
   const table = formatTable(rows, baseline);
@@ -686,7 +836,14 @@ async function main(): Promise<number> {
     `${options.warmupS} s warm-up; new conn/s adds \`-H 'Connection: close'\` (its warm-up too); bulk is ` +
     `\`iperf3 -t ${options.iperfDurationS}\` (one stream); KiB/idle conn is the growth of the proxy's VmRSS ` +
     `(HAProxy, the nginx worker, the switchyard agents) with ${idleCount} connections open, each having ` +
-    "echoed one byte. × HAProxy is the figure divided by HAProxy's (for p50, p99 and KiB lower is better).",
+    "echoed one byte. " + (
+      pairedWithReference
+        ? "HAProxy ran once through all rounds, and each measured run of every other target had the same run " +
+          "of HAProxy right beside it (HAProxy first in even rounds): × HAProxy is the median of those runs' " +
+          "ratios, so it compares runs seconds apart; HAProxy's figures are the medians of all its runs. " +
+          "KiB/idle conn is the figure divided by HAProxy's. For p50, p99 and KiB lower is better."
+        : "× HAProxy is the figure divided by HAProxy's (for p50, p99 and KiB lower is better)."
+    ),
     "",
     table,
     "",
@@ -696,7 +853,10 @@ async function main(): Promise<number> {
       ? [
         "",
         "CPU per new connection (user and system time of the proxy's processes over the Connection: close " +
-        "run, per connection; for switchyard the agents and the manager; median of the rounds):",
+        "run, per connection; for switchyard the agents and the manager; median of the rounds; its ratio " +
+        `${
+          pairedWithReference ? "the median of each run's to HAProxy's beside it" : "to HAProxy's median"
+        }):`,
         ...cpu.map((text) => `- ${text}`),
       ]
       : []),
