@@ -12,9 +12,8 @@
  * The load runs in rounds (3 by default): every target in turn on a fresh process, then again, and the
  * table gives each figure's median, so a burst of other work on a shared machine skews every target of
  * one round alike instead of one target's whole figure. HAProxy, the baseline, runs once through all
- * rounds, and each measured run of another target has the same run of HAProxy right beside it: a ratio
- * to HAProxy is the median of those pairs' ratios, two runs seconds apart on a machine whose speed drifts
- * within a minute.
+ * rounds and gets the same load right before or right after each other target's: a ratio to HAProxy is the
+ * median of the ratios of runs seconds apart, on a machine whose speed drifts within a minute.
  *
  * Prints one markdown table, every figure with its ratio to HAProxy's from the same run, and writes it to
  * bench/out/latest.md. A missing tool skips its columns (run `bash bench/setup`); the exit code is 1 only
@@ -453,11 +452,12 @@ async function measureIdle(measured: Measured, context: StartContext, idleCount:
 }
 
 /**
- * HAProxy as the baseline: one process alive through every round, measured right beside each run of every
- * other target, so that each ratio compares two runs seconds apart. This machine's speed drifts by 20-30%
- * within a minute: HAProxy's figures taken a minute before a target's decided its ratio as much as the
- * target did (decide: manager read 0.72-0.99× in adjacent pairs of 4 s runs). Idle, HAProxy wakes once a
- * second.
+ * HAProxy as the baseline: one process alive through every round, given the same load as each other target
+ * right before it (odd rounds) or right after it (even rounds), so that each ratio compares runs seconds
+ * apart. This machine's speed drifts by 20-30% within a minute: HAProxy's figures taken minutes before a
+ * target's decided its ratio as much as the target did. Nothing else runs beside either: the target is
+ * started after HAProxy's load, or stopped before it (an idle switchyard just after load, its garbage
+ * collector among other things, raised HAProxy's p99 by about a tenth). Idle, HAProxy wakes once a second.
  */
 interface Reference {
   readonly measured: Measured;
@@ -486,49 +486,26 @@ async function stopReference({ measured, target }: Reference): Promise<void> {
   await target.stop();
 }
 
-/**
- * Runs `load` on `target` and, where there is a reference, on it right beside: first in even rounds, so that
- * neither always follows the other. The reference's result is null when it has none or its run failed (noted
- * on it); an error of the target's own run is thrown, as `step` expects.
- */
-async function beside<T>(
-  what: string,
-  target: RunningTarget,
-  reference: Reference | null,
-  referenceFirst: boolean,
-  load: (target: RunningTarget) => Promise<T>,
-): Promise<{ own: T; theirs: T | null }> {
-  const theirs = async (): Promise<T | null> => {
-    if (reference === null || reference.target.failure() !== null) return null;
-    try {
-      return await load(reference.target);
-    } catch (error) {
-      note(
-        reference.measured,
-        `${what} failed: ${error instanceof Error ? error.message : String(error)}`,
-        true,
-      );
-      return null;
-    } finally {
-      const after = reference.target.failure();
-      if (after !== null) note(reference.measured, `died during ${what}: ${after}`, true);
-    }
-  };
-  if (referenceFirst) {
-    const first = await theirs();
-    return { own: await load(target), theirs: first };
-  }
-  const own = await load(target);
-  return { own, theirs: await theirs() };
+/** What one round of load measured on a target; null where it was not. */
+interface LoadResult {
+  keepAlive: WrkResult | null;
+  newConnections: { result: WrkResult; cpuUs: number | null } | null;
+  bulkGbitPerSecond: number | null;
 }
 
 /** A wrk run's figures into a target's samples, and its errors into its notes. */
-function recordWrk(measured: Measured, result: WrkResult, what: string, cpuUs: number | null): void {
+function recordWrk(
+  measured: Measured,
+  result: WrkResult,
+  run: "keep-alive" | "new-connection",
+  round: string,
+  cpuUs: number | null,
+): void {
   const { samples, spec } = measured;
   progress(
     `${spec.key}:   ${describeWrk(result)}${cpuUs === null ? "" : `, ${cpuUs.toFixed(0)} µs CPU each`}`,
   );
-  if (what === "keep-alive run") {
+  if (run === "keep-alive") {
     samples.keepAliveRps.push(result.requestsPerSecond);
     if (result.p50Ms !== null) samples.p50Ms.push(result.p50Ms);
     if (result.p99Ms !== null) samples.p99Ms.push(result.p99Ms);
@@ -537,18 +514,120 @@ function recordWrk(measured: Measured, result: WrkResult, what: string, cpuUs: n
     if (cpuUs !== null) samples.cpuUsPerConnection.push(cpuUs);
   }
   if (result.errors > 0) {
-    note(measured, `${what}: ${result.errorText} of ${result.requests} requests`, spec.switchyard);
+    note(
+      measured,
+      `${run} run (${round}): ${result.errorText} of ${result.requests} requests`,
+      spec.switchyard,
+    );
   }
 }
 
+/**
+ * One round's load on a running target: a warm-up, keep-alive, a warm-up of new connections, new
+ * connections, bulk. Its figures go into `measured`'s samples as they come.
+ */
+async function runLoad(
+  measured: Measured,
+  target: RunningTarget,
+  step: Step,
+  context: StartContext,
+  options: Options,
+  round: string,
+): Promise<LoadResult> {
+  const { spec } = measured;
+  const { wrk, iperf3 } = context.tools;
+  const wrkOptions = { threads: options.threads, connections: options.connections };
+  const measuredLoad: LoadResult = { keepAlive: null, newConnections: null, bulkGbitPerSecond: null };
+  if (wrk !== null) {
+    if (options.warmupS > 0) {
+      await step("warm-up", async () => {
+        await runWrk(wrk, target.ports.http, { ...wrkOptions, durationS: options.warmupS, close: false });
+      });
+    }
+    await step("keep-alive run", async () => {
+      progress(`${spec.key}: keep-alive, ${options.durationS} s (${round})`);
+      const result = await runWrk(wrk, target.ports.http, {
+        ...wrkOptions,
+        durationS: options.durationS,
+        close: false,
+      });
+      recordWrk(measured, result, "keep-alive", round, null);
+      measuredLoad.keepAlive = result;
+    });
+    // The keep-alive load never took the path of a new connection (accept, placement, the manager's
+    // decision, connect, close): a fresh switchyard's first 5 s of it ran 8-9% slower than the next.
+    if (options.warmupS > 0) {
+      await step("Connection: close warm-up", async () => {
+        await runWrk(wrk, target.ports.http, { ...wrkOptions, durationS: options.warmupS, close: true });
+      });
+    }
+    await step("new-connection run", async () => {
+      progress(`${spec.key}: Connection: close, ${options.durationS} s (${round})`);
+      const cpuPids = target.cpuPids();
+      const cpuBefore = total(cpuPids, cpuMs);
+      const result = await runWrk(wrk, target.ports.http, {
+        ...wrkOptions,
+        durationS: options.durationS,
+        close: true,
+      });
+      const cpuAfter = total(cpuPids, cpuMs);
+      const cpuUs = cpuBefore === null || cpuAfter === null || result.requests === 0
+        ? null
+        : (cpuAfter - cpuBefore) * 1_000 / result.requests;
+      recordWrk(measured, result, "new-connection", round, cpuUs);
+      measuredLoad.newConnections = { result, cpuUs };
+    });
+  }
+  const iperfPort = target.ports.iperf;
+  if (iperf3 !== null && iperfPort !== null) {
+    await step("iperf3 run", async () => {
+      progress(`${spec.key}: iperf3, ${options.iperfDurationS} s (${round})`);
+      const result = await runIperf(iperf3, iperfPort, options.iperfDurationS);
+      progress(`${spec.key}:   ${result.gbitPerSecond.toFixed(2)} Gbit/s`);
+      measured.samples.bulkGbitPerSecond.push(result.gbitPerSecond);
+      measuredLoad.bulkGbitPerSecond = result.gbitPerSecond;
+    });
+  }
+  return measuredLoad;
+}
+
+/** One round's load on the reference HAProxy; null when it is gone. Its failures are noted on it. */
+async function runReference(
+  reference: Reference,
+  context: StartContext,
+  options: Options,
+  round: string,
+): Promise<LoadResult | null> {
+  const { measured, target } = reference;
+  if (target.failure() !== null) return null;
+  const step: Step = async (what, run) => {
+    if (target.failure() !== null) return;
+    try {
+      await run();
+    } catch (error) {
+      note(measured, `${what} failed: ${error instanceof Error ? error.message : String(error)}`, true);
+    }
+    const after = target.failure();
+    if (after !== null) note(measured, `died during ${what}: ${after}`, true);
+  };
+  progress(`${measured.spec.key}: the same load, beside the next or last target (${round})`);
+  return await runLoad(measured, target, step, context, options, round);
+}
+
 /** `own / theirs` into `ratios`, when both were measured. */
-function pushRatio(ratios: number[], own: number | null, theirs: number | null | undefined): void {
-  if (own !== null && theirs !== null && theirs !== undefined && theirs > 0) ratios.push(own / theirs);
+function pushRatio(
+  ratios: number[],
+  own: number | null | undefined,
+  theirs: number | null | undefined,
+): void {
+  if (own !== null && own !== undefined && theirs !== null && theirs !== undefined && theirs > 0) {
+    ratios.push(own / theirs);
+  }
 }
 
 /**
- * One round of load on a fresh process of the target: a warm-up, keep-alive, new connections, bulk; each
- * measured run with the same run of the reference beside it.
+ * One round of load on a fresh process of the target, with the same load on the reference HAProxy (where
+ * there is one) right before it in odd rounds and right after it, once the target is stopped, in even ones.
  */
 async function measureLoad(
   measured: Measured,
@@ -557,93 +636,40 @@ async function measureLoad(
   round: { number: number; text: string },
   reference: Reference | null,
 ): Promise<void> {
-  const { ratios } = measured;
-  const { wrk, iperf3 } = context.tools;
-  const wrkOptions = { threads: options.threads, connections: options.connections };
-  const referenceFirst = round.number % 2 === 0;
-  const label = (target: RunningTarget) => target === reference?.target ? reference.measured : measured;
+  const { spec, ratios } = measured;
+  const referenceLoad = () =>
+    reference === null ? Promise.resolve(null) : runReference(reference, context, options, round.text);
+  let theirs = round.number % 2 === 1 ? await referenceLoad() : null;
+  let own: LoadResult | null = null;
   await phase(measured, context, `load (${round.text})`, async (target, step) => {
     const pids = target.memoryPids();
     if (pids.length > 0) {
       await sleep(500);
       measured.rss.fresh ??= total(pids, rssKiB);
     }
-    if (wrk !== null) {
-      if (options.warmupS > 0) {
-        await step("warm-up", async () => {
-          await runWrk(wrk, target.ports.http, { ...wrkOptions, durationS: options.warmupS, close: false });
-        });
-      }
-      await step("keep-alive run", async () => {
-        const { own, theirs } = await beside(
-          "keep-alive run",
-          target,
-          reference,
-          referenceFirst,
-          async (t) => {
-            progress(`${label(t).spec.key}: keep-alive, ${options.durationS} s (${round.text})`);
-            const result = await runWrk(wrk, t.ports.http, {
-              ...wrkOptions,
-              durationS: options.durationS,
-              close: false,
-            });
-            recordWrk(label(t), result, "keep-alive run", null);
-            return result;
-          },
-        );
-        pushRatio(ratios.keepAliveRps, own.requestsPerSecond, theirs?.requestsPerSecond);
-        pushRatio(ratios.p50Ms, own.p50Ms, theirs?.p50Ms);
-        pushRatio(ratios.p99Ms, own.p99Ms, theirs?.p99Ms);
-      });
-      // The keep-alive load never took the path of a new connection (accept, placement, the manager's
-      // decision, connect, close): a fresh switchyard's first 5 s of it ran 8-9% slower than the next.
-      if (options.warmupS > 0) {
-        await step("Connection: close warm-up", async () => {
-          await runWrk(wrk, target.ports.http, { ...wrkOptions, durationS: options.warmupS, close: true });
-        });
-      }
-      await step("new-connection run", async () => {
-        const runs = await beside("new-connection run", target, reference, referenceFirst, async (t) => {
-          progress(`${label(t).spec.key}: Connection: close, ${options.durationS} s (${round.text})`);
-          const cpuPids = t.cpuPids();
-          const cpuBefore = total(cpuPids, cpuMs);
-          const result = await runWrk(wrk, t.ports.http, {
-            ...wrkOptions,
-            durationS: options.durationS,
-            close: true,
-          });
-          const cpuAfter = total(cpuPids, cpuMs);
-          const cpuUs = cpuBefore === null || cpuAfter === null || result.requests === 0
-            ? null
-            : (cpuAfter - cpuBefore) * 1_000 / result.requests;
-          recordWrk(label(t), result, "new-connection run", cpuUs);
-          return { result, cpuUs };
-        });
-        const { own, theirs } = runs;
-        pushRatio(
-          ratios.newConnectionsPerSecond,
-          own.result.requestsPerSecond,
-          theirs?.result.requestsPerSecond,
-        );
-        pushRatio(ratios.cpuUsPerConnection, own.cpuUs, theirs?.cpuUs);
-      });
-    }
-    if (iperf3 !== null && target.ports.iperf !== null) {
-      await step("iperf3 run", async () => {
-        const { own, theirs } = await beside("iperf3 run", target, reference, referenceFirst, async (t) => {
-          const port = t.ports.iperf;
-          if (port === null) throw new Error("no iperf3 port");
-          progress(`${label(t).spec.key}: iperf3, ${options.iperfDurationS} s (${round.text})`);
-          const result = await runIperf(iperf3, port, options.iperfDurationS);
-          progress(`${label(t).spec.key}:   ${result.gbitPerSecond.toFixed(2)} Gbit/s`);
-          label(t).samples.bulkGbitPerSecond.push(result.gbitPerSecond);
-          return result.gbitPerSecond;
-        });
-        pushRatio(ratios.bulkGbitPerSecond, own, theirs);
-      });
-    }
+    own = await runLoad(measured, target, step, context, options, round.text);
     if (pids.length > 0) measured.rss.loaded = total(pids, rssKiB);
   });
+  if (round.number % 2 === 0) theirs = await referenceLoad();
+  const ours = own as LoadResult | null;
+  if (ours === null || theirs === null) return;
+  pushRatio(ratios.keepAliveRps, ours.keepAlive?.requestsPerSecond, theirs.keepAlive?.requestsPerSecond);
+  pushRatio(ratios.p50Ms, ours.keepAlive?.p50Ms, theirs.keepAlive?.p50Ms);
+  pushRatio(ratios.p99Ms, ours.keepAlive?.p99Ms, theirs.keepAlive?.p99Ms);
+  pushRatio(
+    ratios.newConnectionsPerSecond,
+    ours.newConnections?.result.requestsPerSecond,
+    theirs.newConnections?.result.requestsPerSecond,
+  );
+  pushRatio(ratios.cpuUsPerConnection, ours.newConnections?.cpuUs, theirs.newConnections?.cpuUs);
+  pushRatio(ratios.bulkGbitPerSecond, ours.bulkGbitPerSecond, theirs.bulkGbitPerSecond);
+  const last = (values: number[]) => values.at(-1)?.toFixed(2) ?? "—";
+  progress(
+    `${spec.key}: × HAProxy this round: keep-alive ${last(ratios.keepAliveRps)}, p99 ${
+      last(ratios.p99Ms)
+    }, ` +
+      `new conn ${last(ratios.newConnectionsPerSecond)}, bulk ${last(ratios.bulkGbitPerSecond)}`,
+  );
 }
 
 /** The memory line of the report, for targets that have a process of their own. */
@@ -838,10 +864,11 @@ async function main(): Promise<number> {
     `(HAProxy, the nginx worker, the switchyard agents) with ${idleCount} connections open, each having ` +
     "echoed one byte. " + (
       pairedWithReference
-        ? "HAProxy ran once through all rounds, and each measured run of every other target had the same run " +
-          "of HAProxy right beside it (HAProxy first in even rounds): × HAProxy is the median of those runs' " +
-          "ratios, so it compares runs seconds apart; HAProxy's figures are the medians of all its runs. " +
-          "KiB/idle conn is the figure divided by HAProxy's. For p50, p99 and KiB lower is better."
+        ? "HAProxy ran once through all rounds and got the same load (warm-ups too) right before each other " +
+          "target's, in odd rounds, or right after it, once the target was stopped, in even ones: × HAProxy is " +
+          "the median of each run's ratio to HAProxy's beside it, runs seconds apart; HAProxy's figures are " +
+          "the medians of all its runs. KiB/idle conn is the figure divided by HAProxy's. For p50, p99 and " +
+          "KiB lower is better."
         : "× HAProxy is the figure divided by HAProxy's (for p50, p99 and KiB lower is better)."
     ),
     "",
