@@ -150,7 +150,8 @@ const USAGE = `Usage: deno task bench [--quick] [--rounds N] [--duration S] [--w
                        [--connections N] [--threads N] [--idle N] [--only KEYS] [--main FILE]
 
   --quick             about a minute: ${QUICK.rounds} round, ${QUICK.durationS} s runs, ${QUICK.iperfDurationS} s iperf3, ${QUICK.idleConnections} idle connections
-  --rounds N          rounds of load, each target in turn; the table gives medians (default ${BENCH_DEFAULTS.rounds})
+  --rounds N          rounds of load, each target in turn, HAProxy's same load right before or after each;
+                      the table gives medians (default ${BENCH_DEFAULTS.rounds})
   --duration S        seconds of each wrk run (default ${BENCH_DEFAULTS.durationS})
   --warmup S          seconds of the same load before each target's wrk runs (default ${BENCH_DEFAULTS.warmupS})
   --iperf-duration S  seconds of each iperf3 run (default ${BENCH_DEFAULTS.iperfDurationS})
