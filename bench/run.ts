@@ -377,7 +377,21 @@ async function phase(
     note(measured, `could not start: ${error instanceof Error ? error.message : String(error)}`, true);
     return false;
   }
-  const step: Step = async (what, run) => {
+  try {
+    await steps(target, stepOn(measured, target));
+  } finally {
+    noteProblems(measured, target);
+    await target.stop();
+  }
+  return true;
+}
+
+/**
+ * Runs the steps of a measurement on a running target: an error or the target's death is noted (a failure),
+ * and once it is dead the steps left are skipped.
+ */
+function stepOn(measured: Measured, target: RunningTarget): Step {
+  return async (what, run) => {
     if (target.failure() !== null) return;
     try {
       await run();
@@ -387,17 +401,15 @@ async function phase(
     const after = target.failure();
     if (after !== null) note(measured, `died during ${what}: ${after}`, true);
   };
-  try {
-    await steps(target, step);
-  } finally {
-    const problems = target.problems();
-    for (const line of problems.slice(0, 10)) {
-      note(measured, `logged: ${line.slice(0, 300)}`, spec.switchyard);
-    }
-    if (problems.length > 10) note(measured, `logged ${problems.length - 10} more warnings or errors`);
-    await target.stop();
+}
+
+/** The warning and error lines a target logged, into its notes (failures for switchyard). */
+function noteProblems(measured: Measured, target: RunningTarget): void {
+  const problems = target.problems();
+  for (const line of problems.slice(0, 10)) {
+    note(measured, `logged: ${line.slice(0, 300)}`, measured.spec.switchyard);
   }
-  return true;
+  if (problems.length > 10) note(measured, `logged ${problems.length - 10} more warnings or errors`);
 }
 
 /** `read` (RSS in KiB, CPU time in ms) of processes together; null when there are none or one is gone. */
@@ -482,9 +494,7 @@ async function startReference(measured: Measured, context: StartContext): Promis
 
 async function stopReference({ measured, target }: Reference): Promise<void> {
   if (target.failure() === null) measured.rss.loaded = total(target.memoryPids(), rssKiB);
-  const problems = target.problems();
-  for (const line of problems.slice(0, 10)) note(measured, `logged: ${line.slice(0, 300)}`);
-  if (problems.length > 10) note(measured, `logged ${problems.length - 10} more warnings or errors`);
+  noteProblems(measured, target);
   await target.stop();
 }
 
@@ -593,7 +603,10 @@ async function runLoad(
   return measuredLoad;
 }
 
-/** One round's load on the reference HAProxy; null when it is gone. Its failures are noted on it. */
+/**
+ * One round's load on the reference HAProxy; null when it is gone, or died during it. Its failures are noted
+ * on it. Runs where wrk saw errors are left out, as no figure to compare with.
+ */
 async function runReference(
   reference: Reference,
   context: StartContext,
@@ -602,18 +615,14 @@ async function runReference(
 ): Promise<LoadResult | null> {
   const { measured, target } = reference;
   if (target.failure() !== null) return null;
-  const step: Step = async (what, run) => {
-    if (target.failure() !== null) return;
-    try {
-      await run();
-    } catch (error) {
-      note(measured, `${what} failed: ${error instanceof Error ? error.message : String(error)}`, true);
-    }
-    const after = target.failure();
-    if (after !== null) note(measured, `died during ${what}: ${after}`, true);
-  };
   progress(`${measured.spec.key}: the same load, beside the next or last target (${round})`);
-  return await runLoad(measured, target, step, context, options, round);
+  const load = await runLoad(measured, target, stepOn(measured, target), context, options, round);
+  if (target.failure() !== null) return null;
+  return {
+    keepAlive: load.keepAlive?.errors === 0 ? load.keepAlive : null,
+    newConnections: load.newConnections?.result.errors === 0 ? load.newConnections : null,
+    bulkGbitPerSecond: load.bulkGbitPerSecond,
+  };
 }
 
 /** `own / theirs` into `ratios`, when both were measured. */
