@@ -625,15 +625,11 @@ async function runReference(
   };
 }
 
-/** `own / theirs` into `ratios`, when both were measured. */
-function pushRatio(
-  ratios: number[],
-  own: number | null | undefined,
-  theirs: number | null | undefined,
-): void {
-  if (own !== null && own !== undefined && theirs !== null && theirs !== undefined && theirs > 0) {
-    ratios.push(own / theirs);
-  }
+/** `own / theirs`, when both were measured; null otherwise. */
+function ratio(own: number | null | undefined, theirs: number | null | undefined): number | null {
+  return own === null || own === undefined || theirs === null || theirs === undefined || theirs <= 0
+    ? null
+    : own / theirs;
 }
 
 /**
@@ -651,7 +647,7 @@ async function measureLoad(
   const referenceLoad = () =>
     reference === null ? Promise.resolve(null) : runReference(reference, context, options, round.text);
   let theirs = round.number % 2 === 1 ? await referenceLoad() : null;
-  let own: LoadResult | null = null;
+  let own = null as LoadResult | null;
   await phase(measured, context, `load (${round.text})`, async (target, step) => {
     const pids = target.memoryPids();
     if (pids.length > 0) {
@@ -662,24 +658,27 @@ async function measureLoad(
     if (pids.length > 0) measured.rss.loaded = total(pids, rssKiB);
   });
   if (round.number % 2 === 0) theirs = await referenceLoad();
-  const ours = own as LoadResult | null;
-  if (ours === null || theirs === null) return;
-  pushRatio(ratios.keepAliveRps, ours.keepAlive?.requestsPerSecond, theirs.keepAlive?.requestsPerSecond);
-  pushRatio(ratios.p50Ms, ours.keepAlive?.p50Ms, theirs.keepAlive?.p50Ms);
-  pushRatio(ratios.p99Ms, ours.keepAlive?.p99Ms, theirs.keepAlive?.p99Ms);
-  pushRatio(
-    ratios.newConnectionsPerSecond,
-    ours.newConnections?.result.requestsPerSecond,
-    theirs.newConnections?.result.requestsPerSecond,
-  );
-  pushRatio(ratios.cpuUsPerConnection, ours.newConnections?.cpuUs, theirs.newConnections?.cpuUs);
-  pushRatio(ratios.bulkGbitPerSecond, ours.bulkGbitPerSecond, theirs.bulkGbitPerSecond);
-  const last = (values: number[]) => values.at(-1)?.toFixed(2) ?? "—";
+  if (own === null || theirs === null) return;
+  const paired: Record<keyof Samples, number | null> = {
+    keepAliveRps: ratio(own.keepAlive?.requestsPerSecond, theirs.keepAlive?.requestsPerSecond),
+    p50Ms: ratio(own.keepAlive?.p50Ms, theirs.keepAlive?.p50Ms),
+    p99Ms: ratio(own.keepAlive?.p99Ms, theirs.keepAlive?.p99Ms),
+    newConnectionsPerSecond: ratio(
+      own.newConnections?.result.requestsPerSecond,
+      theirs.newConnections?.result.requestsPerSecond,
+    ),
+    cpuUsPerConnection: ratio(own.newConnections?.cpuUs, theirs.newConnections?.cpuUs),
+    bulkGbitPerSecond: ratio(own.bulkGbitPerSecond, theirs.bulkGbitPerSecond),
+  };
+  for (const figure of Object.keys(paired) as (keyof Samples)[]) {
+    const value = paired[figure];
+    if (value !== null) ratios[figure].push(value);
+  }
+  const shown = (value: number | null) => value?.toFixed(2) ?? "—";
   progress(
-    `${spec.key}: × HAProxy this round: keep-alive ${last(ratios.keepAliveRps)}, p99 ${
-      last(ratios.p99Ms)
-    }, ` +
-      `new conn ${last(ratios.newConnectionsPerSecond)}, bulk ${last(ratios.bulkGbitPerSecond)}`,
+    `${spec.key}: × HAProxy this round: keep-alive ${shown(paired.keepAliveRps)}, p99 ${
+      shown(paired.p99Ms)
+    }, new conn ${shown(paired.newConnectionsPerSecond)}, bulk ${shown(paired.bulkGbitPerSecond)}`,
   );
 }
 
@@ -730,7 +729,8 @@ function roundsLine(measured: Measured): string | null {
 /** Each run's ratio to the reference HAProxy's run beside it, for the report; empty without any. */
 function pairedLine({ ratios }: Measured): string {
   if (ratios.keepAliveRps.length === 0 && ratios.bulkGbitPerSecond.length === 0) return "";
-  const list = (values: number[]) => values.map((value) => value.toFixed(2)).join(" / ");
+  const list = (values: number[]) =>
+    values.length === 0 ? "—" : values.map((value) => value.toFixed(2)).join(" / ");
   return `; × HAProxy beside it: keep-alive ${list(ratios.keepAliveRps)}; p99 ${
     list(ratios.p99Ms)
   }; new conn ${list(ratios.newConnectionsPerSecond)}; bulk ${list(ratios.bulkGbitPerSecond)}`;
