@@ -20,9 +20,9 @@ import { type LinkReport, ManagerLink } from "./manager_link.ts";
 import { encodeMeshHeader, type HandedOffFlow, MeshServer } from "./mesh.ts";
 import { coarseClock, pump, type PumpEnd, type PumpStats } from "./pump.ts";
 import { loadState, saveState } from "./state_store.ts";
-import { RelayDataPlane } from "./uring/data_plane.ts";
-import type { Placement } from "./uring/placement.ts";
-import { FlowEvent, type PlacementRequest, type RelayCounters, type SocketAddress } from "./uring/relay.ts";
+import { RelayDataPlane } from "./relay/data_plane.ts";
+import type { Placement } from "./relay/placement.ts";
+import { FlowEvent, type PlacementRequest, type RelayCounters, type SocketAddress } from "./relay/relay.ts";
 
 const log = logger("agent");
 const flowLog = logger("agent", "flow");

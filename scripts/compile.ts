@@ -28,7 +28,7 @@ export const TARGETS = [
 /**
  * What the binary may do, and nothing more: network (every role), environment (`SWITCHYARD_*` flags and
  * `${VAR}` in the config), host name (the agent's default id), reading config, token, TLS and state files,
- * writing the agent's state, and FFI: the agent's io_uring relay calls libc (`agent/uring/ring.ts`). No
+ * writing the agent's state, and FFI: the agent's io_uring relay calls libc (`agent/relay/ring.ts`). No
  * subprocesses. `--unstable-net` is for `reusePort`, which lets several agents on one machine share a
  * service's port. tests/bundle_test.ts runs the demo with these.
  */
@@ -46,7 +46,7 @@ export const RUNTIME_FLAGS = [
  * Worker modules, which `deno compile` does not find by itself in `new Worker(new URL(…))`: embedded with
  * `--include`, at the same place relative to the module that starts them.
  */
-export const WORKERS = ["agent/uring/relay_worker.ts"] as const;
+export const WORKERS = ["agent/relay/relay_worker.ts"] as const;
 
 /**
  * V8 flags the binary embeds (the bench passes them to `deno run` too, so it measures what ships).

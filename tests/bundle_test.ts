@@ -11,7 +11,7 @@ import { fileURLToPath } from "node:url";
 import { RUNTIME_FLAGS, V8_FLAGS, WORKERS } from "../scripts/compile.ts";
 import { ROOT, writeStamp } from "../scripts/stamp.ts";
 import { httpGet } from "./_helpers.ts";
-import { openRing } from "../agent/uring/ring.ts";
+import { openRing } from "../agent/relay/ring.ts";
 
 const CHECKOUT = fileURLToPath(ROOT).replace(/\/$/, "");
 /** Whether this machine lets the agent serve through io_uring (else it keeps to Deno's sockets). */

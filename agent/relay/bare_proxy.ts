@@ -1,5 +1,5 @@
 // Measurement only (branch uring-data-path): the bare io_uring proxy whose figures ARCHITECTURE.md gives.
-// LISTEN=port BACKEND=port [NB=1] [NODELAY=0] deno run -A agent/uring/bare_proxy.ts
+// LISTEN=port BACKEND=port [NB=1] [NODELAY=0] deno run -A agent/relay/bare_proxy.ts
 // Bare io_uring TCP proxy prototype: LISTEN port -> BACKEND port on 127.0.0.1. Measurement only.
 const LISTEN = Number(Deno.env.get("LISTEN")), BACKEND = Number(Deno.env.get("BACKEND"));
 const NODELAY = Deno.env.get("NODELAY") !== "0";

@@ -8,7 +8,7 @@
  * Passes when no client saw a wrong answer, no flow is left open after, no descriptor is left over, and
  * the process's RSS grew by at most 10% (plus 8 MiB) from the middle of the run to its end.
  *
- *   deno run -A agent/uring/soak.ts
+ *   deno run -A agent/relay/soak.ts
  */
 import { runWrk } from "../../bench/_load.ts";
 import { findExecutable, Processes, rssKiB, sleep } from "../../bench/_procs.ts";

@@ -1,5 +1,5 @@
 // Measurement only (branch uring-data-path): HAProxy, switchyard variants and extra proxies, interleaved.
-// VARIANTS="agent=@agent;mgr=@manager;old=@manager%/elsewhere/main.ts" EXTRA="proto=agent/uring/bare_proxy.ts=NB:1;relay=agent/uring/relay_proxy.ts" R=3 D=5 deno run -A agent/uring/compare.ts
+// VARIANTS="agent=@agent;mgr=@manager;old=@manager%/elsewhere/main.ts" EXTRA="proto=agent/relay/bare_proxy.ts=NB:1;relay=agent/relay/relay_proxy.ts" R=3 D=5 deno run -A agent/relay/compare.ts
 // Interleaved comparison: HAProxy and switchyard variants (V8 flag sets), keep-alive and close.
 // env: VARIANTS="base=;stgc=--single-threaded-gc" R=4 D=5 DECIDE=agent
 import { cpuMs, findExecutable, freePort, Processes, sleep, waitForPort } from "../../bench/_procs.ts";

@@ -1,6 +1,6 @@
 // Measurement only (branch uring-data-path): the relay in its worker, through RelayDataPlane, as a plain
 // proxy from LISTEN to BACKEND on 127.0.0.1, its flows placed by a one-backend Maglev table.
-// LISTEN=port BACKEND=port deno run -A agent/uring/relay_proxy.ts
+// LISTEN=port BACKEND=port deno run -A agent/relay/relay_proxy.ts
 import { buildTable } from "../../cluster/maglev.ts";
 import { RelayDataPlane } from "./data_plane.ts";
 
