@@ -71,8 +71,9 @@ const COMMANDS: Readonly<Record<string, Command>> = {
       "ca-file": { type: "string", value: "FILE", help: "trust this CA (PEM) for a manager that speaks TLS" },
       "data-path": {
         type: "string",
-        value: "uring|deno",
-        help: "carry connections through io_uring (default; Linux) or Deno's sockets",
+        value: "epoll|deno",
+        help:
+          "carry connections on nonblocking sockets driven by epoll (default; Linux) or through Deno's sockets",
       },
     },
     run: (flags) => runAgent(agentFlags(flags)),
@@ -182,7 +183,7 @@ function agentFlags(flags: Flags) {
 }
 
 function dataPath(text: string | undefined): DataPath {
-  if (text === undefined) return "uring";
+  if (text === undefined) return "epoll";
   if (!(DATA_PATHS as readonly string[]).includes(text)) {
     throw new UsageError(`Cannot use --data-path "${text}": expected ${DATA_PATHS.join(" or ")}`);
   }

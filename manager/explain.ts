@@ -4,8 +4,9 @@
  */
 import { formatHostPort, parseHostPort } from "../cluster/address.ts";
 import { CLAIM_BUCKETS, claimBucket, claimOwners, claimShares, NO_AGENT } from "../cluster/claims.ts";
-import { hashClientIp, hashFlowKey, ipBytes } from "../cluster/flow_key.ts";
-import { candidates, NO_BACKEND } from "../cluster/maglev.ts";
+import { ipBytes } from "../cluster/flow_key.ts";
+import { NO_BACKEND } from "../cluster/maglev.ts";
+import { backendOrder, claimantOf, placeHash, slotOf } from "../cluster/placement.ts";
 import type { Decider } from "./decide.ts";
 import type { ClusterModel } from "./state.ts";
 
@@ -54,25 +55,25 @@ export function explainFlow(
   const client = parse(input.client, "client");
   const destination = parse(input.serviceAddress ?? formatHostPort(service.config.listen), "service_address");
   const affinity = service.config.affinity.key === "client_ip";
-  const place = affinity ? hashClientIp(client.host, deps.seed) : hashFlowKey({
-    clientIp: client.host,
-    clientPort: client.port,
-    serviceIp: destination.host,
-    servicePort: destination.port,
-  }, deps.seed);
+  const place = placeHash(
+    affinity ? "client_ip" : "flow",
+    { ip: client.host, port: client.port },
+    { ip: destination.host, port: destination.port },
+    deps.seed,
+  );
 
   const agentIds = deps.agents.map((agent) => agent.id);
   const bucket = claimBucket(place, CLAIM_BUCKETS);
-  const owner = claimOwners(agentIds)[bucket] ?? NO_AGENT;
+  const owner = agentIds.length > 0 ? claimantOf(claimOwners(agentIds), place) : NO_AGENT;
   const claimant = owner === NO_AGENT ? null : deps.agents[owner] ?? null;
 
   const table = service.table;
-  const slot = table.length > 0 ? place % table.length : 0;
+  const slot = slotOf(table, place);
   const tableIndex = table.length > 0 ? table[slot] ?? NO_BACKEND : NO_BACKEND;
   const tableBackend = tableIndex === NO_BACKEND ? null : service.tableIds[tableIndex] ?? null;
-  const fallbacks = table.length > 0
-    ? candidates(table, slot, service.backends.length).map((index) => service.tableIds[index] ?? "")
-    : [];
+  const fallbacks = backendOrder(table, place, service.backends.length).map((index) =>
+    service.tableIds[index] ?? ""
+  );
   const decision = deps.decider.preview(service.config.name, client.host);
   const managerDecides = service.config.decide === "manager";
   const backend = managerDecides ? decision.backend ?? tableBackend : tableBackend;

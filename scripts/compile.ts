@@ -28,7 +28,7 @@ export const TARGETS = [
 /**
  * What the binary may do, and nothing more: network (every role), environment (`SWITCHYARD_*` flags and
  * `${VAR}` in the config), host name (the agent's default id), reading config, token, TLS and state files,
- * writing the agent's state, and FFI: the agent's io_uring relay calls libc (`agent/relay/ring.ts`). No
+ * writing the agent's state, and FFI: the agent's epoll relay calls libc (`agent/relay/libc.ts`). No
  * subprocesses. `--unstable-net` is for `reusePort`, which lets several agents on one machine share a
  * service's port. tests/bundle_test.ts runs the demo with these.
  */

@@ -1,14 +1,12 @@
 /**
- * The messages between the agent's thread (`data_plane.ts`) and the relay's worker (`relay_worker.ts`).
+ * The messages between the agent's thread (`relay_plane.ts`) and the relay's worker (`relay_worker.ts`).
  * The worker handles them in order, and answers those that are answered in the same order. Asks, answers
  * and flow events go through shared memory (`shared_queues.ts`); `place`, `placed` and `flows` carry those
  * that found no room there.
  */
-import type { Placement } from "./placement.ts";
-import type { RelayCounters, RelayService, SocketAddress } from "./relay.ts";
-
-/** A service as posted: placed by `placement`, or with `ask` every flow placed by the agent. */
-export type ServiceMessage = Omit<RelayService, "candidates"> & { ask?: boolean; placement?: Placement };
+import type { HostPort } from "../../cluster/address.ts";
+import type { Placement } from "../../cluster/placement.ts";
+import type { PlaneCounters, PlaneService } from "../data_plane.ts";
 
 /**
  * The agent's answer to one `place` request: slot, generation; targets in order (a number is an index into
@@ -19,7 +17,7 @@ export type ServiceMessage = Omit<RelayService, "candidates"> & { ask?: boolean;
 export type Placed = [
   slot: number,
   generation: number,
-  targets: (SocketAddress | number)[],
+  targets: (HostPort | number)[],
   header: Uint8Array | null | (Uint8Array | null)[],
   firstTimeoutMs: number,
 ];
@@ -30,9 +28,9 @@ export const REQUEST_FIELDS = 7;
 export type ToWorker =
   /** `shared`: the buffer from `sharedBuffer`. */
   | { type: "start"; yieldMs: number; shared: SharedArrayBuffer }
-  | { type: "listen"; service: ServiceMessage }
+  | { type: "listen"; service: PlaneService }
   | { type: "unlisten"; service: number }
-  | { type: "placement"; service: number; placement: Placement }
+  | { type: "placement"; service: number; placement: Placement<HostPort> }
   /** Answers to `place` requests, as many as the agent had ready in one turn of its event loop. */
   | { type: "placed"; answers: Placed[] }
   | { type: "counters" }
@@ -54,6 +52,6 @@ export type FromWorker =
    * has no flow: slot and choice -1); with the counters as of then. Posted at most once per turn, when there
    * are events or the counters moved.
    */
-  | { type: "flows"; events: number[]; counters: RelayCounters; open: number }
-  | { type: "counters"; counters: RelayCounters; open: number }
-  | { type: "stopped"; counters: RelayCounters; open: number };
+  | { type: "flows"; events: number[]; counters: PlaneCounters; open: number }
+  | { type: "counters"; counters: PlaneCounters; open: number }
+  | { type: "stopped"; counters: PlaneCounters; open: number };

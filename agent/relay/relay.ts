@@ -1,81 +1,111 @@
 /**
- * A TCP relay on one io_uring: listeners, connects to backends, and both directions of every flow, with
- * no promise and no object per read or write. Flows are slots in typed arrays; a receive takes a buffer
- * from the ring's pool only when bytes arrive, so an idle flow holds none, and a direction holds at most
- * one buffer until the other side took its bytes (a slow reader stops its writer).
+ * A TCP relay on nonblocking sockets and one epoll instance: listeners, connects to backends, and both
+ * directions of every flow, with no promise and no object per read or write. Flows are slots in typed
+ * arrays. Each socket is registered once, edge-triggered, when it is opened; an event only marks which
+ * of its directions became ready, and the flow's pumps then move bytes with `recv` and `send` until one
+ * side would block. Bytes are received into one of two scratch buffers shared by every flow; a direction
+ * holds a buffer of its own only while the other side has not taken all of its bytes (a slow reader stops
+ * its writer), so an idle flow holds none.
  *
- * It runs on one thread, which it blocks in `poll`: the agent runs it in a worker of its own.
+ * It runs on one thread, which it blocks in `epoll_wait` (`poll`): the agent runs it in a worker of its
+ * own. It never makes an io_uring instance.
  */
+import type { HostPort } from "../../cluster/address.ts";
+import { encodeProxyHeader } from "../../cluster/proxy_protocol.ts";
+import { noCounters, type PlaneCounters } from "../data_plane.ts";
 import {
-  ACCEPT_MULTISHOT,
-  type BufferRing,
-  CQE_BUFFER_SHIFT,
-  CQE_F_BUFFER,
-  CQE_F_MORE,
-  ENOBUFS,
-  IOSQE_BUFFER_SELECT,
-  IOSQE_IO_LINK,
-  LIBC_PATH,
-  Op,
-  type Ring,
-} from "./ring.ts";
-import { ipBytes } from "../../cluster/flow_key.ts";
-import { encodeProxyHeader, formatIp } from "../../cluster/proxy_protocol.ts";
+  EAGAIN,
+  EFD_CLOEXEC,
+  EFD_NONBLOCK,
+  EINPROGRESS,
+  EINTR,
+  EMFILE,
+  EPOLL_CLOEXEC,
+  EPOLL_CTL_ADD,
+  EPOLL_CTL_DEL,
+  EPOLL_DATA_WORD,
+  EPOLL_EVENT_BYTES,
+  EPOLLERR,
+  EPOLLET,
+  EPOLLHUP,
+  EPOLLIN,
+  EPOLLOUT,
+  EPOLLRDHUP,
+  ETIMEDOUT,
+  IPPROTO_TCP,
+  type Libc,
+  MSG_NOSIGNAL,
+  openLibc,
+  SHUT_WR,
+  SO_ERROR,
+  SO_REUSEADDR,
+  SO_REUSEPORT,
+  SOCK_CLOEXEC,
+  SOCK_NONBLOCK,
+  SOCK_STREAM,
+  SOL_SOCKET,
+  TCP_NODELAY,
+} from "./libc.ts";
+import { decodeAddress, encodeAddress, isV6, isWildcard, portOfAddress, SOCKADDR_BYTES } from "./sockaddr.ts";
+import { AF_INET, AF_INET6 } from "./libc.ts";
 
-const SOCKETS = {
-  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
-  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
-  listen: { parameters: ["i32", "i32"], result: "i32" },
-  setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
-  getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
-  getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
-  shutdown: { parameters: ["i32", "i32"], result: "i32" },
-  eventfd: { parameters: ["u32", "i32"], result: "i32" },
-  close: { parameters: ["i32"], result: "i32" },
-  __errno_location: { parameters: [], result: "pointer" },
-} as const satisfies Deno.ForeignLibraryInterface;
+/** What an epoll event is about: the low 2 bits of its token; the flow's slot (or listener) is above them. */
+const CLIENT = 0;
+const BACKEND = 1;
+const LISTENER = 2;
+const WAKE = 3;
 
-const AF_INET = 2;
-const AF_INET6 = 10;
-const SOCK_STREAM = 1;
-const SOCK_NONBLOCK = 0o4000;
-const SOCK_CLOEXEC = 0o2000000;
-const SOL_SOCKET = 1;
-const SO_REUSEADDR = 2;
-const SO_REUSEPORT = 15;
-const IPPROTO_TCP = 6;
-const TCP_NODELAY = 1;
-const SHUT_WR = 1;
-const SHUT_RDWR = 2;
-const MSG_NOSIGNAL = 0x4000;
-const EFD_CLOEXEC = 0o2000000;
+/** A flow's state bits, in `#flags`. */
+const CLIENT_IN = 1 << 0; // the client has bytes (or its end) to read
+const CLIENT_OUT = 1 << 1; // the client can take bytes
+const BACKEND_IN = 1 << 2;
+const BACKEND_OUT = 1 << 3;
+const UP_EOF = 1 << 4; // the client sent its last byte
+const DOWN_EOF = 1 << 5;
+const UP_DONE = 1 << 6; // client → backend is over: the backend was told (shutdown) or the flow ends
+const DOWN_DONE = 1 << 7;
+const CONNECTING = 1 << 8;
+const ASKED = 1 << 9; // waiting for `placed`
+const AGAIN = 1 << 10; // in `#again`: it stopped reading for fairness, with bytes left to read
+/**
+ * The peer shut down or failed: its end is there to read after its last bytes, and no new event will say
+ * so, so a short receive does not mean the socket has nothing more.
+ */
+const CLIENT_HUP = 1 << 11;
+const BACKEND_HUP = 1 << 12;
+/**
+ * No backend could be reached: the client was told (its end is shut down) and what it still sends is read
+ * and dropped until it closes too or `lingerMs` passes, so that it sees an orderly end rather than a reset.
+ */
+const LINGER = 1 << 13;
+const BOTH_DONE = UP_DONE | DOWN_DONE;
 
-/** What a completion was for: the low 3 bits of its data; the flow's slot (or listener) is above them. */
-const ACCEPT = 0;
-const CONNECT = 1;
-const RECV_UP = 2; // client → backend
-const RECV_DOWN = 3; // backend → client
-const SEND_UP = 4;
-const SEND_DOWN = 5;
-const WAKE = 6;
-const IGNORED = 7;
+/** Directions: index 0 is up (client → backend), 1 down (backend → client). */
+const UP = 0;
+const DOWN = 1;
+/** Bits of each direction: its source readable, its destination writable, its end read, its end passed on. */
+const SOURCE_IN = [CLIENT_IN, BACKEND_IN] as const;
+const SINK_OUT = [BACKEND_OUT, CLIENT_OUT] as const;
+const EOF = [UP_EOF, DOWN_EOF] as const;
+const DONE = [UP_DONE, DOWN_DONE] as const;
+const SOURCE_HUP = [CLIENT_HUP, BACKEND_HUP] as const;
 
-/** Flow states, in `#done`: bit 0 up finished, bit 1 down finished. */
-const BOTH = 3;
+/** The events every flow socket is registered for, once. */
+const FLOW_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+const READABLE = EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR;
+const HUNG_UP = EPOLLRDHUP | EPOLLHUP | EPOLLERR;
+const WRITABLE = EPOLLOUT | EPOLLHUP | EPOLLERR;
 
-/** `#tries` of a flow waiting to be placed. */
-const ASKED: readonly Uint8Array[] = Object.freeze([]);
-
-export interface SocketAddress {
-  readonly ip: string;
-  readonly port: number;
-}
+/** Where a held buffer goes back when its bytes are sent. */
+const OWN = 0; // a header, or a copy: dropped
+const SMALL = 1;
+const LARGE = 2;
 
 /** A service as the relay serves it. */
 export interface RelayService {
   readonly name: string;
-  readonly listen: SocketAddress;
-  readonly backends: readonly SocketAddress[];
+  readonly listen: HostPort;
+  readonly backends: readonly HostPort[];
   /**
    * Backends to try for a new flow from `client` to `destination` (`struct sockaddr`s; `decodeAddress`
    * reads them), in order (indexes into `backends`); or
@@ -89,17 +119,6 @@ export interface RelayService {
   readonly proxyProtocol?: "none" | "v1" | "v2";
 }
 
-/** A flow the relay waits to be told where to send (see `Relay.placed`). */
-export interface PlacementRequest {
-  /** The service's index, in the order of `listen` calls. */
-  readonly service: number;
-  readonly slot: number;
-  /** Tells this flow from a later one in the same slot. */
-  readonly generation: number;
-  readonly client: SocketAddress;
-  readonly destination: SocketAddress;
-}
-
 /**
  * What happens to flows, for the agent's counts (open connections per backend, connect failures). A
  * flow's `choice` is a backend index when the relay placed it, and an index into the answer's targets
@@ -108,7 +127,7 @@ export interface PlacementRequest {
 export interface FlowEvents {
   connected(service: number, slot: number, generation: number, choice: number): void;
   /**
-   * `errno`: why (`ECANCELED` when the connect timeout ended it); `local`: the fault was this host's (no
+   * `errno`: why (`ETIMEDOUT` when the connect timeout ended it); `local`: the fault was this host's (no
    * socket could be had), not the backend's.
    */
   connectFailed(
@@ -129,22 +148,10 @@ export interface FlowEvents {
   acceptFailed?(service: number, errno: number): void;
 }
 
-/** The kinds of flow event, as the relay's worker posts them (`{ type: "flows", events }`). */
-export const FlowEvent = {
-  CONNECTED: 1,
-  FAILED: 2,
-  FAILED_LOCALLY: 3,
-  NO_BACKEND: 4,
-  ENDED: 5,
-  IDLE: 6,
-  ACCEPT_FAILED: 7,
-} as const;
-
 export interface RelayOptions {
   /** Told of every flow's connect and end. */
   events?: FlowEvents;
   maxFlows?: number;
-  buffers?: number;
   bufferSize?: number;
   largeBuffers?: number;
   largeBufferSize?: number;
@@ -161,44 +168,28 @@ export interface RelayOptions {
   ) => void;
 }
 
-export interface RelayCounters {
-  accepted: number;
-  rejected: number;
-  noBackend: number;
-  connectFailures: number;
-  bytesUp: number;
-  bytesDown: number;
-  acceptErrors: number;
-}
-
-/** Counters at zero, as a relay starts. */
-export function noCounters(): RelayCounters {
-  return {
-    accepted: 0,
-    rejected: 0,
-    noBackend: 0,
-    connectFailures: 0,
-    bytesUp: 0,
-    bytesDown: 0,
-    acceptErrors: 0,
-  };
-}
-
 export const RELAY_DEFAULTS = {
   /** Flows held at once (each is two sockets). */
   maxFlows: 65_536,
-  /** Receive buffers in the pool, and their size. */
-  buffers: 1024,
+  /** What a direction receives at once, and the buffer it holds while its bytes wait. */
   bufferSize: 16 * 1024,
   /**
-   * Larger buffers, for a direction whose last receive filled a small one (bulk data): each buffer passed
-   * costs a receive, a send and their completions, so bulk moves in fewer, larger ones (iperf3 through the
-   * relay here: 4.5 Gbit/s with 16 KiB buffers, 6.5 with 64 KiB, 9 with 256 KiB).
+   * What a bulk direction (its last receive filled a small buffer) receives at once: fewer, larger passes.
+   * At most `largeBuffers` such buffers are held by waiting directions; beyond, a direction goes back to
+   * small ones.
    */
   largeBuffers: 64,
   largeBufferSize: 256 * 1024,
+  /** Receives one direction makes in one pass before other flows have their turn. */
+  readsPerPass: 4,
+  /** Connections accepted per listener in one pass. */
+  acceptsPerPass: 64,
+  /** Events taken from the kernel per wait. */
+  eventsPerWait: 256,
   /** How often idle flows are looked for. */
   sweepMs: 250,
+  /** How long a client no backend could take is read (and its bytes dropped) after it was told, at most. */
+  lingerMs: 1_000,
   /** The longest pause of accepting after accept errors. */
   acceptPauseMaxMs: 1_000,
 } as const;
@@ -208,8 +199,6 @@ interface Listener {
   service: RelayService;
   readonly index: number;
   open: number;
-  /** The kernel's copy of the connect timeout is taken at submission, so one per service will do. */
-  readonly connectTimeout: BigInt64Array;
   backendAddresses: Uint8Array[];
   /**
    * The address every flow accepted here arrives at: the one bound, unless that is a wildcard (0.0.0.0,
@@ -218,40 +207,33 @@ interface Listener {
   readonly local: Uint8Array | null;
   /** Whether `unlisten` closed it; its flows go on. */
   closed: boolean;
-  /** How long accepting pauses after the next accept error (grows while they last), and its timespec. */
+  /** How long accepting pauses after the next accept error (grows while they last), and until when. */
   pauseMs: number;
-  readonly pause: BigInt64Array;
+  pausedUntil: number;
 }
 
-/** In an ACCEPT completion's slot bits: the end of an accept pause, not an accept. */
-const PAUSED = 1 << 24;
-
-/** Buffer groups: the small buffers every receive starts with, and the large ones of bulk directions. */
-const SMALL = 0;
-const LARGE = 1;
+/** Connect deadlines of one timeout value, in the order set (so in order of deadline): slot, generation, try, deadline. */
+interface DeadlineQueue {
+  readonly entries: number[];
+  head: number;
+}
 
 export class Relay {
-  readonly #ring: Ring;
-  readonly #sockets: Deno.DynamicLibrary<typeof SOCKETS>["symbols"];
-  readonly #errno: Deno.UnsafePointerView;
-  /** The buffer pools receives pick from: small (group 0) and large (group 1), by group. */
-  readonly #pools: readonly [BufferRing, BufferRing];
+  readonly #libc: Libc;
+  readonly #errno: () => number;
+  readonly #closeLibc: () => void;
+  readonly #epoll: number;
   readonly #listeners: Listener[] = [];
-  readonly counters: RelayCounters = noCounters();
+  readonly counters: PlaneCounters = noCounters();
 
   // One entry per flow slot.
   readonly #client: Int32Array;
   readonly #backend: Int32Array;
   readonly #listener: Int32Array;
-  /** Operations in flight; a slot is freed only when none is. */
-  readonly #pending: Int32Array;
-  readonly #done: Uint8Array;
-  /**
-   * While a flow is being connected, the addresses to try (`struct sockaddr`s) in order; ASKED while it
-   * waits to be placed; null once connected.
-   */
-  readonly #tries: (readonly Uint8Array[] | null)[];
+  readonly #flags: Uint16Array;
   readonly #generation: Uint32Array;
+  /** While a flow is being connected, the addresses to try (`struct sockaddr`s) in order; else null. */
+  readonly #tries: (readonly Uint8Array[] | null)[];
   /** The backend index of each target for a flow the relay placed (null when the agent did). */
   readonly #choices: (readonly number[] | null)[];
   /** The choice a connected flow reached, or -1. */
@@ -259,98 +241,107 @@ export class Relay {
   readonly #tried: Uint8Array;
   /** The connect timeout of a flow's first target when the agent set one (`placed`), else 0. */
   readonly #firstTimeoutMs: Uint32Array;
-  /** `struct __kernel_timespec`s of connect timeouts, by milliseconds (few values; kept for the ring). */
-  readonly #timespecs = new Map<number, BigInt64Array>();
   readonly #lastActive: Float64Array;
-  /** Bytes sent to the backend before any of the client's (a PROXY header), kept alive until sent. */
-  readonly #header: (Uint8Array | null)[];
-  /** The header of each target, when they differ (a handoff's mesh header, then the backends'). */
+  /** The header of each target, when they differ (a handoff's mesh header, then the backends'); else one for all. */
   readonly #headers: (readonly (Uint8Array | null)[] | null)[];
+  readonly #header: (Uint8Array | null)[];
   /**
-   * Per direction (slot × 2 + 0 up, + 1 down): the buffer held, its group (that of the receive that took
-   * it), its length, and bytes sent from it; and the group it receives into next.
+   * Per direction (slot × 2 + 0 up, + 1 down): bytes waiting for the other side (a buffer, where they
+   * start and end, and the pool it goes back to), and whether it receives into large buffers.
    */
-  readonly #bufferId: Int32Array;
-  readonly #group: Uint8Array;
-  readonly #nextGroup: Uint8Array;
-  readonly #length: Int32Array;
-  readonly #sent: Int32Array;
+  readonly #held: (Uint8Array | null)[];
+  readonly #heldStart: Int32Array;
+  readonly #heldEnd: Int32Array;
+  readonly #heldPool: Uint8Array;
+  readonly #large: Uint8Array;
   readonly #free: number[] = [];
-  /** Directions waiting for a buffer (the pool was empty when they received). */
-  readonly #starved: number[] = [];
+  /** Slots released during the current batch of events: free only once it is handled (its events may name them). */
+  readonly #freeing: number[] = [];
+  /** Flows that stopped reading for fairness with bytes left (`AGAIN`), pumped again at the next poll. */
+  #again: number[] = [];
   #open = 0;
   #now = performance.now();
   #nextSweep = 0;
-  readonly #one = new Uint8Array(new Int32Array([1]).buffer);
-  /** The addresses of the connection being accepted (`struct sockaddr_in` or `_in6`). */
-  readonly #clientAddress = new Uint8Array(28);
-  readonly #destinationAddress = new Uint8Array(28);
-  /** The address `listen` binds, read back for its port. */
-  readonly #addressBytes = new Uint8Array(28);
-  readonly #addressLength = new Uint32Array(1);
-  readonly #onCompletion = (data: number, result: number, flags: number) =>
-    this.#completed(data, result, flags);
   #closed = false;
-  readonly #ask: NonNullable<RelayOptions["ask"]> | null;
-  readonly #events: FlowEvents | null;
-  /**
-   * An eventfd the relay always has a read pending on: another thread writes to it (`wake`) to end a
-   * wait in `poll` at once.
-   */
-  readonly wakeFd: number;
-  readonly #wakeBytes = new BigUint64Array(1);
-  readonly #wakeAddress: number;
 
-  constructor(ring: Ring, options: RelayOptions = {}) {
-    this.#ring = ring;
+  /** The buffers every direction receives into, and those of directions whose bytes wait. */
+  readonly #bufferSize: number;
+  readonly #bufferSizeBig: bigint;
+  readonly #largeSize: number;
+  readonly #largeSizeBig: bigint;
+  readonly #largeMax: number;
+  #scratch: Uint8Array;
+  #largeScratch: Uint8Array | null = null;
+  readonly #smallPool: Uint8Array[] = [];
+  readonly #largePool: Uint8Array[] = [];
+  /** Large buffers in existence (held, pooled or the scratch one). */
+  #largeCount = 0;
+
+  readonly #deadlines = new Map<number, DeadlineQueue>();
+  readonly #events: Uint8Array;
+  readonly #eventWords: Uint32Array;
+  readonly #eventBytes = new Uint8Array(EPOLL_EVENT_BYTES);
+  readonly #eventBytesWords: Uint32Array;
+  readonly #one = new Uint8Array(new Int32Array([1]).buffer);
+  readonly #int = new Uint8Array(4);
+  readonly #intLength = new Uint32Array([4]);
+  /** The addresses of the connection being accepted (`struct sockaddr_in` or `_in6`). */
+  readonly #clientAddress = new Uint8Array(SOCKADDR_BYTES);
+  readonly #destinationAddress = new Uint8Array(SOCKADDR_BYTES);
+  readonly #addressLength = new Uint32Array(1);
+  readonly #wakeBytes = new Uint8Array(8);
+  readonly #ask: NonNullable<RelayOptions["ask"]> | null;
+  readonly #flowEvents: FlowEvents | null;
+  /** An eventfd in the epoll set: another thread writes to it (`wake`) to end a wait in `poll` at once. */
+  readonly wakeFd: number;
+
+  constructor(options: RelayOptions = {}) {
     this.#ask = options.ask ?? null;
-    this.#events = options.events ?? null;
-    const library = Deno.dlopen(LIBC_PATH, SOCKETS);
-    this.#sockets = library.symbols;
-    this.#errno = new Deno.UnsafePointerView(this.#sockets.__errno_location()!);
-    this.#pools = [
-      ring.provideBuffers(
-        SMALL,
-        options.buffers ?? RELAY_DEFAULTS.buffers,
-        options.bufferSize ?? RELAY_DEFAULTS.bufferSize,
-      ),
-      ring.provideBuffers(
-        LARGE,
-        options.largeBuffers ?? RELAY_DEFAULTS.largeBuffers,
-        options.largeBufferSize ?? RELAY_DEFAULTS.largeBufferSize,
-      ),
-    ];
+    this.#flowEvents = options.events ?? null;
+    const { libc, errno, close } = openLibc();
+    this.#libc = libc;
+    this.#errno = errno;
+    this.#closeLibc = close;
     const slots = options.maxFlows ?? RELAY_DEFAULTS.maxFlows;
-    this.#client = new Int32Array(slots);
-    this.#backend = new Int32Array(slots);
+    this.#client = new Int32Array(slots).fill(-1);
+    this.#backend = new Int32Array(slots).fill(-1);
     this.#listener = new Int32Array(slots);
-    this.#pending = new Int32Array(slots);
-    this.#done = new Uint8Array(slots);
+    this.#flags = new Uint16Array(slots);
+    this.#generation = new Uint32Array(slots);
     this.#tries = new Array(slots).fill(null);
+    this.#choices = new Array(slots).fill(null);
+    this.#choice = new Int32Array(slots).fill(-1);
     this.#tried = new Uint8Array(slots);
     this.#firstTimeoutMs = new Uint32Array(slots);
     this.#lastActive = new Float64Array(slots);
-    this.#header = new Array(slots).fill(null);
     this.#headers = new Array(slots).fill(null);
-    this.#generation = new Uint32Array(slots);
-    this.#choices = new Array(slots).fill(null);
-    this.#choice = new Int32Array(slots).fill(-1);
-    this.#bufferId = new Int32Array(slots * 2);
-    this.#group = new Uint8Array(slots * 2);
-    this.#nextGroup = new Uint8Array(slots * 2);
-    this.#length = new Int32Array(slots * 2);
-    this.#sent = new Int32Array(slots * 2);
-    this.#client.fill(-1);
-    this.#backend.fill(-1);
+    this.#header = new Array(slots).fill(null);
+    this.#held = new Array(slots * 2).fill(null);
+    this.#heldStart = new Int32Array(slots * 2);
+    this.#heldEnd = new Int32Array(slots * 2);
+    this.#heldPool = new Uint8Array(slots * 2);
+    this.#large = new Uint8Array(slots * 2);
     for (let slot = slots - 1; slot >= 0; slot--) this.#free.push(slot);
-    this.wakeFd = this.#sockets.eventfd(0, EFD_CLOEXEC);
-    if (this.wakeFd < 0) throw new Error(`Cannot make an eventfd (errno ${this.#errno.getInt32()})`);
-    this.#wakeAddress = addressOfBytes(this.#wakeBytes);
-    this.#watchWake();
-  }
 
-  #watchWake(): void {
-    this.#ring.queue(Op.READ, this.wakeFd, this.#wakeAddress, 8, 0, WAKE);
+    this.#bufferSize = options.bufferSize ?? RELAY_DEFAULTS.bufferSize;
+    this.#bufferSizeBig = BigInt(this.#bufferSize);
+    this.#largeSize = options.largeBufferSize ?? RELAY_DEFAULTS.largeBufferSize;
+    this.#largeSizeBig = BigInt(this.#largeSize);
+    this.#largeMax = options.largeBuffers ?? RELAY_DEFAULTS.largeBuffers;
+    this.#scratch = new Uint8Array(this.#bufferSize);
+    this.#events = new Uint8Array(RELAY_DEFAULTS.eventsPerWait * EPOLL_EVENT_BYTES);
+    this.#eventWords = new Uint32Array(this.#events.buffer);
+    this.#eventBytesWords = new Uint32Array(this.#eventBytes.buffer);
+
+    this.#epoll = libc.epoll_create1(EPOLL_CLOEXEC);
+    if (this.#epoll < 0) throw new Error(`Cannot make an epoll instance (errno ${errno()})`);
+    this.wakeFd = libc.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (this.wakeFd < 0) {
+      const error = errno();
+      libc.close(this.#epoll);
+      throw new Error(`Cannot make an eventfd (errno ${error})`);
+    }
+    this.#register(this.wakeFd, EPOLLIN, WAKE);
   }
 
   /** Flows open now. */
@@ -361,36 +352,38 @@ export class Relay {
   /** Starts accepting for `service`; returns the port bound (useful with port 0). */
   listen(service: RelayService): number {
     const address = encodeAddress(service.listen);
-    const fd = this.#socket(address[0] === AF_INET6, false);
-    const opt = this.#one;
-    this.#sockets.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, opt, 4);
-    this.#sockets.setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, opt, 4);
+    const fd = this.#socket(isV6(address));
+    if (fd < 0) throw new Error(`Cannot open a socket (errno ${this.#errno()})`);
+    const libc = this.#libc;
+    libc.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, this.#one, 4);
+    libc.setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, this.#one, 4);
     // Accepted sockets inherit it (Linux copies a listener's options to each connection it accepts): no
     // system call per flow.
-    this.#sockets.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, opt, 4);
-    if (this.#sockets.bind(fd, address, address.length) !== 0 || this.#sockets.listen(fd, 4096) !== 0) {
-      const errno = this.#errno.getInt32();
-      this.#sockets.close(fd);
-      throw new Error(`Cannot listen on ${service.listen.ip}:${service.listen.port} (errno ${errno})`);
+    libc.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, this.#one, 4);
+    if (libc.bind(fd, address, address.length) !== 0 || libc.listen(fd, 4096) !== 0) {
+      const errno = this.#errno();
+      libc.close(fd);
+      throw new Error(`Cannot listen on ${service.listen.host}:${service.listen.port} (errno ${errno})`);
     }
-    this.#addressLength[0] = 28;
-    this.#sockets.getsockname(fd, this.#addressBytes, this.#addressLength);
-    const port = portOfAddress(this.#addressBytes);
+    const bound = new Uint8Array(SOCKADDR_BYTES);
+    this.#addressLength[0] = SOCKADDR_BYTES;
+    libc.getsockname(fd, bound, this.#addressLength);
     const listener: Listener = {
       fd,
       service,
       index: this.#listeners.length,
       open: 0,
-      connectTimeout: this.#timespec(service.connectTimeoutMs),
       backendAddresses: service.backends.map(encodeAddress),
-      local: isWildcard(this.#addressBytes) ? null : this.#addressBytes.slice(),
+      local: isWildcard(bound) ? null : bound,
       closed: false,
       pauseMs: 0,
-      pause: new BigInt64Array(2),
+      pausedUntil: 0,
     };
     this.#listeners.push(listener);
-    this.#accept(listener);
-    return port;
+    // Level-triggered: a listener left with connections waiting (a pass takes at most `acceptsPerPass`)
+    // is reported again by the next wait.
+    this.#register(fd, EPOLLIN, LISTENER, listener.index);
+    return portOfAddress(bound);
   }
 
   /**
@@ -402,16 +395,15 @@ export class Relay {
     if (!listener) throw new RangeError(`No service ${index}: the relay has ${this.#listeners.length}`);
     if (listener.closed) return;
     listener.closed = true;
-    // The pending accept ends (with an error nobody counts) once the socket is shut down.
-    this.#sockets.shutdown(listener.fd, SHUT_RDWR);
-    this.#sockets.close(listener.fd);
+    // Closing it takes it out of the epoll set; connections still in its queue are reset.
+    this.#libc.close(listener.fd);
   }
 
   /**
    * Gives service `index` (in the order of `listen` calls) new backends, which its `candidates` index
    * from now on; flows already connecting keep the addresses they had.
    */
-  update(index: number, backends: readonly SocketAddress[]): void {
+  update(index: number, backends: readonly HostPort[]): void {
     const listener = this.#listeners[index];
     if (!listener) throw new RangeError(`No service ${index}: the relay has ${this.#listeners.length}`);
     listener.service = { ...listener.service, backends };
@@ -419,111 +411,149 @@ export class Relay {
   }
 
   /**
-   * Submits what is queued, waits up to `waitMs` for completions (0: none), and handles them. Returns
-   * the number handled.
+   * Waits up to `waitMs` for events (0: none) and handles them, then the connect timeouts due, paused
+   * listeners to resume and idle flows. Returns the number of events handled.
    */
   poll(waitMs: number): number {
-    // Idle flows are looked for every `sweepMs` while there are flows; with none, nothing shortens the wait
-    // and there is nothing to look through.
-    const sweepIn = this.#open > 0 ? Math.max(0, this.#nextSweep - performance.now()) : waitMs;
-    this.#ring.enter(1, Math.min(waitMs, sweepIn));
+    let wait = this.#again.length > 0 ? 0 : waitMs;
+    if (wait > 0) wait = Math.min(wait, this.#nextTimer() - performance.now());
+    // A wait shorter than 1 ms must not be rounded down to 0: that spins.
+    const timeout = wait <= 0 ? 0 : Math.min(Math.ceil(wait), 2 ** 31 - 1);
+    let count = this.#libc.epoll_wait(this.#epoll, this.#events, RELAY_DEFAULTS.eventsPerWait, timeout);
     this.#now = performance.now();
-    const count = this.#ring.complete(this.#onCompletion);
+    if (count < 0) {
+      const errno = this.#errno();
+      if (errno !== EINTR) throw new Error(`epoll_wait failed (errno ${errno})`);
+      count = 0;
+    }
+    const words = this.#eventWords;
+    const stride = EPOLL_EVENT_BYTES / 4;
+    for (let i = 0; i < count; i++) {
+      this.#dispatch(words[i * stride]!, words[i * stride + EPOLL_DATA_WORD]!);
+    }
+    if (this.#again.length > 0) this.#pumpAgain();
+    this.#expireConnects();
+    this.#resumeListeners();
     if (this.#open > 0 && this.#now >= this.#nextSweep) this.#sweep();
+    // Slots released while events naming them could still be handled are free from now on.
+    while (this.#freeing.length > 0) this.#free.push(this.#freeing.pop()!);
     return count;
   }
 
-  /** Stops accepting, ends every flow, and closes the listeners (the ring is the caller's). */
+  /** Stops accepting, ends every flow, and closes the relay's descriptors. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
     for (const listener of this.#listeners) this.unlisten(listener.index);
     for (let slot = 0; slot < this.#client.length; slot++) {
-      if (this.#client[slot]! < 0) continue;
-      this.#abort(slot);
-      if (this.#tries[slot] === ASKED) {
-        // Nothing is in flight for a flow waiting to be placed: it ends here.
-        this.#tries[slot] = null;
-        this.#release(slot);
-      }
+      if (this.#client[slot]! >= 0) this.#end(slot);
     }
-    // Every aborted operation completes at once (its sockets are shut down): take those completions.
-    for (let round = 0; round < 100 && this.#open > 0; round++) this.poll(10);
-    this.#sockets.close(this.wakeFd);
+    while (this.#freeing.length > 0) this.#free.push(this.#freeing.pop()!);
+    this.#libc.close(this.wakeFd);
+    this.#libc.close(this.#epoll);
+    this.#closeLibc();
   }
 
-  #socket(v6: boolean, nonBlocking: boolean): number {
-    const family = v6 ? AF_INET6 : AF_INET;
-    const fd = this.#sockets.socket(
-      family,
-      SOCK_STREAM | SOCK_CLOEXEC | (nonBlocking ? SOCK_NONBLOCK : 0),
-      0,
-    );
-    if (fd < 0) throw new Error(`Cannot open a socket (errno ${this.#errno.getInt32()})`);
-    return fd;
+  #socket(v6: boolean): number {
+    return this.#libc.socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   }
 
-  #accept(listener: Listener): void {
-    this.#ring.queue(
-      Op.ACCEPT,
-      listener.fd,
-      0,
-      0,
-      SOCK_CLOEXEC | SOCK_NONBLOCK,
-      (listener.index << 3) | ACCEPT,
-      0,
-      0,
-      ACCEPT_MULTISHOT,
-    );
+  #register(fd: number, events: number, kind: number, slot = 0): boolean {
+    const words = this.#eventBytesWords;
+    words[0] = events >>> 0;
+    words[EPOLL_DATA_WORD] = (slot << 2) | kind;
+    words[EPOLL_DATA_WORD + 1] = 0;
+    return this.#libc.epoll_ctl(this.#epoll, EPOLL_CTL_ADD, fd, this.#eventBytes) === 0;
   }
 
-  #completed(data: number, result: number, flags: number): void {
-    const kind = data & 7;
-    const slot = data >>> 3;
+  #dispatch(events: number, token: number): void {
+    const kind = token & 3;
+    const slot = token >>> 2;
     switch (kind) {
-      case ACCEPT:
-        if (slot & PAUSED) {
-          const listener = this.#listeners[slot & ~PAUSED]!;
-          if (!listener.closed) this.#accept(listener);
-        } else this.#accepted(slot, result, flags);
+      case CLIENT: {
+        if (this.#client[slot]! < 0) return;
+        let flags = this.#flags[slot]!;
+        if (events & READABLE) flags |= CLIENT_IN;
+        if (events & WRITABLE) flags |= CLIENT_OUT;
+        if (events & HUNG_UP) flags |= CLIENT_HUP;
+        this.#flags[slot] = flags;
+        if (flags & LINGER) {
+          if (events & READABLE) this.#linger(slot);
+          return;
+        }
+        // Nothing moves until the backend is connected.
+        if (flags & (CONNECTING | ASKED) || this.#backend[slot]! < 0) return;
+        if (events & READABLE) this.#pump(slot, UP);
+        if (events & WRITABLE && this.#client[slot]! >= 0) this.#pump(slot, DOWN);
         return;
-      case CONNECT:
-        this.#pending[slot]!--;
-        this.#connected(slot, result);
+      }
+      case BACKEND: {
+        if (this.#backend[slot]! < 0) return;
+        if (this.#flags[slot]! & CONNECTING) {
+          this.#connectDone(slot, events);
+          return;
+        }
+        let flags = this.#flags[slot]!;
+        if (events & READABLE) flags |= BACKEND_IN;
+        if (events & WRITABLE) flags |= BACKEND_OUT;
+        if (events & HUNG_UP) flags |= BACKEND_HUP;
+        this.#flags[slot] = flags;
+        if (events & READABLE) this.#pump(slot, DOWN);
+        if (events & WRITABLE && this.#client[slot]! >= 0) this.#pump(slot, UP);
         return;
-      case RECV_UP:
-      case RECV_DOWN:
-        this.#pending[slot]!--;
-        this.#received(slot, kind - RECV_UP, result, flags);
-        return;
-      case SEND_UP:
-      case SEND_DOWN:
-        this.#pending[slot]!--;
-        this.#wrote(slot, kind - SEND_UP, result);
+      }
+      case LISTENER:
+        this.#acceptAll(this.#listeners[slot]!);
         return;
       case WAKE:
-        if (!this.#closed) this.#watchWake();
+        this.#libc.read(this.wakeFd, this.#wakeBytes, 8n);
         return;
     }
   }
 
-  #accepted(index: number, fd: number, flags: number): void {
-    const listener = this.#listeners[index]!;
-    if (fd < 0) {
-      if (listener.closed) return;
-      this.counters.acceptErrors++;
-      this.#events?.acceptFailed?.(index, -fd);
-      // Out of descriptors above all: the connection waiting would fail again at once, so accepting pauses,
-      // longer while errors last (as HAProxy and nginx do, and the agent on Deno's sockets).
-      if (!(flags & CQE_F_MORE)) this.#pauseAccepting(listener);
-      return;
+  #acceptAll(listener: Listener): void {
+    const libc = this.#libc;
+    for (
+      let n = 0;
+      n < RELAY_DEFAULTS.acceptsPerPass && !listener.closed && listener.pausedUntil === 0;
+      n++
+    ) {
+      this.#addressLength[0] = SOCKADDR_BYTES;
+      const fd = libc.accept4(
+        listener.fd,
+        this.#clientAddress,
+        this.#addressLength,
+        SOCK_NONBLOCK | SOCK_CLOEXEC,
+      );
+      if (fd < 0) {
+        const errno = this.#errno();
+        if (errno === EAGAIN || errno === EINTR) return;
+        this.counters.acceptErrors++;
+        this.#flowEvents?.acceptFailed?.(listener.index, errno);
+        // Out of descriptors above all: the connection waiting would fail again at once, so accepting
+        // pauses, longer while errors last (as HAProxy and nginx do, and the agent on Deno's sockets).
+        this.#pauseAccepting(listener);
+        return;
+      }
+      listener.pauseMs = 0;
+      this.#accepted(listener, fd);
     }
-    listener.pauseMs = 0;
-    if (!(flags & CQE_F_MORE) && !listener.closed) this.#accept(listener);
+  }
+
+  #accepted(listener: Listener, fd: number): void {
     const slot = this.#free.pop();
     if (slot === undefined || listener.open >= listener.service.maxConnections) {
+      if (slot !== undefined) this.#free.push(slot);
       this.counters.rejected++;
-      this.#sockets.close(fd);
+      this.#libc.close(fd);
+      return;
+    }
+    if (!this.#register(fd, FLOW_EVENTS, CLIENT, slot)) {
+      // Out of memory for the epoll set: as good as out of descriptors.
+      this.#free.push(slot);
+      this.counters.acceptErrors++;
+      this.#flowEvents?.acceptFailed?.(listener.index, this.#errno());
+      this.#libc.close(fd);
       return;
     }
     this.counters.accepted++;
@@ -531,33 +561,28 @@ export class Relay {
     this.#open++;
     this.#client[slot] = fd;
     this.#backend[slot] = -1;
-    this.#listener[slot] = index;
-    this.#pending[slot] = 0;
-    this.#done[slot] = 0;
-    this.#lastActive[slot] = this.#now;
-    this.#bufferId[slot * 2] = -1;
-    this.#bufferId[slot * 2 + 1] = -1;
-    this.#nextGroup[slot * 2] = SMALL;
-    this.#nextGroup[slot * 2 + 1] = SMALL;
+    this.#listener[slot] = listener.index;
+    this.#flags[slot] = 0;
     this.#firstTimeoutMs[slot] = 0;
-    this.#addressLength[0] = 28;
-    this.#sockets.getpeername(fd, this.#clientAddress, this.#addressLength);
+    this.#lastActive[slot] = this.#now;
+    this.#large[slot * 2] = 0;
+    this.#large[slot * 2 + 1] = 0;
     let destination = listener.local;
     if (destination === null) {
       destination = this.#destinationAddress;
-      this.#addressLength[0] = 28;
-      this.#sockets.getsockname(fd, destination, this.#addressLength);
+      this.#addressLength[0] = SOCKADDR_BYTES;
+      this.#libc.getsockname(fd, destination, this.#addressLength);
     }
     const generation = ++this.#generation[slot]!;
     const service = listener.service;
     // Placed from the addresses' bytes; they become text only for the agent or a PROXY header.
     const order = service.candidates(this.#clientAddress, destination);
     if (order === null) {
-      this.#tries[slot] = ASKED;
+      this.#flags[slot] = ASKED;
       if (this.#ask === null) {
         throw new Error(`Service ${service.name} asks where to send flows, but no one answers`);
       }
-      this.#ask(index, slot, generation, this.#clientAddress, destination);
+      this.#ask(listener.index, slot, generation, this.#clientAddress, destination);
       return;
     }
     const version = service.proxyProtocol ?? "none";
@@ -583,16 +608,14 @@ export class Relay {
   placed(
     slot: number,
     generation: number,
-    targets: readonly (SocketAddress | Uint8Array | number)[],
+    targets: readonly (HostPort | Uint8Array | number)[],
     header: Uint8Array | null | readonly (Uint8Array | null)[],
     firstTimeoutMs = 0,
   ): void {
-    if (this.#generation[slot] !== generation || this.#tries[slot] !== ASKED) return;
-    if (this.#done[slot] === BOTH) {
-      this.#tries[slot] = null;
-      this.#release(slot);
-      return;
-    }
+    if (
+      this.#generation[slot] !== generation || this.#client[slot]! < 0 || !(this.#flags[slot]! & ASKED)
+    ) return;
+    this.#flags[slot] = this.#flags[slot]! & ~ASKED;
     const backends = this.#listeners[this.#listener[slot]!]!.backendAddresses;
     const addresses: Uint8Array[] = [];
     for (const target of targets) {
@@ -626,98 +649,147 @@ export class Relay {
 
   #pauseAccepting(listener: Listener): void {
     listener.pauseMs = Math.min(RELAY_DEFAULTS.acceptPauseMaxMs, Math.max(10, listener.pauseMs * 2));
-    listener.pause[0] = BigInt(Math.floor(listener.pauseMs / 1000));
-    listener.pause[1] = BigInt((listener.pauseMs % 1000) * 1_000_000);
-    this.#ring.queue(
-      Op.TIMEOUT,
-      -1,
-      addressOfBytes(listener.pause),
-      1,
-      0,
-      ((listener.index | PAUSED) << 3) | ACCEPT,
-    );
+    listener.pausedUntil = this.#now + listener.pauseMs;
+    this.#libc.epoll_ctl(this.#epoll, EPOLL_CTL_DEL, listener.fd, this.#eventBytes);
+  }
+
+  #resumeListeners(): void {
+    for (const listener of this.#listeners) {
+      if (listener.pausedUntil === 0 || listener.pausedUntil > this.#now) continue;
+      listener.pausedUntil = 0;
+      if (!listener.closed) this.#register(listener.fd, EPOLLIN, LISTENER, listener.index);
+    }
+  }
+
+  /** When the next connect deadline, accept pause or idle sweep is due (Infinity: none). */
+  #nextTimer(): number {
+    let next = this.#open > 0 ? this.#nextSweep : Infinity;
+    for (const queue of this.#deadlines.values()) {
+      if (queue.head < queue.entries.length) next = Math.min(next, queue.entries[queue.head + 3]!);
+    }
+    for (const listener of this.#listeners) {
+      if (listener.pausedUntil > 0) next = Math.min(next, listener.pausedUntil);
+    }
+    return next;
   }
 
   /** Connects to the next candidate, or gives the flow up when none is left. */
   #connectNext(slot: number): void {
-    const listener = this.#listeners[this.#listener[slot]!]!;
-    const tries = this.#tries[slot]!;
-    const at = this.#tried[slot]!;
-    if (at >= tries.length || this.#closed) {
-      this.#tries[slot] = null;
-      if (!this.#closed) {
-        this.counters.noBackend++;
-        this.#events?.noBackend(this.#listener[slot]!, slot, this.#generation[slot]!);
-      }
-      this.#done[slot] = BOTH;
-      this.#sockets.shutdown(this.#client[slot]!, SHUT_RDWR);
-      this.#release(slot);
-      return;
-    }
-    this.#tried[slot] = at + 1;
-    const address = tries[at]!;
-    let fd: number;
-    try {
-      fd = this.#socket(address[0] === AF_INET6, true);
-    } catch {
-      this.#events?.connectFailed(
-        this.#listener[slot]!,
-        slot,
-        this.#generation[slot]!,
-        this.#choiceOf(slot, at),
-        24, // EMFILE, or whatever socket() met: this host's
-        true,
-      );
-      this.#connectNext(slot);
-      return;
-    }
-    this.#backend[slot] = fd;
-    this.#sockets.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, this.#one, 4);
-    this.#pending[slot]!++;
-    this.#ring.queue(
-      Op.CONNECT,
-      fd,
-      addressOfBytes(address),
-      0,
-      0,
-      (slot << 3) | CONNECT,
-      IOSQE_IO_LINK,
-      address.length,
-    );
-    const firstTimeoutMs = this.#firstTimeoutMs[slot]!;
-    const timeout = at === 0 && firstTimeoutMs > 0 ? this.#timespec(firstTimeoutMs) : listener.connectTimeout;
-    this.#ring.queue(Op.LINK_TIMEOUT, -1, addressOfBytes(timeout), 1, 0, IGNORED);
-  }
-
-  #timespec(ms: number): BigInt64Array {
-    let timespec = this.#timespecs.get(ms);
-    if (timespec === undefined) {
-      timespec = new BigInt64Array([BigInt(Math.floor(ms / 1000)), BigInt((ms % 1000) * 1_000_000)]);
-      this.#timespecs.set(ms, timespec);
-    }
-    return timespec;
-  }
-
-  #connected(slot: number, result: number): void {
-    if (result < 0 || this.#done[slot] === BOTH) {
-      this.#sockets.close(this.#backend[slot]!);
-      this.#backend[slot] = -1;
-      if (this.#done[slot] === BOTH) {
-        // Aborted while connecting (the relay is closing).
+    const libc = this.#libc;
+    for (;;) {
+      const tries = this.#tries[slot]!;
+      const at = this.#tried[slot]!;
+      if (at >= tries.length) {
         this.#tries[slot] = null;
-        this.#release(slot);
+        this.counters.noBackend++;
+        this.#flowEvents?.noBackend(this.#listener[slot]!, slot, this.#generation[slot]!);
+        this.#libc.shutdown(this.#client[slot]!, SHUT_WR);
+        this.#flags[slot] = this.#flags[slot]! | LINGER;
+        this.#deadline(slot, RELAY_DEFAULTS.lingerMs);
+        this.#linger(slot);
         return;
       }
+      this.#tried[slot] = at + 1;
+      const address = tries[at]!;
+      const fd = this.#socket(isV6(address));
+      if (fd < 0) {
+        this.#failed(slot, at, this.#errno() || EMFILE, true);
+        continue;
+      }
+      libc.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, this.#one, 4);
+      if (libc.connect(fd, address, address.length) !== 0) {
+        const errno = this.#errno();
+        if (errno !== EINPROGRESS) {
+          libc.close(fd);
+          this.counters.connectFailures++;
+          this.#failed(slot, at, errno, false);
+          continue;
+        }
+      }
+      if (!this.#register(fd, FLOW_EVENTS, BACKEND, slot)) {
+        const errno = this.#errno();
+        libc.close(fd);
+        this.#failed(slot, at, errno, true);
+        continue;
+      }
+      this.#backend[slot] = fd;
+      this.#flags[slot] = (this.#flags[slot]! & ~(BACKEND_IN | BACKEND_OUT)) | CONNECTING;
+      const firstTimeoutMs = this.#firstTimeoutMs[slot]!;
+      const timeoutMs = at === 0 && firstTimeoutMs > 0
+        ? firstTimeoutMs
+        : this.#listeners[this.#listener[slot]!]!.service.connectTimeoutMs;
+      this.#deadline(slot, timeoutMs);
+      return;
+    }
+  }
+
+  #failed(slot: number, at: number, errno: number, local: boolean): void {
+    this.#flowEvents?.connectFailed(
+      this.#listener[slot]!,
+      slot,
+      this.#generation[slot]!,
+      this.#choiceOf(slot, at),
+      errno,
+      local,
+    );
+  }
+
+  #deadline(slot: number, timeoutMs: number): void {
+    let queue = this.#deadlines.get(timeoutMs);
+    if (queue === undefined) this.#deadlines.set(timeoutMs, queue = { entries: [], head: 0 });
+    queue.entries.push(slot, this.#generation[slot]!, this.#tried[slot]!, this.#now + timeoutMs);
+  }
+
+  /** Connects that outlived their timeout fail, and the flow tries its next candidate. */
+  #expireConnects(): void {
+    for (const queue of this.#deadlines.values()) {
+      const { entries } = queue;
+      while (queue.head < entries.length && entries[queue.head + 3]! <= this.#now) {
+        const slot = entries[queue.head]!;
+        const generation = entries[queue.head + 1]!;
+        const tried = entries[queue.head + 2]!;
+        queue.head += 4;
+        if (this.#generation[slot] !== generation || this.#client[slot]! < 0) continue;
+        if (this.#flags[slot]! & LINGER) {
+          this.#end(slot);
+          continue;
+        }
+        if (this.#tried[slot] !== tried || !(this.#flags[slot]! & CONNECTING)) continue;
+        this.#libc.close(this.#backend[slot]!);
+        this.#backend[slot] = -1;
+        this.#flags[slot] = this.#flags[slot]! & ~CONNECTING;
+        this.counters.connectFailures++;
+        this.#failed(slot, tried - 1, ETIMEDOUT, false);
+        this.#connectNext(slot);
+      }
+      if (queue.head === entries.length) {
+        entries.length = 0;
+        queue.head = 0;
+      } else if (queue.head > 4096 && queue.head * 2 > entries.length) {
+        entries.splice(0, queue.head);
+        queue.head = 0;
+      }
+    }
+  }
+
+  /** The backend socket of a connecting flow was reported: connected, or failed (then the next candidate). */
+  #connectDone(slot: number, events: number): void {
+    const fd = this.#backend[slot]!;
+    let errno = 0;
+    if (events & EPOLLERR || !(events & EPOLLOUT)) {
+      this.#intLength[0] = 4;
+      this.#libc.getsockopt(fd, SOL_SOCKET, SO_ERROR, this.#int, this.#intLength);
+      errno = new Int32Array(this.#int.buffer)[0]!;
+      // Hung up with no error set: the backend closed at once.
+      if (errno === 0 && !(events & EPOLLOUT)) errno = 104;
+    }
+    let flags = this.#flags[slot]! & ~CONNECTING;
+    if (errno !== 0) {
+      this.#libc.close(fd);
+      this.#backend[slot] = -1;
+      this.#flags[slot] = flags;
       this.counters.connectFailures++;
-      const choice = this.#choiceOf(slot, this.#tried[slot]! - 1);
-      this.#events?.connectFailed(
-        this.#listener[slot]!,
-        slot,
-        this.#generation[slot]!,
-        choice,
-        -result,
-        false,
-      );
+      this.#failed(slot, this.#tried[slot]! - 1, errno, false);
       this.#connectNext(slot);
       return;
     }
@@ -725,21 +797,25 @@ export class Relay {
     const choice = this.#choiceOf(slot, this.#tried[slot]! - 1);
     this.#choice[slot] = choice;
     this.#choices[slot] = null;
-    this.#events?.connected(this.#listener[slot]!, slot, this.#generation[slot]!, choice);
+    this.#flowEvents?.connected(this.#listener[slot]!, slot, this.#generation[slot]!, choice);
     const perTarget = this.#headers[slot];
-    if (perTarget) {
-      this.#header[slot] = perTarget[this.#tried[slot]! - 1] ?? null;
-      this.#headers[slot] = null;
-    }
-    const header = this.#header[slot];
-    if (header) {
-      // The header goes first; the client's bytes are read once it is sent (see #wrote).
+    const header = perTarget ? perTarget[this.#tried[slot]! - 1] ?? null : this.#header[slot]!;
+    this.#headers[slot] = null;
+    this.#header[slot] = null;
+    if (events & READABLE) flags |= BACKEND_IN;
+    if (events & HUNG_UP) flags |= BACKEND_HUP;
+    flags |= BACKEND_OUT;
+    this.#flags[slot] = flags;
+    if (header !== null && header.length > 0) {
+      // The header goes first: the client's bytes are read once it is sent.
       const k = slot * 2;
-      this.#length[k] = header.length;
-      this.#sent[k] = 0;
-      this.#sendHeader(slot);
-    } else this.#receive(slot, 0);
-    this.#receive(slot, 1);
+      this.#held[k] = header;
+      this.#heldStart[k] = 0;
+      this.#heldEnd[k] = header.length;
+      this.#heldPool[k] = OWN;
+    }
+    this.#pump(slot, UP);
+    if (this.#client[slot]! >= 0) this.#pump(slot, DOWN);
   }
 
   /** The choice that the `at`th target of a flow stands for (see `FlowEvents`). */
@@ -748,191 +824,205 @@ export class Relay {
     return choices ? choices[at]! : at;
   }
 
-  #sendHeader(slot: number): void {
-    const k = slot * 2;
-    this.#pending[slot]!++;
-    this.#ring.queue(
-      Op.SEND,
-      this.#backend[slot]!,
-      addressOfBytes(this.#header[slot]!) + this.#sent[k]!,
-      this.#length[k]! - this.#sent[k]!,
-      MSG_NOSIGNAL,
-      (slot << 3) | SEND_UP,
-    );
-  }
-
-  #receive(slot: number, direction: number): void {
+  /**
+   * Moves one direction's bytes until its source has none, its destination takes no more, or it read
+   * `readsPerPass` times (then it goes on at the next poll). Ends the direction at its source's end, and
+   * the flow on an error or when both are done.
+   */
+  #pump(slot: number, direction: number): void {
+    const libc = this.#libc;
     const k = slot * 2 + direction;
-    const group = this.#nextGroup[k]!;
-    this.#group[k] = group;
-    this.#pending[slot]!++;
-    this.#ring.queue(
-      Op.RECV,
-      direction === 0 ? this.#client[slot]! : this.#backend[slot]!,
-      0,
-      0,
-      0,
-      (slot << 3) | (RECV_UP + direction),
-      IOSQE_BUFFER_SELECT,
-      0,
-      0,
-      group,
-    );
-  }
-
-  #received(slot: number, direction: number, result: number, flags: number): void {
-    const k = slot * 2 + direction;
-    const group = this.#group[k]!;
-    if (result > 0) {
-      const id = (flags & CQE_F_BUFFER) ? flags >>> CQE_BUFFER_SHIFT : -1;
-      if (this.#done[slot] === BOTH) {
-        if (id >= 0) this.#recycle(group, id);
-        this.#release(slot);
+    const source = direction === UP ? this.#client[slot]! : this.#backend[slot]!;
+    const sink = direction === UP ? this.#backend[slot]! : this.#client[slot]!;
+    const sourceIn = SOURCE_IN[direction]!;
+    const sinkOut = SINK_OUT[direction]!;
+    let flags = this.#flags[slot]!;
+    if (flags & DONE[direction]!) return;
+    const held = this.#held[k] ?? null;
+    if (held !== null) {
+      if (!(flags & sinkOut)) return;
+      const start = this.#heldStart[k]!;
+      const end = this.#heldEnd[k]!;
+      const sent = libc.send(
+        sink,
+        start === 0 ? held : held.subarray(start),
+        BigInt(end - start),
+        MSG_NOSIGNAL,
+      );
+      if (sent < 0) {
+        const errno = this.#errno();
+        if (errno !== EAGAIN) return this.#end(slot);
+        this.#flags[slot] = flags & ~sinkOut;
         return;
       }
-      // A full small buffer: bulk data, received into large ones from now on; a large one barely used:
-      // back to small ones.
-      const small = this.#pools[SMALL].size;
-      if (group === SMALL && result === small) this.#nextGroup[k] = LARGE;
-      else if (group === LARGE && result < small) this.#nextGroup[k] = SMALL;
-      this.#bufferId[k] = id;
-      this.#length[k] = result;
-      this.#sent[k] = 0;
-      this.#lastActive[slot] = this.#now;
-      if (direction === 0) this.counters.bytesUp += result;
-      else this.counters.bytesDown += result;
-      this.#send(slot, direction);
-      return;
-    }
-    if (result === -ENOBUFS && this.#done[slot] !== BOTH) {
-      if (group === LARGE) {
-        // Every large buffer is taken: a small one will do.
-        this.#nextGroup[k] = SMALL;
-        this.#receive(slot, direction);
+      if (start + sent < end) {
+        this.#heldStart[k] = start + sent;
+        this.#flags[slot] = flags & ~sinkOut;
         return;
       }
-      this.#starved.push(k);
-      return;
+      this.#release(k);
     }
-    if (result === 0) this.#finish(slot, direction);
-    else this.#abort(slot);
-    this.#release(slot);
-  }
-
-  #send(slot: number, direction: number): void {
-    const k = slot * 2 + direction;
-    this.#pending[slot]!++;
-    this.#ring.queue(
-      Op.SEND,
-      direction === 0 ? this.#backend[slot]! : this.#client[slot]!,
-      this.#pools[this.#group[k]!]!.address(this.#bufferId[k]!) + this.#sent[k]!,
-      this.#length[k]! - this.#sent[k]!,
-      MSG_NOSIGNAL,
-      (slot << 3) | (SEND_UP + direction),
-    );
-  }
-
-  #wrote(slot: number, direction: number, result: number): void {
-    const k = slot * 2 + direction;
-    if (direction === 0 && this.#header[slot] !== null) {
-      this.#headerWritten(slot, result);
-      return;
-    }
-    if (result > 0 && this.#done[slot] !== BOTH) {
-      this.#sent[k]! += result;
-      if (this.#sent[k]! < this.#length[k]!) {
-        this.#send(slot, direction);
+    if (flags & EOF[direction]!) return this.#finish(slot, direction);
+    for (let reads = 0; flags & sourceIn; reads++) {
+      if (reads === RELAY_DEFAULTS.readsPerPass) {
+        if (!(flags & AGAIN)) {
+          this.#flags[slot] = flags | AGAIN;
+          this.#again.push(slot);
+        }
         return;
       }
-    }
-    this.#recycle(this.#group[k]!, this.#bufferId[k]!);
-    this.#bufferId[k] = -1;
-    if (result <= 0) this.#abort(slot);
-    else if (this.#done[slot] !== BOTH) this.#receive(slot, direction);
-    this.#release(slot);
-  }
-
-  #headerWritten(slot: number, result: number): void {
-    const k = slot * 2;
-    if (result > 0 && this.#done[slot] !== BOTH) {
-      this.#sent[k]! += result;
-      if (this.#sent[k]! < this.#length[k]!) {
-        this.#sendHeader(slot);
-        return;
+      const large = this.#large[k] === 1 && this.#takeLargeScratch();
+      const buffer = large ? this.#largeScratch! : this.#scratch;
+      const size = large ? this.#largeSize : this.#bufferSize;
+      const received = libc.recv(source, buffer, large ? this.#largeSizeBig : this.#bufferSizeBig, 0);
+      if (received > 0) {
+        if (direction === UP) this.counters.bytesUp += received;
+        else this.counters.bytesDown += received;
+        this.#lastActive[slot] = this.#now;
+        // A full small buffer: bulk data, received into large ones from now on; a large one barely used:
+        // back to small ones.
+        if (!large && received === size) this.#large[k] = 1;
+        else if (large && received < this.#bufferSize) this.#large[k] = 0;
+        let sent = 0;
+        if (flags & sinkOut) {
+          sent = libc.send(sink, buffer, BigInt(received), MSG_NOSIGNAL);
+          if (sent < 0) {
+            if (this.#errno() !== EAGAIN) return this.#end(slot);
+            sent = 0;
+          }
+        }
+        // A short receive took everything there was: new bytes will be reported by a new event. Not so the
+        // end of a peer that hung up, reported once: it is read next.
+        if (received < size && !(flags & SOURCE_HUP[direction]!)) flags &= ~sourceIn;
+        if (sent < received) {
+          this.#hold(k, buffer, sent, received, large);
+          this.#flags[slot] = flags & ~sinkOut;
+          return;
+        }
+        this.#flags[slot] = flags;
+        continue;
       }
+      if (received === 0) {
+        this.#flags[slot] = (flags & ~sourceIn) | EOF[direction]!;
+        return this.#finish(slot, direction);
+      }
+      const errno = this.#errno();
+      if (errno !== EAGAIN && errno !== EINTR) return this.#end(slot);
+      if (errno === EAGAIN) flags &= ~sourceIn;
+      this.#flags[slot] = flags;
     }
-    this.#header[slot] = null;
-    if (result <= 0) this.#abort(slot);
-    else if (this.#done[slot] !== BOTH) this.#receive(slot, 0);
-    this.#release(slot);
   }
 
-  /** Gives a buffer back; a direction that found the pool empty then receives again. */
-  #recycle(group: number, id: number): void {
-    this.#pools[group]!.recycle(id);
-    const k = this.#starved.shift();
-    if (k === undefined) return;
-    const slot = k >> 1;
-    if (this.#done[slot] === BOTH) {
-      this.#release(slot);
-      return;
+  /** Reads and drops what a lingering client sends; ends the flow at its end, an error, or enough bytes. */
+  #linger(slot: number): void {
+    const fd = this.#client[slot]!;
+    for (let reads = 0; reads < RELAY_DEFAULTS.readsPerPass; reads++) {
+      const received = this.#libc.recv(fd, this.#scratch, this.#bufferSizeBig, 0);
+      if (received > 0) continue;
+      if (received < 0 && this.#errno() === EAGAIN) return;
+      break;
     }
-    this.#receive(slot, k & 1);
+    this.#end(slot);
+  }
+
+  /** Flows that stopped for fairness pump on. */
+  #pumpAgain(): void {
+    const again = this.#again;
+    this.#again = [];
+    for (const slot of again) {
+      const flags = this.#flags[slot]!;
+      if (!(flags & AGAIN)) continue;
+      this.#flags[slot] = flags & ~AGAIN;
+      if (this.#client[slot]! < 0 || this.#backend[slot]! < 0) continue;
+      this.#pump(slot, UP);
+      if (this.#client[slot]! >= 0) this.#pump(slot, DOWN);
+    }
+  }
+
+  /** Makes the large scratch buffer ready; false when every large buffer is held (small ones will do). */
+  #takeLargeScratch(): boolean {
+    if (this.#largeScratch !== null) return true;
+    const pooled = this.#largePool.pop();
+    if (pooled !== undefined) {
+      this.#largeScratch = pooled;
+      return true;
+    }
+    if (this.#largeCount >= this.#largeMax) return false;
+    this.#largeCount++;
+    this.#largeScratch = new Uint8Array(this.#largeSize);
+    return true;
   }
 
   /**
-   * One direction reached its end: the other side learns it (half-close); the flow ends with both. When this
-   * ends the flow, with nothing in flight, `#release` closes both sockets next, and a close sends the same
-   * FIN (the socket has nothing unread: its own direction ended first), one system call fewer per flow.
+   * Keeps bytes `start` to `end` of the scratch buffer just received into for direction `k`, until its
+   * destination takes them: the direction takes the buffer itself, and the relay receives into another.
+   */
+  #hold(k: number, buffer: Uint8Array, start: number, end: number, large: boolean): void {
+    this.#held[k] = buffer;
+    this.#heldStart[k] = start;
+    this.#heldEnd[k] = end;
+    if (large) {
+      this.#heldPool[k] = LARGE;
+      this.#largeScratch = null;
+    } else {
+      this.#heldPool[k] = SMALL;
+      this.#scratch = this.#smallPool.pop() ?? new Uint8Array(this.#bufferSize);
+    }
+  }
+
+  /** Gives back what direction `k` held, once sent (or when its flow ends). */
+  #release(k: number): void {
+    const held = this.#held[k]!;
+    const pool = this.#heldPool[k];
+    if (pool === SMALL) this.#smallPool.push(held);
+    else if (pool === LARGE) this.#largePool.push(held);
+    this.#held[k] = null;
+  }
+
+  /**
+   * One direction reached its end with nothing left to send: the other side learns it (half-close); the
+   * flow ends with both. When this ends the flow, closing both sockets sends the same FIN (the socket has
+   * nothing unread: its own direction ended first), one system call fewer.
    */
   #finish(slot: number, direction: number): void {
-    this.#done[slot]! |= 1 << direction;
-    if (this.#done[slot] === BOTH && this.#pending[slot] === 0) return;
-    this.#sockets.shutdown(direction === 0 ? this.#backend[slot]! : this.#client[slot]!, SHUT_WR);
+    const flags = this.#flags[slot]! | DONE[direction]!;
+    this.#flags[slot] = flags;
+    if ((flags & BOTH_DONE) === BOTH_DONE) return this.#end(slot);
+    this.#libc.shutdown(direction === UP ? this.#backend[slot]! : this.#client[slot]!, SHUT_WR);
   }
 
-  /** Ends both directions at once: every operation in flight on the flow's sockets completes. */
-  #abort(slot: number): void {
-    if (this.#done[slot] === BOTH && this.#tries[slot] === null) return;
-    this.#done[slot] = BOTH;
-    this.#sockets.shutdown(this.#client[slot]!, SHUT_RDWR);
-    if (this.#backend[slot]! >= 0) this.#sockets.shutdown(this.#backend[slot]!, SHUT_RDWR);
-  }
-
-  /** Frees the flow's slot once it is over and nothing of it is in flight. */
-  #release(slot: number): void {
-    if (this.#done[slot] !== BOTH || this.#pending[slot] !== 0) return;
-    this.#sockets.close(this.#client[slot]!);
-    if (this.#backend[slot]! >= 0) this.#sockets.close(this.#backend[slot]!);
+  /** Ends a flow: closes its sockets (which takes them out of the epoll set) and frees its slot. */
+  #end(slot: number): void {
+    const libc = this.#libc;
+    libc.close(this.#client[slot]!);
+    if (this.#backend[slot]! >= 0) libc.close(this.#backend[slot]!);
     this.#client[slot] = -1;
     this.#backend[slot] = -1;
+    this.#flags[slot] = 0;
     this.#tries[slot] = null;
     this.#header[slot] = null;
     this.#headers[slot] = null;
     this.#choices[slot] = null;
+    if (this.#held[slot * 2] !== null) this.#release(slot * 2);
+    if (this.#held[slot * 2 + 1] !== null) this.#release(slot * 2 + 1);
     if (this.#choice[slot]! >= 0) {
-      this.#events?.ended(this.#listener[slot]!, slot, this.#generation[slot]!, this.#choice[slot]!);
+      this.#flowEvents?.ended(this.#listener[slot]!, slot, this.#generation[slot]!, this.#choice[slot]!);
       this.#choice[slot] = -1;
-    }
-    if (this.#starved.length > 0) {
-      const left = this.#starved.filter((k) => k >> 1 !== slot);
-      this.#starved.length = 0;
-      this.#starved.push(...left);
     }
     this.#listeners[this.#listener[slot]!]!.open--;
     this.#open--;
-    this.#free.push(slot);
+    this.#freeing.push(slot);
   }
 
-  /** Aborts flows idle for longer than their service allows. */
+  /** Ends flows idle for longer than their service allows. */
   #sweep(): void {
     this.#nextSweep = this.#now + RELAY_DEFAULTS.sweepMs;
     for (let slot = 0; slot < this.#client.length; slot++) {
-      if (this.#client[slot]! < 0 || this.#done[slot] === BOTH || this.#tries[slot] !== null) continue;
+      if (this.#client[slot]! < 0 || this.#choice[slot]! < 0) continue;
       const idleMs = this.#listeners[this.#listener[slot]!]!.service.idleTimeoutMs;
       if (idleMs > 0 && this.#now - this.#lastActive[slot]! > idleMs) {
-        this.#events?.idle?.(this.#listener[slot]!, slot, this.#generation[slot]!, this.#choice[slot]!);
-        this.#abort(slot);
+        this.#flowEvents?.idle?.(this.#listener[slot]!, slot, this.#generation[slot]!, this.#choice[slot]!);
+        this.#end(slot);
       }
     }
   }
@@ -945,8 +1035,8 @@ const ONE_EVENT = new Uint8Array(new BigUint64Array([1n]).buffer);
  * Opens libc; `close` when done.
  */
 export function openWaker(): { wake(wakeFd: number): void; close(): void } {
-  const library = Deno.dlopen(LIBC_PATH, {
-    write: { parameters: ["i32", "buffer", "usize"], result: "void" },
+  const library = Deno.dlopen("libc.so.6", {
+    write: { parameters: ["i32", "buffer", "usize"], result: "i32" },
   });
   return {
     wake: (wakeFd) => {
@@ -954,43 +1044,4 @@ export function openWaker(): { wake(wakeFd: number): void; close(): void } {
     },
     close: () => library.close(),
   };
-}
-
-function addressOfBytes(bytes: ArrayBufferView): number {
-  return Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(bytes as Uint8Array<ArrayBuffer>)));
-}
-
-/**
- * `struct sockaddr_in` or `sockaddr_in6` for an IP literal and port (an IPv4-mapped IPv6 address gives
- * `sockaddr_in`, as `ipBytes` does). Throws a `TypeError` for anything but an IP literal.
- */
-export function encodeAddress(address: SocketAddress): Uint8Array {
-  const ip = ipBytes(address.ip);
-  const v6 = ip.length === 16;
-  const bytes = new Uint8Array(v6 ? 28 : 16);
-  bytes[0] = v6 ? AF_INET6 : AF_INET; // sa_family, a little-endian u16
-  bytes[2] = address.port >>> 8;
-  bytes[3] = address.port & 0xff;
-  bytes.set(ip, v6 ? 8 : 4);
-  return bytes;
-}
-
-/** The IP (as `formatIp` writes it) and port of a `sockaddr_in` or `sockaddr_in6`. */
-export function decodeAddress(bytes: Uint8Array): SocketAddress {
-  return { ip: formatIp(ipOfAddress(bytes)), port: portOfAddress(bytes) };
-}
-
-/** The IP bytes of a `sockaddr_in` (4) or `sockaddr_in6` (16), as a view of it. */
-export function ipOfAddress(bytes: Uint8Array): Uint8Array {
-  return bytes[0] === AF_INET ? bytes.subarray(4, 8) : bytes.subarray(8, 24);
-}
-
-/** The port of a `sockaddr_in` or `sockaddr_in6`. */
-export function portOfAddress(bytes: Uint8Array): number {
-  return (bytes[2]! << 8) | bytes[3]!;
-}
-
-/** Whether a socket address (as `encodeAddress` lays it out) is 0.0.0.0 or ::, any port. */
-export function isWildcard(bytes: Uint8Array): boolean {
-  return ipOfAddress(bytes).every((byte) => byte === 0);
 }

@@ -1,41 +1,32 @@
 /**
- * The io_uring relay over real loopback sockets, run in its worker as the agent runs it. Skipped where
- * io_uring cannot be had (the relay's own check says why).
+ * The epoll relay over real loopback sockets, run in its worker as the agent runs it. Skipped off Linux.
  */
 import assert from "node:assert/strict";
 import { blackhole, eventually, randomBytes, readAll, writeAll } from "../../tests/_helpers.ts";
 import { CLAIM_BUCKETS } from "../../cluster/claims.ts";
 import { buildTable } from "../../cluster/maglev.ts";
 import { decodeProxyHeader } from "../../cluster/proxy_protocol.ts";
-import { placeFlow, type Placement } from "./placement.ts";
-import { openRing, unavailableReason } from "./ring.ts";
-import { RelayDataPlane } from "./data_plane.ts";
-import {
-  encodeAddress,
-  FlowEvent,
-  type PlacementRequest,
-  type RelayCounters,
-  type SocketAddress,
-} from "./relay.ts";
+import type { HostPort } from "../../cluster/address.ts";
+import { placeFlow, placeHash, type Placement } from "../../cluster/placement.ts";
+import { FlowEvent, type PlacementRequest, type PlaneCounters } from "../data_plane.ts";
+import { RelayDataPlane } from "./relay_plane.ts";
 
 const { CONNECTED, FAILED, NO_BACKEND, ENDED, IDLE, ACCEPT_FAILED } = FlowEvent;
-const probe = openRing({ entries: 8 });
-probe?.close();
-const ignore = probe === null;
-if (ignore) console.error(`io_uring relay tests skipped: ${unavailableReason}`);
+const ignore = Deno.build.os !== "linux";
+if (ignore) console.error(`epoll relay tests skipped: epoll needs Linux, not ${Deno.build.os}`);
 
 interface ServiceOptions {
-  backends: SocketAddress[];
+  backends: HostPort[];
   maxConnections?: number;
   connectTimeoutMs?: number;
   idleTimeoutMs?: number;
   proxyProtocol?: "none" | "v1" | "v2";
-  placement?: Placement;
-  /** Makes every flow ask where to go, and answers with this. */
+  placement?: Placement<HostPort>;
+  /** Makes every flow ask where to go (or those `placement` asks about), and answers with this. */
   place?: (
     request: PlacementRequest,
   ) => Promise<{
-    targets: (SocketAddress | number)[];
+    targets: (HostPort | number)[];
     header: Uint8Array | null | (Uint8Array | null)[];
     firstTimeoutMs?: number;
   }>;
@@ -52,32 +43,35 @@ async function startRelay(options: ServiceOptions) {
   /** Flow events as posted: kind, service, slot, generation, choice, errno. */
   const flowEvents: number[] = [];
   /** The counters as of each post of flow events, or of counters alone. */
-  const posts: RelayCounters[] = [];
+  const posts: PlaneCounters[] = [];
+  /** The counters and open flows the plane told last. */
+  let last = { counters: null as PlaneCounters | null, open: -1 };
   let stopped = false;
   const opened = await RelayDataPlane.open({
     place: (request) => {
-      void options.place?.(request).then(({ targets, header, firstTimeoutMs }) => {
+      const answer = options.place?.(request) ??
+        Promise.resolve({ targets: options.backends.map((_, i) => i), header: null, firstTimeoutMs: 0 });
+      void answer.then(({ targets, header, firstTimeoutMs }) => {
         if (!stopped) plane.placed(request, targets, header, firstTimeoutMs);
       });
     },
-    flows: (events, counters) => {
+    flows: (events, counters, open) => {
       flowEvents.push(...events);
       posts.push({ ...counters });
+      last = { counters: { ...counters }, open };
     },
   }, { yieldMs: options.yieldMs ?? 10, ...(options.ringBytes ? { ringBytes: options.ringBytes } : {}) });
   if (!(opened instanceof RelayDataPlane)) throw new Error(opened.unavailable);
   const plane = opened;
   const { index, port } = await plane.listen({
     name: "test",
-    listen: { ip: options.listenIp ?? "127.0.0.1", port: 0 },
-    backends: options.backends,
+    listen: { host: options.listenIp ?? "127.0.0.1", port: 0 },
     maxConnections: options.maxConnections ?? 1000,
     connectTimeoutMs: options.connectTimeoutMs ?? 2000,
     idleTimeoutMs: options.idleTimeoutMs ?? 0,
     proxyProtocol: options.proxyProtocol ?? "none",
-    // With a placement, only the flows it cannot place are asked.
-    ask: options.place !== undefined && options.placement === undefined,
-    ...(options.placement ? { placement: options.placement } : {}),
+    // Without a placement: every flow is asked about when the test answers, else every backend in order.
+    placement: options.placement ?? fixedPlacement(options.backends, options.place !== undefined),
   });
   return {
     port,
@@ -96,15 +90,32 @@ async function startRelay(options: ServiceOptions) {
       return [...flows.values()];
     },
     unlisten: () => plane.unlisten(index),
-    setPlacement: (placement: Placement) => plane.setPlacement(index, placement),
+    setPlacement: (placement: Placement<HostPort>) => plane.setPlacement(index, placement),
     counters: () => plane.counters(),
-    async stop(): Promise<{ counters: RelayCounters; open: number }> {
+    /** Stops the plane: the counters and open flows it told last. */
+    async stop(): Promise<{ counters: PlaneCounters; open: number }> {
       stopped = true;
-      return await plane.stop();
+      await plane.stop();
+      return { counters: last.counters!, open: last.open };
     },
     async [Symbol.asyncDispose]() {
       await this.stop();
     },
+  };
+}
+
+/**
+ * A placement for a service without one: a single backend (or none) the relay places alone; several it
+ * asks about (`startRelay` then answers with every backend in order, unless the test answers), as with
+ * `ask`.
+ */
+function fixedPlacement(backends: HostPort[], ask: boolean): Placement<HostPort> {
+  return {
+    backends,
+    table: backends.length === 0 ? new Uint16Array(0) : new Uint16Array([0]),
+    seed: 0,
+    placeBy: "flow",
+    askBuckets: ask || backends.length > 1 ? new Uint8Array(CLAIM_BUCKETS).fill(1) : null,
   };
 }
 
@@ -127,7 +138,7 @@ function backend(reply: (received: Uint8Array) => Uint8Array) {
     }
   })();
   return {
-    address: { ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port },
+    address: { host: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port },
     async [Symbol.asyncDispose]() {
       listener.close();
       await accepting;
@@ -136,11 +147,11 @@ function backend(reply: (received: Uint8Array) => Uint8Array) {
   };
 }
 
-const refusedAddress = (): SocketAddress => {
+const refusedAddress = (): HostPort => {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
   listener.close();
-  return { ip: "127.0.0.1", port };
+  return { host: "127.0.0.1", port };
 };
 
 async function exchange(port: number, bytes: Uint8Array): Promise<Uint8Array> {
@@ -154,7 +165,7 @@ async function exchange(port: number, bytes: Uint8Array): Promise<Uint8Array> {
 }
 
 Deno.test({
-  name: "io_uring relay: bytes both ways in order, and a half-close reaches the other side",
+  name: "epoll relay: bytes both ways in order, and a half-close reaches the other side",
   ignore,
   async fn() {
     await using echo = backend((received) => new Uint8Array([...received].reverse()));
@@ -195,7 +206,7 @@ function streamingEcho(flows: number) {
     await Promise.all(echoes);
     listener.close();
   })();
-  return { address: { ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }, done };
+  return { address: { host: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }, done };
 }
 
 /** Sends `sent` through the relay while reading what comes back, until the echo's end. */
@@ -207,7 +218,7 @@ async function streamThrough(port: number, sent: Uint8Array): Promise<Uint8Array
 }
 
 Deno.test({
-  name: "io_uring relay: 100 bulk flows at once, more than its large buffers, each arrives intact",
+  name: "epoll relay: 100 bulk flows at once, more than its large buffers, each arrives intact",
   ignore,
   async fn() {
     // Each direction of a bulk flow wants one of the 64 large buffers; those left over receive into small
@@ -228,7 +239,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "io_uring relay: 8 MiB each way, read while written, arrives intact",
+  name: "epoll relay: 8 MiB each way, read while written, arrives intact",
   ignore,
   async fn() {
     const size = 8 * 1024 * 1024;
@@ -243,7 +254,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "io_uring relay: a message is taken at once when the relay is woken, however long it may block",
+  name: "epoll relay: a message is taken at once when the relay is woken, however long it may block",
   ignore,
   async fn() {
     await using relay = await startRelay({ backends: [refusedAddress()], yieldMs: 30_000 });
@@ -257,7 +268,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "io_uring relay: an answer is taken at once, however long the relay may block",
+  name: "epoll relay: an answer is taken at once, however long the relay may block",
   ignore,
   async fn() {
     await using echo = backend((received) => received);
@@ -280,14 +291,14 @@ Deno.test({
 for (const version of ["v1", "v2"] as const) {
   for (const listenIp of ["127.0.0.1", "0.0.0.0"]) {
     Deno.test({
-      name: `io_uring relay: proxy_protocol ${version} sends the client's address before its first byte, ` +
+      name: `epoll relay: proxy_protocol ${version} sends the client's address before its first byte, ` +
         `listening on ${listenIp}`,
       ignore,
       async fn() {
         const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
         const port = (listener.addr as Deno.NetAddr).port;
         await using proxied = await startRelay({
-          backends: [{ ip: "127.0.0.1", port }],
+          backends: [{ host: "127.0.0.1", port }],
           proxyProtocol: version,
           listenIp,
         });
@@ -327,7 +338,7 @@ async function readExactly(conn: Deno.Conn, length: number): Promise<void> {
 }
 
 Deno.test({
-  name: "io_uring relay: small writes go on at once both ways (no Nagle delay on either of a flow's sockets)",
+  name: "epoll relay: small writes go on at once both ways (no Nagle delay on either of a flow's sockets)",
   ignore,
   async fn() {
     // Two small writes, then a wait for the answer, which comes once both arrived: with Nagle's algorithm
@@ -335,7 +346,7 @@ Deno.test({
     // more) since it has nothing to send yet.
     const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     await using relay = await startRelay({
-      backends: [{ ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
+      backends: [{ host: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
     });
     const client = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
     const conn = await listener.accept();
@@ -362,7 +373,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "io_uring relay: flows it cannot place alone wait for the agent's answer, its targets and header",
+  name: "epoll relay: flows it cannot place alone wait for the agent's answer, its targets and header",
   ignore,
   async fn() {
     await using echo = backend((received) => received);
@@ -395,12 +406,12 @@ Deno.test({
 });
 
 Deno.test({
-  name: "io_uring relay: an answer may name the service's backends by index; an index it lacks ends the list",
+  name: "epoll relay: an answer may name the service's backends by index; an index it lacks ends the list",
   ignore,
   async fn() {
     await using echo = backend((received) => received);
-    const answers: (SocketAddress | number)[][] = [[1], [0, 1], [{
-      ip: "127.0.0.1",
+    const answers: (HostPort | number)[][] = [[1], [0, 1], [{
+      host: "127.0.0.1",
       port: echo.address.port,
     }], [
       7,
@@ -423,17 +434,17 @@ Deno.test({
 });
 
 Deno.test({
-  name: "io_uring relay: an answer given right after a new placement names that placement's backends",
+  name: "epoll relay: an answer given right after a new placement names that placement's backends",
   ignore,
   async fn() {
     await using echo = backend((received) => received);
     const refused = refusedAddress();
-    const placement = (backends: SocketAddress[]): Placement => ({
+    const placement = (backends: HostPort[]): Placement<HostPort> => ({
       backends,
       table: new Uint16Array(0),
       seed: 1,
       placeBy: "flow",
-      askBuckets: null,
+      askBuckets: new Uint8Array(CLAIM_BUCKETS).fill(1),
     });
     // Each answer names the echo by the index it has in the placement set just before, in the same turn:
     // it is taken only after that placement, though the answer can reach the worker first.
@@ -459,7 +470,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "io_uring relay: asks and answers that find no room in shared memory go as messages, none lost",
+  name: "epoll relay: asks and answers that find no room in shared memory go as messages, none lost",
   ignore,
   async fn() {
     await using echo = backend((received) => received);
@@ -470,7 +481,7 @@ Deno.test({
       place: (request) =>
         Promise.resolve({
           // A header per target, an address each: the largest answers there are.
-          targets: [refusedAddress(), { ip: "127.0.0.1", port: echo.address.port }],
+          targets: [refusedAddress(), { host: "127.0.0.1", port: echo.address.port }],
           header: [new TextEncoder().encode(`to ${request.slot}:`), null],
         }),
     });
@@ -487,7 +498,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "io_uring relay: flow events keep their order when some turns' go as messages, others through shared memory",
+    "epoll relay: flow events keep their order when some turns' go as messages, others through shared memory",
   ignore,
   async fn() {
     await using echo = backend((received) => received);
@@ -521,7 +532,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "io_uring relay: a flow still waiting to be placed when the relay stops is closed, not leaked",
+  name: "epoll relay: a flow still waiting to be placed when the relay stops is closed, not leaked",
   ignore,
   async fn() {
     await using relay = await startRelay({
@@ -539,7 +550,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "io_uring relay: its worker places flows by the agent's hash, claims and Maglev table, and follows updates",
+    "epoll relay: its worker places flows by the agent's hash, claims and Maglev table, and follows updates",
   ignore,
   async fn() {
     await using b0 = backend(() => new TextEncoder().encode("b0"));
@@ -548,7 +559,7 @@ Deno.test({
     const backends = [b0.address, b1.address, b2.address];
     const table = (weights: number[]) =>
       buildTable(weights.map((weight, i) => ({ id: `b${i}`, weight })), { size: 251 });
-    const placement: Placement = {
+    const placement: Placement<HostPort> = {
       backends,
       table: table([1, 1, 1]),
       seed: 7,
@@ -564,7 +575,7 @@ Deno.test({
       const answer = new TextDecoder().decode(await readAll(conn));
       conn.close();
       const destination = { ip: "127.0.0.1", port: relay.port };
-      const expected = placeFlow(placement, encodeAddress(client), encodeAddress(destination))![0];
+      const expected = placeFlow(placement, placeHash("flow", client, destination, placement.seed))![0];
       assert.equal(answer, `b${expected}`, `client port ${client.port}`);
       seen.add(answer);
     }
@@ -579,14 +590,14 @@ Deno.test({
 });
 
 Deno.test({
-  name: "io_uring relay: flows of buckets another agent claims are asked of the agent, the others placed",
+  name: "epoll relay: flows of buckets another agent claims are asked of the agent, the others placed",
   ignore,
   async fn() {
     await using b0 = backend(() => new TextEncoder().encode("here"));
     await using mesh = backend(() => new TextEncoder().encode("handed off"));
     // Odd buckets belong to another agent.
     const askBuckets = new Uint8Array(CLAIM_BUCKETS).map((_, bucket) => bucket % 2);
-    const placement: Placement = {
+    const placement: Placement<HostPort> = {
       backends: [b0.address],
       table: buildTable([{ id: "b0", weight: 1 }], { size: 13 }),
       seed: 1,
@@ -614,7 +625,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "io_uring relay: out of descriptors, accepting pauses instead of spinning, and resumes after",
+  name: "epoll relay: out of descriptors, accepting pauses instead of spinning, and resumes after",
   ignore,
   async fn() {
     // A backend that speaks first, so a shell client can read its answer.
@@ -626,7 +637,7 @@ Deno.test({
       }
     })();
     await using relay = await startRelay({
-      backends: [{ ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
+      backends: [{ host: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
     });
     // The client is another process, started now: once this one is out of descriptors it cannot spawn.
     const shell = new Deno.Command("bash", {
@@ -636,8 +647,7 @@ Deno.test({
       stderr: "null",
     }).spawn();
     const go = shell.stdin.getWriter();
-    // Every descriptor this process may have taken (the relay's accept then fails with EMFILE). io_uring
-    // reads the limit when an accept is queued, so lowering it now would not reach the one pending.
+    // Every descriptor this process may have taken (the relay's accept then fails with EMFILE).
     const fillers: Deno.FsFile[] = [];
     let errors = -1;
     try {
@@ -674,13 +684,13 @@ Deno.test({
 });
 
 Deno.test({
-  name: "io_uring relay: a service no longer listened to refuses new connections, and its open flows go on",
+  name: "epoll relay: a service no longer listened to refuses new connections, and its open flows go on",
   ignore,
   async fn() {
     const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     const accepting = listener.accept();
     await using relay = await startRelay({
-      backends: [{ ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
+      backends: [{ host: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
     });
     const client = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
     const upstream = await accepting;
@@ -702,8 +712,7 @@ Deno.test({
 });
 
 Deno.test({
-  name:
-    "io_uring relay: the agent is told each flow's connect failures, backend reached and end, or no backend",
+  name: "epoll relay: the agent is told each flow's connect failures, backend reached and end, or no backend",
   ignore,
   async fn() {
     await using echo = backend(() => new TextEncoder().encode("ok"));
@@ -722,7 +731,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "io_uring relay: a listen address taken is refused with the reason, and uses no service index",
+  name: "epoll relay: a listen address taken is refused with the reason, and uses no service index",
   ignore,
   async fn() {
     const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -731,14 +740,15 @@ Deno.test({
     try {
       const service = {
         name: "web",
-        listen: { ip: "127.0.0.1", port: (taken.addr as Deno.NetAddr).port },
-        backends: [],
+        listen: { host: "127.0.0.1", port: (taken.addr as Deno.NetAddr).port },
         maxConnections: 10,
         connectTimeoutMs: 1000,
         idleTimeoutMs: 0,
+        proxyProtocol: "none" as const,
+        placement: fixedPlacement([], false),
       };
       await assert.rejects(opened.listen(service), /Cannot listen on 127\.0\.0\.1:\d+ \(errno 98\)/);
-      assert.equal((await opened.listen({ ...service, listen: { ip: "127.0.0.1", port: 0 } })).index, 0);
+      assert.equal((await opened.listen({ ...service, listen: { host: "127.0.0.1", port: 0 } })).index, 0);
     } finally {
       await opened.stop();
       taken.close();
@@ -747,7 +757,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "io_uring relay: a refused backend is skipped for the next candidate, and counted",
+  name: "epoll relay: a refused backend is skipped for the next candidate, and counted",
   ignore,
   async fn() {
     await using echo = backend(() => new TextEncoder().encode("second"));
@@ -760,13 +770,13 @@ Deno.test({
 });
 
 Deno.test({
-  name: "io_uring relay: a black-holed backend is given up after connect timeout, for the next",
+  name: "epoll relay: a black-holed backend is given up after connect timeout, for the next",
   ignore,
   async fn() {
     using hole = await blackhole();
     await using echo = backend(() => new TextEncoder().encode("after the timeout"));
     await using relay = await startRelay({
-      backends: [{ ip: "127.0.0.1", port: hole.port }, echo.address],
+      backends: [{ host: "127.0.0.1", port: hole.port }, echo.address],
       connectTimeoutMs: 300,
     });
     const started = performance.now();
@@ -779,7 +789,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "io_uring relay: an answer's first target may have a shorter connect timeout than the service's",
+  name: "epoll relay: an answer's first target may have a shorter connect timeout than the service's",
   ignore,
   async fn() {
     using hole = await blackhole();
@@ -789,7 +799,7 @@ Deno.test({
       connectTimeoutMs: 5_000,
       place: () =>
         Promise.resolve({
-          targets: [{ ip: "127.0.0.1", port: hole.port }, 0],
+          targets: [{ host: "127.0.0.1", port: hole.port }, 0],
           header: null,
           firstTimeoutMs: 300,
         }),
@@ -803,7 +813,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "io_uring relay: no backend reachable closes the client and counts it",
+  name: "epoll relay: no backend reachable closes the client and counts it",
   ignore,
   async fn() {
     await using relay = await startRelay({ backends: [refusedAddress(), refusedAddress()] });
@@ -816,7 +826,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "io_uring relay: connections beyond max_connections are closed at once and counted",
+  name: "epoll relay: connections beyond max_connections are closed at once and counted",
   ignore,
   async fn() {
     const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -825,7 +835,7 @@ Deno.test({
       for await (const conn of listener) held.push(conn);
     })();
     await using relay = await startRelay({
-      backends: [{ ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
+      backends: [{ host: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
       maxConnections: 2,
     });
     const clients = await Promise.all(
@@ -846,7 +856,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "io_uring relay: an idle flow is closed after idle timeout; a busy one is not",
+  name: "epoll relay: an idle flow is closed after idle timeout; a busy one is not",
   ignore,
   async fn() {
     const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -866,7 +876,7 @@ Deno.test({
       }
     })();
     await using relay = await startRelay({
-      backends: [{ ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
+      backends: [{ host: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
       idleTimeoutMs: 400,
     });
     const idle = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
@@ -902,7 +912,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "io_uring relay: 200 clients reset mid-stream leave no flow and no socket behind",
+  name: "epoll relay: 200 clients reset mid-stream leave no flow and no socket behind",
   ignore,
   async fn() {
     const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -917,7 +927,7 @@ Deno.test({
       }
     })();
     await using relay = await startRelay({
-      backends: [{ ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
+      backends: [{ host: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
     });
     const fdsBefore = [...Deno.readDirSync("/proc/self/fd")].length;
     for (let i = 0; i < 200; i++) {
@@ -951,7 +961,7 @@ function threadRuns(): Map<number, { name: string; runs: number }> {
 }
 
 Deno.test({
-  name: "io_uring relay: an idle relay's thread wakes about once a second, not every yield",
+  name: "epoll relay: an idle relay's thread wakes about once a second, not every yield",
   ignore,
   async fn() {
     const before = threadRuns();
@@ -972,7 +982,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "io_uring relay: bytes alone are posted at most every 100 ms, and in full at the end",
+  name: "epoll relay: bytes alone are posted at most every 100 ms, and in full at the end",
   ignore,
   async fn() {
     // An echo backend that keeps the connection open, as keep-alive traffic does.
@@ -984,7 +994,7 @@ Deno.test({
       conn.close();
     })();
     const relay = await startRelay({
-      backends: [{ ip: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
+      backends: [{ host: "127.0.0.1", port: (listener.addr as Deno.NetAddr).port }],
       yieldMs: 5,
     });
     try {

@@ -1,14 +1,16 @@
 /**
- * A relay on a thread of its own: it blocks in `io_uring_enter`, and turns to its event loop (messages
- * from the agent, `messages.ts`) between waits: `yieldMs` after the first completion of a turn (about once
- * a second while nothing completes), and at once when a message is on its way. Asks, answers and flow
- * events go through shared memory (`shared_queues.ts`), between waits, with no turn.
+ * A relay on a thread of its own: it blocks in `epoll_wait`, and turns to its event loop (messages from
+ * the agent, `messages.ts`) between waits: `yieldMs` after the first event of a turn (about once a second
+ * while nothing happens), and at once when a message is on its way. Asks, answers and flow events go
+ * through shared memory (`shared_queues.ts`), between waits, with no turn.
  */
 import { setImmediate } from "node:timers";
-import type { FromWorker, ServiceMessage, ToWorker } from "./messages.ts";
-import { placeFlow, type Placement } from "./placement.ts";
-import { decodeAddress, FlowEvent, Relay } from "./relay.ts";
-import { openRing, type Ring, unavailableReason } from "./ring.ts";
+import type { HostPort } from "../../cluster/address.ts";
+import { placeFlow, placeHashOfBytes, type Placement } from "../../cluster/placement.ts";
+import { FlowEvent, type PlaneService } from "../data_plane.ts";
+import type { FromWorker, ToWorker } from "./messages.ts";
+import { Relay } from "./relay.ts";
+import { decodeAddress, ipOfAddress, portOfAddress } from "./sockaddr.ts";
 import { AnswerQueue, AskQueue, counters, EventQueue, POSTED, SIGNAL } from "./shared_queues.ts";
 
 interface WorkerScope {
@@ -37,8 +39,8 @@ let relay: Relay | null = null;
 let shared: { counters: Int32Array; asks: AskQueue; answers: AnswerQueue; events: EventQueue } | null = null;
 /** Asks written to shared memory since the agent was last signalled. */
 let askWritten = false;
-/** Per service, how the worker places its flows alone (null: every backend in order). */
-const placements: (Placement | null)[] = [];
+/** Per service, how the worker places its flows alone. */
+const placements: Placement<HostPort>[] = [];
 /** Flows asked about in the current wait that found no room in shared memory, posted together once it ends. */
 let asks: (number | string)[] = [];
 /** Flow events not yet posted, six numbers each (see `FromWorker`), posted once per turn. */
@@ -106,14 +108,21 @@ function messageDue(): boolean {
 }
 
 function start(): void {
-  const ring = openRing();
-  if (ring === null) {
-    scope.postMessage({ type: "unavailable", reason: unavailableReason });
+  const askQueue = shared!.asks;
+  try {
+    relay = openRelay(askQueue);
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    scope.postMessage({ type: "unavailable", reason });
     scope.close();
     return;
   }
-  const askQueue = shared!.asks;
-  relay = new Relay(ring, {
+  scope.postMessage({ type: "ready", wakeFd: relay.wakeFd });
+  void run(relay);
+}
+
+function openRelay(askQueue: AskQueue): Relay {
+  return new Relay({
     ask: (service, slot, generation, client, destination) => {
       if (askQueue.put(service, slot, generation, client, destination)) askWritten = true;
       else {
@@ -140,23 +149,26 @@ function start(): void {
       acceptFailed: (service, errno) => events.push(ACCEPT_FAILED, service, -1, 0, -1, errno),
     },
   });
-  scope.postMessage({ type: "ready", wakeFd: relay.wakeFd });
-  void run(relay, ring);
 }
 
-function listen(relay: Relay, service: ServiceMessage): void {
+function listen(relay: Relay, service: PlaneService): void {
   const index = placements.length;
-  const order = service.backends.map((_, i) => i);
-  placements.push(service.placement ?? null);
+  placements.push(service.placement);
   let port: number;
   try {
     port = relay.listen({
       ...service,
-      ...(service.placement ? { backends: service.placement.backends } : {}),
+      backends: service.placement.backends,
+      // Placed from the addresses' bytes, as the relay has them: nothing is formatted to text.
       candidates: (client, destination) => {
-        if (service.ask) return null;
-        const placement = placements[index];
-        return placement ? placeFlow(placement, client, destination) : order;
+        const placement = placements[index]!;
+        const place = placeHashOfBytes(
+          placement.placeBy,
+          { ip: ipOfAddress(client), port: portOfAddress(client) },
+          { ip: ipOfAddress(destination), port: portOfAddress(destination) },
+          placement.seed,
+        );
+        return placeFlow(placement, place);
       },
     });
   } catch (error) {
@@ -231,7 +243,7 @@ function postEvents(final = false): void {
   events = [];
 }
 
-async function run(relay: Relay, ring: Ring): Promise<void> {
+async function run(relay: Relay): Promise<void> {
   while (!stopping) {
     // A wake (the agent wrote answers or posted a message, then wrote the eventfd) ends a wait at once.
     // Answers are taken here; a message needs a turn of the event loop.
@@ -250,7 +262,6 @@ async function run(relay: Relay, ring: Ring): Promise<void> {
   }
   relay.close();
   postEvents(true);
-  ring.close();
   scope.postMessage({ type: "stopped", counters: { ...relay.counters }, open: relay.open });
   scope.close();
 }

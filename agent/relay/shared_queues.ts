@@ -14,7 +14,8 @@
  * `ToWorker` `placed`).
  */
 import { SharedRing } from "./shared_ring.ts";
-import { decodeAddress, noCounters, type PlacementRequest, type RelayCounters } from "./relay.ts";
+import { noCounters, type PlacementRequest, type PlaneCounters } from "../data_plane.ts";
+import { decodeAddress } from "./sockaddr.ts";
 
 /** Indexes of the counters, 32-bit each, at the start of the buffer. */
 export const POSTED = 0;
@@ -235,7 +236,7 @@ const COUNTER_NAMES = [
   "bytesUp",
   "bytesDown",
   "acceptErrors",
-] as const satisfies readonly (keyof RelayCounters)[];
+] as const satisfies readonly (keyof PlaneCounters)[];
 /**
  * The `flows` messages posted before, open flows, the number of events, then the counters (64-bit floats:
  * bytes pass 2^32).
@@ -247,7 +248,7 @@ const EVENT_FIELDS = 6;
 /** Flow events as the agent reads them. */
 export interface FlowEvents {
   readonly events: number[];
-  readonly counters: RelayCounters;
+  readonly counters: PlaneCounters;
   readonly open: number;
 }
 
@@ -267,7 +268,7 @@ export class EventQueue {
    * The worker's side: flow events, six numbers each (kind, service, slot, generation, choice, errno),
    * with the counters and open flows as of then; false when the ring has no room.
    */
-  put(posted: number, events: readonly number[], counters: RelayCounters, open: number): boolean {
+  put(posted: number, events: readonly number[], counters: PlaneCounters, open: number): boolean {
     const ring = this.#ring;
     let at = ring.reserve(EVENTS_HEAD_BYTES + 4 * events.length);
     if (at < 0) return false;

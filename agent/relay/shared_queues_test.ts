@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { encodeAddress, noCounters } from "./relay.ts";
+import { noCounters } from "../data_plane.ts";
+import { encodeAddress } from "./sockaddr.ts";
 import { type Answer, AnswerQueue, AskQueue, EventQueue, sharedBuffer } from "./shared_queues.ts";
 
 Deno.test("AskQueue carries each flow's service, slot, generation and both addresses, IPv4 and IPv6", () => {
@@ -22,7 +23,15 @@ Deno.test("AskQueue carries each flow's service, slot, generation and both addre
     destination: addressOf(flow.destination),
   }));
   for (const { service, slot, generation, client, destination } of flows) {
-    assert.ok(worker.put(service, slot, generation, encodeAddress(client), encodeAddress(destination)));
+    assert.ok(
+      worker.put(
+        service,
+        slot,
+        generation,
+        encodeAddress({ host: client.ip, port: client.port }),
+        encodeAddress({ host: destination.ip, port: destination.port }),
+      ),
+    );
   }
   for (const flow of flows) assert.deepEqual(agent.take(), flow);
   assert.equal(agent.take(), null);
@@ -32,7 +41,7 @@ Deno.test("AskQueue refuses an ask when the agent is behind, and takes it again 
   const buffer = sharedBuffer(128);
   const worker = new AskQueue(buffer);
   const agent = new AskQueue(buffer);
-  const v4 = encodeAddress({ ip: "127.0.0.1", port: 1 });
+  const v4 = encodeAddress({ host: "127.0.0.1", port: 1 });
   // An IPv4 ask is 4 + 16 + 16 + 16 = 52 bytes: two fit, with room kept for the wrap mark.
   assert.ok(worker.put(0, 1, 1, v4, v4));
   assert.ok(worker.put(0, 2, 1, v4, v4));
@@ -47,8 +56,8 @@ Deno.test("AnswerQueue carries indexes, addresses and every shape of header, wit
   const buffer = sharedBuffer(4096);
   const agent = new AnswerQueue(buffer);
   const worker = new AnswerQueue(buffer);
-  const mesh = encodeAddress({ ip: "::1", port: 7946 });
-  const backend = encodeAddress({ ip: "192.0.2.1", port: 80 });
+  const mesh = encodeAddress({ host: "::1", port: 7946 });
+  const backend = encodeAddress({ host: "192.0.2.1", port: 80 });
   const answers: Array<[number, Answer]> = [
     [0, { slot: 1, generation: 1, targets: [0], header: null, firstTimeoutMs: 0 }],
     [0, { slot: 2, generation: 9, targets: [], header: null, firstTimeoutMs: 0 }],
@@ -122,7 +131,7 @@ Deno.test("the asks, the answers and the events of one buffer do not touch each 
   const buffer = sharedBuffer(256);
   const asks = new AskQueue(buffer);
   const answers = new AnswerQueue(buffer);
-  const v6 = encodeAddress({ ip: "2001:db8::1", port: 9 });
+  const v6 = encodeAddress({ host: "2001:db8::1", port: 9 });
   let asked = 0;
   while (asks.put(0, asked, 1, v6, v6)) asked++;
   let answered = 0;

@@ -1,8 +1,8 @@
-// Measurement only (branch uring-data-path): HAProxy, switchyard variants and extra proxies, interleaved.
-// VARIANTS="agent=@agent;mgr=@manager;old=@manager%/elsewhere/main.ts" EXTRA="proto=agent/relay/bare_proxy.ts=NB:1;relay=agent/relay/relay_proxy.ts" R=3 D=5 deno run -A agent/relay/compare.ts
+// Measurement only: HAProxy, switchyard variants and extra proxies, interleaved.
+// VARIANTS="agent=@agent;mgr=@manager;old=@manager%/elsewhere/main.ts" EXTRA="relay=bench/relay_proxy.ts" R=3 D=5 deno run -A bench/compare.ts
 // Interleaved comparison: HAProxy and switchyard variants (V8 flag sets), keep-alive and close.
 // env: VARIANTS="base=;stgc=--single-threaded-gc" R=4 D=5 DECIDE=agent
-import { cpuMs, findExecutable, freePort, Processes, sleep, waitForPort } from "../../bench/_procs.ts";
+import { cpuMs, findExecutable, freePort, Processes, sleep, waitForPort } from "./_procs.ts";
 import {
   findNginxStream,
   type RunningTarget,
@@ -10,9 +10,9 @@ import {
   type StartContext,
   startHaproxy,
   startSwitchyard,
-} from "../../bench/_targets.ts";
-import { runWrk } from "../../bench/_load.ts";
-import { V8_FLAGS } from "../../scripts/compile.ts";
+} from "./_targets.ts";
+import { runWrk } from "./_load.ts";
+import { V8_FLAGS } from "../scripts/compile.ts";
 
 const R = Number(Deno.env.get("R") ?? 4), D = Number(Deno.env.get("D") ?? 5);
 const decide = (Deno.env.get("DECIDE") ?? "agent") as "agent" | "manager";
@@ -45,7 +45,7 @@ try {
     dir,
     backends: b.ports,
     maxConnections: 1000,
-    main: new URL("../../main.ts", import.meta.url).pathname,
+    main: new URL("../main.ts", import.meta.url).pathname,
   };
   const targets: [string, RunningTarget][] = [["haproxy", await startHaproxy(ctx)]];
   for (const x of (Deno.env.get("EXTRA") ?? "").split(";").filter(Boolean)) {

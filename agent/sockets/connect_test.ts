@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { blackhole } from "../tests/_helpers.ts";
+import { blackhole } from "../../tests/_helpers.ts";
 import { CONNECT_DEFAULTS, Connector } from "./connect.ts";
 
 const SANITIZE = { sanitizeOps: true, sanitizeResources: true } as const;

@@ -1,24 +1,23 @@
 /**
- * The agent's side of the io_uring relay: the worker it runs in, the messages to it (`messages.ts`), the
+ * The epoll relay as the agent's data plane (`../data_plane.ts`): the worker it runs in, the messages to it (`messages.ts`), the
  * asks, answers and flow events through shared memory (`shared_queues.ts`), and the eventfd that makes the
  * worker take each at once.
  */
 import { setImmediate } from "node:timers";
-import {
-  type FromWorker,
-  type Placed,
-  REQUEST_FIELDS,
-  type ServiceMessage,
-  type ToWorker,
-} from "./messages.ts";
-import type { Placement } from "./placement.ts";
-import {
-  encodeAddress,
-  openWaker,
-  type PlacementRequest,
-  type RelayCounters,
-  type SocketAddress,
-} from "./relay.ts";
+import type { HostPort } from "../../cluster/address.ts";
+import type { Placement } from "../../cluster/placement.ts";
+import type {
+  DataPlane,
+  DataPlaneEvents,
+  Headers,
+  PlacementRequest,
+  PlaneCounters,
+  PlaneService,
+  Target,
+} from "../data_plane.ts";
+import { type FromWorker, type Placed, REQUEST_FIELDS, type ToWorker } from "./messages.ts";
+import { openWaker } from "./relay.ts";
+import { encodeAddress } from "./sockaddr.ts";
 import {
   AnswerQueue,
   AskQueue,
@@ -29,24 +28,15 @@ import {
   SIGNAL,
 } from "./shared_queues.ts";
 
-export interface DataPlaneHandlers {
-  /** A flow the worker cannot place alone; answer with `placed`. */
-  place(request: PlacementRequest): void;
-  /**
-   * Flow events, six numbers each: kind (`FlowEvent`), service, slot, generation, choice, errno; and the
-   * relay's counters and open flows as of then.
-   */
-  flows(events: number[], counters: RelayCounters, open: number): void;
-}
-
-export class RelayDataPlane {
+export class RelayDataPlane implements DataPlane {
+  readonly kind = "epoll";
   readonly #worker: Worker;
   readonly #waker: { wake(wakeFd: number): void; close(): void };
   readonly #wakeFd: number;
-  readonly #handlers: DataPlaneHandlers;
+  readonly #handlers: DataPlaneEvents;
   /** Answers awaited, in the order the worker gives them. */
   readonly #waiting: Array<{ types: readonly string[]; resolve: (message: FromWorker) => void }> = [];
-  #stopped: Promise<{ counters: RelayCounters; open: number }> | null = null;
+  #stopped: Promise<void> | null = null;
   /** The shared counters (`shared_queues.ts`), and the asks, answers and flow events through shared memory. */
   readonly #counters: Int32Array;
   readonly #asks: AskQueue;
@@ -65,7 +55,7 @@ export class RelayDataPlane {
     worker: Worker,
     wakeFd: number,
     shared: SharedArrayBuffer,
-    handlers: DataPlaneHandlers,
+    handlers: DataPlaneEvents,
   ) {
     this.#worker = worker;
     this.#wakeFd = wakeFd;
@@ -80,15 +70,15 @@ export class RelayDataPlane {
   }
 
   /**
-   * Starts the relay's worker; null (with the reason) where io_uring cannot be had, and the agent keeps
-   * to Deno's sockets.
+   * Starts the relay's worker; `unavailable` with the reason where it cannot be had (not Linux, FFI not
+   * permitted, no epoll), and the agent keeps to Deno's sockets.
    */
   static async open(
-    handlers: DataPlaneHandlers,
+    handlers: DataPlaneEvents,
     options: { yieldMs?: number; ringBytes?: number } = {},
   ): Promise<RelayDataPlane | { unavailable: string }> {
     // Checked here too, so that no worker module is even loaded where it could not work.
-    if (Deno.build.os !== "linux") return { unavailable: `io_uring needs Linux, not ${Deno.build.os}` };
+    if (Deno.build.os !== "linux") return { unavailable: `epoll needs Linux, not ${Deno.build.os}` };
     if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") {
       return { unavailable: "FFI is not permitted" };
     }
@@ -113,7 +103,7 @@ export class RelayDataPlane {
   }
 
   /** Accepts for a service; its index (for the other calls) and the port bound. */
-  async listen(service: ServiceMessage): Promise<{ index: number; port: number }> {
+  async listen(service: PlaneService): Promise<{ index: number; port: number }> {
     const answer = await this.#ask({ type: "listen", service }, ["listened", "listenFailed"]);
     if (answer.type === "listenFailed") throw new Error(answer.message);
     if (answer.type !== "listened") throw new Error(`Unexpected answer ${answer.type}`);
@@ -125,7 +115,7 @@ export class RelayDataPlane {
     await this.#ask({ type: "unlisten", service: index }, ["unlistened"]);
   }
 
-  setPlacement(index: number, placement: Placement): void {
+  setPlacement(index: number, placement: Placement<HostPort>): void {
     this.#post({ type: "placement", service: index, placement });
   }
 
@@ -134,13 +124,9 @@ export class RelayDataPlane {
    * last posted with `setPlacement`. It goes to the worker through shared memory at once; the answers of
    * one turn of the event loop share one wake. Should shared memory have no room, they go in one message.
    */
-  placed(
-    request: PlacementRequest,
-    targets: (SocketAddress | number)[],
-    header: Uint8Array | null | (Uint8Array | null)[],
-    firstTimeoutMs = 0,
-  ): void {
+  placed(request: PlacementRequest, targets: readonly Target[], headers: Headers, firstTimeoutMs = 0): void {
     const { slot, generation } = request;
+    const header = headers as Uint8Array | null | (Uint8Array | null)[];
     const written = this.#answerQueue.put(this.#posted, {
       slot,
       generation,
@@ -153,7 +139,12 @@ export class RelayDataPlane {
     });
     if (!this.#wakeDue && this.#answers.length === 0) setImmediate(this.#postAnswers);
     if (written) this.#wakeDue = true;
-    else this.#answers.push([slot, generation, targets, header, firstTimeoutMs]);
+    else {
+      const plain = targets.map((target) =>
+        typeof target === "number" ? target : { host: target.host, port: target.port }
+      );
+      this.#answers.push([slot, generation, plain, header, firstTimeoutMs]);
+    }
   }
 
   readonly #postAnswers = () => {
@@ -166,21 +157,21 @@ export class RelayDataPlane {
     }
   };
 
-  async counters(): Promise<RelayCounters & { open: number }> {
+  async counters(): Promise<PlaneCounters & { open: number }> {
     const answer = await this.#ask({ type: "counters" }, ["counters"]);
     if (answer.type !== "counters") throw new Error(`Unexpected answer ${answer.type}`);
     return { ...answer.counters, open: answer.open };
   }
 
-  /** Ends every flow and the worker; what it counted, and the flows left open (0). */
-  stop(): Promise<{ counters: RelayCounters; open: number }> {
+  /** Ends every flow and the worker; their events and the final counters are told before it resolves. */
+  stop(): Promise<void> {
     this.#stopped ??= this.#ask({ type: "stop" }, ["stopped"]).then((answer) => {
       this.#worker.terminate();
       this.#waker.close();
       // Ends the wait in #waitShared.
       Atomics.notify(this.#counters, SIGNAL);
       if (answer.type !== "stopped") throw new Error(`Unexpected answer ${answer.type}`);
-      return { counters: answer.counters, open: answer.open };
+      this.#handlers.flows([], answer.counters, answer.open);
     });
     return this.#stopped;
   }
