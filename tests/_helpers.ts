@@ -22,11 +22,28 @@ export class Proc {
   readonly #reading: Promise<void>;
   #waiters: Array<() => void> = [];
 
-  /** With `netns`, the process runs inside that network namespace (`ip netns exec`, which execs it). */
-  constructor(args: string[], options: { env?: Record<string, string>; cwd?: string; netns?: string } = {}) {
-    const inNamespace = options.netns ? ["netns", "exec", options.netns, Deno.execPath()] : [];
-    this.child = new Deno.Command(options.netns ? "ip" : Deno.execPath(), {
-      args: [...inNamespace, "run", "--allow-all", "--unstable-net", MAIN, ...args],
+  /**
+   * With `netns`, the process runs inside that network namespace (`ip netns exec`, which execs it); with
+   * `prefix`, under that command (such as `strace … --`).
+   */
+  constructor(
+    args: string[],
+    options: { env?: Record<string, string>; cwd?: string; netns?: string; prefix?: string[] } = {},
+  ) {
+    const wrapper = [
+      ...(options.netns ? ["ip", "netns", "exec", options.netns] : []),
+      ...(options.prefix ?? []),
+    ];
+    this.child = new Deno.Command(wrapper[0] ?? Deno.execPath(), {
+      args: [
+        ...wrapper.slice(1),
+        ...(wrapper.length > 0 ? [Deno.execPath()] : []),
+        "run",
+        "--allow-all",
+        "--unstable-net",
+        MAIN,
+        ...args,
+      ],
       env: { NO_COLOR: "1", ...options.env },
       ...(options.cwd ? { cwd: options.cwd } : {}),
       stdin: "null",
@@ -145,7 +162,15 @@ export async function startManagerProcess(dir: string, yaml: string) {
 
 /** Starts an agent process and waits until it listens for `service`; returns the service's bound port. */
 export async function startAgentProcess(
-  options: { manager: string; tokenFile: string; id: string; service: string; extra?: string[] },
+  options: {
+    manager: string;
+    tokenFile: string;
+    id: string;
+    service: string;
+    extra?: string[];
+    /** A command the agent runs under (`Proc`'s `prefix`). */
+    prefix?: string[];
+  },
 ) {
   const proc = new Proc([
     "agent",
@@ -160,7 +185,7 @@ export async function startAgentProcess(
     "--log-level",
     "debug",
     ...(options.extra ?? []),
-  ]);
+  ], options.prefix ? { prefix: options.prefix } : {});
   const line = await proc.waitForLog((l) =>
     l.message.startsWith("Service") && l.properties.service === options.service
   );
