@@ -10,6 +10,7 @@ import { bodyLimit } from "hono/body-limit";
 import type { Context, MiddlewareHandler } from "hono";
 import { constantTimeEqual } from "../cluster/auth.ts";
 import { formatHostPort } from "../cluster/address.ts";
+import { internalErrors } from "../cluster/guard.ts";
 import { logger } from "../cluster/log.ts";
 import { parseReports, ReportError } from "../feedback/mod.ts";
 import type { AgentSession } from "./cluster_server.ts";
@@ -19,6 +20,7 @@ import {
   type ClusterModel,
   effectiveWeight,
   openConnections,
+  RejectedReportError,
   type ServiceRuntime,
   UnknownError,
 } from "./state.ts";
@@ -135,7 +137,15 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
         );
       }
     });
-    const outcomes = deps.model.applyFeedback(reports);
+    let outcomes;
+    try {
+      outcomes = deps.model.applyFeedback(reports);
+    } catch (error) {
+      if (error instanceof RejectedReportError) {
+        throw new ApiError(400, error.message, at(error.index, error.field));
+      }
+      throw error;
+    }
     log.debug("Took {count} feedback reports", { count: reports.length, role: caller.role });
     return c.json({
       accepted: reports.length,
@@ -161,6 +171,7 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
       feedbackReports: deps.model.feedbackReports,
       connectFailures: deps.model.connectFailures,
       version: deps.model.version,
+      internalErrors: internalErrors(),
       modelNow: deps.model.now(),
       now: performance.now(),
     });

@@ -1,4 +1,5 @@
 /** The manager role as the command line starts it, and `switchyard check`. */
+import { installLastResort } from "../cluster/guard.ts";
 import { logger } from "../cluster/log.ts";
 import { ConfigError, formatProblem, loadConfig } from "./config.ts";
 import { startManager } from "./manager.ts";
@@ -24,7 +25,16 @@ export async function runManager(options: { configFile: string }): Promise<numbe
     }
     throw error;
   }
-  const manager = await startManager(config, { configFile: options.configFile });
+  let manager;
+  try {
+    manager = await startManager(config, { configFile: options.configFile });
+  } catch (error) {
+    // The model refuses a config it cannot serve (tables that cannot be built, a state too large).
+    if (!(error instanceof RangeError)) throw error;
+    console.error(`switchyard: ${options.configFile}: ${error.message}; the manager did not start`);
+    return 2;
+  }
+  const forget = installLastResort();
   if (manager.adminTokenGenerated) {
     console.log(`No manager.tokens.admin is configured; this run's admin token is: ${manager.adminToken}`);
   }
@@ -40,6 +50,7 @@ export async function runManager(options: { configFile: string }): Promise<numbe
   await stopped.promise;
   log.info("Stopping the manager; agents keep serving from their last state");
   await manager.close();
+  forget();
   return 0;
 }
 
