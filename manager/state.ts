@@ -20,7 +20,7 @@
  * backend back at its configured weight and state by itself (a timer, stopped by `close()`).
  */
 import { guard } from "../cluster/guard.ts";
-import { buildTable, slotsMoved } from "../cluster/maglev.ts";
+import { buildTable, DEFAULT_TABLE_SIZE, slotsMoved } from "../cluster/maglev.ts";
 import { logger } from "../cluster/log.ts";
 import {
   type ClusterState,
@@ -126,6 +126,8 @@ export interface AgentView {
 
 export interface ModelOptions {
   readonly seed: number;
+  /** The slots of each service's Maglev table, a prime; `DEFAULT_TABLE_SIZE` unless given. */
+  readonly tableSize?: number;
   /** The clock of feedback ages and expiry, in ms; `performance.now` by default. */
   readonly now?: () => number;
 }
@@ -137,6 +139,7 @@ export class ClusterModel {
   #version = 0;
   readonly #epoch = crypto.randomUUID();
   readonly #seed: number;
+  readonly #tableSize: number;
   readonly #now: () => number;
   readonly #listeners = new Set<() => void>();
   #expiryTimer: ReturnType<typeof setTimeout> | undefined;
@@ -152,6 +155,7 @@ export class ClusterModel {
   constructor(config: Config, options: ModelOptions) {
     this.#config = config;
     this.#seed = options.seed;
+    this.#tableSize = options.tableSize ?? DEFAULT_TABLE_SIZE;
     this.#now = options.now ?? (() => performance.now());
     this.#applyServices(config);
   }
@@ -304,9 +308,16 @@ export class ClusterModel {
     return [...outcomes.values()];
   }
 
-  /** Takes the outcome of one active check of a backend (from the health checker). */
+  /**
+   * Takes the outcome of one active check of a backend (from the health checker). Throws a `RangeError`,
+   * with nothing changed, for an agent-check share that is not a number from 0 to 100.
+   */
   recordCheck(service: string, backend: string, result: CheckResult): void {
     const runtime = this.#backend(service, backend);
+    const share = result.agent?.share;
+    if (share !== undefined && !(share >= 0 && share <= 100)) {
+      throw new RangeError(`Expected an agent-check share from 0 to 100 %, got ${share}`);
+    }
     const serviceRuntime = this.#services.get(service) as ServiceRuntime;
     const track = this.#track(serviceRuntime, runtime, { ok: result.ok });
     const before = runtime.health;
@@ -587,7 +598,7 @@ export class ClusterModel {
       id: backend.config.id,
       weight: weights[index]!,
     }));
-    const slots = buildTable(entries);
+    const slots = buildTable(entries, { size: this.#tableSize });
     const ids = entries.map((entry) => entry.id);
     const moved = service.table.length === slots.length
       ? slotsMoved(service.table, service.tableIds, slots, ids)
