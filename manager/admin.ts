@@ -205,7 +205,7 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
 
   app.post("/v1/services/:name/backends/:address/state", async (c) => {
     const name = c.req.param("name");
-    const address = decodeURIComponent(c.req.param("address"));
+    const address = decodedParam(c.req.param("address"));
     const service = deps.model.service(name);
     if (!service) throw new ApiError(404, `Unknown service "${name}"`, "name");
     const backend = service.backends.find((b) => b.config.id === address);
@@ -339,6 +339,18 @@ async function jsonBody(c: Context<Env>): Promise<unknown> {
     return JSON.parse(text);
   } catch (error) {
     throw new ApiError(400, `Cannot parse JSON body: ${(error as Error).message}`, "");
+  }
+}
+
+/**
+ * A path parameter with any percent-encoding left in it decoded (an address sent encoded twice); one that is
+ * not valid percent-encoding (`%E0%A4%A`) is taken as written, and names no backend.
+ */
+function decodedParam(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
   }
 }
 

@@ -236,6 +236,9 @@ function routes(scope: Scope): Array<{ route: string; count: number; make: (rng:
           ...(who === "admin" ? scope.web : allBackends),
           "127.0.0.1%3A1",
           "%5B%3A%3A1%5D%3A80",
+          "%E0%A4%A",
+          "%25",
+          "%",
           "",
         ]);
         const state = () => JSON.stringify({ state: rng.pick(["up", "drain", "down", "DRAIN", null, 1]) });
