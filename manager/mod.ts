@@ -3,6 +3,7 @@ import { installLastResort } from "../cluster/guard.ts";
 import { logger } from "../cluster/log.ts";
 import { ConfigError, formatProblem, loadConfig } from "./config.ts";
 import { startManager } from "./manager.ts";
+import { ClusterModel } from "./state.ts";
 
 export { startManager } from "./manager.ts";
 export type { Manager } from "./manager.ts";
@@ -58,6 +59,15 @@ export async function runManager(options: { configFile: string }): Promise<numbe
 export async function runCheck(file: string): Promise<number> {
   try {
     const config = await loadConfig(file);
+    // What the manager would refuse at start: tables it cannot build, a state too large for a frame.
+    try {
+      new ClusterModel(config, { seed: 0 }).close();
+    } catch (error) {
+      if (!(error instanceof RangeError)) throw error;
+      console.log(`${file}: ${error.message}`);
+      console.error(`switchyard: 1 problem(s) in ${file}`);
+      return 2;
+    }
     const backends = config.services.reduce((sum, service) => sum + service.backends.length, 0);
     console.log(`${file}: ok (${config.services.length} services, ${backends} backends)`);
     return 0;
