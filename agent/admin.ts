@@ -95,7 +95,7 @@ export function agentMetrics(agent: Agent): string {
       agent.state?.version ?? -1,
     )
     .gauge("switchyard_draining", "1 while this agent drains, else 0.", agent.draining ? 1 : 0);
-  return addInternalErrors(page, internalErrors(), AGENT_GUARDED).text();
+  return addInternalErrors(page, internalErrors(), { known: AGENT_GUARDED }).text();
 }
 
 /** The loops of the agent that run their turns through `guard`. */

@@ -89,7 +89,7 @@ export function parseReport(value: unknown, at = ""): Report {
   }
 
   const number = (field: Figure): number | undefined =>
-    fields[field] === undefined ? undefined : checkFigure(field, fields[field], path(field));
+    fields[field] === undefined ? undefined : checkFigure(field, fields[field], { path: path(field) });
   const weight = number("weight");
   const utilization = number("utilization");
   const qps = number("qps");
@@ -162,7 +162,8 @@ export type Figure = keyof typeof FIGURES;
  * `value` when it is a finite number in the range of `field`; else a `ReportError` at `path` (the field's
  * name unless given). What the feedback formulas need of each figure, checked where it enters.
  */
-export function checkFigure(field: Figure, value: unknown, path: string = field): number {
+export function checkFigure(field: Figure, value: unknown, options: { path?: string } = {}): number {
+  const { path = field } = options;
   const [min, max] = FIGURES[field];
   if (typeof value !== "number" || !(value >= min && value <= max)) {
     const range = max === Number.MAX_VALUE ? `a number ≥ ${min}` : `a number from ${min} to ${max}`;

@@ -171,8 +171,9 @@ export function formatNumber(value: number): string {
 export function addInternalErrors(
   page: Exposition,
   errors: ReadonlyMap<string, number>,
-  known: readonly string[],
+  options: { readonly known?: readonly string[] } = {},
 ): Exposition {
+  const { known = [] } = options;
   const counts = new Map<string, number>(known.map((where) => [where, 0]));
   for (const [where, count] of errors) counts.set(where, count);
   return page.counter(
@@ -341,7 +342,7 @@ export function managerMetrics(source: ManagerMetricsSource): string {
       "The version of the cluster state; agents acknowledge the versions they serve.",
       source.version,
     );
-  return addInternalErrors(page, source.internalErrors, MANAGER_GUARDED).text();
+  return addInternalErrors(page, source.internalErrors, { known: MANAGER_GUARDED }).text();
 }
 
 function round(value: number): number {
