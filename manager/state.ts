@@ -273,18 +273,18 @@ export class ClusterModel {
       this.#transition([...touched], staged, { feedbackChanged: true });
     } catch (error) {
       if (!(error instanceof RangeError)) throw error;
-      // The last report of the backend (or service) that could not be given a valid weight is to blame.
+      // The last report of the backend that could not be given a valid weight is to blame; for a table that
+      // could not be built, the last report.
       const backend = error instanceof WeightError ? error.backend : null;
-      const index = targets.findLastIndex((target) =>
-        backend === null ? target.report.service === error.message : target.backend === backend
-      );
-      const report = targets[Math.max(0, index)]!.report;
+      const found = targets.findLastIndex((target) => target.backend === backend);
+      const index = found < 0 ? targets.length - 1 : found;
+      const report = targets[index]!.report;
       const field = report.weight !== undefined
         ? "weight"
         : report.load !== undefined
         ? "utilization"
         : "state";
-      throw new RejectedReportError(error.message, Math.max(0, index), field);
+      throw new RejectedReportError(error.message, index, field);
     }
     const outcomes = new Map<BackendRuntime, FeedbackOutcome>();
     for (const { report, backend } of targets) {
