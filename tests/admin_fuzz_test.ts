@@ -399,6 +399,8 @@ Deno.test("about 19,000 mutated requests to every admin route of a manager with 
   const [w1, w2, w3, a1, d1] = backends.map((b) => b.address) as [string, string, string, string, string];
   const cluster = await startTestCluster({
     agents: 2,
+    // The product's default: agents keep their sessions through 3 s of a busy manager on a loaded machine.
+    heartbeat: "1s",
     feedbackTokens: [{ token: WEB_TOKEN, services: ["web"] }],
     services: [
       // web is checked every 100 ms, so its table is rebuilt by the health checker while reports arrive.
