@@ -4,7 +4,8 @@
  * the agent's counters at scrape time.
  */
 import type { HostPort } from "../cluster/address.ts";
-import { Exposition, METRICS_CONTENT_TYPE, type Sample } from "../manager/metrics.ts";
+import { internalErrors } from "../cluster/guard.ts";
+import { addInternalErrors, Exposition, METRICS_CONTENT_TYPE, type Sample } from "../manager/metrics.ts";
 import type { Agent } from "./agent.ts";
 
 export function startAgentAdmin(agent: Agent, address: HostPort): Deno.HttpServer<Deno.NetAddr> {
@@ -27,7 +28,7 @@ export function startAgentAdmin(agent: Agent, address: HostPort): Deno.HttpServe
 export function agentMetrics(agent: Agent): string {
   const c = agent.counters;
   const bytes = agent.bytesForwarded();
-  return new Exposition()
+  const page = new Exposition()
     .counter(
       "switchyard_connections_total",
       "Connections this agent forwarded to a backend, by service and backend.",
@@ -93,9 +94,12 @@ export function agentMetrics(agent: Agent): string {
       "The version of the cluster state this agent serves; -1 before it has one.",
       agent.state?.version ?? -1,
     )
-    .gauge("switchyard_draining", "1 while this agent drains, else 0.", agent.draining ? 1 : 0)
-    .text();
+    .gauge("switchyard_draining", "1 while this agent drains, else 0.", agent.draining ? 1 : 0);
+  return addInternalErrors(page, internalErrors(), { known: AGENT_GUARDED }).text();
 }
+
+/** The loops of the agent that run their turns through `guard`. */
+const AGENT_GUARDED = ["manager_link", "unhandled"] as const;
 
 function perBackend(counts: ReadonlyMap<string, number>): Sample[] {
   return [...counts].map(([key, count]): Sample => {

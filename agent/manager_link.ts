@@ -7,6 +7,7 @@
 import { formatHostPort, type HostPort } from "../cluster/address.ts";
 import { constantTimeEqual, proof, randomNonce } from "../cluster/auth.ts";
 import { Channel } from "../cluster/channel.ts";
+import { guard, guardAsync } from "../cluster/guard.ts";
 import { logger } from "../cluster/log.ts";
 import { PendingDecisions } from "./pending_decisions.ts";
 import {
@@ -98,7 +99,10 @@ export class ManagerLink {
   readonly #sendRequests = () => {
     const requests = this.#requests;
     this.#requests = [];
-    if (this.#connected) this.#channel?.post({ type: "decide", requests });
+    // Unanswered, each waiter falls back to its table at its timeout.
+    guard("manager_link", () => {
+      if (this.#connected) this.#channel?.post({ type: "decide", requests });
+    }, this.#where());
   };
 
   /** Sends this agent's open connections per backend, when connected. */
@@ -107,7 +111,7 @@ export class ManagerLink {
   }
 
   start(): void {
-    this.#running ??= this.#run();
+    this.#running ??= guardAsync("manager_link", () => this.#run(), this.#where()).then(() => {});
   }
 
   async close(): Promise<void> {
@@ -194,22 +198,25 @@ export class ManagerLink {
       log.info("Joined the manager at {manager} as {agent}", { ...this.#where(), agent: agentId });
       let lastHeard = performance.now();
       const interval = welcome.heartbeatMs;
-      heartbeat = setInterval(() => {
-        const { connections, backends } = this.#options.report();
-        channel.send({ type: "heartbeat", connections, backends }).catch(() => channel.close());
-        const failures = this.#options.takeFailures();
-        if (failures.length > 0) {
-          channel.send({ type: "connect_failures", failures }).catch(() => channel.close());
-        }
-      }, interval);
-      watchdog = setInterval(() => {
-        if (performance.now() - lastHeard > interval * LINK_DEFAULTS.missedHeartbeats) {
-          log.warn("No word from the manager for {count} heartbeats; reconnecting", {
-            count: LINK_DEFAULTS.missedHeartbeats,
-          });
-          channel.close();
-        }
-      }, interval);
+      const context = { ...this.#where(), agent: agentId };
+      heartbeat = setInterval(() =>
+        guard("manager_link", () => {
+          const { connections, backends } = this.#options.report();
+          channel.send({ type: "heartbeat", connections, backends }).catch(() => channel.close());
+          const failures = this.#options.takeFailures();
+          if (failures.length > 0) {
+            channel.send({ type: "connect_failures", failures }).catch(() => channel.close());
+          }
+        }, context), interval);
+      watchdog = setInterval(() =>
+        guard("manager_link", () => {
+          if (performance.now() - lastHeard > interval * LINK_DEFAULTS.missedHeartbeats) {
+            log.warn("No word from the manager for {count} heartbeats; reconnecting", {
+              count: LINK_DEFAULTS.missedHeartbeats,
+            });
+            channel.close();
+          }
+        }, context), interval);
 
       for await (const message of messages) {
         lastHeard = performance.now();
@@ -218,8 +225,12 @@ export class ManagerLink {
             this.#decisions.settle(id, { backend, ttlMs });
           }
         } else if (message.type === "state") {
-          this.#options.onState(message.state);
-          await channel.send({ type: "ack", version: message.state.version });
+          // A state this agent fails to apply is not acknowledged; it goes on serving the last one.
+          const applied = guard("manager_link", () => {
+            this.#options.onState(message.state);
+            return true;
+          }, { ...context, version: message.state.version });
+          if (applied) await channel.send({ type: "ack", version: message.state.version });
         } else if (message.type === "error") {
           throw new Error(`The manager closed the link: ${message.error}`);
         }

@@ -6,7 +6,10 @@ import { type Config, parseConfig } from "../manager/config.ts";
 import { ClusterServer } from "../manager/cluster_server.ts";
 import { ClusterModel } from "../manager/state.ts";
 import { eventually } from "../tests/_helpers.ts";
-import { type Decision, ManagerLink } from "./manager_link.ts";
+import { internalErrors } from "../cluster/guard.ts";
+import { Agent } from "./agent.ts";
+import { agentMetrics } from "./admin.ts";
+import { type Decision, ManagerLink, type ManagerLinkOptions } from "./manager_link.ts";
 
 const SANITIZE = { sanitizeOps: true, sanitizeResources: true } as const;
 const TOKEN = "cluster-token-0123456789abcdef";
@@ -36,7 +39,7 @@ function startManager() {
   };
 }
 
-function startLink(port: number): ManagerLink {
+function startLink(port: number, options: Partial<ManagerLinkOptions> = {}): ManagerLink {
   const link = new ManagerLink({
     manager: { host: "127.0.0.1", port },
     token: TOKEN,
@@ -46,6 +49,7 @@ function startLink(port: number): ManagerLink {
     onState: () => {},
     report: () => ({ connections: { served: 0, handed_off: 0, open: 0 }, backends: [] }),
     takeFailures: () => [],
+    ...options,
   });
   link.start();
   return link;
@@ -108,6 +112,47 @@ Deno.test({
       assert.ok(performance.now() - started < 100, "without a manager the agent does not wait");
     } finally {
       await link.close();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "ManagerLink: a state or heartbeat the agent fails on is counted on its /metrics, and the link stays up",
+  ...SANITIZE,
+  fn: async () => {
+    const manager = startManager();
+    const before = internalErrors().get("manager_link") ?? 0;
+    let states = 0;
+    let heartbeats = 0;
+    const link = startLink(manager.server.addr.port, {
+      onState: () => {
+        states++;
+        throw new RangeError("Cannot apply the state");
+      },
+      report: () => {
+        if (++heartbeats <= 2) throw new TypeError("Cannot count the connections");
+        return { connections: { served: 0, handed_off: 0, open: 0 }, backends: [] };
+      },
+    });
+    try {
+      await eventually(() => link.connected && heartbeats >= 4, 5_000, "heartbeats after the failed ones");
+      assert.ok(states >= 1);
+      // The state that failed was not acknowledged: the manager still sees the agent at no version.
+      assert.equal(manager.server.agents()[0]?.ackedVersion, -1);
+      assert.ok(link.connected, "the link stayed up");
+      assert.equal((internalErrors().get("manager_link") ?? 0) - before, states + 2);
+      const agent = new Agent({ id: "edge-1", manager: { host: "127.0.0.1", port: 1 }, token: TOKEN });
+      const line = agentMetrics(agent).split("\n").find((l) =>
+        l.startsWith('switchyard_internal_errors_total{where="manager_link"}')
+      );
+      assert.equal(
+        line,
+        `switchyard_internal_errors_total{where="manager_link"} ${internalErrors().get("manager_link")}`,
+      );
+    } finally {
+      await link.close();
+      await manager.close();
     }
   },
 });

@@ -1,5 +1,6 @@
 /** The agent role as the command line starts it. */
 import { formatHostPort, type HostPort } from "../cluster/address.ts";
+import { installLastResort } from "../cluster/guard.ts";
 import { logger } from "../cluster/log.ts";
 import { UsageError } from "../cluster/usage.ts";
 import { Agent, type DataPath } from "./agent.ts";
@@ -46,6 +47,7 @@ export async function runAgent(options: RunAgentOptions): Promise<number> {
     manager: formatHostPort(options.manager),
   });
   await agent.start();
+  const forget = installLastResort();
   const admin = options.admin ? startAgentAdmin(agent, options.admin) : null;
   if (admin) {
     log.info("Agent {agent} serves /metrics and /healthz on {admin}", {
@@ -61,6 +63,7 @@ export async function runAgent(options: RunAgentOptions): Promise<number> {
   await agent.drain();
   await admin?.shutdown();
   log.info("Agent {agent} stopped", { agent: options.id });
+  forget();
   return 0;
 }
 

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { formatDuration, parseDuration } from "./duration.ts";
+import { formatDuration, MAX_DURATION_MS, parseDuration } from "./duration.ts";
+import { check, fc } from "../tests/_property.ts";
 
 Deno.test("durations parse in every unit and as sums", () => {
   assert.equal(parseDuration("250ms"), 250);
@@ -26,4 +27,36 @@ Deno.test("durations format to their shortest exact form and parse back", () => 
   }
   assert.equal(formatDuration(2000), "2s");
   assert.equal(formatDuration(300_000), "5m");
+});
+
+Deno.test("a duration longer than 24 days is refused, however it is written", () => {
+  assert.equal(parseDuration("576h"), MAX_DURATION_MS);
+  for (const text of ["576h1ms", "99999999999999999999h", `1${"0".repeat(400)}ms`, "300h300h"]) {
+    assert.throws(() => parseDuration(text), RangeError, text);
+  }
+  assert.throws(() => parseDuration("99999999999999999999h"), /the longest is 576h \(24 days\)/);
+});
+
+Deno.test("property: any text is a whole number of ms from 0 to 24 days, or a RangeError", () => {
+  const part = fc.tuple(
+    fc.oneof(fc.nat().map(String), fc.constantFrom("0.5", "1.25", "99999999999999999999", "1".repeat(400))),
+    fc.constantFrom("ms", "s", "m", "h", "d", ""),
+  ).map(([n, unit]) => `${n}${unit}`);
+  check(
+    fc.property(
+      fc.oneof(fc.array(part, { maxLength: 4 }).map((parts) => parts.join("")), fc.string()),
+      (text) => {
+        let ms: number;
+        try {
+          ms = parseDuration(text);
+        } catch (error) {
+          assert.ok(error instanceof RangeError, `unexpected ${error}`);
+          assert.ok(error.message.length < 200, "the message quotes a shortened text");
+          return;
+        }
+        assert.ok(Number.isSafeInteger(ms) && ms >= 0 && ms <= MAX_DURATION_MS, `${text} gave ${ms}`);
+      },
+    ),
+    3_000,
+  );
 });

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { anyDouble, check, fc } from "../tests/_property.ts";
 import {
   buildTable,
   candidates,
@@ -221,5 +222,44 @@ Deno.test("slotsMoved compares backend ids, not indexes, and counts NO_BACKEND a
   assert.throws(
     () => slotsMoved(a, ["x"], a, ["x"]),
     (error: Error) => error instanceof RangeError && error.message.includes("index 1"),
+  );
+});
+
+Deno.test("property: a table from any weights is sound, or a RangeError says which weight is wrong", () => {
+  check(
+    fc.property(
+      fc.array(anyDouble(), { minLength: 0, maxLength: 8 }),
+      fc.constantFrom(2, 3, 13, 251, 1021),
+      (weights, size) => {
+        const backends = weights.map((weight, i) => ({ id: `10.0.0.${i}:80`, weight }));
+        const valid = weights.every((w) => w >= 0 && w <= Number.MAX_SAFE_INTEGER);
+        let table: Uint16Array;
+        try {
+          table = buildTable(backends, { size });
+        } catch (error) {
+          assert.ok(error instanceof RangeError, `unexpected ${error}`);
+          assert.ok(!valid, `refused valid weights: ${error.message}`);
+          assert.match(error.message, /weight/);
+          return;
+        }
+        assert.ok(valid, `built a table from weights ${weights}`);
+        assert.equal(table.length, size);
+        const anyWeight = weights.some((w) => w > 0);
+        for (const entry of table) {
+          if (entry === NO_BACKEND) assert.ok(!anyWeight, "a hole in a table with a backend of weight > 0");
+          else assert.ok(weights[entry]! > 0, `slot of backend ${entry} of weight ${weights[entry]}`);
+        }
+        // The heaviest backend holds at least its share of the slots, rounded down.
+        if (anyWeight) {
+          // Its share, with every weight divided by the largest first, so that tiny weights do not underflow.
+          const largest = Math.max(...weights);
+          const heaviest = weights.indexOf(largest);
+          const share = 1 / weights.reduce((sum, w) => sum + w / largest, 0);
+          const held = table.filter((entry) => entry === heaviest).length;
+          assert.ok(held >= Math.floor(size * share) - 1, `heaviest holds ${held} of ${size}`);
+        }
+      },
+    ),
+    3_000,
   );
 });

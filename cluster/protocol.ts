@@ -244,9 +244,18 @@ export function encodeTable(table: Uint16Array): string {
   return btoa(binary);
 }
 
-/** Decodes a table from the wire; its size must be odd and its entries must point at known backends. */
+/**
+ * Decodes a table from the wire; it must be base64 of whole entries, each pointing at a known backend.
+ * Throws a `ProtocolError` otherwise.
+ */
 export function decodeTable(text: string, backendCount: number): Uint16Array {
-  const binary = atob(text);
+  let binary: string;
+  try {
+    binary = atob(text);
+  } catch {
+    const shown = text.length > 40 ? `${text.slice(0, 40)}…` : text;
+    throw new ProtocolError(`Cannot decode table: "${shown}" is not base64`);
+  }
   if (binary.length % 2 !== 0 || binary.length < 2) {
     throw new ProtocolError(`Cannot decode table: ${binary.length} bytes is not a whole number of entries`);
   }

@@ -1,9 +1,12 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
+import { anyDouble, check, fc } from "../tests/_property.ts";
 import {
+  decodeTable,
   encodeFrame,
   FrameDecoder,
   type ManagerMessage,
+  parseAgentMessage,
   parseManagerMessage,
   ProtocolError,
 } from "./protocol.ts";
@@ -65,4 +68,129 @@ Deno.test("frames: a frame announcing more than the limit is refused before it i
   const header = new Uint8Array(4);
   new DataView(header.buffer).setUint32(0, 1_001);
   assert.throws(() => Array.from(decoder.push(header)), ProtocolError);
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// Properties over arbitrary bytes and messages
+
+Deno.test("property: any bytes, in any chunks, give frame bodies within the limit or a ProtocolError", () => {
+  check(
+    fc.property(
+      fc.array(fc.uint8Array({ maxLength: 64 }), { maxLength: 8 }),
+      fc.integer({ min: 0, max: 100 }),
+      (chunks, maxBytes) => {
+        const decoder = new FrameDecoder(maxBytes);
+        try {
+          for (const chunk of chunks) {
+            for (const body of decoder.push(chunk)) assert.ok(body.length <= maxBytes);
+          }
+        } catch (error) {
+          assert.ok(error instanceof ProtocolError, `unexpected ${error}`);
+        }
+      },
+    ),
+    3_000,
+  );
+});
+
+Deno.test("property: any frame body is a valid message or a ProtocolError, on either side", () => {
+  const bodies = fc.oneof(
+    fc.uint8Array({ maxLength: 200 }),
+    fc.jsonValue().map((value) => new TextEncoder().encode(JSON.stringify(value))),
+    fc.string().map((text) => new TextEncoder().encode(text)),
+  );
+  check(
+    fc.property(bodies, (body) => {
+      for (const parse of [parseAgentMessage, parseManagerMessage]) {
+        try {
+          parse(body);
+        } catch (error) {
+          assert.ok(error instanceof ProtocolError, `unexpected ${error}`);
+        }
+      }
+    }),
+    3_000,
+  );
+});
+
+/** An agent message with any number where the protocol has a count. */
+const anyCount = fc.oneof(anyDouble(), fc.nat(), fc.maxSafeNat());
+const countedMessage = fc.oneof(
+  fc.record({ type: fc.constant("ack"), version: anyCount }),
+  fc.record({
+    type: fc.constant("heartbeat"),
+    connections: fc.record({ served: anyCount, handed_off: anyCount, open: anyCount }),
+    backends: fc.array(
+      fc.record({ service: fc.constant("web"), backend: fc.constant("10.0.0.1:80"), open: anyCount }),
+      {
+        maxLength: 3,
+      },
+    ),
+  }),
+  fc.record({
+    type: fc.constant("connect_failures"),
+    failures: fc.array(
+      fc.record({ service: fc.constant("web"), backend: fc.constant("10.0.0.1:80"), count: anyCount }),
+      {
+        maxLength: 3,
+      },
+    ),
+  }),
+  fc.record({
+    type: fc.constant("decide"),
+    requests: fc.array(
+      fc.record({
+        id: anyCount,
+        service: fc.constant("web"),
+        client: fc.record({ ip: fc.constant("10.1.1.1"), port: anyCount }),
+      }),
+      { minLength: 1, maxLength: 3 },
+    ),
+  }),
+);
+
+Deno.test("property: every count an accepted agent message carries is a safe integer ≥ 0", () => {
+  check(
+    fc.property(countedMessage, (message) => {
+      // JSON has no NaN or Infinity: they arrive as null, as from a real peer.
+      const body = new TextEncoder().encode(JSON.stringify(message));
+      let parsed;
+      try {
+        parsed = parseAgentMessage(body);
+      } catch (error) {
+        assert.ok(error instanceof ProtocolError, `unexpected ${error}`);
+        return;
+      }
+      const counts: number[] = [];
+      JSON.stringify(parsed, (key, value) => {
+        if (["version", "served", "handed_off", "open", "count", "id", "port"].includes(key)) {
+          counts.push(value);
+        }
+        return value;
+      });
+      for (const count of counts) assert.ok(Number.isSafeInteger(count) && count >= 0, `count ${count}`);
+    }),
+    3_000,
+  );
+});
+
+Deno.test("property: any table text decodes to entries of known backends, or a ProtocolError", () => {
+  const texts = fc.oneof(
+    fc.string(),
+    fc.base64String(),
+    fc.uint8Array({ maxLength: 64 }).map((bytes) => btoa(String.fromCharCode(...bytes))),
+  );
+  check(
+    fc.property(texts, fc.integer({ min: 0, max: 70_000 }), (text, backends) => {
+      let table: Uint16Array;
+      try {
+        table = decodeTable(text, backends);
+      } catch (error) {
+        assert.ok(error instanceof ProtocolError, `unexpected ${error}`);
+        return;
+      }
+      for (const entry of table) assert.ok(entry === 0xffff || entry < backends);
+    }),
+    3_000,
+  );
 });

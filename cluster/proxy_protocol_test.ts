@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { freeFixedPort, waitForPort } from "../tests/_helpers.ts";
+import { check, fc } from "../tests/_property.ts";
 import { ipBytes } from "./flow_key.ts";
 import {
   decodeProxyHeader,
@@ -975,3 +976,39 @@ async function within<T>(promise: Promise<T>, what: string, abort: () => void): 
     await promise.catch(() => undefined);
   }
 }
+
+Deno.test("property: any bytes decode to a header within them, null while one may follow, or a ProxyProtocolError", () => {
+  const signature = Uint8Array.of(0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a);
+  const bytes = fc.oneof(
+    fc.uint8Array({ maxLength: 300 }),
+    // Starts that get past the first checks: a v2 signature, or a v1 "PROXY " line.
+    fc.uint8Array({ maxLength: 300 }).map((tail) => new Uint8Array([...signature, ...tail])),
+    fc.tuple(
+      fc.constantFrom(0x20, 0x21),
+      fc.constantFrom(0x00, 0x11, 0x21),
+      fc.uint8Array({ maxLength: 300 }),
+    ).map((
+      [command, family, tail],
+    ) => new Uint8Array([...signature, command, family, tail.length >> 8, tail.length & 0xff, ...tail])),
+    fc.string({ maxLength: 120 }).map((line) => new TextEncoder().encode(`PROXY ${line}`)),
+  );
+  check(
+    fc.property(bytes, fc.integer({ min: 16, max: 5000 }), (input, maxBytes) => {
+      let decoded;
+      try {
+        decoded = decodeProxyHeader(input, { maxBytes });
+      } catch (error) {
+        assert.ok(error instanceof ProxyProtocolError, `unexpected ${error}`);
+        return;
+      }
+      if (decoded === null) return;
+      assert.ok(decoded.length <= input.length && decoded.length <= maxBytes, `length ${decoded.length}`);
+      // The header is exactly its bytes: decoding them alone gives it again.
+      assert.deepEqual(decodeProxyHeader(input.subarray(0, decoded.length), { maxBytes }), decoded);
+      for (const end of [decoded.header.source, decoded.header.destination]) {
+        if (end !== null) assert.ok(Number.isInteger(end.port) && end.port >= 0 && end.port <= 65535);
+      }
+    }),
+    5_000,
+  );
+});

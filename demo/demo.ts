@@ -4,6 +4,7 @@
  * prints what to try, and runs until Ctrl-C or `--duration`. Each demo backend reports its load to the
  * manager every second with a feedback token scoped to service `web`, so the dashboard's weights move.
  */
+import { installLastResort } from "../cluster/guard.ts";
 import { formatHostPort, type HostPort } from "../cluster/address.ts";
 import { logger } from "../cluster/log.ts";
 import { Agent } from "../agent/agent.ts";
@@ -131,6 +132,7 @@ export async function runDemo(options: DemoOptions): Promise<number> {
 
 Press Ctrl-C to stop.`,
   );
+  const forget = installLastResort();
   const stop = Promise.withResolvers<void>();
   const timer = options.durationS === null
     ? undefined
@@ -144,5 +146,6 @@ Press Ctrl-C to stop.`,
   if (Deno.build.os !== "windows") Deno.removeSignalListener("SIGTERM", onSignal);
   log.info("Stopping the demo");
   await demo.close();
+  forget();
   return 0;
 }

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { anyDouble, check, fc } from "../tests/_property.ts";
 import { parseAgentCheckReply } from "./agent_check.ts";
 
 function summary(line: string) {
@@ -39,4 +40,28 @@ Deno.test("agent-check text after # is a description, and unknown words are set 
 Deno.test("the last of conflicting agent-check words wins", () => {
   assert.deepEqual(summary("down up"), { operational: "up", admin: "ready", share: 100 });
   assert.deepEqual(summary("drain ready 10% 20%"), { operational: null, admin: "ready", share: 20 });
+});
+
+Deno.test("property: any reply line gives a share from 0 to 100 % and never throws", () => {
+  const word = fc.oneof(
+    fc.constantFrom("up", "down", "drain", "maint", "ready", "fail", "maxconn:10", "#", ",", " ", "\t"),
+    fc.oneof(anyDouble(), fc.bigInt()).map((n) => `${n}%`),
+    fc.nat().map((n) => `${n}%`),
+    fc.string(),
+  );
+  check(
+    fc.property(
+      fc.oneof(fc.array(word, { maxLength: 8 }).map((words) => words.join(" ")), fc.string()),
+      (line) => {
+        const reply = parseAgentCheckReply(line);
+        assert.ok(
+          Number.isInteger(reply.share) && reply.share >= 0 && reply.share <= 100,
+          `share ${reply.share}`,
+        );
+      },
+    ),
+    3_000,
+  );
+  assert.equal(parseAgentCheckReply("up 1e999%").share, 100, "a percentage it cannot read is left out");
+  assert.equal(parseAgentCheckReply("up 99999999999999999999%").share, 100);
 });

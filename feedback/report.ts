@@ -88,19 +88,12 @@ export function parseReport(value: unknown, at = ""): Report {
     throw new ReportError((error as Error).message, path("backend"));
   }
 
-  const number = (field: string, min: number, max: number): number | undefined => {
-    const raw = fields[field];
-    if (raw === undefined) return undefined;
-    if (typeof raw !== "number" || !Number.isFinite(raw) || raw < min || raw > max) {
-      const range = max === Number.MAX_VALUE ? `a number ≥ ${min}` : `a number from ${min} to ${max}`;
-      throw new ReportError(`Expected ${field} to be ${range}, got ${describe(raw)}`, path(field));
-    }
-    return raw;
-  };
-  const weight = number("weight", 0, 100);
-  const utilization = number("utilization", 0, 1);
-  const qps = number("qps", 0, Number.MAX_VALUE);
-  const eps = number("eps", 0, Number.MAX_VALUE);
+  const number = (field: Figure): number | undefined =>
+    fields[field] === undefined ? undefined : checkFigure(field, fields[field], { path: path(field) });
+  const weight = number("weight");
+  const utilization = number("utilization");
+  const qps = number("qps");
+  const eps = number("eps");
 
   const stateValue = fields.state;
   if (stateValue !== undefined && !STATES.includes(stateValue as FeedbackState)) {
@@ -121,12 +114,7 @@ export function parseReport(value: unknown, at = ""): Report {
     } catch (error) {
       throw new ReportError((error as Error).message, path("ttl"));
     }
-    if (ttlMs <= 0 || ttlMs > MAX_REPORT_TTL_MS) {
-      throw new ReportError(
-        `Expected ttl from 1ms to ${formatDuration(MAX_REPORT_TTL_MS)}, got "${fields.ttl}"`,
-        path("ttl"),
-      );
-    }
+    checkTtl(ttlMs, { path: path("ttl"), written: `"${fields.ttl}"` });
   }
 
   if (utilization === undefined && (qps !== undefined || eps !== undefined)) {
@@ -159,6 +147,41 @@ export function parseReport(value: unknown, at = ""): Report {
     ...(state !== undefined ? { state } : {}),
     ...(ttlMs !== undefined ? { ttlMs } : {}),
   };
+}
+
+/** The range of each number a report may carry, both ends included. */
+const FIGURES = {
+  weight: [0, 100],
+  utilization: [0, 1],
+  qps: [0, Number.MAX_VALUE],
+  eps: [0, Number.MAX_VALUE],
+} as const;
+export type Figure = keyof typeof FIGURES;
+
+/**
+ * `value` when it is a finite number in the range of `field`; else a `ReportError` at `path` (the field's
+ * name unless given). What the feedback formulas need of each figure, checked where it enters.
+ */
+export function checkFigure(field: Figure, value: unknown, options: { path?: string } = {}): number {
+  const { path = field } = options;
+  const [min, max] = FIGURES[field];
+  if (typeof value !== "number" || !(value >= min && value <= max)) {
+    const range = max === Number.MAX_VALUE ? `a number ≥ ${min}` : `a number from ${min} to ${max}`;
+    throw new ReportError(`Expected ${field} to be ${range}, got ${describe(value)}`, path);
+  }
+  return value;
+}
+
+/** A report's ttl in ms: from 1 ms to `MAX_REPORT_TTL_MS`, else a `ReportError` at `path`. */
+export function checkTtl(ms: number, options: { path?: string; written?: string } = {}): number {
+  const { path = "ttl", written = `${ms}ms` } = options;
+  if (!(ms >= 1 && ms <= MAX_REPORT_TTL_MS)) {
+    throw new ReportError(
+      `Expected ttl from 1ms to ${formatDuration(MAX_REPORT_TTL_MS)}, got ${written}`,
+      path,
+    );
+  }
+  return ms;
 }
 
 function describe(value: unknown): string {

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { anyDouble, check, fc } from "../tests/_property.ts";
 import { MAX_REPORT_TTL_MS, MAX_REPORTS, parseReport, parseReports, ReportError } from "./report.ts";
 
 /** The error `parseReports` throws for `body`, as `{message, path}`. */
@@ -112,4 +113,40 @@ Deno.test("the longest ttl is accepted and one millisecond more is not", () => {
   assert.equal(parseReport({ ...OK, weight: 1, ttl: "24h" }).ttlMs, MAX_REPORT_TTL_MS);
   assert.equal(parseReport({ ...OK, weight: 1, ttl: "1ms" }).ttlMs, 1);
   assert.equal(rejection({ ...OK, weight: 1, ttl: "24h1ms" }).path, "ttl");
+});
+
+/** A JSON value shaped like a report or a batch, with any value in any field, and stray keys. */
+const reportLike = fc.record({
+  service: fc.oneof(fc.constant("web"), fc.jsonValue()),
+  backend: fc.oneof(fc.constantFrom("10.0.0.11:80", "[::1]:80", "10.0.0.11:99999"), fc.jsonValue()),
+  weight: fc.oneof(anyDouble(), fc.jsonValue()),
+  utilization: fc.oneof(anyDouble(), fc.jsonValue()),
+  qps: fc.oneof(anyDouble(), fc.jsonValue()),
+  eps: fc.oneof(anyDouble(), fc.jsonValue()),
+  state: fc.oneof(fc.constantFrom("up", "drain", "down"), fc.jsonValue()),
+  ttl: fc.oneof(fc.constantFrom("30s", "0s", "25h", "1ms", "1e400ms", `${"9".repeat(400)}h`), fc.string()),
+  extra: fc.jsonValue(),
+}, { requiredKeys: [] });
+
+Deno.test("property: any JSON body gives checked reports or one ReportError, never another error", () => {
+  check(
+    fc.property(fc.oneof(reportLike, fc.array(reportLike, { maxLength: 5 }), fc.jsonValue()), (body) => {
+      let reports;
+      try {
+        reports = parseReports(body);
+      } catch (error) {
+        assert.ok(error instanceof ReportError, `unexpected ${error}`);
+        assert.ok(error.message !== "" && !error.message.endsWith("."), error.message);
+        return;
+      }
+      for (const report of reports) {
+        const inRange = (value: number | undefined, max: number) =>
+          value === undefined || (value >= 0 && value <= max);
+        assert.ok(inRange(report.weight, 100) && inRange(report.load?.utilization, 1));
+        assert.ok(inRange(report.load?.qps, Number.MAX_VALUE) && inRange(report.load?.eps, Number.MAX_VALUE));
+        assert.ok(inRange(report.ttlMs, MAX_REPORT_TTL_MS) && report.ttlMs !== 0);
+      }
+    }),
+    3_000,
+  );
 });

@@ -11,22 +11,28 @@
  *
  *       raw = qps / (utilization + eps / qps × error_utilization_penalty)        (1 / utilization without qps)
  *
- *   A raw weight means something only next to the others of the same service, so it is normalised among
- *   the service's backends that have a live load report: the mean raw weight maps to their mean configured
- *   weight, and the ratio to the mean is clamped to [0.1, 10] as gRPC's scheduler does:
+ *   held within [`Number.MIN_VALUE`, `Number.MAX_VALUE`]: a utilization of 1e-320 (1 / it is Infinity) or a
+ *   qps of 1e308 is the largest raw weight there is, not Infinity. A raw weight means something only next
+ *   to the others of the same service, so it is normalised among the service's backends that have a live
+ *   load report: the mean raw weight maps to their mean configured weight, and the ratio to the mean is
+ *   clamped to [0.1, 10] as gRPC's scheduler does:
  *
  *       target = clamp(raw / mean(raw), 0.1, 10) × mean(configured)
  *
+ *   The mean is taken of the raw weights divided by the largest of them (each in [0, 1], the largest 1),
+ *   so it is at least 1 / count and the sum cannot overflow: the ratio is finite whatever the reports said.
  *   A report without a usable signal (utilization or qps of 0) targets the configured weight. The weight
  *   then moves from where it is toward the target by exponential smoothing, and by at most `max_step` of
  *   the configured weight per report:
  *
- *       next = previous + (1 − smoothing) × (target − previous),   |next − previous| ≤ max_step × configured
+ *       next = smoothing × previous + (1 − smoothing) × target,   |next − previous| ≤ max_step × configured
+ *
+ *   and never past the target. Every weight these functions return is finite.
  *
  * - `state` is `up` unless the report says `drain` (no new decisions, open connections finish) or `down`
  *   (out of new decisions at once).
  */
-import type { FeedbackState, LoadFigures, Report } from "./report.ts";
+import { checkFigure, checkTtl, type FeedbackState, type LoadFigures, type Report } from "./report.ts";
 
 export const FEEDBACK_DEFAULTS = {
   /** gRPC's `error_utilization_penalty`: how much one error per query weighs as utilization. */
@@ -77,50 +83,85 @@ export interface LoadOptions {
 
 /**
  * gRPC's weighted-round-robin weight of a load report: `qps / (utilization + eps / qps × penalty)`, or
- * `1 / utilization` without qps. Null when there is no usable signal (utilization or qps of 0), which gRPC
- * also treats as "no weight".
+ * `1 / utilization` without qps, held within [`Number.MIN_VALUE`, `Number.MAX_VALUE`]. Null when there is
+ * no usable signal (utilization or qps of 0, which gRPC also treats as "no weight") or a figure is not a
+ * finite number. Never throws.
  */
 export function loadWeight(load: LoadFigures, options: LoadOptions = {}): number | null {
   const penalty = options.errorUtilizationPenalty ?? FEEDBACK_DEFAULTS.errorUtilizationPenalty;
   const { utilization, qps, eps = 0 } = load;
-  if (!(utilization > 0)) return null;
-  if (qps === undefined) return 1 / utilization;
-  if (!(qps > 0)) return null;
-  const errorPenalty = eps > 0 && penalty > 0 ? (eps / qps) * penalty : 0;
-  return qps / (utilization + errorPenalty);
+  if (!isPositive(utilization)) return null;
+  if (qps === undefined) return clamp(1 / utilization, Number.MIN_VALUE, Number.MAX_VALUE);
+  if (!isPositive(qps) || !Number.isFinite(eps)) return null;
+  // eps / qps may overflow to Infinity; the raw weight is then 0, held at MIN_VALUE below.
+  const errorPenalty = eps > 0 && penalty > 0 && Number.isFinite(penalty) ? (eps / qps) * penalty : 0;
+  return clamp(qps / (utilization + errorPenalty), Number.MIN_VALUE, Number.MAX_VALUE);
 }
 
 /**
  * The weight a raw load-derived weight asks for, normalised among the backends of the service with a live
  * load signal (`peers`, without this one): the mean raw weight maps to the mean configured weight, and the
- * ratio to the mean is clamped to [`minRatio`, `maxRatio`]. Without a signal: the configured weight.
+ * ratio to the mean is clamped to [`minRatio`, `maxRatio`]. Without a signal (a raw weight that is null or
+ * not a finite number above 0): the configured weight. The result is finite, from 0 to
+ * `maxRatio` × the largest configured weight counted. Throws a `RangeError` for a configured weight that is
+ * not a finite number ≥ 0.
  */
 export function loadTarget(raw: number | null, configured: number, peers: readonly LoadPeer[]): number {
-  if (raw === null) return configured;
-  let rawSum = raw;
-  let configuredSum = configured;
-  let count = 1;
-  for (const peer of peers) {
-    if (peer.raw === null) continue;
-    rawSum += peer.raw;
-    configuredSum += peer.configured;
-    count++;
+  checkConfigured(configured);
+  if (!isPositive(raw)) return configured;
+  const reporting = peers.filter((peer): peer is LoadPeer & { raw: number } => isPositive(peer.raw));
+  let largest = raw;
+  for (const peer of reporting) {
+    checkConfigured(peer.configured);
+    if (peer.raw > largest) largest = peer.raw;
   }
-  const ratio = clamp(raw / (rawSum / count), FEEDBACK_DEFAULTS.minRatio, FEEDBACK_DEFAULTS.maxRatio);
-  return ratio * (configuredSum / count);
+  const count = reporting.length + 1;
+  // Scaled by the largest, each raw weight is in [0, 1] and one of them is 1: the sum is from 1 to count,
+  // and each configured weight divided by count before adding keeps that mean finite too.
+  let scaledSum = raw / largest;
+  let configuredMean = configured / count;
+  for (const peer of reporting) {
+    scaledSum += peer.raw / largest;
+    configuredMean += peer.configured / count;
+  }
+  const ratio = clamp(
+    (raw / largest) / (scaledSum / count),
+    FEEDBACK_DEFAULTS.minRatio,
+    FEEDBACK_DEFAULTS.maxRatio,
+  );
+  return Math.min(ratio * configuredMean, Number.MAX_VALUE);
 }
 
 /**
  * One smoothing step from `previous` toward `target`: exponential smoothing, then at most
- * `maxStep × configured` away from `previous`.
+ * `maxStep × configured` away from `previous`. The result lies between `previous` and `target` (both
+ * included), so it is finite. Throws a `RangeError` for a `previous` or `target` that is not finite, a
+ * `smoothing` or `maxStep` outside 0 to 1, or a configured weight that is not a finite number ≥ 0.
  */
 export function smoothStep(
   previous: number,
   target: number,
   options: { readonly smoothing: number; readonly maxStep: number; readonly configured: number },
 ): number {
-  const smoothed = previous + (1 - options.smoothing) * (target - previous);
-  const limit = options.maxStep * options.configured;
+  const { smoothing, maxStep, configured } = options;
+  if (!Number.isFinite(previous) || !Number.isFinite(target)) {
+    throw new RangeError(`Cannot smooth a weight from ${previous} toward ${target}: both must be finite`);
+  }
+  if (!(smoothing >= 0 && smoothing <= 1)) {
+    throw new RangeError(`Expected smoothing to be a number from 0 to 1, got ${smoothing}`);
+  }
+  if (!(maxStep >= 0 && maxStep <= 1)) {
+    throw new RangeError(`Expected max_step to be a number from 0 to 1, got ${maxStep}`);
+  }
+  checkConfigured(configured);
+  // Each product is at most its finite factor; only their sum may round past MAX_VALUE, and the clamp to
+  // [previous, target] brings that back.
+  const smoothed = clamp(
+    smoothing * previous + (1 - smoothing) * target,
+    Math.min(previous, target),
+    Math.max(previous, target),
+  );
+  const limit = maxStep * configured;
   return clamp(smoothed, previous - limit, previous + limit);
 }
 
@@ -135,17 +176,30 @@ export interface ReportContext {
   readonly now: number;
 }
 
-/** The record a report leaves. */
+/**
+ * The record a report leaves: its `target` and `weight` are finite, from 0 to `maxRatio` × the largest
+ * configured weight in the context. Throws a `ReportError` naming the field (`weight`, `utilization`, `qps`,
+ * `eps`, `ttl`) when one is outside what `parseReport` accepts, and a `RangeError` for a context that the
+ * config could not have made (a configured weight or a setting out of range).
+ */
 export function applyReport(report: Report, context: ReportContext): FeedbackRecord {
   const { configured, settings, now } = context;
+  checkConfigured(configured);
   const ttlMs = report.ttlMs ?? settings.ttlMs;
+  if (report.ttlMs !== undefined) checkTtl(report.ttlMs);
+  if (report.weight !== undefined) checkFigure("weight", report.weight);
+  if (report.load !== undefined) {
+    checkFigure("utilization", report.load.utilization);
+    if (report.load.qps !== undefined) checkFigure("qps", report.load.qps);
+    if (report.load.eps !== undefined) checkFigure("eps", report.load.eps);
+  }
   const base = {
     state: report.state ?? "up",
     reportedAt: now,
     expiresAt: now + ttlMs,
   } as const;
   if (report.weight !== undefined) {
-    const weight = (configured * report.weight) / 100;
+    const weight = configured * (report.weight / 100);
     return {
       ...base,
       source: "weight",
@@ -192,6 +246,17 @@ export function feedbackState(record: FeedbackRecord | null, now: number): Feedb
 /** The raw load signal a record contributes to its service's normalisation at `now`. */
 export function liveRaw(record: FeedbackRecord | null, now: number): number | null {
   return isLive(record, now) && record.source === "load" ? record.raw : null;
+}
+
+/** A number finite and above 0: a load figure or raw weight that carries a signal. */
+function isPositive(value: number | null | undefined): value is number {
+  return typeof value === "number" && value > 0 && Number.isFinite(value);
+}
+
+function checkConfigured(configured: number): void {
+  if (!(configured >= 0 && configured <= Number.MAX_VALUE)) {
+    throw new RangeError(`Expected a configured weight to be a finite number ≥ 0, got ${configured}`);
+  }
 }
 
 function clamp(value: number, min: number, max: number): number {

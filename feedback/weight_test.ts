@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import type { Report } from "./report.ts";
+import { type Report, ReportError } from "./report.ts";
+import { anyDouble, check, fc } from "../tests/_property.ts";
 import {
   applyReport,
   FEEDBACK_DEFAULTS,
@@ -303,4 +304,171 @@ Deno.test("records hold until their expiry and not at it", () => {
   });
   assert.equal(liveRaw(load, 9), 2);
   assert.equal(liveRaw(load, 10), null);
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// Properties over every double: subnormals, ±0, MAX_VALUE, ±Infinity, NaN, huge integers
+
+const anyLoad = fc.record({ utilization: anyDouble(), qps: anyDouble(), eps: anyDouble() }, {
+  requiredKeys: ["utilization"],
+});
+const anyPeer = fc.record({ configured: anyDouble(), raw: fc.option(anyDouble(), { nil: null }) });
+
+/** Whether `value` is a number the configured weight of a backend may be. */
+const validConfigured = (value: number) => value >= 0 && value <= Number.MAX_VALUE;
+
+Deno.test("property: a load weight is null or a finite number above 0, for any figures", () => {
+  check(
+    fc.property(anyLoad, fc.option(anyDouble(), { nil: undefined }), (load, penalty) => {
+      const raw = loadWeight(load, penalty === undefined ? {} : { errorUtilizationPenalty: penalty });
+      assert.ok(raw === null || (raw >= Number.MIN_VALUE && raw <= Number.MAX_VALUE), `raw weight ${raw}`);
+      if (load.utilization > 0 && load.utilization <= 1 && load.qps === undefined) assert.notEqual(raw, null);
+    }),
+    2_000,
+  );
+});
+
+Deno.test("property: a load target is finite and within 0.1 and 10 times the mean, for any raw weights", () => {
+  check(
+    fc.property(
+      fc.option(anyDouble(), { nil: null }),
+      anyDouble(),
+      fc.array(anyPeer, { maxLength: 8 }),
+      (raw, configured, peers) => {
+        const signal = (value: number | null): value is number =>
+          value !== null && value > 0 && Number.isFinite(value);
+        const counted = signal(raw) ? peers.filter((peer) => signal(peer.raw)) : [];
+        const configuredWeights = [configured, ...counted.map((peer) => peer.configured)];
+        let target: number;
+        try {
+          target = loadTarget(raw, configured, peers);
+        } catch (error) {
+          assert.ok(error instanceof RangeError, `unexpected ${error}`);
+          assert.ok(!configuredWeights.every(validConfigured), `refused valid weights: ${error.message}`);
+          return;
+        }
+        assert.ok(
+          configuredWeights.every(validConfigured),
+          "took a configured weight that is not finite ≥ 0",
+        );
+        assert.ok(Number.isFinite(target) && target >= 0, `target ${target}`);
+        if (!signal(raw)) return assert.equal(target, configured);
+        const largest = Math.max(...configuredWeights);
+        const mean = configuredWeights.reduce((sum, w) => sum + w / configuredWeights.length, 0);
+        assert.ok(
+          target <= Math.min(FEEDBACK_DEFAULTS.maxRatio * largest, Number.MAX_VALUE),
+          `target ${target}`,
+        );
+        assert.ok(
+          target >= FEEDBACK_DEFAULTS.minRatio * mean * (1 - 1e-9),
+          `target ${target} under the mean`,
+        );
+      },
+    ),
+    2_000,
+  );
+});
+
+Deno.test("property: a smoothing step lands between the weight and its target, at most max_step away", () => {
+  check(
+    fc.property(anyDouble(), anyDouble(), anyDouble(), anyDouble(), anyDouble(), (p, t, s, m, c) => {
+      const valid = Number.isFinite(p) && Number.isFinite(t) && s >= 0 && s <= 1 && m >= 0 && m <= 1 &&
+        validConfigured(c);
+      let next: number;
+      try {
+        next = smoothStep(p, t, { smoothing: s, maxStep: m, configured: c });
+      } catch (error) {
+        assert.ok(error instanceof RangeError, `unexpected ${error}`);
+        assert.ok(!valid, `refused valid arguments: ${error.message}`);
+        return;
+      }
+      assert.ok(valid, "took arguments out of range");
+      assert.ok(next >= Math.min(p, t) && next <= Math.max(p, t), `${next} is not between ${p} and ${t}`);
+      // The limit m × c and p ± it may round: allow one part in 1e12 of the limit and a unit of p's last place.
+      const slack = m * c * 1e-12 + Math.abs(p) * Number.EPSILON;
+      assert.ok(Math.abs(next - p) <= m * c + slack, `${next} is more than ${m * c} from ${p}`);
+    }),
+    3_000,
+  );
+});
+
+/** A report with any numbers in it, as a caller that skipped `parseReport` might pass. */
+const anyReport: fc.Arbitrary<Report> = fc.record({
+  service: fc.constant("web"),
+  backend: fc.constant("10.0.0.11:80"),
+  weight: anyDouble(),
+  load: anyLoad,
+  state: fc.constantFrom("up" as const, "drain" as const, "down" as const),
+  ttlMs: anyDouble(),
+}, { requiredKeys: ["service", "backend"] });
+
+/** Whether `parseReport` would have let each number of `report` through. */
+function figuresValid(report: Report): boolean {
+  const within = (value: number | undefined, max: number) =>
+    value === undefined || (value >= 0 && value <= max);
+  return within(report.weight, 100) && (report.load === undefined || (
+    within(report.load.utilization, 1) && within(report.load.qps, Number.MAX_VALUE) &&
+    within(report.load.eps, Number.MAX_VALUE)
+  )) && (report.ttlMs === undefined || (report.ttlMs >= 1 && report.ttlMs <= 24 * 3_600_000));
+}
+
+Deno.test("property: a report's record has a finite weight within bounds, or the report is refused by field", () => {
+  check(
+    fc.property(
+      anyReport,
+      fc.integer({ min: 0, max: 10_000 }),
+      fc.option(anyReport, { nil: null }),
+      fc.array(
+        fc.record({
+          configured: fc.integer({ min: 0, max: 10_000 }),
+          raw: fc.option(anyDouble(), { nil: null }),
+        }),
+        { maxLength: 6 },
+      ),
+      (report, configured, earlier, peers) => {
+        // The current record, if any, is one that a valid report left.
+        let current: FeedbackRecord | null = null;
+        if (earlier !== null && figuresValid(earlier)) {
+          current = applyReport(earlier, { configured, current: null, peers, settings: SETTINGS, now: 0 });
+        }
+        let record: FeedbackRecord;
+        try {
+          record = applyReport(report, { configured, current, peers, settings: SETTINGS, now: 1 });
+        } catch (error) {
+          assert.ok(error instanceof ReportError, `unexpected ${error}`);
+          assert.ok(!figuresValid(report), `refused a valid report: ${error.message}`);
+          assert.match(error.path, /^(weight|utilization|qps|eps|ttl)$/);
+          return;
+        }
+        assert.ok(figuresValid(report), `took ${JSON.stringify(report)}`);
+        assert.ok(Number.isFinite(record.expiresAt));
+        const ceiling = FEEDBACK_DEFAULTS.maxRatio * Math.max(configured, ...peers.map((p) => p.configured));
+        for (const value of [record.weight, record.target]) {
+          assert.ok(
+            value === null || (value >= 0 && value <= ceiling),
+            `weight ${value} out of [0, ${ceiling}]`,
+          );
+        }
+        assert.ok(record.raw === null || (record.raw > 0 && Number.isFinite(record.raw)));
+      },
+    ),
+    3_000,
+  );
+});
+
+Deno.test("the reports of issue 20 give finite weights: utilization 1e-320, and qps 1e308", () => {
+  const context = (raw: number | null) => ({
+    configured: 100,
+    current: null,
+    peers: [{ configured: 100, raw }],
+    settings: { ttlMs: 30_000, smoothing: 0, maxStep: 1 },
+    now: 0,
+  });
+  const tiny = applyReport(report({ load: { utilization: 1e-320 } }), context(2));
+  assert.equal(tiny.raw, Number.MAX_VALUE);
+  // Next to a raw weight of 2, MAX_VALUE is all of the raw total: twice the mean of two.
+  near(tiny.target, 200, "twice the mean");
+  const huge = applyReport(report({ load: { utilization: 0.5, qps: 1e308 } }), context(Number.MAX_VALUE));
+  assert.equal(huge.raw, Number.MAX_VALUE);
+  near(huge.target, 100, "two equal raw weights of MAX_VALUE share equally");
 });

@@ -14,6 +14,8 @@ export const SERVICE_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/i;
 export const MIN_TOKEN_LENGTH = 8;
 /** The largest backend weight. */
 export const MAX_WEIGHT = 10_000;
+/** The most backends of one service: what a Maglev table can index. */
+export const MAX_BACKENDS = 65_535;
 /** The values a health check kind, a decision mode, … may take. */
 export const HEALTH_KINDS = ["tcp", "http", "agent-check"] as const;
 export const DECIDE_MODES = ["manager", "agent"] as const;
@@ -111,11 +113,19 @@ export const address = z.string({ error: expected("an address written like 10.0.
 export const bindAddress = z.string({ error: expected("an address written like 127.0.0.1:9090") })
   .transform(parsed<HostPort>((text) => parseHostPort(text, { anyPort: true })));
 
-function integer(min: number, max: number) {
-  const range = max === Infinity ? `${min} or more` : `from ${min} to ${max}`;
+/** An integer from `min` to `max` (at most the largest integer a cluster frame carries exactly). */
+function integer(min: number, max: number = Number.MAX_SAFE_INTEGER) {
   return z.number({ error: expected("a number") }).refine(
     (n) => Number.isInteger(n) && n >= min && n <= max,
-    { error: (issue) => `Expected an integer ${range}, got ${String(issue.input)}` },
+    {
+      error: (issue) => {
+        const n = Number(issue.input);
+        const range = max === Number.MAX_SAFE_INTEGER && !(n > max)
+          ? `${min} or more`
+          : `from ${min} to ${max}`;
+        return `Expected an integer ${range}, got ${String(issue.input)}`;
+      },
+    },
   );
 }
 
@@ -156,8 +166,8 @@ const health = z.strictObject({
   kind: healthKind.optional(),
   interval: positiveDuration.optional(),
   timeout: positiveDuration.optional(),
-  rise: integer(1, Infinity).optional(),
-  fall: integer(1, Infinity).optional(),
+  rise: integer(1).optional(),
+  fall: integer(1).optional(),
   path: z.string({ error: expected("an HTTP path such as /healthz") }).startsWith("/", {
     error: (issue) => `Expected an HTTP path starting with /, got ${describeValue(issue.input)}`,
   }).optional(),
@@ -173,7 +183,12 @@ export const service = z.strictObject({
   handoff: oneOf(HANDOFF_MODES).optional(),
   affinity: z.strictObject({ key: affinityKey.optional(), ttl: duration.optional() }).optional(),
   proxy_protocol: oneOf(PROXY_PROTOCOLS).optional(),
-  backends: z.array(backend).min(1, { error: "List at least one backend" }),
+  backends: z.array(backend).min(1, { error: "List at least one backend" }).max(MAX_BACKENDS, {
+    error: (issue) =>
+      `List at most ${MAX_BACKENDS} backends: a Maglev table indexes no more, got ${
+        (issue.input as unknown[]).length
+      }`,
+  }),
   health: health.optional(),
   feedback: z.strictObject({
     ttl: positiveDuration.optional(),
@@ -189,7 +204,7 @@ export const service = z.strictObject({
     idle: positiveDuration.optional(),
     drain: duration.optional(),
   }).optional(),
-  limits: z.strictObject({ max_connections: integer(1, Infinity).optional() }).optional(),
+  limits: z.strictObject({ max_connections: integer(1).optional() }).optional(),
 });
 
 /** The whole file. */

@@ -10,6 +10,7 @@ import { bodyLimit } from "hono/body-limit";
 import type { Context, MiddlewareHandler } from "hono";
 import { constantTimeEqual } from "../cluster/auth.ts";
 import { formatHostPort } from "../cluster/address.ts";
+import { internalErrors } from "../cluster/guard.ts";
 import { logger } from "../cluster/log.ts";
 import { parseReports, ReportError } from "../feedback/mod.ts";
 import type { AgentSession } from "./cluster_server.ts";
@@ -19,6 +20,7 @@ import {
   type ClusterModel,
   effectiveWeight,
   openConnections,
+  RejectedReportError,
   type ServiceRuntime,
   UnknownError,
 } from "./state.ts";
@@ -135,7 +137,15 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
         );
       }
     });
-    const outcomes = deps.model.applyFeedback(reports);
+    let outcomes;
+    try {
+      outcomes = deps.model.applyFeedback(reports);
+    } catch (error) {
+      if (error instanceof RejectedReportError) {
+        throw new ApiError(400, error.message, at(error.index, error.field));
+      }
+      throw error;
+    }
     log.debug("Took {count} feedback reports", { count: reports.length, role: caller.role });
     return c.json({
       accepted: reports.length,
@@ -161,6 +171,7 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
       feedbackReports: deps.model.feedbackReports,
       connectFailures: deps.model.connectFailures,
       version: deps.model.version,
+      internalErrors: internalErrors(),
       modelNow: deps.model.now(),
       now: performance.now(),
     });
@@ -194,7 +205,7 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
 
   app.post("/v1/services/:name/backends/:address/state", async (c) => {
     const name = c.req.param("name");
-    const address = decodeURIComponent(c.req.param("address"));
+    const address = decodedParam(c.req.param("address"));
     const service = deps.model.service(name);
     if (!service) throw new ApiError(404, `Unknown service "${name}"`, "name");
     const backend = service.backends.find((b) => b.config.id === address);
@@ -328,6 +339,18 @@ async function jsonBody(c: Context<Env>): Promise<unknown> {
     return JSON.parse(text);
   } catch (error) {
     throw new ApiError(400, `Cannot parse JSON body: ${(error as Error).message}`, "");
+  }
+}
+
+/**
+ * A path parameter with any percent-encoding left in it decoded (an address sent encoded twice); one that is
+ * not valid percent-encoding (`%E0%A4%A`) is taken as written, and names no backend.
+ */
+function decodedParam(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
   }
 }
 

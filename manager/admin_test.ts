@@ -414,6 +414,18 @@ Deno.test("an operator drains a backend and brings it back; the answer shows the
   assert.equal(((await back.json()) as BackendView).effective_weight, 100);
 });
 
+Deno.test("a backend address that is not valid percent-encoding is an unknown backend, not an internal error", async () => {
+  using h = harness();
+  for (const address of ["%E0%A4%A", "%25", "%", "10.0.0.11%3A80%"]) {
+    const response = await h.request("POST", `/v1/services/web/backends/${address}/state`, {
+      body: { state: "drain" },
+    });
+    assert.equal(response.status, 404, address);
+    assert.equal(((await response.json()) as { path: string }).path, "address");
+  }
+  assert.equal((await h.backend("web", A)).state, "up");
+});
+
 Deno.test("/healthz needs no token", async () => {
   using h = harness();
   const response = await h.request("GET", "/healthz", { token: null });

@@ -5,6 +5,7 @@
  */
 import { constantTimeEqual, proof, randomNonce } from "../cluster/auth.ts";
 import { Channel } from "../cluster/channel.ts";
+import { guard, guardAsync } from "../cluster/guard.ts";
 import { logger } from "../cluster/log.ts";
 import {
   type AgentMessage,
@@ -13,6 +14,7 @@ import {
   type ManagerMessage,
   parseAgentMessage,
   PROTOCOL_VERSION,
+  ProtocolError,
 } from "../cluster/protocol.ts";
 import { Decider } from "./decide.ts";
 import type { ClusterModel } from "./state.ts";
@@ -68,7 +70,7 @@ export class ClusterServer {
     this.#listener = listener;
     this.#unsubscribe = model.onChange(() => this.#schedulePush());
     this.#sweep = setInterval(
-      () => this.#dropSilentAgents(),
+      () => guard("agent_sweep", () => this.#dropSilentAgents()),
       Math.max(50, model.config.agents.heartbeatMs / 2),
     );
     this.#accepting = this.#acceptLoop();
@@ -105,9 +107,12 @@ export class ClusterServer {
           this.#refuseBusy(conn);
           continue;
         }
-        const task = this.#serve(conn).finally(() => {
-          serving.splice(serving.indexOf(task), 1);
-        });
+        // A session's own errors end it (the agent reconnects); what escapes it is counted, never thrown.
+        const task = guardAsync("agent_session", () => this.#serve(conn), { remote: remoteOf(conn) }).then(
+          () => {
+            serving.splice(serving.indexOf(task), 1);
+          },
+        );
         serving.push(task);
       }
     } catch (error) {
@@ -207,7 +212,16 @@ export class ClusterServer {
 
       // Each read is handled whole before the next: the decisions it asks for go out in one write.
       for await (const batch of channel.batches()) {
-        for (const message of batch) this.#handle(session, channel, message);
+        for (const message of batch) {
+          if (!SESSION_MESSAGES.has(message.type)) {
+            throw new ProtocolError(`Unexpected ${message.type} after the handshake`);
+          }
+          // A message the manager fails to handle is its own error: counted, and the session goes on.
+          guard("agent_session", () => this.#handle(session, channel, message), {
+            agent: session.id,
+            message: message.type,
+          });
+        }
       }
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);
@@ -305,15 +319,34 @@ export class ClusterServer {
     this.#pushScheduled = true;
     queueMicrotask(() => {
       this.#pushScheduled = false;
-      const state = this.#model.snapshot();
-      for (const { channel } of this.#sessions.values()) {
-        channel.send({ type: "state", state }).catch(() => channel.close());
-      }
+      guard("state_push", () => {
+        const state = this.#model.snapshot();
+        for (const { channel } of this.#sessions.values()) {
+          channel.send({ type: "state", state }).catch(() => channel.close());
+        }
+      });
     });
   }
 }
 
 class HandshakeError extends Error {}
+
+/** What an agent may send once it has a session. */
+const SESSION_MESSAGES: ReadonlySet<AgentMessage["type"]> = new Set([
+  "heartbeat",
+  "decide",
+  "open_counts",
+  "ack",
+  "connect_failures",
+]);
+
+function remoteOf(conn: Deno.Conn): string {
+  try {
+    return formatAddr(conn.remoteAddr);
+  } catch {
+    return "unknown";
+  }
+}
 
 async function nextMessage<T>(messages: AsyncGenerator<T>): Promise<T | undefined> {
   const next = await messages.next();

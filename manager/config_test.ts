@@ -1,4 +1,9 @@
 import assert from "node:assert/strict";
+import { stringify } from "yaml";
+import { MAX_DURATION_MS } from "../cluster/duration.ts";
+import { ClusterStateSchema } from "../cluster/protocol.ts";
+import { anyDouble, check, fc } from "../tests/_property.ts";
+import { ClusterModel } from "./state.ts";
 import {
   type Config,
   CONFIG_DEFAULTS,
@@ -855,4 +860,195 @@ Deno.test({
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// Properties: any YAML document, any text
+
+/** A value of any type, for a field given the wrong one. */
+const anyValue = fc.oneof(
+  anyDouble(),
+  fc.string({ maxLength: 20 }),
+  fc.boolean(),
+  fc.constant(null),
+  fc.jsonValue(),
+);
+
+/** Mostly a good value, now and then any value at all. */
+const field = <T>(good: fc.Arbitrary<T>) =>
+  fc.oneof({ weight: 60, arbitrary: good }, { weight: 1, arbitrary: anyValue as fc.Arbitrary<unknown> });
+
+/** Mostly one of `good`, now and then one of `bad`. */
+const mostly = <T>(good: fc.Arbitrary<T>, bad: fc.Arbitrary<T>) =>
+  fc.oneof({ weight: 15, arbitrary: good }, { weight: 1, arbitrary: bad });
+
+const durationText = fc.oneof(
+  { weight: 40, arbitrary: fc.constantFrom("250ms", "2s", "5m", "1h", "1m30s", "1.5s", "576h") },
+  {
+    weight: 1,
+    arbitrary: fc.constantFrom(
+      "0s",
+      "0.4ms",
+      "577h",
+      `1${"0".repeat(400)}ms`,
+      "99999999999999999999h",
+      "1e400ms",
+      "-1s",
+      "",
+      "2",
+    ),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.tuple(fc.nat(), fc.constantFrom("ms", "s", "m", "h")).map(([n, u]) => `${n}${u}`),
+  },
+);
+const integerValue = (max: number) =>
+  fc.oneof(
+    { weight: 6, arbitrary: fc.integer({ min: 1, max }) },
+    {
+      weight: 1,
+      arbitrary: fc.constantFrom(0, -1, 1.5, 2 ** 53, 1e300, Infinity, NaN, Number.MAX_SAFE_INTEGER),
+    },
+  );
+const backendEntry = fc.oneof(
+  fc.constantFrom("10.0.0.11:80", "10.0.0.12:80", "[::1]:80", "db.internal:5432", "10.0.0.11:99999"),
+  fc.record({
+    address: field(fc.constantFrom("10.0.0.13:80", "10.0.0.14:80", "10.0.0.15:8080")),
+    weight: field(fc.oneof(fc.integer({ min: 0, max: 10_000 }), fc.constantFrom(10_001, 1e308, -0, 0.5))),
+  }, { requiredKeys: ["address"] }),
+);
+const serviceEntry = fc.record({
+  name: field(fc.constantFrom("web", "api", "db-1")),
+  listen: field(fc.constantFrom("127.0.0.1:0", "127.0.0.1:0", "0.0.0.0:8080", "[::]:8443")),
+  decide: field(fc.constantFrom("manager", "agent")),
+  decision_timeout: field(durationText),
+  handoff: field(fc.constantFrom("claimant", "local")),
+  affinity: field(fc.record({ key: field(fc.constantFrom("none", "client_ip")), ttl: field(durationText) }, {
+    requiredKeys: [],
+  })),
+  proxy_protocol: field(fc.constantFrom("none", "v1", "v2")),
+  backends: field(fc.uniqueArray(backendEntry, {
+    minLength: 1,
+    maxLength: 4,
+    selector: (entry) => typeof entry === "string" ? entry : String(entry.address),
+  })),
+  health: field(fc.record({
+    kind: field(fc.constantFrom("tcp", "http")),
+    // Mostly an interval longer than the timeout, as the config requires.
+    interval: field(
+      fc.oneof({ weight: 10, arbitrary: fc.constantFrom("2s", "1h", "576h") }, {
+        weight: 1,
+        arbitrary: durationText,
+      }),
+    ),
+    timeout: field(
+      fc.oneof({ weight: 10, arbitrary: fc.constantFrom("1ms", "1s") }, {
+        weight: 1,
+        arbitrary: durationText,
+      }),
+    ),
+    rise: field(integerValue(10)),
+    fall: field(integerValue(10)),
+  }, { requiredKeys: [] })),
+  feedback: field(fc.record({
+    ttl: field(durationText),
+    smoothing: field(mostly(fc.double({ min: 0, max: 1, noNaN: true }), anyDouble())),
+    max_step: field(mostly(fc.double({ min: Number.MIN_VALUE, max: 1, noNaN: true }), anyDouble())),
+  }, { requiredKeys: [] })),
+  timeouts: field(
+    fc.record({ connect: field(durationText), idle: field(durationText), drain: field(durationText) }, {
+      requiredKeys: [],
+    }),
+  ),
+  limits: field(fc.record({ max_connections: field(integerValue(1_000_000)) }, { requiredKeys: [] })),
+}, { requiredKeys: ["name", "listen", "backends"] });
+const configDocument = fc.record({
+  manager: field(fc.record({
+    admin: field(fc.constantFrom("127.0.0.1:9090", "127.0.0.1:0")),
+    tokens: field(fc.record({
+      admin: field(mostly(fc.constantFrom("admin-token-0123456789", "${ADMIN}"), fc.constant("short"))),
+      cluster: field(mostly(fc.constant("cluster-token-0123456789"), fc.constant("${MISSING}"))),
+    }, { requiredKeys: ["cluster"] })),
+  }, { requiredKeys: ["tokens"] })),
+  agents: field(fc.record({ heartbeat: field(durationText) }, { requiredKeys: [] })),
+  // Names made unique by their place, mostly: a name used twice is one problem among others.
+  services: field(
+    fc.array(serviceEntry, { minLength: 1, maxLength: 3 }).map((services) =>
+      services.map((service, i) =>
+        typeof service.name === "string" ? { ...service, name: `${service.name}${i}` } : service
+      )
+    ),
+  ),
+}, { requiredKeys: ["manager", "services"] });
+
+/** What `parseConfig` must give for any text: a config that agents can be sent, or problems to show. */
+function checkConfigText(text: string): "accepted" | "refused" {
+  const result = parseConfig(text, { env: envOf({ ADMIN: "admin-from-env-0123456789" }) });
+  if (result.config === null) {
+    assert.ok(result.problems.length > 0, "refused without a problem");
+    for (const p of result.problems) {
+      assert.ok(p.message !== "", "a problem without a message");
+      assert.ok(Number.isInteger(p.line) && p.line >= 0 && Number.isInteger(p.column) && p.column >= 0);
+    }
+    return "refused";
+  }
+  const config = result.config;
+  for (const service of config.services) {
+    const durations = [
+      service.decisionTimeoutMs,
+      service.affinity.ttlMs,
+      service.health.intervalMs,
+      service.health.timeoutMs,
+      service.feedback.ttlMs,
+      ...Object.values(service.timeouts),
+    ];
+    for (const ms of durations) {
+      assert.ok(Number.isSafeInteger(ms) && ms >= 0 && ms <= MAX_DURATION_MS, `${ms} ms`);
+    }
+    for (const backend of service.backends) assert.ok(backend.weight >= 0 && backend.weight <= 10_000);
+  }
+  // Every config the manager takes gives a state its agents take.
+  const model = new ClusterModel(config, { seed: 1, tableSize: 251 });
+  try {
+    const sent = ClusterStateSchema.safeParse(JSON.parse(JSON.stringify(model.snapshot())));
+    assert.ok(sent.success, `agents would refuse the state: ${JSON.stringify(sent.error?.issues[0])}`);
+  } finally {
+    model.close();
+  }
+  return "accepted";
+}
+
+Deno.test("property: any YAML config document is taken whole, with a state agents accept, or refused with its problems", () => {
+  const seen = { accepted: 0, refused: 0 };
+  check(
+    fc.property(configDocument, (document) => {
+      seen[checkConfigText(stringify(document))]++;
+    }),
+    600,
+  );
+  // Both ways are exercised, so the checks on accepted configs cannot pass for want of any.
+  assert.ok(seen.accepted > 20 && seen.refused > 20, JSON.stringify(seen));
+});
+
+Deno.test("property: any text, and any YAML mutated a few characters, is a config or a list of problems", () => {
+  const mutated = fc.tuple(
+    configDocument,
+    fc.array(fc.tuple(fc.nat(), fc.string({ maxLength: 3 })), { maxLength: 4 }),
+  )
+    .map(([document, edits]) => {
+      let text = stringify(document);
+      for (const [at, insert] of edits) {
+        const i = at % (text.length + 1);
+        text = text.slice(0, i) + insert + text.slice(i + (at % 3));
+      }
+      return text;
+    });
+  check(
+    fc.property(
+      fc.oneof(fc.string(), fc.string({ unit: "binary" }), mutated),
+      (text) => void checkConfigText(text),
+    ),
+    1_000,
+  );
 });

@@ -11,6 +11,7 @@
  * every check and timer.
  */
 import { formatHostPort, type HostPort } from "../cluster/address.ts";
+import { guardAsync } from "../cluster/guard.ts";
 import { logger } from "../cluster/log.ts";
 import { type AgentCheckReply, parseAgentCheckReply } from "../feedback/mod.ts";
 import type { HealthConfig } from "./config.ts";
@@ -157,35 +158,52 @@ export class HealthChecker {
     }
   }
 
+  /** Checks one backend every interval until it is gone or the checker closes; a failed turn is skipped. */
   async #loop(serviceName: string, backendId: string): Promise<void> {
     const signal = this.#abort.signal;
     // The first check comes at a random point in the second half of the first interval, so that the
     // checks of many backends spread out instead of all starting together after a start or a reload.
-    const interval = this.#model.service(serviceName)?.config.health.intervalMs ?? 0;
+    let interval = this.#model.service(serviceName)?.config.health.intervalMs ?? 0;
     await sleep(interval * (0.5 + Math.random() / 2), signal);
+    const context = { service: serviceName, backend: backendId };
     while (!signal.aborted) {
-      const service = this.#model.service(serviceName);
-      const backend = service?.backends.find((b) => b.config.id === backendId);
-      if (!service || !backend) return;
-      const health = service.config.health;
-      let result: CheckResult;
-      try {
-        result = await this.#check(backend.config.address, health, { signal });
-      } catch (error) {
-        result = { ok: false, detail: reason(error) };
-      }
-      if (signal.aborted) return;
-      if (this.#model.service(serviceName)?.backends.some((b) => b.config.id === backendId) !== true) return;
-      this.#model.recordCheck(serviceName, backendId, result);
-      log.debug("Checked {backend} of {service} with {kind}: {detail}", {
-        service: serviceName,
-        backend: backendId,
-        kind: health.kind,
-        ok: result.ok,
-        detail: result.detail,
-      });
-      await sleep(health.intervalMs, signal);
+      const next = await guardAsync(
+        "health_check",
+        () => this.#turn(serviceName, backendId, signal),
+        context,
+      );
+      if (next === null) return;
+      // After a turn that failed, the next comes one interval later, as after any other.
+      if (next !== undefined) interval = next;
+      await sleep(interval, signal);
     }
+  }
+
+  /** One check of one backend, given to the model; the interval to the next, or null when it is gone. */
+  async #turn(serviceName: string, backendId: string, signal: AbortSignal): Promise<number | null> {
+    const service = this.#model.service(serviceName);
+    const backend = service?.backends.find((b) => b.config.id === backendId);
+    if (!service || !backend) return null;
+    const health = service.config.health;
+    let result: CheckResult;
+    try {
+      result = await this.#check(backend.config.address, health, { signal });
+    } catch (error) {
+      result = { ok: false, detail: reason(error) };
+    }
+    if (signal.aborted) return null;
+    if (this.#model.service(serviceName)?.backends.some((b) => b.config.id === backendId) !== true) {
+      return null;
+    }
+    this.#model.recordCheck(serviceName, backendId, result);
+    log.debug("Checked {backend} of {service} with {kind}: {detail}", {
+      service: serviceName,
+      backend: backendId,
+      kind: health.kind,
+      ok: result.ok,
+      detail: result.detail,
+    });
+    return health.intervalMs;
   }
 }
 

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { internalErrors } from "../cluster/guard.ts";
 import { type Config, type HealthConfig, parseConfig } from "./config.ts";
 import { checkBackend, type CheckResult, HealthChecker, type HealthTrack, nextHealth } from "./health.ts";
 import { ClusterModel } from "./state.ts";
@@ -280,4 +281,32 @@ Deno.test("the checker checks every backend each interval, follows reloads, and 
   const after = calls.length;
   await new Promise((resolve) => setTimeout(resolve, 50));
   assert.equal(calls.length, after, "no check after close");
+});
+
+Deno.test("a check the model fails to take is counted and skipped, and the loop goes on checking", async () => {
+  const model = new ClusterModel(configOf(["10.0.0.1:80"], { interval: "20ms", timeout: "10ms" }), {
+    seed: 1,
+  });
+  // What issue 20 did: the model throws from recordCheck (then, a table that could not be built).
+  const record = model.recordCheck.bind(model);
+  let failing = 3;
+  model.recordCheck = (service, backend, result) => {
+    if (failing-- > 0) throw new RangeError("Cannot build a Maglev table with weight NaN");
+    record(service, backend, result);
+  };
+  const before = internalErrors().get("health_check") ?? 0;
+  const checker = new HealthChecker(model, {
+    check: () => Promise.resolve({ ok: true, detail: "fake" }),
+  });
+  try {
+    const deadline = performance.now() + 5_000;
+    while (model.service("web")!.backends[0]!.lastCheck === null) {
+      assert.ok(performance.now() < deadline, "no check was recorded after the failed ones");
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    assert.equal((internalErrors().get("health_check") ?? 0) - before, 3);
+  } finally {
+    await checker.close();
+    model.close();
+  }
 });

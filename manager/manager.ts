@@ -5,6 +5,7 @@
  */
 import { clusterSeed } from "../cluster/auth.ts";
 import { formatHostPort } from "../cluster/address.ts";
+import { guardAsync } from "../cluster/guard.ts";
 import { logger } from "../cluster/log.ts";
 import { createAdminApp, type ReloadResult } from "./admin.ts";
 import { ClusterServer } from "./cluster_server.ts";
@@ -50,7 +51,8 @@ export async function startManager(config: Config, options: ManagerOptions = {})
   const cluster = new ClusterServer(model, clusterListener, { token: () => current.manager.tokens.cluster });
   const health = new HealthChecker(model);
 
-  const reload = async (): Promise<ReloadResult> => {
+  /** One reload: a config that cannot be read or taken is rejected with its reasons; the running one stays. */
+  const reloadOnce = async (): Promise<ReloadResult> => {
     if (!options.configFile) {
       return { ok: false, problems: ["This manager was started without a config file"] };
     }
@@ -64,6 +66,14 @@ export async function startManager(config: Config, options: ManagerOptions = {})
       log.error("Rejected the new config; keeping the running one: {problems}", { problems });
       return { ok: false, problems };
     }
+    try {
+      model.reload(next);
+    } catch (error) {
+      if (!(error instanceof RangeError)) throw error;
+      const problems = [`${options.configFile}: ${error.message}`];
+      log.error("Rejected the new config; keeping the running one: {problems}", { problems });
+      return { ok: false, problems };
+    }
     for (const key of ["admin", "cluster"] as const) {
       if (formatHostPort(next.manager[key]) !== formatHostPort(current.manager[key])) {
         log.warn("manager.{key} changed to {address}; it takes effect at the next restart", {
@@ -73,13 +83,15 @@ export async function startManager(config: Config, options: ManagerOptions = {})
       }
     }
     current = next;
-    model.reload(next);
     log.info("Reloaded the config: {services} services, state version {version}", {
       services: next.services.length,
       version: model.version,
     });
     return { ok: true, version: model.version };
   };
+  const reload = async (): Promise<ReloadResult> =>
+    await guardAsync("reload", reloadOnce, { file: options.configFile }) ??
+      { ok: false, problems: ["Internal error while reloading; the running config is kept"] };
 
   const app = createAdminApp({
     model,

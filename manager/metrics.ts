@@ -163,6 +163,38 @@ export function formatNumber(value: number): string {
   return String(value);
 }
 
+/**
+ * Adds `switchyard_internal_errors_total{where}` to a page: turns of a loop that failed and were skipped
+ * (`cluster/guard.ts`), on the manager's `/metrics` and the agent's alike. Every `where` known in advance
+ * is written, at 0 until it fails, so that a rate over it needs no series to appear first.
+ */
+export function addInternalErrors(
+  page: Exposition,
+  errors: ReadonlyMap<string, number>,
+  options: { readonly known?: readonly string[] } = {},
+): Exposition {
+  const { known = [] } = options;
+  const counts = new Map<string, number>(known.map((where) => [where, 0]));
+  for (const [where, count] of errors) counts.set(where, count);
+  return page.counter(
+    "switchyard_internal_errors_total",
+    "Turns of a loop that failed with an internal error and were skipped, by where; the process went on.",
+    [...counts].map(([where, count]): Sample => [{ where }, count]),
+  );
+}
+
+/** The loops of the manager that run their turns through `guard`. */
+export const MANAGER_GUARDED = [
+  "health_check",
+  "feedback_expiry",
+  "agent_session",
+  "agent_sweep",
+  "state_push",
+  "state_listener",
+  "reload",
+  "unhandled",
+] as const;
+
 /** What the manager's `/metrics` is made of, read at scrape time. */
 export interface ManagerMetricsSource {
   readonly services: readonly ServiceRuntime[];
@@ -178,6 +210,8 @@ export interface ManagerMetricsSource {
   /** Connect failures the agents reported, by service and backend. */
   readonly connectFailures: ReadonlyMap<string, ReadonlyMap<string, number>>;
   readonly version: number;
+  /** Failed turns of the manager's loops, by where (`cluster/guard.ts`). */
+  readonly internalErrors: ReadonlyMap<string, number>;
   /** The model's clock (ms), which feedback ages are measured on. */
   readonly modelNow: number;
   /** `performance.now()`, which heartbeats are stamped with. */
@@ -201,7 +235,7 @@ export function managerMetrics(source: ManagerMetricsSource): string {
     [...map].flatMap(([service, backends]) =>
       [...backends].map(([backend, count]): Sample => [{ service, backend }, count])
     );
-  return new Exposition()
+  const page = new Exposition()
     .histogram(
       "switchyard_decision_seconds",
       "Time the manager took to decide one flow an agent asked about (decide: manager).",
@@ -307,8 +341,8 @@ export function managerMetrics(source: ManagerMetricsSource): string {
       "switchyard_state_version",
       "The version of the cluster state; agents acknowledge the versions they serve.",
       source.version,
-    )
-    .text();
+    );
+  return addInternalErrors(page, source.internalErrors, { known: MANAGER_GUARDED }).text();
 }
 
 function round(value: number): number {

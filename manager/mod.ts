@@ -1,7 +1,9 @@
 /** The manager role as the command line starts it, and `switchyard check`. */
+import { installLastResort } from "../cluster/guard.ts";
 import { logger } from "../cluster/log.ts";
 import { ConfigError, formatProblem, loadConfig } from "./config.ts";
 import { startManager } from "./manager.ts";
+import { ClusterModel } from "./state.ts";
 
 export { startManager } from "./manager.ts";
 export type { Manager } from "./manager.ts";
@@ -24,7 +26,16 @@ export async function runManager(options: { configFile: string }): Promise<numbe
     }
     throw error;
   }
-  const manager = await startManager(config, { configFile: options.configFile });
+  let manager;
+  try {
+    manager = await startManager(config, { configFile: options.configFile });
+  } catch (error) {
+    // The model refuses a config it cannot serve (tables that cannot be built, a state too large).
+    if (!(error instanceof RangeError)) throw error;
+    console.error(`switchyard: ${options.configFile}: ${error.message}; the manager did not start`);
+    return 2;
+  }
+  const forget = installLastResort();
   if (manager.adminTokenGenerated) {
     console.log(`No manager.tokens.admin is configured; this run's admin token is: ${manager.adminToken}`);
   }
@@ -40,6 +51,7 @@ export async function runManager(options: { configFile: string }): Promise<numbe
   await stopped.promise;
   log.info("Stopping the manager; agents keep serving from their last state");
   await manager.close();
+  forget();
   return 0;
 }
 
@@ -47,6 +59,15 @@ export async function runManager(options: { configFile: string }): Promise<numbe
 export async function runCheck(file: string): Promise<number> {
   try {
     const config = await loadConfig(file);
+    // What the manager would refuse at start: tables it cannot build, a state too large for a frame.
+    try {
+      new ClusterModel(config, { seed: 0 }).close();
+    } catch (error) {
+      if (!(error instanceof RangeError)) throw error;
+      console.log(`${file}: ${error.message}`);
+      console.error(`switchyard: 1 problem(s) in ${file}`);
+      return 2;
+    }
     const backends = config.services.reduce((sum, service) => sum + service.backends.length, 0);
     console.log(`${file}: ok (${config.services.length} services, ${backends} backends)`);
     return 0;

@@ -9,14 +9,26 @@
  * backend has a weight: its feedback weight (or its configured weight when it has no live feedback),
  * times its agent-check share.
  *
+ * Every transition (feedback, checks, connect failures, operator state, health, expiry, reload) is
+ * validated, then committed: its whole effect (new records, effective weights, states and tables) is
+ * computed first, and applied only if every effective weight is a finite number from 0 to
+ * `MAX_EFFECTIVE_WEIGHT` and every table builds; otherwise it throws and nothing has changed.
+ *
  * Invariants: `snapshot().services[i].table` is always the table of the current effective weights;
  * `version` grows by one on every change an agent must learn of, and only then; feedback for one service
  * never touches another, even when the same address is a backend of both; a report that expires puts its
  * backend back at its configured weight and state by itself (a timer, stopped by `close()`).
  */
-import { buildTable, slotsMoved } from "../cluster/maglev.ts";
+import { guard } from "../cluster/guard.ts";
+import { buildTable, DEFAULT_TABLE_SIZE, slotsMoved } from "../cluster/maglev.ts";
 import { logger } from "../cluster/log.ts";
-import { type ClusterState, encodeTable, type ServiceSpec } from "../cluster/protocol.ts";
+import {
+  type ClusterState,
+  encodeFrame,
+  encodeTable,
+  ProtocolError,
+  type ServiceSpec,
+} from "../cluster/protocol.ts";
 import {
   type AgentCheckReply,
   applyReport,
@@ -26,12 +38,24 @@ import {
   isLive,
   liveRaw,
   type Report,
+  ReportError,
 } from "../feedback/mod.ts";
 import type { BackendConfig, Config, ServiceConfig } from "./config.ts";
 import { EventLog } from "./events.ts";
 import { type CheckResult, nextHealth } from "./health.ts";
 
 const log = logger("manager", "state");
+
+export const STATE_DEFAULTS = {
+  /** After a failed expiry turn, the next one comes this much later. */
+  expiryRetryMs: 1_000,
+} as const;
+
+/**
+ * The largest effective weight a backend may have: what a Maglev table takes. Feedback keeps weights far
+ * below it (at most 10 × the largest configured weight); a transition that would pass it is refused.
+ */
+export const MAX_EFFECTIVE_WEIGHT = Number.MAX_SAFE_INTEGER;
 
 /** A backend's state as an operator sets it: `drain` keeps open connections, takes no new ones. */
 export type OperatorState = "up" | "drain";
@@ -75,6 +99,26 @@ export interface ServiceRuntime {
   totalSlotsMoved: number;
 }
 
+/** An event as `EventLog.add` takes it. */
+type NewEvent = Parameters<EventLog["add"]>[0];
+
+/** What a transition changes of one backend before its service's weights are computed again. */
+type BackendChange = Partial<
+  Pick<BackendRuntime, "operatorState" | "health" | "checks" | "lastCheck" | "agentCheck" | "feedback">
+>;
+
+/** A backend's fields as a transition would leave them. */
+type BackendView = Omit<BackendRuntime, "effectiveWeight" | "state">;
+
+/** The effective weights, states and table that follow for one service, computed before any change. */
+interface ServicePlan {
+  readonly service: ServiceRuntime;
+  readonly states: readonly BackendState[];
+  readonly weights: readonly number[];
+  /** The new table, its ids and the slots that moved; null when nothing agents see changed. */
+  readonly table: { readonly slots: Uint16Array; readonly ids: string[]; readonly moved: number } | null;
+}
+
 export interface AgentView {
   readonly id: string;
   readonly mesh: string | null;
@@ -82,6 +126,8 @@ export interface AgentView {
 
 export interface ModelOptions {
   readonly seed: number;
+  /** The slots of each service's Maglev table, a prime; `DEFAULT_TABLE_SIZE` unless given. */
+  readonly tableSize?: number;
   /** The clock of feedback ages and expiry, in ms; `performance.now` by default. */
   readonly now?: () => number;
 }
@@ -93,6 +139,7 @@ export class ClusterModel {
   #version = 0;
   readonly #epoch = crypto.randomUUID();
   readonly #seed: number;
+  readonly #tableSize: number;
   readonly #now: () => number;
   readonly #listeners = new Set<() => void>();
   #expiryTimer: ReturnType<typeof setTimeout> | undefined;
@@ -108,8 +155,9 @@ export class ClusterModel {
   constructor(config: Config, options: ModelOptions) {
     this.#config = config;
     this.#seed = options.seed;
+    this.#tableSize = options.tableSize ?? DEFAULT_TABLE_SIZE;
     this.#now = options.now ?? (() => performance.now());
-    this.#applyServices(config.services);
+    this.#applyServices(config);
   }
 
   /** The model's clock, in ms. */
@@ -147,10 +195,12 @@ export class ClusterModel {
     return () => this.#listeners.delete(listener);
   }
 
-  /** Takes a new config; backends that stay keep their operator state and health. */
+  /**
+   * Takes a new config; backends that stay keep their operator state and health. Throws a `RangeError`,
+   * with nothing changed, when its tables cannot be built or its state would not fit in a frame.
+   */
   reload(config: Config): void {
-    this.#config = config;
-    this.#applyServices(config.services);
+    this.#applyServices(config);
     this.events.add({ kind: "config", message: `Config reloaded: ${config.services.length} services` });
     this.#changed();
   }
@@ -163,8 +213,10 @@ export class ClusterModel {
   setOperatorState(service: string, backend: string, state: OperatorState): BackendRuntime {
     const runtime = this.#backend(service, backend);
     if (runtime.operatorState !== state) {
-      runtime.operatorState = state;
-      this.#update([this.#services.get(service) as ServiceRuntime]);
+      this.#transition(
+        [this.#services.get(service) as ServiceRuntime],
+        new Map([[runtime, { operatorState: state }]]),
+      );
     }
     return runtime;
   }
@@ -172,15 +224,17 @@ export class ClusterModel {
   setHealth(service: string, backend: string, health: Health): void {
     const runtime = this.#backend(service, backend);
     if (runtime.health === health) return;
-    runtime.health = health;
-    runtime.checks = { successes: 0, failures: 0 };
-    this.#update([this.#services.get(service) as ServiceRuntime]);
+    this.#transition(
+      [this.#services.get(service) as ServiceRuntime],
+      new Map([[runtime, { health, checks: { successes: 0, failures: 0 } }]]),
+    );
   }
 
   /**
    * Applies feedback reports in order, all or none: an unknown service or backend throws an
-   * `UnknownError` before anything changes. Tables are rebuilt once per service touched. Returns each
-   * reported backend once, in the order first reported, with its new effective weight.
+   * `UnknownError`, and a report whose record or effective weight would not be a finite number in bounds
+   * a `RejectedReportError` naming it, before anything changes. Tables are rebuilt once per service
+   * touched. Returns each reported backend once, in the order first reported, with its new effective weight.
    */
   applyFeedback(reports: readonly Report[]): FeedbackOutcome[] {
     const targets = reports.map((report) => ({
@@ -188,22 +242,50 @@ export class ClusterModel {
       backend: this.#backend(report.service, report.backend),
     }));
     const now = this.#now();
+    // Each report sees the records of the reports before it, as if they had been applied one by one.
+    const staged = new Map<BackendRuntime, BackendChange>();
+    const feedbackOf = (backend: BackendRuntime) => staged.get(backend)?.feedback ?? backend.feedback;
     const touched = new Set<ServiceRuntime>();
-    for (const { report, backend } of targets) {
+    targets.forEach(({ report, backend }, index) => {
       const service = this.#services.get(report.service) as ServiceRuntime;
-      backend.feedback = applyReport(report, {
-        configured: backend.config.weight,
-        current: backend.feedback,
-        peers: service.backends.filter((peer) => peer !== backend && peer.config.weight > 0).map((peer) => ({
-          configured: peer.config.weight,
-          raw: liveRaw(peer.feedback, now),
-        })),
-        settings: service.config.feedback,
-        now,
-      });
+      let record: FeedbackRecord;
+      try {
+        record = applyReport(report, {
+          configured: backend.config.weight,
+          current: feedbackOf(backend),
+          peers: service.backends.filter((peer) => peer !== backend && peer.config.weight > 0).map((
+            peer,
+          ) => ({
+            configured: peer.config.weight,
+            raw: liveRaw(feedbackOf(peer), now),
+          })),
+          settings: service.config.feedback,
+          now,
+        });
+      } catch (error) {
+        if (error instanceof ReportError) throw new RejectedReportError(error.message, index, error.path);
+        throw error;
+      }
+      staged.set(backend, { feedback: record });
       touched.add(service);
+    });
+    try {
+      this.#transition([...touched], staged, { feedbackChanged: true });
+    } catch (error) {
+      if (!(error instanceof RangeError)) throw error;
+      // The last report of the backend that could not be given a valid weight is to blame; for a table that
+      // could not be built, the last report.
+      const backend = error instanceof WeightError ? error.backend : null;
+      const found = targets.findLastIndex((target) => target.backend === backend);
+      const index = found < 0 ? targets.length - 1 : found;
+      const report = targets[index]!.report;
+      const field = report.weight !== undefined
+        ? "weight"
+        : report.load !== undefined
+        ? "utilization"
+        : "state";
+      throw new RejectedReportError(error.message, index, field);
     }
-    this.#update([...touched], { feedbackChanged: true });
     const outcomes = new Map<BackendRuntime, FeedbackOutcome>();
     for (const { report, backend } of targets) {
       this.feedbackReports.set(report.service, (this.feedbackReports.get(report.service) ?? 0) + 1);
@@ -226,14 +308,28 @@ export class ClusterModel {
     return [...outcomes.values()];
   }
 
-  /** Takes the outcome of one active check of a backend (from the health checker). */
+  /**
+   * Takes the outcome of one active check of a backend (from the health checker). Throws a `RangeError`,
+   * with nothing changed, for an agent-check share that is not a number from 0 to 100.
+   */
   recordCheck(service: string, backend: string, result: CheckResult): void {
     const runtime = this.#backend(service, backend);
+    const share = result.agent?.share;
+    if (share !== undefined && !(share >= 0 && share <= 100)) {
+      throw new RangeError(`Expected an agent-check share from 0 to 100 %, got ${share}`);
+    }
     const serviceRuntime = this.#services.get(service) as ServiceRuntime;
-    runtime.lastCheck = { at: this.#now(), ok: result.ok, detail: result.detail };
-    if (result.agent) runtime.agentCheck = result.agent;
-    this.#track(serviceRuntime, runtime, { ok: result.ok }, result.detail);
-    this.#update([serviceRuntime]);
+    const track = this.#track(serviceRuntime, runtime, { ok: result.ok });
+    const before = runtime.health;
+    this.#transition(
+      [serviceRuntime],
+      new Map([[runtime, {
+        ...track,
+        lastCheck: { at: this.#now(), ok: result.ok, detail: result.detail },
+        ...(result.agent ? { agentCheck: result.agent } : {}),
+      }]]),
+    );
+    this.#announceHealth(serviceRuntime, runtime, before, result.detail);
   }
 
   /**
@@ -246,22 +342,33 @@ export class ClusterModel {
     failures: ReadonlyArray<{ service: string; backend: string; count: number }>,
   ): void {
     const touched = new Set<ServiceRuntime>();
+    const staged = new Map<BackendRuntime, BackendChange>();
+    const seen = new Map<BackendRuntime, { service: ServiceRuntime; before: Health; detail: string }>();
+    const counted: Array<{ service: string; backend: string; count: number }> = [];
     for (const { service, backend, count } of failures) {
       const serviceRuntime = this.#services.get(service);
       const runtime = serviceRuntime?.backends.find((b) => b.config.id === backend);
-      if (!serviceRuntime || !runtime || count <= 0) continue;
-      let counts = this.connectFailures.get(service);
-      if (!counts) this.connectFailures.set(service, counts = new Map());
-      counts.set(backend, (counts.get(backend) ?? 0) + count);
-      this.#track(
-        serviceRuntime,
-        runtime,
-        { ok: false, count },
-        `${count} connect failures seen by ${agent}`,
-      );
+      if (!serviceRuntime || !runtime || !(count > 0 && Number.isSafeInteger(count))) continue;
+      const view = { ...runtime, ...staged.get(runtime) };
+      staged.set(runtime, this.#track(serviceRuntime, view, { ok: false, count }));
+      const detail = `${count} connect failures seen by ${agent}`;
+      seen.set(runtime, {
+        service: serviceRuntime,
+        before: seen.get(runtime)?.before ?? runtime.health,
+        detail,
+      });
+      counted.push({ service, backend, count });
       touched.add(serviceRuntime);
     }
-    this.#update([...touched]);
+    this.#transition([...touched], staged);
+    for (const { service, backend, count } of counted) {
+      let counts = this.connectFailures.get(service);
+      if (!counts) this.connectFailures.set(service, counts = new Map());
+      counts.set(backend, Math.min(Number.MAX_SAFE_INTEGER, (counts.get(backend) ?? 0) + count));
+    }
+    for (const [backend, { service, before, detail }] of seen) {
+      this.#announceHealth(service, backend, before, detail);
+    }
   }
 
   /** Replaces one agent's report of its open connections per backend. */
@@ -281,7 +388,11 @@ export class ClusterModel {
 
   /** The state pushed to every agent. */
   snapshot(): ClusterState {
-    const services: ServiceSpec[] = this.services().map((service) => {
+    return this.#snapshotOf(this.#config, [...this.#services.values()]);
+  }
+
+  #snapshotOf(config: Config, runtimes: readonly ServiceRuntime[]): ClusterState {
+    const services: ServiceSpec[] = runtimes.map((service) => {
       const { config } = service;
       return {
         name: config.name,
@@ -307,13 +418,11 @@ export class ClusterModel {
       version: this.#version,
       epoch: this.#epoch,
       seed: this.#seed,
-      heartbeatMs: this.#config.agents.heartbeatMs,
+      heartbeatMs: config.agents.heartbeatMs,
       services,
       agents: this.#agents.map((agent) => ({ id: agent.id, mesh: agent.mesh })),
       // With manager.tls, the agents' mesh ports speak TLS with the manager's certificate.
-      meshTls: this.#config.manager.tls
-        ? { cert: this.#config.manager.tls.cert, key: this.#config.manager.tls.key }
-        : null,
+      meshTls: config.manager.tls ? { cert: config.manager.tls.cert, key: config.manager.tls.key } : null,
     };
   }
 
@@ -325,11 +434,18 @@ export class ClusterModel {
     return found;
   }
 
-  #applyServices(configs: readonly ServiceConfig[]): void {
+  /**
+   * Makes `config` the one in force: every service's runtime, effective weights and table are computed
+   * first, and the state agents would get is encoded once to check that it fits in a frame; only then is
+   * anything replaced.
+   */
+  #applyServices(config: Config): void {
+    const now = this.#now();
     const next = new Map<string, ServiceRuntime>();
-    for (const config of configs) {
-      const previous = this.#services.get(config.name);
-      const backends = config.backends.map((backendConfig): BackendRuntime => {
+    const plans: ServicePlan[] = [];
+    for (const serviceConfig of config.services) {
+      const previous = this.#services.get(serviceConfig.name);
+      const backends = serviceConfig.backends.map((backendConfig): BackendRuntime => {
         const old = previous?.backends.find((b) => b.config.id === backendConfig.id);
         return {
           config: backendConfig,
@@ -337,7 +453,7 @@ export class ClusterModel {
           health: old?.health ?? "unknown",
           checks: old?.checks ?? { successes: 0, failures: 0 },
           lastCheck: old?.lastCheck ?? null,
-          agentCheck: config.health.kind === "agent-check" ? old?.agentCheck ?? null : null,
+          agentCheck: serviceConfig.health.kind === "agent-check" ? old?.agentCheck ?? null : null,
           feedback: old?.feedback ?? null,
           effectiveWeight: 0,
           state: "up",
@@ -345,44 +461,62 @@ export class ClusterModel {
         };
       });
       const runtime: ServiceRuntime = {
-        config,
+        config: serviceConfig,
         backends,
         table: previous?.table ?? new Uint16Array(0),
         tableIds: previous?.tableIds ?? [],
         lastSlotsMoved: 0,
         totalSlotsMoved: previous?.totalSlotsMoved ?? 0,
       };
-      this.#rebuild(runtime, { force: true });
-      next.set(config.name, runtime);
+      plans.push(this.#plan(runtime, now, new Map(), { force: true }));
+      next.set(serviceConfig.name, runtime);
     }
+    const events: NewEvent[] = [];
+    for (const plan of plans) this.#commit(plan, now, events);
+    try {
+      encodeFrame({ type: "state", state: this.#snapshotOf(config, [...next.values()]) });
+    } catch (error) {
+      if (!(error instanceof ProtocolError)) throw error;
+      throw new RangeError(
+        `Cannot take a config of ${config.services.length} services: the state agents need would not fit ` +
+          `in one frame (${error.message})`,
+      );
+    }
+    this.#config = config;
     this.#services = next;
+    for (const event of events) this.events.add(event);
     this.#scheduleExpiry();
   }
 
-  /** Moves a backend's health track by one outcome, and logs when its health changes. */
+  /**
+   * A backend's health track after one more outcome: the fields a transition changes. Pure; the change
+   * of health is announced by `#announceHealth` once the transition is committed.
+   */
   #track(
     service: ServiceRuntime,
-    backend: BackendRuntime,
+    backend: Pick<BackendRuntime, "health" | "checks">,
     outcome: { ok: boolean; count?: number },
-    detail: string,
-  ): void {
+  ): BackendChange {
     const { rise, fall } = service.config.health;
-    const before = backend.health;
-    const next = nextHealth({ health: before, ...backend.checks }, outcome, { rise, fall });
-    backend.health = next.health;
-    backend.checks = { successes: next.successes, failures: next.failures };
-    if (before === next.health) return;
+    const next = nextHealth({ health: backend.health, ...backend.checks }, outcome, { rise, fall });
+    return { health: next.health, checks: { successes: next.successes, failures: next.failures } };
+  }
+
+  /** Logs and records a backend's change of health from `before`, if it changed. */
+  #announceHealth(service: ServiceRuntime, backend: BackendRuntime, before: Health, detail: string): void {
+    if (before === backend.health) return;
+    const { rise, fall } = service.config.health;
     const fields = { service: service.config.name, backend: backend.config.id, detail, rise, fall };
     this.events.add({
       kind: "health",
-      severity: next.health === "down" ? "warning" : "info",
+      severity: backend.health === "down" ? "warning" : "info",
       service: fields.service,
       backend: fields.backend,
-      message: next.health === "down"
+      message: backend.health === "down"
         ? `Backend ${fields.backend} of ${fields.service} is down after ${fall} failed checks: ${detail}`
         : `Backend ${fields.backend} of ${fields.service} is healthy after ${rise} passed checks`,
     });
-    if (next.health === "down") {
+    if (backend.health === "down") {
       log.warn(
         "Backend {backend} of {service} is down after {fall} failed checks in a row: {detail}",
         fields,
@@ -393,41 +527,97 @@ export class ClusterModel {
   }
 
   /**
-   * Drops expired feedback, rebuilds the tables of `services`, and tells listeners if any changed; re-arms
-   * the expiry timer when feedback records were added or dropped.
+   * Validates, then commits, one transition: `changes` to some backends of `services`, and expired
+   * feedback dropped. Computes every touched service's effective weights and table first; only when all
+   * are valid are the changes and the tables applied. Tells listeners when anything agents see changed,
+   * and re-arms the expiry timer when feedback records were added or dropped. Throws a `RangeError` (a
+   * `WeightError` for a weight out of bounds) with nothing changed.
    */
-  #update(services: readonly ServiceRuntime[], options: { feedbackChanged?: boolean } = {}): void {
+  #transition(
+    services: readonly ServiceRuntime[],
+    changes: Map<BackendRuntime, BackendChange>,
+    options: { feedbackChanged?: boolean } = {},
+  ): void {
     const now = this.#now();
-    let changed = false;
     let feedbackChanged = options.feedbackChanged === true;
     for (const service of services) {
       for (const backend of service.backends) {
-        if (backend.feedback !== null && !isLive(backend.feedback, now)) {
-          backend.feedback = null;
+        const change = changes.get(backend);
+        const feedback = change !== undefined && "feedback" in change ? change.feedback : backend.feedback;
+        if (feedback !== null && feedback !== undefined && !isLive(feedback, now)) {
+          changes.set(backend, { ...change, feedback: null });
           feedbackChanged = true;
         }
       }
-      if (this.#rebuild(service)) changed = true;
     }
+    const plans = services.map((service) => this.#plan(service, now, changes));
+    // Everything is valid: from here on nothing throws.
+    for (const [backend, change] of changes) Object.assign(backend, change);
+    let changed = false;
+    const events: NewEvent[] = [];
+    for (const plan of plans) {
+      if (this.#commit(plan, now, events)) changed = true;
+    }
+    for (const event of events) this.events.add(event);
     if (feedbackChanged) this.#scheduleExpiry();
     if (changed) this.#changed();
   }
 
   /**
-   * Recomputes the service's effective weights and states; rebuilds its table when any changed (or when
-   * `force`d). Returns whether anything agents see changed.
+   * The effective weights and states of `service`'s backends with `changes` applied, and its new table
+   * when any of them changed (or when `force`d). Changes nothing; throws a `WeightError` for a weight that
+   * is not a finite number from 0 to `MAX_EFFECTIVE_WEIGHT`, and a `RangeError` when the table cannot be
+   * built.
    */
-  #rebuild(service: ServiceRuntime, options: { force?: boolean } = {}): boolean {
-    const now = this.#now();
+  #plan(
+    service: ServiceRuntime,
+    now: number,
+    changes: ReadonlyMap<BackendRuntime, BackendChange>,
+    options: { force?: boolean } = {},
+  ): ServicePlan {
     let changed = options.force === true;
+    const states: BackendState[] = [];
+    const weights: number[] = [];
     for (const backend of service.backends) {
-      const state = stateOf(backend, now);
-      const weight = state === "up" ? weightOf(backend, now) : 0;
+      const view: BackendView = { ...backend, ...changes.get(backend) };
+      const state = stateOf(view, now);
+      const weight = state === "up" ? weightOf(view, now) : 0;
+      if (!(weight >= 0 && weight <= MAX_EFFECTIVE_WEIGHT)) {
+        throw new WeightError(
+          `Cannot give backend ${backend.config.id} of ${service.config.name} the weight ${weight}: ` +
+            `a weight is a number from 0 to ${MAX_EFFECTIVE_WEIGHT}`,
+          backend,
+        );
+      }
       if (state !== backend.state || weight !== backend.effectiveWeight) changed = true;
+      states.push(state);
+      weights.push(weight);
+    }
+    if (!changed) return { service, states, weights, table: null };
+    const entries = service.backends.map((backend, index) => ({
+      id: backend.config.id,
+      weight: weights[index]!,
+    }));
+    const slots = buildTable(entries, { size: this.#tableSize });
+    const ids = entries.map((entry) => entry.id);
+    const moved = service.table.length === slots.length
+      ? slotsMoved(service.table, service.tableIds, slots, ids)
+      : 0;
+    return { service, states, weights, table: { slots, ids, moved } };
+  }
+
+  /**
+   * Applies a plan's weights, states and table, and adds the events of the states that changed to
+   * `events`; returns whether anything agents see changed.
+   */
+  #commit(plan: ServicePlan, now: number, events: NewEvent[]): boolean {
+    const { service } = plan;
+    service.backends.forEach((backend, index) => {
+      const state = plan.states[index]!;
       if (state !== backend.state) {
         const shown = state === "draining" ? "drain" : state;
         const reason = state === "up" ? "" : ` (${reasonOf(backend, now)})`;
-        this.events.add({
+        events.push({
           kind: "state",
           severity: state === "down" ? "warning" : "info",
           service: service.config.name,
@@ -436,22 +626,13 @@ export class ClusterModel {
         });
       }
       backend.state = state;
-      backend.effectiveWeight = weight;
-    }
-    if (!changed) return false;
-    const entries = service.backends.map((backend) => ({
-      id: backend.config.id,
-      weight: backend.effectiveWeight,
-    }));
-    const table = buildTable(entries);
-    const ids = entries.map((entry) => entry.id);
-    const moved = service.table.length === table.length
-      ? slotsMoved(service.table, service.tableIds, table, ids)
-      : 0;
-    service.table = table;
-    service.tableIds = ids;
-    service.lastSlotsMoved = moved;
-    service.totalSlotsMoved += moved;
+      backend.effectiveWeight = plan.weights[index]!;
+    });
+    if (plan.table === null) return false;
+    service.table = plan.table.slots;
+    service.tableIds = plan.table.ids;
+    service.lastSlotsMoved = plan.table.moved;
+    service.totalSlotsMoved += plan.table.moved;
     return true;
   }
 
@@ -473,20 +654,39 @@ export class ClusterModel {
     this.#expiryTimer = setTimeout(() => {
       this.#expiryTimer = undefined;
       this.#expiryAt = Infinity;
-      this.#expire();
+      const expired = guard("feedback_expiry", () => {
+        this.#expire();
+        return true;
+      });
+      // A failed turn changed nothing; the next one tries again a little later.
+      if (expired === undefined && !this.#closed) {
+        this.#expiryAt = this.#now() + STATE_DEFAULTS.expiryRetryMs;
+        this.#expiryTimer = setTimeout(() => this.#retryExpiry(), STATE_DEFAULTS.expiryRetryMs);
+      }
     }, Math.ceil(delay));
+  }
+
+  #retryExpiry(): void {
+    this.#expiryTimer = undefined;
+    this.#expiryAt = Infinity;
+    this.#scheduleExpiry();
   }
 
   #expire(): void {
     const now = this.#now();
     const expired: ServiceRuntime[] = [];
+    const changes = new Map<BackendRuntime, BackendChange>();
     for (const service of this.#services.values()) {
       const due = service.backends.filter((backend) =>
         backend.feedback !== null && !isLive(backend.feedback, now)
       );
       if (due.length === 0) continue;
       expired.push(service);
-      for (const backend of due) {
+      for (const backend of due) changes.set(backend, { feedback: null });
+    }
+    this.#transition(expired, changes, { feedbackChanged: true });
+    for (const service of expired) {
+      for (const backend of service.backends.filter((b) => changes.has(b))) {
         this.events.forgetFeedback(service.config.name, backend.config.id);
         this.events.add({
           kind: "feedback",
@@ -502,18 +702,37 @@ export class ClusterModel {
         });
       }
     }
-    this.#update(expired, { feedbackChanged: true });
   }
 
   #changed(): void {
     this.#version++;
-    for (const listener of this.#listeners) listener();
+    // The change is made: a listener that fails is its own error, not the transition's.
+    for (const listener of this.#listeners) guard("state_listener", listener);
   }
 }
 
 /** A service or backend name that is not configured. */
 export class UnknownError extends Error {
   override readonly name = "UnknownError";
+}
+
+/**
+ * A feedback report the model refused: its record or the effective weight it leads to would not be a
+ * finite number in bounds. `index` is its place in the request, `field` the field to blame.
+ */
+export class RejectedReportError extends Error {
+  override readonly name = "RejectedReportError";
+  constructor(message: string, readonly index: number, readonly field: string) {
+    super(message);
+  }
+}
+
+/** A transition that would give `backend` an effective weight out of bounds; nothing was changed. */
+class WeightError extends RangeError {
+  override readonly name = "WeightError";
+  constructor(message: string, readonly backend: BackendRuntime) {
+    super(message);
+  }
 }
 
 /** What a backend is worth in new decisions, as of its service's last rebuild. */
@@ -527,7 +746,7 @@ export function backendState(backend: BackendRuntime): BackendState {
 }
 
 /** The state that follows at `now` from health, feedback, agent-check and operator. */
-function stateOf(backend: BackendRuntime, now: number): BackendState {
+function stateOf(backend: BackendView, now: number): BackendState {
   const reported = feedbackState(backend.feedback, now);
   const agent = backend.agentCheck?.admin ?? "ready";
   if (backend.health === "down" || reported === "down" || agent === "maint") return "down";
@@ -560,7 +779,7 @@ function describeReport(report: Report): string {
 }
 
 /** The weight of an `up` backend at `now`: feedback (or configured) × agent-check share, to 0.01. */
-function weightOf(backend: BackendRuntime, now: number): number {
+function weightOf(backend: BackendView, now: number): number {
   if (backend.config.weight === 0) return 0;
   const share = backend.agentCheck?.share ?? 100;
   const weight = (feedbackWeight(backend.feedback, backend.config.weight, now) * share) / 100;

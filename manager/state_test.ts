@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
 import { DEFAULT_TABLE_SIZE, NO_BACKEND } from "../cluster/maglev.ts";
-import type { Report } from "../feedback/mod.ts";
+import { parseReports, type Report } from "../feedback/mod.ts";
+import { anyDouble, check, fc } from "../tests/_property.ts";
 import { type Config, parseConfig } from "./config.ts";
-import { ClusterModel, type ServiceRuntime, UnknownError } from "./state.ts";
+import { ClusterModel, RejectedReportError, type ServiceRuntime, UnknownError } from "./state.ts";
 
 const A = "10.0.0.11:80";
 const B = "10.0.0.12:80";
@@ -20,11 +21,14 @@ function service(name: string, port: number, extra: Record<string, unknown> = {}
 }
 
 /** A model on a clock the test moves. */
-function modelOf(config: Config) {
+function modelOf(config: Config, options: { tableSize?: number } = {}) {
   const clock = { now: 0 };
-  const model = new ClusterModel(config, { seed: 1, now: () => clock.now });
+  const model = new ClusterModel(config, { seed: 1, now: () => clock.now, ...options });
   return { model, clock };
 }
+
+/** Tables of the properties: a prime small enough to build thousands of them quickly. */
+const SMALL_TABLE = 251;
 
 function weights(runtime: ServiceRuntime | undefined): Record<string, number> {
   assert.ok(runtime);
@@ -278,4 +282,283 @@ Deno.test("a weight change moves close to the fewest table slots it can, and the
   assert.equal(runtime().totalSlotsMoved, moves.reduce((a, b) => a + b, 0));
   start.close();
   model.close();
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// Properties: any sequence of transitions, with any doubles in them
+
+const C = "10.0.0.13:80";
+const GONE = "10.0.0.99:80";
+
+/** Two services: web (three backends of weights 0 to 10000) and api, checked with agent-check. */
+function propertyConfig(weights: readonly number[]): Config {
+  return configOf([
+    service("web", 8080, {
+      backends: [A, B, C].map((address, i) => ({ address, weight: weights[i] ?? 100 })),
+      feedback: { smoothing: 0.3, max_step: 0.5 },
+    }),
+    service("api", 8081, { health: { kind: "agent-check", port: 9000 } }),
+  ]);
+}
+
+const anyReportFor = fc.record({
+  service: fc.constantFrom("web", "api", "web", "nope"),
+  backend: fc.constantFrom(A, B, C, A, GONE),
+  weight: anyDouble(),
+  load: fc.record({ utilization: anyDouble(), qps: anyDouble(), eps: anyDouble() }, {
+    requiredKeys: ["utilization"],
+  }),
+  state: fc.constantFrom("up" as const, "drain" as const, "down" as const),
+  ttlMs: anyDouble(),
+}, { requiredKeys: ["service", "backend"] }) as fc.Arbitrary<Report>;
+
+type Step =
+  | { kind: "feedback"; reports: Report[] }
+  | { kind: "check"; service: string; backend: string; ok: boolean; share: number | null }
+  | { kind: "failures"; service: string; backend: string; count: number }
+  | { kind: "operator"; service: string; backend: string; state: "up" | "drain" }
+  | { kind: "clock"; ms: number }
+  | { kind: "reload"; weights: number[] };
+
+const anyStep: fc.Arbitrary<Step> = fc.oneof(
+  {
+    weight: 5,
+    arbitrary: fc.record({
+      kind: fc.constant("feedback" as const),
+      reports: fc.array(anyReportFor, { minLength: 1, maxLength: 4 }),
+    }),
+  },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      kind: fc.constant("check" as const),
+      service: fc.constantFrom("web", "api"),
+      backend: fc.constantFrom(A, B, C),
+      ok: fc.boolean(),
+      share: fc.option(fc.oneof(fc.integer({ min: 0, max: 100 }), anyDouble()), { nil: null }),
+    }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant("failures" as const),
+      service: fc.constantFrom("web", "api", "nope"),
+      backend: fc.constantFrom(A, B, GONE),
+      count: fc.oneof(fc.integer({ min: 0, max: 5 }), anyDouble()),
+    }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant("operator" as const),
+      service: fc.constantFrom("web", "api", "nope"),
+      backend: fc.constantFrom(A, B, GONE),
+      state: fc.constantFrom("up" as const, "drain" as const),
+    }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({ kind: fc.constant("clock" as const), ms: fc.integer({ min: 0, max: 40_000 }) }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant("reload" as const),
+      weights: fc.array(fc.integer({ min: 0, max: 10_000 }), { minLength: 3, maxLength: 3 }),
+    }),
+  },
+);
+
+/** Everything a transition may change, with tables by identity (a rebuilt table is a new array). */
+function modelView(model: ClusterModel) {
+  return {
+    version: model.version,
+    reports: [...model.feedbackReports],
+    failures: [...model.connectFailures].map(([service, counts]) => [service, [...counts]]),
+    services: model.services().map((service) => ({
+      name: service.config.name,
+      table: service.table,
+      tableIds: [...service.tableIds],
+      totalSlotsMoved: service.totalSlotsMoved,
+      backends: service.backends.map((backend) => ({
+        id: backend.config.id,
+        weight: backend.config.weight,
+        operatorState: backend.operatorState,
+        health: backend.health,
+        checks: { ...backend.checks },
+        lastCheck: backend.lastCheck,
+        agentCheck: backend.agentCheck,
+        feedback: backend.feedback,
+        effectiveWeight: backend.effectiveWeight,
+        state: backend.state,
+      })),
+    })),
+  };
+}
+
+/** Every effective weight finite and within bounds, and every table slot held by a backend that has weight. */
+function assertSound(model: ClusterModel): void {
+  for (const service of model.services()) {
+    const weightsNow = service.backends.map((backend) => backend.effectiveWeight);
+    for (const weight of weightsNow) {
+      assert.ok(
+        Number.isFinite(weight) && weight >= 0 && weight <= 10 * 10_000,
+        `effective weight ${weight}`,
+      );
+    }
+    const held = new Set<number>(service.table);
+    assert.equal(service.table.length, SMALL_TABLE);
+    for (const index of held) {
+      assert.ok(
+        index === NO_BACKEND || (weightsNow[index] ?? 0) > 0,
+        `slot of backend ${index} without weight`,
+      );
+    }
+    assert.equal(held.has(NO_BACKEND), weightsNow.every((w) => w === 0), "a table with a hole, or all holes");
+  }
+}
+
+Deno.test("property: any sequence of transitions keeps every weight finite and every table sound; a refused one changes nothing", () => {
+  check(
+    fc.property(
+      fc.array(fc.integer({ min: 0, max: 10_000 }), { minLength: 3, maxLength: 3 }),
+      fc.array(anyStep, { minLength: 1, maxLength: 12 }),
+      (initial, steps) => {
+        const { model, clock } = modelOf(propertyConfig(initial), { tableSize: SMALL_TABLE });
+        try {
+          for (const step of steps) {
+            const before = modelView(model);
+            try {
+              switch (step.kind) {
+                case "feedback":
+                  model.applyFeedback(step.reports);
+                  break;
+                case "check": {
+                  const agent = step.share === null ? {} : {
+                    agent: {
+                      operational: "up" as const,
+                      admin: "ready" as const,
+                      share: step.share,
+                      description: "",
+                      ignored: [],
+                    },
+                  };
+                  model.recordCheck(step.service, step.backend, { ok: step.ok, detail: "checked", ...agent });
+                  break;
+                }
+                case "failures":
+                  model.reportConnectFailures("agent-1", [{
+                    service: step.service,
+                    backend: step.backend,
+                    count: step.count,
+                  }]);
+                  break;
+                case "operator":
+                  model.setOperatorState(step.service, step.backend, step.state);
+                  break;
+                case "clock":
+                  clock.now += step.ms;
+                  break;
+                case "reload":
+                  model.reload(propertyConfig(step.weights));
+                  break;
+              }
+            } catch (error) {
+              assert.ok(
+                error instanceof UnknownError || error instanceof RejectedReportError ||
+                  error instanceof RangeError,
+                `unexpected ${error}`,
+              );
+              assert.deepStrictEqual(
+                modelView(model),
+                before,
+                `${step.kind} was refused but changed the model`,
+              );
+            }
+            assertSound(model);
+          }
+        } finally {
+          model.close();
+        }
+      },
+    ),
+    500,
+  );
+});
+
+Deno.test("property: a feedback report the model takes from parseReport is never refused for its numbers", () => {
+  // Through the edge, every number is in range: only unknown names may be refused, and all weights stay sound.
+  check(
+    fc.property(fc.array(anyReportFor, { minLength: 1, maxLength: 6 }), (reports) => {
+      const { model } = modelOf(propertyConfig([100, 1, 10_000]), { tableSize: SMALL_TABLE });
+      try {
+        const body = reports.map(({ load, ttlMs, ...rest }) => ({
+          ...rest,
+          ...(load ?? {}),
+          ...(ttlMs === undefined ? {} : { ttl: `${ttlMs}ms` }),
+        }));
+        let parsed: Report[];
+        try {
+          parsed = parseReports(body);
+        } catch {
+          return;
+        }
+        try {
+          model.applyFeedback(parsed);
+        } catch (error) {
+          assert.ok(error instanceof UnknownError, `refused ${JSON.stringify(body)}: ${error}`);
+        }
+        assertSound(model);
+      } finally {
+        model.close();
+      }
+    }),
+    1_000,
+  );
+});
+
+Deno.test("the reports of issue 20 are taken with finite weights, and the next rebuild builds its table", () => {
+  const { model } = modelOf(configOf([service("web", 8080)]), { tableSize: SMALL_TABLE });
+  try {
+    model.applyFeedback([report({ backend: A, load: { utilization: 1e-320 } })]);
+    model.applyFeedback([report({ backend: B, load: { utilization: 0.5, qps: 1e308 } })]);
+    model.applyFeedback([report({ backend: A, load: { utilization: 0.5, qps: 1e308, eps: 1e308 } })]);
+    assertSound(model);
+    // What killed the manager: the health checker's next check rebuilds the table from these weights.
+    model.recordCheck("web", A, { ok: true, detail: "connected" });
+    assertSound(model);
+    assert.ok(weights(model.service("web"))[A]! > 0 && weights(model.service("web"))[B]! > 0);
+  } finally {
+    model.close();
+  }
+});
+
+Deno.test("a report the model refuses names its place and field, and changes nothing", () => {
+  const { model } = modelOf(configOf([service("web", 8080)]), { tableSize: SMALL_TABLE });
+  try {
+    const before = modelView(model);
+    assert.throws(
+      () => model.applyFeedback([report({ backend: A, weight: 50 }), report({ backend: B, weight: NaN })]),
+      (error: unknown) =>
+        error instanceof RejectedReportError && error.index === 1 && error.field === "weight",
+    );
+    assert.throws(
+      () => model.applyFeedback([report({ backend: A, load: { utilization: 0.5, qps: Infinity } })]),
+      (error: unknown) => error instanceof RejectedReportError && error.index === 0 && error.field === "qps",
+    );
+    assert.deepStrictEqual(modelView(model), before);
+    // An agent-check share that is not a number is refused by the model too: nothing changes.
+    assert.throws(
+      () =>
+        model.recordCheck("web", A, {
+          ok: true,
+          detail: "x",
+          agent: { operational: "up", admin: "ready", share: NaN, description: "", ignored: [] },
+        }),
+      RangeError,
+    );
+    assert.deepStrictEqual(modelView(model), before);
+  } finally {
+    model.close();
+  }
 });

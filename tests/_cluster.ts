@@ -34,6 +34,8 @@ export async function startTestCluster(
     cluster?: string;
     heartbeat?: string;
     agentArgs?: (id: string, dir: string) => string[];
+    /** `manager.tokens.feedback`: tokens that may report for the services named. */
+    feedbackTokens?: Array<{ token: string; services: string[] }>;
     /** PEM text for manager.tls (written to the cluster's folder); the API is then called over https. */
     tls?: { cert: string; key: string; ca: string };
   },
@@ -51,7 +53,11 @@ export async function startTestCluster(
     manager: {
       admin: "127.0.0.1:0",
       cluster: options.cluster ?? "127.0.0.1:0",
-      tokens: { admin: ADMIN_TOKEN, cluster: { file: "cluster.token" } },
+      tokens: {
+        admin: ADMIN_TOKEN,
+        cluster: { file: "cluster.token" },
+        ...(options.feedbackTokens ? { feedback: options.feedbackTokens } : {}),
+      },
       ...(options.tls ? { tls: { cert: "cert.pem", key: "key.pem" } } : {}),
     },
     agents: { heartbeat: options.heartbeat ?? "200ms" },

@@ -1,6 +1,6 @@
 /** The command line as a user meets it: help, exit codes, environment variables and `check`. */
 import assert from "node:assert/strict";
-import { run } from "./_helpers.ts";
+import { type Proc, run, startManagerProcess } from "./_helpers.ts";
 
 Deno.test("switchyard --help and each sub-command's --help exit 0 and name their flags", async () => {
   const top = await run(["--help"]);
@@ -142,4 +142,59 @@ Deno.test("switchyard version prints the version and Deno's", async () => {
   assert.equal(result.code, 0);
   assert.match(result.stdout, /^switchyard \d+\.\d+\.\d+/);
   assert.match(result.stdout, new RegExp(`deno ${Deno.version.deno.replaceAll(".", "\\.")}`));
+});
+
+Deno.test("a config whose state cannot fit in a cluster frame is refused by check, at start and on reload, with the running one kept", async () => {
+  const dir = await Deno.makeTempDir();
+  const config = (services: number) =>
+    JSON.stringify({
+      manager: {
+        admin: "127.0.0.1:0",
+        cluster: "127.0.0.1:0",
+        tokens: { admin: "admin-token-0123456789", cluster: "cluster-token-0123456789" },
+      },
+      services: Array.from({ length: services }, (_, i) => ({
+        name: `s${i}`,
+        listen: "127.0.0.1:0",
+        health: { interval: "1h", timeout: "1s" },
+        backends: ["127.0.0.1:9"],
+      })),
+    });
+  // Each service's table of 65,537 slots is about 175 KB of the state: 100 of them pass the 16 MiB a frame has.
+  const tooMany = config(100);
+  let manager: Proc | null = null;
+  try {
+    await Deno.writeTextFile(`${dir}/big.yaml`, tooMany);
+    const checked = await run(["check", "--config", `${dir}/big.yaml`]);
+    assert.equal(checked.code, 2, checked.stdout + checked.stderr);
+    assert.match(
+      checked.stdout,
+      /Cannot take a config of 100 services: the state agents need would not fit in one frame/,
+    );
+    const started = await run(["manager", "--config", `${dir}/big.yaml`]);
+    assert.equal(started.code, 2, started.stderr);
+    assert.match(started.stderr, /would not fit in one frame.*the manager did not start/);
+
+    const running = await startManagerProcess(dir, config(2));
+    manager = running.proc;
+    await Deno.writeTextFile(running.config, tooMany);
+    const reload = await fetch(`http://${running.admin}/v1/reload`, {
+      method: "POST",
+      headers: { authorization: "Bearer admin-token-0123456789" },
+    });
+    const body = await reload.json();
+    assert.equal(reload.status, 400, JSON.stringify(body));
+    assert.match(body.problems.join("\n"), /would not fit in one frame/);
+    const services = await (await fetch(`http://${running.admin}/v1/services`, {
+      headers: { authorization: "Bearer admin-token-0123456789" },
+    })).json();
+    assert.deepEqual(
+      services.services.map((s: { name: string }) => s.name),
+      ["s0", "s1"],
+      "the running config is kept",
+    );
+  } finally {
+    await manager?.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
 });
