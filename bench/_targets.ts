@@ -5,12 +5,15 @@
  * - backends: nginx serving a short HTTP answer (or `_backends.ts http` without nginx), an iperf3 server,
  *   a redis-server, and `_backends.ts echo` holding idle connections;
  * - proxies: HAProxy (`mode tcp`, `nbthread 1`), nginx `stream` (one worker), and switchyard: one manager
- *   and one agent, started as `deno run … main.ts manager|agent`, with every service on port 0 and the
- *   bound ports read from the agent's JSON log.
+ *   and one agent, started as `deno run … main.ts manager|agent` (`--data-path` as asked), with every
+ *   service on port 0 and the bound ports read from the agent's JSON log.
  */
 import { fileURLToPath } from "node:url";
 import { V8_FLAGS } from "../scripts/compile.ts";
 import { freePort, type Proc, type Processes, randomHex, waitForPort } from "./_procs.ts";
+
+/** The agent's `--data-path` values: the epoll relay, or Deno's sockets. */
+export type DataPath = "epoll" | "deno";
 
 /** switchyard's `main.ts` in this checkout; `--main` points the bench at another one. */
 export const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
@@ -419,6 +422,11 @@ export async function startSwitchyard(
     decide: "agent" | "manager";
     maxConnections: number;
     agentAdmin?: boolean;
+    /**
+     * The agents' `--data-path`; without it they take their default (or `SWITCHYARD_DATA_PATH`). With it,
+     * an agent that serves a service on another data path (the epoll relay unavailable) fails the start.
+     */
+    dataPath?: DataPath;
     /** The `main.ts` to run; the one of this checkout by default. */
     main?: string;
     /** V8 flags for both processes; by default those the compiled binary embeds (V8_FLAGS). */
@@ -428,7 +436,9 @@ export async function startSwitchyard(
   },
 ): Promise<Switchyard> {
   const count = options.agents ?? 1;
-  const dir = `${options.dir}/switchyard-${options.decide}-${count}`;
+  const dir = `${options.dir}/switchyard-${options.decide}-${count}${
+    options.dataPath ? `-${options.dataPath}` : ""
+  }`;
   await Deno.mkdir(dir, { recursive: true });
   const tokenFile = `${dir}/cluster.token`;
   await Deno.writeTextFile(tokenFile, `${randomHex(32)}\n`);
@@ -467,10 +477,11 @@ export async function startSwitchyard(
   const admin = String(ready.properties.admin);
 
   const agentAdmin = options.agentAdmin ? `127.0.0.1:${freePort()}` : null;
+  const dataPath = options.dataPath ? `, data path ${options.dataPath}` : "";
   const agents = Array.from(
     { length: count },
     (_, i) =>
-      procs.spawn(`switchyard agent ${i + 1} (decide: ${options.decide})`, Deno.execPath(), [
+      procs.spawn(`switchyard agent ${i + 1} (decide: ${options.decide}${dataPath})`, Deno.execPath(), [
         ...run,
         "agent",
         "--manager",
@@ -482,18 +493,37 @@ export async function startSwitchyard(
         "--log-format",
         "json",
         ...(agentAdmin && i === 0 ? ["--admin", agentAdmin] : []),
+        ...(options.dataPath ? ["--data-path", options.dataPath] : []),
       ], { cwd }),
   );
   const agent = agents[0] as Proc;
   const bound: Record<string, number> = {};
-  for (const each of agents) {
-    for (const [name, port] of Object.entries(options.backends)) {
-      if (port === null || port === undefined) continue;
-      const line = await each.waitForLog((l) =>
-        l.message.startsWith("Service") && l.properties.service === name && l.properties.bound !== undefined
-      );
-      bound[name] = Number(String(line.properties.bound).split(":").pop());
+  try {
+    for (const each of agents) {
+      for (const [name, port] of Object.entries(options.backends)) {
+        if (port === null || port === undefined) continue;
+        const line = await each.waitForLog((l) =>
+          l.message.startsWith("Service") && l.properties.service === name && l.properties.bound !== undefined
+        );
+        bound[name] = Number(String(line.properties.bound).split(":").pop());
+        // A row labelled with one data path must not measure the other (the relay fell back to Deno's
+        // sockets); a checkout that does not log its data path is taken at its word.
+        const served = line.properties.data_path;
+        if (options.dataPath && served !== undefined && served !== options.dataPath) {
+          const why = each.problems.map((problem) => problem.message).join(" | ");
+          throw new Error(
+            `${each.name} serves ${name} through "${served}", not --data-path ${options.dataPath}${
+              why ? `: ${why}` : ""
+            }`,
+          );
+        }
+      }
     }
+  } catch (error) {
+    // Left running, they would share the machine with the targets measured next.
+    await Promise.all(agents.map((each) => procs.stop(each)));
+    await procs.stop(manager);
+    throw error;
   }
   const ports = {
     http: bound.http ?? 0,

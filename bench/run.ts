@@ -2,8 +2,9 @@
  * `deno task bench`: switchyard side by side with HAProxy and nginx `stream`, on loopback, under the same
  * load, in one command. Starts the backends (nginx HTTP, iperf3 server, redis-server, an echo server), then
  * each target in turn — the direct path, HAProxy (`mode tcp`, `nbthread 1`), nginx `stream` (one worker),
- * switchyard with `decide: agent` and with `decide: manager` (one manager and one agent each), and with two
- * agents sharing each port with reusePort (`decide: agent`, `handoff: local`) — and measures:
+ * switchyard on the epoll relay with `decide: agent` and with `decide: manager` (one manager and one agent
+ * each), with two agents sharing each port with reusePort (`decide: agent`, `handoff: local`), and with
+ * `decide: agent` on Deno's sockets (`--data-path deno`) — and measures:
  *
  * - keep-alive requests/s and p50/p99 latency (wrk), new connections/s (wrk, `Connection: close`);
  * - bulk throughput (iperf3, one stream);
@@ -47,6 +48,7 @@ import {
 } from "./_procs.ts";
 import { formatTable, median, type Row } from "./_table.ts";
 import {
+  type DataPath,
   directTarget,
   findNginxStream,
   MAIN,
@@ -113,12 +115,11 @@ interface TargetSpec {
   readonly start: (context: StartContext) => Promise<RunningTarget>;
 }
 
-/** switchyard as a target: one manager and `agents` agents sharing each port. */
+/** switchyard as a target: one manager and `agents` agents sharing each port, on the given data path. */
 function switchyardTarget(
   key: string,
   label: string,
-  decide: "agent" | "manager",
-  agents: number,
+  options: { decide: "agent" | "manager"; agents: number; dataPath: DataPath },
 ): TargetSpec {
   return {
     key,
@@ -129,10 +130,9 @@ function switchyardTarget(
       startSwitchyard(c.procs, {
         dir: c.dir,
         backends: c.backends,
-        decide,
         maxConnections: c.maxConnections,
         main: c.main,
-        agents,
+        ...options,
       }),
   };
 }
@@ -159,9 +159,27 @@ const TARGETS: readonly TargetSpec[] = [
     switchyard: false,
     start: startNginxStream,
   },
-  switchyardTarget("agent", "switchyard decide: agent", "agent", 1),
-  switchyardTarget("manager", "switchyard decide: manager", "manager", 1),
-  switchyardTarget("agents2", "switchyard decide: agent, 2 agents", "agent", 2),
+  switchyardTarget("agent", "switchyard decide: agent (epoll)", {
+    decide: "agent",
+    agents: 1,
+    dataPath: "epoll",
+  }),
+  switchyardTarget("manager", "switchyard decide: manager (epoll)", {
+    decide: "manager",
+    agents: 1,
+    dataPath: "epoll",
+  }),
+  switchyardTarget("agents2", "switchyard decide: agent, 2 agents (epoll)", {
+    decide: "agent",
+    agents: 2,
+    dataPath: "epoll",
+  }),
+  // The data path an agent falls back to (no FFI, another OS) or is asked for keeps its own row.
+  switchyardTarget("sockets", "switchyard decide: agent, Deno's sockets", {
+    decide: "agent",
+    agents: 1,
+    dataPath: "deno",
+  }),
 ];
 
 const USAGE = `Usage: deno task bench [--quick] [--rounds N] [--duration S] [--warmup S] [--iperf-duration S]
