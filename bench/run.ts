@@ -833,9 +833,11 @@ function roundsLine(measured: Measured): string | null {
     list(samples.p99Ms, 2)
   } ms; new conn ${list(samples.newConnectionsPerSecond, 0)}/s; bulk ${
     list(samples.bulkGbitPerSecond, 2)
-  } Gbit/s; redis SET ${list(samples.redisSetRps, 0)}/s, GET ${list(samples.redisGetRps, 0)}/s${
-    pairedLine(measured)
-  }`;
+  } Gbit/s${
+    samples.redisRps.length === 0
+      ? ""
+      : `; redis SET ${list(samples.redisSetRps, 0)}/s, GET ${list(samples.redisGetRps, 0)}/s`
+  }${pairedLine(measured)}`;
 }
 
 /** Each run's ratio to the reference HAProxy's run beside it, for the report; empty without any. */
@@ -849,9 +851,11 @@ function pairedLine({ ratios }: Measured): string {
     values.length === 0 ? "—" : values.map((value) => value.toFixed(2)).join(" / ");
   return `; × HAProxy beside it: keep-alive ${list(ratios.keepAliveRps)}; p99 ${
     list(ratios.p99Ms)
-  }; new conn ${list(ratios.newConnectionsPerSecond)}; bulk ${list(ratios.bulkGbitPerSecond)}; redis ${
-    list(ratios.redisRps)
-  } (SET ${list(ratios.redisSetRps)}, GET ${list(ratios.redisGetRps)})`;
+  }; new conn ${list(ratios.newConnectionsPerSecond)}; bulk ${list(ratios.bulkGbitPerSecond)}${
+    ratios.redisRps.length === 0
+      ? ""
+      : `; redis ${list(ratios.redisRps)} (SET ${list(ratios.redisSetRps)}, GET ${list(ratios.redisGetRps)})`
+  }`;
 }
 
 type Step = (what: string, run: () => Promise<void>) => Promise<void>;
