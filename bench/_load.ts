@@ -1,7 +1,7 @@
 /**
  * The load the bench drives through every target, the same for each: wrk (keep-alive and
- * `Connection: close` HTTP), iperf3 (bulk bytes), and a crowd of idle connections held open. Parsing of
- * the tools' output is pure and tested in `_load_test.ts`.
+ * `Connection: close` HTTP), iperf3 (bulk bytes), redis-benchmark (pipelined SET and GET), and a crowd of
+ * idle connections held open. Parsing of the tools' output is pure and tested in `_load_test.ts`.
  */
 import { runBounded } from "./_procs.ts";
 
@@ -109,6 +109,84 @@ export async function runIperf(iperf3: string, port: number, durationS: number):
   );
   if (result.timedOut) throw new Error(`iperf3 did not finish within ${durationS + 20} s`);
   return parseIperf(result.stdout);
+}
+
+/** What one redis-benchmark run measured: the requests/s of each of its two tests. */
+export interface RedisResult {
+  readonly setPerSecond: number;
+  readonly getPerSecond: number;
+}
+
+/** The mean of a run's SET and GET requests/s: the bench's one redis figure. */
+export function redisMean(result: RedisResult): number {
+  return (result.setPerSecond + result.getPerSecond) / 2;
+}
+
+/**
+ * Parses `redis-benchmark -q -t set,get`'s report: a final `SET: 475059.38 requests per second, p50=1.111
+ * msec` line per test, after progress lines ended by carriage returns. Throws with the tool's own error
+ * line (e.g. `Error: Server closed the connection`) when a test has no final line.
+ */
+export function parseRedisBenchmark(text: string): RedisResult {
+  const rate = (test: string) => {
+    const match = text.match(new RegExp(`^\\s*${test}: ([\\d.]+) requests per second`, "m"));
+    if (match) return Number(match[1]);
+    throw new Error(
+      `Cannot read redis-benchmark's report: no ${test} result in: ${redisProblem(text) || "(no output)"}`,
+    );
+  };
+  return { setPerSecond: rate("SET"), getPerSecond: rate("GET") };
+}
+
+/** The last lines of redis-benchmark's output that are not progress, for an error message. */
+function redisProblem(text: string): string {
+  return text.split(/[\r\n]+/).map((line) => line.trim())
+    .filter((line) => line !== "" && !/^(SET|GET): rps=/.test(line)).slice(-3).join(" | ");
+}
+
+/** Requests each test of a redis-benchmark run needs (`-n`) so that SET and GET together last `seconds`. */
+export function redisRequests(ratePerSecond: number, seconds: number): number {
+  const wanted = ratePerSecond * seconds / 2;
+  return Math.max(REDIS_MIN_REQUESTS, Math.round(wanted / 1_000) * 1_000);
+}
+
+/** The fewest requests a redis-benchmark test is given: its 50 connections, 16 deep, several times over. */
+export const REDIS_MIN_REQUESTS = 10_000;
+
+/**
+ * Runs `redis-benchmark -P 16 -t set,get -q` with `clients` connections (50 by default) against
+ * `127.0.0.1:port`, `requests` per test, bounded in time: redis-benchmark waits for ever when it cannot
+ * connect.
+ */
+export async function runRedisBenchmark(
+  redisBenchmark: string,
+  port: number,
+  options: { requests: number; timeoutS: number; clients?: number },
+): Promise<RedisResult> {
+  const { requests, timeoutS, clients = 50 } = options;
+  const result = await runBounded(redisBenchmark, [
+    "-h",
+    "127.0.0.1",
+    "-p",
+    String(port),
+    "-P",
+    "16",
+    "-t",
+    "set,get",
+    "-n",
+    String(requests),
+    "-c",
+    String(clients),
+    "-q",
+  ], { timeoutMs: timeoutS * 1_000 });
+  const output = `${result.stdout}\n${result.stderr}`;
+  if (result.timedOut) {
+    throw new Error(`redis-benchmark did not finish within ${timeoutS} s: ${redisProblem(output)}`);
+  }
+  if (result.code !== 0) {
+    throw new Error(`redis-benchmark exited with code ${result.code}: ${redisProblem(output)}`);
+  }
+  return parseRedisBenchmark(output);
 }
 
 /** Idle connections held open through a proxy to the echo backend. */

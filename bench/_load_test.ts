@@ -1,5 +1,12 @@
 import assert from "node:assert/strict";
-import { parseIperf, parseWrk } from "./_load.ts";
+import {
+  parseIperf,
+  parseRedisBenchmark,
+  parseWrk,
+  REDIS_MIN_REQUESTS,
+  redisMean,
+  redisRequests,
+} from "./_load.ts";
 
 const WRK_REPORT = `Running 10s test @ http://127.0.0.1:41234/
   1 threads and 50 connections
@@ -52,4 +59,41 @@ Deno.test("parseIperf reads the received rate in Gbit/s and passes iperf3's erro
     /unable to connect to server/,
   );
   assert.throws(() => parseIperf("not json"), /Cannot read iperf3's report/);
+});
+
+// redis-benchmark 7.0's -q output: progress lines ended by "\r", then one final line per test.
+const REDIS_REPORT = " \rSET: rps=0.0 (overall: 0.0) avg_msec=-nan (overall: -nan)\r" +
+  "                                        \rSET: 475059.38 requests per second, p50=1.111 msec\n" +
+  " \rGET: rps=193216.0 (overall: 155257.7) avg_msec=3.689 (overall: 4.300)\r" +
+  "                                        \rGET: 261096.61 requests per second, p50=1.367 msec\n\n";
+
+Deno.test("parseRedisBenchmark reads the final SET and GET rates, not the progress lines", () => {
+  const result = parseRedisBenchmark(REDIS_REPORT);
+  assert.equal(result.setPerSecond, 475059.38);
+  assert.equal(result.getPerSecond, 261096.61);
+  assert.equal(redisMean(result), (475059.38 + 261096.61) / 2);
+  // Older versions end the line after the rate.
+  assert.equal(
+    parseRedisBenchmark("SET: 1000.00 requests per second\nGET: 3000.50 requests per second\n")
+      .getPerSecond,
+    3000.5,
+  );
+});
+
+Deno.test("parseRedisBenchmark names the tool's own error when a test has no result", () => {
+  const broken = REDIS_REPORT.slice(0, REDIS_REPORT.indexOf(" \rGET")) +
+    " \rGET: rps=38012.7 (overall: 86492.8) avg_msec=6.772 (overall: 6.772)\r" +
+    "Error: Server closed the connection\n";
+  assert.throws(
+    () => parseRedisBenchmark(broken),
+    /no GET result in: .*Error: Server closed the connection$/,
+  );
+  assert.throws(() => parseRedisBenchmark(""), /no SET result in: \(no output\)/);
+});
+
+Deno.test("redisRequests sizes each test so that SET and GET together last the given seconds", () => {
+  assert.equal(redisRequests(400_000, 5), 1_000_000);
+  assert.equal(redisRequests(123_456, 3), 185_000);
+  assert.equal(redisRequests(1_000, 5), REDIS_MIN_REQUESTS);
+  assert.equal(redisRequests(0, 5), REDIS_MIN_REQUESTS);
 });

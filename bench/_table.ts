@@ -8,6 +8,8 @@ export interface Row {
   readonly p99Ms: number | null;
   readonly newConnectionsPerSecond: number | null;
   readonly bulkGbitPerSecond: number | null;
+  /** `redis-benchmark -P 16`: the mean of its SET and GET requests/s. */
+  readonly redisRps: number | null;
   readonly kibPerIdleConnection: number | null;
   /**
    * Ratios to the baseline measured beside this target (the median of each measurement's ratio to the
@@ -46,6 +48,7 @@ const COLUMNS: readonly Column[] = [
   { figure: "p99Ms", title: "p99 ms", format: milliseconds },
   { figure: "newConnectionsPerSecond", title: "new conn/s", format: (v) => grouped.format(v) },
   { figure: "bulkGbitPerSecond", title: "bulk Gbit/s", format: decimals(2) },
+  { figure: "redisRps", title: "redis -P16 set/get req/s", format: (v) => grouped.format(v) },
   { figure: "kibPerIdleConnection", title: "KiB/idle conn", format: decimals(1) },
 ];
 

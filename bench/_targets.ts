@@ -3,14 +3,17 @@
  * loopback, with its config written to the run's temp folder:
  *
  * - backends: nginx serving a short HTTP answer (or `_backends.ts http` without nginx), an iperf3 server,
- *   and `_backends.ts echo` holding idle connections;
+ *   a redis-server, and `_backends.ts echo` holding idle connections;
  * - proxies: HAProxy (`mode tcp`, `nbthread 1`), nginx `stream` (one worker), and switchyard: one manager
- *   and one agent, started as `deno run … main.ts manager|agent`, with every service on port 0 and the
- *   bound ports read from the agent's JSON log.
+ *   and one agent, started as `deno run … main.ts manager|agent` (`--data-path` as asked), with every
+ *   service on port 0 and the bound ports read from the agent's JSON log.
  */
 import { fileURLToPath } from "node:url";
 import { V8_FLAGS } from "../scripts/compile.ts";
 import { freePort, type Proc, type Processes, randomHex, waitForPort } from "./_procs.ts";
+
+/** The agent's `--data-path` values: the epoll relay, or Deno's sockets. */
+export type DataPath = "epoll" | "deno";
 
 /** switchyard's `main.ts` in this checkout; `--main` points the bench at another one. */
 export const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
@@ -24,12 +27,16 @@ export interface Tools {
   readonly haproxy: string | null;
   readonly wrk: string | null;
   readonly iperf3: string | null;
+  /** The redis backend, and the load run against it; both are needed for the redis figure. */
+  readonly redisServer: string | null;
+  readonly redisBenchmark: string | null;
 }
 
-/** Where the backends listen; `iperf` is null without iperf3. */
+/** Where the backends listen; `iperf` is null without iperf3, `redis` without redis-server. */
 export interface BackendPorts {
   readonly http: number;
   readonly iperf: number | null;
+  readonly redis: number | null;
   readonly echo: number;
 }
 
@@ -37,6 +44,7 @@ export interface BackendPorts {
 export interface FrontPorts {
   readonly http: number;
   readonly iperf: number | null;
+  readonly redis: number | null;
   readonly echo: number | null;
 }
 
@@ -117,15 +125,16 @@ async function startNginx(
 
 /**
  * Starts the backends: HTTP (nginx, else Deno), an iperf3 server (unless `iperf` is false or iperf3 is
- * missing), echo, and with `rude` the backend that resets every connection.
+ * missing), a redis-server (unless `redis` is false or redis-server is missing), echo, and with `rude` the
+ * backend that resets every connection.
  */
 export async function startBackends(
   context: Pick<StartContext, "procs" | "tools" | "dir">,
-  options: { iperf?: boolean; rude?: boolean } = {},
+  options: { iperf?: boolean; redis?: boolean; rude?: boolean } = {},
 ): Promise<
   { ports: BackendPorts & { rude: number | null }; httpServer: string; failure: () => string | null }
 > {
-  const { iperf: withIperf = true, rude = false } = options;
+  const { iperf: withIperf = true, redis: withRedis = true, rude = false } = options;
   const deno = context.procs.spawn("backends", Deno.execPath(), [
     "run",
     "--allow-net",
@@ -183,13 +192,41 @@ http {
     ]));
     await waitForPort(iperf, { what: "the iperf3 server" });
   }
+
+  let redis: number | null = null;
+  if (context.tools.redisServer && withRedis) {
+    // redis-server cannot listen on port 0 and report the port, so it gets one that was free a moment ago.
+    redis = freePort();
+    const dir = `${context.dir}/redis`;
+    await Deno.mkdir(dir, { recursive: true });
+    const proc = context.procs.spawn("redis-server", context.tools.redisServer, [
+      "--bind",
+      "127.0.0.1",
+      "--port",
+      String(redis),
+      "--save",
+      "",
+      "--appendonly",
+      "no",
+      "--dir",
+      dir,
+    ]);
+    await waitForPort(redis, { what: "redis-server" }).catch((error) => {
+      throw new Error(`${error.message}\n${proc.tail.slice(-10).join("\n")}`);
+    });
+    started.push(proc);
+  }
   const failure = () => {
     const dead = started.find((proc) => !proc.running);
     return dead
       ? `${dead.name} exited with code ${dead.exit?.code}: ${dead.tail.slice(-10).join(" | ")}`
       : null;
   };
-  return { ports: { http, iperf, echo: denoPorts.echo, rude: denoPorts.rude ?? null }, httpServer, failure };
+  return {
+    ports: { http, iperf, redis, echo: denoPorts.echo, rude: denoPorts.rude ?? null },
+    httpServer,
+    failure,
+  };
 }
 
 function processTarget(
@@ -216,7 +253,12 @@ function processTarget(
 /** The direct path: the load goes straight to the backends. */
 export function directTarget(context: StartContext): RunningTarget {
   return {
-    ports: { http: context.backends.http, iperf: context.backends.iperf, echo: null },
+    ports: {
+      http: context.backends.http,
+      iperf: context.backends.iperf,
+      redis: context.backends.redis,
+      echo: null,
+    },
     memoryPids: () => [],
     cpuPids: () => [],
     failure: () => null,
@@ -225,10 +267,20 @@ export function directTarget(context: StartContext): RunningTarget {
   };
 }
 
+/** A port of its own for each backend there is, for a proxy whose config names its ports. */
+function frontPorts(backends: BackendPorts): FrontPorts & { readonly echo: number } {
+  return {
+    http: freePort(),
+    iperf: backends.iperf === null ? null : freePort(),
+    redis: backends.redis === null ? null : freePort(),
+    echo: freePort(),
+  };
+}
+
 /** HAProxy in `mode tcp` with one thread, one frontend per backend. */
 export async function startHaproxy(context: StartContext): Promise<RunningTarget> {
   const { backends, dir } = context;
-  const ports = { http: freePort(), iperf: backends.iperf === null ? null : freePort(), echo: freePort() };
+  const ports = frontPorts(backends);
   const listen = (name: string, port: number | null, backend: number | null) =>
     port === null || backend === null
       ? ""
@@ -245,6 +297,7 @@ defaults
 
 ${listen("http", ports.http, backends.http)}
 ${listen("iperf", ports.iperf, backends.iperf)}
+${listen("redis", ports.redis, backends.redis)}
 ${listen("echo", ports.echo, backends.echo)}
 `;
   const file = `${dir}/haproxy.cfg`;
@@ -259,7 +312,7 @@ ${listen("echo", ports.echo, backends.echo)}
 /** nginx `stream` with one worker process; its memory is the worker's. */
 export async function startNginxStream(context: StartContext): Promise<RunningTarget> {
   const { backends, dir } = context;
-  const ports = { http: freePort(), iperf: backends.iperf === null ? null : freePort(), echo: freePort() };
+  const ports = frontPorts(backends);
   const server = (port: number | null, backend: number | null) =>
     port === null || backend === null
       ? ""
@@ -273,8 +326,8 @@ stream {
   proxy_connect_timeout 2s;
   proxy_timeout 300s;
 ${server(ports.http, backends.http)}${server(ports.iperf, backends.iperf)}${
-      server(ports.echo, backends.echo)
-    }}
+      server(ports.redis, backends.redis)
+    }${server(ports.echo, backends.echo)}}
 `,
   );
   await waitForPort(ports.echo, { what: "nginx stream" }).catch((error) => {
@@ -312,12 +365,17 @@ export interface Switchyard extends RunningTarget {
   readonly bound: Readonly<Record<string, number>>;
 }
 
+/** The backends switchyard gets a service for, by the service's name; null or missing: none. */
+export type SwitchyardBackends = {
+  readonly [name in "http" | "iperf" | "redis" | "echo" | "rude"]?: number | null;
+};
+
 /**
  * switchyard's config for the bench: one service per kind of load, on port 0 unless `listen` gives the
  * port (agents sharing a port with reusePort need a fixed one).
  */
 export function switchyardConfig(
-  backends: { http?: number | null; iperf?: number | null; echo?: number | null; rude?: number | null },
+  backends: SwitchyardBackends,
   options: {
     decide: "agent" | "manager";
     adminToken: string;
@@ -345,9 +403,9 @@ export function switchyardConfig(
 agents:
   heartbeat: 1s
 services:
-${service("http", backends.http)}${service("iperf", backends.iperf)}${service("echo", backends.echo)}${
-    service("rude", backends.rude)
-  }`;
+${service("http", backends.http)}${service("iperf", backends.iperf)}${service("redis", backends.redis)}${
+    service("echo", backends.echo)
+  }${service("rude", backends.rude)}`;
 }
 
 /**
@@ -360,10 +418,15 @@ export async function startSwitchyard(
   procs: Processes,
   options: {
     dir: string;
-    backends: { http?: number | null; iperf?: number | null; echo?: number | null; rude?: number | null };
+    backends: SwitchyardBackends;
     decide: "agent" | "manager";
     maxConnections: number;
     agentAdmin?: boolean;
+    /**
+     * The agents' `--data-path`; without it they take their default (or `SWITCHYARD_DATA_PATH`). With it,
+     * an agent that serves a service on another data path (the epoll relay unavailable) fails the start.
+     */
+    dataPath?: DataPath;
     /** The `main.ts` to run; the one of this checkout by default. */
     main?: string;
     /** V8 flags for both processes; by default those the compiled binary embeds (V8_FLAGS). */
@@ -373,7 +436,9 @@ export async function startSwitchyard(
   },
 ): Promise<Switchyard> {
   const count = options.agents ?? 1;
-  const dir = `${options.dir}/switchyard-${options.decide}-${count}`;
+  const dir = `${options.dir}/switchyard-${options.decide}-${count}${
+    options.dataPath ? `-${options.dataPath}` : ""
+  }`;
   await Deno.mkdir(dir, { recursive: true });
   const tokenFile = `${dir}/cluster.token`;
   await Deno.writeTextFile(tokenFile, `${randomHex(32)}\n`);
@@ -412,10 +477,11 @@ export async function startSwitchyard(
   const admin = String(ready.properties.admin);
 
   const agentAdmin = options.agentAdmin ? `127.0.0.1:${freePort()}` : null;
+  const dataPath = options.dataPath ? `, data path ${options.dataPath}` : "";
   const agents = Array.from(
     { length: count },
     (_, i) =>
-      procs.spawn(`switchyard agent ${i + 1} (decide: ${options.decide})`, Deno.execPath(), [
+      procs.spawn(`switchyard agent ${i + 1} (decide: ${options.decide}${dataPath})`, Deno.execPath(), [
         ...run,
         "agent",
         "--manager",
@@ -427,20 +493,44 @@ export async function startSwitchyard(
         "--log-format",
         "json",
         ...(agentAdmin && i === 0 ? ["--admin", agentAdmin] : []),
+        ...(options.dataPath ? ["--data-path", options.dataPath] : []),
       ], { cwd }),
   );
   const agent = agents[0] as Proc;
   const bound: Record<string, number> = {};
-  for (const each of agents) {
-    for (const [name, port] of Object.entries(options.backends)) {
-      if (port === null || port === undefined) continue;
-      const line = await each.waitForLog((l) =>
-        l.message.startsWith("Service") && l.properties.service === name && l.properties.bound !== undefined
-      );
-      bound[name] = Number(String(line.properties.bound).split(":").pop());
+  try {
+    for (const each of agents) {
+      for (const [name, port] of Object.entries(options.backends)) {
+        if (port === null || port === undefined) continue;
+        const line = await each.waitForLog((l) =>
+          l.message.startsWith("Service") && l.properties.service === name && l.properties.bound !== undefined
+        );
+        bound[name] = Number(String(line.properties.bound).split(":").pop());
+        // A row labelled with one data path must not measure the other (the relay fell back to Deno's
+        // sockets); a checkout that does not log its data path is taken at its word.
+        const served = line.properties.data_path;
+        if (options.dataPath && served !== undefined && served !== options.dataPath) {
+          const why = each.problems.map((problem) => problem.message).join(" | ");
+          throw new Error(
+            `${each.name} serves ${name} through "${served}", not --data-path ${options.dataPath}${
+              why ? `: ${why}` : ""
+            }`,
+          );
+        }
+      }
     }
+  } catch (error) {
+    // Left running, they would share the machine with the targets measured next.
+    await Promise.all(agents.map((each) => procs.stop(each)));
+    await procs.stop(manager);
+    throw error;
   }
-  const ports = { http: bound.http ?? 0, iperf: bound.iperf ?? null, echo: bound.echo ?? null };
+  const ports = {
+    http: bound.http ?? 0,
+    iperf: bound.iperf ?? null,
+    redis: bound.redis ?? null,
+    echo: bound.echo ?? null,
+  };
   const describe = (line: { level: string; message: string }) => `${line.level} ${line.message}`;
   return {
     manager,

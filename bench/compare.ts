@@ -34,6 +34,8 @@ const tools = {
   haproxy: findExecutable("haproxy"),
   wrk: findExecutable("wrk"),
   iperf3: null,
+  redisServer: null,
+  redisBenchmark: null,
 };
 const procs = new Processes();
 const dir = await Deno.makeTempDir();
@@ -61,7 +63,7 @@ try {
     });
     await waitForPort(port, { what: name });
     targets.push([name, {
-      ports: { http: port, iperf: null, echo: null },
+      ports: { http: port, iperf: null, redis: null, echo: null },
       memoryPids: () => [p.pid],
       cpuPids: () => [p.pid],
       failure: () => null,

@@ -1,12 +1,14 @@
 /**
  * `deno task bench`: switchyard side by side with HAProxy and nginx `stream`, on loopback, under the same
- * load, in one command. Starts the backends (nginx HTTP, iperf3 server, an echo server), then each target
- * in turn — the direct path, HAProxy (`mode tcp`, `nbthread 1`), nginx `stream` (one worker), switchyard
- * with `decide: agent` and with `decide: manager` (one manager and one agent each), and with two agents
- * sharing each port with reusePort (`decide: agent`, `handoff: local`) — and measures:
+ * load, in one command. Starts the backends (nginx HTTP, iperf3 server, redis-server, an echo server), then
+ * each target in turn — the direct path, HAProxy (`mode tcp`, `nbthread 1`), nginx `stream` (one worker),
+ * switchyard on the epoll relay with `decide: agent` and with `decide: manager` (one manager and one agent
+ * each), with two agents sharing each port with reusePort (`decide: agent`, `handoff: local`), and with
+ * `decide: agent` on Deno's sockets (`--data-path deno`) — and measures:
  *
  * - keep-alive requests/s and p50/p99 latency (wrk), new connections/s (wrk, `Connection: close`);
  * - bulk throughput (iperf3, one stream);
+ * - pipelined SET and GET requests/s (`redis-benchmark -P 16`);
  * - resident memory per idle connection, with 10,000 connections held open through the proxy.
  *
  * The load runs in rounds (3 by default): every target in turn on a fresh process, then again, and the
@@ -22,7 +24,16 @@
 import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { openIdleCrowd, runIperf, runWrk, type WrkResult } from "./_load.ts";
+import {
+  openIdleCrowd,
+  redisMean,
+  redisRequests,
+  type RedisResult,
+  runIperf,
+  runRedisBenchmark,
+  runWrk,
+  type WrkResult,
+} from "./_load.ts";
 import {
   cleanupOnInterrupt,
   cpuMs,
@@ -37,6 +48,7 @@ import {
 } from "./_procs.ts";
 import { formatTable, median, type Row } from "./_table.ts";
 import {
+  type DataPath,
   directTarget,
   findNginxStream,
   MAIN,
@@ -63,6 +75,14 @@ export const BENCH_DEFAULTS = {
   warmupS: 5,
   /** Seconds of each iperf3 run. */
   iperfDurationS: 3,
+  /**
+   * Seconds of redis-benchmark load before its measured run (`--warmup` when that is shorter). The target
+   * has carried the wrk and iperf3 loads by then, so its code is compiled: this settles the 50 connections
+   * and gives the rate that sizes the measured run (`-n`) to last `--duration` seconds.
+   */
+  redisWarmupS: 2,
+  /** Requests of each test of the first, short redis-benchmark run, whose rate sizes the next. */
+  redisSizingRequests: 50_000,
   /** wrk's threads and connections. */
   threads: 1,
   connections: 50,
@@ -95,12 +115,11 @@ interface TargetSpec {
   readonly start: (context: StartContext) => Promise<RunningTarget>;
 }
 
-/** switchyard as a target: one manager and `agents` agents sharing each port. */
+/** switchyard as a target: one manager and `agents` agents sharing each port, on the given data path. */
 function switchyardTarget(
   key: string,
   label: string,
-  decide: "agent" | "manager",
-  agents: number,
+  options: { decide: "agent" | "manager"; agents: number; dataPath: DataPath },
 ): TargetSpec {
   return {
     key,
@@ -111,10 +130,9 @@ function switchyardTarget(
       startSwitchyard(c.procs, {
         dir: c.dir,
         backends: c.backends,
-        decide,
         maxConnections: c.maxConnections,
         main: c.main,
-        agents,
+        ...options,
       }),
   };
 }
@@ -141,25 +159,52 @@ const TARGETS: readonly TargetSpec[] = [
     switchyard: false,
     start: startNginxStream,
   },
-  switchyardTarget("agent", "switchyard decide: agent", "agent", 1),
-  switchyardTarget("manager", "switchyard decide: manager", "manager", 1),
-  switchyardTarget("agents2", "switchyard decide: agent, 2 agents", "agent", 2),
+  switchyardTarget("agent", "switchyard decide: agent (epoll)", {
+    decide: "agent",
+    agents: 1,
+    dataPath: "epoll",
+  }),
+  switchyardTarget("manager", "switchyard decide: manager (epoll)", {
+    decide: "manager",
+    agents: 1,
+    dataPath: "epoll",
+  }),
+  switchyardTarget("agents2", "switchyard decide: agent, 2 agents (epoll)", {
+    decide: "agent",
+    agents: 2,
+    dataPath: "epoll",
+  }),
+  // The data path an agent falls back to (no FFI, another OS) or is asked for keeps its own row.
+  switchyardTarget("sockets", "switchyard decide: agent, Deno's sockets", {
+    decide: "agent",
+    agents: 1,
+    dataPath: "deno",
+  }),
 ];
 
 const USAGE = `Usage: deno task bench [--quick] [--rounds N] [--duration S] [--warmup S] [--iperf-duration S]
                        [--connections N] [--threads N] [--idle N] [--only KEYS] [--main FILE]
 
-  --quick             about a minute: ${QUICK.rounds} round, ${QUICK.durationS} s runs, ${QUICK.iperfDurationS} s iperf3, ${QUICK.idleConnections} idle connections
+  --quick             about 4 minutes: ${QUICK.rounds} round, ${QUICK.durationS} s runs, ${QUICK.iperfDurationS} s iperf3, ${QUICK.idleConnections} idle connections
   --rounds N          rounds of load, each target in turn, HAProxy's same load right before or after each;
                       the table gives medians (default ${BENCH_DEFAULTS.rounds})
-  --duration S        seconds of each wrk run (default ${BENCH_DEFAULTS.durationS})
-  --warmup S          seconds of the same load before each target's wrk runs (default ${BENCH_DEFAULTS.warmupS})
+  --duration S        seconds of each wrk run, and about that of each redis-benchmark run, whose -n is sized
+                      from its warm-up's rate (default ${BENCH_DEFAULTS.durationS})
+  --warmup S          seconds of the same load before each target's wrk runs (default ${BENCH_DEFAULTS.warmupS}),
+                      and before its redis-benchmark run (${BENCH_DEFAULTS.redisWarmupS} s at most)
   --iperf-duration S  seconds of each iperf3 run (default ${BENCH_DEFAULTS.iperfDurationS})
   --connections N     wrk connections (default ${BENCH_DEFAULTS.connections})
   --threads N         wrk threads (default ${BENCH_DEFAULTS.threads})
   --idle N            idle connections for the memory figure (default ${BENCH_DEFAULTS.idleConnections}; 0 skips it)
-  --only KEYS         comma-separated subset of: ${TARGETS.map((t) => t.key).join(", ")}
+  --only KEYS         comma-separated subset of the targets (default: all of them)
   --main FILE         the switchyard main.ts to run (default: this checkout's)
+
+Targets:
+${TARGETS.map((t) => `  ${t.key.padEnd(18)}  ${t.label}`).join("\n")}
+
+Load on each: wrk keep-alive and Connection: close, iperf3 (one stream), and
+redis-benchmark -P 16 -t set,get -c 50 against a redis-server (its column: the mean of SET's and GET's
+requests/s).
 
 Every flag can also be set as SWITCHYARD_BENCH_<FLAG> (e.g. SWITCHYARD_BENCH_DURATION=5); flags win.
 Install the tools with: bash bench/setup`;
@@ -231,6 +276,8 @@ async function findTools(): Promise<Tools> {
     haproxy: find("haproxy"),
     wrk: find("wrk"),
     iperf3: find("iperf3"),
+    redisServer: find("redis-server"),
+    redisBenchmark: find("redis-benchmark"),
   };
 }
 
@@ -266,6 +313,10 @@ interface Samples {
   p99Ms: number[];
   newConnectionsPerSecond: number[];
   bulkGbitPerSecond: number[];
+  /** redis-benchmark: the mean of SET's and GET's requests/s, and each of them. */
+  redisRps: number[];
+  redisSetRps: number[];
+  redisGetRps: number[];
   /** CPU time of the target's processes per connection in the Connection: close run, µs. */
   cpuUsPerConnection: number[];
 }
@@ -277,6 +328,9 @@ function noSamples(): Samples {
     p99Ms: [],
     newConnectionsPerSecond: [],
     bulkGbitPerSecond: [],
+    redisRps: [],
+    redisSetRps: [],
+    redisGetRps: [],
     cpuUsPerConnection: [],
   };
 }
@@ -349,9 +403,17 @@ function rowOf(measured: Measured): Row {
     p99Ms: median(samples.p99Ms),
     newConnectionsPerSecond: median(samples.newConnectionsPerSecond),
     bulkGbitPerSecond: median(samples.bulkGbitPerSecond),
+    redisRps: median(samples.redisRps),
     kibPerIdleConnection: measured.kibPerIdleConnection,
     ratios: Object.fromEntries(
-      (["keepAliveRps", "p50Ms", "p99Ms", "newConnectionsPerSecond", "bulkGbitPerSecond"] as const)
+      ([
+        "keepAliveRps",
+        "p50Ms",
+        "p99Ms",
+        "newConnectionsPerSecond",
+        "bulkGbitPerSecond",
+        "redisRps",
+      ] as const)
         .filter((figure) => ratios[figure].length > 0)
         .map((figure) => [figure, median(ratios[figure])]),
     ),
@@ -503,6 +565,7 @@ interface LoadResult {
   keepAlive: WrkResult | null;
   newConnections: { result: WrkResult; cpuUs: number | null } | null;
   bulkGbitPerSecond: number | null;
+  redis: RedisResult | null;
 }
 
 /** A wrk run's figures into a target's samples, and its errors into its notes. */
@@ -536,7 +599,8 @@ function recordWrk(
 
 /**
  * One round's load on a running target: a warm-up, keep-alive, a warm-up of new connections, new
- * connections, bulk. Its figures go into `measured`'s samples as they come.
+ * connections, bulk, a warm-up of redis-benchmark, redis-benchmark. Its figures go into `measured`'s
+ * samples as they come.
  */
 async function runLoad(
   measured: Measured,
@@ -547,9 +611,14 @@ async function runLoad(
   round: string,
 ): Promise<LoadResult> {
   const { spec } = measured;
-  const { wrk, iperf3 } = context.tools;
+  const { wrk, iperf3, redisBenchmark } = context.tools;
   const wrkOptions = { threads: options.threads, connections: options.connections };
-  const measuredLoad: LoadResult = { keepAlive: null, newConnections: null, bulkGbitPerSecond: null };
+  const measuredLoad: LoadResult = {
+    keepAlive: null,
+    newConnections: null,
+    bulkGbitPerSecond: null,
+    redis: null,
+  };
   if (wrk !== null) {
     if (options.warmupS > 0) {
       await step("warm-up", async () => {
@@ -600,6 +669,36 @@ async function runLoad(
       measuredLoad.bulkGbitPerSecond = result.gbitPerSecond;
     });
   }
+  const redisPort = target.ports.redis;
+  if (redisBenchmark !== null && redisPort !== null) {
+    // redis-benchmark has no duration, only a count (-n): each run is sized from the rate of the one before
+    // it, so that it lasts about as long as wrk's runs whatever the target's speed.
+    const redis = (requests: number, expectedS: number) =>
+      runRedisBenchmark(redisBenchmark, redisPort, { requests, timeoutS: Math.ceil(3 * expectedS) + 15 });
+    let rate = 0;
+    await step("redis-benchmark warm-up", async () => {
+      rate = redisMean(await redis(BENCH_DEFAULTS.redisSizingRequests, 2));
+      const warmupS = Math.min(options.warmupS, BENCH_DEFAULTS.redisWarmupS);
+      if (warmupS > 0) rate = redisMean(await redis(redisRequests(rate, warmupS), warmupS));
+    });
+    if (rate > 0) {
+      await step("redis-benchmark run", async () => {
+        const requests = redisRequests(rate, options.durationS);
+        progress(`${spec.key}: redis-benchmark -P 16, ${requests} SET and ${requests} GET (${round})`);
+        const result = await redis(requests, options.durationS);
+        const mean = redisMean(result);
+        progress(
+          `${spec.key}:   SET ${Math.round(result.setPerSecond)}/s, GET ${
+            Math.round(result.getPerSecond)
+          }/s, mean ${Math.round(mean)}/s`,
+        );
+        measured.samples.redisRps.push(mean);
+        measured.samples.redisSetRps.push(result.setPerSecond);
+        measured.samples.redisGetRps.push(result.getPerSecond);
+        measuredLoad.redis = result;
+      });
+    }
+  }
   return measuredLoad;
 }
 
@@ -622,6 +721,7 @@ async function runReference(
     keepAlive: load.keepAlive?.errors === 0 ? load.keepAlive : null,
     newConnections: load.newConnections?.result.errors === 0 ? load.newConnections : null,
     bulkGbitPerSecond: load.bulkGbitPerSecond,
+    redis: load.redis,
   };
 }
 
@@ -669,6 +769,9 @@ async function measureLoad(
     ),
     cpuUsPerConnection: ratio(own.newConnections?.cpuUs, theirs.newConnections?.cpuUs),
     bulkGbitPerSecond: ratio(own.bulkGbitPerSecond, theirs.bulkGbitPerSecond),
+    redisRps: ratio(own.redis && redisMean(own.redis), theirs.redis && redisMean(theirs.redis)),
+    redisSetRps: ratio(own.redis?.setPerSecond, theirs.redis?.setPerSecond),
+    redisGetRps: ratio(own.redis?.getPerSecond, theirs.redis?.getPerSecond),
   };
   for (const figure of Object.keys(paired) as (keyof Samples)[]) {
     const value = paired[figure];
@@ -678,7 +781,9 @@ async function measureLoad(
   progress(
     `${spec.key}: × HAProxy this round: keep-alive ${shown(paired.keepAliveRps)}, p99 ${
       shown(paired.p99Ms)
-    }, new conn ${shown(paired.newConnectionsPerSecond)}, bulk ${shown(paired.bulkGbitPerSecond)}`,
+    }, new conn ${shown(paired.newConnectionsPerSecond)}, bulk ${shown(paired.bulkGbitPerSecond)}, redis ${
+      shown(paired.redisRps)
+    }`,
   );
 }
 
@@ -718,22 +823,39 @@ function roundsLine(measured: Measured): string | null {
   const { samples } = measured;
   const list = (values: number[], digits: number) =>
     values.map((value) => value.toLocaleString("en-US", { maximumFractionDigits: digits })).join(" / ");
-  if (samples.keepAliveRps.length === 0 && samples.bulkGbitPerSecond.length === 0) return null;
+  if (
+    samples.keepAliveRps.length === 0 && samples.bulkGbitPerSecond.length === 0 &&
+    samples.redisRps.length === 0
+  ) {
+    return null;
+  }
   return `${measured.spec.label}: keep-alive ${list(samples.keepAliveRps, 0)} req/s; p99 ${
     list(samples.p99Ms, 2)
   } ms; new conn ${list(samples.newConnectionsPerSecond, 0)}/s; bulk ${
     list(samples.bulkGbitPerSecond, 2)
-  } Gbit/s${pairedLine(measured)}`;
+  } Gbit/s${
+    samples.redisRps.length === 0
+      ? ""
+      : `; redis SET ${list(samples.redisSetRps, 0)}/s, GET ${list(samples.redisGetRps, 0)}/s`
+  }${pairedLine(measured)}`;
 }
 
 /** Each run's ratio to the reference HAProxy's run beside it, for the report; empty without any. */
 function pairedLine({ ratios }: Measured): string {
-  if (ratios.keepAliveRps.length === 0 && ratios.bulkGbitPerSecond.length === 0) return "";
+  if (
+    ratios.keepAliveRps.length === 0 && ratios.bulkGbitPerSecond.length === 0 && ratios.redisRps.length === 0
+  ) {
+    return "";
+  }
   const list = (values: number[]) =>
     values.length === 0 ? "—" : values.map((value) => value.toFixed(2)).join(" / ");
   return `; × HAProxy beside it: keep-alive ${list(ratios.keepAliveRps)}; p99 ${
     list(ratios.p99Ms)
-  }; new conn ${list(ratios.newConnectionsPerSecond)}; bulk ${list(ratios.bulkGbitPerSecond)}`;
+  }; new conn ${list(ratios.newConnectionsPerSecond)}; bulk ${list(ratios.bulkGbitPerSecond)}${
+    ratios.redisRps.length === 0
+      ? ""
+      : `; redis ${list(ratios.redisRps)} (SET ${list(ratios.redisSetRps)}, GET ${list(ratios.redisGetRps)})`
+  }`;
 }
 
 type Step = (what: string, run: () => Promise<void>) => Promise<void>;
@@ -765,9 +887,14 @@ async function main(): Promise<number> {
     versionOf("nginx", tools.nginx, ["-v"]),
     versionOf("wrk", tools.wrk, ["-v"]),
     versionOf("iperf3", tools.iperf3, ["-v"]),
+    versionOf("redis-server", tools.redisServer, ["--version"])
+      .then((text) => text.replace(/^Redis server v=(\S+).*$/, "redis-server $1")),
+    versionOf("redis-benchmark", tools.redisBenchmark, ["--version"]),
   ]);
   const missing = [
     ...(["haproxy", "nginx", "wrk", "iperf3"] as const).filter((tool) => tools[tool] === null),
+    ...(tools.redisServer === null ? ["redis-server"] : []),
+    ...(tools.redisBenchmark === null ? ["redis-benchmark"] : []),
     ...(tools.nginx !== null && tools.nginxStream === null
       ? ["nginx stream module (libnginx-mod-stream)"]
       : []),
@@ -792,7 +919,8 @@ async function main(): Promise<number> {
   let httpServer = "";
   let broken = false;
   try {
-    const started = await startBackends({ procs, tools, dir });
+    // Without redis-benchmark, redis-server would only sit there.
+    const started = await startBackends({ procs, tools, dir }, { redis: tools.redisBenchmark !== null });
     httpServer = started.httpServer;
     const context: StartContext = {
       procs,
@@ -849,6 +977,7 @@ async function main(): Promise<number> {
   }
 
   const elapsedS = (performance.now() - began) / 1_000;
+  const redisWarmupS = Math.min(options.warmupS, BENCH_DEFAULTS.redisWarmupS);
   const pairedWithReference = results.some((result) => result.ratios.keepAliveRps.length > 0);
   const rows = results.map(rowOf);
   const baseline = rows.find((row) => row.label.startsWith("HAProxy")) ?? null;
@@ -864,6 +993,8 @@ async function main(): Promise<number> {
     `Loopback, ${navigator.hardwareConcurrency} CPUs (${cpuModel()}), Linux ${Deno.osRelease()}, ` +
     `deno ${Deno.version.deno}. Backends: HTTP ${httpServer}; ${
       tools.iperf3 ? "bulk an iperf3 server; " : ""
+    }${
+      tools.redisServer && tools.redisBenchmark ? "redis a redis-server (no persistence); " : ""
     }idle connections an echo server (Deno).`,
     `Load: ${options.rounds} round${
       options.rounds === 1 ? "" : "s"
@@ -871,7 +1002,15 @@ async function main(): Promise<number> {
     `the table gives the median of the rounds. Each round: ` +
     `\`wrk -t${options.threads} -c${options.connections} -d${options.durationS}s --latency\` after a ` +
     `${options.warmupS} s warm-up; new conn/s adds \`-H 'Connection: close'\` (its warm-up too); bulk is ` +
-    `\`iperf3 -t ${options.iperfDurationS}\` (one stream); KiB/idle conn is the growth of the proxy's VmRSS ` +
+    `\`iperf3 -t ${options.iperfDurationS}\` (one stream); ${
+      tools.redisServer && tools.redisBenchmark
+        ? `redis is the mean of SET's and GET's requests/s of \`redis-benchmark -P 16 -t set,get -c 50 -q\`, ` +
+          `its \`-n\` sized to last about ${options.durationS} s from the rate of a warm-up of that load (a run of ` +
+          `${BENCH_DEFAULTS.redisSizingRequests.toLocaleString("en-US")} requests each${
+            redisWarmupS > 0 ? `, then ${redisWarmupS} s` : ""
+          }); `
+        : ""
+    }KiB/idle conn is the growth of the proxy's VmRSS ` +
     `(HAProxy, the nginx worker, the switchyard agents) with ${idleCount} connections open, each having ` +
     "echoed one byte. " + (
       pairedWithReference

@@ -376,6 +376,8 @@ async function main(): Promise<number> {
     haproxy: null,
     wrk: null,
     iperf3: null,
+    redisServer: null,
+    redisBenchmark: null,
   };
   const procs = new Processes();
   const dir = await Deno.makeTempDir({ prefix: "switchyard-soak-" });
