@@ -97,6 +97,8 @@ const tools = {
   haproxy: findExecutable("haproxy"),
   wrk: findExecutable("wrk"),
   iperf3: null,
+  redisServer: null,
+  redisBenchmark: null,
 };
 if (!tools.wrk || !tools.haproxy) throw new Error("wrk and haproxy are needed: bash bench/setup");
 const procs = new Processes();
@@ -111,7 +113,7 @@ try {
         procs,
         tools,
         dir,
-        backends: { ...backends.ports, iperf: null },
+        backends: { ...backends.ports, iperf: null, redis: null },
         maxConnections: 1000,
         main: "",
       })],

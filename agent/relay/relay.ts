@@ -78,6 +78,13 @@ const BACKEND_HUP = 1 << 12;
  * and dropped until it closes too or `lingerMs` passes, so that it sees an orderly end rather than a reset.
  */
 const LINGER = 1 << 13;
+/**
+ * The peer shut down its side in order (it sent FIN, no error): once a receive comes back short, every
+ * byte before the FIN was taken, so that is the direction's end, with no receive to read it (as HAProxy
+ * does with EPOLLRDHUP).
+ */
+const CLIENT_FIN = 1 << 14;
+const BACKEND_FIN = 1 << 15;
 const BOTH_DONE = UP_DONE | DOWN_DONE;
 
 /** Directions: index 0 is up (client → backend), 1 down (backend → client). */
@@ -89,11 +96,17 @@ const SINK_OUT = [BACKEND_OUT, CLIENT_OUT] as const;
 const EOF = [UP_EOF, DOWN_EOF] as const;
 const DONE = [UP_DONE, DOWN_DONE] as const;
 const SOURCE_HUP = [CLIENT_HUP, BACKEND_HUP] as const;
+const SOURCE_FIN = [CLIENT_FIN, BACKEND_FIN] as const;
 
 /** The events every flow socket is registered for, once. */
 const FLOW_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
 const READABLE = EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR;
 const HUNG_UP = EPOLLRDHUP | EPOLLHUP | EPOLLERR;
+
+/** The `*_FIN` bit that `events` report for a socket (`fin`), or 0. */
+function finOf(events: number, fin: number): number {
+  return events & (EPOLLRDHUP | EPOLLHUP) && !(events & EPOLLERR) ? fin : 0;
+}
 const WRITABLE = EPOLLOUT | EPOLLHUP | EPOLLERR;
 
 /** Where a held buffer goes back when its bytes are sent. */
@@ -475,7 +488,7 @@ export class Relay {
         let flags = this.#flags[slot]!;
         if (events & READABLE) flags |= CLIENT_IN;
         if (events & WRITABLE) flags |= CLIENT_OUT;
-        if (events & HUNG_UP) flags |= CLIENT_HUP;
+        if (events & HUNG_UP) flags |= CLIENT_HUP | finOf(events, CLIENT_FIN);
         this.#flags[slot] = flags;
         if (flags & LINGER) {
           if (events & READABLE) this.#linger(slot);
@@ -496,7 +509,7 @@ export class Relay {
         let flags = this.#flags[slot]!;
         if (events & READABLE) flags |= BACKEND_IN;
         if (events & WRITABLE) flags |= BACKEND_OUT;
-        if (events & HUNG_UP) flags |= BACKEND_HUP;
+        if (events & HUNG_UP) flags |= BACKEND_HUP | finOf(events, BACKEND_FIN);
         this.#flags[slot] = flags;
         if (events & READABLE) this.#pump(slot, DOWN);
         if (events & WRITABLE && this.#client[slot]! >= 0) this.#pump(slot, UP);
@@ -803,7 +816,7 @@ export class Relay {
     this.#headers[slot] = null;
     this.#header[slot] = null;
     if (events & READABLE) flags |= BACKEND_IN;
-    if (events & HUNG_UP) flags |= BACKEND_HUP;
+    if (events & HUNG_UP) flags |= BACKEND_HUP | finOf(events, BACKEND_FIN);
     flags |= BACKEND_OUT;
     this.#flags[slot] = flags;
     if (header !== null && header.length > 0) {
@@ -892,14 +905,17 @@ export class Relay {
           }
         }
         // A short receive took everything there was: new bytes will be reported by a new event. Not so the
-        // end of a peer that hung up, reported once: it is read next.
-        if (received < size && !(flags & SOURCE_HUP[direction]!)) flags &= ~sourceIn;
+        // end of a peer that hung up, reported once: it is read next, or known already after a FIN.
+        const ended = received < size && (flags & SOURCE_FIN[direction]!) !== 0;
+        if (ended) flags = (flags & ~sourceIn) | EOF[direction]!;
+        else if (received < size && !(flags & SOURCE_HUP[direction]!)) flags &= ~sourceIn;
         if (sent < received) {
           this.#hold(k, buffer, sent, received, large);
           this.#flags[slot] = flags & ~sinkOut;
           return;
         }
         this.#flags[slot] = flags;
+        if (ended) return this.#finish(slot, direction);
         continue;
       }
       if (received === 0) {
