@@ -105,6 +105,7 @@ const procs = new Processes();
 const dir = await Deno.makeTempDir({ prefix: "switchyard-breakdown-" });
 const samples = new Map<string, PerRequest[]>();
 const rates = new Map<string, number[]>();
+const p99s = new Map<string, number[]>();
 try {
   const backends = await startBackends({ procs, tools, dir }, { iperf: false });
   const targets: Array<[string, () => Promise<RunningTarget>]> = [
@@ -141,7 +142,10 @@ try {
       const requests = result.requestsPerSecond * durationS;
       samples.set(name, [...(samples.get(name) ?? []), perRequest(before, after, requests)]);
       rates.set(name, [...(rates.get(name) ?? []), result.requestsPerSecond]);
-      console.error(`round ${r + 1}: ${name} ${result.requestsPerSecond.toFixed(0)} requests/s`);
+      p99s.set(name, [...(p99s.get(name) ?? []), result.p99Ms ?? NaN]);
+      console.error(
+        `round ${r + 1}: ${name} ${result.requestsPerSecond.toFixed(0)} requests/s, p99 ${result.p99Ms} ms`,
+      );
       await target.stop();
     }
   }
@@ -152,7 +156,11 @@ try {
       "µs of CPU and context switches per request, median of the rounds:",
   );
   for (const [name, runs] of samples) {
-    console.log(`\n${name}: ${(median(rates.get(name)!) ?? 0).toFixed(0)} requests/s`);
+    console.log(
+      `\n${name}: ${(median(rates.get(name)!) ?? 0).toFixed(0)} requests/s, p99 ${
+        median(p99s.get(name)!)
+      } ms`,
+    );
     const labels = new Set(runs.flatMap((run) => [...run.keys()]));
     let user = 0;
     let system = 0;
