@@ -100,6 +100,8 @@ interface LiveService {
   opening: boolean;
   /** Its index on Deno's sockets for flows handed to this agent over the mesh, once one came. */
   meshIndex: number | null;
+  /** Where it listened before the agent began to drain: its open flows are known by that index. */
+  draining: { plane: Plane; index: number } | null;
   /** Accept errors: when one was last logged, and how many since (at most one line per window). */
   acceptErrors: { lastLogged: number; unlogged: number };
 }
@@ -332,6 +334,7 @@ export class Agent {
         listening: null,
         opening: false,
         meshIndex: existing?.meshIndex ?? null,
+        draining: null,
         acceptErrors: { lastLogged: -Infinity, unlogged: 0 },
       };
       this.#services.set(spec.name, live);
@@ -359,33 +362,36 @@ export class Agent {
   }
 
   /**
-   * Stops accepting, lets open connections finish for up to `timeouts.drain` (the longest of the
-   * services), then closes what is left and leaves the cluster.
+   * Stops accepting, leaves the cluster, and lets each service's open connections finish for up to its own
+   * `timeouts.drain`, when what is left of them is closed; then closes everything.
    */
   async drain(): Promise<void> {
     if (this.#draining) return;
     this.#draining = true;
-    for (const service of this.#services.values()) this.#closeListener(service);
+    for (const service of this.#services.values()) this.#closeListener(service, { keepIndex: true });
     // Leave the cluster at once, so the manager moves this agent's claim and the others stop handing
     // flows to it; flows handed off before they learn of it are still served (see #adopt).
     await this.#link?.close();
-    const drainMs = Math.max(0, ...[...this.#services.values()].map((s) => s.spec.timeouts.drainMs)) ||
-      (this.#services.size === 0 ? 0 : AGENT_DEFAULTS.drainMs);
+    const started = performance.now();
+    const services = [...this.#services.values()];
+    const drainMs = Math.max(0, ...services.map((service) => service.spec.timeouts.drainMs)) ||
+      (services.length === 0 ? 0 : AGENT_DEFAULTS.drainMs);
     this.#log.info("Draining {open} open connections for up to {drainMs} ms", {
       open: this.#open(),
       drainMs,
     });
-    const started = performance.now();
-    const deadline = started + drainMs;
     // Other agents hand flows to this one until they learn that it left: keep the mesh port open for a
     // few heartbeats even when nothing is open, within timeouts.drain.
     const grace = started +
       Math.min(drainMs, AGENT_DEFAULTS.missedHeartbeatsGrace * (this.#state?.heartbeatMs ?? 1_000));
-    while ((this.#open() > 0 || performance.now() < grace) && performance.now() < deadline) {
+    const pending = new Set(services);
+    while ((this.#open() > 0 || performance.now() < grace) && pending.size > 0) {
+      for (const service of pending) {
+        if (performance.now() < started + service.spec.timeouts.drainMs) continue;
+        pending.delete(service);
+        this.#endFlows(service);
+      }
       await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-    if (this.#open() > 0) {
-      this.#log.warn("Closing {open} connections still open after the drain", { open: this.#open() });
     }
     await this.close();
   }
@@ -503,11 +509,33 @@ export class Agent {
     });
   }
 
-  #closeListener(service: LiveService): void {
+  /** Stops accepting for a service; with `keepIndex`, its flows are still known by it (a drain ends them). */
+  #closeListener(service: LiveService, options: { keepIndex?: boolean } = {}): void {
     const listening = service.listening;
     if (listening === null) return;
-    service.listening = null;
     void listening.plane.plane.unlisten(listening.index);
+    if (options.keepIndex) service.draining = listening;
+    service.listening = null;
+  }
+
+  /** Closes what is still open of a service whose drain is over, saying how much that was. */
+  #endFlows(service: LiveService): void {
+    const ended = [
+      service.draining,
+      service.meshIndex === null ? null : { plane: this.#sockets, index: service.meshIndex },
+    ];
+    let open = 0;
+    for (const plane of [this.#relay, this.#sockets]) {
+      for (const flow of plane?.flows.values() ?? []) if (flow.service === service && flow.connected) open++;
+    }
+    if (open > 0) {
+      this.#log.warn("Closing {open} connections of {service} still open after its drain of {drainMs} ms", {
+        open,
+        service: service.spec.name,
+        drainMs: service.spec.timeouts.drainMs,
+      });
+    }
+    for (const where of ended) if (where) where.plane.plane.endFlows(where.index);
   }
 
   /** A service as a plane serves it, with the placement of the state served now. */

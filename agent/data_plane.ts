@@ -119,6 +119,8 @@ export interface DataPlane {
   listen(service: PlaneService): Promise<{ index: number; port: number }>;
   /** Stops accepting for a service; its open flows go on. Its index stays taken. */
   unlisten(index: number): Promise<void>;
+  /** Ends the service's open flows at once (its drain is over); their events follow as usual. */
+  endFlows(index: number): void;
   /** How the service's flows are placed from now on (a new state: table, backends, claims). */
   setPlacement(index: number, placement: Placement<HostPort>): void;
   /**

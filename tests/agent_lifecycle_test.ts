@@ -137,6 +137,71 @@ Deno.test("a drain ends after timeouts.drain even when a connection stays open, 
   }
 });
 
+Deno.test("each service's connections are closed after its own timeouts.drain, not the longest one's", async () => {
+  const echo = startEcho();
+  const service = (name: string, drain: string) => ({
+    name,
+    listen: "127.0.0.1:0",
+    decide: "agent",
+    health: { interval: "1h", timeout: "1s" },
+    timeouts: { drain, connect: "1s", idle: "60s" },
+    backends: [echo.address],
+  });
+  const cluster = await startTestCluster({
+    agents: 1,
+    services: [service("short", "1s"), service("long", "4s")],
+  });
+  try {
+    const agent = cluster.agents[0]!;
+    const portOf = async (name: string) =>
+      Number(
+        String(
+          (await agent.proc.waitForLog((l) =>
+            l.message.startsWith("Service") && l.properties.service === name
+          ))
+            .properties.bound,
+        ).split(":").pop(),
+      );
+    const short = await Deno.connect({ hostname: "127.0.0.1", port: await portOf("short") });
+    const long = await Deno.connect({ hostname: "127.0.0.1", port: await portOf("long") });
+    assert.equal(await echoOnce(short, "s"), "s");
+    assert.equal(await echoOnce(long, "l"), "l");
+    const started = performance.now();
+    agent.proc.kill("SIGTERM");
+    assert.equal(
+      await short.read(new Uint8Array(1)).catch(() => null),
+      null,
+      "the short service's connection ends",
+    );
+    const shortEnded = performance.now() - started;
+    assert.equal(await echoOnce(long, "still"), "still", "the long service's connection is still served");
+    assert.equal(
+      await long.read(new Uint8Array(1)).catch(() => null),
+      null,
+      "the long service's connection ends",
+    );
+    const longEnded = performance.now() - started;
+    assert.equal((await agent.proc.status()).code, 0);
+    assert.ok(
+      shortEnded >= 900 && shortEnded < 2_500,
+      `the short service's connection lived ${shortEnded.toFixed(0)} ms`,
+    );
+    assert.ok(
+      longEnded >= 3_900 && longEnded < 6_000,
+      `the long service's connection lived ${longEnded.toFixed(0)} ms`,
+    );
+    assert.ok(
+      agent.proc.logs.some((l) => l.message.startsWith("Closing") && l.properties.service === "short"),
+      "the agent says what it closed",
+    );
+    short.close();
+    long.close();
+  } finally {
+    await cluster.close();
+    await echo.close();
+  }
+});
+
 Deno.test("connections reset mid-stream on either side leak nothing, and the agent serves on", async () => {
   const flood = startEcho({ flood: 4 * 1024 * 1024 });
   const cluster = await startTestCluster({

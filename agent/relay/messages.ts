@@ -30,6 +30,7 @@ export type ToWorker =
   | { type: "start"; yieldMs: number; shared: SharedArrayBuffer }
   | { type: "listen"; service: PlaneService }
   | { type: "unlisten"; service: number }
+  | { type: "endFlows"; service: number }
   | { type: "placement"; service: number; placement: Placement<HostPort> }
   /** Answers to `place` requests, as many as the agent had ready in one turn of its event loop. */
   | { type: "placed"; answers: Placed[] }

@@ -412,6 +412,14 @@ export class Relay {
     this.#libc.close(listener.fd);
   }
 
+  /** Ends every open flow of service `index` at once (its drain is over). */
+  endFlows(index: number): void {
+    for (let slot = 0; slot < this.#client.length; slot++) {
+      if (this.#client[slot]! >= 0 && this.#listener[slot] === index) this.#end(slot);
+    }
+    while (this.#freeing.length > 0) this.#free.push(this.#freeing.pop()!);
+  }
+
   /**
    * Gives service `index` (in the order of `listen` calls) new backends, which its `candidates` index
    * from now on; flows already connecting keep the addresses they had.

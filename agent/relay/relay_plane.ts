@@ -115,6 +115,10 @@ export class RelayDataPlane implements DataPlane {
     await this.#ask({ type: "unlisten", service: index }, ["unlistened"]);
   }
 
+  endFlows(index: number): void {
+    this.#post({ type: "endFlows", service: index });
+  }
+
   setPlacement(index: number, placement: Placement<HostPort>): void {
     this.#post({ type: "placement", service: index, placement });
   }

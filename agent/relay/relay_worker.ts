@@ -72,6 +72,9 @@ function handle(relay: Relay, message: ToWorker): void {
     case "listen":
       listen(relay, message.service);
       return;
+    case "endFlows":
+      relay.endFlows(message.service);
+      return;
     case "unlisten":
       relay.unlisten(message.service);
       scope.postMessage({ type: "unlistened" });

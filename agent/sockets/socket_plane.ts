@@ -179,6 +179,19 @@ export class SocketDataPlane implements DataPlane {
     await service.accepting;
   }
 
+  endFlows(index: number): void {
+    for (const [id, asked] of this.#asked) {
+      if (asked.index !== index) continue;
+      this.#asked.delete(id);
+      closeQuietly(asked.conn);
+      this.#endAsked(asked, id);
+    }
+    // Their pumps end, and with them the flows.
+    this.#flows.forEach((flow) => {
+      if (flow.index === index) closeFlow(flow);
+    });
+  }
+
   setPlacement(index: number, placement: Placement<HostPort>): void {
     this.#service(index).placement = placement;
   }
