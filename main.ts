@@ -222,6 +222,26 @@ Run 'switchyard <command> --help' for a command's flags.
 `;
 }
 
+/**
+ * `--flag -1` as `--flag=-1` for string flags: `parseArgs` takes a value that starts with a dash for an
+ * option of its own, and would call the flag ambiguous; the value's own check then says what is wrong.
+ */
+function joinNegativeValues(args: readonly string[], specs: Readonly<Record<string, FlagSpec>>): string[] {
+  const joined: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    const next = args[i + 1];
+    if (
+      arg.startsWith("--") && specs[arg.slice(2)]?.type === "string" && next !== undefined &&
+      /^-[\d.]/.test(next)
+    ) {
+      joined.push(`${arg}=${next}`);
+      i++;
+    } else joined.push(arg);
+  }
+  return joined;
+}
+
 /** Parses `args` into the command and its flags; throws `UsageError`. */
 export function parseCommandLine(
   args: string[],
@@ -239,7 +259,7 @@ export function parseCommandLine(
   let values: Record<string, string | boolean | undefined>;
   try {
     ({ values } = parseArgs({
-      args: rest,
+      args: joinNegativeValues(rest, specs),
       options: Object.fromEntries(Object.entries(specs).map(([flag, spec]) => [flag, { type: spec.type }])),
       strict: true,
       allowPositionals: false,

@@ -28,6 +28,7 @@ import {
 } from "./data_plane.ts";
 import { type LinkReport, ManagerLink } from "./manager_link.ts";
 import { encodeMeshHeader, type HandedOffFlow, MeshServer } from "./mesh.ts";
+import { errnoText } from "./relay/libc.ts";
 import { RelayDataPlane } from "./relay/relay_plane.ts";
 import { connectTimeoutText } from "./sockets/connect.ts";
 import { SocketDataPlane } from "./sockets/socket_plane.ts";
@@ -190,6 +191,7 @@ export class Agent {
   #sweep: ReturnType<typeof setInterval> | undefined;
   #draining = false;
   #saving: Promise<void> = Promise.resolve();
+  readonly #listenErrors = new Map<string, string>();
 
   constructor(options: AgentOptions) {
     this.#options = options;
@@ -499,14 +501,27 @@ export class Agent {
         bound: formatHostPort({ host: spec.listen.host, port }),
         data_path: plane.plane.kind,
       });
+      if (this.#listenErrors.delete(spec.name)) {
+        this.#log.info("Service {service} can listen on {listen} again", {
+          service: spec.name,
+          listen: service.listenKey,
+        });
+      }
     }, (error) => {
       service.opening = false;
-      this.#log.error("Cannot listen on {listen} for service {service}: {error}", {
-        listen: service.listenKey,
-        service: spec.name,
-        error: errorText(error),
-      });
+      // Tried again with every new state: said once, until it changes or the listener opens.
+      const text = `Cannot listen on ${service.listenKey} for service ${spec.name}: ${errorText(error)}`;
+      const repeated = this.#listenErrors.get(spec.name) === text;
+      this.#listenErrors.set(spec.name, text);
+      const fields = { listen: service.listenKey, service: spec.name, error: errorText(error) };
+      if (repeated) this.#log.debug("Cannot listen on {listen} for service {service}: {error}", fields);
+      else this.#log.error("Cannot listen on {listen} for service {service}: {error}", fields);
     });
+  }
+
+  /** Why a service cannot listen, by service name, until it can. */
+  listenErrors(): ReadonlyMap<string, string> {
+    return this.#listenErrors;
   }
 
   /** Stops accepting for a service; with `keepIndex`, its flows are still known by it (a drain ends them). */
@@ -703,7 +718,7 @@ export class Agent {
       const service = plane.services.get(events[i + 1]!);
       const errno = events[i + 5]!;
       if (kind === FlowEvent.ACCEPT_FAILED) {
-        if (service) this.#acceptFailed(service, osErrorText(errno));
+        if (service) this.#acceptFailed(service, errnoText(errno));
         continue;
       }
       const key = flowKey(events[i + 2]!, events[i + 3]!);
@@ -746,7 +761,7 @@ export class Agent {
                 service: spec.name,
                 agent: backendId ?? null,
                 mesh: flow.handoff.mesh,
-                error: osErrorText(errno),
+                error: errnoText(errno),
               },
             );
             break;
@@ -760,7 +775,7 @@ export class Agent {
               backend: backendId,
               error: errno === ETIMEDOUT && backend
                 ? connectTimeoutText(backend, spec.timeouts.connectMs)
-                : osErrorText(errno),
+                : errnoText(errno),
             });
           }
           break;
@@ -997,26 +1012,6 @@ type MeshAgent = AgentSpec & { readonly mesh: string };
 function endpointText(endpoint: SocketAddress): string {
   return formatHostPort({ host: endpoint.ip, port: endpoint.port });
 }
-
-/** What Deno says for a socket errno (so log lines read alike on both paths). */
-function osErrorText(errno: number): string {
-  return `${OS_ERROR_TEXT[errno] ?? "System error"} (os error ${errno})`;
-}
-
-/** Linux's text of the errnos a connect or an accept meets, as Deno's errors word them. */
-const OS_ERROR_TEXT: Readonly<Record<number, string>> = {
-  12: "Cannot allocate memory",
-  23: "Too many open files in system",
-  24: "Too many open files",
-  99: "Cannot assign requested address",
-  101: "Network is unreachable",
-  103: "Software caused connection abort",
-  104: "Connection reset by peer",
-  105: "No buffer space available",
-  110: "Connection timed out",
-  111: "Connection refused",
-  113: "No route to host",
-};
 
 function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);

@@ -2,6 +2,7 @@
  * `host:port` addresses as written in the config, on the command line and on the wire. IPv6 hosts are
  * written in brackets (`[::1]:8080`) and carried without them.
  */
+import { ipBytes } from "./flow_key.ts";
 
 /** A host (name, IPv4 or IPv6 without brackets) and a TCP port. */
 export interface HostPort {
@@ -35,12 +36,30 @@ export function parseHostPort(text: string, options: { anyPort?: boolean } = {})
   }
   if (host === "") fail("the host is empty");
   if (!/^[A-Za-z0-9.\-_:%]+$/.test(host)) fail(`host "${host}" has characters a host name cannot have`);
+  // Digits and dots alone are no host name (a top-level label is never all digits): an IPv4 address, or
+  // a mistake such as 10.0.0.300.
+  if (/^[\d.]+$/.test(host) && !isIpv4(host)) {
+    fail(`host "${host}" is not an IPv4 address: four numbers 0-255, without leading zeros`);
+  }
+  if (host.includes(":")) {
+    try {
+      ipBytes(host);
+    } catch {
+      fail(`host "${host}" is not an IPv6 address`);
+    }
+  }
   if (!/^\d{1,5}$/.test(portText)) fail("port must be 1-65535");
   const port = Number(portText);
   if (port > 65535 || (port < 1 && !(options.anyPort && port === 0))) {
     fail(options.anyPort ? "port must be 0-65535" : "port must be 1-65535");
   }
   return { host, port };
+}
+
+/** Whether `text` is a dotted-quad IPv4 address: four numbers 0-255, without leading zeros. */
+function isIpv4(text: string): boolean {
+  const parts = text.split(".");
+  return parts.length === 4 && parts.every((part) => /^(0|[1-9]\d{0,2})$/.test(part) && Number(part) <= 255);
 }
 
 /** Formats an address back into `host:port`, with brackets around IPv6 hosts. */

@@ -16,6 +16,12 @@ Deno.test("bad addresses are refused with the value and the reason", () => {
     ["::1:80", "brackets"],
     ["[::1]80", "expected :port"],
     ["a b:80", "characters"],
+    ["10.0.0.300:80", "is not an IPv4 address"],
+    ["1.2.3:80", "is not an IPv4 address"],
+    ["010.0.0.1:80", "is not an IPv4 address"],
+    ["10.0.0.1.5:80", "is not an IPv4 address"],
+    ["[1::2::3]:80", "is not an IPv6 address"],
+    ["[::g]:80", "is not an IPv6 address"],
   ];
   for (const [text, why] of cases) {
     assert.throws(() => parseHostPort(text), (error: Error) => {
@@ -37,4 +43,11 @@ Deno.test("port 0 is allowed only for addresses switchyard binds", () => {
   assert.deepEqual(parseHostPort("127.0.0.1:0", { anyPort: true }), { host: "127.0.0.1", port: 0 });
   assert.throws(() => parseHostPort("127.0.0.1:0"), /port must be 1-65535/);
   assert.throws(() => parseHostPort("127.0.0.1:65536", { anyPort: true }), /port must be 0-65535/);
+});
+
+Deno.test("hosts of digits and dots must be IPv4 addresses; other names are host names", () => {
+  assert.deepEqual(parseHostPort("0.0.0.0:80"), { host: "0.0.0.0", port: 80 });
+  assert.deepEqual(parseHostPort("255.255.255.255:80"), { host: "255.255.255.255", port: 80 });
+  assert.deepEqual(parseHostPort("10.0.0.300.example:80"), { host: "10.0.0.300.example", port: 80 });
+  assert.deepEqual(parseHostPort("[::ffff:10.0.0.1]:80"), { host: "::ffff:10.0.0.1", port: 80 });
 });

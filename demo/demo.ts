@@ -91,6 +91,13 @@ export async function startDemo(options: Omit<DemoOptions, "durationS">): Promis
   };
   const deadline = performance.now() + DEMO_DEFAULTS.readyTimeoutMs;
   while (!agents.every((agent) => agent.listenAddrs().has("web"))) {
+    const refused = agents.map((agent) => agent.listenErrors().get("web")).find((error) =>
+      error !== undefined
+    );
+    if (refused !== undefined) {
+      await close();
+      throw new Error(refused);
+    }
     if (performance.now() > deadline) {
       await close();
       throw new Error(`The demo agents could not listen on ${formatHostPort(options.listen)} within 10 s`);

@@ -37,6 +37,7 @@ Deno.test("bad usage exits 2 with a one-line reason on stderr", async () => {
       [["agent", "--manager", "127.0.0.1:99999", "--token-file", "t"], /port must be 1-65535/],
       [["check", "--config", "c.yaml", "--log-level", "loud"], /--log-level "loud"/],
       [["demo", "--duration", "soon"], /--duration "soon"/],
+      [["demo", "--duration", "-1"], /Cannot use --duration "-1": expected a positive number of seconds/],
       [[
         "feedback",
         "--manager",

@@ -44,3 +44,21 @@ Deno.test("the demo serves web from all three demo backends over 300 connections
     await demo.stop();
   }
 });
+
+Deno.test("the demo on a port already taken exits 1 at once, naming the address and the service", async () => {
+  const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  try {
+    const listen = `127.0.0.1:${taken.addr.port}`;
+    const demo = new Proc(["demo", "--listen", listen, "--admin", "127.0.0.1:19093", "--duration", "30"]);
+    const started = performance.now();
+    const status = await demo.status();
+    assert.equal(status.code, 1, demo.stderr);
+    assert.ok(performance.now() - started < 8_000, "it did not wait for its 10 s deadline");
+    assert.match(
+      demo.stderr.trim().split("\n").at(-1) ?? "",
+      new RegExp(`^switchyard: Cannot listen on ${listen} for service web: Address already in use`),
+    );
+  } finally {
+    taken.close();
+  }
+});

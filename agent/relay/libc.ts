@@ -88,3 +88,27 @@ export function openLibc(): { libc: Libc; errno: () => number; close(): void } {
   const errno = new Deno.UnsafePointerView(libc.__errno_location()!);
   return { libc, errno: () => errno.getInt32(), close: () => library.close() };
 }
+
+/** Linux's text of the errnos a socket meets, as Deno's errors word them, so log lines read alike. */
+const ERRNO_TEXT: Readonly<Record<number, string>> = {
+  1: "Operation not permitted",
+  12: "Cannot allocate memory",
+  13: "Permission denied",
+  22: "Invalid argument",
+  23: "Too many open files in system",
+  24: "Too many open files",
+  98: "Address already in use",
+  99: "Cannot assign requested address",
+  101: "Network is unreachable",
+  103: "Software caused connection abort",
+  104: "Connection reset by peer",
+  105: "No buffer space available",
+  110: "Connection timed out",
+  111: "Connection refused",
+  113: "No route to host",
+};
+
+/** An errno as Deno's errors say it: `Connection refused (os error 111)`. */
+export function errnoText(errno: number): string {
+  return `${ERRNO_TEXT[errno] ?? "System error"} (os error ${errno})`;
+}

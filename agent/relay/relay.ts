@@ -31,6 +31,7 @@ import {
   EPOLLIN,
   EPOLLOUT,
   EPOLLRDHUP,
+  errnoText,
   ETIMEDOUT,
   IPPROTO_TCP,
   type Libc,
@@ -376,7 +377,8 @@ export class Relay {
     if (libc.bind(fd, address, address.length) !== 0 || libc.listen(fd, 4096) !== 0) {
       const errno = this.#errno();
       libc.close(fd);
-      throw new Error(`Cannot listen on ${service.listen.host}:${service.listen.port} (errno ${errno})`);
+      // As Deno's own listen says it: the agent names the address and the service.
+      throw new Error(errnoText(errno));
     }
     const bound = new Uint8Array(SOCKADDR_BYTES);
     this.#addressLength[0] = SOCKADDR_BYTES;
