@@ -747,7 +747,7 @@ Deno.test({
         proxyProtocol: "none" as const,
         placement: fixedPlacement([], false),
       };
-      await assert.rejects(opened.listen(service), /^Address already in use \(os error 98\)$/);
+      await assert.rejects(opened.listen(service), /^Error: Address already in use \(os error 98\)$/);
       assert.equal((await opened.listen({ ...service, listen: { host: "127.0.0.1", port: 0 } })).index, 0);
     } finally {
       await opened.stop();
