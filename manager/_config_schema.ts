@@ -55,11 +55,12 @@ const EXPECTED: Readonly<Record<string, string>> = {
  * Passed to `safeParse` as its error map.
  */
 export function genericMessage(issue: Issue): string | undefined {
+  // No value at all, whatever the schema (a union of forms too): the key is missing.
+  if ((issue.code === "invalid_type" || issue.code === "invalid_union") && issue.input === undefined) {
+    const key = issue.path?.at(-1);
+    return key === undefined ? "Missing a value" : `Missing required key "${String(key)}"`;
+  }
   if (issue.code === "invalid_type") {
-    if (issue.input === undefined) {
-      const key = issue.path?.at(-1);
-      return key === undefined ? "Missing a value" : `Missing required key "${String(key)}"`;
-    }
     return `Expected ${EXPECTED[issue.expected] ?? issue.expected}, got ${describeValue(issue.input)}`;
   }
   if (issue.code === "unrecognized_keys") {

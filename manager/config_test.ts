@@ -322,6 +322,17 @@ Deno.test("a missing required key is reported at the map that lacks it", () => {
   assert.deepEqual(problems(yaml(...MANAGER)), [
     problem(1, 1, "services", 'Missing required key "services"'),
   ]);
+  // A key of several forms (a token, or { file }) missing is named too, not "Invalid input".
+  assert.deepEqual(
+    problems(yaml(
+      "manager:",
+      "  tokens:",
+      "    admin: abcdefabcdefabcdefabcdef",
+      "services:",
+      "  - { name: web, listen: 0.0.0.0:8080, backends: [10.0.0.11:80] }",
+    )),
+    [problem(3, 5, "manager.tokens.cluster", 'Missing required key "cluster"')],
+  );
 });
 
 Deno.test("services must be a list of at least one service", () => {
