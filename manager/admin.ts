@@ -211,7 +211,10 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
     const backend = service.backends.find((b) => b.config.id === address);
     if (!backend) throw new ApiError(404, `Unknown backend "${address}" in service "${name}"`, "address");
     const body = await jsonBody(c);
-    const state = isRecord(body) ? body.state : undefined;
+    if (!isRecord(body)) throw new ApiError(400, `Expected an object like {"state": "drain"}`, "");
+    const unknown = Object.keys(body).find((key) => key !== "state");
+    if (unknown !== undefined) throw new ApiError(400, `Unknown field "${unknown}"`, unknown);
+    const state = body.state;
     if (state !== "up" && state !== "drain") {
       throw new ApiError(400, `Expected state "up" or "drain", got ${JSON.stringify(state)}`, "state");
     }

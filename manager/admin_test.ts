@@ -225,6 +225,21 @@ Deno.test("every error of the spec is returned for its case, and the state is un
       error: /Expected state "up" or "drain"/,
     },
     {
+      name: "an operator state with a field it does not take",
+      response: () =>
+        h.request("POST", `/v1/services/web/backends/${A}/state`, { body: { state: "drain", reason: "x" } }),
+      status: 400,
+      path: "reason",
+      error: /Unknown field "reason"/,
+    },
+    {
+      name: "an operator state that is not an object",
+      response: () => h.request("POST", `/v1/services/web/backends/${A}/state`, { body: ["drain"] }),
+      status: 400,
+      path: "",
+      error: /Expected an object/,
+    },
+    {
       name: "no token",
       response: () => h.feedback({ service: "web", backend: A, weight: 1 }, null),
       status: 401,
