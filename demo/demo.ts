@@ -80,8 +80,15 @@ export async function startDemo(options: Omit<DemoOptions, "durationS">): Promis
       phase: (2 * Math.PI * index) / backends.length,
     })
   );
+  // Each agent takes handed-off flows on a mesh port of its own: a flow the kernel gives the agent that
+  // does not claim it is relayed to the one that does, as across machines.
   const agents = DEMO_DEFAULTS.agents.map((id) =>
-    new Agent({ id, manager: { host: "127.0.0.1", port: manager.clusterAddr.port }, token: clusterToken })
+    new Agent({
+      id,
+      manager: { host: "127.0.0.1", port: manager.clusterAddr.port },
+      token: clusterToken,
+      mesh: { host: "127.0.0.1", port: 0 },
+    })
   );
   for (const agent of agents) await agent.start();
   const close = async () => {
@@ -134,6 +141,7 @@ export async function runDemo(options: DemoOptions): Promise<number> {
   Admin token:   ${demo.adminToken}
   Services:      curl -H 'Authorization: Bearer ${demo.adminToken}' ${demo.adminUrl}/v1/services
   Agents:        curl -H 'Authorization: Bearer ${demo.adminToken}' ${demo.adminUrl}/v1/agents
+                 (both agents accept on the service port; each hands the flows the other claims to it)
   Drain one:     curl -X POST -H 'Authorization: Bearer ${demo.adminToken}' -d '{"state":"drain"}' \\
                    ${demo.adminUrl}/v1/services/web/backends/127.0.0.1:${demo.backends[0]?.addr.port}/state
 

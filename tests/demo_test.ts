@@ -1,6 +1,6 @@
 /** `switchyard demo` as a user runs it: one command, then curl. */
 import assert from "node:assert/strict";
-import { httpGet, Proc } from "./_helpers.ts";
+import { eventually, httpGet, Proc } from "./_helpers.ts";
 
 // The demo's documented ports are 8080 and 9090; the test moves them (--listen, --admin) below the
 // ephemeral range so that a demo someone left running does not collide with it.
@@ -36,6 +36,19 @@ Deno.test("the demo serves web from all three demo backends over 300 connections
       await (await fetch(`http://${ADMIN}/v1/agents`, { headers: { authorization: `Bearer ${token}` } }))
         .json() as { agents: Array<{ id: string }> };
     assert.deepEqual(agents.agents.map((agent) => agent.id), ["demo-agent-1", "demo-agent-2"]);
+    // The agents have mesh ports: a connection the kernel gives the agent that does not claim it is handed
+    // to the one that does (about half of them with two agents on one port).
+    await eventually(
+      async () => {
+        const view =
+          await (await fetch(`http://${ADMIN}/v1/agents`, { headers: { authorization: `Bearer ${token}` } }))
+            .json() as { agents: Array<{ mesh: string | null; connections: { handed_off: number } }> };
+        return view.agents.every((agent) => agent.mesh !== null) &&
+          view.agents.reduce((sum, agent) => sum + agent.connections.handed_off, 0) > 30;
+      },
+      5_000,
+      "handoffs between the demo's agents",
+    );
 
     demo.kill("SIGINT");
     const status = await demo.status();
