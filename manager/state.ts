@@ -169,6 +169,24 @@ export class ClusterModel {
     return runtime;
   }
 
+  /**
+   * Makes every backend's operator state and feedback those given (several managers: a standby following
+   * the leader's, a new leader taking over the stored ones); a backend not named is up with no feedback.
+   * Names the model does not know are skipped.
+   */
+  restore(
+    operator: ReadonlyMap<string, ReadonlyMap<string, OperatorState>>,
+    feedback: ReadonlyMap<string, ReadonlyMap<string, FeedbackRecord>>,
+  ): void {
+    for (const service of this.#services.values()) {
+      for (const backend of service.backends) {
+        backend.operatorState = operator.get(service.config.name)?.get(backend.config.id) ?? "up";
+        backend.feedback = feedback.get(service.config.name)?.get(backend.config.id) ?? null;
+      }
+    }
+    this.#update([...this.#services.values()], { feedbackChanged: true });
+  }
+
   setHealth(service: string, backend: string, health: Health): void {
     const runtime = this.#backend(service, backend);
     if (runtime.health === health) return;
