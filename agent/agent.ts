@@ -52,7 +52,8 @@ interface Endpoints {
 
 export interface AgentOptions {
   readonly id: string;
-  readonly manager: HostPort;
+  /** The managers' cluster ports: one, or several of which one leads. */
+  readonly managers: readonly HostPort[];
   readonly token: string;
   /** Where handed-off flows arrive (port 0: any free port); null when this agent takes none. */
   readonly mesh?: HostPort | null;
@@ -303,7 +304,7 @@ export class Agent {
       });
     }
     this.#link = new ManagerLink({
-      manager: this.#options.manager,
+      managers: this.#options.managers,
       token: this.#options.token,
       agentId: this.#options.id,
       mesh: advertised,
@@ -945,7 +946,7 @@ export class Agent {
       // With manager.tls the mesh speaks TLS with the manager's certificate: verify it as the manager's.
       mesh = this.#state?.meshTls
         ? await Deno.startTls(tcp, {
-          hostname: this.#options.manager.host,
+          hostname: (this.#link?.manager ?? this.#options.managers[0])?.host ?? "",
           caCerts: this.#options.tls?.caCerts ?? [],
         })
         : tcp;

@@ -38,7 +38,7 @@ function startManager() {
 
 function startLink(port: number): ManagerLink {
   const link = new ManagerLink({
-    manager: { host: "127.0.0.1", port },
+    managers: [{ host: "127.0.0.1", port }],
     token: TOKEN,
     agentId: "edge-1",
     mesh: null,

@@ -66,3 +66,21 @@ Deno.test("frames: a frame announcing more than the limit is refused before it i
   new DataView(header.buffer).setUint32(0, 1_001);
   assert.throws(() => Array.from(decoder.push(header)), ProtocolError);
 });
+
+Deno.test("redirect names the leader's cluster address or none, and nothing else", () => {
+  const parse = (message: unknown) => parseManagerMessage(new TextEncoder().encode(JSON.stringify(message)));
+  assert.deepEqual(parse({ type: "redirect", leader: "10.0.0.10:9091" }), {
+    type: "redirect",
+    leader: "10.0.0.10:9091",
+  });
+  assert.deepEqual(parse({ type: "redirect", leader: null }), { type: "redirect", leader: null });
+  for (
+    const bad of [{ type: "redirect" }, { type: "redirect", leader: "" }, {
+      type: "redirect",
+      leader: null,
+      x: 1,
+    }]
+  ) {
+    assert.throws(() => parse(bad), ProtocolError, JSON.stringify(bad));
+  }
+});

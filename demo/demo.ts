@@ -80,7 +80,7 @@ export async function startDemo(options: Omit<DemoOptions, "durationS">): Promis
     })
   );
   const agents = DEMO_DEFAULTS.agents.map((id) =>
-    new Agent({ id, manager: { host: "127.0.0.1", port: manager.clusterAddr.port }, token: clusterToken })
+    new Agent({ id, managers: [{ host: "127.0.0.1", port: manager.clusterAddr.port }], token: clusterToken })
   );
   for (const agent of agents) await agent.start();
   const close = async () => {

@@ -1,7 +1,8 @@
 /** The manager role as the command line starts it, and `switchyard check`. */
+import { formatHostPort, type HostPort } from "../cluster/address.ts";
 import { logger } from "../cluster/log.ts";
 import { ConfigError, formatProblem, loadConfig } from "./config.ts";
-import { startManager } from "./manager.ts";
+import { placed, startManager } from "./manager.ts";
 
 export { startManager } from "./manager.ts";
 export type { Manager } from "./manager.ts";
@@ -9,8 +10,13 @@ export { type Config, ConfigError, formatProblem, loadConfig, parseConfig } from
 
 const log = logger("manager");
 
-/** `switchyard manager`: serves until SIGTERM or SIGINT; SIGHUP reloads the config. */
-export async function runManager(options: { configFile: string }): Promise<number> {
+/**
+ * `switchyard manager`: serves until SIGTERM or SIGINT; SIGHUP reloads the config. `admin` and `cluster`
+ * (`--admin`, `--cluster`) take the place of the config's `manager.admin` and `manager.cluster`.
+ */
+export async function runManager(
+  options: { configFile: string; admin?: HostPort | null; cluster?: HostPort | null },
+): Promise<number> {
   let config;
   try {
     config = await loadConfig(options.configFile);
@@ -24,7 +30,18 @@ export async function runManager(options: { configFile: string }): Promise<numbe
     }
     throw error;
   }
-  const manager = await startManager(config, { configFile: options.configFile });
+  const { admin, cluster } = placed(config, options).manager;
+  if (admin.port !== 0 && formatHostPort(admin) === formatHostPort(cluster)) {
+    console.error(
+      `switchyard: Cannot serve the admin API and the cluster port both on ${formatHostPort(admin)}`,
+    );
+    return 2;
+  }
+  const manager = await startManager(config, {
+    configFile: options.configFile,
+    admin: options.admin ?? null,
+    cluster: options.cluster ?? null,
+  });
   if (manager.adminTokenGenerated) {
     console.log(`No manager.tokens.admin is configured; this run's admin token is: ${manager.adminToken}`);
   }

@@ -279,6 +279,13 @@ export class Election {
   }
 
   #setLeaderKey(key: LeaderKey | null): void {
+    if (key !== null && key.lease === this.#lease?.id) {
+      // Bound to this manager's own lease, yet it does not lead (it stepped down while etcd could not be
+      // reached, and its lease outlived that): the next campaign takes it back.
+      this.#leaderKey = null;
+      this.#wake?.();
+      return;
+    }
     this.#leaderKey = key;
     this.#announce(key?.info ?? null);
   }

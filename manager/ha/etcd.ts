@@ -77,8 +77,10 @@ export interface RangeOptions {
   readonly prefix?: boolean;
   /** Only keys changed at or after this revision. */
   readonly minModRevision?: number;
-  /** Only how many there are. */
+  /** Only how many there are (before `minModRevision` filters: etcd counts every key of the range). */
   readonly countOnly?: boolean;
+  /** Keys without their values. */
+  readonly keysOnly?: boolean;
   readonly timeoutMs?: number;
 }
 
@@ -157,6 +159,7 @@ export class EtcdClient {
         ...rangeOf(key, options.prefix === true),
         ...(options.minModRevision ? { min_mod_revision: String(options.minModRevision) } : {}),
         ...(options.countOnly ? { count_only: true } : {}),
+        ...(options.keysOnly ? { keys_only: true } : {}),
       },
       options,
     );

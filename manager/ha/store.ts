@@ -148,8 +148,11 @@ export class StateWriter {
       for (const waiter of waiters) waiter.resolve();
     } catch (error) {
       this.failures++;
-      if (error instanceof NotLeaderError || this.#closed) {
-        for (const waiter of waiters) waiter.reject(error);
+      if (error instanceof NotLeaderError || this.#closed || this.#options.fence() === null) {
+        const reason = error instanceof NotLeaderError
+          ? error
+          : new NotLeaderError("This manager stopped leading");
+        for (const waiter of waiters) waiter.reject(reason);
         return;
       }
       // etcd did not take it: try again, its callers still waiting, until it does or the lead is lost.

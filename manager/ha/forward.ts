@@ -1,0 +1,49 @@
+/**
+ * A standby passes a write it was sent (feedback, an operator state, a reload) to the leader's admin API,
+ * with the caller's own token, and answers what the leader answered.
+ */
+import type { ManagerRef } from "../role.ts";
+
+/** Marks a request a standby passed on: a manager that does not lead answers it 503, never passes it again. */
+export const PASSED_HEADER = "x-switchyard-passed-by";
+
+export const FORWARD_DEFAULTS = {
+  /** How long the leader has to answer. */
+  timeoutMs: 5_000,
+} as const;
+
+export interface PassOptions {
+  /** This manager's id, sent in `PASSED_HEADER`. */
+  readonly via: string;
+  /** With `manager.tls`: the admin API speaks https, and this client trusts the managers' certificate. */
+  readonly client: Deno.HttpClient | null;
+  readonly timeoutMs?: number;
+}
+
+/** Sends `request` (its method, path, query, token, content type and `body`) to the leader; throws if it cannot. */
+export async function passToLeader(
+  request: Request,
+  body: string,
+  leader: ManagerRef,
+  options: PassOptions,
+): Promise<Response> {
+  const url = new URL(request.url);
+  const scheme = options.client === null ? "http" : "https";
+  const headers = new Headers({ [PASSED_HEADER]: options.via });
+  for (const name of ["authorization", "content-type"]) {
+    const value = request.headers.get(name);
+    if (value !== null) headers.set(name, value);
+  }
+  const response = await fetch(`${scheme}://${leader.admin}${url.pathname}${url.search}`, {
+    method: request.method,
+    headers,
+    body: request.method === "GET" || request.method === "HEAD" ? null : body,
+    signal: AbortSignal.timeout(options.timeoutMs ?? FORWARD_DEFAULTS.timeoutMs),
+    ...(options.client === null ? {} : { client: options.client }),
+  });
+  const answer = await response.arrayBuffer();
+  const passed = new Headers();
+  const type = response.headers.get("content-type");
+  if (type !== null) passed.set("content-type", type);
+  return new Response(answer, { status: response.status, headers: passed });
+}
