@@ -34,14 +34,22 @@ export async function passToLeader(
     const value = request.headers.get(name);
     if (value !== null) headers.set(name, value);
   }
-  const response = await fetch(`${scheme}://${leader.admin}${url.pathname}${url.search}`, {
-    method: request.method,
-    headers,
-    body: request.method === "GET" || request.method === "HEAD" ? null : body,
-    signal: AbortSignal.timeout(options.timeoutMs ?? FORWARD_DEFAULTS.timeoutMs),
-    ...(options.client === null ? {} : { client: options.client }),
-  });
-  const answer = await response.arrayBuffer();
+  let response: Response;
+  let answer: ArrayBuffer;
+  try {
+    response = await fetch(`${scheme}://${leader.admin}${url.pathname}${url.search}`, {
+      method: request.method,
+      headers,
+      body: request.method === "GET" || request.method === "HEAD" ? null : body,
+      signal: AbortSignal.timeout(options.timeoutMs ?? FORWARD_DEFAULTS.timeoutMs),
+      ...(options.client === null ? {} : { client: options.client }),
+    });
+    answer = await response.arrayBuffer();
+  } catch (error) {
+    // fetch says only "fetch failed"; why is in its cause.
+    const cause = error instanceof Error && error.cause instanceof Error ? error.cause.message : null;
+    throw new Error(cause ?? (error instanceof Error ? error.message : String(error)), { cause: error });
+  }
   const passed = new Headers();
   const type = response.headers.get("content-type");
   if (type !== null) passed.set("content-type", type);
