@@ -20,6 +20,7 @@ export function etcdUnavailable(): string | null {
 interface Member {
   readonly name: string;
   readonly client: string;
+  readonly listen: string;
   readonly peer: string;
   readonly dataDir: string;
   process: Deno.ChildProcess | null;
@@ -31,8 +32,10 @@ interface Member {
 export interface EtcdOptions {
   /** Members of the cluster: 1 (default) or more. */
   readonly members?: number;
-  /** The address members listen on (default 127.0.0.1). */
+  /** The address members listen on and are reached at (default 127.0.0.1). */
   readonly host?: string;
+  /** Where members take clients, if not only at `host` (such as 0.0.0.0, for several networks). */
+  readonly listen?: string;
   /** Run every member inside this network namespace (`ip netns exec`). */
   readonly netns?: string;
 }
@@ -56,9 +59,11 @@ export class EtcdCluster {
     const dir = await Deno.makeTempDir({ prefix: "switchyard-etcd-" });
     const members: Member[] = [];
     for (let i = 1; i <= count; i++) {
+      const clientPort = freeFixedPort();
       members.push({
         name: `m${i}`,
-        client: `http://${host}:${freeFixedPort()}`,
+        client: `http://${host}:${clientPort}`,
+        listen: `http://${options.listen ?? host}:${clientPort}`,
         peer: `http://${host}:${freeFixedPort()}`,
         dataDir: `${dir}/m${i}`,
         process: null,
@@ -80,6 +85,11 @@ export class EtcdCluster {
   /** Every member's client URL. */
   get endpoints(): string[] {
     return this.#members.map((member) => member.client);
+  }
+
+  /** Every member's client port. */
+  get ports(): number[] {
+    return this.#members.map((member) => Number(new URL(member.client).port));
   }
 
   /** Member `index`'s process id, while it runs. */
@@ -157,7 +167,7 @@ export class EtcdCluster {
       "--data-dir",
       member.dataDir,
       "--listen-client-urls",
-      member.client,
+      member.listen,
       "--advertise-client-urls",
       member.client,
       "--listen-peer-urls",
