@@ -176,7 +176,7 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
       version: deps.model.version,
       modelNow: deps.model.now(),
       now: performance.now(),
-      role: { name: role.role(), leaderChanges: role.leaderChanges() },
+      role: { name: role.role(), leaderChanges: role.leaderChanges(), stateWrites: role.stateWrites() },
     });
     return c.body(body, 200, { "content-type": METRICS_CONTENT_TYPE });
   });

@@ -183,8 +183,14 @@ export interface ManagerMetricsSource {
   readonly modelNow: number;
   /** `performance.now()`, which heartbeats are stamped with. */
   readonly now: number;
-  /** This manager's role among managers, and the changes of leader it has seen. */
-  readonly role?: { readonly name: RoleName; readonly leaderChanges: number };
+  /** This manager's role among managers, the changes of leader it has seen, and its writes to etcd. */
+  readonly role?: {
+    readonly name: RoleName;
+    readonly leaderChanges: number;
+    readonly stateWrites:
+      | { readonly transactions: number; readonly keys: number; readonly failures: number }
+      | null;
+  };
 }
 
 const ROLES: readonly RoleName[] = ["single", "leader", "standby"];
@@ -322,6 +328,16 @@ export function managerMetrics(source: ManagerMetricsSource): string {
       "switchyard_manager_leader_changes_total",
       "Changes of the leading manager this manager has seen (manager.ha).",
       source.role?.leaderChanges ?? 0,
+    )
+    .counter(
+      "switchyard_manager_state_writes_total",
+      "Transactions of state (feedback, drains, agents) this manager stored in etcd as leader (manager.ha).",
+      source.role?.stateWrites?.transactions ?? 0,
+    )
+    .counter(
+      "switchyard_manager_state_write_failures_total",
+      "Transactions of state etcd did not take from this manager (tried again while it leads).",
+      source.role?.stateWrites?.failures ?? 0,
     )
     .text();
 }

@@ -57,6 +57,8 @@ export interface ManagerRole {
   agents(): AgentSession[];
   /** Changes of leader this manager has seen. */
   leaderChanges(): number;
+  /** What this manager stored in etcd as leader: transactions etcd took, keys in them, failed ones. */
+  stateWrites(): { transactions: number; keys: number; failures: number } | null;
   view(): ClusterView;
 }
 
@@ -87,6 +89,7 @@ export function singleRole(
     pass: () => Promise.reject(new Error("One manager alone passes no request on")),
     agents,
     leaderChanges: () => 0,
+    stateWrites: () => null,
     view: () => ({
       role: "single",
       id: ref.id,

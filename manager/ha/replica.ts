@@ -221,8 +221,7 @@ export class Replica implements ManagerRole {
     };
   }
 
-  /** The leader's writes to etcd so far: transactions, keys written, transactions that failed. */
-  get writes(): { transactions: number; keys: number; failures: number } {
+  stateWrites(): { transactions: number; keys: number; failures: number } {
     return {
       transactions: this.#writer.transactions,
       keys: this.#writer.keysWritten,
