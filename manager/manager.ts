@@ -85,6 +85,9 @@ export async function startManager(loaded: Config, options: ManagerOptions = {})
         });
       }
     }
+    if (JSON.stringify(next.manager.ha) !== JSON.stringify(current.manager.ha)) {
+      log.warn("manager.ha changed; it takes effect at the next restart");
+    }
     current = next;
     model.reload(next);
     await replica?.reloaded(next);
