@@ -79,7 +79,7 @@ type Env = { Variables: { caller: Caller } };
 export function createAdminApp(deps: AdminDeps): Hono<Env> {
   const app = new Hono<Env>();
   const role = deps.role ?? singleRole({ id: "", admin: "", cluster: "" }, deps.agents);
-  const passWrites = passToLeader(role);
+  const passWrites = leaderTakesWrites(role);
 
   app.onError((error, c) => {
     if (error instanceof ApiError) {
@@ -292,7 +292,7 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
  * A write on a manager that does not lead goes to the leader, which answers it; with no leader known, or one
  * that cannot be reached, the answer is 503. A write another manager passed here is never passed on again.
  */
-function passToLeader(role: ManagerRole): MiddlewareHandler<Env> {
+function leaderTakesWrites(role: ManagerRole): MiddlewareHandler<Env> {
   return async (c, next) => {
     const target = role.writeTarget();
     if (target.kind === "self") return await next();
@@ -306,11 +306,17 @@ function passToLeader(role: ManagerRole): MiddlewareHandler<Env> {
       throw new ApiError(
         503,
         `Cannot pass ${c.req.method} ${c.req.path} to the leading manager at ${target.leader.admin}: ${
-          error instanceof Error ? error.message : String(error)
+          reasonOf(error)
         }`,
       );
     }
   };
+}
+
+/** Why `error` happened, as the end of a sentence. */
+function reasonOf(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  return message.charAt(0).toLowerCase() + message.slice(1);
 }
 
 /** Waits until a change is stored where a next leader finds it; 503 when it cannot be. */
@@ -318,10 +324,7 @@ async function stored(storing: Promise<void>, what: string): Promise<void> {
   try {
     await storing;
   } catch (error) {
-    throw new ApiError(
-      503,
-      `Cannot store ${what}: ${error instanceof Error ? error.message : String(error)}; try again shortly`,
-    );
+    throw new ApiError(503, `Cannot store ${what}: ${reasonOf(error)}; try again shortly`);
   }
 }
 
