@@ -16,7 +16,7 @@
  * The leader is `leading()` only once `onElected` (which loads the state a leader needs) has finished.
  */
 import { logger } from "../../cluster/log.ts";
-import type { Compare, EtcdClient } from "./etcd.ts";
+import type { Compare, EtcdClient, KeyValue } from "./etcd.ts";
 import { decodeManager, encodeManager, type Keys, type LeaderKey, type ManagerInfo } from "./codec.ts";
 
 const log = logger("manager", "ha");
@@ -201,7 +201,11 @@ export class Election {
     if (this.#fence !== null) {
       await this.#confirm(timeoutMs);
     } else {
-      await this.#campaign(lease.id, info, timeoutMs);
+      // A read first: a campaign is a write through etcd's log, made only when the lead is free (or ours).
+      const { kvs } = await client.range(this.#options.keys.leader, { timeoutMs });
+      const kv = kvs[0];
+      if (kv === undefined || kv.lease === lease.id) await this.#campaign(lease.id, info, timeoutMs);
+      else if (this.#lease?.id === lease.id && this.#fence === null) this.#learn(kv);
     }
     if (this.#fence !== null && !this.#leading) await this.#takeOver();
   }
@@ -231,13 +235,18 @@ export class Election {
       return;
     }
     const kv = result.ranges[0]?.[0];
-    const holder = kv === undefined ? null : decodeManager(kv.value);
-    if (kv !== undefined && kv.lease === lease && holder?.id === this.#options.self().id) {
+    if (kv !== undefined && kv.lease === lease && decodeManager(kv.value)?.id === this.#options.self().id) {
       // Ours already: an earlier attempt whose answer was lost, or a lead this manager stepped down from
       // while etcd could not be reached, and which its lease kept. Nobody else can have led since.
       this.#won(kv.createRevision);
       return;
     }
+    this.#learn(kv);
+  }
+
+  /** Another manager's leader key as read (or none). */
+  #learn(kv: KeyValue | undefined): void {
+    const holder = kv === undefined ? null : decodeManager(kv.value);
     this.#setLeaderKey(
       kv === undefined || holder === null
         ? null
