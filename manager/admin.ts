@@ -299,9 +299,14 @@ function leaderTakesWrites(role: ManagerRole): MiddlewareHandler<Env> {
     if (c.req.header(PASSED_HEADER) !== undefined || target.kind === "none") {
       throw new ApiError(503, "No manager leads now; try again shortly");
     }
-    const body = await c.req.text();
+    // Read here, under this manager's body limit.
+    const request = new Request(c.req.url, {
+      method: c.req.method,
+      headers: c.req.raw.headers,
+      body: await c.req.text(),
+    });
     try {
-      return await role.pass(c.req.raw, body, target.leader);
+      return await role.pass(request, target.leader);
     } catch (error) {
       throw new ApiError(
         503,

@@ -44,18 +44,17 @@ function role(options: { target: () => WriteTarget; store?: () => Promise<void> 
     writeTarget: options.target,
     storeFeedback: () => options.store?.() ?? Promise.resolve(),
     storeOperatorState: () => options.store?.() ?? Promise.resolve(),
-    pass: (request, body, leader) => passToLeader(request, body, leader, { via: "this", client: null }),
+    pass: (request, leader) => passToLeader(request, { leader, via: "this", client: null }),
   };
 }
 
 function request(
   app: ReturnType<typeof testAdminApp>,
-  method: string,
   path: string,
-  options: { token?: string; body?: unknown; headers?: Record<string, string> } = {},
+  options: { method?: string; token?: string; body?: unknown; headers?: Record<string, string> } = {},
 ) {
   return Promise.resolve(app.request(path, {
-    method,
+    method: options.method ?? "GET",
     headers: {
       authorization: `Bearer ${options.token ?? ADMIN}`,
       "content-type": "application/json",
@@ -87,7 +86,7 @@ Deno.test({
     );
     try {
       const report = { service: "web", backend: A, weight: 40 };
-      const taken = await request(standby, "POST", "/v1/feedback", { body: report, token: WEB_APP });
+      const taken = await request(standby, "/v1/feedback", { method: "POST", body: report, token: WEB_APP });
       assert.equal(taken.status, 202);
       assert.deepEqual(await taken.json(), {
         accepted: 1,
@@ -101,28 +100,26 @@ Deno.test({
       );
 
       // The leader's refusal is the answer: this token may not report for api.
-      const refused = await request(standby, "POST", "/v1/feedback", {
+      const refused = await request(standby, "/v1/feedback", {
+        method: "POST",
         body: { service: "api", backend: A, weight: 1 },
         token: WEB_APP,
       });
       assert.equal(refused.status, 403);
       assert.equal(((await refused.json()) as { path: string }).path, "service");
 
-      const drained = await request(
-        standby,
-        "POST",
-        `/v1/services/web/backends/${encodeURIComponent(A)}/state`,
-        {
-          body: { state: "drain" },
-        },
-      );
+      const drained = await request(standby, `/v1/services/web/backends/${encodeURIComponent(A)}/state`, {
+        method: "POST",
+        body: { state: "drain" },
+      });
       assert.equal(drained.status, 200);
       assert.equal(((await drained.json()) as { operator_state: string }).operator_state, "drain");
       assert.equal(leaderModel.service("web")!.backends[0]!.operatorState, "drain");
 
       // A wrong token never leaves the standby.
       assert.equal(
-        (await request(standby, "POST", "/v1/feedback", { body: report, token: "wrong-token-1" })).status,
+        (await request(standby, "/v1/feedback", { method: "POST", body: report, token: "wrong-token-1" }))
+          .status,
         401,
       );
     } finally {
@@ -144,12 +141,12 @@ Deno.test("with no leader known a standby answers writes 503 and still answers r
         ["/v1/reload", {}],
       ] as const
     ) {
-      const response = await request(app, "POST", path, { body });
+      const response = await request(app, path, { method: "POST", body });
       assert.equal(response.status, 503, path);
       assert.deepEqual(await response.json(), { error: "No manager leads now; try again shortly", path: "" });
     }
     assert.equal(model.service("web")!.backends[0]!.operatorState, "up");
-    assert.equal((await request(app, "GET", "/v1/services")).status, 200);
+    assert.equal((await request(app, "/v1/services")).status, 200);
   } finally {
     model.close();
   }
@@ -165,7 +162,8 @@ Deno.test("a write another manager passed on is never passed again: 503 from a m
     role({ target: () => ({ kind: "leader", leader }) }),
   );
   try {
-    const response = await request(app, "POST", "/v1/feedback", {
+    const response = await request(app, "/v1/feedback", {
+      method: "POST",
       body: { service: "web", backend: A, weight: 1 },
       headers: { [PASSED_HEADER]: "other" },
     });
@@ -186,7 +184,10 @@ Deno.test("a leader answers a write once it is stored, and 503 when it cannot be
   );
   try {
     let answered = false;
-    const pending = request(app, "POST", "/v1/feedback", { body: { service: "web", backend: A, weight: 30 } })
+    const pending = request(app, "/v1/feedback", {
+      method: "POST",
+      body: { service: "web", backend: A, weight: 30 },
+    })
       .then((response) => {
         answered = true;
         return response;
@@ -198,7 +199,8 @@ Deno.test("a leader answers a write once it is stored, and 503 when it cannot be
 
     store = Promise.withResolvers<void>();
     store.reject(new Error("This manager no longer leads"));
-    const failed = await request(app, "POST", `/v1/services/web/backends/${encodeURIComponent(A)}/state`, {
+    const failed = await request(app, `/v1/services/web/backends/${encodeURIComponent(A)}/state`, {
+      method: "POST",
       body: { state: "drain" },
     });
     assert.equal(failed.status, 503);
@@ -216,7 +218,7 @@ Deno.test("GET /v1/cluster of a manager alone: role single, itself the leader", 
   const self = { id: "m1", admin: "10.0.0.10:9090", cluster: "10.0.0.10:9091" };
   const app = testAdminApp(model, ADMIN, new Decider(model), singleRole(self, () => []));
   try {
-    const response = await request(app, "GET", "/v1/cluster");
+    const response = await request(app, "/v1/cluster");
     assert.equal(response.status, 200);
     assert.deepEqual(await response.json(), {
       role: "single",
@@ -226,8 +228,8 @@ Deno.test("GET /v1/cluster of a manager alone: role single, itself the leader", 
       leader_changes: 0,
       ha: null,
     });
-    assert.equal((await request(app, "GET", "/v1/cluster", { token: WEB_APP })).status, 403);
-    const metrics = await (await request(app, "GET", "/metrics")).text();
+    assert.equal((await request(app, "/v1/cluster", { token: WEB_APP })).status, 403);
+    const metrics = await (await request(app, "/metrics")).text();
     assert.match(metrics, /^switchyard_manager_role\{role="single"\} 1$/m);
     assert.match(metrics, /^switchyard_manager_role\{role="leader"\} 0$/m);
   } finally {

@@ -52,7 +52,7 @@ export interface ManagerRole {
   /** Resolves once the operator state of this backend is stored for a next leader; rejects if it cannot be. */
   storeOperatorState(service: string, backend: string): Promise<void>;
   /** Sends a write this manager does not take to the leader; answers what the leader answered. */
-  pass(request: Request, body: string, leader: ManagerRef): Promise<Response>;
+  pass(request: Request, leader: ManagerRef): Promise<Response>;
   /** The agents with a claim: those connected here, or, on a standby, those the leader last stored. */
   agents(): AgentSession[];
   /** Changes of leader this manager has seen. */

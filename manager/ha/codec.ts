@@ -327,12 +327,12 @@ export function emptyState(): StoredState {
  */
 export function applyKey(
   state: StoredState,
-  keys: Keys,
   kv: { key: string; value: string | null; createRevision: number; lease: string },
-  clock: Clock,
+  options: { keys: Keys; clock: Clock },
 ): "leader" | "manager" | "operator" | "feedback" | "agents" | "config" | null {
-  const what = keys.parse(kv.key);
+  const what = options.keys.parse(kv.key);
   if (what === null) return null;
+  const { clock } = options;
   const value = kv.value;
   switch (what.kind) {
     case "leader": {
@@ -348,12 +348,12 @@ export function applyKey(
     }
     case "operator": {
       const operator = value === null ? null : decodeOperator(value);
-      setIn(state.operator, what.service, what.backend, operator);
+      setIn(state.operator, { ...what, value: operator });
       return value === null || operator !== null ? "operator" : null;
     }
     case "feedback": {
       const record = value === null ? null : decodeFeedback(value, clock);
-      setIn(state.feedback, what.service, what.backend, record);
+      setIn(state.feedback, { ...what, value: record });
       return "feedback";
     }
     case "agents": {
@@ -369,7 +369,10 @@ export function applyKey(
   }
 }
 
-function setIn<T>(map: ByBackend<T>, service: string, backend: string, value: T | null): void {
+function setIn<T>(
+  map: ByBackend<T>,
+  { service, backend, value }: { service: string; backend: string; value: T | null },
+): void {
   let backends = map.get(service);
   if (value === null) {
     backends?.delete(backend);

@@ -95,7 +95,7 @@ Deno.test("applyKey follows puts and deletes key by key, and leaves out what it 
   const state = emptyState();
   const clock: Clock = { model: 0, wall: 1_000 };
   const put = (key: string, value: string | null, createRevision = 1) =>
-    applyKey(state, keys, { key, value, createRevision, lease: "7" }, clock);
+    applyKey(state, { key, value, createRevision, lease: "7" }, { keys, clock });
   const info = { id: "m1", admin: "a:1", cluster: "c:2", configVersion: "v", startedAt: 0 };
   assert.equal(put(keys.leader, encodeManager(info), 42), "leader");
   assert.deepEqual(state.leader, { info, createRevision: 42, lease: "7" });

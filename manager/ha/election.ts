@@ -226,8 +226,7 @@ export class Election {
     const result = await this.#options.client.txn(
       [{ key: leaderKey, createRevision: 0 }],
       [{ put: leaderKey, value: info, lease }],
-      [{ range: leaderKey }],
-      { timeoutMs },
+      { failure: [{ range: leaderKey }], timeoutMs },
     );
     if (this.#closed || this.#lease?.id !== lease) return;
     if (result.succeeded) {

@@ -37,7 +37,7 @@ interface Candidate {
   readonly log: string[];
 }
 
-function candidate(id: string, endpoints: string[], prefix = "/test"): Candidate {
+function candidate(id: string, endpoints: string[]): Candidate {
   const log: string[] = [];
   const info: ManagerInfo = {
     id,
@@ -48,7 +48,7 @@ function candidate(id: string, endpoints: string[], prefix = "/test"): Candidate
   };
   const election = new Election({
     client: new EtcdClient(endpoints, { timeoutMs: 500 }),
-    keys: new Keys(prefix),
+    keys: new Keys("/test"),
     leaseMs: LEASE_MS,
     self: () => info,
     onElected: () => {

@@ -183,12 +183,11 @@ export class EtcdClient {
     return Number(body.header?.revision ?? 0);
   }
 
-  /** If every `compare` holds, runs `success`, else `failure`, all as one step. */
+  /** If every `compare` holds, runs `success`, else `failure` (none by default), all as one step. */
   async txn(
     compare: readonly Compare[],
     success: readonly Operation[],
-    failure: readonly Operation[] = [],
-    options: { timeoutMs?: number } = {},
+    options: { failure?: readonly Operation[]; timeoutMs?: number } = {},
   ): Promise<TxnResult> {
     const body = await this.#call<
       RawHeader & {
@@ -202,7 +201,7 @@ export class EtcdClient {
           : { target: "VALUE", key: base64(c.key), value: base64(c.value) }
       ),
       success: success.map(operation),
-      failure: failure.map(operation),
+      failure: (options.failure ?? []).map(operation),
     }, options);
     return {
       succeeded: body.succeeded === true,

@@ -49,16 +49,12 @@ etcdTest(
     const first = await client.txn([{ key: "/t/leader", createRevision: 0 }], [{
       put: "/t/leader",
       value: "one",
-    }], [
-      { range: "/t/leader" },
-    ]);
+    }], { failure: [{ range: "/t/leader" }] });
     assert.equal(first.succeeded, true);
     const second = await client.txn([{ key: "/t/leader", createRevision: 0 }], [{
       put: "/t/leader",
       value: "two",
-    }], [
-      { range: "/t/leader" },
-    ]);
+    }], { failure: [{ range: "/t/leader" }] });
     assert.equal(second.succeeded, false);
     assert.equal(second.ranges[0]?.[0]?.value, "one");
     assert.equal(second.ranges[0]?.[0]?.createRevision, first.revision);

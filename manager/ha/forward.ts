@@ -13,6 +13,8 @@ export const FORWARD_DEFAULTS = {
 } as const;
 
 export interface PassOptions {
+  /** Where the leader's admin API is. */
+  readonly leader: ManagerRef;
   /** This manager's id, sent in `PASSED_HEADER`. */
   readonly via: string;
   /** With `manager.tls`: the admin API speaks https, and this client trusts the managers' certificate. */
@@ -20,14 +22,11 @@ export interface PassOptions {
   readonly timeoutMs?: number;
 }
 
-/** Sends `request` (its method, path, query, token, content type and `body`) to the leader; throws if it cannot. */
-export async function passToLeader(
-  request: Request,
-  body: string,
-  leader: ManagerRef,
-  options: PassOptions,
-): Promise<Response> {
+/** Sends `request` (its method, path, query, token, content type and body) to the leader; throws if it cannot. */
+export async function passToLeader(request: Request, options: PassOptions): Promise<Response> {
+  const { leader } = options;
   const url = new URL(request.url);
+  const body = request.method === "GET" || request.method === "HEAD" ? null : await request.text();
   const scheme = options.client === null ? "http" : "https";
   const headers = new Headers({ [PASSED_HEADER]: options.via });
   for (const name of ["authorization", "content-type"]) {
@@ -40,7 +39,7 @@ export async function passToLeader(
     response = await fetch(`${scheme}://${leader.admin}${url.pathname}${url.search}`, {
       method: request.method,
       headers,
-      body: request.method === "GET" || request.method === "HEAD" ? null : body,
+      body,
       signal: AbortSignal.timeout(options.timeoutMs ?? FORWARD_DEFAULTS.timeoutMs),
       ...(options.client === null ? {} : { client: options.client }),
     });

@@ -181,8 +181,9 @@ export class Replica implements ManagerRole {
     return this.#writer.write([this.#keys.operator(service, backend)]);
   }
 
-  pass(request: Request, body: string, leader: ManagerRef): Promise<Response> {
-    return passToLeader(request, body, leader, {
+  pass(request: Request, leader: ManagerRef): Promise<Response> {
+    return passToLeader(request, {
+      leader,
       via: this.#options.self.id,
       client: this.#options.httpClient,
     });
@@ -259,7 +260,10 @@ export class Replica implements ManagerRole {
 
   /** Won: loads everything, then (once leading) stores it back in full. */
   async #takeOver(): Promise<void> {
-    const { state, revision } = await loadState(this.#client, this.#keys, () => this.#clock());
+    const { state, revision } = await loadState(this.#client, {
+      keys: this.#keys,
+      clock: () => this.#clock(),
+    });
     this.#stored = state;
     this.#revision = Math.max(this.#revision, revision + 1);
     this.#resync = false;
@@ -330,7 +334,10 @@ export class Replica implements ManagerRole {
       this.#watch = abort;
       try {
         if (this.#resync) {
-          const { state, revision } = await loadState(this.#client, this.#keys, () => this.#clock());
+          const { state, revision } = await loadState(this.#client, {
+            keys: this.#keys,
+            clock: () => this.#clock(),
+          });
           this.#resync = false;
           this.#stored = state;
           this.#revision = revision + 1;
@@ -348,12 +355,12 @@ export class Replica implements ManagerRole {
           for (const event of batch.events) {
             // Already in `#stored` (read by a load after this watch started).
             if (event.kv.modRevision < this.#revision) continue;
-            const kind = applyKey(this.#stored, this.#keys, {
+            const kind = applyKey(this.#stored, {
               key: event.kv.key,
               value: event.type === "delete" ? null : event.kv.value,
               createRevision: event.kv.createRevision,
               lease: event.kv.lease,
-            }, clock);
+            }, { keys: this.#keys, clock });
             if (kind !== null) kinds.add(kind);
             this.#revision = event.kv.modRevision + 1;
           }

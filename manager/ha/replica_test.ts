@@ -28,7 +28,7 @@ function config(etcd: string[]): Config {
   return result.config as Config;
 }
 
-async function replica(id: string, etcd: string[], agents: AgentSession[]) {
+async function replica(id: string, { etcd, agents }: { etcd: string[]; agents: AgentSession[] }) {
   const model = new ClusterModel(config(etcd), { seed: 1 });
   const led: AgentSession[][] = [];
   const replica = await Replica.create({
@@ -68,11 +68,11 @@ Deno.test({
       ackedVersion: 3,
       connections: { served: 10, handed_off: 2, open: 1 },
     };
-    const first = await replica("first", etcd.endpoints, [agent]);
+    const first = await replica("first", { etcd: etcd.endpoints, agents: [agent] });
     let second: Awaited<ReturnType<typeof replica>> | null = null;
     try {
       await eventually(() => first.replica.leading(), 5_000, "the first to lead");
-      second = await replica("second", etcd.endpoints, []);
+      second = await replica("second", { etcd: etcd.endpoints, agents: [] });
       await eventually(() => second!.replica.writeTarget().kind === "leader", 5_000, "the second to follow");
       assert.equal(second.replica.role(), "standby");
 

@@ -31,15 +31,15 @@ export class NotLeaderError extends Error {
 /** Everything under the prefix, and the revision it was read at. */
 export async function loadState(
   client: EtcdClient,
-  keys: Keys,
-  clock: () => Clock,
+  options: { keys: Keys; clock: () => Clock },
 ): Promise<{ state: StoredState; revision: number; stale: string[] }> {
+  const { keys } = options;
   const { kvs, revision } = await client.range(keys.all, { prefix: true });
   const state = emptyState();
-  const now = clock();
+  const now = options.clock();
   const stale: string[] = [];
   for (const kv of kvs) {
-    const kind = applyKey(state, keys, kv, now);
+    const kind = applyKey(state, kv, { keys, clock: now });
     // An expired or unreadable record is left out: the leader deletes it.
     const what = keys.parse(kv.key);
     if (what?.kind === "feedback" && state.feedback.get(what.service)?.get(what.backend) === undefined) {
@@ -135,7 +135,7 @@ export class StateWriter {
           const value = this.#options.value(key);
           return value === null ? { delete: key } : { put: key, value };
         });
-        const result = await this.#options.client.txn(fence, operations, [], {
+        const result = await this.#options.client.txn(fence, operations, {
           timeoutMs: STORE_DEFAULTS.timeoutMs,
         });
         if (!result.succeeded) {

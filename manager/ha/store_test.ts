@@ -138,11 +138,10 @@ etcdTest(
     await client.put(keys.feedback("web", "b:1"), record(500));
     await client.put(keys.operator("web", "a:1"), "drain");
     await client.put(keys.agents, "[]");
-    const { state, stale } = await loadState(
-      client,
+    const { state, stale } = await loadState(client, {
       keys,
-      () => ({ model: 5_000, wall: clock.wall + 4_000 }),
-    );
+      clock: () => ({ model: 5_000, wall: clock.wall + 4_000 }),
+    });
     assert.deepEqual([...state.feedback.get("web")!.keys()], ["a:1"]);
     assert.equal(state.feedback.get("web")!.get("a:1")!.expiresAt, 60_000);
     assert.deepEqual(stale, [keys.feedback("web", "b:1")]);
