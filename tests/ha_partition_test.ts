@@ -81,12 +81,8 @@ Deno.test({
           }],
         }),
       );
-      const managers = [
-        { ns: nsM1, admin: `${net(22)}:9090`, cluster: `${net(9)}:9091` },
-        { ns: nsM2, admin: `${net(26)}:9090`, cluster: `${net(13)}:9091` },
-      ].map((m) => ({
-        ...m,
-        proc: new NsProc(m.ns, [
+      const spawn = (m: { ns: string; admin: string; cluster: string }) => {
+        const proc = new NsProc(m.ns, [
           "manager",
           "--config",
           `${dir}/switchyard.yaml`,
@@ -98,10 +94,12 @@ Deno.test({
           "json",
           "--log-level",
           "debug",
-        ]),
-      }));
-      procs.push(...managers.map((m) => m.proc));
-      const [m1, m2] = managers as [typeof managers[0], typeof managers[0]];
+        ]);
+        procs.push(proc);
+        return { ...m, proc };
+      };
+      const m1 = spawn({ ns: nsM1, admin: `${net(22)}:9090`, cluster: `${net(9)}:9091` });
+      const m2Place = { ns: nsM2, admin: `${net(26)}:9090`, cluster: `${net(13)}:9091` };
       const api = async <T>(manager: typeof m1, path: string): Promise<T> => {
         const response = await fetch(`http://${manager.admin}${path}`, {
           headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
@@ -117,8 +115,10 @@ Deno.test({
           .reduce((sum, l) => sum + Number(l.split(" ").pop()), 0);
       const role = (manager: typeof m1) => api<ClusterBody>(manager, "/v1/cluster").catch(() => null);
 
+      // M1 first, so that it is the one that leads.
       await eventually(async () => (await role(m1))?.role === "leader", 15_000, "M1 to lead");
       const m1Id = (await role(m1))!.id;
+      const m2 = spawn(m2Place);
       await eventually(async () => (await role(m2))?.leader?.id === m1Id, 15_000, "M2 to follow M1");
       const agents = ["agent-1", "agent-2"].map((id) => {
         const proc = new NsProc(nsA, meshAgentArgs(`${m1.cluster},${m2.cluster}`, dir!, id));
