@@ -4,7 +4,7 @@
  * 2 bad usage or bad config, with a one-line reason on stderr.
  */
 import { parseArgs } from "node:util";
-import { parseHostPort } from "./cluster/address.ts";
+import { formatHostPort, parseHostPort } from "./cluster/address.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel, setupLogging } from "./cluster/log.ts";
 import { UsageError } from "./cluster/usage.ts";
 import { DATA_PATHS, type DataPath } from "./agent/agent.ts";
@@ -44,17 +44,34 @@ const COMMON_FLAGS: Record<string, FlagSpec> = {
 
 const COMMANDS: Readonly<Record<string, Command>> = {
   manager: {
-    usage: "switchyard manager --config switchyard.yaml",
+    usage: "switchyard manager --config switchyard.yaml [--admin HOST:PORT] [--cluster HOST:PORT]",
     summary: "Run the manager: admin and feedback API, dashboard, and the cluster port agents join",
-    flags: { config: { type: "string", value: "FILE", help: "the YAML config to serve", required: true } },
-    run: (flags) => runManager({ configFile: flags.config as string }),
+    flags: {
+      config: { type: "string", value: "FILE", help: "the YAML config to serve", required: true },
+      admin: {
+        type: "string",
+        value: "HOST:PORT",
+        help: "serve the admin API here, not at manager.admin (several managers from one config)",
+      },
+      cluster: {
+        type: "string",
+        value: "HOST:PORT",
+        help: "take agents here, not at manager.cluster (several managers from one config)",
+      },
+    },
+    run: (flags) => runManager(managerFlags(flags)),
   },
   agent: {
     usage:
-      "switchyard agent --manager HOST:PORT --token-file FILE [--id NAME] [--mesh HOST:PORT] [--admin HOST:PORT] [--state-dir DIR]",
+      "switchyard agent --manager HOST:PORT[,HOST:PORT...] --token-file FILE [--id NAME] [--mesh HOST:PORT] [--admin HOST:PORT] [--state-dir DIR]",
     summary: "Run an agent: accept client connections for every service and forward them to backends",
     flags: {
-      manager: { type: "string", value: "HOST:PORT", help: "the manager's cluster port", required: true },
+      manager: {
+        type: "string",
+        value: "HOST:PORT[,...]",
+        help: "the manager's cluster port; several managers' ports, comma-separated, to follow the leader",
+        required: true,
+      },
       "token-file": { type: "string", value: "FILE", help: "file holding the cluster token", required: true },
       id: {
         type: "string",
@@ -168,10 +185,30 @@ function address(flag: string, text: string, options: { anyPort?: boolean } = {}
   }
 }
 
+function managerFlags(flags: Flags) {
+  const admin = flags.admin === undefined ? null : address("admin", flags.admin as string, { anyPort: true });
+  const cluster = flags.cluster === undefined
+    ? null
+    : address("cluster", flags.cluster as string, { anyPort: true });
+  if (
+    admin !== null && cluster !== null && admin.port !== 0 &&
+    formatHostPort(admin) === formatHostPort(cluster)
+  ) {
+    throw new UsageError(`Cannot use --cluster ${flags.cluster}: it is the same address as --admin`);
+  }
+  return { configFile: flags.config as string, admin, cluster };
+}
+
 function agentFlags(flags: Flags) {
-  const manager = address("manager", flags.manager as string);
+  const text = flags.manager as string;
+  const managers = text.split(",").map((part) => part.trim()).filter((part) => part !== "").map((part) =>
+    address("manager", part)
+  );
+  if (managers.length === 0) {
+    throw new UsageError(`Cannot use --manager "${text}": expected HOST:PORT[,HOST:PORT...]`);
+  }
   return {
-    manager,
+    managers,
     tokenFile: flags["token-file"] as string,
     id: (flags.id as string | undefined) ?? `${Deno.hostname()}-${Deno.pid}`,
     mesh: flags.mesh === undefined ? null : address("mesh", flags.mesh as string, { anyPort: true }),
@@ -211,7 +248,7 @@ function help(name: string, command: Command): string {
 
 function topHelp(): string {
   const rows = Object.entries(COMMANDS).map(([name, command]) => `  ${name.padEnd(9)} ${command.summary}`);
-  return `switchyard ${VERSION}: a TCP load-balancing proxy cluster (one manager, any number of agents)
+  return `switchyard ${VERSION}: a TCP load-balancing proxy cluster (one manager or several, any number of agents)
 
 Usage: switchyard <command> [flags]
 

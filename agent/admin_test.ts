@@ -3,7 +3,11 @@ import { Agent } from "./agent.ts";
 import { agentMetrics } from "./admin.ts";
 
 Deno.test("the agent's /metrics names every series the Prometheus way, from its counters", () => {
-  const agent = new Agent({ id: "edge-1", manager: { host: "127.0.0.1", port: 1 }, token: "t".repeat(24) });
+  const agent = new Agent({
+    id: "edge-1",
+    managers: [{ host: "127.0.0.1", port: 1 }],
+    token: "t".repeat(24),
+  });
   agent.counters.connectionsByBackend.set("web\u000010.0.0.11:80", 30);
   agent.counters.connectionsByBackend.set('we"b\u000010.0.0.12:80', 7);
   agent.counters.connectFailures.set("web\u000010.0.0.13:80", 2);

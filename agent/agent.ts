@@ -54,7 +54,8 @@ export const AGENT_DEFAULTS = {
 
 export interface AgentOptions {
   readonly id: string;
-  readonly manager: HostPort;
+  /** The managers' cluster ports: one, or several of which one leads. */
+  readonly managers: readonly HostPort[];
   readonly token: string;
   /** Where handed-off flows arrive (port 0: any free port); null when this agent takes none. */
   readonly mesh?: HostPort | null;
@@ -278,7 +279,7 @@ export class Agent {
       });
     }
     this.#link = new ManagerLink({
-      manager: this.#options.manager,
+      managers: this.#options.managers,
       token: this.#options.token,
       agentId: this.#options.id,
       mesh: advertised,
@@ -675,7 +676,10 @@ export class Agent {
       const header = proxyHeader(spec, endpoints);
       // With manager.tls the mesh speaks TLS with the manager's certificate: it is verified as the manager's.
       const tls = this.#state?.meshTls
-        ? { hostname: this.#options.manager.host, caCerts: this.#options.tls?.caCerts ?? [] }
+        ? {
+          hostname: (this.#link?.manager ?? this.#options.managers[0])?.host ?? "",
+          caCerts: this.#options.tls?.caCerts ?? [],
+        }
         : null;
       flow([owner.id, ...local.map((backend) => backend.id)], { mesh: owner.mesh });
       plane.plane.placed(

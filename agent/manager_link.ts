@@ -3,8 +3,12 @@
  * the manager's proof), applies and acknowledges every state it is sent, sends heartbeats, and reconnects
  * with capped exponential backoff and full jitter whenever the link breaks. Nothing on the data path
  * waits for it.
+ *
+ * Given several managers, it looks for the one that leads: it tries them in turn, and goes where a manager
+ * that does not lead sends it (`redirect`). It backs off only once every manager has been tried without a
+ * session, so that it finds a new leader within one round.
  */
-import { formatHostPort, type HostPort } from "../cluster/address.ts";
+import { formatHostPort, type HostPort, parseHostPort } from "../cluster/address.ts";
 import { constantTimeEqual, proof, randomNonce } from "../cluster/auth.ts";
 import { Channel } from "../cluster/channel.ts";
 import { guard, guardAsync } from "../cluster/guard.ts";
@@ -44,7 +48,8 @@ export interface LinkReport {
 }
 
 export interface ManagerLinkOptions {
-  readonly manager: HostPort;
+  /** The managers' cluster ports: one, or several of which one leads. */
+  readonly managers: readonly HostPort[];
   readonly token: string;
   readonly agentId: string;
   readonly mesh: string | null;
@@ -68,9 +73,20 @@ export class ManagerLink {
   #wake: (() => void) | null = null;
   #running: Promise<void> | null = null;
   #connected = false;
+  /** The manager tried last (and joined, while connected). */
+  #manager: HostPort;
+  /** Where a manager that does not lead sent this agent, tried next. */
+  #sentTo: HostPort | null = null;
 
   constructor(options: ManagerLinkOptions) {
+    if (options.managers.length === 0) throw new RangeError("Cannot link to no manager");
     this.#options = options;
+    this.#manager = options.managers[0] as HostPort;
+  }
+
+  /** The manager joined now, or tried last. */
+  get manager(): HostPort {
+    return this.#manager;
   }
 
   get connected(): boolean {
@@ -122,33 +138,69 @@ export class ManagerLink {
   }
 
   async #run(): Promise<void> {
+    const { managers } = this.#options;
     let attempt = 0;
     let warned = false;
+    /** The next of `managers` to try, and how many were tried since the last session. */
+    let next = 0;
+    let tried = 0;
     while (!this.#closed) {
+      const sentTo = this.#sentTo;
+      this.#sentTo = null;
+      let manager: HostPort;
+      if (sentTo !== null) {
+        manager = sentTo;
+      } else {
+        manager = managers[next % managers.length] as HostPort;
+        next = (next + 1) % managers.length;
+      }
+      this.#manager = manager;
+      tried++;
+      let joined = false;
       try {
-        await this.#session(() => {
+        await this.#session(manager, () => {
+          joined = true;
           attempt = 0;
           warned = false;
         });
-        if (!this.#closed) {
+        if (!this.#closed && joined) {
           log.warn("Lost the manager at {manager}; serving from the last state", this.#where());
         }
       } catch (error) {
         if (this.#closed) break;
-        const fields = { ...this.#where(), reason: error instanceof Error ? error.message : String(error) };
-        if (!warned) log.warn("Cannot reach the manager at {manager}: {reason}; retrying", fields);
-        else log.debug("Still cannot reach the manager at {manager}: {reason}", fields);
-        warned = true;
+        if (error instanceof Redirect) {
+          log.debug("The manager at {manager} does not lead; it names {leader} as the leader", {
+            ...this.#where(),
+            leader: error.leader === null ? "no manager" : formatHostPort(error.leader),
+          });
+          // Followed at once, unless it names a manager that was just tried.
+          if (
+            error.leader !== null && !sameAddress(error.leader, manager) && !sameAddress(error.leader, sentTo)
+          ) {
+            this.#sentTo = error.leader;
+          }
+        } else {
+          const fields = { ...this.#where(), reason: error instanceof Error ? error.message : String(error) };
+          if (!warned) log.warn("Cannot reach the manager at {manager}: {reason}; retrying", fields);
+          else log.debug("Still cannot reach the manager at {manager}: {reason}", fields);
+          warned = true;
+        }
       }
       if (this.#closed) break;
-      const ceiling = Math.min(LINK_DEFAULTS.backoffMaxMs, LINK_DEFAULTS.backoffBaseMs * 2 ** attempt);
-      attempt = Math.min(attempt + 1, 16);
-      await this.#sleep(ceiling / 2 + Math.random() * ceiling / 2);
+      if (joined) tried = 0;
+      // Every manager tried without a session (or sent on more often than there are managers): back off
+      // before the next round.
+      if (joined || tried > managers.length || (this.#sentTo === null && tried >= managers.length)) {
+        tried = 0;
+        const ceiling = Math.min(LINK_DEFAULTS.backoffMaxMs, LINK_DEFAULTS.backoffBaseMs * 2 ** attempt);
+        attempt = Math.min(attempt + 1, 16);
+        await this.#sleep(ceiling / 2 + Math.random() * ceiling / 2);
+      }
     }
   }
 
-  async #session(onReady: () => void): Promise<void> {
-    const { manager, tls } = this.#options;
+  async #session(manager: HostPort, onReady: () => void): Promise<void> {
+    const { tls } = this.#options;
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(), LINK_DEFAULTS.connectTimeoutMs);
     let conn: Deno.Conn;
@@ -188,6 +240,7 @@ export class ManagerLink {
         mesh: this.#options.mesh,
       });
       const welcome = await next(messages);
+      if (welcome?.type === "redirect") throw new Redirect(welcome.leader);
       if (welcome?.type === "error") throw new Error(welcome.error);
       if (welcome?.type !== "welcome") throw new Error(`Expected welcome, got ${welcome?.type ?? "nothing"}`);
 
@@ -231,6 +284,14 @@ export class ManagerLink {
             return true;
           }, { ...context, version: message.state.version });
           if (applied) await channel.send({ type: "ack", version: message.state.version });
+        } else if (message.type === "redirect") {
+          log.info("The manager at {manager} stopped leading; it names {leader} as the leader", {
+            ...this.#where(),
+            leader: message.leader ?? "no manager",
+          });
+          const leader = parseLeader(message.leader);
+          if (leader !== null && !sameAddress(leader, manager)) this.#sentTo = leader;
+          return;
         } else if (message.type === "error") {
           throw new Error(`The manager closed the link: ${message.error}`);
         }
@@ -247,7 +308,7 @@ export class ManagerLink {
   }
 
   #where(): { manager: string } {
-    return { manager: formatHostPort(this.#options.manager) };
+    return { manager: formatHostPort(this.#manager) };
   }
 
   #sleep(ms: number): Promise<void> {
@@ -260,6 +321,31 @@ export class ManagerLink {
       this.#wake = done;
     });
   }
+}
+
+/** A manager that does not lead sent this agent elsewhere (to no manager when it knows no leader). */
+class Redirect extends Error {
+  readonly leader: HostPort | null;
+
+  constructor(leader: string | null) {
+    super(`The manager does not lead; it names ${leader ?? "no manager"} as the leader`);
+    this.leader = parseLeader(leader);
+  }
+}
+
+/** A leader's address as a manager named it; null for none, or one that cannot be dialled (0.0.0.0). */
+function parseLeader(text: string | null): HostPort | null {
+  if (text === null) return null;
+  try {
+    const address = parseHostPort(text);
+    return address.host === "0.0.0.0" || address.host === "::" ? null : address;
+  } catch {
+    return null;
+  }
+}
+
+function sameAddress(a: HostPort, b: HostPort | null): boolean {
+  return b !== null && a.host === b.host && a.port === b.port;
 }
 
 async function next<T>(messages: AsyncGenerator<T>): Promise<T | undefined> {

@@ -14,7 +14,7 @@ import { type Decision, ManagerLink, type ManagerLinkOptions } from "./manager_l
 const SANITIZE = { sanitizeOps: true, sanitizeResources: true } as const;
 const TOKEN = "cluster-token-0123456789abcdef";
 
-function startManager() {
+function startManager(leadership?: { leading: () => boolean; leaderCluster: () => string | null }) {
   const result = parseConfig(JSON.stringify({
     manager: { tokens: { cluster: TOKEN } },
     agents: { heartbeat: "200ms" },
@@ -29,6 +29,7 @@ function startManager() {
   const model = new ClusterModel(result.config as Config, { seed: 1 });
   const server = new ClusterServer(model, Deno.listen({ hostname: "127.0.0.1", port: 0 }), {
     token: () => TOKEN,
+    ...(leadership ? { leadership } : {}),
   });
   return {
     server,
@@ -39,9 +40,9 @@ function startManager() {
   };
 }
 
-function startLink(port: number, options: Partial<ManagerLinkOptions> = {}): ManagerLink {
+function startLink(ports: number | number[], options: Partial<ManagerLinkOptions> = {}): ManagerLink {
   const link = new ManagerLink({
-    manager: { host: "127.0.0.1", port },
+    managers: (typeof ports === "number" ? [ports] : ports).map((port) => ({ host: "127.0.0.1", port })),
     token: TOKEN,
     agentId: "edge-1",
     mesh: null,
@@ -142,7 +143,7 @@ Deno.test({
       assert.equal(manager.server.agents()[0]?.ackedVersion, -1);
       assert.ok(link.connected, "the link stayed up");
       assert.equal((internalErrors().get("manager_link") ?? 0) - before, states + 2);
-      const agent = new Agent({ id: "edge-1", manager: { host: "127.0.0.1", port: 1 }, token: TOKEN });
+      const agent = new Agent({ id: "edge-1", managers: [{ host: "127.0.0.1", port: 1 }], token: TOKEN });
       const line = agentMetrics(agent).split("\n").find((l) =>
         l.startsWith('switchyard_internal_errors_total{where="manager_link"}')
       );
@@ -153,6 +154,79 @@ Deno.test({
     } finally {
       await link.close();
       await manager.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "ManagerLink: given several managers it joins the one that leads, and follows the lead when it moves",
+  ...SANITIZE,
+  fn: async () => {
+    let leader: "a" | "b" = "b";
+    const address = (server: { server: ClusterServer }) => `127.0.0.1:${server.server.addr.port}`;
+    const managers: Record<"a" | "b", ReturnType<typeof startManager>> = {} as never;
+    managers.a = startManager({
+      leading: () => leader === "a",
+      leaderCluster: () => address(managers[leader]),
+    });
+    managers.b = startManager({
+      leading: () => leader === "b",
+      leaderCluster: () => address(managers[leader]),
+    });
+    // The standby first: it sends the agent on.
+    const link = startLink([managers.a.server.addr.port, managers.b.server.addr.port]);
+    try {
+      await eventually(
+        () => link.connected && managers.b.server.agents().length === 1,
+        5_000,
+        "the link to join b",
+      );
+      assert.equal(managers.a.server.agents().length, 0);
+      assert.equal(link.manager.port, managers.b.server.addr.port);
+      assert.notEqual(await link.decide("web", { ip: "10.4.0.1", port: 1 }, 5_000), null);
+
+      // The lead moves to a: b sends its agent there, and answers no decision meanwhile.
+      leader = "a";
+      const decided = managers.b.server.decider.counts.get("web");
+      const before = [...(decided?.values() ?? [])].reduce((sum, n) => sum + n, 0);
+      const asked = link.decide("web", { ip: "10.4.0.2", port: 1 }, 5_000);
+      managers.b.server.follow();
+      assert.equal(await asked, null);
+      await eventually(
+        () => link.connected && managers.a.server.agents().length === 1,
+        5_000,
+        "the link to join a",
+      );
+      const after = [...(managers.b.server.decider.counts.get("web")?.values() ?? [])].reduce(
+        (sum, n) => sum + n,
+        0,
+      );
+      assert.equal(after, before, "the manager that stopped leading decided");
+      assert.equal(link.manager.port, managers.a.server.addr.port);
+    } finally {
+      await link.close();
+      await managers.a.close();
+      await managers.b.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "ManagerLink: while no manager leads it gets no session, and a decision is null at once",
+  ...SANITIZE,
+  fn: async () => {
+    const none = { leading: () => false, leaderCluster: () => null };
+    const a = startManager(none);
+    const b = startManager(none);
+    const link = startLink([a.server.addr.port, b.server.addr.port]);
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 1_500));
+      assert.equal(link.connected, false);
+      assert.equal(await link.decide("web", { ip: "10.5.0.1", port: 1 }, 5_000), null);
+    } finally {
+      await link.close();
+      await a.close();
+      await b.close();
     }
   },
 });

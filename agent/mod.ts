@@ -12,7 +12,7 @@ export { startAgentAdmin } from "./admin.ts";
 const log = logger("agent");
 
 export interface RunAgentOptions {
-  readonly manager: HostPort;
+  readonly managers: readonly HostPort[];
   readonly tokenFile: string;
   readonly id: string;
   readonly mesh: HostPort | null;
@@ -35,7 +35,7 @@ export async function runAgent(options: RunAgentOptions): Promise<number> {
   }
   const agent = new Agent({
     id: options.id,
-    manager: options.manager,
+    managers: options.managers,
     token,
     mesh: options.mesh,
     stateDir: options.stateDir,
@@ -44,7 +44,7 @@ export async function runAgent(options: RunAgentOptions): Promise<number> {
   });
   log.info("Agent {agent} starting; manager at {manager}", {
     agent: options.id,
-    manager: formatHostPort(options.manager),
+    manager: options.managers.map(formatHostPort).join(","),
   });
   await agent.start();
   const forget = installLastResort();

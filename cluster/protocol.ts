@@ -5,12 +5,19 @@
  *
  * Handshake: agent `hello` (its nonce) → manager `challenge` (its nonce and its proof) → agent `auth`
  * (its proof) → manager `welcome` and `state`. Proofs are HMAC-SHA256 of both nonces under the cluster
- * token, so the token itself never crosses the wire and each side proves it to the other.
+ * token, so the token itself never crosses the wire and each side proves it to the other. With several
+ * managers, one that does not lead answers a proven agent with `redirect` (the leader's cluster address, or
+ * none known) in place of `welcome`, and sends it to its sessions when it stops leading.
  */
 import { z } from "zod";
 
-/** 2: decisions asked and answered in batches (`decide` with `requests`, `decisions`). */
-export const PROTOCOL_VERSION = 2;
+/**
+ * 2: decisions asked and answered in batches (`decide` with `requests`, `decisions`). 3: `redirect`, from a
+ * manager that does not lead.
+ */
+export const PROTOCOL_VERSION = 3;
+/** The oldest version a manager takes: an agent of version 2 is sent away with an `error` for a `redirect`. */
+export const MIN_PROTOCOL_VERSION = 2;
 /** No frame may be larger than this; a peer announcing more is cut off. */
 export const MAX_FRAME_BYTES = 16 * 1024 * 1024;
 
@@ -120,6 +127,11 @@ const ManagerMessage = z.discriminatedUnion("type", [
         ttlMs: counter,
       }).strict(),
     ).max(100_000),
+  }).strict(),
+  z.object({
+    type: z.literal("redirect"),
+    /** The leading manager's cluster address, or null when this manager knows none. */
+    leader: z.string().min(1).max(300).nullable(),
   }).strict(),
   z.object({ type: z.literal("error"), error: z.string().max(1000) }).strict(),
 ]);

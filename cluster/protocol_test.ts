@@ -194,3 +194,21 @@ Deno.test("property: any table text decodes to entries of known backends, or a P
     3_000,
   );
 });
+
+Deno.test("redirect names the leader's cluster address or none, and nothing else", () => {
+  const parse = (message: unknown) => parseManagerMessage(new TextEncoder().encode(JSON.stringify(message)));
+  assert.deepEqual(parse({ type: "redirect", leader: "10.0.0.10:9091" }), {
+    type: "redirect",
+    leader: "10.0.0.10:9091",
+  });
+  assert.deepEqual(parse({ type: "redirect", leader: null }), { type: "redirect", leader: null });
+  for (
+    const bad of [{ type: "redirect" }, { type: "redirect", leader: "" }, {
+      type: "redirect",
+      leader: null,
+      x: 1,
+    }]
+  ) {
+    assert.throws(() => parse(bad), ProtocolError, JSON.stringify(bad));
+  }
+});

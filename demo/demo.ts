@@ -85,7 +85,7 @@ export async function startDemo(options: Omit<DemoOptions, "durationS">): Promis
   const agents = DEMO_DEFAULTS.agents.map((id) =>
     new Agent({
       id,
-      manager: { host: "127.0.0.1", port: manager.clusterAddr.port },
+      managers: [{ host: "127.0.0.1", port: manager.clusterAddr.port }],
       token: clusterToken,
       mesh: { host: "127.0.0.1", port: 0 },
     })

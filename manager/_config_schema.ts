@@ -208,6 +208,64 @@ export const service = z.strictObject({
   limits: z.strictObject({ max_connections: integer(1).optional() }).optional(),
 });
 
+/** The shortest lease etcd grants with its default timing (1.5 × its 1 s election timeout, rounded up). */
+export const MIN_LEASE_MS = 2_000;
+
+/** An etcd v3 endpoint: `http://host:port` (or https), nothing after the port. */
+export const etcdEndpoint = z.string({ error: expected("an etcd URL like http://10.0.0.1:2379") }).transform(
+  parsed((text) => {
+    let url: URL;
+    try {
+      url = new URL(text);
+    } catch {
+      throw new Error(
+        `Cannot parse etcd URL ${JSON.stringify(text)}: expected one like http://10.0.0.1:2379`,
+      );
+    }
+    if (url.protocol !== "http:" && url.protocol !== "https:") {
+      throw new Error(`Cannot use etcd URL ${JSON.stringify(text)}: expected http:// or https://`);
+    }
+    if (url.pathname !== "/" || url.search !== "" || url.hash !== "" || url.username !== "") {
+      throw new Error(`Cannot use etcd URL ${JSON.stringify(text)}: expected only a scheme, host and port`);
+    }
+    return `${url.protocol}//${url.host}`;
+  }),
+);
+
+/** The folder of one cluster's keys in etcd: `/` then names, not ending in `/`. */
+export const etcdPrefix = z.string({ error: expected("a key prefix like /switchyard/prod") }).regex(
+  /^(\/[A-Za-z0-9._-]+)+$/,
+  {
+    error: (issue) =>
+      `Prefix ${
+        JSON.stringify(issue.input)
+      } must be / then names of letters, digits, ., _ or -, like /switchyard/prod`,
+  },
+);
+
+/** A lease: whole seconds, at least `MIN_LEASE_MS`. */
+export const leaseDuration = duration.refine((ms) => ms % 1_000 === 0, {
+  error: (issue) =>
+    `Lease ${
+      formatDuration(Number(issue.input))
+    } must be a whole number of seconds: etcd grants leases in seconds`,
+  abort: true,
+}).refine((ms) => ms >= MIN_LEASE_MS, {
+  error: (issue) =>
+    `Lease ${formatDuration(Number(issue.input))} is shorter than ${
+      formatDuration(MIN_LEASE_MS)
+    }, the shortest lease etcd grants`,
+});
+
+/** `manager.ha`: several managers, one leading, elected through etcd. */
+export const highAvailability = z.strictObject({
+  etcd: z.array(etcdEndpoint, { error: expected("a list of etcd URLs") }).min(1, {
+    error: "List at least one etcd endpoint",
+  }),
+  prefix: etcdPrefix.optional(),
+  lease: leaseDuration.optional(),
+});
+
 /** The whole file. */
 export const configFile = z.strictObject({
   manager: z.strictObject({
@@ -217,6 +275,7 @@ export const configFile = z.strictObject({
       cert: z.string({ error: expected("a file path") }),
       key: z.string({ error: expected("a file path") }),
     }).optional(),
+    ha: highAvailability.optional(),
     tokens: z.strictObject({
       admin: tokenSource.optional(),
       cluster: tokenSource,

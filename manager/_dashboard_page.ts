@@ -3,8 +3,8 @@
  * at run time). `__NONCE__` is replaced per response with the nonce the Content-Security-Policy allows.
  *
  * The script asks for the admin token once and keeps it in `sessionStorage` (never in a URL), then polls
- * `/v1/services`, `/v1/agents` and `/v1/events` every second with it as a bearer token, and updates the page
- * in place so that weight bars glide from one value to the next. Every value is put into the page as text
+ * `/v1/services`, `/v1/agents`, `/v1/events` and `/v1/cluster` (who leads) every second with it as a bearer
+ * token, and updates the page in place so that weight bars glide from one value to the next. Every value is put into the page as text
  * (`textContent`, attributes), never as HTML.
  */
 
@@ -33,6 +33,7 @@ header {
 .brand span { font-weight: 400; color: var(--muted); margin-left: 6px; }
 .summary { display: flex; gap: 18px; color: var(--muted); margin-left: 12px; }
 .summary b { color: var(--ink); font-variant-numeric: tabular-nums; }
+.summary b.warn { color: var(--down); }
 .status { margin-left: auto; display: flex; align-items: center; gap: 8px; color: var(--muted); }
 .dot { width: 9px; height: 9px; border-radius: 50%; background: var(--unknown); }
 .dot.live { background: var(--up); box-shadow: 0 0 0 3px var(--up-bg); }
@@ -227,10 +228,12 @@ const SCRIPT = `
         api("/v1/services"),
         api("/v1/agents"),
         api("/v1/events?after=" + lastEvent),
+        api("/v1/cluster"),
       ]);
       renderServices(results[0]);
       renderAgents(results[1], results[0].version);
       renderEvents(results[2]);
+      renderLeader(results[3]);
       setStatus("live", "Live · updated " + clock(new Date()) + " · state v" + results[0].version);
     } catch (error) {
       if (error instanceof AuthError) forget("The manager refused that token; enter the admin token again.");
@@ -406,6 +409,18 @@ const SCRIPT = `
 
   // Agents and their claims
 
+  // Who leads: this manager alone, or which of several managers (manager.ha).
+
+  function renderLeader(data) {
+    var text;
+    if (data.role === "single") text = "one manager";
+    else if (data.leader === null) text = "no manager leads now";
+    else if (data.role === "leader") text = "this manager leads (" + data.leader.id + ")";
+    else text = "standby; " + data.leader.id + " at " + data.leader.admin + " leads";
+    setText(byId("sum-leader"), text);
+    byId("sum-leader").className = data.role === "standby" && data.leader === null ? "warn" : "";
+  }
+
   function renderAgents(data, version) {
     var ring = byId("ring");
     while (ring.firstChild) ring.removeChild(ring.firstChild);
@@ -518,6 +533,7 @@ export const DASHBOARD_HTML = `<!doctype html>
     <span><b id="sum-backends">–</b> backends up</span>
     <span><b id="sum-agents">–</b> agents</span>
     <span><b id="sum-open">–</b> open connections</span>
+    <span><b id="sum-leader">–</b></span>
   </div>
   <div class="status"><span id="status-dot" class="dot"></span><span id="status-text">Waiting for the token</span></div>
   <button id="forget" type="button">Forget token</button>

@@ -4,6 +4,10 @@
  * for the token) needs `Authorization: Bearer <token>`: the admin token for every route, a feedback token
  * for `POST /v1/feedback` and only for its services. Errors are `{"error", "path"}` JSON with the status
  * the spec gives, and a rejected request changes nothing.
+ *
+ * With several managers (`manager.ha`) every manager serves the whole API: a standby answers reads from the
+ * state it follows and passes writes (feedback, operator states, reload) to the leader, answering what the
+ * leader answered, or 503 when no manager leads; the leader answers a write once it is stored in etcd.
  */
 import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
@@ -30,7 +34,9 @@ import type { Decider } from "./decide.ts";
 import { dashboardPage } from "./dashboard.ts";
 import { EVENTS_DEFAULTS } from "./events.ts";
 import { agentClaims, ExplainError, explainFlow } from "./explain.ts";
+import { PASSED_HEADER } from "./ha/forward.ts";
 import { managerMetrics, METRICS_CONTENT_TYPE } from "./metrics.ts";
+import { type ManagerRole, singleRole } from "./role.ts";
 
 const log = logger("manager", "admin");
 
@@ -40,7 +46,7 @@ export const MAX_BODY_BYTES = 64 * 1024;
 /** The one error of the HTTP layer: a status, a message and the field it is about. */
 export class ApiError extends Error {
   constructor(
-    readonly status: 400 | 401 | 403 | 404 | 405 | 413 | 429 | 500,
+    readonly status: 400 | 401 | 403 | 404 | 405 | 413 | 429 | 500 | 503,
     message: string,
     readonly path = "",
   ) {
@@ -60,6 +66,8 @@ export interface AdminDeps {
   readonly seed: number;
   readonly reload: () => Promise<ReloadResult>;
   readonly adminToken: () => string;
+  /** Leader, standby or alone (the default: this manager decides and takes every write). */
+  readonly role?: ManagerRole;
 }
 
 /** Who a request's token says it is: the admin, or a feedback reporter for some services. */
@@ -72,6 +80,8 @@ type Env = { Variables: { caller: Caller } };
 
 export function createAdminApp(deps: AdminDeps): Hono<Env> {
   const app = new Hono<Env>();
+  const role = deps.role ?? singleRole({ id: "", admin: "", cluster: "" }, deps.agents);
+  const passWrites = leaderTakesWrites(role);
 
   app.onError((error, c) => {
     if (error instanceof ApiError) {
@@ -103,7 +113,7 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
     }),
   );
 
-  app.post("/v1/feedback", async (c) => {
+  app.post("/v1/feedback", passWrites, async (c) => {
     const body = await jsonBody(c);
     let reports;
     try {
@@ -146,6 +156,7 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
       }
       throw error;
     }
+    await stored(role.storeFeedback(outcomes), "the feedback");
     log.debug("Took {count} feedback reports", { count: reports.length, role: caller.role });
     return c.json({
       accepted: reports.length,
@@ -159,6 +170,8 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
   });
 
   app.use("/v1/*", adminOnly());
+
+  app.get("/v1/cluster", (c) => c.json(role.view()));
 
   app.get("/metrics", adminOnly(), (c) => {
     const agents = deps.agents();
@@ -174,6 +187,7 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
       internalErrors: internalErrors(),
       modelNow: deps.model.now(),
       now: performance.now(),
+      role: { name: role.role(), leaderChanges: role.leaderChanges(), stateWrites: role.stateWrites() },
     });
     return c.body(body, 200, { "content-type": METRICS_CONTENT_TYPE });
   });
@@ -203,7 +217,7 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
     return c.json(serviceView(service, deps.model.now()));
   });
 
-  app.post("/v1/services/:name/backends/:address/state", async (c) => {
+  app.post("/v1/services/:name/backends/:address/state", passWrites, async (c) => {
     const name = c.req.param("name");
     const address = decodedParam(c.req.param("address"));
     const service = deps.model.service(name);
@@ -220,6 +234,7 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
     }
     const before = backend.operatorState;
     deps.model.setOperatorState(name, address, state);
+    await stored(role.storeOperatorState(name, address), "the backend's state");
     if (before !== state) {
       deps.model.events.add({
         kind: "operator",
@@ -272,7 +287,7 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
     }
   });
 
-  app.post("/v1/reload", async (c) => {
+  app.post("/v1/reload", passWrites, async (c) => {
     const result = await deps.reload();
     if (!result.ok) {
       return c.json({
@@ -285,6 +300,51 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
   });
 
   return app;
+}
+
+/**
+ * A write on a manager that does not lead goes to the leader, which answers it; with no leader known, or one
+ * that cannot be reached, the answer is 503. A write another manager passed here is never passed on again.
+ */
+function leaderTakesWrites(role: ManagerRole): MiddlewareHandler<Env> {
+  return async (c, next) => {
+    const target = role.writeTarget();
+    if (target.kind === "self") return await next();
+    if (c.req.header(PASSED_HEADER) !== undefined || target.kind === "none") {
+      throw new ApiError(503, "No manager leads now; try again shortly");
+    }
+    // Read here, under this manager's body limit.
+    const request = new Request(c.req.url, {
+      method: c.req.method,
+      headers: c.req.raw.headers,
+      body: await c.req.text(),
+    });
+    try {
+      return await role.pass(request, target.leader);
+    } catch (error) {
+      throw new ApiError(
+        503,
+        `Cannot pass ${c.req.method} ${c.req.path} to the leading manager at ${target.leader.admin}: ${
+          reasonOf(error)
+        }`,
+      );
+    }
+  };
+}
+
+/** Why `error` happened, as the end of a sentence. */
+function reasonOf(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  return message.charAt(0).toLowerCase() + message.slice(1);
+}
+
+/** Waits until a change is stored where a next leader finds it; 503 when it cannot be. */
+async function stored(storing: Promise<void>, what: string): Promise<void> {
+  try {
+    await storing;
+  } catch (error) {
+    throw new ApiError(503, `Cannot store ${what}: ${reasonOf(error)}; try again shortly`);
+  }
 }
 
 /** Tells who the bearer token belongs to: the admin, a feedback token (from the config in force), or 401. */

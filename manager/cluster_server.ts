@@ -2,6 +2,11 @@
  * The cluster port: agents connect here, prove the cluster token, receive the cluster state and every
  * change to it, and send heartbeats. An agent that misses three heartbeats is dropped. A peer that fails
  * the handshake or sends a bad frame is logged and disconnected, and nothing changes.
+ *
+ * With several managers, only the leader takes agents and decides: a manager that does not lead sends a
+ * proven agent to the leader (`redirect`), and sends its agents there when it stops leading, without
+ * answering another decision. A new leader starts from the agents the previous one had (`lead`): they keep
+ * their claims while they reconnect, for a grace period.
  */
 import { constantTimeEqual, proof, randomNonce } from "../cluster/auth.ts";
 import { Channel } from "../cluster/channel.ts";
@@ -12,11 +17,13 @@ import {
   type ConnectionCounts,
   encodeFrame,
   type ManagerMessage,
+  MIN_PROTOCOL_VERSION,
   parseAgentMessage,
   PROTOCOL_VERSION,
   ProtocolError,
 } from "../cluster/protocol.ts";
 import { Decider } from "./decide.ts";
+import type { ManagerRole } from "./role.ts";
 import type { ClusterModel } from "./state.ts";
 
 const log = logger("manager", "cluster");
@@ -49,12 +56,39 @@ export interface AgentSession {
 
 type AgentChannel = Channel<AgentMessage, ManagerMessage>;
 
+export interface ClusterServerOptions {
+  readonly token: () => string;
+  /** Whether this manager leads, and where the leader is; one manager alone always leads. */
+  readonly leadership?: Pick<ManagerRole, "leading" | "leaderCluster">;
+  /** The agents with a claim changed (joined, left, or ended their grace). */
+  readonly onAgentsChanged?: () => void;
+}
+
+interface SessionEntry {
+  readonly session: AgentSession;
+  readonly channel: AgentChannel;
+  /** The protocol version the agent speaks. */
+  readonly version: number;
+  /** Sent to the leader: it is closed once that is written. */
+  leaving: boolean;
+}
+
+const ALWAYS_LEADING: Pick<ManagerRole, "leading" | "leaderCluster"> = {
+  leading: () => true,
+  leaderCluster: () => null,
+};
+
 export class ClusterServer {
   readonly #model: ClusterModel;
   readonly decider: Decider;
   readonly #token: () => string;
+  readonly #leadership: Pick<ManagerRole, "leading" | "leaderCluster">;
+  readonly #onAgentsChanged: () => void;
   readonly #listener: Deno.Listener;
-  readonly #sessions = new Map<string, { session: AgentSession; channel: AgentChannel }>();
+  readonly #sessions = new Map<string, SessionEntry>();
+  /** Agents a previous leader had, keeping their claims until they reconnect or `#graceUntil` passes. */
+  readonly #remembered = new Map<string, AgentSession>();
+  #graceUntil = 0;
   readonly #pending = new Set<AgentChannel>();
   readonly #sweep: ReturnType<typeof setInterval>;
   readonly #unsubscribe: () => void;
@@ -63,10 +97,12 @@ export class ClusterServer {
   #busyRefusals = 0;
   #busyLoggedAt = -Infinity;
 
-  constructor(model: ClusterModel, listener: Deno.Listener, options: { token: () => string }) {
+  constructor(model: ClusterModel, listener: Deno.Listener, options: ClusterServerOptions) {
     this.#model = model;
     this.decider = new Decider(model);
     this.#token = options.token;
+    this.#leadership = options.leadership ?? ALWAYS_LEADING;
+    this.#onAgentsChanged = options.onAgentsChanged ?? (() => {});
     this.#listener = listener;
     this.#unsubscribe = model.onChange(() => this.#schedulePush());
     this.#sweep = setInterval(
@@ -80,10 +116,42 @@ export class ClusterServer {
     return this.#listener.addr as Deno.NetAddr;
   }
 
+  /** The agents with a claim: those connected, and those a previous leader had that may still reconnect. */
   agents(): AgentSession[] {
-    return [...this.#sessions.values()].map((entry) => entry.session).sort((a, b) =>
-      a.id.localeCompare(b.id)
-    );
+    return [...this.#sessions.values()].map((entry) => entry.session).concat([...this.#remembered.values()])
+      .sort((a, b) => a.id.localeCompare(b.id));
+  }
+
+  /**
+   * This manager now leads: the agents the previous leader had keep their claims for `graceMs`, so that
+   * claims do not move while they find this manager.
+   */
+  lead(previous: readonly AgentSession[], graceMs: number): void {
+    this.#remembered.clear();
+    for (const agent of previous) {
+      if (!this.#sessions.has(agent.id)) this.#remembered.set(agent.id, agent);
+    }
+    this.#graceUntil = performance.now() + graceMs;
+    if (this.#remembered.size > 0) {
+      log.info("Keeping the claims of {count} agents for {grace} ms while they reconnect: {agents}", {
+        count: this.#remembered.size,
+        grace: graceMs,
+        agents: [...this.#remembered.keys()].join(", "),
+      });
+    }
+    this.#publishAgents();
+  }
+
+  /** This manager stopped leading: every agent is sent to the leader (or told none is known). */
+  follow(): void {
+    this.#remembered.clear();
+    if (this.#sessions.size > 0) {
+      log.info("Sending {count} agents to the leader at {leader}", {
+        count: this.#sessions.size,
+        leader: this.#leadership.leaderCluster() ?? "(none known)",
+      });
+    }
+    for (const entry of this.#sessions.values()) this.#sendAway(entry);
   }
 
   async close(): Promise<void> {
@@ -158,14 +226,16 @@ export class ClusterServer {
       if (hello?.type !== "hello") {
         throw new HandshakeError(`expected hello, got ${hello?.type ?? "nothing"}`);
       }
-      if (hello.version !== PROTOCOL_VERSION) {
-        throw new HandshakeError(`protocol version ${hello.version} is not ${PROTOCOL_VERSION}`);
+      if (hello.version < MIN_PROTOCOL_VERSION || hello.version > PROTOCOL_VERSION) {
+        throw new HandshakeError(
+          `protocol version ${hello.version} is not one of ${MIN_PROTOCOL_VERSION} to ${PROTOCOL_VERSION}`,
+        );
       }
       const managerNonce = randomNonce();
       const parts = { agentNonce: hello.nonce, managerNonce, agent: hello.agent };
       await channel.send({
         type: "challenge",
-        version: PROTOCOL_VERSION,
+        version: hello.version,
         nonce: managerNonce,
         proof: await proof(this.#token(), { role: "manager", ...parts }),
       });
@@ -178,6 +248,16 @@ export class ClusterServer {
       // Proven: from now on frames may be as large as the protocol allows (a heartbeat lists every
       // backend). The agent sends nothing more until our welcome, so the handshake channel holds no byte.
       channel = new Channel(conn, codec);
+      if (!this.#leadership.leading()) {
+        const leader = this.#leadership.leaderCluster();
+        log.debug("Sent agent {agent} at {remote} to the leader at {leader}", {
+          agent: hello.agent,
+          remote,
+          leader: leader ?? "(none known)",
+        });
+        await channel.send(redirect(hello.version, leader)).catch(() => {});
+        return;
+      }
 
       agentId = hello.agent;
       const existing = this.#sessions.get(agentId);
@@ -199,7 +279,9 @@ export class ClusterServer {
         ackedVersion: -1,
         connections: { served: 0, handed_off: 0, open: 0 },
       };
-      this.#sessions.set(agentId, { session, channel });
+      const entry: SessionEntry = { session, channel, version: hello.version, leaving: false };
+      this.#sessions.set(agentId, entry);
+      this.#remembered.delete(agentId);
       log.info("Agent {agent} joined from {remote}", { agent: agentId, remote, mesh: auth.mesh });
       this.#model.events.add({
         kind: "agent",
@@ -217,8 +299,8 @@ export class ClusterServer {
             throw new ProtocolError(`Unexpected ${message.type} after the handshake`);
           }
           // A message the manager fails to handle is its own error: counted, and the session goes on.
-          guard("agent_session", () => this.#handle(session, channel, message), {
-            agent: session.id,
+          guard("agent_session", () => this.#handle(entry, message), {
+            agent: entry.session.id,
             message: message.type,
           });
         }
@@ -252,7 +334,14 @@ export class ClusterServer {
     }
   }
 
-  #handle(session: AgentSession, channel: AgentChannel, message: AgentMessage): void {
+  #handle(entry: SessionEntry, message: AgentMessage): void {
+    if (entry.leaving) return;
+    const { session, channel } = entry;
+    if (!this.#leadership.leading()) {
+      // No decision, nor anything else, from a manager that does not lead.
+      this.#sendAway(entry);
+      return;
+    }
     switch (message.type) {
       case "heartbeat":
         session.lastHeartbeat = performance.now();
@@ -292,6 +381,17 @@ export class ClusterServer {
     this.decider.sweep();
     const limit = this.#model.config.agents.heartbeatMs * MISSED_HEARTBEATS;
     const now = performance.now();
+    if (!this.#leadership.leading()) {
+      this.follow();
+      return;
+    }
+    if (this.#remembered.size > 0 && now >= this.#graceUntil) {
+      log.warn("Agents {agents} did not reconnect within the grace period; dropping their claims", {
+        agents: [...this.#remembered.keys()].join(", "),
+      });
+      this.#remembered.clear();
+      this.#publishAgents();
+    }
     for (const { session, channel } of this.#sessions.values()) {
       if (now - session.lastHeartbeat > limit) {
         log.warn("Agent {agent} missed {count} heartbeats; dropping it", {
@@ -311,6 +411,16 @@ export class ClusterServer {
 
   #publishAgents(): void {
     this.#model.setAgents(this.agents().map((session) => ({ id: session.id, mesh: session.mesh })));
+    this.#onAgentsChanged();
+  }
+
+  /** Sends one agent to the leader, then closes its session. */
+  #sendAway(entry: SessionEntry): void {
+    if (entry.leaving) return;
+    entry.leaving = true;
+    entry.channel.send(redirect(entry.version, this.#leadership.leaderCluster()))
+      .catch(() => {})
+      .finally(() => entry.channel.close());
   }
 
   /** Coalesces bursts of changes into one push per tick. */
@@ -346,6 +456,17 @@ function remoteOf(conn: Deno.Conn): string {
   } catch {
     return "unknown";
   }
+}
+
+/** What sends an agent of `version` to the leader: `redirect`, or for an agent of version 2 an `error`. */
+function redirect(version: number, leader: string | null): ManagerMessage {
+  if (version >= 3) return { type: "redirect", leader };
+  return {
+    type: "error",
+    error: leader === null
+      ? "This manager does not lead, and knows no leader now"
+      : `This manager does not lead; the leader's cluster port is ${leader}`,
+  };
 }
 
 async function nextMessage<T>(messages: AsyncGenerator<T>): Promise<T | undefined> {

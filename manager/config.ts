@@ -79,11 +79,23 @@ export interface FeedbackToken {
   readonly services: readonly string[];
 }
 
+/** `manager.ha`: the etcd cluster several managers elect their leader and keep their state in. */
+export interface HaConfig {
+  /** Endpoints as `scheme://host:port`. */
+  readonly etcd: readonly string[];
+  /** The folder of this cluster's keys, such as `/switchyard/prod`. */
+  readonly prefix: string;
+  /** A leader that cannot renew its lease for this long has lost the lead (whole seconds). */
+  readonly leaseMs: number;
+}
+
 /** The manager's own addresses, TLS material (PEM text) and tokens. */
 export interface ManagerConfig {
   readonly admin: HostPort;
   readonly cluster: HostPort;
   readonly tls: { readonly cert: string; readonly key: string } | null;
+  /** Several managers, one leading; null for one manager alone. */
+  readonly ha: HaConfig | null;
   readonly tokens: {
     readonly admin: string | null;
     readonly cluster: string;
@@ -127,6 +139,7 @@ export const CONFIG_DEFAULTS = deepFreeze(
       admin: { host: "127.0.0.1", port: 9090 } as HostPort,
       cluster: { host: "127.0.0.1", port: 9091 } as HostPort,
       tls: null,
+      ha: { prefix: "/switchyard", leaseMs: 2_000 },
       tokens: { admin: null, feedback: [] as readonly FeedbackToken[] },
     },
     agents: { heartbeatMs: 1_000 },
@@ -777,6 +790,11 @@ function build(file: ConfigFile, resolved: Resolved): Config {
       admin: file.manager.admin ?? CONFIG_DEFAULTS.manager.admin,
       cluster: file.manager.cluster ?? CONFIG_DEFAULTS.manager.cluster,
       tls: tls === null ? null : { cert: tls.cert ?? "", key: tls.key ?? "" },
+      ha: file.manager.ha === undefined ? null : {
+        etcd: file.manager.ha.etcd,
+        prefix: file.manager.ha.prefix ?? CONFIG_DEFAULTS.manager.ha.prefix,
+        leaseMs: file.manager.ha.lease ?? CONFIG_DEFAULTS.manager.ha.leaseMs,
+      },
       tokens: {
         admin: resolved.tokens.admin,
         cluster: resolved.tokens.cluster ?? "",

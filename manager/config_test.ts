@@ -70,6 +70,10 @@ const SPEC_EXAMPLE = yaml(
   "  admin: 127.0.0.1:9090          # admin + feedback API and dashboard",
   "  cluster: 127.0.0.1:9091        # agents connect here",
   "  tls: { cert: cert.pem, key: key.pem }   # optional; then both ports speak TLS",
+  "  ha:                            # optional: several managers, one leads, elected through etcd",
+  "    etcd: [http://127.0.0.1:2379]          # etcd v3 endpoints",
+  "    prefix: /switchyard/prod               # keys of this cluster",
+  "    lease: 2s                              # a leader that stops renewing loses the lead after this",
   "  tokens:",
   "    admin: ${SWITCHYARD_ADMIN_TOKEN}       # ${VAR} expands from the environment; a missing var is an error",
   "    cluster: { file: /etc/switchyard/cluster.token }",
@@ -109,6 +113,7 @@ Deno.test("the spec's example parses with its environment, token file and TLS fi
       admin: { host: "127.0.0.1", port: 9090 },
       cluster: { host: "127.0.0.1", port: 9091 },
       tls: { cert: CERT, key: KEY },
+      ha: { etcd: ["http://127.0.0.1:2379"], prefix: "/switchyard/prod", leaseMs: 2_000 },
       tokens: {
         admin: "admin-token-0001",
         cluster: "cluster-token-0003",
@@ -145,6 +150,7 @@ Deno.test("a minimal config gets every default", () => {
       admin: { host: "127.0.0.1", port: 9090 },
       cluster: { host: "127.0.0.1", port: 9091 },
       tls: null,
+      ha: null,
       tokens: { admin: null, cluster: "cluster-secret", feedback: [] },
     },
     agents: { heartbeatMs: 1_000 },
@@ -817,6 +823,68 @@ Deno.test("five distinct mistakes give five problems, in file order", () => {
     "services[1].name",
     "services[1].colour",
   ]);
+});
+
+Deno.test("manager.ha takes etcd URLs, a key prefix and a lease, with defaults for the last two", () => {
+  const config = parsed(yaml(
+    "manager:",
+    "  tokens: { cluster: cluster-secret }",
+    "  ha: { etcd: [http://10.0.0.1:2379, 'https://etcd-2.example:2379/'] }",
+    ...ONE_SERVICE,
+  ));
+  assert.deepEqual(config.manager.ha, {
+    etcd: ["http://10.0.0.1:2379", "https://etcd-2.example:2379"],
+    prefix: CONFIG_DEFAULTS.manager.ha.prefix,
+    leaseMs: CONFIG_DEFAULTS.manager.ha.leaseMs,
+  });
+});
+
+Deno.test("manager.ha problems are reported at their line and column", () => {
+  assert.deepEqual(
+    problems(yaml(
+      "manager:",
+      "  tokens: { cluster: cluster-secret }",
+      "  ha:",
+      "    etcd: [http://10.0.0.1:2379, etcd-2:2379, http://10.0.0.3:2379/v3]",
+      "    prefix: switchyard/",
+      "    lease: 1500ms",
+      ...ONE_SERVICE,
+    )),
+    [
+      problem(4, 34, "manager.ha.etcd[1]", 'Cannot use etcd URL "etcd-2:2379": expected http:// or https://'),
+      problem(
+        4,
+        47,
+        "manager.ha.etcd[2]",
+        'Cannot use etcd URL "http://10.0.0.3:2379/v3": expected only a scheme, host and port',
+      ),
+      problem(
+        5,
+        13,
+        "manager.ha.prefix",
+        'Prefix "switchyard/" must be / then names of letters, digits, ., _ or -, like /switchyard/prod',
+      ),
+      problem(
+        6,
+        12,
+        "manager.ha.lease",
+        "Lease 1500ms must be a whole number of seconds: etcd grants leases in seconds",
+      ),
+    ],
+  );
+  assert.deepEqual(
+    problems(yaml(
+      "manager:",
+      "  tokens: { cluster: cluster-secret }",
+      "  ha: { etcd: [], lease: 1s, leader: me }",
+      ...ONE_SERVICE,
+    )),
+    [
+      problem(3, 15, "manager.ha.etcd", "List at least one etcd endpoint"),
+      problem(3, 26, "manager.ha.lease", "Lease 1s is shorter than 2s, the shortest lease etcd grants"),
+      problem(3, 30, "manager.ha.leader", 'Unknown key "leader"'),
+    ],
+  );
 });
 
 Deno.test("formatProblem writes file:line:column: path: message", () => {

@@ -2,15 +2,18 @@
  * The manager role: loads the config, keeps the cluster model, serves the admin API and the cluster
  * port, and re-reads the config on SIGHUP or `POST /v1/reload` (a bad config is rejected with its
  * reasons and the running one is kept). It is never in the byte path: agents keep serving without it.
+ * With `manager.ha` it is one of several managers, leader or standby (`ha/replica.ts`).
  */
 import { clusterSeed } from "../cluster/auth.ts";
-import { formatHostPort } from "../cluster/address.ts";
+import { formatHostPort, type HostPort } from "../cluster/address.ts";
 import { guardAsync } from "../cluster/guard.ts";
 import { logger } from "../cluster/log.ts";
 import { createAdminApp, type ReloadResult } from "./admin.ts";
-import { ClusterServer } from "./cluster_server.ts";
+import { ClusterServer, formatAddr } from "./cluster_server.ts";
 import { type Config, ConfigError, formatProblem, loadConfig } from "./config.ts";
+import { Replica } from "./ha/replica.ts";
 import { HealthChecker } from "./health.ts";
+import { managerId, type ManagerRole, singleRole } from "./role.ts";
 import { ClusterModel } from "./state.ts";
 
 const log = logger("manager");
@@ -18,6 +21,10 @@ const log = logger("manager");
 export interface ManagerOptions {
   /** The file `reload` re-reads; without one, reload is refused. */
   readonly configFile?: string;
+  /** Serve the admin API here rather than at `manager.admin` (`--admin`: several managers, one config). */
+  readonly admin?: HostPort | null;
+  /** Take agents here rather than at `manager.cluster` (`--cluster`). */
+  readonly cluster?: HostPort | null;
 }
 
 export interface Manager {
@@ -28,11 +35,14 @@ export interface Manager {
   readonly adminToken: string;
   readonly adminTokenGenerated: boolean;
   readonly cluster: ClusterServer;
+  /** Alone, leader or standby. */
+  readonly role: ManagerRole;
   reload(): Promise<ReloadResult>;
   close(): Promise<void>;
 }
 
-export async function startManager(config: Config, options: ManagerOptions = {}): Promise<Manager> {
+export async function startManager(loaded: Config, options: ManagerOptions = {}): Promise<Manager> {
+  const config = placed(loaded, options);
   const generated = config.manager.tokens.admin === null;
   const fallbackAdminToken = generated ? randomToken() : "";
   let current = config;
@@ -48,8 +58,11 @@ export async function startManager(config: Config, options: ManagerOptions = {})
       key: tls.key,
     })
     : Deno.listen({ hostname: config.manager.cluster.host, port: config.manager.cluster.port });
-  const cluster = new ClusterServer(model, clusterListener, { token: () => current.manager.tokens.cluster });
-  const health = new HealthChecker(model);
+  // Assigned before anything calls them: the cluster server and the role refer to each other.
+  let cluster: ClusterServer | null = null;
+  let replica: Replica | null = null;
+  let app: ReturnType<typeof createAdminApp> | null = null;
+  const connected = () => cluster?.agents() ?? [];
 
   /** One reload: a config that cannot be read or taken is rejected with its reasons; the running one stays. */
   const reloadOnce = async (): Promise<ReloadResult> => {
@@ -58,7 +71,7 @@ export async function startManager(config: Config, options: ManagerOptions = {})
     }
     let next: Config;
     try {
-      next = await loadConfig(options.configFile);
+      next = placed(await loadConfig(options.configFile), options);
     } catch (error) {
       const problems = error instanceof ConfigError
         ? error.problems.map((problem) => formatProblem(error.file, problem))
@@ -82,7 +95,11 @@ export async function startManager(config: Config, options: ManagerOptions = {})
         });
       }
     }
+    if (JSON.stringify(next.manager.ha) !== JSON.stringify(current.manager.ha)) {
+      log.warn("manager.ha changed; it takes effect at the next restart");
+    }
     current = next;
+    await replica?.reloaded(next);
     log.info("Reloaded the config: {services} services, state version {version}", {
       services: next.services.length,
       version: model.version,
@@ -93,44 +110,109 @@ export async function startManager(config: Config, options: ManagerOptions = {})
     await guardAsync("reload", reloadOnce, { file: options.configFile }) ??
       { ok: false, problems: ["Internal error while reloading; the running config is kept"] };
 
-  const app = createAdminApp({
+  let adminAddr: Deno.NetAddr | undefined;
+  const server = Deno.serve(
+    {
+      hostname: config.manager.admin.host,
+      port: config.manager.admin.port,
+      ...(tls ? { cert: tls.cert, key: tls.key } : {}),
+      onListen: (addr) => {
+        adminAddr = addr as Deno.NetAddr;
+      },
+    },
+    (request, info) =>
+      app === null
+        ? Response.json({ error: "The manager is starting", path: "" }, { status: 503 })
+        : app.fetch(request, info),
+  );
+  adminAddr ??= server.addr as Deno.NetAddr;
+
+  // Where the other managers and the agents reach this one: its addresses as bound.
+  const self = {
+    id: managerId(),
+    admin: formatAddr(adminAddr),
+    cluster: formatAddr(clusterListener.addr),
+  };
+  // With manager.tls the admin API speaks https, with the managers' certificate: a standby trusts it.
+  const httpClient = config.manager.ha && tls ? Deno.createHttpClient({ caCerts: [tls.cert] }) : null;
+  let role: ManagerRole;
+  if (config.manager.ha) {
+    for (const [key, address] of [["admin", self.admin], ["cluster", self.cluster]] as const) {
+      if (/^(0\.0\.0\.0|\[::\]):/.test(address)) {
+        log.warn(
+          "manager.{key} is {address}: other managers and agents are sent there, so give each manager an address they can reach (--{key})",
+          { key, address },
+        );
+      }
+    }
+    replica = await Replica.create({
+      config,
+      model,
+      self,
+      agentsHere: connected,
+      lead: (previous, graceMs) => cluster?.lead(previous, graceMs),
+      follow: () => cluster?.follow(),
+      httpClient,
+    });
+    role = replica;
+  } else {
+    role = singleRole(self, connected);
+  }
+  cluster = new ClusterServer(model, clusterListener, {
+    token: () => current.manager.tokens.cluster,
+    leadership: role,
+    onAgentsChanged: () => replica?.agentsChanged(),
+  });
+  const health = new HealthChecker(model);
+  app = createAdminApp({
     model,
-    agents: () => cluster.agents(),
+    agents: () => role.agents(),
     decider: cluster.decider,
     seed,
     reload,
     adminToken: () => current.manager.tokens.admin ?? fallbackAdminToken,
+    role,
   });
-  let adminAddr: Deno.NetAddr | undefined;
-  const server = Deno.serve({
-    hostname: config.manager.admin.host,
-    port: config.manager.admin.port,
-    ...(tls ? { cert: tls.cert, key: tls.key } : {}),
-    onListen: (addr) => {
-      adminAddr = addr as Deno.NetAddr;
-    },
-  }, app.fetch);
-  adminAddr ??= server.addr as Deno.NetAddr;
 
   log.info("Manager serving admin on {admin} and cluster on {cluster}", {
     admin: `${adminAddr.hostname}:${adminAddr.port}`,
     cluster: `${cluster.addr.hostname}:${cluster.addr.port}`,
     services: config.services.length,
+    id: self.id,
   });
+  replica?.start();
 
+  const clusterServer = cluster;
   return {
     model,
     adminAddr,
-    clusterAddr: cluster.addr,
+    clusterAddr: clusterServer.addr,
     adminToken: current.manager.tokens.admin ?? fallbackAdminToken,
     adminTokenGenerated: generated,
-    cluster,
+    cluster: clusterServer,
+    role,
     reload,
     async close() {
+      // A leader gives the lead up first, so that a standby takes over at once.
+      await replica?.close();
       await health.close();
-      await cluster.close();
+      await clusterServer.close();
       await server.shutdown();
       model.close();
+      httpClient?.close();
+    },
+  };
+}
+
+/** The config with `--admin` and `--cluster` in place of `manager.admin` and `manager.cluster`. */
+export function placed(config: Config, options: Pick<ManagerOptions, "admin" | "cluster">): Config {
+  if (!options.admin && !options.cluster) return config;
+  return {
+    ...config,
+    manager: {
+      ...config.manager,
+      admin: options.admin ?? config.manager.admin,
+      cluster: options.cluster ?? config.manager.cluster,
     },
   };
 }

@@ -8,6 +8,7 @@
  * manager.
  */
 import type { AgentSession } from "./cluster_server.ts";
+import type { RoleName } from "./role.ts";
 import type { ServiceRuntime } from "./state.ts";
 
 export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
@@ -216,7 +217,17 @@ export interface ManagerMetricsSource {
   readonly modelNow: number;
   /** `performance.now()`, which heartbeats are stamped with. */
   readonly now: number;
+  /** This manager's role among managers, the changes of leader it has seen, and its writes to etcd. */
+  readonly role?: {
+    readonly name: RoleName;
+    readonly leaderChanges: number;
+    readonly stateWrites:
+      | { readonly transactions: number; readonly keys: number; readonly failures: number }
+      | null;
+  };
 }
+
+const ROLES: readonly RoleName[] = ["single", "leader", "standby"];
 
 const BACKEND_STATES = [["up", "up"], ["draining", "drain"], ["down", "down"]] as const;
 const HEALTHS = ["up", "down", "unknown"] as const;
@@ -341,6 +352,26 @@ export function managerMetrics(source: ManagerMetricsSource): string {
       "switchyard_state_version",
       "The version of the cluster state; agents acknowledge the versions they serve.",
       source.version,
+    )
+    .gauge(
+      "switchyard_manager_role",
+      "1 for this manager's role (single, leader or standby), 0 for the others.",
+      ROLES.map((role): Sample => [{ role }, (source.role?.name ?? "single") === role ? 1 : 0]),
+    )
+    .counter(
+      "switchyard_manager_leader_changes_total",
+      "Changes of the leading manager this manager has seen (manager.ha).",
+      source.role?.leaderChanges ?? 0,
+    )
+    .counter(
+      "switchyard_manager_state_writes_total",
+      "Transactions of state (feedback, drains, agents) this manager stored in etcd as leader (manager.ha).",
+      source.role?.stateWrites?.transactions ?? 0,
+    )
+    .counter(
+      "switchyard_manager_state_write_failures_total",
+      "Transactions of state etcd did not take from this manager (tried again while it leads).",
+      source.role?.stateWrites?.failures ?? 0,
     );
   return addInternalErrors(page, source.internalErrors, { known: MANAGER_GUARDED }).text();
 }

@@ -1,8 +1,9 @@
 /** The manager role as the command line starts it, and `switchyard check`. */
+import { formatHostPort, type HostPort } from "../cluster/address.ts";
 import { installLastResort } from "../cluster/guard.ts";
 import { logger } from "../cluster/log.ts";
 import { ConfigError, formatProblem, loadConfig } from "./config.ts";
-import { startManager } from "./manager.ts";
+import { placed, startManager } from "./manager.ts";
 import { ClusterModel } from "./state.ts";
 
 export { startManager } from "./manager.ts";
@@ -11,8 +12,13 @@ export { type Config, ConfigError, formatProblem, loadConfig, parseConfig } from
 
 const log = logger("manager");
 
-/** `switchyard manager`: serves until SIGTERM or SIGINT; SIGHUP reloads the config. */
-export async function runManager(options: { configFile: string }): Promise<number> {
+/**
+ * `switchyard manager`: serves until SIGTERM or SIGINT; SIGHUP reloads the config. `admin` and `cluster`
+ * (`--admin`, `--cluster`) take the place of the config's `manager.admin` and `manager.cluster`.
+ */
+export async function runManager(
+  options: { configFile: string; admin?: HostPort | null; cluster?: HostPort | null },
+): Promise<number> {
   let config;
   try {
     config = await loadConfig(options.configFile);
@@ -26,9 +32,20 @@ export async function runManager(options: { configFile: string }): Promise<numbe
     }
     throw error;
   }
+  const { admin, cluster } = placed(config, options).manager;
+  if (admin.port !== 0 && formatHostPort(admin) === formatHostPort(cluster)) {
+    console.error(
+      `switchyard: Cannot serve the admin API and the cluster port both on ${formatHostPort(admin)}`,
+    );
+    return 2;
+  }
   let manager;
   try {
-    manager = await startManager(config, { configFile: options.configFile });
+    manager = await startManager(config, {
+      configFile: options.configFile,
+      admin: options.admin ?? null,
+      cluster: options.cluster ?? null,
+    });
   } catch (error) {
     // The model refuses a config it cannot serve (tables that cannot be built, a state too large).
     if (!(error instanceof RangeError)) throw error;

@@ -221,6 +221,29 @@ export class ClusterModel {
     return runtime;
   }
 
+  /**
+   * Makes every backend's operator state and feedback those given (several managers: a standby following
+   * the leader's, a new leader taking over the stored ones); a backend not named is up with no feedback.
+   * Names the model does not know are skipped.
+   */
+  restore(
+    operator: ReadonlyMap<string, ReadonlyMap<string, OperatorState>>,
+    feedback: ReadonlyMap<string, ReadonlyMap<string, FeedbackRecord>>,
+  ): void {
+    const changes = new Map<BackendRuntime, BackendChange>();
+    for (const service of this.#services.values()) {
+      for (const backend of service.backends) {
+        changes.set(backend, {
+          operatorState: operator.get(service.config.name)?.get(backend.config.id) ?? "up",
+          feedback: feedback.get(service.config.name)?.get(backend.config.id) ?? null,
+        });
+      }
+    }
+    // Validated, then committed, as every transition: a stored record that would give no valid weight
+    // (written by another version, say) is refused whole, and the model keeps what it had.
+    this.#transition([...this.#services.values()], changes, { feedbackChanged: true });
+  }
+
   setHealth(service: string, backend: string, health: Health): void {
     const runtime = this.#backend(service, backend);
     if (runtime.health === health) return;

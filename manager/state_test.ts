@@ -260,6 +260,29 @@ Deno.test("a reload keeps the feedback and health of backends that stay", () => 
   model.close();
 });
 
+Deno.test("restore replaces every backend's operator state and feedback, and what it does not name is reset", () => {
+  const { model, clock } = modelOf(configOf([service("web", 8080)]));
+  model.setOperatorState("web", B, "drain");
+  model.applyFeedback([report({ backend: B, weight: 10 })]);
+  const version = model.version;
+  const record = { ...model.service("web")!.backends[1]!.feedback!, weight: 40, reportedWeight: 40 };
+  model.restore(
+    new Map([["web", new Map([[A, "drain" as const], ["10.9.9.9:80", "drain" as const]])]]),
+    new Map([["web", new Map([[B, record]])]]),
+  );
+  assert.deepEqual(model.service("web")!.backends.map((b) => [b.operatorState, b.state]), [
+    ["drain", "draining"],
+    ["up", "up"],
+  ]);
+  assert.deepEqual(weights(model.service("web")), { [A]: 0, [B]: 40 });
+  assert.ok(model.version > version);
+  // A restored record expires by itself, like one reported here.
+  clock.now = record.expiresAt;
+  model.restore(new Map(), new Map([["web", new Map([[B, record]])]]));
+  assert.deepEqual(weights(model.service("web")), { [A]: 100, [B]: 100 });
+  model.close();
+});
+
 Deno.test("a weight change moves close to the fewest table slots it can, and the count adds up", () => {
   const backends = Array.from({ length: 10 }, (_, i) => ({ address: `10.0.1.${i + 1}:80` }));
   const { model } = modelOf(configOf([{ ...service("web", 8080), backends }]));

@@ -149,11 +149,23 @@ export async function run(args: string[], env: Record<string, string> = {}) {
   return { code: output.code, stdout: decoder.decode(output.stdout), stderr: decoder.decode(output.stderr) };
 }
 
-/** Starts a manager on port 0 with `yaml` and returns it with its admin and cluster addresses. */
-export async function startManagerProcess(dir: string, yaml: string) {
+/**
+ * Starts a manager with `yaml` (on port 0, unless `extra` flags say otherwise) and returns it with its admin
+ * and cluster addresses.
+ */
+export async function startManagerProcess(dir: string, yaml: string, extra: string[] = []) {
   const config = `${dir}/switchyard.yaml`;
   await Deno.writeTextFile(config, yaml);
-  const proc = new Proc(["manager", "--config", config, "--log-format", "json", "--log-level", "debug"]);
+  const proc = new Proc([
+    "manager",
+    "--config",
+    config,
+    "--log-format",
+    "json",
+    "--log-level",
+    "debug",
+    ...extra,
+  ]);
   const ready = await proc.waitForLog((line) => line.message.startsWith("Manager serving"));
   const admin = String(ready.properties.admin);
   const cluster = String(ready.properties.cluster);

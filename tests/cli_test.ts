@@ -25,6 +25,20 @@ Deno.test("switchyard --help and each sub-command's --help exit 0 and name their
     assert.ok(agent.stdout.includes(flag), `agent --help names ${flag}`);
   }
   assert.ok(agent.stdout.includes("SWITCHYARD_TOKEN_FILE"));
+  assert.ok(agent.stdout.includes("--manager HOST:PORT[,...]"), "agent --help: several managers");
+  const manager = await run(["manager", "--help"]);
+  assert.equal(manager.code, 0);
+  for (
+    const flag of [
+      "--config",
+      "--admin HOST:PORT",
+      "SWITCHYARD_ADMIN",
+      "--cluster HOST:PORT",
+      "SWITCHYARD_CLUSTER",
+    ]
+  ) {
+    assert.ok(manager.stdout.includes(flag), `manager --help names ${flag}`);
+  }
 });
 
 Deno.test("bad usage exits 2 with a one-line reason on stderr", async () => {
@@ -35,6 +49,13 @@ Deno.test("bad usage exits 2 with a one-line reason on stderr", async () => {
       [["manager", "--config"], /--config/],
       [["manager", "--config", "x.yaml", "--bogus"], /bogus/],
       [["agent", "--manager", "127.0.0.1:99999", "--token-file", "t"], /port must be 1-65535/],
+      [["agent", "--manager", "127.0.0.1:9091,127.0.0.1:99999", "--token-file", "t"], /port must be 1-65535/],
+      [["agent", "--manager", ",", "--token-file", "t"], /expected HOST:PORT\[,HOST:PORT\.\.\.\]/],
+      [
+        ["manager", "--config", "x.yaml", "--admin", "127.0.0.1:9090", "--cluster", "127.0.0.1:9090"],
+        /same address/,
+      ],
+      [["manager", "--config", "x.yaml", "--cluster", "nowhere"], /Cannot use --cluster/],
       [["check", "--config", "c.yaml", "--log-level", "loud"], /--log-level "loud"/],
       [["demo", "--duration", "soon"], /--duration "soon"/],
       [["demo", "--duration", "-1"], /Cannot use --duration "-1": expected a positive number of seconds/],

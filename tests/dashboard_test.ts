@@ -130,6 +130,7 @@ Deno.test({
       const row = (address: string) => page.locator(`tr[data-backend="${address}"]`);
       await row(a.address).locator("td", { hasText: "utilization 0.30" }).waitFor();
       await page.locator("#sum-open", { hasText: "6" }).waitFor();
+      await page.locator("#sum-leader", { hasText: "one manager" }).waitFor();
 
       await row(b.address).locator('button[data-action="drain"]').click();
       await row(b.address).locator(".badge", { hasText: "drain" }).waitFor();

@@ -165,12 +165,17 @@ function assertCommandLine(args: string[], env: ReadonlyMap<string, string>, whe
 }
 
 Deno.test("the systemd units start the binary with flags and variables the command line takes", async () => {
-  const units = await files(DEPLOY, ".service");
+  const units = (await files(DEPLOY, ".service")).filter((unit) => !unit.endsWith("switchyard-etcd.service"));
   assert.deepEqual(units.map((unit) => relative(DEPLOY, unit)), [
     "switchyard-agent@.service",
     "switchyard-manager.service",
   ]);
   const agentEnv = envFile(await Deno.readTextFile(join(DEPLOY, "agent.env.example")));
+  // A manager of several reads its own addresses from /etc/switchyard/manager.env.
+  const managerEnvs = [
+    new Map<string, string>(),
+    envFile(await Deno.readTextFile(join(DEPLOY, "ha/manager.env.example"))),
+  ];
   for (const unit of units) {
     const text = await Deno.readTextFile(unit);
     const commands = [...text.matchAll(/^ExecStart(?:Pre)?=(.+)$/gm)].map((match) => match[1] as string);
@@ -178,11 +183,52 @@ Deno.test("the systemd units start the binary with flags and variables the comma
     for (const command of commands) {
       const [binary, ...args] = command.replaceAll("%i", "edge-1").replaceAll("%S", "/var/lib").split(/\s+/);
       assert.equal(binary, "/usr/local/bin/switchyard");
-      const env = text.includes("EnvironmentFile=/etc/switchyard/agent-%i.env")
-        ? agentEnv
-        : new Map<string, string>();
-      assertCommandLine(args, env, `${relative(DEPLOY, unit)}: ${command}`);
+      const envs = text.includes("EnvironmentFile=/etc/switchyard/agent-%i.env")
+        ? [agentEnv]
+        : text.includes("EnvironmentFile=-/etc/switchyard/manager.env") && args[0] === "manager"
+        ? managerEnvs
+        : [new Map<string, string>()];
+      for (const env of envs) assertCommandLine(args, env, `${relative(DEPLOY, unit)}: ${command}`);
     }
+  }
+});
+
+Deno.test("the etcd unit runs Debian's etcd with the members of the managers' config, every setting an etcd flag", async () => {
+  const unit = await Deno.readTextFile(join(DEPLOY, "ha/switchyard-etcd.service"));
+  assert.match(unit, /^ExecStart=\/usr\/bin\/etcd$/m);
+  assert.match(unit, /^EnvironmentFile=\/etc\/switchyard\/etcd\.env$/m);
+  assert.match(unit, /^Conflicts=etcd\.service$/m);
+  const env = envFile(await Deno.readTextFile(join(DEPLOY, "ha/etcd.env.example")));
+  // The three members the managers are given are the three the cluster is made of, on their client port.
+  const members = (env.get("ETCD_INITIAL_CLUSTER") ?? "").split(",").map((member) =>
+    new URL(member.split("=")[1]!)
+  );
+  assert.equal(members.length, 3);
+  const config = parse(await Deno.readTextFile(join(DEPLOY, "ha/switchyard.yaml"))) as {
+    manager: { ha: { etcd: string[] } };
+  };
+  assert.deepEqual(
+    config.manager.ha.etcd,
+    members.map((peer) => `http://${peer.hostname}:2379`),
+  );
+  assert.ok(config.manager.ha.etcd.includes(env.get("ETCD_ADVERTISE_CLIENT_URLS")!));
+  let help: string;
+  try {
+    const output = await new Deno.Command("/usr/bin/etcd", {
+      args: ["--help"],
+      stdout: "piped",
+      stderr: "piped",
+    })
+      .output();
+    help = new TextDecoder().decode(output.stdout) + new TextDecoder().decode(output.stderr);
+  } catch {
+    console.log("etcd is not installed: its flags were not checked");
+    return;
+  }
+  for (const name of env.keys()) {
+    assert.ok(name.startsWith("ETCD_"), name);
+    const flag = `--${name.slice(5).toLowerCase().replaceAll("_", "-")}`;
+    assert.ok(help.includes(`${flag} `), `${name}: etcd has no flag ${flag}`);
   }
 });
 
@@ -204,4 +250,37 @@ Deno.test("the compose file runs the manager on an example config and agents wit
     mounted.some((source) => configs.includes(join(DEPLOY, source))),
     `the manager mounts one of the example configs: ${mounted.join(", ")}`,
   );
+});
+
+Deno.test("the compose file of several managers runs three etcd members, two managers on one config, and agents given both", async () => {
+  const compose = parse(await Deno.readTextFile(join(DEPLOY, "ha/compose.yaml")), { merge: true }) as {
+    services: Record<
+      string,
+      { image?: string; command?: string[]; volumes?: string[]; environment?: Record<string, string> }
+    >;
+  };
+  const services = Object.entries(compose.services);
+  const switchyard = services.filter(([, service]) => service.image === "switchyard:local");
+  assert.deepEqual(switchyard.map(([name]) => name), ["manager-1", "manager-2", "agent-1", "agent-2"]);
+  const flags = new Map<string, ReturnType<typeof parseCommandLine>["flags"]>();
+  for (const [name, service] of switchyard) {
+    assert.ok(service.command, `${name} has a command`);
+    assertCommandLine(service.command, new Map(), `compose service ${name}`);
+    flags.set(name, parseCommandLine(service.command, () => undefined).flags);
+  }
+  const clusters = ["manager-1", "manager-2"].map((name) => flags.get(name)?.cluster);
+  assert.deepEqual(clusters, ["manager-1:9091", "manager-2:9091"]);
+  for (const agent of ["agent-1", "agent-2"]) assert.equal(flags.get(agent)?.manager, clusters.join(","));
+  const etcd = services.filter(([name]) => name.startsWith("etcd-"));
+  assert.deepEqual(etcd.map(([name]) => name), ["etcd-1", "etcd-2", "etcd-3"]);
+  for (const [name, service] of etcd) {
+    assert.equal(service.environment?.ETCD_NAME, name);
+    assert.equal(service.environment?.ETCD_INITIAL_CLUSTER?.split(",").length, 3);
+  }
+  const mounted = compose.services["manager-1"]?.volumes?.map((volume) => volume.split(":")[0] as string) ??
+    [];
+  const config = parse(await Deno.readTextFile(join(DEPLOY, "ha", mounted[0]!))) as {
+    manager: { ha: { etcd: string[] } };
+  };
+  assert.deepEqual(config.manager.ha.etcd, etcd.map(([name]) => `http://${name}:2379`));
 });
