@@ -1,0 +1,240 @@
+/**
+ * Decisions made ahead (`decide_ahead`): for each claimant agent and `decide: manager` service, a short
+ * queue of the backends of that agent's next new connections, so that no new connection waits for the
+ * manager. Pure: the time is passed in, and the backends are chosen by a `Chooser` (the `Decider`:
+ * weighted least connections over the cluster's exact counts).
+ *
+ * A queue holds `decide_ahead` of its agent's recent rate of new connections, at least one decision. Its
+ * decisions count as pending connections of their backends for every later choice until the agent reports
+ * them used (they are open connections then) or they are taken back. The agent reports what it used; once
+ * half of a queue is, or the service changed (a weight, a state, a drain: `invalidate`), or it is older than
+ * its ttl, the next `refill` makes a new one that replaces it, and what was left of the old one is taken
+ * back. So a backend that goes down, drains or gets new feedback stops being chosen within one refill.
+ */
+
+export const AHEAD_DEFAULTS = {
+  /** The most decisions one queue holds, whatever the rate. */
+  maxQueue: 1_024,
+  /** A queue holds for this many times `decide_ahead`, and at least `minTtlMs`; unused after, it expires. */
+  ttlFactor: 20,
+  minTtlMs: 1_000,
+  /** The weight of the latest measured rate in the agent's moving average. */
+  rateSmoothing: 0.5,
+  /** Reports closer than this are summed before the rate is measured. */
+  minRateWindowMs: 20,
+} as const;
+
+/** Picks backends for new connections, as the manager decides them. */
+export interface Chooser {
+  /**
+   * The backends (ids) of `count` new connections of `service`, in order, each counted as a connection for
+   * the next choice; empty when no backend can take one.
+   */
+  chooseMany(service: string, count: number): string[];
+}
+
+/** A queue as sent to its agent. */
+export interface AheadQueue {
+  readonly service: string;
+  /** Grows with every queue of this agent and service: usage reports name the queue they count. */
+  readonly seq: number;
+  readonly backends: readonly string[];
+  /** How long the agent may use it. */
+  readonly ttlMs: number;
+}
+
+interface Queue {
+  seq: number;
+  backends: string[];
+  used: number;
+  expiresAt: number;
+  stale: boolean;
+}
+
+/** What one agent's queue of one service knows of its agent's rate. */
+interface Rate {
+  perSecond: number;
+  /** Decisions used since `since`, not yet in `perSecond`. */
+  count: number;
+  since: number;
+}
+
+export interface AheadCounts {
+  /** Decisions put in queues, used by agents, expired unused, and taken back unused. */
+  made: number;
+  used: number;
+  expired: number;
+  takenBack: number;
+}
+
+export class DecisionQueues {
+  readonly #chooser: Chooser;
+  /** By agent, then service. */
+  readonly #queues = new Map<string, Map<string, Queue>>();
+  readonly #rates = new Map<string, Map<string, Rate>>();
+  /** Decisions handed out and not used, by service then backend: pending connections. */
+  readonly #pending = new Map<string, Map<string, number>>();
+  readonly #counts = new Map<string, AheadCounts>();
+  #nextSeq = 1;
+
+  constructor(chooser: Chooser) {
+    this.#chooser = chooser;
+  }
+
+  /** Decisions handed out and not used yet, for a backend of a service: connections about to open. */
+  pending(service: string, backend: string): number {
+    return this.#pending.get(service)?.get(backend) ?? 0;
+  }
+
+  /** What queues of a service have made, and what became of it, for `/metrics`. */
+  counts(): ReadonlyMap<string, Readonly<AheadCounts>> {
+    return this.#counts;
+  }
+
+  /** The queue an agent holds for a service now, if any (for `/v1/explain`). */
+  queue(agent: string, service: string): Readonly<{ seq: number; left: number; next: string | null }> | null {
+    const queue = this.#queues.get(agent)?.get(service);
+    if (!queue || queue.stale) return null;
+    return {
+      seq: queue.seq,
+      left: queue.backends.length - queue.used,
+      next: queue.backends[queue.used] ?? null,
+    };
+  }
+
+  /**
+   * A new queue for `agent`'s flows of `service` when it needs one (none yet, half used, the service
+   * changed, or older than its ttl), replacing the one it had; null when the one it has will do. With
+   * `aheadMs` 0 the service decides per connection: any queue is taken back, and null.
+   */
+  refill(agent: string, service: string, aheadMs: number, now: number): AheadQueue | null {
+    const queue = this.#queues.get(agent)?.get(service);
+    if (aheadMs <= 0) {
+      if (queue) this.#drop(agent, service, queue, "takenBack");
+      return null;
+    }
+    const rate = this.#rateOf(agent, service, now);
+    const size = Math.min(
+      AHEAD_DEFAULTS.maxQueue,
+      Math.max(1, Math.ceil((rate.perSecond * aheadMs) / 1000)),
+    );
+    if (queue && !queue.stale && now < queue.expiresAt && queue.backends.length - queue.used > size / 2) {
+      return null;
+    }
+    if (queue) this.#drop(agent, service, queue, now >= queue.expiresAt ? "expired" : "takenBack");
+    const backends = this.#chooser.chooseMany(service, size);
+    const ttlMs = Math.max(AHEAD_DEFAULTS.minTtlMs, aheadMs * AHEAD_DEFAULTS.ttlFactor);
+    const made: Queue = { seq: this.#nextSeq++, backends, used: 0, expiresAt: now + ttlMs, stale: false };
+    let byService = this.#queues.get(agent);
+    if (!byService) this.#queues.set(agent, byService = new Map());
+    byService.set(service, made);
+    for (const backend of backends) this.#addPending(service, backend, 1);
+    this.#count(service).made += backends.length;
+    return { service, seq: made.seq, backends, ttlMs };
+  }
+
+  /**
+   * `agent` used the first `used` decisions of its queue `seq` of `service` (a running total). Uses of a
+   * queue that was replaced are its connections all the same (the agent's open counts have them), but no
+   * longer pending here.
+   */
+  used(agent: string, service: string, seq: number, used: number, now: number): void {
+    const queue = this.#queues.get(agent)?.get(service);
+    if (!queue || queue.seq !== seq) return;
+    const taken = Math.min(used, queue.backends.length) - queue.used;
+    if (!(taken > 0)) return;
+    // A queue taken back was counted so whole: its uses still tell the agent's rate.
+    if (!queue.stale) {
+      for (let i = queue.used; i < queue.used + taken; i++) this.#addPending(service, queue.backends[i]!, -1);
+      this.#count(service).used += taken;
+    }
+    queue.used += taken;
+    this.#rateOf(agent, service, now).count += taken;
+  }
+
+  /** The service changed: every queue of it is taken back at the next `refill`, and counts no longer. */
+  invalidate(service: string): void {
+    for (const byService of this.#queues.values()) {
+      const queue = byService.get(service);
+      if (queue && !queue.stale) {
+        this.#release(service, queue);
+        queue.stale = true;
+        this.#count(service).takenBack += queue.backends.length - queue.used;
+      }
+    }
+  }
+
+  /** Queues older than their ttl no longer count: their agent had no use for them. */
+  expire(now: number): void {
+    for (const [agent, byService] of this.#queues) {
+      for (const [service, queue] of byService) {
+        if (now >= queue.expiresAt) this.#drop(agent, service, queue, "expired");
+      }
+    }
+  }
+
+  /** An agent that left: its queues are taken back. */
+  forgetAgent(agent: string): void {
+    for (const [service, queue] of this.#queues.get(agent) ?? []) {
+      this.#drop(agent, service, queue, "takenBack");
+    }
+    this.#queues.delete(agent);
+    this.#rates.delete(agent);
+  }
+
+  /** A service that is gone. */
+  forgetService(service: string): void {
+    for (const [agent, byService] of this.#queues) {
+      const queue = byService.get(service);
+      if (queue) this.#drop(agent, service, queue, "takenBack");
+      this.#rates.get(agent)?.delete(service);
+    }
+    this.#pending.delete(service);
+    this.#counts.delete(service);
+  }
+
+  #drop(agent: string, service: string, queue: Queue, why: "expired" | "takenBack"): void {
+    if (!queue.stale) {
+      this.#release(service, queue);
+      this.#count(service)[why] += queue.backends.length - queue.used;
+    }
+    this.#queues.get(agent)?.delete(service);
+  }
+
+  /** What was left of a queue is pending no longer. */
+  #release(service: string, queue: Queue): void {
+    for (let i = queue.used; i < queue.backends.length; i++) {
+      this.#addPending(service, queue.backends[i]!, -1);
+    }
+  }
+
+  #addPending(service: string, backend: string, delta: number): void {
+    let byBackend = this.#pending.get(service);
+    if (!byBackend) this.#pending.set(service, byBackend = new Map());
+    const next = (byBackend.get(backend) ?? 0) + delta;
+    if (next <= 0) byBackend.delete(backend);
+    else byBackend.set(backend, next);
+  }
+
+  /** The agent's rate for a service, brought up to date: decisions used per second, smoothed. */
+  #rateOf(agent: string, service: string, now: number): Rate {
+    let byService = this.#rates.get(agent);
+    if (!byService) this.#rates.set(agent, byService = new Map());
+    let rate = byService.get(service);
+    if (!rate) byService.set(service, rate = { perSecond: 0, count: 0, since: now });
+    const elapsed = now - rate.since;
+    if (elapsed >= AHEAD_DEFAULTS.minRateWindowMs) {
+      const measured = (rate.count * 1000) / elapsed;
+      rate.perSecond += AHEAD_DEFAULTS.rateSmoothing * (measured - rate.perSecond);
+      rate.count = 0;
+      rate.since = now;
+    }
+    return rate;
+  }
+
+  #count(service: string): AheadCounts {
+    let counts = this.#counts.get(service);
+    if (!counts) this.#counts.set(service, counts = { made: 0, used: 0, expired: 0, takenBack: 0 });
+    return counts;
+  }
+}

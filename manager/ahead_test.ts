@@ -1,0 +1,118 @@
+import assert from "node:assert/strict";
+import { AHEAD_DEFAULTS, type Chooser, DecisionQueues } from "./ahead.ts";
+
+/** Picks backends round robin, and records how many it was asked for. */
+function roundRobin(backends: string[]): Chooser & { asked: number[] } {
+  let next = 0;
+  const asked: number[] = [];
+  return {
+    asked,
+    chooseMany: (_service, count) => {
+      asked.push(count);
+      return Array.from({ length: count }, () => backends[next++ % backends.length]!);
+    },
+  };
+}
+
+Deno.test("a first queue holds one decision, counted as pending until the agent reports it used", () => {
+  const queues = new DecisionQueues(roundRobin(["a", "b"]));
+  const queue = queues.refill("edge-1", "web", 50, 0);
+  assert.deepEqual(queue && { backends: queue.backends, ttlMs: queue.ttlMs }, {
+    backends: ["a"],
+    ttlMs: 1_000,
+  });
+  assert.equal(queues.pending("web", "a"), 1);
+  assert.equal(queues.refill("edge-1", "web", 50, 1), null, "a queue not yet half used will do");
+  queues.used("edge-1", "web", queue!.seq, 1, 5);
+  assert.equal(queues.pending("web", "a"), 0);
+  assert.deepEqual(queues.counts().get("web"), { made: 1, used: 1, expired: 0, takenBack: 0 });
+});
+
+Deno.test("a queue grows to decide_ahead of the agent's rate, and is refilled once half used", () => {
+  const chooser = roundRobin(["a", "b", "c", "d"]);
+  const queues = new DecisionQueues(chooser);
+  let now = 0;
+  let queue = queues.refill("edge-1", "web", 50, now)!;
+  // 2,000 connections a second, reported every 10 ms: the queue grows to about 100 (50 ms of them).
+  let used = 0;
+  for (let step = 0; step < 200; step++) {
+    now += 10;
+    const want = 20;
+    const take = Math.min(want, queue.backends.length - used);
+    used += take;
+    queues.used("edge-1", "web", queue.seq, used, now);
+    const next = queues.refill("edge-1", "web", 50, now);
+    if (next) {
+      assert.ok(queue.backends.length - used <= Math.max(1, queue.backends.length) / 2 || take < want);
+      queue = next;
+      used = 0;
+    }
+  }
+  assert.ok(
+    queue.backends.length >= 80 && queue.backends.length <= 120,
+    `a queue of ${queue.backends.length}`,
+  );
+  // Pending is exactly what is left of the queue in force.
+  const left = queue.backends.slice(used);
+  for (const backend of ["a", "b", "c", "d"]) {
+    assert.equal(queues.pending("web", backend), left.filter((b) => b === backend).length, backend);
+  }
+});
+
+Deno.test("no queue holds more than maxQueue decisions, however fast its agent", () => {
+  const queues = new DecisionQueues(roundRobin(["a"]));
+  let queue = queues.refill("edge-1", "web", 1_000, 0)!;
+  for (let now = 100; now <= 2_000; now += 100) {
+    queues.used("edge-1", "web", queue.seq, queue.backends.length, now);
+    queue = queues.refill("edge-1", "web", 1_000, now) ?? queue;
+  }
+  assert.equal(queue.backends.length, AHEAD_DEFAULTS.maxQueue);
+});
+
+Deno.test("a change of the service takes every queue of it back at once; another service keeps its own", () => {
+  const queues = new DecisionQueues(roundRobin(["a", "b"]));
+  const web1 = queues.refill("edge-1", "web", 50, 0)!;
+  const web2 = queues.refill("edge-2", "web", 50, 0)!;
+  const api = queues.refill("edge-1", "api", 50, 0)!;
+  assert.equal(queues.pending("web", "a") + queues.pending("web", "b"), 2);
+  queues.invalidate("web");
+  assert.equal(queues.pending("web", "a") + queues.pending("web", "b"), 0, "taken back: no longer pending");
+  assert.equal(queues.queue("edge-1", "web"), null);
+  assert.notEqual(queues.queue("edge-1", "api"), null);
+  // Uses of a queue taken back do not count against what replaces it.
+  queues.used("edge-1", "web", web1.seq, 1, 1);
+  const again = queues.refill("edge-1", "web", 50, 2)!;
+  assert.ok(again.seq > Math.max(web1.seq, web2.seq, api.seq));
+  assert.equal(queues.pending("web", again.backends[0]!), 1);
+  assert.deepEqual(queues.counts().get("web"), { made: 3, used: 0, expired: 0, takenBack: 2 });
+});
+
+Deno.test("an unused queue expires after its ttl, and no longer counts", () => {
+  const queues = new DecisionQueues(roundRobin(["a"]));
+  queues.refill("edge-1", "web", 50, 0);
+  queues.expire(999);
+  assert.equal(queues.pending("web", "a"), 1);
+  queues.expire(1_000);
+  assert.equal(queues.pending("web", "a"), 0);
+  assert.equal(queues.counts().get("web")?.expired, 1);
+  assert.notEqual(queues.refill("edge-1", "web", 50, 1_001), null, "a new one is made when asked");
+});
+
+Deno.test("decide_ahead 0s takes back what an agent holds and makes no queue", () => {
+  const chooser = roundRobin(["a"]);
+  const queues = new DecisionQueues(chooser);
+  queues.refill("edge-1", "web", 50, 0);
+  assert.equal(queues.refill("edge-1", "web", 0, 1), null);
+  assert.equal(queues.pending("web", "a"), 0);
+  assert.equal(queues.refill("edge-1", "web", 0, 2), null);
+  assert.deepEqual(chooser.asked, [1]);
+});
+
+Deno.test("an agent that leaves gives its queues back", () => {
+  const queues = new DecisionQueues(roundRobin(["a", "b"]));
+  queues.refill("edge-1", "web", 50, 0);
+  queues.refill("edge-2", "web", 50, 0);
+  queues.forgetAgent("edge-1");
+  assert.equal(queues.pending("web", "a") + queues.pending("web", "b"), 1);
+  assert.equal(queues.queue("edge-1", "web"), null);
+});
