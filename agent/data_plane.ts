@@ -14,6 +14,7 @@
  */
 import type { HostPort } from "../cluster/address.ts";
 import type { Placement } from "../cluster/placement.ts";
+import type { Decisions } from "./queued_decisions.ts";
 
 /** An endpoint of a flow: its IP, as text, and port. */
 export interface SocketAddress {
@@ -75,6 +76,11 @@ export const FlowEvent = {
   IDLE: 6,
   /** An accept failed (errno), out of descriptors above all: accepting pauses, longer while it lasts. */
   ACCEPT_FAILED: 7,
+  /**
+   * Decisions taken from the service's queue (`setDecisions`): slot -1, generation the queue's `seq`,
+   * choice how many of it were taken so far (a running total). Told at most once per turn.
+   */
+  DECIDED: 8,
 } as const;
 
 /** Numbers per flow event. */
@@ -123,6 +129,11 @@ export interface DataPlane {
   endFlows(index: number): void;
   /** How the service's flows are placed from now on (a new state: table, backends, claims). */
   setPlacement(index: number, placement: Placement<HostPort>): void;
+  /**
+   * The manager's decisions made ahead for a service placed with `decided`: its backend indexes as of the
+   * placement set last. Replaces the queue it had.
+   */
+  setDecisions(index: number, decisions: Decisions): void;
   /**
    * The answer to a `place` request: the targets to try, in order; the bytes to send each first; and the
    * first target's connect timeout when not the service's (a claimant's mesh port), or 0. Ignored when

@@ -72,6 +72,12 @@ export interface Placement<Backend = unknown> {
    * every flow must be decided: `decide: manager`, affinity with a ttl); or null when none must.
    */
   readonly askBuckets: Uint8Array | null;
+  /**
+   * The backend of each flow it does not ask about is the manager's, decided ahead (`decide_ahead`): the next
+   * of the queue the agent passes on (`DataPlane.setDecisions`), first before the table's order; with none
+   * left, the flow is asked about.
+   */
+  readonly decided?: boolean;
 }
 
 /**

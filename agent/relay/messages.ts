@@ -7,6 +7,7 @@
 import type { HostPort } from "../../cluster/address.ts";
 import type { Placement } from "../../cluster/placement.ts";
 import type { PlaneCounters, PlaneService } from "../data_plane.ts";
+import type { Decisions } from "../queued_decisions.ts";
 
 /**
  * The agent's answer to one `place` request: slot, generation; targets in order (a number is an index into
@@ -32,6 +33,7 @@ export type ToWorker =
   | { type: "unlisten"; service: number }
   | { type: "endFlows"; service: number }
   | { type: "placement"; service: number; placement: Placement<HostPort> }
+  | { type: "decisions"; service: number; decisions: Decisions }
   /** Answers to `place` requests, as many as the agent had ready in one turn of its event loop. */
   | { type: "placed"; answers: Placed[] }
   | { type: "counters" }

@@ -15,6 +15,7 @@ import type {
   PlaneService,
   Target,
 } from "../data_plane.ts";
+import type { Decisions } from "../queued_decisions.ts";
 import { type FromWorker, type Placed, REQUEST_FIELDS, type ToWorker } from "./messages.ts";
 import { openWaker } from "./relay.ts";
 import { encodeAddress } from "./sockaddr.ts";
@@ -117,6 +118,10 @@ export class RelayDataPlane implements DataPlane {
 
   endFlows(index: number): void {
     this.#post({ type: "endFlows", service: index });
+  }
+
+  setDecisions(index: number, decisions: Decisions): void {
+    this.#post({ type: "decisions", service: index, decisions });
   }
 
   setPlacement(index: number, placement: Placement<HostPort>): void {

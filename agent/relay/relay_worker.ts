@@ -9,6 +9,7 @@ import type { HostPort } from "../../cluster/address.ts";
 import { placeFlow, placeHashOfBytes, type Placement } from "../../cluster/placement.ts";
 import { FlowEvent, type PlaneService } from "../data_plane.ts";
 import type { FromWorker, ToWorker } from "./messages.ts";
+import { QueuedDecisions, withDecision } from "../queued_decisions.ts";
 import { Relay } from "./relay.ts";
 import { decodeAddress, ipOfAddress, portOfAddress } from "./sockaddr.ts";
 import { AnswerQueue, AskQueue, counters, EventQueue, POSTED, SIGNAL } from "./shared_queues.ts";
@@ -39,13 +40,14 @@ let relay: Relay | null = null;
 let shared: { counters: Int32Array; asks: AskQueue; answers: AnswerQueue; events: EventQueue } | null = null;
 /** Asks written to shared memory since the agent was last signalled. */
 let askWritten = false;
-/** Per service, how the worker places its flows alone. */
+/** Per service, how the worker places its flows alone, and the manager's decisions made ahead for it. */
 const placements: Placement<HostPort>[] = [];
+const decisions: QueuedDecisions[] = [];
 /** Flows asked about in the current wait that found no room in shared memory, posted together once it ends. */
 let asks: (number | string)[] = [];
 /** Flow events not yet posted, six numbers each (see `FromWorker`), posted once per turn. */
 let events: number[] = [];
-const { CONNECTED, FAILED, FAILED_LOCALLY, NO_BACKEND, ENDED, IDLE, ACCEPT_FAILED } = FlowEvent;
+const { CONNECTED, FAILED, FAILED_LOCALLY, NO_BACKEND, ENDED, IDLE, ACCEPT_FAILED, DECIDED } = FlowEvent;
 
 scope.onmessage = ({ data: message }) => {
   if (message.type === "start") {
@@ -82,6 +84,9 @@ function handle(relay: Relay, message: ToWorker): void {
     case "placement":
       placements[message.service] = message.placement;
       relay.update(message.service, message.placement.backends);
+      return;
+    case "decisions":
+      decisions[message.service]?.set(message.decisions, performance.now());
       return;
     case "placed":
       for (const [slot, generation, targets, header, firstTimeoutMs] of message.answers) {
@@ -157,6 +162,7 @@ function openRelay(askQueue: AskQueue): Relay {
 function listen(relay: Relay, service: PlaneService): void {
   const index = placements.length;
   placements.push(service.placement);
+  decisions.push(new QueuedDecisions());
   let port: number;
   try {
     port = relay.listen({
@@ -171,11 +177,15 @@ function listen(relay: Relay, service: PlaneService): void {
           { ip: ipOfAddress(destination), port: portOfAddress(destination) },
           placement.seed,
         );
-        return placeFlow(placement, place);
+        const order = placeFlow(placement, place);
+        if (order === null || !placement.decided) return order;
+        const decided = decisions[index]!.take(performance.now());
+        return decided < 0 ? null : withDecision(decided, order);
       },
     });
   } catch (error) {
     placements.pop();
+    decisions.pop();
     scope.postMessage({
       type: "listenFailed",
       message: error instanceof Error ? error.message : String(error),
@@ -225,6 +235,10 @@ let flowsPosted = 0;
  */
 function postEvents(final = false): void {
   if (relay === null) return;
+  // What was taken of each queue of decisions made ahead, as of this turn.
+  decisions.forEach((queue, service) => {
+    if (queue.reported()) events.push(DECIDED, service, -1, queue.seq, queue.taken, 0);
+  });
   const { counters } = relay;
   const connections = counters.accepted + counters.rejected + counters.acceptErrors;
   const bytes = counters.bytesUp + counters.bytesDown;

@@ -27,6 +27,7 @@ import { Connector } from "./connect.ts";
 import { InFlight } from "./in_flight.ts";
 import { coarseClock, pump, type PumpEnd, type PumpStats } from "./pump.ts";
 import { SlotList } from "./slot_list.ts";
+import { type Decisions, QueuedDecisions, withDecision } from "../queued_decisions.ts";
 
 const log = logger("agent", "sockets");
 
@@ -40,6 +41,8 @@ export const SOCKET_PLANE_DEFAULTS = {
 interface Service {
   spec: PlaneService;
   placement: Placement<HostPort>;
+  /** The manager's decisions made ahead for it (`decided` placements). */
+  readonly decisions: QueuedDecisions;
   listener: Deno.Listener | null;
   accepting: Promise<void> | null;
   open: number;
@@ -106,6 +109,8 @@ export class SocketDataPlane implements DataPlane {
   readonly #counters: PlaneCounters = noCounters();
   #pending: number[] = [];
   #flushDue = false;
+  /** Services whose queue of decisions was taken from since the last flush. */
+  readonly #decidedServices = new Set<number>();
   /** The last 40 steps of the coarse clock (10 s of sweeps): how stale a stamp can be. */
   readonly #clockSteps = new Array<number>(40).fill(0);
   #clockStep = 0;
@@ -162,6 +167,7 @@ export class SocketDataPlane implements DataPlane {
     this.#services.push({
       spec: service,
       placement: service.placement,
+      decisions: new QueuedDecisions(),
       listener: null,
       accepting: null,
       open: 0,
@@ -198,6 +204,10 @@ export class SocketDataPlane implements DataPlane {
 
   setPlacement(index: number, placement: Placement<HostPort>): void {
     this.#service(index).placement = placement;
+  }
+
+  setDecisions(index: number, decisions: Decisions): void {
+    this.#service(index).decisions.set(decisions, performance.now());
   }
 
   /**
@@ -302,7 +312,12 @@ export class SocketDataPlane implements DataPlane {
     const client = { ip: remote.hostname, port: remote.port };
     const destination = { ip: local.hostname, port: local.port };
     const { placement } = service;
-    const order = placeFlow(placement, placeHash(placement.placeBy, client, destination, placement.seed));
+    let order = placeFlow(placement, placeHash(placement.placeBy, client, destination, placement.seed));
+    if (order !== null && placement.decided) {
+      const decided = service.decisions.take(performance.now());
+      order = decided < 0 ? null : withDecision(decided, order);
+      if (decided >= 0) this.#decided(index);
+    }
     if (order === null) {
       this.#ask(service, index, conn, client, destination, null, null);
       return;
@@ -427,6 +442,12 @@ export class SocketDataPlane implements DataPlane {
     return id;
   }
 
+  /** Tells the agent, once per microtask checkpoint, what was taken of a service's queue of decisions. */
+  #decided(index: number): void {
+    this.#decidedServices.add(index);
+    this.#flush();
+  }
+
   #event(
     kind: number,
     service: number,
@@ -445,6 +466,13 @@ export class SocketDataPlane implements DataPlane {
     this.#flushDue = true;
     queueMicrotask(() => {
       this.#flushDue = false;
+      for (const index of this.#decidedServices) {
+        const { decisions } = this.#services[index]!;
+        if (decisions.reported()) {
+          this.#pending.push(FlowEvent.DECIDED, index, -1, decisions.seq, decisions.taken, 0);
+        }
+      }
+      this.#decidedServices.clear();
       const events = this.#pending;
       this.#pending = [];
       this.#events.flows(events, this.#counters, this.open);
