@@ -34,8 +34,10 @@ import { managerMetrics, METRICS_CONTENT_TYPE } from "./metrics.ts";
 
 const log = logger("manager", "admin");
 
-/** Request bodies larger than this are refused with 413. */
+/** Request bodies larger than this are refused with 413, but for `POST /v1/feedback`'s. */
 export const MAX_BODY_BYTES = 64 * 1024;
+/** `POST /v1/feedback` bodies larger than this are refused with 413: a batch of 1,000 reports fits. */
+export const MAX_FEEDBACK_BODY_BYTES = 256 * 1024;
 
 /** The one error of the HTTP layer: a status, a message and the field it is about. */
 export class ApiError extends Error {
@@ -93,14 +95,12 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
   app.get("/", () => dashboardPage());
 
   app.use("*", bearer(deps));
+  const feedbackLimit = limitBody(MAX_FEEDBACK_BODY_BYTES);
+  const otherLimit = limitBody(MAX_BODY_BYTES);
   app.use(
     "*",
-    bodyLimit({
-      maxSize: MAX_BODY_BYTES,
-      onError: () => {
-        throw new ApiError(413, `Request body is larger than ${MAX_BODY_BYTES} bytes`);
-      },
-    }),
+    (c, next) =>
+      c.req.method === "POST" && c.req.path === "/v1/feedback" ? feedbackLimit(c, next) : otherLimit(c, next),
   );
 
   app.post("/v1/feedback", async (c) => {
@@ -129,7 +129,7 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
     reports.forEach((report, index) => {
       const service = deps.model.service(report.service);
       if (!service) throw new ApiError(404, `Unknown service "${report.service}"`, at(index, "service"));
-      if (!service.backends.some((backend) => backend.config.id === report.backend)) {
+      if (!service.byId.has(report.backend)) {
         throw new ApiError(
           404,
           `Unknown backend "${report.backend}" in service "${report.service}"`,
@@ -155,6 +155,8 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
         effective_weight: outcome.effectiveWeight,
         state: viewState(outcome.state),
       })),
+      // The state version that carries these weights to the agents' tables (GET /v1/agents state_version).
+      version: deps.model.version,
     }, 202);
   });
 
@@ -208,7 +210,7 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
     const address = decodedParam(c.req.param("address"));
     const service = deps.model.service(name);
     if (!service) throw new ApiError(404, `Unknown service "${name}"`, "name");
-    const backend = service.backends.find((b) => b.config.id === address);
+    const backend = service.byId.get(address);
     if (!backend) throw new ApiError(404, `Unknown backend "${address}" in service "${name}"`, "address");
     const body = await jsonBody(c);
     const state = isRecord(body) ? body.state : undefined;
@@ -321,6 +323,16 @@ function bearer(deps: AdminDeps): MiddlewareHandler<Env> {
     c.set("caller", caller);
     await next();
   };
+}
+
+/** Refuses a body of more than `maxSize` bytes with 413, before it is read whole. */
+function limitBody(maxSize: number): MiddlewareHandler<Env> {
+  return bodyLimit({
+    maxSize,
+    onError: () => {
+      throw new ApiError(413, `Request body is larger than ${maxSize} bytes`);
+    },
+  });
 }
 
 /** Refuses feedback tokens: every route after it is the admin's. */
