@@ -57,7 +57,7 @@ import {
   ReportError,
 } from "../feedback/mod.ts";
 import type { BackendConfig, Config, ServiceConfig } from "./config.ts";
-import { EventLog } from "./events.ts";
+import { EventLog, type FeedbackChange } from "./events.ts";
 import { type CheckResult, nextHealth } from "./health.ts";
 
 const log = logger("manager", "state");
@@ -429,16 +429,17 @@ export class ClusterModel {
       throw new RejectedReportError(error.message, index, field);
     }
     const outcomes = new Map<BackendRuntime, FeedbackOutcome>();
+    const told: FeedbackChange[] = [];
     for (const { report, backend } of targets) {
       this.feedbackReports.set(report.service, (this.feedbackReports.get(report.service) ?? 0) + 1);
       if (outcomes.has(backend)) continue;
-      this.events.feedback({
+      told.push({
         service: report.service,
         backend: backend.config.id,
         configured: backend.config.weight,
         effectiveWeight: backend.effectiveWeight,
         state: backend.feedback?.state ?? "up",
-        reported: describeReport(report),
+        reported: () => describeReport(report),
       });
       outcomes.set(backend, {
         service: report.service,
@@ -447,6 +448,7 @@ export class ClusterModel {
         state: backend.state,
       });
     }
+    this.events.feedbackAll(told);
     return [...outcomes.values()];
   }
 
