@@ -9,7 +9,9 @@
  *    attached, and the time a report's weight takes to reach every agent's table (posted, then
  *    `GET /v1/agents` until each acknowledges the version the answer names);
  * 3. **decide**: 2,000 connections, 10 at a time, through an agent to another service with
- *    `decide: manager`, without and with 1,000 reports/s for a service of 100 backends (rounds alternate);
+ *    `decide: manager`: without feedback, with 1,000 reports/s for a service of 100 backends of the same
+ *    manager, and with the same load sent to another manager (the control: what the reporter and a manager
+ *    cost this machine's two cores, without touching the manager that decides); the three in turn;
  * 4. **health**: the manager's CPU while it checks 1,000 backends over TCP every second, all up (each
  *    accepts) and all down (nothing listens), after their state settled.
  *
@@ -280,33 +282,50 @@ function feedbackService(name: string, backends: number, port = 0): Record<strin
 // ---------------------------------------------------------------------------------------------------------
 // Measurements
 
-/** Runs `body` while a probe asks GET /healthz one after the other; the probe's latencies in ms. */
+/**
+ * Runs `body` while a probe, a child process of its own, asks GET /healthz one request after the other;
+ * the probe's latencies in ms.
+ */
 async function whileProbing<T>(
+  procs: Processes,
   cluster: Cluster,
   body: () => Promise<T>,
 ): Promise<{ result: T; probe: number[] }> {
-  const client = await KeepAlive.open(cluster.admin);
-  const request = httpRequest("GET", "/healthz", cluster.token);
-  const probe: number[] = [];
-  let running = true;
-  const probing = (async () => {
-    while (running) {
-      const started = performance.now();
-      await client.request(request);
-      probe.push(performance.now() - started);
-      await new Promise((resolve) => setTimeout(resolve, 2));
-    }
-  })();
+  const proc = procs.spawn("probe", Deno.execPath(), ["run", "--allow-all", SELF, "--probe", cluster.admin]);
+  await proc.waitForStdout(/^probing$/m);
+  let result: T;
   try {
-    return { result: await body(), probe };
+    result = await body();
   } finally {
-    running = false;
-    await probing;
-    client.close();
+    Deno.kill(proc.pid, "SIGINT");
+    await proc.exited;
   }
+  const line = proc.stdout.trim().split("\n").pop()!;
+  await procs.stop(proc);
+  if (!line.startsWith("[")) throw new Error(`The probe failed: ${proc.tail.slice(-5).join(" | ")}`);
+  return { result, probe: JSON.parse(line) as number[] };
+}
+
+/** The probe child: GET /healthz one after the other until SIGINT, then every latency (ms) as JSON. */
+async function probe(args: string[]): Promise<void> {
+  const client = await KeepAlive.open(args[0]!);
+  const request = httpRequest("GET", "/healthz", "none");
+  const latencies: number[] = [];
+  let running = true;
+  Deno.addSignalListener("SIGINT", () => running = false);
+  console.log("probing");
+  while (running) {
+    const started = performance.now();
+    await client.request(request);
+    latencies.push(performance.now() - started);
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+  client.close();
+  console.log(JSON.stringify(latencies.map((ms) => Math.round(ms * 100) / 100)));
 }
 
 async function reportsPerSecond(
+  procs: Processes,
   cluster: Cluster,
   options: { backends: number; batch: number; seconds: number },
 ): Promise<{ rate: number; healthz: number[] }> {
@@ -319,7 +338,7 @@ async function reportsPerSecond(
   // Warm the paths up first: a fresh manager's first second is its JIT's, not its rate.
   const warm = performance.now();
   for (let i = 0; performance.now() - warm < 1_500; i++) await client.request(requests[i % requests.length]!);
-  const { result, probe } = await whileProbing(cluster, async () => {
+  const { result, probe } = await whileProbing(procs, cluster, async () => {
     const started = performance.now();
     let sent = 0;
     while (performance.now() - started < options.seconds * 1_000) {
@@ -478,34 +497,37 @@ async function main(): Promise<void> {
       for (const backends of [10, 100, 1_000]) {
         const single: number[] = [];
         const batched: number[] = [];
-        const healthz: number[][] = [[], []];
+        // The probe's p99 and slowest answer, ms, while single reports and while batches come.
+        const probes: Array<{ p99: number; max: number }> = [];
         for (let round = 0; round < rounds; round++) {
           const cluster = await startCluster(procs, {
             ...context,
             services: [feedbackService("api", backends)],
             agents: 1,
           });
-          const one = await reportsPerSecond(cluster, { backends, batch: 1, seconds });
-          const many = await reportsPerSecond(cluster, { backends, batch: 1_000, seconds });
-          single.push(one.rate);
-          batched.push(many.rate);
-          healthz[0]!.push(Math.max(...one.healthz));
-          healthz[1]!.push(Math.max(...many.healthz));
+          for (const batch of [1, 1_000]) {
+            const { rate, healthz } = await reportsPerSecond(procs, cluster, { backends, batch, seconds });
+            (batch === 1 ? single : batched).push(rate);
+            probes.push({ p99: percentile(healthz, 0.99), max: Math.max(...healthz) });
+          }
           await cluster.stop();
         }
+        const probeText = (batch: number) => {
+          const mine = probes.filter((_, i) => i % 2 === (batch === 1 ? 0 : 1));
+          return `${figure(median(mine.map((p) => p.p99)), 1)} / ${
+            figure(median(mine.map((p) => p.max)), 1)
+          }`;
+        };
+        const list = (values: number[]) => values.map((v) => figure(v)).join(", ");
         rows.push(
-          `| ${figure(backends)} | ${figure(median(single))} | ${
-            single.map((v) => figure(v)).join(", ")
-          } | ` +
-            `${figure(median(healthz[0]!), 1)} | ${figure(median(batched))} | ${
-              batched.map((v) => figure(v)).join(", ")
-            } | ` +
-            `${figure(median(healthz[1]!), 1)} |`,
+          `| ${figure(backends)} | ${figure(median(single))} | ${list(single)} | ${probeText(1)} | ` +
+            `${figure(median(batched))} | ${list(batched)} | ${probeText(1_000)} |`,
         );
       }
       say(
         "## Reports/s over one keep-alive connection (one agent attached)\n\n" +
-          "| backends | single | rounds | slowest /healthz, ms | batches of 1,000 | rounds | slowest /healthz, ms |\n" +
+          "`/healthz` is the probe's p99 / slowest answer in ms, asked one after the other meanwhile.\n\n" +
+          "| backends | single | rounds | /healthz | batches of 1,000 | rounds | /healthz |\n" +
           "| ---: | ---: | --- | ---: | ---: | --- | ---: |\n" + rows.join("\n") + "\n",
       );
     }
@@ -575,9 +597,6 @@ async function main(): Promise<void> {
         "echo",
       ]);
       const echoPort = Number((await echo.waitForStdout(/"echo":\s*(\d+)/))[1]);
-      const totals: [number[], number[]] = [[], []];
-      const p50: [number[], number[]] = [[], []];
-      const p99: [number[], number[]] = [[], []];
       const cluster = await startCluster(procs, {
         ...context,
         services: [
@@ -592,35 +611,51 @@ async function main(): Promise<void> {
         ],
         agents: 1,
       });
+      // The control: the same load sent to another manager, which costs this machine the same CPU (the
+      // reporter's and a manager's) without touching the manager that decides.
+      const elsewhere = await startCluster(procs, {
+        ...context,
+        services: [feedbackService("api", 100)],
+        agents: 0,
+      });
+      const conditions = ["none", "this manager", "another manager"] as const;
+      const totals = conditions.map(() => [] as number[]);
+      const p50 = conditions.map(() => [] as number[]);
+      const p99 = conditions.map(() => [] as number[]);
       const port = cluster.ports.get("web")!;
       // Warm the path of a new connection up (the agent's, the manager's decisions) before timing it.
       await connections(port, 1_000, 10);
-      // Without and with the load in turn, so that the machine's drift touches both alike.
-      for (let round = 0; round < rounds * 2; round++) {
-        const loaded = round % 2;
-        const load = loaded
-          ? startReporter(procs, cluster, { backends: 100, rate: 1_000, seconds: 60 })
+      // The conditions in turn, so that the machine's drift touches each alike.
+      for (let run = 0; run < rounds * conditions.length; run++) {
+        const condition = run % conditions.length;
+        const target = condition === 1 ? cluster : condition === 2 ? elsewhere : null;
+        const load = target
+          ? startReporter(procs, target, { backends: 100, rate: 1_000, seconds: 60 })
           : null;
         if (load) await new Promise((resolve) => setTimeout(resolve, 1_000));
         const { totalMs, each } = await connections(port, 2_000, 10);
-        totals[loaded]!.push(totalMs);
-        p50[loaded]!.push(percentile(each, 0.5));
-        p99[loaded]!.push(percentile(each, 0.99));
+        totals[condition]!.push(totalMs);
+        p50[condition]!.push(percentile(each, 0.5));
+        p99[condition]!.push(percentile(each, 0.99));
         if (load) await load.stop();
       }
-      const ratio = median(totals[1]) / median(totals[0]);
+      await elsewhere.stop();
       await cluster.stop();
       await procs.stop(echo);
+      const rows = conditions.map((condition, i) =>
+        `| ${condition === "none" ? "none" : `1,000 reports/s to ${condition}`} | ${
+          figure(median(totals[i]!))
+        } | ` +
+        `${totals[i]!.map((v) => figure(v)).join(", ")} | ${
+          figure(median(totals[i]!) / median(totals[0]!), 2)
+        }× | ` +
+        `${figure(median(p50[i]!), 2)} | ${figure(median(p99[i]!), 2)} |`
+      );
       say(
-        "## 2,000 connections (10 at a time) to a service with decide: manager, and 1,000 reports/s for another\n\n" +
-          "| feedback load | total, ms | rounds | p50 ms | p99 ms |\n| --- | ---: | --- | ---: | ---: |\n" +
-          `| none | ${figure(median(totals[0]))} | ${totals[0].map((v) => figure(v)).join(", ")} | ` +
-          `${figure(median(p50[0]), 2)} | ${figure(median(p99[0]), 2)} |\n` +
-          `| 1,000 reports/s (100 backends) | ${figure(median(totals[1]))} | ${
-            totals[1].map((v) => figure(v)).join(", ")
-          } | ` +
-          `${figure(median(p50[1]), 2)} | ${figure(median(p99[1]), 2)} |\n\n` +
-          `With the load they take ${figure(ratio, 2)}× their time without it.\n`,
+        "## 2,000 connections (10 at a time) to a service with decide: manager, while 1,000 reports/s come " +
+          "for a service of 100 backends\n\n" +
+          "| feedback load | total, ms | rounds | × none | p50 ms | p99 ms |\n| --- | ---: | --- | ---: | ---: | ---: |\n" +
+          rows.join("\n") + "\n",
       );
     }
 
@@ -688,5 +723,6 @@ async function main(): Promise<void> {
 }
 
 if (Deno.args[0] === "--reporter") await reporter(Deno.args.slice(1));
+else if (Deno.args[0] === "--probe") await probe(Deno.args.slice(1));
 else if (Deno.args[0] === "--listeners") await listeners(Deno.args.slice(1));
 else await main();
