@@ -2,9 +2,8 @@
  * Feedback at fleet scale, measured on loopback with real processes (`main.ts manager`, `main.ts agent`):
  *
  * 1. **rates**: reports/s over one keep-alive connection, single reports sent one after the other and
- *    batches of 1,000, to a service of 10, 100 and 1,000 backends (one agent attached); meanwhile a probe
- *    asks `GET /healthz` one request after the other, whose slowest answer bounds the longest turn of the
- *    manager's event loop;
+ *    batches of 1,000, to a service of 10, 100 and 1,000 backends (one agent attached); meanwhile the
+ *    manager, started with `_turns.ts` preloaded, tells how long the turns of its event loop ran;
  * 2. **cpu**: the manager's CPU at 1,000 single reports/s for a service of 1,000 backends, two agents
  *    attached, and the time a report's weight takes to reach every agent's table (posted, then
  *    `GET /v1/agents` until each acknowledges the version the answer names);
@@ -187,6 +186,8 @@ async function startCluster(
     services: Record<string, unknown>[];
     agents: number;
     main: string;
+    /** Preload `_turns.ts` into the manager, which then tells how long its event loop's turns run. */
+    timeTurns?: boolean;
   },
 ): Promise<Cluster> {
   const dir = await Deno.makeTempDir({ dir: options.dir });
@@ -205,8 +206,11 @@ async function startCluster(
     }),
   );
   const run = ["run", "--allow-all", "--unstable-net", `--v8-flags=${V8_FLAGS.join(",")}`, options.main];
+  const preload = options.timeTurns ? ["--preload", new URL("./_turns.ts", import.meta.url).pathname] : [];
   const manager = procs.spawn("manager", Deno.execPath(), [
-    ...run,
+    ...run.slice(0, -1),
+    ...preload,
+    options.main,
     "manager",
     "--config",
     `${dir}/switchyard.yaml`,
@@ -283,52 +287,32 @@ function feedbackService(name: string, backends: number, port = 0): Record<strin
 // Measurements
 
 /**
- * Runs `body` while a probe, a child process of its own, asks GET /healthz one request after the other;
- * the probe's latencies in ms.
+ * The manager's event-loop turns while `body` runs, from the lines `_turns.ts` writes (the manager must
+ * have been started with it preloaded): each half second's p99 and longest, in ms.
  */
-async function whileProbing<T>(
-  procs: Processes,
+async function whileTiming<T>(
   cluster: Cluster,
   body: () => Promise<T>,
-): Promise<{ result: T; probe: number[] }> {
-  const proc = procs.spawn("probe", Deno.execPath(), ["run", "--allow-all", SELF, "--probe", cluster.admin]);
-  await proc.waitForStdout(/^probing$/m);
-  let result: T;
-  try {
-    result = await body();
-  } finally {
-    Deno.kill(proc.pid, "SIGINT");
-    await proc.exited;
-  }
-  const line = proc.stdout.trim().split("\n").pop()!;
-  await procs.stop(proc);
-  if (!line.startsWith("[")) throw new Error(`The probe failed: ${proc.tail.slice(-5).join(" | ")}`);
-  return { result, probe: JSON.parse(line) as number[] };
+): Promise<{ result: T; turns: Turns[] }> {
+  const from = cluster.manager.logs.length;
+  const result = await body();
+  // The half second under way when the body ended.
+  await new Promise((resolve) => setTimeout(resolve, 600));
+  const turns = cluster.manager.logs.slice(from).filter((line) => line.message === "turns")
+    .map((line) => line.properties as unknown as Turns);
+  return { result, turns };
 }
 
-/** The probe child: GET /healthz one after the other until SIGINT, then every latency (ms) as JSON. */
-async function probe(args: string[]): Promise<void> {
-  const client = await KeepAlive.open(args[0]!);
-  const request = httpRequest("GET", "/healthz", "none");
-  const latencies: number[] = [];
-  let running = true;
-  Deno.addSignalListener("SIGINT", () => running = false);
-  console.log("probing");
-  while (running) {
-    const started = performance.now();
-    await client.request(request);
-    latencies.push(performance.now() - started);
-    await new Promise((resolve) => setTimeout(resolve, 1));
-  }
-  client.close();
-  console.log(JSON.stringify(latencies.map((ms) => Math.round(ms * 100) / 100)));
+interface Turns {
+  readonly p99: number;
+  readonly max: number;
+  readonly count: number;
 }
 
 async function reportsPerSecond(
-  procs: Processes,
   cluster: Cluster,
   options: { backends: number; batch: number; seconds: number },
-): Promise<{ rate: number; healthz: number[] }> {
+): Promise<{ rate: number; turns: Turns[] }> {
   const client = await KeepAlive.open(cluster.admin);
   const requests = feedbackRequests("api", {
     ...options,
@@ -338,7 +322,7 @@ async function reportsPerSecond(
   // Warm the paths up first: a fresh manager's first second is its JIT's, not its rate.
   const warm = performance.now();
   for (let i = 0; performance.now() - warm < 1_500; i++) await client.request(requests[i % requests.length]!);
-  const { result, probe } = await whileProbing(procs, cluster, async () => {
+  const { result, turns } = await whileTiming(cluster, async () => {
     const started = performance.now();
     let sent = 0;
     while (performance.now() - started < options.seconds * 1_000) {
@@ -349,7 +333,7 @@ async function reportsPerSecond(
     return (sent * options.batch) / ((performance.now() - started) / 1_000);
   });
   client.close();
-  return { rate: result, healthz: probe };
+  return { rate: result, turns };
 }
 
 function startReporter(
@@ -497,37 +481,42 @@ async function main(): Promise<void> {
       for (const backends of [10, 100, 1_000]) {
         const single: number[] = [];
         const batched: number[] = [];
-        // The probe's p99 and slowest answer, ms, while single reports and while batches come.
-        const probes: Array<{ p99: number; max: number }> = [];
+        // The turns of the manager's event loop, ms: the p99 and the longest of each measurement.
+        const turns: Array<{ p99: number; max: number }> = [];
         for (let round = 0; round < rounds; round++) {
           const cluster = await startCluster(procs, {
             ...context,
             services: [feedbackService("api", backends)],
             agents: 1,
+            timeTurns: true,
           });
           for (const batch of [1, 1_000]) {
-            const { rate, healthz } = await reportsPerSecond(procs, cluster, { backends, batch, seconds });
-            (batch === 1 ? single : batched).push(rate);
-            probes.push({ p99: percentile(healthz, 0.99), max: Math.max(...healthz) });
+            const measured = await reportsPerSecond(cluster, { backends, batch, seconds });
+            (batch === 1 ? single : batched).push(measured.rate);
+            turns.push({
+              p99: median(measured.turns.map((t) => t.p99)),
+              max: Math.max(...measured.turns.map((t) => t.max)),
+            });
           }
           await cluster.stop();
         }
-        const probeText = (batch: number) => {
-          const mine = probes.filter((_, i) => i % 2 === (batch === 1 ? 0 : 1));
-          return `${figure(median(mine.map((p) => p.p99)), 1)} / ${
-            figure(median(mine.map((p) => p.max)), 1)
+        const turnText = (batch: number) => {
+          const mine = turns.filter((_, i) => i % 2 === (batch === 1 ? 0 : 1));
+          return `${figure(median(mine.map((t) => t.p99)), 1)} / ${
+            figure(median(mine.map((t) => t.max)), 1)
           }`;
         };
         const list = (values: number[]) => values.map((v) => figure(v)).join(", ");
         rows.push(
-          `| ${figure(backends)} | ${figure(median(single))} | ${list(single)} | ${probeText(1)} | ` +
-            `${figure(median(batched))} | ${list(batched)} | ${probeText(1_000)} |`,
+          `| ${figure(backends)} | ${figure(median(single))} | ${list(single)} | ${turnText(1)} | ` +
+            `${figure(median(batched))} | ${list(batched)} | ${turnText(1_000)} |`,
         );
       }
       say(
         "## Reports/s over one keep-alive connection (one agent attached)\n\n" +
-          "`/healthz` is the probe's p99 / slowest answer in ms, asked one after the other meanwhile.\n\n" +
-          "| backends | single | rounds | /healthz | batches of 1,000 | rounds | /healthz |\n" +
+          "turns: how long the manager's event loop ran between two looks at a 1 ms interval (`_turns.ts`), " +
+          "ms: the median of each half second's p99 / the longest, medians of the rounds.\n\n" +
+          "| backends | single | rounds | turns | batches of 1,000 | rounds | turns |\n" +
           "| ---: | ---: | --- | ---: | ---: | --- | ---: |\n" + rows.join("\n") + "\n",
       );
     }
@@ -723,6 +712,5 @@ async function main(): Promise<void> {
 }
 
 if (Deno.args[0] === "--reporter") await reporter(Deno.args.slice(1));
-else if (Deno.args[0] === "--probe") await probe(Deno.args.slice(1));
 else if (Deno.args[0] === "--listeners") await listeners(Deno.args.slice(1));
 else await main();
