@@ -110,9 +110,9 @@ export class Permutations {
 }
 
 /**
- * The same table as `buildTable`, built a share at a time: each `fill(slots)` fills at most that many more
- * slots, so that a caller on an event loop can spread a large table over several turns (one of 65,537
- * slots for 1,000 backends takes some milliseconds). `weights` are by caller index, as the ids of
+ * The same table as `buildTable`, built a share at a time: each `fill(work)` does about that much more of
+ * it, so that a caller on an event loop can spread a large table over several turns (one of 65,537 slots
+ * takes some milliseconds, most of them for its last slots). `weights` are by caller index, as the ids of
  * `permutations` are; a weight that is not a finite number from 0 to `Number.MAX_SAFE_INTEGER`, or a count
  * that is not the ids', is a `RangeError`.
  */
@@ -189,11 +189,14 @@ export class TableBuilder {
     return this.#table;
   }
 
-  /** Fills at most `slots` more slots; returns whether the table is complete. */
-  fill(slots: number): boolean {
+  /**
+   * Fills slots until about `work` steps are spent (a slot taken or a taken one passed over: the last slots
+   * of a table cost the most, as most of the slots their backends prefer are taken); returns whether the
+   * table is complete. A step is a few nanoseconds.
+   */
+  fill(work: number): boolean {
     const table = this.#table;
     const size = table.length;
-    const end = Math.min(size, this.#filled + Math.max(0, slots));
     const heap = this.#heap;
     const round = this.#round;
     const next = this.#next;
@@ -202,17 +205,22 @@ export class TableBuilder {
     const weight = this.#weight;
     const callerIndex = this.#callerIndex;
     const maxWeight = this.#maxWeight;
+    let filled = this.#filled;
+    let left = work;
     // Backends take turns in (round, canonical position) order, the heap's root first, so very uneven
     // weights cost no more than even ones.
-    for (let filled = this.#filled; filled < end; filled++) {
+    while (filled < size && left > 0) {
       const b = heap[0]!;
       const step = skip[b]!;
       let slot = next[b]!;
       while (table[slot] !== NO_BACKEND) {
         slot += step;
         if (slot >= size) slot -= size;
+        left--;
       }
       table[slot] = callerIndex[b]!;
+      filled++;
+      left--;
       slot += step;
       next[b] = slot >= size ? slot - size : slot;
       const done = taken[b]! + 1;
@@ -220,8 +228,8 @@ export class TableBuilder {
       round[b] = Math.ceil(((done + 1) * maxWeight) / weight[b]!);
       siftDown(heap, round, 0);
     }
-    this.#filled = end;
-    return end === size;
+    this.#filled = filled;
+    return filled === size;
   }
 }
 
