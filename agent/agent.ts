@@ -12,7 +12,14 @@ import { CLAIM_BUCKETS, claimOwners, NO_AGENT } from "../cluster/claims.ts";
 import { ipBytes } from "../cluster/flow_key.ts";
 import { logger } from "../cluster/log.ts";
 import { backendOrder, claimantOf, placeHash, type Placement } from "../cluster/placement.ts";
-import { type AgentSpec, type ClusterState, decodeTable, type ServiceSpec } from "../cluster/protocol.ts";
+import {
+  type AgentSpec,
+  type ClusterState,
+  decodeTable,
+  type ServiceSpec,
+  type StateDelta,
+} from "../cluster/protocol.ts";
+import { applyStateDelta, DeltaError } from "../cluster/state_delta.ts";
 import { encodeProxyHeader } from "../cluster/proxy_protocol.ts";
 import { AffinityCache } from "./affinity.ts";
 import {
@@ -193,6 +200,8 @@ export class Agent {
   #draining = false;
   #saving: Promise<void> = Promise.resolve();
   readonly #listenErrors = new Map<string, string>();
+  /** The newest state not yet saved, while a save is under way: only the newest of a burst is written. */
+  #unsaved: ClusterState | null = null;
 
   constructor(options: AgentOptions) {
     this.#options = options;
@@ -285,6 +294,7 @@ export class Agent {
       mesh: advertised,
       tls: this.#options.tls ?? null,
       onState: (state) => this.applyState(state, { persist: true }),
+      onDelta: (delta) => this.applyDelta(delta),
       report: () => this.#report(),
       takeFailures: () => {
         const failures = [...this.#pendingFailures.values()];
@@ -356,12 +366,59 @@ export class Agent {
       version: state.version,
       services: state.services.length,
     });
-    if (options.persist && this.#options.stateDir) {
-      const dir = this.#options.stateDir;
-      this.#saving = this.#saving.then(() => saveState(dir, state)).catch((error) => {
-        this.#log.error("Cannot save the state to {dir}: {error}", { dir, error });
-      });
+    if (options.persist) this.#save(state);
+  }
+
+  /**
+   * Applies a delta from the manager to the state served: the services it names get their new backends'
+   * weights and states and their new tables, the others are left as they are. Returns false, with nothing
+   * changed, when it does not apply to this state (another version or epoch, a service not served here, a
+   * table whose hash differs): the manager then sends the whole state.
+   */
+  applyDelta(delta: StateDelta): boolean {
+    const state = this.#state;
+    if (state === null) return false;
+    const tables = new Map<string, Uint16Array>();
+    for (const [name, service] of this.#services) tables.set(name, service.table);
+    let next: ReturnType<typeof applyStateDelta>;
+    try {
+      next = applyStateDelta(state, tables, delta);
+    } catch (error) {
+      if (!(error instanceof DeltaError)) throw error;
+      this.#log.info("{error}", { error: error.message, version: state.version });
+      return false;
     }
+    this.#state = next.state;
+    for (const { name } of delta.services) {
+      const service = this.#services.get(name);
+      const spec = next.state.services.find((each) => each.name === name);
+      if (service === undefined || spec === undefined) continue;
+      service.spec = spec;
+      service.table = next.tables.get(name) ?? service.table;
+      this.#postPlacement(service);
+    }
+    this.#log.debug("Serving state {version}: {services} services changed", {
+      version: delta.version,
+      services: delta.services.length,
+    });
+    this.#save(next.state);
+    return true;
+  }
+
+  /** Saves `state` to the state folder, if there is one; a burst of states saves only its newest. */
+  #save(state: ClusterState): void {
+    const dir = this.#options.stateDir;
+    if (!dir) return;
+    const pending = this.#unsaved !== null;
+    this.#unsaved = state;
+    if (pending) return;
+    this.#saving = this.#saving.then(async () => {
+      const newest = this.#unsaved;
+      this.#unsaved = null;
+      if (newest !== null) await saveState(dir, newest);
+    }).catch((error) => {
+      this.#log.error("Cannot save the state to {dir}: {error}", { dir, error });
+    });
   }
 
   /**

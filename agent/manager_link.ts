@@ -1,8 +1,8 @@
 /**
  * The agent's side of the cluster protocol: connects to the manager, proves the cluster token (and checks
- * the manager's proof), applies and acknowledges every state it is sent, sends heartbeats, and reconnects
- * with capped exponential backoff and full jitter whenever the link breaks. Nothing on the data path
- * waits for it.
+ * the manager's proof), applies and acknowledges every state and delta it is sent (asking for the whole
+ * state when a delta does not apply to the version it has), sends heartbeats, and reconnects with capped
+ * exponential backoff and full jitter whenever the link breaks. Nothing on the data path waits for it.
  *
  * Given several managers, it looks for the one that leads: it tries them in turn, and goes where a manager
  * that does not lead sends it (`redirect`). It backs off only once every manager has been tried without a
@@ -22,6 +22,7 @@ import {
   type ManagerMessage,
   parseManagerMessage,
   PROTOCOL_VERSION,
+  type StateDelta,
 } from "../cluster/protocol.ts";
 
 const log = logger("agent", "link");
@@ -56,6 +57,11 @@ export interface ManagerLinkOptions {
   /** Connect with TLS, trusting these CA certificates (PEM) besides the system's. */
   readonly tls: { caCerts: string[] } | null;
   readonly onState: (state: ClusterState) => void;
+  /**
+   * Applies a delta to the state served; false when it does not apply to it (another version), and the
+   * link then asks the manager for the whole state.
+   */
+  readonly onDelta: (delta: StateDelta) => boolean;
   readonly report: () => LinkReport;
   readonly takeFailures: () => Array<{ service: string; backend: string; count: number }>;
 }
@@ -250,6 +256,8 @@ export class ManagerLink {
       this.#connected = true;
       log.info("Joined the manager at {manager} as {agent}", { ...this.#where(), agent: agentId });
       let lastHeard = performance.now();
+      // Asked for the whole state: deltas until it comes cannot apply, and are dropped without asking again.
+      let resyncing = false;
       const interval = welcome.heartbeatMs;
       const context = { ...this.#where(), agent: agentId };
       heartbeat = setInterval(() =>
@@ -278,6 +286,7 @@ export class ManagerLink {
             this.#decisions.settle(id, { backend, ttlMs });
           }
         } else if (message.type === "state") {
+          resyncing = false;
           // A state this agent fails to apply is not acknowledged; it goes on serving the last one.
           const applied = guard("manager_link", () => {
             this.#options.onState(message.state);
@@ -292,6 +301,26 @@ export class ManagerLink {
           const leader = parseLeader(message.leader);
           if (leader !== null && !sameAddress(leader, manager)) this.#sentTo = leader;
           return;
+        } else if (message.type === "delta") {
+          if (resyncing) continue;
+          const { base, version } = message.delta;
+          // A delta this agent fails to apply leaves it at the version it has: it asks for the whole state.
+          const applied = guard("manager_link", () => this.#options.onDelta(message.delta), {
+            ...context,
+            base,
+            version,
+          });
+          if (applied === true) {
+            await channel.send({ type: "ack", version });
+          } else {
+            resyncing = true;
+            log.info("Cannot apply the delta from version {base} to {version}; asking for the whole state", {
+              ...context,
+              base,
+              version,
+            });
+            await channel.send({ type: "resync" });
+          }
         } else if (message.type === "error") {
           throw new Error(`The manager closed the link: ${message.error}`);
         }

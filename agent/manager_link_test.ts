@@ -7,23 +7,32 @@ import { ClusterServer } from "../manager/cluster_server.ts";
 import { ClusterModel } from "../manager/state.ts";
 import { eventually } from "../tests/_helpers.ts";
 import { internalErrors } from "../cluster/guard.ts";
+import { type ClusterState, decodeTable } from "../cluster/protocol.ts";
+import { applyStateDelta } from "../cluster/state_delta.ts";
 import { Agent } from "./agent.ts";
 import { agentMetrics } from "./admin.ts";
 import { type Decision, ManagerLink, type ManagerLinkOptions } from "./manager_link.ts";
 
 const SANITIZE = { sanitizeOps: true, sanitizeResources: true } as const;
 const TOKEN = "cluster-token-0123456789abcdef";
+const WEB = [{
+  name: "web",
+  listen: "127.0.0.1:80",
+  decide: "manager",
+  backends: [{ address: "10.0.0.11:80", weight: 300 }, { address: "10.0.0.12:80", weight: 100 }],
+}];
 
-function startManager(leadership?: { leading: () => boolean; leaderCluster: () => string | null }) {
+function startManager(
+  options: {
+    services?: Array<Record<string, unknown>>;
+    leadership?: { leading: () => boolean; leaderCluster: () => string | null };
+  } = {},
+) {
+  const { services = WEB, leadership } = options;
   const result = parseConfig(JSON.stringify({
     manager: { tokens: { cluster: TOKEN } },
     agents: { heartbeat: "200ms" },
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:80",
-      decide: "manager",
-      backends: [{ address: "10.0.0.11:80", weight: 300 }, { address: "10.0.0.12:80", weight: 100 }],
-    }],
+    services,
   }));
   assert.deepEqual(result.problems, []);
   const model = new ClusterModel(result.config as Config, { seed: 1 });
@@ -32,6 +41,7 @@ function startManager(leadership?: { leading: () => boolean; leaderCluster: () =
     ...(leadership ? { leadership } : {}),
   });
   return {
+    model,
     server,
     async close() {
       await server.close();
@@ -48,6 +58,7 @@ function startLink(ports: number | number[], options: Partial<ManagerLinkOptions
     mesh: null,
     tls: null,
     onState: () => {},
+    onDelta: () => false,
     report: () => ({ connections: { served: 0, handed_off: 0, open: 0 }, backends: [] }),
     takeFailures: () => [],
     ...options,
@@ -166,12 +177,10 @@ Deno.test({
     const address = (server: { server: ClusterServer }) => `127.0.0.1:${server.server.addr.port}`;
     const managers: Record<"a" | "b", ReturnType<typeof startManager>> = {} as never;
     managers.a = startManager({
-      leading: () => leader === "a",
-      leaderCluster: () => address(managers[leader]),
+      leadership: { leading: () => leader === "a", leaderCluster: () => address(managers[leader]) },
     });
     managers.b = startManager({
-      leading: () => leader === "b",
-      leaderCluster: () => address(managers[leader]),
+      leadership: { leading: () => leader === "b", leaderCluster: () => address(managers[leader]) },
     });
     // The standby first: it sends the agent on.
     const link = startLink([managers.a.server.addr.port, managers.b.server.addr.port]);
@@ -212,12 +221,54 @@ Deno.test({
 });
 
 Deno.test({
+  name: "ManagerLink: a change comes as a delta of the slots that moved, applied and acknowledged",
+  ...SANITIZE,
+  fn: async () => {
+    const backends = Array.from({ length: 40 }, (_, i) => ({ address: `10.0.1.${i + 1}:80` }));
+    const manager = startManager({ services: [{ name: "web", listen: "127.0.0.1:80", backends }] });
+    let state: ClusterState | null = null;
+    let tables = new Map<string, Uint16Array>();
+    const received: string[] = [];
+    const link = startLink(manager.server.addr.port, {
+      onState: (whole) => {
+        received.push(`state ${whole.version}`);
+        state = whole;
+        tables = new Map(whole.services.map((s) => [s.name, decodeTable(s.table, s.backends.length)]));
+      },
+      onDelta: (delta) => {
+        received.push(
+          `delta ${delta.base}→${delta.version} ${delta.services[0]?.slots === null ? "table" : "slots"}`,
+        );
+        if (state === null) return false;
+        ({ state, tables } = applyStateDelta(state, tables, delta));
+        return true;
+      },
+    });
+    try {
+      await eventually(() => link.connected && state !== null, 5_000, "the first state");
+      const first = manager.model.version;
+      manager.model.applyFeedback([{ service: "web", backend: "10.0.1.7:80", weight: 50 }]);
+      manager.model.flushTables();
+      const version = manager.model.version;
+      assert.equal(version, first + 1);
+      await eventually(() => manager.server.agents()[0]?.ackedVersion === version, 5_000, "the ack");
+      assert.deepEqual(received, [`state ${first}`, `delta ${first}→${version} slots`]);
+      assert.deepEqual(state, manager.model.snapshot(), "the agent's state is the manager's");
+      assert.deepEqual(tables.get("web"), manager.model.service("web")!.table);
+    } finally {
+      await link.close();
+      await manager.close();
+    }
+  },
+});
+
+Deno.test({
   name: "ManagerLink: while no manager leads it gets no session, and a decision is null at once",
   ...SANITIZE,
   fn: async () => {
     const none = { leading: () => false, leaderCluster: () => null };
-    const a = startManager(none);
-    const b = startManager(none);
+    const a = startManager({ leadership: none });
+    const b = startManager({ leadership: none });
     const link = startLink([a.server.addr.port, b.server.addr.port]);
     try {
       await new Promise((resolve) => setTimeout(resolve, 1_500));
@@ -227,6 +278,38 @@ Deno.test({
       await link.close();
       await a.close();
       await b.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "ManagerLink: a delta that does not apply is not acknowledged; the agent asks for the whole state",
+  ...SANITIZE,
+  fn: async () => {
+    const manager = startManager();
+    const received: string[] = [];
+    let refuse = true;
+    const link = startLink(manager.server.addr.port, {
+      onState: (whole) => received.push(`state ${whole.version}`),
+      onDelta: (delta) => {
+        received.push(`delta ${delta.version}`);
+        // The first delta does not apply (as if the agent had missed one); later ones would.
+        const applies = !refuse;
+        refuse = false;
+        return applies;
+      },
+    });
+    try {
+      await eventually(() => link.connected && received.length === 1, 5_000, "the first state");
+      const first = manager.model.version;
+      manager.model.applyFeedback([{ service: "web", backend: "10.0.0.11:80", weight: 50 }]);
+      manager.model.flushTables();
+      const version = manager.model.version;
+      await eventually(() => manager.server.agents()[0]?.ackedVersion === version, 5_000, "the ack");
+      assert.deepEqual(received, [`state ${first}`, `delta ${version}`, `state ${version}`]);
+    } finally {
+      await link.close();
+      await manager.close();
     }
   },
 });

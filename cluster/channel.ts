@@ -53,6 +53,17 @@ export class Channel<In, Out> {
   }
 
   /**
+   * As `send`, for a message already encoded with this channel's codec: a frame sent to many peers is
+   * encoded once.
+   */
+  sendFrame(frame: Uint8Array): Promise<void> {
+    const done = Promise.withResolvers<void>();
+    this.#queue.push({ frame, done });
+    if (!this.#flushing) this.#flush();
+    return done.promise;
+  }
+
+  /**
    * Queues one message like `send`, with nothing to wait on: for the frames of every new connection
    * (decisions), which need no promise each. A failed write closes the channel, which ends `messages()`.
    *

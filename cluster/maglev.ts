@@ -52,106 +52,214 @@ export interface TableOptions {
  * `Number.MAX_SAFE_INTEGER`.
  */
 export function buildTable(backends: readonly TableBackend[], options: TableOptions = {}): Uint16Array {
-  const size = options.size ?? DEFAULT_TABLE_SIZE;
-  if (!Number.isInteger(size) || size < 2 || size > MAX_TABLE_SIZE || !isPrime(size)) {
-    throw new RangeError(
-      `Cannot build a Maglev table of size ${size}: the size must be a prime from 2 to ${MAX_TABLE_SIZE}`,
-    );
-  }
-  if (backends.length > MAX_BACKENDS) {
-    throw new RangeError(
-      `Cannot build a Maglev table for ${backends.length} backends: at most ${MAX_BACKENDS} fit`,
-    );
-  }
-  for (const backend of backends) {
-    const weight = backend.weight;
-    if (!(weight >= 0 && weight <= Number.MAX_SAFE_INTEGER)) {
+  const permutations = new Permutations(backends.map((backend) => backend.id), options);
+  const builder = new TableBuilder(permutations, backends.map((backend) => backend.weight));
+  builder.fill(Infinity);
+  return builder.table;
+}
+
+/**
+ * What a table's backends contribute whatever their weights: their canonical order and each one's
+ * permutation of the slots (first preferred slot and skip), from their ids alone. Made once for a set of
+ * backends, it serves every table built for them. Throws a `RangeError` for a size that is not a prime
+ * from 2 to 2^24, more than 65535 backends, or a duplicate id.
+ */
+export class Permutations {
+  readonly size: number;
+  readonly ids: readonly string[];
+  /** Caller indexes in canonical order: by id, compared by UTF-16 code units, the same on every host. */
+  readonly order: Uint16Array;
+  /** By caller index: the first preferred slot, and the step to the next. */
+  readonly offset: Uint32Array;
+  readonly skip: Uint32Array;
+
+  constructor(ids: readonly string[], options: TableOptions = {}) {
+    const size = options.size ?? DEFAULT_TABLE_SIZE;
+    if (!Number.isInteger(size) || size < 2 || size > MAX_TABLE_SIZE || !isPrime(size)) {
       throw new RangeError(
-        `Cannot build a Maglev table with weight ${weight} for backend "${backend.id}": ` +
-          `the weight must be a number from 0 to ${Number.MAX_SAFE_INTEGER}`,
+        `Cannot build a Maglev table of size ${size}: the size must be a prime from 2 to ${MAX_TABLE_SIZE}`,
       );
     }
-  }
-
-  // Canonical order: by id, compared by UTF-16 code units so that it is the same on every host.
-  const order = backends.map((_, index) => index);
-  order.sort((a, b) => {
-    const idA = backends[a]!.id;
-    const idB = backends[b]!.id;
-    return idA < idB ? -1 : idA > idB ? 1 : 0;
-  });
-  for (let i = 1; i < order.length; i++) {
-    const id = backends[order[i]!]!.id;
-    if (id === backends[order[i - 1]!]!.id) {
-      throw new RangeError(`Cannot build a Maglev table: backend "${id}" is listed twice`);
+    if (ids.length > MAX_BACKENDS) {
+      throw new RangeError(
+        `Cannot build a Maglev table for ${ids.length} backends: at most ${MAX_BACKENDS} fit`,
+      );
     }
-  }
-
-  const table = new Uint16Array(size).fill(NO_BACKEND);
-  const active = order.filter((index) => backends[index]!.weight > 0);
-  const count = active.length;
-  if (count === 0) return table;
-
-  // Per active backend, in canonical order: its caller index, weight, next preferred slot, skip, and
-  // the round in which it takes its next slot.
-  const callerIndex = new Uint16Array(count);
-  const weight = new Float64Array(count);
-  const next = new Uint32Array(count);
-  const skip = new Uint32Array(count);
-  const taken = new Float64Array(count);
-  const round = new Float64Array(count);
-  let maxWeight = 0;
-  for (let b = 0; b < count; b++) {
-    const backend = backends[active[b]!]!;
-    callerIndex[b] = active[b]!;
-    weight[b] = backend.weight;
-    next[b] = hashString(backend.id, OFFSET_SEED) % size;
-    skip[b] = (hashString(backend.id, SKIP_SEED) % (size - 1)) + 1;
-    if (backend.weight > maxWeight) maxWeight = backend.weight;
-  }
-  // The k-th slot (k ≥ 1) of a backend is taken in the first round whose credit reaches k:
-  // ceil(k × maxWeight / weight). Exact for integer weights; the heaviest backend takes slot k in round k.
-  for (let b = 0; b < count; b++) round[b] = Math.ceil(maxWeight / weight[b]!);
-
-  // A min-heap of backends keyed by (round, canonical position) yields the turns in order without
-  // visiting every backend every round, so very uneven weights cost no more than even ones.
-  const heap = new Uint32Array(count);
-  for (let b = 0; b < count; b++) heap[b] = b;
-  const comesFirst = (a: number, b: number): boolean =>
-    round[a]! < round[b]! || (round[a] === round[b] && a < b);
-  const siftDown = (from: number): void => {
-    let at = from;
-    const item = heap[at]!;
-    for (;;) {
-      const left = 2 * at + 1;
-      if (left >= count) break;
-      const right = left + 1;
-      const child = right < count && comesFirst(heap[right]!, heap[left]!) ? right : left;
-      if (!comesFirst(heap[child]!, item)) break;
-      heap[at] = heap[child]!;
-      at = child;
+    const order = ids.map((_, index) => index);
+    order.sort((a, b) => {
+      const idA = ids[a]!;
+      const idB = ids[b]!;
+      return idA < idB ? -1 : idA > idB ? 1 : 0;
+    });
+    for (let i = 1; i < order.length; i++) {
+      const id = ids[order[i]!]!;
+      if (id === ids[order[i - 1]!]!) {
+        throw new RangeError(`Cannot build a Maglev table: backend "${id}" is listed twice`);
+      }
     }
-    heap[at] = item;
-  };
-  for (let at = (count >> 1) - 1; at >= 0; at--) siftDown(at);
+    this.size = size;
+    this.ids = ids;
+    this.order = Uint16Array.from(order);
+    this.offset = new Uint32Array(ids.length);
+    this.skip = new Uint32Array(ids.length);
+    ids.forEach((id, index) => {
+      this.offset[index] = hashString(id, OFFSET_SEED) % size;
+      this.skip[index] = (hashString(id, SKIP_SEED) % (size - 1)) + 1;
+    });
+  }
+}
 
-  for (let filled = 0; filled < size; filled++) {
-    const b = heap[0]!;
-    const step = skip[b]!;
-    let slot = next[b]!;
-    while (table[slot] !== NO_BACKEND) {
+/**
+ * The same table as `buildTable`, built a share at a time: each `fill(work)` does about that much more of
+ * it, so that a caller on an event loop can spread a large table over several turns (one of 65,537 slots
+ * takes some milliseconds, most of them for its last slots). `weights` are by caller index, as the ids of
+ * `permutations` are; a weight that is not a finite number from 0 to `Number.MAX_SAFE_INTEGER`, or a count
+ * that is not the ids', is a `RangeError`.
+ */
+export class TableBuilder {
+  readonly #table: Uint16Array;
+  /** Per active backend, in canonical order: its caller index, weight, next preferred slot and skip. */
+  readonly #callerIndex: Uint16Array;
+  readonly #weight: Float64Array;
+  readonly #next: Uint32Array;
+  readonly #skip: Uint32Array;
+  /** Slots each has taken, and the round in which it takes its next one. */
+  readonly #taken: Float64Array;
+  readonly #round: Float64Array;
+  /** A min-heap of active backends keyed by (round, canonical position). */
+  readonly #heap: Uint32Array;
+  readonly #maxWeight: number;
+  #filled = 0;
+
+  constructor(permutations: Permutations, weights: readonly number[]) {
+    if (weights.length !== permutations.ids.length) {
+      throw new RangeError(
+        `Cannot build a Maglev table from ${weights.length} weights for ${permutations.ids.length} backends`,
+      );
+    }
+    let count = 0;
+    let maxWeight = 0;
+    for (let index = 0; index < weights.length; index++) {
+      const weight = weights[index]!;
+      if (!(weight >= 0 && weight <= Number.MAX_SAFE_INTEGER)) {
+        throw new RangeError(
+          `Cannot build a Maglev table with weight ${weight} for backend "${permutations.ids[index]}": ` +
+            `the weight must be a number from 0 to ${Number.MAX_SAFE_INTEGER}`,
+        );
+      }
+      if (weight > 0) count++;
+      if (weight > maxWeight) maxWeight = weight;
+    }
+    const size = permutations.size;
+    this.#table = new Uint16Array(size).fill(NO_BACKEND);
+    this.#callerIndex = new Uint16Array(count);
+    this.#weight = new Float64Array(count);
+    this.#next = new Uint32Array(count);
+    this.#skip = new Uint32Array(count);
+    this.#taken = new Float64Array(count);
+    this.#round = new Float64Array(count);
+    this.#heap = new Uint32Array(count);
+    this.#maxWeight = maxWeight;
+    let b = 0;
+    for (const index of permutations.order) {
+      const weight = weights[index]!;
+      if (!(weight > 0)) continue;
+      this.#callerIndex[b] = index;
+      this.#weight[b] = weight;
+      this.#next[b] = permutations.offset[index]!;
+      this.#skip[b] = permutations.skip[index]!;
+      // The k-th slot (k ≥ 1) of a backend is taken in the first round whose credit reaches k:
+      // ceil(k × maxWeight / weight). Exact for integer weights; the heaviest takes slot k in round k.
+      this.#round[b] = Math.ceil(maxWeight / weight);
+      this.#heap[b] = b;
+      b++;
+    }
+    for (let at = (count >> 1) - 1; at >= 0; at--) siftDown(this.#heap, this.#round, at);
+    // With no backend of weight > 0 every slot stays NO_BACKEND: the table is complete at once.
+    if (count === 0) this.#filled = size;
+  }
+
+  /** Whether every slot is filled. */
+  get done(): boolean {
+    return this.#filled === this.#table.length;
+  }
+
+  /** The table: complete once `done`. */
+  get table(): Uint16Array {
+    return this.#table;
+  }
+
+  /**
+   * Fills slots until about `work` steps are spent (a slot taken or a taken one passed over: the last slots
+   * of a table cost the most, as most of the slots their backends prefer are taken); returns whether the
+   * table is complete. A step is a few nanoseconds.
+   */
+  fill(work: number): boolean {
+    const table = this.#table;
+    const size = table.length;
+    const heap = this.#heap;
+    const round = this.#round;
+    const next = this.#next;
+    const skip = this.#skip;
+    const taken = this.#taken;
+    const weight = this.#weight;
+    const callerIndex = this.#callerIndex;
+    const maxWeight = this.#maxWeight;
+    let filled = this.#filled;
+    let left = work;
+    // Backends take turns in (round, canonical position) order, the heap's root first, so very uneven
+    // weights cost no more than even ones.
+    while (filled < size && left > 0) {
+      const b = heap[0]!;
+      const step = skip[b]!;
+      let slot = next[b]!;
+      while (table[slot] !== NO_BACKEND) {
+        slot += step;
+        if (slot >= size) slot -= size;
+        left--;
+      }
+      table[slot] = callerIndex[b]!;
+      filled++;
+      left--;
       slot += step;
-      if (slot >= size) slot -= size;
+      next[b] = slot >= size ? slot - size : slot;
+      const done = taken[b]! + 1;
+      taken[b] = done;
+      round[b] = Math.ceil(((done + 1) * maxWeight) / weight[b]!);
+      siftDown(heap, round, 0);
     }
-    table[slot] = callerIndex[b]!;
-    slot += step;
-    next[b] = slot >= size ? slot - size : slot;
-    const done = taken[b]! + 1;
-    taken[b] = done;
-    round[b] = Math.ceil(((done + 1) * maxWeight) / weight[b]!);
-    siftDown(0);
+    this.#filled = filled;
+    return filled === size;
   }
-  return table;
+}
+
+/** Restores the heap below `from`: the backend with the lowest (round, canonical position) at the root. */
+function siftDown(heap: Uint32Array, round: Float64Array, from: number): void {
+  const count = heap.length;
+  let at = from;
+  const item = heap[at]!;
+  const itemRound = round[item]!;
+  for (;;) {
+    const left = 2 * at + 1;
+    if (left >= count) break;
+    let child = left;
+    let childItem = heap[left]!;
+    let childRound = round[childItem]!;
+    const right = left + 1;
+    if (right < count) {
+      const rightItem = heap[right]!;
+      const rightRound = round[rightItem]!;
+      if (rightRound < childRound || (rightRound === childRound && rightItem < childItem)) {
+        child = right;
+        childItem = rightItem;
+        childRound = rightRound;
+      }
+    }
+    if (!(childRound < itemRound || (childRound === itemRound && childItem < item))) break;
+    heap[at] = childItem;
+    at = child;
+  }
+  heap[at] = item;
 }
 
 /**

@@ -4,6 +4,7 @@ import { anyDouble, check, fc } from "../tests/_property.ts";
 import {
   decodeTable,
   encodeFrame,
+  encodeTable,
   FrameDecoder,
   type ManagerMessage,
   parseAgentMessage,
@@ -210,5 +211,34 @@ Deno.test("redirect names the leader's cluster address or none, and nothing else
     }]
   ) {
     assert.throws(() => parse(bad), ProtocolError, JSON.stringify(bad));
+  }
+});
+
+Deno.test("a delta carries slots or a table, never both or neither, and leads to a later version", () => {
+  const service = { name: "web", backends: [], slots: "AAAAAAAA", table: null, hash: 1 };
+  const delta = { base: 4, version: 5, epoch: "e1", services: [service] };
+  const frame = (message: unknown) => new TextEncoder().encode(JSON.stringify(message));
+  assert.deepEqual(parseManagerMessage(frame({ type: "delta", delta })), { type: "delta", delta });
+  for (
+    const bad of [
+      { ...delta, services: [{ ...service, table: "AAAA" }] },
+      { ...delta, services: [{ ...service, slots: null }] },
+      { ...delta, version: 4 },
+      { ...delta, services: [{ ...service, hash: 2 ** 32 }] },
+      { ...delta, services: [{ ...service, backends: [{ index: 65535, weight: 1, state: "up" }] }] },
+    ]
+  ) {
+    assert.throws(() => parseManagerMessage(frame({ type: "delta", delta: bad })), ProtocolError);
+  }
+  assert.deepEqual(parseAgentMessage(frame({ type: "resync" })), { type: "resync" });
+  assert.throws(() => parseAgentMessage(frame({ type: "resync", version: 1 })), ProtocolError);
+});
+
+Deno.test("a table's text is its little-endian entries in base64, and decodes back", () => {
+  for (const length of [1, 2, 3, 4, 5, 65_537]) {
+    const table = Uint16Array.from({ length }, (_, i) => (i * 7919) % 0xffff);
+    const text = encodeTable(table);
+    assert.equal(text, Buffer.from(table.buffer).toString("base64"));
+    assert.deepEqual(decodeTable(text, 0xffff), table);
   }
 });

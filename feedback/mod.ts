@@ -17,6 +17,7 @@ export {
   feedbackWeight,
   isLive,
   liveRaw,
+  type LoadPeer,
   loadTarget,
   loadWeight,
   smoothStep,

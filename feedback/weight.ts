@@ -109,18 +109,22 @@ export function loadWeight(load: LoadFigures, options: LoadOptions = {}): number
 export function loadTarget(raw: number | null, configured: number, peers: readonly LoadPeer[]): number {
   checkConfigured(configured);
   if (!isPositive(raw)) return configured;
-  const reporting = peers.filter((peer): peer is LoadPeer & { raw: number } => isPositive(peer.raw));
+  // Two passes over the peers, skipping those without a signal, with no array made: a load report is
+  // normalised among every backend of its service, up to 65,535 of them.
   let largest = raw;
-  for (const peer of reporting) {
+  let count = 1;
+  for (const peer of peers) {
+    if (!isPositive(peer.raw)) continue;
     checkConfigured(peer.configured);
     if (peer.raw > largest) largest = peer.raw;
+    count++;
   }
-  const count = reporting.length + 1;
   // Scaled by the largest, each raw weight is in [0, 1] and one of them is 1: the sum is from 1 to count,
   // and each configured weight divided by count before adding keeps that mean finite too.
   let scaledSum = raw / largest;
   let configuredMean = configured / count;
-  for (const peer of reporting) {
+  for (const peer of peers) {
+    if (!isPositive(peer.raw)) continue;
     scaledSum += peer.raw / largest;
     configuredMean += peer.configured / count;
   }

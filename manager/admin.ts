@@ -9,8 +9,8 @@
  * state it follows and passes writes (feedback, operator states, reload) to the leader, answering what the
  * leader answered, or 503 when no manager leads; the leader answers a write once it is stored in etcd.
  */
+import { setImmediate } from "node:timers";
 import { Hono } from "hono";
-import { bodyLimit } from "hono/body-limit";
 import type { Context, MiddlewareHandler } from "hono";
 import { constantTimeEqual } from "../cluster/auth.ts";
 import { formatHostPort } from "../cluster/address.ts";
@@ -40,8 +40,19 @@ import { type ManagerRole, singleRole } from "./role.ts";
 
 const log = logger("manager", "admin");
 
-/** Request bodies larger than this are refused with 413. */
+/** Request bodies larger than this are refused with 413, but for `POST /v1/feedback`'s. */
 export const MAX_BODY_BYTES = 64 * 1024;
+/** `POST /v1/feedback` bodies larger than this are refused with 413: a batch of 1,000 reports fits. */
+export const MAX_FEEDBACK_BODY_BYTES = 256 * 1024;
+
+export const ADMIN_DEFAULTS = {
+  /**
+   * A batch of more reports than this gives the event loop a turn after parsing its JSON and after
+   * checking its reports, before applying them (which is one turn, all or nothing): a batch of 1,000 is
+   * then three turns of under a millisecond each, not one of two or three.
+   */
+  sliceReports: 100,
+} as const;
 
 /** The one error of the HTTP layer: a status, a message and the field it is about. */
 export class ApiError extends Error {
@@ -80,21 +91,11 @@ type Env = { Variables: { caller: Caller } };
 
 export function createAdminApp(deps: AdminDeps): Hono<Env> {
   const app = new Hono<Env>();
+  const authenticate = authenticator(deps);
   const role = deps.role ?? singleRole({ id: "", admin: "", cluster: "" }, deps.agents);
   const passWrites = leaderTakesWrites(role);
 
-  app.onError((error, c) => {
-    if (error instanceof ApiError) {
-      return c.json({ error: error.message, path: error.path }, error.status);
-    }
-    if (error instanceof UnknownError) return c.json({ error: error.message, path: "" }, 404);
-    log.error("Admin request {method} {path} failed: {error}", {
-      method: c.req.method,
-      path: c.req.path,
-      error,
-    });
-    return c.json({ error: "Internal error", path: "" }, 500);
-  });
+  app.onError((error, c) => errorResponse(error, { method: c.req.method, path: c.req.path }));
   app.notFound((c) => c.json({ error: `No route ${c.req.method} ${c.req.path}`, path: "" }, 404));
 
   app.get("/healthz", (c) => c.json({ status: "ok" }));
@@ -102,72 +103,30 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
   // The dashboard's page needs no token: it holds no data, and asks for the token to fetch the data.
   app.get("/", () => dashboardPage());
 
-  app.use("*", bearer(deps));
-  app.use(
-    "*",
-    bodyLimit({
-      maxSize: MAX_BODY_BYTES,
-      onError: () => {
-        throw new ApiError(413, `Request body is larger than ${MAX_BODY_BYTES} bytes`);
-      },
-    }),
-  );
-
-  app.post("/v1/feedback", passWrites, async (c) => {
-    const body = await jsonBody(c);
-    let reports;
-    try {
-      reports = parseReports(body);
-    } catch (error) {
-      if (error instanceof ReportError) throw new ApiError(400, error.message, error.path);
-      throw error;
-    }
-    const caller = c.get("caller");
-    const batch = Array.isArray(body);
-    const at = (index: number, field: string) => batch ? `[${index}].${field}` : field;
-    if (caller.role === "feedback") {
-      reports.forEach((report, index) => {
-        if (!caller.services.has(report.service)) {
-          throw new ApiError(
-            403,
-            `This token may not report for service "${report.service}"`,
-            at(index, "service"),
-          );
-        }
-      });
-    }
-    reports.forEach((report, index) => {
-      const service = deps.model.service(report.service);
-      if (!service) throw new ApiError(404, `Unknown service "${report.service}"`, at(index, "service"));
-      if (!service.backends.some((backend) => backend.config.id === report.backend)) {
-        throw new ApiError(
-          404,
-          `Unknown backend "${report.backend}" in service "${report.service}"`,
-          at(index, "backend"),
-        );
-      }
-    });
-    let outcomes;
-    try {
-      outcomes = deps.model.applyFeedback(reports);
-    } catch (error) {
-      if (error instanceof RejectedReportError) {
-        throw new ApiError(400, error.message, at(error.index, error.field));
-      }
-      throw error;
-    }
-    await stored(role.storeFeedback(outcomes), "the feedback");
-    log.debug("Took {count} feedback reports", { count: reports.length, role: caller.role });
-    return c.json({
-      accepted: reports.length,
-      backends: outcomes.map((outcome) => ({
-        service: outcome.service,
-        backend: outcome.backend,
-        effective_weight: outcome.effectiveWeight,
-        state: viewState(outcome.state),
-      })),
-    }, 202);
+  app.use("*", async (c, next) => {
+    c.set("caller", await authenticate(c.req.raw, { env: c.env, path: c.req.path }));
+    await next();
   });
+
+  // POST /v1/feedback, the route applications call most (as often as every second per backend), is served
+  // before Hono's routing and middleware, by the same functions; `app.request` goes this way too. Through
+  // Hono's middleware a single report cost the manager's thread about twice as much.
+  const take = feedbackTaker(deps, role);
+  const dispatch = app.fetch;
+  app.fetch = (request, env, executionCtx) => {
+    if (request.method !== "POST" || pathOf(request.url) !== FEEDBACK_PATH) {
+      return dispatch(request, env, executionCtx);
+    }
+    return (async () => {
+      try {
+        const caller = await authenticate(request, { env, path: FEEDBACK_PATH });
+        const text = await readBody(request, MAX_FEEDBACK_BODY_BYTES);
+        return await passWrite(role, request, text) ?? await take(caller, text);
+      } catch (error) {
+        return errorResponse(error, { method: "POST", path: FEEDBACK_PATH });
+      }
+    })();
+  };
 
   app.use("/v1/*", adminOnly());
 
@@ -222,7 +181,7 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
     const address = decodedParam(c.req.param("address"));
     const service = deps.model.service(name);
     if (!service) throw new ApiError(404, `Unknown service "${name}"`, "name");
-    const backend = service.backends.find((b) => b.config.id === address);
+    const backend = service.byId.get(address);
     if (!backend) throw new ApiError(404, `Unknown backend "${address}" in service "${name}"`, "address");
     const body = await jsonBody(c);
     if (!isRecord(body)) throw new ApiError(400, `Expected an object like {"state": "drain"}`, "");
@@ -308,28 +267,38 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
  */
 function leaderTakesWrites(role: ManagerRole): MiddlewareHandler<Env> {
   return async (c, next) => {
-    const target = role.writeTarget();
-    if (target.kind === "self") return await next();
-    if (c.req.header(PASSED_HEADER) !== undefined || target.kind === "none") {
-      throw new ApiError(503, "No manager leads now; try again shortly");
-    }
-    // Read here, under this manager's body limit.
-    const request = new Request(c.req.url, {
-      method: c.req.method,
-      headers: c.req.raw.headers,
-      body: await c.req.text(),
-    });
-    try {
-      return await role.pass(request, target.leader);
-    } catch (error) {
-      throw new ApiError(
-        503,
-        `Cannot pass ${c.req.method} ${c.req.path} to the leading manager at ${target.leader.admin}: ${
-          reasonOf(error)
-        }`,
-      );
-    }
+    // Read here, under this manager's body limit, only when it goes on.
+    const response = role.writeTarget().kind === "self"
+      ? null
+      : await passWrite(role, c.req.raw, await readBody(c.req.raw, MAX_BODY_BYTES));
+    return response ?? await next();
   };
+}
+
+/**
+ * The leader's answer to a write this manager does not take (its body `text`), or null when it leads (or
+ * is alone) and takes it.
+ */
+async function passWrite(role: ManagerRole, request: Request, text: string): Promise<Response | null> {
+  const target = role.writeTarget();
+  if (target.kind === "self") return null;
+  const path = pathOf(request.url);
+  if (request.headers.get(PASSED_HEADER) !== null || target.kind === "none") {
+    throw new ApiError(503, "No manager leads now; try again shortly");
+  }
+  try {
+    return await role.pass(
+      new Request(request.url, { method: request.method, headers: request.headers, body: text }),
+      target.leader,
+    );
+  } catch (error) {
+    throw new ApiError(
+      503,
+      `Cannot pass ${request.method} ${path} to the leading manager at ${target.leader.admin}: ${
+        reasonOf(error)
+      }`,
+    );
+  }
 }
 
 /** Why `error` happened, as the end of a sentence. */
@@ -347,17 +316,20 @@ async function stored(storing: Promise<void>, what: string): Promise<void> {
   }
 }
 
-/** Tells who the bearer token belongs to: the admin, a feedback token (from the config in force), or 401. */
-/** The client's address, as Deno.serve gave it to Hono (`unknown` in tests without a socket). */
-function sourceOf(c: Context<Env>): string {
-  const info = c.env as { remoteAddr?: { hostname?: string } } | undefined;
+/** The client's address, as Deno.serve gives it (`unknown` in tests without a socket). */
+function sourceOf(env: unknown): string {
+  const info = env as { remoteAddr?: { hostname?: string } } | undefined;
   return info?.remoteAddr?.hostname ?? "unknown";
 }
 
-function bearer(deps: AdminDeps): MiddlewareHandler<Env> {
+/**
+ * Tells who a request's bearer token belongs to: the admin, a feedback token (from the config in force), or
+ * a 401 (bad tokens from one source are logged and slowed down, `AuthThrottle`).
+ */
+function authenticator(deps: AdminDeps) {
   const throttle = new AuthThrottle();
-  return async (c, next) => {
-    const header = c.req.header("authorization") ?? "";
+  return async (request: Request, where: { env: unknown; path: string }): Promise<Caller> => {
+    const header = request.headers.get("authorization") ?? "";
     const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
     if (!match) throw new ApiError(401, "Missing bearer token", "authorization");
     const token = match[1] as string;
@@ -367,23 +339,123 @@ function bearer(deps: AdminDeps): MiddlewareHandler<Env> {
         caller = { role: "feedback", services: new Set(entry.services) };
       }
     }
-    if (caller === null) {
-      const source = sourceOf(c);
-      const verdict = throttle.fail(source);
-      if (verdict.log) {
-        log.warn("Refused admin request {method} {path} from {source}: bad token ({count} this minute)", {
-          method: c.req.method,
-          path: c.req.path,
-          source,
-          count: verdict.count,
-        });
-      }
-      if (verdict.delayMs > 0) await new Promise((resolve) => setTimeout(resolve, verdict.delayMs));
-      throw new ApiError(401, "Bad token", "authorization");
+    if (caller !== null) return caller;
+    // Asked of Deno.serve only here: its remote address is worth knowing for a refusal alone.
+    const source = sourceOf(where.env);
+    const verdict = throttle.fail(source);
+    if (verdict.log) {
+      log.warn("Refused admin request {method} {path} from {source}: bad token ({count} this minute)", {
+        method: request.method,
+        path: where.path,
+        source,
+        count: verdict.count,
+      });
     }
-    c.set("caller", caller);
-    await next();
+    if (verdict.delayMs > 0) await new Promise((resolve) => setTimeout(resolve, verdict.delayMs));
+    throw new ApiError(401, "Bad token", "authorization");
   };
+}
+
+/**
+ * What `POST /v1/feedback` does with a body from `caller`: checks it, applies it whole or not at all, and
+ * answers 202 with the effective weight of each backend reported, in force at once.
+ */
+function feedbackTaker(
+  deps: AdminDeps,
+  role: ManagerRole,
+): (caller: Caller, text: string) => Promise<Response> {
+  return async (caller, text) => {
+    const body = parseJson(text);
+    const large = Array.isArray(body) && body.length > ADMIN_DEFAULTS.sliceReports;
+    if (large) await nextTurn();
+    let reports;
+    try {
+      reports = parseReports(body);
+    } catch (error) {
+      if (error instanceof ReportError) throw new ApiError(400, error.message, error.path);
+      throw error;
+    }
+    if (large) await nextTurn();
+    const batch = Array.isArray(body);
+    const at = (index: number, field: string) => batch ? `[${index}].${field}` : field;
+    if (caller.role === "feedback") {
+      reports.forEach((report, index) => {
+        if (!caller.services.has(report.service)) {
+          throw new ApiError(
+            403,
+            `This token may not report for service "${report.service}"`,
+            at(index, "service"),
+          );
+        }
+      });
+    }
+    reports.forEach((report, index) => {
+      const service = deps.model.service(report.service);
+      if (!service) throw new ApiError(404, `Unknown service "${report.service}"`, at(index, "service"));
+      if (!service.byId.has(report.backend)) {
+        throw new ApiError(
+          404,
+          `Unknown backend "${report.backend}" in service "${report.service}"`,
+          at(index, "backend"),
+        );
+      }
+    });
+    let outcomes;
+    try {
+      outcomes = deps.model.applyFeedback(reports);
+    } catch (error) {
+      if (error instanceof RejectedReportError) {
+        throw new ApiError(400, error.message, at(error.index, error.field));
+      }
+      throw error;
+    }
+    await stored(role.storeFeedback(outcomes), "the feedback");
+    if (log.isEnabledFor("debug")) {
+      log.debug("Took {count} feedback reports", { count: reports.length, role: caller.role });
+    }
+    return jsonResponse({
+      accepted: reports.length,
+      backends: outcomes.map((outcome) => ({
+        service: outcome.service,
+        backend: outcome.backend,
+        effective_weight: outcome.effectiveWeight,
+        state: viewState(outcome.state),
+      })),
+      // The state version that carries these weights to the agents' tables (GET /v1/agents state_version).
+      version: deps.model.version,
+    }, 202);
+  };
+}
+
+/** The JSON answer of an error: its own status for an `ApiError`, 404 for an unknown name, else 500 (logged). */
+function errorResponse(error: unknown, where: { method: string; path: string }): Response {
+  if (error instanceof ApiError) {
+    return jsonResponse({ error: error.message, path: error.path }, error.status);
+  }
+  if (error instanceof UnknownError) return jsonResponse({ error: error.message, path: "" }, 404);
+  log.error("Admin request {method} {path} failed: {error}", { ...where, error });
+  return jsonResponse({ error: "Internal error", path: "" }, 500);
+}
+
+function jsonResponse(body: unknown, status: number): Response {
+  return new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json" } });
+}
+
+const FEEDBACK_PATH = "/v1/feedback";
+
+/** Resolves in a later turn of the event loop, after the I/O and timers that are due. */
+function nextTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+/** The path of a request's URL (`http://host/v1/feedback?x` → `/v1/feedback`), without parsing all of it. */
+function pathOf(url: string): string {
+  const start = url.indexOf("/", url.indexOf("://") + 3);
+  if (start < 0) return "/";
+  const query = url.indexOf("?", start);
+  const hash = url.indexOf("#", start);
+  const end = Math.min(query < 0 ? url.length : query, hash < 0 ? url.length : hash);
+  return url.slice(start, end);
 }
 
 /** Refuses feedback tokens: every route after it is the admin's. */
@@ -397,12 +469,49 @@ function adminOnly(): MiddlewareHandler<Env> {
 }
 
 async function jsonBody(c: Context<Env>): Promise<unknown> {
-  const text = await c.req.text();
+  return parseJson(await readBody(c.req.raw, MAX_BODY_BYTES));
+}
+
+function parseJson(text: string): unknown {
   try {
     return JSON.parse(text);
   } catch (error) {
     throw new ApiError(400, `Cannot parse JSON body: ${(error as Error).message}`, "");
   }
+}
+
+/**
+ * A request's body as text, refused with 413 once it is larger than `maxBytes`: at once when its
+ * `content-length` says so, else (chunked) as soon as that many bytes have arrived.
+ */
+async function readBody(request: Request, maxBytes: number): Promise<string> {
+  const tooLarge = () => new ApiError(413, `Request body is larger than ${maxBytes} bytes`);
+  const length = request.headers.get("content-length");
+  if (length !== null && !request.headers.has("transfer-encoding")) {
+    if (Number(length) > maxBytes) throw tooLarge();
+    return await request.text();
+  }
+  if (request.body === null) return "";
+  const reader = request.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.length;
+    if (size > maxBytes) {
+      await reader.cancel().catch(() => {});
+      throw tooLarge();
+    }
+    chunks.push(value);
+  }
+  const bytes = new Uint8Array(size);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return new TextDecoder().decode(bytes);
 }
 
 /**

@@ -91,6 +91,8 @@ Deno.test({
       assert.deepEqual(await taken.json(), {
         accepted: 1,
         backends: [{ service: "web", backend: A, effective_weight: 40, state: "up" }],
+        // The leader's: the state version that carries the weight to its agents.
+        version: leaderModel.version,
       });
       assert.equal(leaderModel.service("web")!.backends[0]!.effectiveWeight, 40);
       assert.equal(

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { MAX_BODY_BYTES } from "./admin.ts";
+import { MAX_BODY_BYTES, MAX_FEEDBACK_BODY_BYTES } from "./admin.ts";
 import { testAdminApp } from "./_test_admin_app.ts";
 import { type Config, parseConfig } from "./config.ts";
 import { ClusterModel } from "./state.ts";
@@ -98,8 +98,11 @@ Deno.test("POST /v1/feedback answers 202 with the new effective weight, and GET 
   assert.deepEqual(await response.json(), {
     accepted: 1,
     backends: [{ service: "web", backend: A, effective_weight: 40, state: "up" }],
+    version: h.model.version,
   });
   h.clock.now = 1_500;
+  // The weight is in force at once; its table follows within the window (here, at once).
+  h.model.flushTables();
   const { services } = await h.services();
   const web = services.find((s) => s.name === "web")!;
   assert.equal(web.listen, "0.0.0.0:8080");
@@ -146,19 +149,39 @@ Deno.test("a batch answers each reported backend once, in order, and is applied 
       { service: "web", backend: B, effective_weight: 20, state: "up" },
       { service: "api", backend: A, effective_weight: 0, state: "drain" },
     ],
+    version: h.model.version,
   });
 });
 
-Deno.test("a batch of 1000 reports fits in one request", async () => {
+Deno.test("a batch of 1000 reports of some 160 bytes each fits in one request; other routes keep 64 KiB", async () => {
   using h = harness();
   const batch = Array.from(
     { length: 1000 },
-    (_, i) => ({ service: "web", backend: i % 2 ? A : B, weight: i % 101 }),
+    (_, i) => ({
+      service: "web",
+      backend: i % 2 ? A : B,
+      utilization: 0.5,
+      qps: 1000 + i,
+      eps: 1,
+      ttl: "30s",
+    }),
   );
-  assert.ok(JSON.stringify(batch).length < MAX_BODY_BYTES);
-  const response = await h.feedback(batch, WEB_APP);
+  // Written as a client might, indented: about 160 bytes a report.
+  const body = JSON.stringify(batch, null, 4);
+  assert.ok(
+    body.length > 2 * MAX_BODY_BYTES && body.length < MAX_FEEDBACK_BODY_BYTES,
+    `${body.length} bytes`,
+  );
+  const response = await h.feedback(body, WEB_APP);
   assert.equal(response.status, 202);
   assert.equal(((await response.json()) as { accepted: number }).accepted, 1000);
+  // The same bytes on another route are too many.
+  const state = await h.request("POST", `/v1/services/web/backends/${A}/state`, {
+    body: JSON.stringify({ state: "drain", pad: "x".repeat(MAX_BODY_BYTES) }),
+  });
+  assert.equal(state.status, 413);
+  assert.match(((await state.json()) as { error: string }).error, /larger than 65536 bytes/);
+  assert.equal(h.model.service("web")!.backends[0]!.operatorState, "up");
 });
 
 Deno.test("every error of the spec is returned for its case, and the state is unchanged after each", async () => {
@@ -171,7 +194,12 @@ Deno.test("every error of the spec is returned for its case, and the state is un
   );
   const fingerprint = async () => ({ version: h.model.version, services: (await h.services()).services });
   const before = await fingerprint();
-  const big = JSON.stringify({ service: "web", backend: A, weight: 1, pad: "x".repeat(MAX_BODY_BYTES) });
+  const big = JSON.stringify({
+    service: "web",
+    backend: A,
+    weight: 1,
+    pad: "x".repeat(MAX_FEEDBACK_BODY_BYTES),
+  });
   const cases: Array<
     { name: string; response: () => Promise<Response>; status: number; path: string; error: RegExp }
   > = [
@@ -338,19 +366,27 @@ Deno.test("every error of the spec is returned for its case, and the state is un
       error: /Unknown backend/,
     },
     {
-      name: "a body over 64 KiB",
+      name: "a body over 256 KiB",
       response: () => h.feedback(big),
       status: 413,
       path: "",
-      error: /larger than 65536 bytes/,
+      error: /larger than 262144 bytes/,
     },
     {
-      name: "a batch over 64 KiB",
+      name: "a batch over 256 KiB",
       response: () =>
-        h.feedback(Array.from({ length: 1300 }, () => ({ service: "web", backend: A, weight: 1 }))),
+        h.feedback(Array.from({ length: 6000 }, () => ({ service: "web", backend: A, weight: 1 }))),
       status: 413,
       path: "",
-      error: /larger than/,
+      error: /larger than 262144 bytes/,
+    },
+    {
+      name: "a batch of more than 1000 reports",
+      response: () =>
+        h.feedback(Array.from({ length: 1001 }, () => ({ service: "web", backend: A, weight: 1 }))),
+      status: 400,
+      path: "",
+      error: /Expected 1 to 1000 reports in the array, got 1001/,
     },
   ];
   for (const { name, response, status, path, error } of cases) {

@@ -22,9 +22,10 @@ import {
   PROTOCOL_VERSION,
   ProtocolError,
 } from "../cluster/protocol.ts";
+import { serviceDelta } from "../cluster/state_delta.ts";
 import { Decider } from "./decide.ts";
 import type { ManagerRole } from "./role.ts";
-import type { ClusterModel } from "./state.ts";
+import type { ClusterModel, Publication } from "./state.ts";
 
 const log = logger("manager", "cluster");
 
@@ -51,6 +52,8 @@ export interface AgentSession {
   readonly joinedAt: number;
   lastHeartbeat: number;
   ackedVersion: number;
+  /** The version of the last state or delta sent to it; deltas are sent only from this version on. */
+  sentVersion: number;
   connections: ConnectionCounts;
 }
 
@@ -93,7 +96,8 @@ export class ClusterServer {
   readonly #sweep: ReturnType<typeof setInterval>;
   readonly #unsubscribe: () => void;
   #accepting: Promise<void>;
-  #pushScheduled = false;
+  /** Publications not sent yet: sent together at the end of the turn they were made in. */
+  #publications: Publication[] = [];
   #busyRefusals = 0;
   #busyLoggedAt = -Infinity;
 
@@ -104,7 +108,7 @@ export class ClusterServer {
     this.#leadership = options.leadership ?? ALWAYS_LEADING;
     this.#onAgentsChanged = options.onAgentsChanged ?? (() => {});
     this.#listener = listener;
-    this.#unsubscribe = model.onChange(() => this.#schedulePush());
+    this.#unsubscribe = model.onChange((publication) => this.#schedulePush(publication));
     this.#sweep = setInterval(
       () => guard("agent_sweep", () => this.#dropSilentAgents()),
       Math.max(50, model.config.agents.heartbeatMs / 2),
@@ -277,6 +281,8 @@ export class ClusterServer {
         joinedAt: Date.now(),
         lastHeartbeat: now,
         ackedVersion: -1,
+        // Nothing is pushed to it before its first state, which holds every change made until then.
+        sentVersion: Number.MAX_SAFE_INTEGER,
         connections: { served: 0, handed_off: 0, open: 0 },
       };
       const entry: SessionEntry = { session, channel, version: hello.version, leaving: false };
@@ -290,7 +296,7 @@ export class ClusterServer {
       });
       await channel.send({ type: "welcome", heartbeatMs: this.#model.config.agents.heartbeatMs });
       this.#publishAgents();
-      await channel.send({ type: "state", state: this.#model.snapshot() });
+      await this.#sendState(session, channel);
 
       // Each read is handled whole before the next: the decisions it asks for go out in one write.
       for await (const batch of channel.batches()) {
@@ -363,6 +369,13 @@ export class ClusterServer {
       case "ack":
         session.ackedVersion = message.version;
         break;
+      case "resync":
+        log.info("Agent {agent} could not apply a delta to version {version}; sending the whole state", {
+          agent: session.id,
+          version: session.ackedVersion,
+        });
+        this.#sendState(session, channel).catch(() => channel.close());
+        break;
       case "connect_failures":
         for (const failure of message.failures) {
           log.debug("Agent {agent} could not connect to {backend} of {service} {count} times", {
@@ -423,19 +436,53 @@ export class ClusterServer {
       .finally(() => entry.channel.close());
   }
 
-  /** Coalesces bursts of changes into one push per tick. */
-  #schedulePush(): void {
-    if (this.#pushScheduled) return;
-    this.#pushScheduled = true;
+  /** Sends the whole state the model publishes now; deltas go on from its version. */
+  #sendState(session: AgentSession, channel: AgentChannel): Promise<void> {
+    const state = this.#model.snapshot();
+    session.sentVersion = state.version;
+    return channel.send({ type: "state", state });
+  }
+
+  /** Coalesces the publications of one turn into one push. */
+  #schedulePush(publication: Publication): void {
+    this.#publications.push(publication);
+    if (this.#publications.length > 1) return;
     queueMicrotask(() => {
-      this.#pushScheduled = false;
-      guard("state_push", () => {
-        const state = this.#model.snapshot();
-        for (const { channel } of this.#sessions.values()) {
-          channel.send({ type: "state", state }).catch(() => channel.close());
-        }
-      });
+      const publications = this.#publications;
+      this.#publications = [];
+      guard("state_push", () => this.#push(publications));
     });
+  }
+
+  /**
+   * Sends each agent what it lacks of `publications`: their deltas, from the one whose base is the version
+   * it was last sent, or else the whole state. Each frame is encoded once, for every agent it goes to.
+   */
+  #push(publications: readonly Publication[]): void {
+    const latest = publications.at(-1)?.version;
+    if (latest === undefined) return;
+    let stateFrame: Uint8Array | null = null;
+    const deltaFrames = new Map<Publication, Uint8Array | null>();
+    const deltaFrame = (publication: Publication): Uint8Array | null => {
+      let frame = deltaFrames.get(publication);
+      if (frame === undefined) {
+        frame = encodeDelta(publication, this.#model.epoch);
+        deltaFrames.set(publication, frame);
+      }
+      return frame;
+    };
+    for (const { session, channel } of this.#sessions.values()) {
+      if (session.sentVersion >= latest) continue;
+      const first = publications.findIndex((publication) => publication.base === session.sentVersion);
+      const frames = first < 0 ? null : publications.slice(first).map(deltaFrame);
+      if (frames !== null && frames.every((frame) => frame !== null)) {
+        for (const frame of frames) channel.sendFrame(frame as Uint8Array).catch(() => channel.close());
+      } else {
+        stateFrame ??= encodeFrame({ type: "state", state: this.#model.snapshot() });
+        channel.sendFrame(stateFrame).catch(() => channel.close());
+      }
+      session.sentVersion = latest;
+    }
   }
 }
 
@@ -447,8 +494,37 @@ const SESSION_MESSAGES: ReadonlySet<AgentMessage["type"]> = new Set([
   "decide",
   "open_counts",
   "ack",
+  "resync",
   "connect_failures",
 ]);
+
+/**
+ * The frame of a publication's delta; null when it has none (the whole state changed) or it would not fit
+ * in a frame (the whole state is sent then).
+ */
+function encodeDelta(publication: Publication, epoch: string): Uint8Array | null {
+  if (publication.services === null) return null;
+  try {
+    return encodeFrame({
+      type: "delta",
+      delta: {
+        base: publication.base,
+        version: publication.version,
+        epoch,
+        services: publication.services.map((change) =>
+          serviceDelta(change.service.config.name, {
+            after: change.table,
+            moved: change.moved,
+            backends: change.backends,
+          })
+        ),
+      },
+    });
+  } catch (error) {
+    if (error instanceof ProtocolError) return null;
+    throw error;
+  }
+}
 
 function remoteOf(conn: Deno.Conn): string {
   try {

@@ -45,8 +45,8 @@ export interface FeedbackChange {
   readonly effectiveWeight: number;
   /** The state the report gave (up, drain, down). */
   readonly state: string;
-  /** What was reported, in words: `utilization 0.42`, `weight 40%`. */
-  readonly reported: string;
+  /** What was reported, in words (`utilization 0.42`, `weight 40%`), or how to say it when recorded. */
+  readonly reported: string | (() => string);
 }
 
 export interface EventLogOptions {
@@ -57,12 +57,14 @@ export interface EventLogOptions {
 }
 
 export class EventLog {
+  /** The newest events, oldest first from `#first`, in a ring of `#capacity`: adding one moves nothing. */
   readonly #events: ClusterEvent[] = [];
+  #first = 0;
   readonly #capacity: number;
   readonly #feedbackStep: number;
   readonly #now: () => number;
-  /** The effective weight and state of each backend's last feedback event, by service and backend. */
-  readonly #lastFeedback = new Map<string, { weight: number; state: string }>();
+  /** The effective weight and state of each backend's last feedback event, by service, then backend. */
+  readonly #lastFeedback = new Map<string, Map<string, { weight: number; state: string }>>();
   #seq = 0;
 
   constructor(options: EventLogOptions = {}) {
@@ -78,41 +80,66 @@ export class EventLog {
 
   add(event: NewEvent): ClusterEvent {
     const recorded: ClusterEvent = { seq: ++this.#seq, at: this.#now(), severity: "info", ...event };
-    this.#events.push(recorded);
-    if (this.#events.length > this.#capacity) this.#events.splice(0, this.#events.length - this.#capacity);
+    if (this.#events.length < this.#capacity) {
+      this.#events.push(recorded);
+    } else {
+      this.#events[this.#first] = recorded;
+      this.#first = (this.#first + 1) % this.#capacity;
+    }
     return recorded;
   }
 
   /** Records a feedback report when it changed enough to tell (see the module's comment); else null. */
   feedback(change: FeedbackChange): ClusterEvent | null {
-    const key = `${change.service}\u0000${change.backend}`;
-    const last = this.#lastFeedback.get(key);
+    return this.#tells(change) ? this.add(feedbackEvent(change)) : null;
+  }
+
+  /**
+   * Records the reports of one batch as `feedback` does each. Of more than the log keeps, only the newest
+   * are written out: the others would be dropped at once (a batch of 1,000 spent most of its time here).
+   */
+  feedbackAll(changes: readonly FeedbackChange[]): void {
+    const told = changes.filter((change) => this.#tells(change));
+    for (const change of told.slice(-this.#capacity)) this.add(feedbackEvent(change));
+  }
+
+  /** Whether a report changed enough to tell; if so, it becomes the backend's last told. */
+  #tells(change: FeedbackChange): boolean {
+    let service = this.#lastFeedback.get(change.service);
+    if (service === undefined) this.#lastFeedback.set(change.service, service = new Map());
+    const last = service.get(change.backend);
     const step = Math.max(1, change.configured) * this.#feedbackStep;
-    if (
-      last !== undefined && last.state === change.state &&
-      Math.abs(last.weight - change.effectiveWeight) < step
-    ) {
-      return null;
+    if (last === undefined) {
+      service.set(change.backend, { weight: change.effectiveWeight, state: change.state });
+      return true;
     }
-    this.#lastFeedback.set(key, { weight: change.effectiveWeight, state: change.state });
-    const state = change.state === "up" ? "" : `, state ${change.state}`;
-    return this.add({
-      kind: "feedback",
-      service: change.service,
-      backend: change.backend,
-      message: `Feedback for ${change.backend} of ${change.service}: ${change.reported}${state}; ` +
-        `effective weight ${change.effectiveWeight} of ${change.configured}`,
-    });
+    if (last.state === change.state && Math.abs(last.weight - change.effectiveWeight) < step) return false;
+    last.weight = change.effectiveWeight;
+    last.state = change.state;
+    return true;
   }
 
   /** Forgets a backend's last feedback event, so its next report is recorded (its feedback expired). */
   forgetFeedback(service: string, backend: string): void {
-    this.#lastFeedback.delete(`${service}\u0000${backend}`);
+    this.#lastFeedback.get(service)?.delete(backend);
   }
 
   /** Events newer than `seq`, oldest first, at most `limit`: the newest ones when there are more. */
   after(seq: number, limit: number = EVENTS_DEFAULTS.pageSize): ClusterEvent[] {
-    const newer = this.#events.filter((event) => event.seq > seq);
+    const ordered = [...this.#events.slice(this.#first), ...this.#events.slice(0, this.#first)];
+    const newer = ordered.filter((event) => event.seq > seq);
     return newer.slice(Math.max(0, newer.length - limit));
   }
+}
+
+function feedbackEvent(change: FeedbackChange): NewEvent {
+  const state = change.state === "up" ? "" : `, state ${change.state}`;
+  const reported = typeof change.reported === "function" ? change.reported() : change.reported;
+  return {
+    kind: "feedback",
+    service: change.service,
+    backend: change.backend,
+    message: `Feedback for ${change.backend} of ${change.service}: ${reported}${state}; ` +
+      `effective weight ${change.effectiveWeight} of ${change.configured}`,
+  };
 }

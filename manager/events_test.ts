@@ -53,3 +53,23 @@ Deno.test("feedback is recorded at first, on a change of state, and when the wei
   assert.ok(log.feedback(change(70, "drain")), "after forgetting, the next report is recorded");
   assert.equal(log.after(0).length, 4);
 });
+
+Deno.test("a batch of feedback writes out only the newest events the log keeps, and says each lazily", () => {
+  const log = new EventLog({ capacity: 3 });
+  let said = 0;
+  const changes = Array.from({ length: 10 }, (_, i) => ({
+    ...change(50),
+    backend: `10.0.0.${i + 1}:80`,
+    reported: () => `weight ${++said}`,
+  }));
+  log.feedbackAll(changes);
+  assert.deepEqual(log.after(0).map((event) => event.backend), [
+    "10.0.0.8:80",
+    "10.0.0.9:80",
+    "10.0.0.10:80",
+  ]);
+  assert.equal(said, 3, "only the events written out are said");
+  // Every backend of the batch was told, so the same weights again tell nothing.
+  log.feedbackAll(changes);
+  assert.equal(log.last, 3);
+});

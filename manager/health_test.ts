@@ -310,3 +310,43 @@ Deno.test("a check the model fails to take is counted and skipped, and the loop 
     model.close();
   }
 });
+
+Deno.test("checks started together share one deadline, which ends those that hang at the timeout", async () => {
+  const backends = Array.from({ length: 50 }, (_, i) => `10.0.1.${i + 1}:80`);
+  const model = new ClusterModel(configOf(backends, { interval: "200ms", timeout: "100ms", fall: 1 }), {
+    seed: 1,
+  });
+  const deadlines = new Set<AbortSignal>();
+  let checks = 0;
+  const checker = new HealthChecker(model, {
+    // Every check hangs until its deadline ends it, as a backend that never answers.
+    check: (_address, health, options = {}) => {
+      checks++;
+      const deadline = options.deadline;
+      assert.ok(deadline !== undefined, "the checker passes a deadline and sets no timer per check");
+      deadlines.add(deadline);
+      const started = performance.now();
+      return new Promise((resolve) => {
+        deadline.addEventListener("abort", () => {
+          const waited = performance.now() - started;
+          resolve({ ok: false, detail: `ended after ${Math.round(waited)} ms of ${health.timeoutMs}` });
+        }, { once: true });
+      });
+    },
+  });
+  try {
+    const deadline = performance.now() + 5_000;
+    while (!model.service("web")!.backends.every((backend) => backend.health === "down")) {
+      assert.ok(performance.now() < deadline, `${checks} checks so far`);
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    assert.ok(deadlines.size < checks / 3, `${deadlines.size} deadlines for ${checks} checks`);
+    for (const backend of model.service("web")!.backends) {
+      const waited = Number(/ended after (\d+) ms/.exec(backend.lastCheck!.detail)?.[1]);
+      assert.ok(waited >= 95 && waited < 1_000, backend.lastCheck!.detail);
+    }
+  } finally {
+    await checker.close();
+    model.close();
+  }
+});

@@ -153,6 +153,7 @@ Deno.test("the manager's /metrics counts decisions in the histogram and shows we
   h.decider.decide("agent-1", "nosuch", "10.1.0.1");
   h.model.applyFeedback([{ service: "web", backend: B, weight: 40 }]);
   h.model.setOperatorState("web", A, "drain");
+  h.model.flushTables();
   h.clock.now = 2_500;
   const response = await h.get("/metrics");
   const text = await response.text();

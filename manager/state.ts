@@ -1,8 +1,8 @@
 /**
  * The manager's view of the cluster: every service with its backends' configured weight, operator
  * state, feedback, health and open connections, the effective weight and state that follow from them,
- * and the Maglev table built from those weights. Only the manager moves a backend between states; agents
- * learn of every change through a new versioned `ClusterState`.
+ * and the Maglev table agents serve. Only the manager moves a backend between states; agents learn of
+ * every change through a new versioned `ClusterState` (or a delta to it).
  *
  * A backend is `down` while its health is down or its feedback or agent-check says so (`down`, `maint`),
  * else `draining` while an operator, its feedback or its agent-check drains it, else `up`. Only an `up`
@@ -10,25 +10,40 @@
  * times its agent-check share.
  *
  * Every transition (feedback, checks, connect failures, operator state, health, expiry, reload) is
- * validated, then committed: its whole effect (new records, effective weights, states and tables) is
- * computed first, and applied only if every effective weight is a finite number from 0 to
- * `MAX_EFFECTIVE_WEIGHT` and every table builds; otherwise it throws and nothing has changed.
+ * validated, then committed: the effective weights and states of the backends it touches are computed
+ * first, and applied only if every one is a finite number from 0 to `MAX_EFFECTIVE_WEIGHT`; otherwise it
+ * throws and nothing has changed. A transition costs what the backends it touches cost, not what their
+ * service has: effective weights and states are in force at once (decisions, `/v1/services`, the answer
+ * to a report), and the tables follow.
  *
- * Invariants: `snapshot().services[i].table` is always the table of the current effective weights;
- * `version` grows by one on every change an agent must learn of, and only then; feedback for one service
+ * Tables: a service whose effective weights moved by at least `TABLE_DEFAULTS.minSlots` slots' worth
+ * (Σ |weight − weight of its newest table| × table size / Σ weights of that table), or one of whose
+ * backends changed state or went to or from weight 0, is due; its table is rebuilt from its effective weights at that moment, at most once per
+ * `TABLE_DEFAULTS.windowMs`, in slices of at most `TABLE_DEFAULTS.sliceMs` (each its own turn of the event
+ * loop), and then published: the new version goes to agents, as a delta of the slots that moved. A
+ * config reload or a change of agents publishes the whole state at once, due tables rebuilt first.
+ *
+ * Invariants: each published table is the table of the weights published with it (`tableWeights`, which
+ * is what agents receive), built in canonical order; the effective weights in force differ from them by
+ * less than `minSlots` slots' worth, or for at most one window and a rebuild. `version` is the version
+ * agents must reach to serve the weights in force: it grows by one per publication, and a change that
+ * makes a service due is promised to the next publication not yet under way. Feedback for one service
  * never touches another, even when the same address is a backend of both; a report that expires puts its
  * backend back at its configured weight and state by itself (a timer, stopped by `close()`).
  */
+import { setImmediate } from "node:timers";
 import { guard } from "../cluster/guard.ts";
-import { buildTable, DEFAULT_TABLE_SIZE, slotsMoved } from "../cluster/maglev.ts";
+import { DEFAULT_TABLE_SIZE, Permutations, slotsMoved, TableBuilder } from "../cluster/maglev.ts";
 import { logger } from "../cluster/log.ts";
 import {
+  type BackendChange as WireBackendChange,
   type ClusterState,
   encodeFrame,
   encodeTable,
   ProtocolError,
   type ServiceSpec,
 } from "../cluster/protocol.ts";
+import { movedSlots } from "../cluster/state_delta.ts";
 import {
   type AgentCheckReply,
   applyReport,
@@ -37,11 +52,12 @@ import {
   feedbackWeight,
   isLive,
   liveRaw,
+  type LoadPeer,
   type Report,
   ReportError,
 } from "../feedback/mod.ts";
 import type { BackendConfig, Config, ServiceConfig } from "./config.ts";
-import { EventLog } from "./events.ts";
+import { EventLog, type FeedbackChange } from "./events.ts";
 import { type CheckResult, nextHealth } from "./health.ts";
 
 const log = logger("manager", "state");
@@ -50,6 +66,28 @@ export const STATE_DEFAULTS = {
   /** After a failed expiry turn, the next one comes this much later. */
   expiryRetryMs: 1_000,
 } as const;
+
+/** When and how a service's table is rebuilt and published (see the module's comment). */
+export const TABLE_DEFAULTS = {
+  /**
+   * A service's table is rebuilt at most once in this long: the reports of a window share one rebuild and
+   * one push to agents, and a change reaches them within it plus the rebuild. A table of 65,537 slots
+   * costs 4-9 ms of CPU to build whatever its backends (filling the last slots probes the most), so a
+   * service whose weights never rest costs at most 10 of those a second.
+   */
+  windowMs: 100,
+  /** A rebuild gives the event loop back after this long, and goes on in its next turn. */
+  sliceMs: 1,
+  /**
+   * Steps of a table's build between two looks at the clock within a slice (`TableBuilder.fill`): a few
+   * hundred microseconds at most, even among the last slots, where most steps pass over taken ones.
+   */
+  sliceWork: 5_000,
+  /** Weight changes worth fewer slots than this are held, until together they are worth this many. */
+  minSlots: 1,
+} as const;
+
+export type TableSettings = { readonly [Key in keyof typeof TABLE_DEFAULTS]: number };
 
 /**
  * The largest effective weight a backend may have: what a Maglev table takes. Feedback keeps weights far
@@ -64,6 +102,8 @@ export type BackendState = "up" | "draining" | "down";
 
 export interface BackendRuntime {
   readonly config: BackendConfig;
+  /** Its place in its service's `backends` (and in the state agents get). */
+  readonly index: number;
   operatorState: OperatorState;
   health: Health;
   /** Passed and failed checks in a row; connect failures the agents report count as failed checks. */
@@ -74,7 +114,7 @@ export interface BackendRuntime {
   agentCheck: AgentCheckReply | null;
   /** The last feedback report's record; null when there is none or it expired. */
   feedback: FeedbackRecord | null;
-  /** The weight and state in force, as the last rebuild of the service's table computed them. */
+  /** The weight and state in force: new decisions, `/v1/services` and the answer to a report use these. */
   effectiveWeight: number;
   state: BackendState;
   /** Open connections to this backend, per agent, as the agents last reported them. */
@@ -92,31 +132,74 @@ export interface FeedbackOutcome {
 export interface ServiceRuntime {
   readonly config: ServiceConfig;
   readonly backends: BackendRuntime[];
+  /** The backends by id. */
+  readonly byId: ReadonlyMap<string, BackendRuntime>;
+  /** The table agents serve (the last published), and the backend id of each entry. */
   table: Uint16Array;
-  tableIds: string[];
-  /** Slots that changed backend at the last rebuild, and in all rebuilds since start. */
+  readonly tableIds: readonly string[];
+  /** The effective weights and states the published table was built from, as agents receive them. */
+  tableWeights: readonly number[];
+  tableStates: readonly BackendState[];
+  /** Slots that changed backend at the last publication of this service, and in all since start. */
   lastSlotsMoved: number;
   totalSlotsMoved: number;
+}
+
+/** One service's part of a publication: its new table, the slots that moved, the backends that changed. */
+export interface ServiceChange {
+  readonly service: ServiceRuntime;
+  /** The table published (the service's `table` may have moved on by the time it is sent). */
+  readonly table: Uint16Array;
+  /** The slots whose entries differ from the previous table of this service. */
+  readonly moved: Uint32Array;
+  readonly backends: WireBackendChange[];
+}
+
+/** What agents must learn: a new version, and the services that changed since `base` (null: everything). */
+export interface Publication {
+  readonly version: number;
+  readonly base: number;
+  readonly services: readonly ServiceChange[] | null;
 }
 
 /** An event as `EventLog.add` takes it. */
 type NewEvent = Parameters<EventLog["add"]>[0];
 
-/** What a transition changes of one backend before its service's weights are computed again. */
+/** What a transition changes of one backend before its effective weight and state are computed again. */
 type BackendChange = Partial<
   Pick<BackendRuntime, "operatorState" | "health" | "checks" | "lastCheck" | "agentCheck" | "feedback">
 >;
 
+/** A change staged for one backend of a transition. */
+interface Staged {
+  readonly service: ServiceRuntime;
+  change: BackendChange;
+}
+
 /** A backend's fields as a transition would leave them. */
 type BackendView = Omit<BackendRuntime, "effectiveWeight" | "state">;
 
-/** The effective weights, states and table that follow for one service, computed before any change. */
-interface ServicePlan {
+/**
+ * How far a service's effective weights have moved from those of its newest table (published, or being
+ * built): Σ |effective − base| and the count of backends whose state differs. Kept as backends change, so
+ * that telling whether the service is due costs nothing per report.
+ */
+interface Drift {
+  base: Float64Array;
+  /** Each backend's `servingOf` in the newest table. */
+  baseServing: string[];
+  baseSum: number;
+  weight: number;
+  /** Backends whose `servingOf` differs from the table's. */
+  serving: number;
+}
+
+/** A table being built for one service, from its effective weights when the build began. */
+interface Build {
   readonly service: ServiceRuntime;
-  readonly states: readonly BackendState[];
-  readonly weights: readonly number[];
-  /** The new table, its ids and the slots that moved; null when nothing agents see changed. */
-  readonly table: { readonly slots: Uint16Array; readonly ids: string[]; readonly moved: number } | null;
+  readonly weights: number[];
+  readonly states: BackendState[];
+  readonly builder: TableBuilder;
 }
 
 export interface AgentView {
@@ -130,21 +213,39 @@ export interface ModelOptions {
   readonly tableSize?: number;
   /** The clock of feedback ages and expiry, in ms; `performance.now` by default. */
   readonly now?: () => number;
+  /** `TABLE_DEFAULTS` to override. */
+  readonly tables?: Partial<TableSettings>;
 }
 
 export class ClusterModel {
   #config: Config;
   #services = new Map<string, ServiceRuntime>();
   #agents: AgentView[] = [];
-  #version = 0;
   readonly #epoch = crypto.randomUUID();
   readonly #seed: number;
   readonly #tableSize: number;
   readonly #now: () => number;
-  readonly #listeners = new Set<() => void>();
+  readonly #tables: TableSettings;
+  readonly #listeners = new Set<(publication: Publication) => void>();
   #expiryTimer: ReturnType<typeof setTimeout> | undefined;
   #expiryAt = Infinity;
   #closed = false;
+  /** The version of the last publication: of the state `snapshot()` gives. */
+  #published = 0;
+  /** The version of the publication being built, and of the next one, once a change is promised to it. */
+  #sealed: number | null = null;
+  #next: number | null = null;
+  readonly #drift = new Map<ServiceRuntime, Drift>();
+  /** Each service's Maglev permutations: from its backends' ids, made once per config. */
+  readonly #permutations = new Map<ServiceRuntime, Permutations>();
+  /** Services whose effective weights or states moved enough from their newest table's. */
+  readonly #due = new Set<ServiceRuntime>();
+  /** The tables being built, one slice per turn of the event loop, for the sealed publication. */
+  #builds: Build[] | null = null;
+  #windowTimer: ReturnType<typeof setTimeout> | undefined;
+  #sliceTimer: ReturnType<typeof setImmediate> | undefined;
+  /** When the last publication went out (`performance.now`), for the window. */
+  #publishedAt = -Infinity;
   /** Recent feedback, state, health, operator, agent and config events, for the dashboard. */
   readonly events = new EventLog();
   /** Feedback reports taken, by service, for `/metrics`. */
@@ -157,6 +258,7 @@ export class ClusterModel {
     this.#seed = options.seed;
     this.#tableSize = options.tableSize ?? DEFAULT_TABLE_SIZE;
     this.#now = options.now ?? (() => performance.now());
+    this.#tables = { ...TABLE_DEFAULTS, ...options.tables };
     this.#applyServices(config);
   }
 
@@ -165,20 +267,32 @@ export class ClusterModel {
     return this.#now();
   }
 
-  /** Stops the expiry timer; the model still answers, but feedback no longer expires by itself. */
+  /**
+   * Stops the expiry timer and any table being built; the model still answers, but feedback no longer
+   * expires by itself and due tables are rebuilt only by `flushTables()`.
+   */
   close(): void {
     this.#closed = true;
     clearTimeout(this.#expiryTimer);
     this.#expiryTimer = undefined;
     this.#expiryAt = Infinity;
+    this.#cancelBuilds();
+    clearTimeout(this.#windowTimer);
+    this.#windowTimer = undefined;
   }
 
   get config(): Config {
     return this.#config;
   }
 
+  /** The version agents must reach to serve the effective weights in force (see the module's comment). */
   get version(): number {
-    return this.#version;
+    return this.#next ?? this.#sealed ?? this.#published;
+  }
+
+  /** Whether a table is being built, across turns of the event loop, for the next publication. */
+  get rebuilding(): boolean {
+    return this.#builds !== null;
   }
 
   services(): readonly ServiceRuntime[] {
@@ -189,8 +303,13 @@ export class ClusterModel {
     return this.#services.get(name);
   }
 
-  /** Called after every change agents must learn of. */
-  onChange(listener: () => void): () => void {
+  /** One backend of one service, or undefined when either is not configured. */
+  backend(service: string, backend: string): BackendRuntime | undefined {
+    return this.#services.get(service)?.byId.get(backend);
+  }
+
+  /** Called with every publication: each change agents must learn of. */
+  onChange(listener: (publication: Publication) => void): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
   }
@@ -202,21 +321,30 @@ export class ClusterModel {
   reload(config: Config): void {
     this.#applyServices(config);
     this.events.add({ kind: "config", message: `Config reloaded: ${config.services.length} services` });
-    this.#changed();
+    this.#publishAll();
   }
 
   setAgents(agents: AgentView[]): void {
     this.#agents = [...agents].sort((a, b) => a.id.localeCompare(b.id));
-    this.#changed();
+    this.#publishAll();
+  }
+
+  /**
+   * Rebuilds every due table now, in this turn, and publishes them: for tests and tools that want the
+   * tables of the weights in force without waiting for the window.
+   */
+  flushTables(): void {
+    this.#cancelBuilds();
+    if (this.#due.size === 0) return;
+    const builds = this.#startBuilds();
+    for (const build of builds) build.builder.fill(Infinity);
+    this.#publish(builds, { whole: false });
   }
 
   setOperatorState(service: string, backend: string, state: OperatorState): BackendRuntime {
     const runtime = this.#backend(service, backend);
     if (runtime.operatorState !== state) {
-      this.#transition(
-        [this.#services.get(service) as ServiceRuntime],
-        new Map([[runtime, { operatorState: state }]]),
-      );
+      this.#transition(this.#stage(service, runtime, { operatorState: state }));
     }
     return runtime;
   }
@@ -230,58 +358,78 @@ export class ClusterModel {
     operator: ReadonlyMap<string, ReadonlyMap<string, OperatorState>>,
     feedback: ReadonlyMap<string, ReadonlyMap<string, FeedbackRecord>>,
   ): void {
-    const changes = new Map<BackendRuntime, BackendChange>();
+    const staged = new Map<BackendRuntime, Staged>();
     for (const service of this.#services.values()) {
       for (const backend of service.backends) {
-        changes.set(backend, {
-          operatorState: operator.get(service.config.name)?.get(backend.config.id) ?? "up",
-          feedback: feedback.get(service.config.name)?.get(backend.config.id) ?? null,
+        staged.set(backend, {
+          service,
+          change: {
+            operatorState: operator.get(service.config.name)?.get(backend.config.id) ?? "up",
+            feedback: feedback.get(service.config.name)?.get(backend.config.id) ?? null,
+          },
         });
       }
     }
     // Validated, then committed, as every transition: a stored record that would give no valid weight
     // (written by another version, say) is refused whole, and the model keeps what it had.
-    this.#transition([...this.#services.values()], changes, { feedbackChanged: true });
+    this.#transition(staged, { feedbackChanged: true });
   }
 
   setHealth(service: string, backend: string, health: Health): void {
     const runtime = this.#backend(service, backend);
     if (runtime.health === health) return;
-    this.#transition(
-      [this.#services.get(service) as ServiceRuntime],
-      new Map([[runtime, { health, checks: { successes: 0, failures: 0 } }]]),
-    );
+    this.#transition(this.#stage(service, runtime, { health, checks: { successes: 0, failures: 0 } }));
   }
 
   /**
    * Applies feedback reports in order, all or none: an unknown service or backend throws an
    * `UnknownError`, and a report whose record or effective weight would not be a finite number in bounds
-   * a `RejectedReportError` naming it, before anything changes. Tables are rebuilt once per service
-   * touched. Returns each reported backend once, in the order first reported, with its new effective weight.
+   * a `RejectedReportError` naming it, before anything changes. Returns each reported backend once, in the
+   * order first reported, with its new effective weight, in force at once.
+   *
+   * A weight or state report costs the same whatever the size of its service; a load report is normalised
+   * among its service's backends, which it reads once per call and service.
    */
   applyFeedback(reports: readonly Report[]): FeedbackOutcome[] {
     const targets = reports.map((report) => ({
       report,
       backend: this.#backend(report.service, report.backend),
+      service: this.#services.get(report.service) as ServiceRuntime,
     }));
     const now = this.#now();
     // Each report sees the records of the reports before it, as if they had been applied one by one.
-    const staged = new Map<BackendRuntime, BackendChange>();
-    const feedbackOf = (backend: BackendRuntime) => staged.get(backend)?.feedback ?? backend.feedback;
-    const touched = new Set<ServiceRuntime>();
-    targets.forEach(({ report, backend }, index) => {
-      const service = this.#services.get(report.service) as ServiceRuntime;
+    const staged = new Map<BackendRuntime, Staged>();
+    const feedbackOf = (backend: BackendRuntime) => {
+      const change = staged.get(backend)?.change;
+      return change !== undefined && "feedback" in change ? change.feedback ?? null : backend.feedback;
+    };
+    // The load signal of each backend of a service, made at the first load report for it: each report
+    // updates its own entry, and a load report's own entry is left out of its normalisation.
+    const loadPeers = new Map<ServiceRuntime, { list: LoadPeer[]; of: Map<BackendRuntime, MutablePeer> }>();
+    const peersOf = (service: ServiceRuntime) => {
+      let peers = loadPeers.get(service);
+      if (peers === undefined) {
+        const of = new Map<BackendRuntime, MutablePeer>();
+        for (const peer of service.backends) {
+          if (peer.config.weight > 0) {
+            of.set(peer, { configured: peer.config.weight, raw: liveRaw(feedbackOf(peer), now) });
+          }
+        }
+        peers = { list: [...of.values()], of };
+        loadPeers.set(service, peers);
+      }
+      return peers;
+    };
+    targets.forEach(({ report, backend, service }, index) => {
+      const peers = report.load !== undefined ? peersOf(service) : loadPeers.get(service);
+      const own = peers?.of.get(backend);
+      if (own !== undefined) own.raw = null;
       let record: FeedbackRecord;
       try {
         record = applyReport(report, {
           configured: backend.config.weight,
           current: feedbackOf(backend),
-          peers: service.backends.filter((peer) => peer !== backend && peer.config.weight > 0).map((
-            peer,
-          ) => ({
-            configured: peer.config.weight,
-            raw: liveRaw(feedbackOf(peer), now),
-          })),
+          peers: report.load !== undefined ? peers?.list ?? [] : [],
           settings: service.config.feedback,
           now,
         });
@@ -289,15 +437,17 @@ export class ClusterModel {
         if (error instanceof ReportError) throw new RejectedReportError(error.message, index, error.path);
         throw error;
       }
-      staged.set(backend, { feedback: record });
-      touched.add(service);
+      if (own !== undefined) own.raw = liveRaw(record, now);
+      const entry = staged.get(backend);
+      if (entry === undefined) staged.set(backend, { service, change: { feedback: record } });
+      else entry.change = { ...entry.change, feedback: record };
     });
     try {
-      this.#transition([...touched], staged, { feedbackChanged: true });
+      this.#transition(staged, { feedbackChanged: true });
     } catch (error) {
       if (!(error instanceof RangeError)) throw error;
-      // The last report of the backend that could not be given a valid weight is to blame; for a table that
-      // could not be built, the last report.
+      // The last report of the backend that could not be given a valid weight is to blame; otherwise, the
+      // last report.
       const backend = error instanceof WeightError ? error.backend : null;
       const found = targets.findLastIndex((target) => target.backend === backend);
       const index = found < 0 ? targets.length - 1 : found;
@@ -310,16 +460,17 @@ export class ClusterModel {
       throw new RejectedReportError(error.message, index, field);
     }
     const outcomes = new Map<BackendRuntime, FeedbackOutcome>();
+    const told: FeedbackChange[] = [];
     for (const { report, backend } of targets) {
       this.feedbackReports.set(report.service, (this.feedbackReports.get(report.service) ?? 0) + 1);
       if (outcomes.has(backend)) continue;
-      this.events.feedback({
+      told.push({
         service: report.service,
         backend: backend.config.id,
         configured: backend.config.weight,
         effectiveWeight: backend.effectiveWeight,
         state: backend.feedback?.state ?? "up",
-        reported: describeReport(report),
+        reported: () => describeReport(report),
       });
       outcomes.set(backend, {
         service: report.service,
@@ -328,6 +479,7 @@ export class ClusterModel {
         state: backend.state,
       });
     }
+    this.events.feedbackAll(told);
     return [...outcomes.values()];
   }
 
@@ -344,14 +496,11 @@ export class ClusterModel {
     const serviceRuntime = this.#services.get(service) as ServiceRuntime;
     const track = this.#track(serviceRuntime, runtime, { ok: result.ok });
     const before = runtime.health;
-    this.#transition(
-      [serviceRuntime],
-      new Map([[runtime, {
-        ...track,
-        lastCheck: { at: this.#now(), ok: result.ok, detail: result.detail },
-        ...(result.agent ? { agentCheck: result.agent } : {}),
-      }]]),
-    );
+    this.#transition(this.#stage(service, runtime, {
+      ...track,
+      lastCheck: { at: this.#now(), ok: result.ok, detail: result.detail },
+      ...(result.agent ? { agentCheck: result.agent } : {}),
+    }));
     this.#announceHealth(serviceRuntime, runtime, before, result.detail);
   }
 
@@ -364,16 +513,17 @@ export class ClusterModel {
     agent: string,
     failures: ReadonlyArray<{ service: string; backend: string; count: number }>,
   ): void {
-    const touched = new Set<ServiceRuntime>();
-    const staged = new Map<BackendRuntime, BackendChange>();
+    const staged = new Map<BackendRuntime, Staged>();
     const seen = new Map<BackendRuntime, { service: ServiceRuntime; before: Health; detail: string }>();
     const counted: Array<{ service: string; backend: string; count: number }> = [];
     for (const { service, backend, count } of failures) {
       const serviceRuntime = this.#services.get(service);
-      const runtime = serviceRuntime?.backends.find((b) => b.config.id === backend);
+      const runtime = serviceRuntime?.byId.get(backend);
       if (!serviceRuntime || !runtime || !(count > 0 && Number.isSafeInteger(count))) continue;
-      const view = { ...runtime, ...staged.get(runtime) };
-      staged.set(runtime, this.#track(serviceRuntime, view, { ok: false, count }));
+      const entry = staged.get(runtime);
+      const view = { ...runtime, ...entry?.change };
+      const change = { ...entry?.change, ...this.#track(serviceRuntime, view, { ok: false, count }) };
+      staged.set(runtime, { service: serviceRuntime, change });
       const detail = `${count} connect failures seen by ${agent}`;
       seen.set(runtime, {
         service: serviceRuntime,
@@ -381,9 +531,8 @@ export class ClusterModel {
         detail,
       });
       counted.push({ service, backend, count });
-      touched.add(serviceRuntime);
     }
-    this.#transition([...touched], staged);
+    this.#transition(staged);
     for (const { service, backend, count } of counted) {
       let counts = this.connectFailures.get(service);
       if (!counts) this.connectFailures.set(service, counts = new Map());
@@ -400,7 +549,7 @@ export class ClusterModel {
       for (const backend of service.backends) backend.openByAgent.delete(agent);
     }
     for (const { service, backend, open } of counts) {
-      const runtime = this.#services.get(service)?.backends.find((b) => b.config.id === backend);
+      const runtime = this.backend(service, backend);
       if (runtime && open > 0) runtime.openByAgent.set(agent, open);
     }
   }
@@ -409,12 +558,17 @@ export class ClusterModel {
     this.reportOpen(agent, []);
   }
 
-  /** The state pushed to every agent. */
-  snapshot(): ClusterState {
-    return this.#snapshotOf(this.#config, [...this.#services.values()]);
+  /** The epoch of the states this model publishes: versions count within it. */
+  get epoch(): string {
+    return this.#epoch;
   }
 
-  #snapshotOf(config: Config, runtimes: readonly ServiceRuntime[]): ClusterState {
+  /** The state agents are sent: the last publication's. */
+  snapshot(): ClusterState {
+    return this.#snapshotOf(this.#config, [...this.#services.values()], this.#published);
+  }
+
+  #snapshotOf(config: Config, runtimes: readonly ServiceRuntime[], version: number): ClusterState {
     const services: ServiceSpec[] = runtimes.map((service) => {
       const { config } = service;
       return {
@@ -427,18 +581,18 @@ export class ClusterModel {
         proxyProtocol: config.proxyProtocol,
         timeouts: { ...config.timeouts },
         maxConnections: config.limits.maxConnections,
-        backends: service.backends.map((backend) => ({
+        backends: service.backends.map((backend, index) => ({
           id: backend.config.id,
           host: backend.config.address.host,
           port: backend.config.address.port,
-          weight: backend.effectiveWeight,
-          state: backend.state,
+          weight: service.tableWeights[index]!,
+          state: service.tableStates[index]!,
         })),
-        table: encodeTable(service.table),
+        table: tableText(service),
       };
     });
     return {
-      version: this.#version,
+      version,
       epoch: this.#epoch,
       seed: this.#seed,
       heartbeatMs: config.agents.heartbeatMs,
@@ -452,26 +606,35 @@ export class ClusterModel {
   #backend(service: string, backend: string): BackendRuntime {
     const runtime = this.#services.get(service);
     if (!runtime) throw new UnknownError(`Unknown service "${service}"`);
-    const found = runtime.backends.find((b) => b.config.id === backend);
+    const found = runtime.byId.get(backend);
     if (!found) throw new UnknownError(`Unknown backend "${backend}" in service "${service}"`);
     return found;
+  }
+
+  /** One backend's change, staged for `#transition`. */
+  #stage(service: string, backend: BackendRuntime, change: BackendChange): Map<BackendRuntime, Staged> {
+    return new Map([[backend, { service: this.#services.get(service) as ServiceRuntime, change }]]);
   }
 
   /**
    * Makes `config` the one in force: every service's runtime, effective weights and table are computed
    * first, and the state agents would get is encoded once to check that it fits in a frame; only then is
-   * anything replaced.
+   * anything replaced. Tables being built for the old services are dropped: these are built here.
    */
   #applyServices(config: Config): void {
     const now = this.#now();
     const next = new Map<string, ServiceRuntime>();
-    const plans: ServicePlan[] = [];
+    const events: NewEvent[] = [];
+    const plans: Array<
+      { runtime: ServiceRuntime; states: BackendState[]; weights: number[]; permutations: Permutations }
+    > = [];
     for (const serviceConfig of config.services) {
       const previous = this.#services.get(serviceConfig.name);
-      const backends = serviceConfig.backends.map((backendConfig): BackendRuntime => {
-        const old = previous?.backends.find((b) => b.config.id === backendConfig.id);
+      const backends = serviceConfig.backends.map((backendConfig, index): BackendRuntime => {
+        const old = previous?.byId.get(backendConfig.id);
         return {
           config: backendConfig,
+          index,
           operatorState: old?.operatorState ?? "up",
           health: old?.health ?? "unknown",
           checks: old?.checks ?? { successes: 0, failures: 0 },
@@ -479,25 +642,41 @@ export class ClusterModel {
           agentCheck: serviceConfig.health.kind === "agent-check" ? old?.agentCheck ?? null : null,
           feedback: old?.feedback ?? null,
           effectiveWeight: 0,
-          state: "up",
+          state: old?.state ?? "up",
           openByAgent: old?.openByAgent ?? new Map(),
         };
       });
+      const states: BackendState[] = [];
+      const weights: number[] = [];
+      for (const backend of backends) {
+        const { state, weight } = this.#effective(serviceConfig.name, backend, backend, now);
+        states.push(state);
+        weights.push(weight);
+      }
+      const ids = backends.map((backend) => backend.config.id);
+      const permutations = new Permutations(ids, { size: this.#tableSize });
+      const builder = new TableBuilder(permutations, weights);
+      builder.fill(Infinity);
+      const slots = builder.table;
+      const moved = previous !== undefined && previous.table.length === slots.length
+        ? slotsMoved(previous.table, previous.tableIds, slots, ids)
+        : 0;
       const runtime: ServiceRuntime = {
         config: serviceConfig,
         backends,
-        table: previous?.table ?? new Uint16Array(0),
-        tableIds: previous?.tableIds ?? [],
-        lastSlotsMoved: 0,
-        totalSlotsMoved: previous?.totalSlotsMoved ?? 0,
+        byId: new Map(backends.map((backend) => [backend.config.id, backend])),
+        table: slots,
+        tableIds: ids,
+        tableWeights: weights,
+        tableStates: states,
+        lastSlotsMoved: moved,
+        totalSlotsMoved: (previous?.totalSlotsMoved ?? 0) + moved,
       };
-      plans.push(this.#plan(runtime, now, new Map(), { force: true }));
+      plans.push({ runtime, states, weights, permutations });
       next.set(serviceConfig.name, runtime);
     }
-    const events: NewEvent[] = [];
-    for (const plan of plans) this.#commit(plan, now, events);
     try {
-      encodeFrame({ type: "state", state: this.#snapshotOf(config, [...next.values()]) });
+      encodeFrame({ type: "state", state: this.#snapshotOf(config, [...next.values()], this.version) });
     } catch (error) {
       if (!(error instanceof ProtocolError)) throw error;
       throw new RangeError(
@@ -505,10 +684,46 @@ export class ClusterModel {
           `in one frame (${error.message})`,
       );
     }
+    // Everything is valid: from here on nothing throws.
+    for (const { runtime, states, weights } of plans) {
+      runtime.backends.forEach((backend, index) => {
+        const state = states[index]!;
+        if (state !== backend.state) events.push(stateEvent(runtime, backend, state, now));
+        backend.state = state;
+        backend.effectiveWeight = weights[index]!;
+      });
+    }
+    this.#cancelBuilds();
+    this.#due.clear();
+    this.#drift.clear();
+    this.#permutations.clear();
+    for (const { runtime, permutations } of plans) {
+      this.#drift.set(runtime, driftOf(runtime));
+      this.#permutations.set(runtime, permutations);
+    }
     this.#config = config;
     this.#services = next;
     for (const event of events) this.events.add(event);
     this.#scheduleExpiry();
+  }
+
+  /** The effective state and weight of `backend` as `view` would leave it; or a `WeightError`. */
+  #effective(
+    service: string,
+    backend: BackendRuntime,
+    view: BackendView,
+    now: number,
+  ): { state: BackendState; weight: number } {
+    const state = stateOf(view, now);
+    const weight = state === "up" ? weightOf(view, now) : 0;
+    if (!(weight >= 0 && weight <= MAX_EFFECTIVE_WEIGHT)) {
+      throw new WeightError(
+        `Cannot give backend ${backend.config.id} of ${service} the weight ${weight}: ` +
+          `a weight is a number from 0 to ${MAX_EFFECTIVE_WEIGHT}`,
+        backend,
+      );
+    }
+    return { state, weight };
   }
 
   /**
@@ -550,122 +765,212 @@ export class ClusterModel {
   }
 
   /**
-   * Validates, then commits, one transition: `changes` to some backends of `services`, and expired
-   * feedback dropped. Computes every touched service's effective weights and table first; only when all
-   * are valid are the changes and the tables applied. Tells listeners when anything agents see changed,
-   * and re-arms the expiry timer when feedback records were added or dropped. Throws a `RangeError` (a
-   * `WeightError` for a weight out of bounds) with nothing changed.
+   * Validates, then commits, one transition: `staged` changes to some backends (a record that has
+   * expired by now is dropped). Computes the effective weight and state of every staged backend first;
+   * only when all are valid are the changes applied, in force at once. A service whose weights or states
+   * moved enough becomes due for a new table. Re-arms the expiry timer when feedback records were added or
+   * dropped. Throws a `RangeError` (a `WeightError` for a weight out of bounds) with nothing changed.
    */
   #transition(
-    services: readonly ServiceRuntime[],
-    changes: Map<BackendRuntime, BackendChange>,
+    staged: ReadonlyMap<BackendRuntime, Staged>,
     options: { feedbackChanged?: boolean } = {},
   ): void {
     const now = this.#now();
     let feedbackChanged = options.feedbackChanged === true;
-    for (const service of services) {
-      for (const backend of service.backends) {
-        const change = changes.get(backend);
-        const feedback = change !== undefined && "feedback" in change ? change.feedback : backend.feedback;
-        if (feedback !== null && feedback !== undefined && !isLive(feedback, now)) {
-          changes.set(backend, { ...change, feedback: null });
-          feedbackChanged = true;
+    const plans: Array<{ backend: BackendRuntime; service: ServiceRuntime; change: BackendChange }> = [];
+    const effective: Array<{ state: BackendState; weight: number }> = [];
+    for (const [backend, { service, change }] of staged) {
+      let view: BackendView = { ...backend, ...change };
+      let final = change;
+      if (view.feedback !== null && !isLive(view.feedback, now)) {
+        final = { ...change, feedback: null };
+        view = { ...view, feedback: null };
+        feedbackChanged = true;
+      }
+      effective.push(this.#effective(service.config.name, backend, view, now));
+      plans.push({ backend, service, change: final });
+    }
+    // Everything is valid: from here on nothing throws.
+    let earliest = Infinity;
+    plans.forEach(({ backend, service, change }, i) => {
+      Object.assign(backend, change);
+      if (backend.feedback !== null) earliest = Math.min(earliest, backend.feedback.expiresAt);
+      const { state, weight } = effective[i]!;
+      if (state === backend.state && weight === backend.effectiveWeight) return;
+      if (state !== backend.state) this.events.add(stateEvent(service, backend, state, now));
+      const before = { weight: backend.effectiveWeight, state: backend.state };
+      backend.state = state;
+      backend.effectiveWeight = weight;
+      this.#moved(service, backend, before);
+    });
+    if (feedbackChanged) this.#scheduleExpiry(earliest);
+  }
+
+  /** Counts a backend's change toward its service's drift; the service is due once that is enough. */
+  #moved(service: ServiceRuntime, backend: BackendRuntime, before: { weight: number; state: BackendState }) {
+    const drift = this.#drift.get(service);
+    if (drift === undefined || this.#due.has(service)) return;
+    const i = backend.index;
+    const base = drift.base[i]!;
+    drift.weight = Math.max(
+      0,
+      drift.weight + Math.abs(backend.effectiveWeight - base) - Math.abs(before.weight - base),
+    );
+    const baseServing = drift.baseServing[i];
+    drift.serving += (servingOf(backend.state, backend.effectiveWeight) !== baseServing ? 1 : 0) -
+      (servingOf(before.state, before.weight) !== baseServing ? 1 : 0);
+    const worth = drift.baseSum > 0
+      ? (drift.weight * this.#tableSize) / drift.baseSum
+      : drift.weight > 0
+      ? Infinity
+      : 0;
+    if (drift.serving > 0 || worth >= this.#tables.minSlots) this.#markDue(service);
+  }
+
+  /** Promises `service`'s next table to the next publication not under way, and arms the window. */
+  #markDue(service: ServiceRuntime): void {
+    this.#due.add(service);
+    this.#next ??= (this.#sealed ?? this.#published) + 1;
+    this.#armWindow();
+  }
+
+  #armWindow(): void {
+    if (this.#closed || this.#windowTimer !== undefined || this.#builds !== null || this.#due.size === 0) {
+      return;
+    }
+    const wait = Math.max(0, this.#publishedAt + this.#tables.windowMs - performance.now());
+    this.#windowTimer = setTimeout(() => {
+      this.#windowTimer = undefined;
+      const done = guard("table_rebuild", () => {
+        if (this.#builds === null && this.#due.size > 0) {
+          this.#builds = this.#startBuilds();
+          this.#buildSlice();
+        }
+        return true;
+      });
+      if (done === undefined) this.#abandonBuilds();
+    }, Math.ceil(wait));
+  }
+
+  /**
+   * Seals the next publication: takes the due services, each with a builder of the table of its effective
+   * weights now, which become the base its drift is measured from.
+   */
+  #startBuilds(): Build[] {
+    this.#sealed = this.#next ?? (this.#sealed ?? this.#published) + 1;
+    this.#next = null;
+    const builds: Build[] = [];
+    for (const service of this.#due) {
+      const weights = service.backends.map((backend) => backend.effectiveWeight);
+      const states = service.backends.map((backend) => backend.state);
+      const permutations = this.#permutations.get(service) as Permutations;
+      builds.push({ service, weights, states, builder: new TableBuilder(permutations, weights) });
+      this.#drift.set(service, driftOf({ tableWeights: weights, tableStates: states }));
+    }
+    this.#due.clear();
+    return builds;
+  }
+
+  /** Fills the tables being built for at most `sliceMs`; publishes them when complete, else goes on later. */
+  #buildSlice(): void {
+    const builds = this.#builds;
+    if (builds === null) return;
+    const until = performance.now() + this.#tables.sliceMs;
+    for (const { builder } of builds) {
+      while (!builder.fill(this.#tables.sliceWork)) {
+        if (performance.now() >= until) {
+          this.#sliceTimer = setImmediate(() => {
+            this.#sliceTimer = undefined;
+            const done = guard("table_rebuild", () => {
+              this.#buildSlice();
+              return true;
+            });
+            if (done === undefined) this.#abandonBuilds();
+          });
+          return;
         }
       }
     }
-    const plans = services.map((service) => this.#plan(service, now, changes));
-    // Everything is valid: from here on nothing throws.
-    for (const [backend, change] of changes) Object.assign(backend, change);
-    let changed = false;
-    const events: NewEvent[] = [];
-    for (const plan of plans) {
-      if (this.#commit(plan, now, events)) changed = true;
-    }
-    for (const event of events) this.events.add(event);
-    if (feedbackChanged) this.#scheduleExpiry();
-    if (changed) this.#changed();
+    this.#builds = null;
+    this.#publish(builds, { whole: false });
+  }
+
+  /** After a slice that failed (an internal error): its services are due again, for the next window. */
+  #abandonBuilds(): void {
+    this.#cancelBuilds();
+    this.#publishedAt = performance.now();
+    this.#armWindow();
+  }
+
+  /** Drops the tables being built: their services are due again, and their version is the next's. */
+  #cancelBuilds(): void {
+    if (this.#sliceTimer !== undefined) clearImmediate(this.#sliceTimer);
+    this.#sliceTimer = undefined;
+    for (const { service } of this.#builds ?? []) this.#due.add(service);
+    this.#builds = null;
+    this.#next ??= this.#sealed;
+    this.#sealed = null;
   }
 
   /**
-   * The effective weights and states of `service`'s backends with `changes` applied, and its new table
-   * when any of them changed (or when `force`d). Changes nothing; throws a `WeightError` for a weight that
-   * is not a finite number from 0 to `MAX_EFFECTIVE_WEIGHT`, and a `RangeError` when the table cannot be
-   * built.
+   * Publishes every change agents have not learnt yet, the whole state: due tables are rebuilt first, in
+   * this turn (a reload or a change of agents, which are rare).
    */
-  #plan(
-    service: ServiceRuntime,
-    now: number,
-    changes: ReadonlyMap<BackendRuntime, BackendChange>,
-    options: { force?: boolean } = {},
-  ): ServicePlan {
-    let changed = options.force === true;
-    const states: BackendState[] = [];
-    const weights: number[] = [];
-    for (const backend of service.backends) {
-      const view: BackendView = { ...backend, ...changes.get(backend) };
-      const state = stateOf(view, now);
-      const weight = state === "up" ? weightOf(view, now) : 0;
-      if (!(weight >= 0 && weight <= MAX_EFFECTIVE_WEIGHT)) {
-        throw new WeightError(
-          `Cannot give backend ${backend.config.id} of ${service.config.name} the weight ${weight}: ` +
-            `a weight is a number from 0 to ${MAX_EFFECTIVE_WEIGHT}`,
-          backend,
-        );
+  #publishAll(): void {
+    this.#cancelBuilds();
+    const builds = this.#due.size > 0 ? this.#startBuilds() : [];
+    for (const build of builds) build.builder.fill(Infinity);
+    this.#publish(builds, { whole: true });
+  }
+
+  /** Makes built tables the ones agents serve, under the sealed (or next) version, and tells listeners. */
+  #publish(builds: readonly Build[], options: { whole: boolean }): void {
+    const base = this.#published;
+    const version = this.#sealed ?? this.#next ?? base + 1;
+    if (this.#next !== null && this.#next <= version) this.#next = null;
+    this.#sealed = null;
+    const changes: ServiceChange[] = [];
+    for (const { service, weights, states, builder } of builds) {
+      if (this.#services.get(service.config.name) !== service) continue;
+      const moved = movedSlots(service.table, builder.table);
+      const backends: WireBackendChange[] = [];
+      for (let i = 0; i < weights.length; i++) {
+        if (weights[i] !== service.tableWeights[i] || states[i] !== service.tableStates[i]) {
+          backends.push({ index: i, weight: weights[i]!, state: states[i]! });
+        }
       }
-      if (state !== backend.state || weight !== backend.effectiveWeight) changed = true;
-      states.push(state);
-      weights.push(weight);
+      service.table = builder.table;
+      service.tableWeights = weights;
+      service.tableStates = states;
+      tableTexts.delete(service);
+      service.lastSlotsMoved = moved.length;
+      service.totalSlotsMoved += moved.length;
+      changes.push({ service, table: builder.table, moved, backends });
     }
-    if (!changed) return { service, states, weights, table: null };
-    const entries = service.backends.map((backend, index) => ({
-      id: backend.config.id,
-      weight: weights[index]!,
-    }));
-    const slots = buildTable(entries, { size: this.#tableSize });
-    const ids = entries.map((entry) => entry.id);
-    const moved = service.table.length === slots.length
-      ? slotsMoved(service.table, service.tableIds, slots, ids)
-      : 0;
-    return { service, states, weights, table: { slots, ids, moved } };
+    this.#published = version;
+    this.#publishedAt = performance.now();
+    const publication: Publication = { version, base, services: options.whole ? null : changes };
+    // The change is made: a listener that fails is its own error, not the transition's.
+    for (const listener of this.#listeners) guard("state_listener", () => listener(publication));
+    this.#armWindow();
   }
 
   /**
-   * Applies a plan's weights, states and table, and adds the events of the states that changed to
-   * `events`; returns whether anything agents see changed.
+   * Arms one timer for the earliest feedback expiry, so that an expired report changes the table itself.
+   * With `candidate` (the earliest expiry of records just added), only when it comes before the one armed;
+   * else after looking at every record.
    */
-  #commit(plan: ServicePlan, now: number, events: NewEvent[]): boolean {
-    const { service } = plan;
-    service.backends.forEach((backend, index) => {
-      const state = plan.states[index]!;
-      if (state !== backend.state) {
-        const shown = state === "draining" ? "drain" : state;
-        const reason = state === "up" ? "" : ` (${reasonOf(backend, now)})`;
-        events.push({
-          kind: "state",
-          severity: state === "down" ? "warning" : "info",
-          service: service.config.name,
-          backend: backend.config.id,
-          message: `Backend ${backend.config.id} of ${service.config.name} is ${shown}${reason}`,
-        });
-      }
-      backend.state = state;
-      backend.effectiveWeight = plan.weights[index]!;
-    });
-    if (plan.table === null) return false;
-    service.table = plan.table.slots;
-    service.tableIds = plan.table.ids;
-    service.lastSlotsMoved = plan.table.moved;
-    service.totalSlotsMoved += plan.table.moved;
-    return true;
-  }
-
-  /** Arms one timer for the earliest feedback expiry, so that an expired report changes the table itself. */
-  #scheduleExpiry(): void {
+  #scheduleExpiry(candidate?: number): void {
     if (this.#closed) return;
     let earliest = Infinity;
-    for (const service of this.#services.values()) {
-      for (const backend of service.backends) {
-        if (backend.feedback !== null) earliest = Math.min(earliest, backend.feedback.expiresAt);
+    if (candidate !== undefined) {
+      if (candidate >= this.#expiryAt) return;
+      earliest = candidate;
+    } else {
+      for (const service of this.#services.values()) {
+        for (const backend of service.backends) {
+          if (backend.feedback !== null) earliest = Math.min(earliest, backend.feedback.expiresAt);
+        }
       }
     }
     if (earliest === this.#expiryAt) return;
@@ -697,41 +1002,85 @@ export class ClusterModel {
 
   #expire(): void {
     const now = this.#now();
-    const expired: ServiceRuntime[] = [];
-    const changes = new Map<BackendRuntime, BackendChange>();
+    const staged = new Map<BackendRuntime, Staged>();
     for (const service of this.#services.values()) {
-      const due = service.backends.filter((backend) =>
-        backend.feedback !== null && !isLive(backend.feedback, now)
-      );
-      if (due.length === 0) continue;
-      expired.push(service);
-      for (const backend of due) changes.set(backend, { feedback: null });
-    }
-    this.#transition(expired, changes, { feedbackChanged: true });
-    for (const service of expired) {
-      for (const backend of service.backends.filter((b) => changes.has(b))) {
-        this.events.forgetFeedback(service.config.name, backend.config.id);
-        this.events.add({
-          kind: "feedback",
-          service: service.config.name,
-          backend: backend.config.id,
-          message: `Feedback for ${backend.config.id} of ${service.config.name} expired; ` +
-            `back to its configured weight ${backend.config.weight}`,
-        });
-        log.info("Feedback for {backend} of {service} expired; back to its configured weight {weight}", {
-          service: service.config.name,
-          backend: backend.config.id,
-          weight: backend.config.weight,
-        });
+      for (const backend of service.backends) {
+        if (backend.feedback !== null && !isLive(backend.feedback, now)) {
+          staged.set(backend, { service, change: { feedback: null } });
+        }
       }
     }
+    this.#transition(staged);
+    this.#scheduleExpiry();
+    for (const [backend, { service }] of staged) {
+      this.events.forgetFeedback(service.config.name, backend.config.id);
+      this.events.add({
+        kind: "feedback",
+        service: service.config.name,
+        backend: backend.config.id,
+        message: `Feedback for ${backend.config.id} of ${service.config.name} expired; ` +
+          `back to its configured weight ${backend.config.weight}`,
+      });
+      log.info("Feedback for {backend} of {service} expired; back to its configured weight {weight}", {
+        service: service.config.name,
+        backend: backend.config.id,
+        weight: backend.config.weight,
+      });
+    }
   }
+}
 
-  #changed(): void {
-    this.#version++;
-    // The change is made: a listener that fails is its own error, not the transition's.
-    for (const listener of this.#listeners) guard("state_listener", listener);
+/** A load peer whose signal a batch of reports updates as it goes. */
+interface MutablePeer {
+  readonly configured: number;
+  raw: number | null;
+}
+
+/** The base64 text of each service's published table, made once when a whole state is first sent. */
+const tableTexts = new WeakMap<ServiceRuntime, string>();
+
+function tableText(service: ServiceRuntime): string {
+  let text = tableTexts.get(service);
+  if (text === undefined) {
+    text = encodeTable(service.table);
+    tableTexts.set(service, text);
   }
+  return text;
+}
+
+/** A drift of nothing from the weights and states of a table. */
+function driftOf(table: Pick<ServiceRuntime, "tableWeights" | "tableStates">): Drift {
+  const base = Float64Array.from(table.tableWeights);
+  let baseSum = 0;
+  for (const weight of base) baseSum += weight;
+  const baseServing = table.tableStates.map((state, i) => servingOf(state, base[i]!));
+  return { base, baseServing, baseSum, weight: 0, serving: 0 };
+}
+
+/**
+ * A backend's state, and whether it takes new flows at all: a change of either makes its service due
+ * whatever the weights, so that a backend drained, down or at weight 0 leaves the agents' tables at once.
+ */
+function servingOf(state: BackendState, weight: number): string {
+  return state === "up" && weight > 0 ? "serving" : state;
+}
+
+/** The event of a backend's change of state. */
+function stateEvent(
+  service: ServiceRuntime,
+  backend: BackendRuntime,
+  state: BackendState,
+  now: number,
+): NewEvent {
+  const shown = state === "draining" ? "drain" : state;
+  const reason = state === "up" ? "" : ` (${reasonOf(backend, now)})`;
+  return {
+    kind: "state",
+    severity: state === "down" ? "warning" : "info",
+    service: service.config.name,
+    backend: backend.config.id,
+    message: `Backend ${backend.config.id} of ${service.config.name} is ${shown}${reason}`,
+  };
 }
 
 /** A service or backend name that is not configured. */

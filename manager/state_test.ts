@@ -1,9 +1,18 @@
 import assert from "node:assert/strict";
-import { DEFAULT_TABLE_SIZE, NO_BACKEND } from "../cluster/maglev.ts";
+import { setImmediate } from "node:timers";
+import { buildTable, DEFAULT_TABLE_SIZE, NO_BACKEND } from "../cluster/maglev.ts";
+import { decodeTable } from "../cluster/protocol.ts";
+import { applyStateDelta, serviceDelta } from "../cluster/state_delta.ts";
 import { parseReports, type Report } from "../feedback/mod.ts";
 import { anyDouble, check, fc } from "../tests/_property.ts";
 import { type Config, parseConfig } from "./config.ts";
-import { ClusterModel, RejectedReportError, type ServiceRuntime, UnknownError } from "./state.ts";
+import {
+  ClusterModel,
+  type Publication,
+  RejectedReportError,
+  type ServiceRuntime,
+  UnknownError,
+} from "./state.ts";
 
 const A = "10.0.0.11:80";
 const B = "10.0.0.12:80";
@@ -75,6 +84,8 @@ Deno.test("feedback weights 75:25 give the table 75% and 25% of the slots, and t
     { service: "web", backend: A, effectiveWeight: 75, state: "up" },
     { service: "web", backend: B, effectiveWeight: 25, state: "up" },
   ]);
+  assert.deepEqual(shares(model.service("web")), { [A]: 0.5, [B]: 0.5 }, "the table follows in its window");
+  model.flushTables();
   assert.deepEqual(shares(model.service("web")), { [A]: 0.75, [B]: 0.25 });
   const runtime = model.service("web")!;
   // From 50/50 to 75/25 a quarter of the slots must move, and Maglev moves no more than that.
@@ -110,6 +121,7 @@ Deno.test("a batch naming an unknown service or backend changes nothing", () => 
 Deno.test("a report that changes no weight or state does not bump the version", () => {
   const { model, clock } = modelOf(configOf([service("web", 8080)]));
   model.applyFeedback([report({ backend: A, weight: 40 })]);
+  model.flushTables();
   const version = model.version;
   clock.now = 1_000;
   model.applyFeedback([report({ backend: A, weight: 40 })]);
@@ -120,7 +132,13 @@ Deno.test("a report that changes no weight or state does not bump the version", 
     "the report is still refreshed",
   );
   model.applyFeedback([report({ backend: A, weight: 41 })]);
+  assert.equal(model.version, version + 1, "promised to the next publication");
+  model.applyFeedback([report({ backend: A, weight: 42 })]);
+  assert.equal(model.version, version + 1, "which carries every change until it is under way");
+  model.flushTables();
   assert.equal(model.version, version + 1);
+  assert.equal(model.snapshot().version, version + 1);
+  assert.equal(model.snapshot().services[0]!.backends[0]!.weight, 42);
   model.close();
 });
 
@@ -131,6 +149,7 @@ Deno.test("an expired report puts its backend back at its configured weight by i
     report({ backend: A, weight: 75, ttlMs: 60 }),
     report({ backend: B, weight: 25, ttlMs: 30_000 }),
   ]);
+  model.flushTables();
   const version = model.version;
   model.onChange(() => changes.resolve());
   await changes.promise;
@@ -145,9 +164,11 @@ Deno.test("feedback drain and down take a backend out of the table; up brings it
   const { model } = modelOf(configOf([service("web", 8080)]));
   model.applyFeedback([report({ backend: A, state: "drain" })]);
   assert.equal(model.service("web")!.backends[0]!.state, "draining");
+  model.flushTables();
   assert.deepEqual(shares(model.service("web")), { [B]: 1 });
   model.applyFeedback([report({ backend: A, state: "down" })]);
   assert.equal(model.service("web")!.backends[0]!.state, "down");
+  model.flushTables();
   assert.deepEqual(shares(model.service("web")), { [B]: 1 });
   const snapshotBackend = model.snapshot().services[0]!.backends[0]!;
   assert.deepEqual([snapshotBackend.state, snapshotBackend.weight], ["down", 0]);
@@ -181,6 +202,7 @@ Deno.test("fall failures in a row, active or from agents, take a backend down; r
   assert.equal(backend().health, "up", "a pass in between breaks the row");
   model.reportConnectFailures("agent-1", [{ service: "web", backend: A, count: 1 }]);
   assert.equal(backend().health, "down");
+  model.flushTables();
   assert.deepEqual(shares(model.service("web")), { [B]: 1 });
   model.recordCheck("web", A, { ok: true, detail: "connected" });
   assert.equal(backend().health, "down");
@@ -264,6 +286,7 @@ Deno.test("restore replaces every backend's operator state and feedback, and wha
   const { model, clock } = modelOf(configOf([service("web", 8080)]));
   model.setOperatorState("web", B, "drain");
   model.applyFeedback([report({ backend: B, weight: 10 })]);
+  model.flushTables();
   const version = model.version;
   const record = { ...model.service("web")!.backends[1]!.feedback!, weight: 40, reportedWeight: 40 };
   model.restore(
@@ -275,6 +298,8 @@ Deno.test("restore replaces every backend's operator state and feedback, and wha
     ["up", "up"],
   ]);
   assert.deepEqual(weights(model.service("web")), { [A]: 0, [B]: 40 });
+  // In force at once; agents learn it with the next table's publication.
+  model.flushTables();
   assert.ok(model.version > version);
   // A restored record expires by itself, like one reported here.
   clock.now = record.expiresAt;
@@ -290,21 +315,174 @@ Deno.test("a weight change moves close to the fewest table slots it can, and the
   const moves: number[] = [];
   // One backend of ten at 90%: its share falls from 10% to 90/990, so 1/110 of the table must move.
   model.applyFeedback([report({ backend: "10.0.1.10:80", weight: 90 })]);
+  model.flushTables();
   moves.push(runtime().lastSlotsMoved);
   const minimum = DEFAULT_TABLE_SIZE * (0.1 - 90 / 990);
   assert.ok(moves[0]! >= minimum - 1 && moves[0]! <= minimum * 1.25, `moved ${moves[0]}, minimum ${minimum}`);
   // Out entirely: its tenth moves, and only a little more.
   model.applyFeedback([report({ backend: "10.0.1.10:80", state: "down" })]);
+  model.flushTables();
   moves.push(runtime().lastSlotsMoved);
   assert.ok(moves[1]! <= DEFAULT_TABLE_SIZE * (90 / 990) * 1.1, `moved ${moves[1]}`);
   // Back to the configured weight: the very same table as at the start (the table depends only on weights).
   const start = new ClusterModel(configOf([{ ...service("web", 8080), backends }]), { seed: 1 });
   model.applyFeedback([report({ backend: "10.0.1.10:80", state: "up" })]);
+  model.flushTables();
   moves.push(runtime().lastSlotsMoved);
   assert.deepEqual(runtime().table, start.service("web")!.table);
   assert.equal(runtime().totalSlotsMoved, moves.reduce((a, b) => a + b, 0));
   start.close();
   model.close();
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// Tables follow the weights in force: once per window, only when worth a slot, as deltas agents can apply
+
+/** A model on the real clock, whose tables are rebuilt by its window timer; every publication is kept. */
+function windowedModel(config: Config, options: { tableSize?: number } = {}) {
+  const model = new ClusterModel(config, { seed: 1, ...options });
+  const publications: Publication[] = [];
+  const published = { wait: Promise.withResolvers<void>() };
+  model.onChange((publication) => {
+    publications.push(publication);
+    published.wait.resolve();
+    published.wait = Promise.withResolvers<void>();
+  });
+  return { model, publications, nextPublication: () => published.wait.promise };
+}
+
+Deno.test("reports are in force at once, and a window of them makes one rebuild and one publication", async () => {
+  const backends = Array.from({ length: 50 }, (_, i) => ({ address: `10.0.2.${i + 1}:80` }));
+  const { model, publications, nextPublication } = windowedModel(
+    configOf([{ ...service("web", 8080), backends }]),
+  );
+  try {
+    const version = model.version;
+    const table = model.service("web")!.table;
+    const published = nextPublication();
+    for (let i = 0; i < 50; i++) {
+      const [outcome] = model.applyFeedback([report({ backend: `10.0.2.${i + 1}:80`, weight: 10 + i })]);
+      assert.equal(outcome!.effectiveWeight, 10 + i, "the answer tells the weight in force");
+      assert.equal(model.service("web")!.backends[i]!.effectiveWeight, 10 + i);
+    }
+    assert.equal(model.version, version + 1, "all of them promised to one version");
+    assert.equal(model.service("web")!.table, table, "no table was built in the reports' turn");
+    await published;
+    assert.equal(publications.length, 1);
+    const [publication] = publications;
+    assert.equal(publication!.version, version + 1);
+    assert.equal(publication!.base, version);
+    const runtime = model.service("web")!;
+    assert.deepEqual(runtime.tableWeights, backends.map((_, i) => 10 + i));
+    assert.deepEqual(
+      runtime.table,
+      buildTable(backends.map((b, i) => ({ id: b.address, weight: 10 + i }))),
+      "the table of the weights in force",
+    );
+    assert.equal(publication!.services![0]!.backends.length, 50);
+    assert.equal(publication!.services![0]!.moved.length, runtime.lastSlotsMoved);
+  } finally {
+    model.close();
+  }
+});
+
+Deno.test("weight changes worth less than a slot are held until together they are worth one", () => {
+  // Two backends of 100 in a table of 251 slots: one slot is worth 200 / 251 ≈ 0.8 of weight.
+  const { model } = modelOf(configOf([service("web", 8080)]), { tableSize: SMALL_TABLE });
+  const version = model.version;
+  model.applyFeedback([report({ backend: A, weight: 99.7 })]);
+  assert.equal(model.service("web")!.backends[0]!.effectiveWeight, 99.7, "in force for decisions");
+  assert.equal(model.version, version, "0.3 of weight is not worth a slot");
+  model.flushTables();
+  assert.equal(model.snapshot().services[0]!.backends[0]!.weight, 100, "agents keep the table's weights");
+  model.applyFeedback([report({ backend: B, weight: 99.5 })]);
+  assert.equal(model.version, version + 1, "0.8 together is");
+  model.flushTables();
+  assert.deepEqual(model.snapshot().services[0]!.backends.map((b) => b.weight), [99.7, 99.5]);
+  // A backend that goes to weight 0 leaves the table whatever its weight was worth.
+  const { model: small } = modelOf(
+    configOf([{
+      ...service("web", 8080),
+      backends: [{ address: A, weight: 1 }, { address: B, weight: 10_000 }],
+    }]),
+    { tableSize: SMALL_TABLE },
+  );
+  const smallVersion = small.version;
+  small.applyFeedback([report({ backend: A, weight: 0 })]);
+  assert.equal(small.version, smallVersion + 1);
+  small.flushTables();
+  assert.ok(small.service("web")!.table.every((index) => index === 1));
+  small.close();
+  model.close();
+});
+
+Deno.test("a publication's delta, applied to the state agents had, gives the state published", () => {
+  const backends = Array.from({ length: 20 }, (_, i) => ({ address: `10.0.3.${i + 1}:80` }));
+  const { model } = modelOf(configOf([{ ...service("web", 8080), backends }, service("api", 8081)]));
+  const publications: Publication[] = [];
+  model.onChange((publication) => publications.push(publication));
+  let state = model.snapshot();
+  let tables = new Map(
+    state.services.map((spec) => [spec.name, decodeTable(spec.table, spec.backends.length)]),
+  );
+  for (let round = 0; round < 5; round++) {
+    model.applyFeedback(
+      backends.slice(round, round + 3).map((b, i) => report({ backend: b.address, weight: 20 * i + round })),
+    );
+    if (round === 2) model.applyFeedback([report({ backend: "10.0.3.9:80", state: "drain" })]);
+    model.flushTables();
+    const publication = publications.at(-1)!;
+    assert.equal(publication.base, state.version);
+    assert.equal(publication.services!.length, 1, "only web changed");
+    const delta = {
+      base: publication.base,
+      version: publication.version,
+      epoch: state.epoch,
+      services: publication.services!.map((change) =>
+        serviceDelta(change.service.config.name, {
+          after: change.table,
+          moved: change.moved,
+          backends: change.backends,
+        })
+      ),
+    };
+    ({ state, tables } = applyStateDelta(state, tables, delta));
+    assert.deepEqual(state, model.snapshot(), `round ${round}`);
+    assert.deepEqual(tables.get("web"), model.service("web")!.table);
+  }
+  model.close();
+});
+
+Deno.test("a table is rebuilt a slice per turn of the event loop, and published when whole", async () => {
+  const backends = Array.from({ length: 1_000 }, (_, i) => ({ address: `10.1.${i >> 8}.${i & 255}:80` }));
+  const { model } = windowedModel(configOf([{ ...service("web", 8080), backends }]));
+  const sliced = new ClusterModel(configOf([{ ...service("web", 8080), backends }]), {
+    seed: 1,
+    // Every slice as short as can be: one fill of sliceWork steps, then the event loop's turn.
+    tables: { windowMs: 0, sliceMs: 0, sliceWork: 20_000 },
+  });
+  try {
+    const published = Promise.withResolvers<void>();
+    sliced.onChange(() => published.resolve());
+    sliced.applyFeedback([report({ backend: "10.1.0.0:80", weight: 1 })]);
+    let turns = 0;
+    let done = false;
+    published.promise.then(() => done = true);
+    for (let i = 0; i < 10_000 && !done; i++) {
+      await new Promise((resolve) => setImmediate(resolve));
+      if (sliced.rebuilding) turns++;
+    }
+    assert.ok(done, "published");
+    // Each slot takes a step, and most of the last ones many more.
+    assert.ok(turns >= Math.floor(DEFAULT_TABLE_SIZE / 20_000), `the rebuild took ${turns} turns`);
+    // The same table as built in one piece.
+    model.applyFeedback([report({ backend: "10.1.0.0:80", weight: 1 })]);
+    model.flushTables();
+    assert.deepEqual(sliced.service("web")!.table, model.service("web")!.table);
+  } finally {
+    sliced.close();
+    model.close();
+  }
 });
 
 // ---------------------------------------------------------------------------------------------------------
@@ -419,8 +597,12 @@ function modelView(model: ClusterModel) {
   };
 }
 
-/** Every effective weight finite and within bounds, and every table slot held by a backend that has weight. */
+/**
+ * Every effective weight finite and within bounds, and, once due tables are rebuilt, every table slot held
+ * by a backend that has weight.
+ */
 function assertSound(model: ClusterModel): void {
+  model.flushTables();
   for (const service of model.services()) {
     const weightsNow = service.backends.map((backend) => backend.effectiveWeight);
     for (const weight of weightsNow) {

@@ -194,10 +194,13 @@ Deno.test("drain, reported with switchyard feedback, sends a backend no new conn
       "drain",
     ]);
     assert.equal(cli.code, 0, cli.stderr);
-    assert.deepEqual(JSON.parse(cli.stdout), {
+    const answer = JSON.parse(cli.stdout);
+    assert.deepEqual(answer, {
       accepted: 1,
       backends: [{ service: "web", backend: alpha.address, effective_weight: 0, state: "drain" }],
+      version: answer.version,
     });
+    assert.ok(Number.isSafeInteger(answer.version) && answer.version > 0, "the version that carries it");
     await agentsCaughtUp(cluster);
 
     const fresh: typeof conns = [];

@@ -11,7 +11,7 @@ import { proof, TokenSigner } from "../cluster/auth.ts";
 import { PROTOCOL_VERSION } from "../cluster/protocol.ts";
 import { decodeProxyHeader } from "../cluster/proxy_protocol.ts";
 import { encodeMeshHeader } from "../agent/mesh.ts";
-import { MAX_BODY_BYTES } from "../manager/admin.ts";
+import { MAX_FEEDBACK_BODY_BYTES } from "../manager/admin.ts";
 import { testAdminApp } from "../manager/_test_admin_app.ts";
 import { type Config, parseConfig } from "../manager/config.ts";
 import { ClusterModel } from "../manager/state.ts";
@@ -240,13 +240,13 @@ function feedbackCase(rng: Rng): FeedbackCase {
     }
   }
   if (roll < 0.85) {
-    // Every body is 1 byte to 64 KiB over the limit, whichever way it is padded.
+    // Every body is 1 byte to 64 KiB over the limit of POST /v1/feedback, whichever way it is padded.
     const over = rng.int(1, 64 * 1024);
     const valid = JSON.stringify(validReport(rng, "web"));
     const wrapper = `{"service":""}`;
     const body = rng.next() < 0.5
-      ? valid + " ".repeat(MAX_BODY_BYTES - valid.length + over)
-      : `{"service":"${"w".repeat(MAX_BODY_BYTES - wrapper.length + over)}"}`;
+      ? valid + " ".repeat(MAX_FEEDBACK_BODY_BYTES - valid.length + over)
+      : `{"service":"${"w".repeat(MAX_FEEDBACK_BODY_BYTES - wrapper.length + over)}"}`;
     return { kind: "oversized body", body, authorization, expect: [413] };
   }
   if (roll < 0.9) {
@@ -374,7 +374,8 @@ Deno.test("420 random, mutated and streamed feedback bodies over HTTP to a manag
     for (let i = 0; i < 20; i++) {
       const valid = encoder.encode(JSON.stringify({ service: "web", backend: A, weight: 10 }));
       const pad = encoder.encode(" ".repeat(4096));
-      const chunks = rng.int(17, 300);
+      // 4 KiB each: past 256 KiB from the 65th on.
+      const chunks = rng.int(65, 300);
       const body = new ReadableStream<Uint8Array>({
         start(controller) {
           controller.enqueue(valid);

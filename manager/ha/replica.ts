@@ -513,6 +513,8 @@ function sessionOf(agent: StoredAgent): AgentSession {
     joinedAt: agent.joinedAt,
     lastHeartbeat: performance.now() - Math.max(0, Date.now() - agent.heardAt),
     ackedVersion: agent.stateVersion,
+    // No state is sent to an agent remembered so: it is in session with another manager.
+    sentVersion: Number.MAX_SAFE_INTEGER,
     connections: { ...agent.connections },
   };
 }

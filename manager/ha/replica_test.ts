@@ -66,6 +66,7 @@ Deno.test({
       joinedAt: Date.now(),
       lastHeartbeat: performance.now(),
       ackedVersion: 3,
+      sentVersion: 3,
       connections: { served: 10, handed_off: 2, open: 1 },
     };
     const first = await replica("first", { etcd: etcd.endpoints, agents: [agent] });
