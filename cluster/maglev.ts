@@ -14,6 +14,7 @@
  * backends are processed in id order and the entries hold indexes into the caller's array.
  */
 
+import { heapify, siftDown } from "./index_heap.ts";
 import { hashString } from "./hash.ts";
 
 /** The table size Maglev recommends for up to a few hundred backends: a prime well above 100 × N. */
@@ -174,7 +175,7 @@ export class TableBuilder {
       this.#heap[b] = b;
       b++;
     }
-    for (let at = (count >> 1) - 1; at >= 0; at--) siftDown(this.#heap, this.#round, at);
+    heapify(this.#heap, this.#round);
     // With no backend of weight > 0 every slot stays NO_BACKEND: the table is complete at once.
     if (count === 0) this.#filled = size;
   }
@@ -231,35 +232,6 @@ export class TableBuilder {
     this.#filled = filled;
     return filled === size;
   }
-}
-
-/** Restores the heap below `from`: the backend with the lowest (round, canonical position) at the root. */
-function siftDown(heap: Uint32Array, round: Float64Array, from: number): void {
-  const count = heap.length;
-  let at = from;
-  const item = heap[at]!;
-  const itemRound = round[item]!;
-  for (;;) {
-    const left = 2 * at + 1;
-    if (left >= count) break;
-    let child = left;
-    let childItem = heap[left]!;
-    let childRound = round[childItem]!;
-    const right = left + 1;
-    if (right < count) {
-      const rightItem = heap[right]!;
-      const rightRound = round[rightItem]!;
-      if (rightRound < childRound || (rightRound === childRound && rightItem < childItem)) {
-        child = right;
-        childItem = rightItem;
-        childRound = rightRound;
-      }
-    }
-    if (!(childRound < itemRound || (childRound === itemRound && childItem < item))) break;
-    heap[at] = childItem;
-    at = child;
-  }
-  heap[at] = item;
 }
 
 /**

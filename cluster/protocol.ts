@@ -45,6 +45,8 @@ export const ServiceSpecSchema = z.object({
   listen: z.object({ host: z.string().min(1), port: z.number().int().min(0).max(65535) }),
   decide: z.enum(["manager", "agent"]),
   decisionTimeoutMs: counter,
+  /** `decide_ahead`: queues of decisions made ahead are sent to the claimant; 0: it asks per connection. */
+  decideAheadMs: counter.default(0),
   handoff: z.enum(["claimant", "local"]),
   affinity: z.object({ key: z.enum(["none", "client_ip"]), ttlMs: counter }),
   proxyProtocol: z.enum(["none", "v1", "v2"]),

@@ -44,6 +44,7 @@ function spec(name: string, weights: readonly number[], size = SIZE): ServiceSpe
     listen: { host: "127.0.0.1", port: 8080 },
     decide: "agent",
     decisionTimeoutMs: 20,
+    decideAheadMs: 0,
     handoff: "local",
     affinity: { key: "none", ttlMs: 0 },
     proxyProtocol: "none",

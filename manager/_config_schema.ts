@@ -181,6 +181,7 @@ export const service = z.strictObject({
   listen: bindAddress,
   decide: oneOf(DECIDE_MODES).optional(),
   decision_timeout: positiveDuration.optional(),
+  decide_ahead: duration.optional(),
   handoff: oneOf(HANDOFF_MODES).optional(),
   affinity: z.strictObject({ key: affinityKey.optional(), ttl: duration.optional() }).optional(),
   proxy_protocol: oneOf(PROXY_PROTOCOLS).optional(),

@@ -63,6 +63,8 @@ export interface ServiceConfig {
   readonly listen: HostPort;
   readonly decide: "manager" | "agent";
   readonly decisionTimeoutMs: number;
+  /** `decide: manager`: how much of a claimant's recent rate the manager decides ahead of it; 0: per connection. */
+  readonly decideAheadMs: number;
   readonly handoff: "claimant" | "local";
   readonly affinity: { readonly key: "none" | "client_ip"; readonly ttlMs: number };
   readonly proxyProtocol: "none" | "v1" | "v2";
@@ -146,6 +148,7 @@ export const CONFIG_DEFAULTS = deepFreeze(
     service: {
       decide: "manager",
       decisionTimeoutMs: 20,
+      decideAheadMs: 50,
       handoff: "claimant",
       affinity: { key: "none", ttlMs: 0 },
       proxyProtocol: "none",
@@ -817,6 +820,7 @@ function buildService(service: ServiceFile): ServiceConfig {
     listen: service.listen,
     decide: service.decide ?? defaults.decide,
     decisionTimeoutMs: service.decision_timeout ?? defaults.decisionTimeoutMs,
+    decideAheadMs: service.decide_ahead ?? defaults.decideAheadMs,
     handoff: service.handoff ?? defaults.handoff,
     affinity: {
       key: service.affinity?.key ?? defaults.affinity.key,

@@ -4,6 +4,8 @@
  * the agents' exact reports plus the decisions made since each agent's last report; with
  * `affinity.key: client_ip`, a client keeps its backend for the affinity ttl while that backend is up.
  */
+import { heapify, siftDown } from "../cluster/index_heap.ts";
+import { type Chooser, DecisionQueues } from "./ahead.ts";
 import type { BackendRuntime, ClusterModel, ServiceRuntime } from "./state.ts";
 import { effectiveWeight, openConnections } from "./state.ts";
 import { DECISION_BUCKETS_S, Histogram } from "./metrics.ts";
@@ -28,8 +30,10 @@ export interface Decision {
   readonly reason: string;
 }
 
-export class Decider {
+export class Decider implements Chooser {
   readonly #model: ClusterModel;
+  /** Decisions made ahead for claimants (`decide_ahead`): pending connections until used. */
+  readonly ahead: DecisionQueues = new DecisionQueues(this);
   /** Decisions made for each agent since its last open-count report, by service and backend. */
   readonly #pending = new Map<string, Map<string, number>>();
   readonly #affinity = new Map<string, { backend: string; expires: number }>();
@@ -129,12 +133,45 @@ export class Decider {
     };
   }
 
-  /** Open connections of a backend across the cluster: reported plus decided since the last reports. */
+  /**
+   * Open connections of a backend across the cluster: reported, plus decided since the last reports, plus
+   * decided ahead and not yet used.
+   */
   openCount(service: ServiceRuntime, backend: BackendRuntime): number {
     const key = `${service.config.name}\u0000${backend.config.id}`;
-    let pending = 0;
+    let pending = this.ahead.pending(service.config.name, backend.config.id);
     for (const counts of this.#pending.values()) pending += counts.get(key) ?? 0;
     return openConnections(backend) + pending;
+  }
+
+  /**
+   * The backends of `count` new connections of `service` (a queue decided ahead), by weighted least
+   * connections over the open counts, each pick counted for the next: a min-heap of load per weight, so a
+   * queue of a thousand over a thousand backends is a few thousand steps.
+   */
+  chooseMany(service: string, count: number): string[] {
+    const runtime = this.#model.service(service);
+    if (!runtime || count <= 0) return [];
+    const eligible = runtime.backends.filter((backend) => effectiveWeight(backend) > 0);
+    if (eligible.length === 0) return [];
+    const load = new Float64Array(eligible.length);
+    const score = new Float64Array(eligible.length);
+    const heap = new Uint32Array(eligible.length);
+    eligible.forEach((backend, i) => {
+      load[i] = this.openCount(runtime, backend);
+      score[i] = (load[i]! + 1) / effectiveWeight(backend);
+      heap[i] = i;
+    });
+    heapify(heap, score);
+    const picks = new Array<string>(count);
+    for (let n = 0; n < count; n++) {
+      const i = heap[0]!;
+      picks[n] = eligible[i]!.config.id;
+      load[i] = load[i]! + 1;
+      score[i] = (load[i]! + 1) / effectiveWeight(eligible[i]!);
+      siftDown(heap, score, 0);
+    }
+    return picks;
   }
 
   /** An agent's exact open counts replace what it reported before and what was decided for it since. */
@@ -145,6 +182,7 @@ export class Decider {
 
   forgetAgent(agent: string): void {
     this.#pending.delete(agent);
+    this.ahead.forgetAgent(agent);
   }
 
   /** Forgets expired affinity entries and the decisions of services that are gone. */
@@ -152,6 +190,10 @@ export class Decider {
     for (const name of this.#recent.keys()) {
       if (!this.#model.service(name)) this.#recent.delete(name);
     }
+    for (const name of this.ahead.counts().keys()) {
+      if (!this.#model.service(name)) this.ahead.forgetService(name);
+    }
+    this.ahead.expire(now);
     for (const name of this.seconds.keys()) {
       if (!this.#model.service(name)) {
         this.seconds.delete(name);

@@ -576,6 +576,7 @@ export class ClusterModel {
         listen: { host: config.listen.host, port: config.listen.port },
         decide: config.decide,
         decisionTimeoutMs: config.decisionTimeoutMs,
+        decideAheadMs: config.decideAheadMs,
         handoff: config.handoff,
         affinity: { key: config.affinity.key, ttlMs: config.affinity.ttlMs },
         proxyProtocol: config.proxyProtocol,

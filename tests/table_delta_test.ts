@@ -171,6 +171,7 @@ Deno.test({
       listen: { host: "127.0.0.1", port: 0 },
       decide: "agent",
       decisionTimeoutMs: 20,
+      decideAheadMs: 0,
       handoff: "local",
       affinity: { key: "none", ttlMs: 0 },
       proxyProtocol: "none",
