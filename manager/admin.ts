@@ -37,6 +37,7 @@ import { agentClaims, ExplainError, explainFlow } from "./explain.ts";
 import { PASSED_HEADER } from "./ha/forward.ts";
 import { managerMetrics, METRICS_CONTENT_TYPE } from "./metrics.ts";
 import { type ManagerRole, singleRole } from "./role.ts";
+import { type RampView, rampView } from "./slow_start.ts";
 
 const log = logger("manager", "admin");
 
@@ -207,7 +208,7 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
       service: name,
       state,
     });
-    return c.json(backendView(backend, deps.model.now()));
+    return c.json(backendView(service, backend, deps.model.now()));
   });
 
   app.get("/v1/agents", (c) => {
@@ -556,7 +557,8 @@ function serviceView(service: ServiceRuntime, now: number) {
       last_slots_moved: service.lastSlotsMoved,
       slots_moved_total: service.totalSlotsMoved,
     },
-    backends: service.backends.map((backend) => backendView(backend, now)),
+    slow_start_s: config.slowStartMs / 1000,
+    backends: service.backends.map((backend) => backendView(service, backend, now)),
   };
 }
 
@@ -564,8 +566,9 @@ function viewState(state: ReturnType<typeof backendState>): "up" | "drain" | "do
   return state === "draining" ? "drain" : state;
 }
 
-function backendView(backend: BackendRuntime, now: number) {
+function backendView(service: ServiceRuntime, backend: BackendRuntime, now: number) {
   const { feedback, agentCheck, lastCheck } = backend;
+  const ramp = rampView(backend.slowStart, service.config.slowStartMs, now);
   return {
     address: backend.config.id,
     weight: backend.config.weight,
@@ -601,12 +604,17 @@ function backendView(backend: BackendRuntime, now: number) {
       share: agentCheck.share,
       ...(agentCheck.description !== "" ? { description: agentCheck.description } : {}),
     },
-    why: why(backend),
+    slow_start: ramp === null ? null : {
+      progress: round(ramp.progress, 3),
+      share: round(ramp.share, 3),
+      ends_in_s: round(ramp.endsInMs / 1000, 3),
+    },
+    why: why(backend, ramp),
   };
 }
 
 /** One line on why the effective weight is what it is, for an operator. */
-function why(backend: BackendRuntime): string {
+function why(backend: BackendRuntime, ramp: RampView | null): string {
   const configured = backend.config.weight;
   const { feedback, agentCheck } = backend;
   const reasons: string[] = [];
@@ -626,6 +634,9 @@ function why(backend: BackendRuntime): string {
     text = `load feedback: target ${round(feedback.target, 2)}, smoothed to ${round(feedback.weight, 2)}`;
   }
   if (agentCheck !== null && agentCheck.share !== 100) text += `, × agent-check ${agentCheck.share}%`;
+  if (ramp !== null) {
+    text += `, × slow start ${round(100 * ramp.share, 1)}% (full in ${round(ramp.endsInMs / 1000, 1)} s)`;
+  }
   return `${effectiveWeight(backend)}: ${text}`;
 }
 

@@ -4,11 +4,12 @@
  * writer is given finished numbers and only formats them: names checked, label values escaped, histograms
  * written as cumulative `_bucket{le}` series ending at `le="+Inf"`, then `_sum` and `_count`.
  *
- * This file imports only types, so the agent's `/metrics` uses the same writer without taking in the
- * manager.
+ * This file imports only types and the pure `slow_start.ts`, so the agent's `/metrics` uses the same writer
+ * without taking in the manager.
  */
 import type { AgentSession } from "./cluster_server.ts";
 import type { RoleName } from "./role.ts";
+import { rampView } from "./slow_start.ts";
 import type { ServiceRuntime } from "./state.ts";
 
 export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
@@ -188,6 +189,9 @@ export function addInternalErrors(
 export const MANAGER_GUARDED = [
   "health_check",
   "feedback_expiry",
+  "slow_start",
+  "table_rebuild",
+  "history",
   "agent_session",
   "agent_sweep",
   "state_push",
@@ -292,6 +296,16 @@ export function managerMetrics(source: ManagerMetricsSource): string {
       "switchyard_backend_effective_weight",
       "The weight each backend has in new decisions: feedback, health, state and agent-check applied.",
       perBackend((backend) => backend.effectiveWeight),
+    )
+    .gauge(
+      "switchyard_backend_slow_start_ratio",
+      "The share of its weight each backend has in its slow start (slow_start); 1 when none is under way.",
+      services.flatMap((service) =>
+        service.backends.map((backend): Sample => [
+          { service: service.config.name, backend: backend.config.id },
+          rampView(backend.slowStart, service.config.slowStartMs, source.modelNow)?.share ?? 1,
+        ])
+      ),
     )
     .gauge(
       "switchyard_backend_state",
