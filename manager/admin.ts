@@ -576,6 +576,7 @@ function backendView(service: ServiceRuntime, backend: BackendRuntime, now: numb
     state: viewState(backendState(backend)),
     health: backend.health,
     open_connections: openConnections(backend),
+    connections_total: backend.started,
     feedback: feedback === null ? null : {
       source: feedback.source,
       weight: feedback.weight === null ? null : round(feedback.weight, 2),

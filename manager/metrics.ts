@@ -282,6 +282,11 @@ export function managerMetrics(source: ManagerMetricsSource): string {
       "Connections each agent relayed to their claimant, as its last heartbeat reported.",
       agents.map((agent): Sample => [{ agent: agent.id }, agent.connections.handed_off]),
     )
+    .counter(
+      "switchyard_agent_reported_decisions_total",
+      "Decisions of the manager each agent took for its flows, as its last heartbeat reported.",
+      agents.map((agent): Sample => [{ agent: agent.id }, agent.connections.decided ?? 0]),
+    )
     .gauge(
       "switchyard_agent_reported_open_connections",
       "Connections open through each agent, as its last heartbeat reported.",
@@ -339,6 +344,11 @@ export function managerMetrics(source: ManagerMetricsSource): string {
         for (const count of backend.openByAgent.values()) open += count;
         return open;
       }),
+    )
+    .counter(
+      "switchyard_backend_connections_total",
+      "Connections the agents started to each backend since this manager started, as they reported them.",
+      perBackend((backend) => backend.started),
     )
     .gauge(
       "switchyard_feedback_age_seconds",

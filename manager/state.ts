@@ -125,6 +125,8 @@ export interface BackendRuntime {
   slowStart: SlowStart | null;
   /** Open connections to this backend, per agent, as the agents last reported them. */
   readonly openByAgent: Map<string, number>;
+  /** Connections the agents started to this backend since the manager started, as they reported them. */
+  started: number;
 }
 
 /** What a feedback report left for one backend: the answer of `POST /v1/feedback`. */
@@ -578,6 +580,19 @@ export class ClusterModel {
     }
   }
 
+  /**
+   * Adds one agent's count of the connections it started to backends since its last report; backends the
+   * model does not know (an agent serving an older state) are skipped.
+   */
+  reportStarted(counts: ReadonlyArray<{ service: string; backend: string; count: number }>): void {
+    for (const { service, backend, count } of counts) {
+      const runtime = this.backend(service, backend);
+      if (runtime && count > 0 && Number.isSafeInteger(count)) {
+        runtime.started = Math.min(Number.MAX_SAFE_INTEGER, runtime.started + count);
+      }
+    }
+  }
+
   forgetAgent(agent: string): void {
     this.reportOpen(agent, []);
   }
@@ -674,6 +689,7 @@ export class ClusterModel {
           state: old?.state ?? "up",
           slowStart: null,
           openByAgent: old?.openByAgent ?? new Map(),
+          started: old?.started ?? 0,
         };
       });
       const states: BackendState[] = [];

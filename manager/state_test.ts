@@ -17,6 +17,7 @@ import {
 const A = "10.0.0.11:80";
 const B = "10.0.0.12:80";
 const C = "10.0.0.13:80";
+const GONE = "10.0.0.99:80";
 
 function configOf(services: Array<Record<string, unknown>>): Config {
   const result = parseConfig(
@@ -486,6 +487,21 @@ Deno.test("a table is rebuilt a slice per turn of the event loop, and published 
   }
 });
 
+Deno.test("the connections agents started add up per backend, across agents and reloads; what is not known is skipped", () => {
+  const { model } = modelOf(configOf([service("web", 8080)]));
+  model.reportStarted([{ service: "web", backend: A, count: 3 }, { service: "web", backend: B, count: 1 }]);
+  model.reportStarted([
+    { service: "web", backend: A, count: 2 },
+    { service: "web", backend: GONE, count: 5 },
+    { service: "nope", backend: A, count: 5 },
+    { service: "web", backend: B, count: -1 },
+    { service: "web", backend: B, count: 0.5 },
+  ]);
+  model.reload(configOf([service("web", 8080, { slow_start: "1s" })]));
+  assert.deepEqual(model.service("web")!.backends.map((b) => b.started), [5, 1]);
+  model.close();
+});
+
 // ---------------------------------------------------------------------------------------------------------
 // Slow start: a backend that comes up ramps to its full weight, stepped by the model's timer
 
@@ -583,8 +599,6 @@ Deno.test("a backend ramps when its health rises and when a reload adds it, not 
 
 // ---------------------------------------------------------------------------------------------------------
 // Properties: any sequence of transitions, with any doubles in them
-
-const GONE = "10.0.0.99:80";
 
 /** Two services: web (three backends of weights 0 to 10000) and api, checked with agent-check. */
 function propertyConfig(weights: readonly number[]): Config {
