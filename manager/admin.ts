@@ -1,6 +1,6 @@
 /**
- * The manager's admin API (Hono): feedback, services, backends, agents, events, reload, metrics, health
- * and the dashboard. Every route but `/healthz` and `/` (the dashboard's page, which holds no data and asks
+ * The manager's admin API (Hono): feedback, services, backends, agents, events, history, reload, metrics,
+ * health and the dashboard. Every route but `/healthz` and `/` (the dashboard's page, which holds no data and asks
  * for the token) needs `Authorization: Bearer <token>`: the admin token for every route, a feedback token
  * for `POST /v1/feedback` and only for its services. Errors are `{"error", "path"}` JSON with the status
  * the spec gives, and a rejected request changes nothing.
@@ -33,6 +33,7 @@ import { AuthThrottle } from "./auth_throttle.ts";
 import type { Decider } from "./decide.ts";
 import { dashboardPage } from "./dashboard.ts";
 import { EVENTS_DEFAULTS } from "./events.ts";
+import type { History } from "./history.ts";
 import { agentClaims, ExplainError, explainFlow } from "./explain.ts";
 import { PASSED_HEADER } from "./ha/forward.ts";
 import { managerMetrics, METRICS_CONTENT_TYPE } from "./metrics.ts";
@@ -74,6 +75,8 @@ export interface AdminDeps {
   readonly agents: () => AgentSession[];
   /** The manager's decisions, for `/v1/explain`. */
   readonly decider: Decider;
+  /** The last 15 minutes, sampled by the manager, for `/v1/history`. */
+  readonly history: History;
   /** The cluster's flow-hash seed, for `/v1/explain`. */
   readonly seed: number;
   readonly reload: () => Promise<ReloadResult>;
@@ -161,6 +164,8 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
     const events = deps.model.events.after(after, EVENTS_DEFAULTS.pageSize);
     return c.json({ last: deps.model.events.last, events });
   });
+
+  app.get("/v1/history", (c) => c.json(deps.history.view()));
 
   app.get("/v1/services", (c) => {
     const now = deps.model.now();
