@@ -161,6 +161,8 @@ export class Agent {
   readonly #services = new Map<string, LiveService>();
   readonly #openByBackend = new Map<string, BackendLoad>();
   readonly #pendingFailures = new Map<string, { service: string; backend: string; count: number }>();
+  /** Connections started per backend since the last heartbeat, which tells the manager. */
+  readonly #startedSince = new Map<string, { service: string; backend: string; count: number }>();
   readonly counters: AgentCounters = {
     served: 0,
     handedOff: 0,
@@ -300,6 +302,11 @@ export class Agent {
         const failures = [...this.#pendingFailures.values()];
         this.#pendingFailures.clear();
         return failures;
+      },
+      takeStarted: () => {
+        const started = [...this.#startedSince.values()];
+        this.#startedSince.clear();
+        return started;
       },
     });
     this.#link.start();
@@ -969,6 +976,9 @@ export class Agent {
       backendKey,
       (this.counters.connectionsByBackend.get(backendKey) ?? 0) + 1,
     );
+    const started = this.#startedSince.get(backendKey);
+    if (started) started.count++;
+    else this.#startedSince.set(backendKey, { service, backend, count: 1 });
     let load = this.#openByBackend.get(backendKey);
     if (load === undefined) {
       load = { key: backendKey, service, backend, open: 0 };
@@ -1026,6 +1036,7 @@ export class Agent {
         served: this.counters.served,
         handed_off: this.counters.handedOff,
         open: this.#connected,
+        decided: this.counters.decisions,
       },
       backends,
     };

@@ -64,6 +64,8 @@ export interface ManagerLinkOptions {
   readonly onDelta: (delta: StateDelta) => boolean;
   readonly report: () => LinkReport;
   readonly takeFailures: () => Array<{ service: string; backend: string; count: number }>;
+  /** Connections started per backend since it was last asked: each heartbeat carries them. */
+  readonly takeStarted: () => Array<{ service: string; backend: string; count: number }>;
 }
 
 type ManagerChannel = Channel<ManagerMessage, AgentMessage>;
@@ -263,7 +265,8 @@ export class ManagerLink {
       heartbeat = setInterval(() =>
         guard("manager_link", () => {
           const { connections, backends } = this.#options.report();
-          channel.send({ type: "heartbeat", connections, backends }).catch(() => channel.close());
+          const started = this.#options.takeStarted();
+          channel.send({ type: "heartbeat", connections, backends, started }).catch(() => channel.close());
           const failures = this.#options.takeFailures();
           if (failures.length > 0) {
             channel.send({ type: "connect_failures", failures }).catch(() => channel.close());

@@ -61,6 +61,7 @@ function startLink(ports: number | number[], options: Partial<ManagerLinkOptions
     onDelta: () => false,
     report: () => ({ connections: { served: 0, handed_off: 0, open: 0 }, backends: [] }),
     takeFailures: () => [],
+    takeStarted: () => [],
     ...options,
   });
   link.start();

@@ -111,7 +111,16 @@ export const StateDeltaSchema = z.object({
 }).strict().refine((delta) => delta.version > delta.base, { message: "Expected version above base" });
 export type StateDelta = z.infer<typeof StateDeltaSchema>;
 
-export const ConnectionCountsSchema = z.object({ served: counter, handed_off: counter, open: counter });
+/**
+ * An agent's counts since it started: connections it forwarded itself, relayed to their claimant, open now;
+ * and the manager's decisions it took (absent from agents before it was counted).
+ */
+export const ConnectionCountsSchema = z.object({
+  served: counter,
+  handed_off: counter,
+  open: counter,
+  decided: counter.optional(),
+});
 export type ConnectionCounts = z.infer<typeof ConnectionCountsSchema>;
 
 const AgentMessage = z.discriminatedUnion("type", [
@@ -123,6 +132,9 @@ const AgentMessage = z.discriminatedUnion("type", [
     connections: ConnectionCountsSchema,
     /** Open connections per backend this agent serves right now. */
     backends: z.array(z.object({ service: id, backend: z.string().max(300), open: counter })).max(100_000),
+    /** Connections this agent started to each backend since its last heartbeat (absent from older agents). */
+    started: z.array(z.object({ service: id, backend: z.string().max(300), count: counter })).max(100_000)
+      .optional(),
   }).strict(),
   z.object({
     type: z.literal("open_counts"),

@@ -120,14 +120,20 @@ const countedMessage = fc.oneof(
   fc.record({ type: fc.constant("ack"), version: anyCount }),
   fc.record({
     type: fc.constant("heartbeat"),
-    connections: fc.record({ served: anyCount, handed_off: anyCount, open: anyCount }),
+    connections: fc.record({ served: anyCount, handed_off: anyCount, open: anyCount, decided: anyCount }, {
+      requiredKeys: ["served", "handed_off", "open"],
+    }),
     backends: fc.array(
       fc.record({ service: fc.constant("web"), backend: fc.constant("10.0.0.1:80"), open: anyCount }),
       {
         maxLength: 3,
       },
     ),
-  }),
+    started: fc.array(
+      fc.record({ service: fc.constant("web"), backend: fc.constant("10.0.0.1:80"), count: anyCount }),
+      { maxLength: 3 },
+    ),
+  }, { requiredKeys: ["type", "connections", "backends"] }),
   fc.record({
     type: fc.constant("connect_failures"),
     failures: fc.array(

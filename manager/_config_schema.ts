@@ -192,6 +192,7 @@ export const service = z.strictObject({
       }`,
   }),
   health: health.optional(),
+  slow_start: duration.optional(),
   feedback: z.strictObject({
     ttl: positiveDuration.optional(),
     smoothing: z.number({ error: expected("a number") }).refine((n) => n >= 0 && n <= 1, {

@@ -1,6 +1,6 @@
 /**
- * The manager's admin API (Hono): feedback, services, backends, agents, events, reload, metrics, health
- * and the dashboard. Every route but `/healthz` and `/` (the dashboard's page, which holds no data and asks
+ * The manager's admin API (Hono): feedback, services, backends, agents, events, history, reload, metrics,
+ * health and the dashboard. Every route but `/healthz` and `/` (the dashboard's page, which holds no data and asks
  * for the token) needs `Authorization: Bearer <token>`: the admin token for every route, a feedback token
  * for `POST /v1/feedback` and only for its services. Errors are `{"error", "path"}` JSON with the status
  * the spec gives, and a rejected request changes nothing.
@@ -33,10 +33,12 @@ import { AuthThrottle } from "./auth_throttle.ts";
 import type { Decider } from "./decide.ts";
 import { dashboardPage } from "./dashboard.ts";
 import { EVENTS_DEFAULTS } from "./events.ts";
+import type { History } from "./history.ts";
 import { agentClaims, ExplainError, explainFlow } from "./explain.ts";
 import { PASSED_HEADER } from "./ha/forward.ts";
 import { managerMetrics, METRICS_CONTENT_TYPE } from "./metrics.ts";
 import { type ManagerRole, singleRole } from "./role.ts";
+import { type RampView, rampView } from "./slow_start.ts";
 
 const log = logger("manager", "admin");
 
@@ -73,6 +75,8 @@ export interface AdminDeps {
   readonly agents: () => AgentSession[];
   /** The manager's decisions, for `/v1/explain`. */
   readonly decider: Decider;
+  /** The last 15 minutes, sampled by the manager, for `/v1/history`. */
+  readonly history: History;
   /** The cluster's flow-hash seed, for `/v1/explain`. */
   readonly seed: number;
   readonly reload: () => Promise<ReloadResult>;
@@ -161,6 +165,8 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
     return c.json({ last: deps.model.events.last, events });
   });
 
+  app.get("/v1/history", (c) => c.json(deps.history.view()));
+
   app.get("/v1/services", (c) => {
     const now = deps.model.now();
     return c.json({
@@ -207,7 +213,7 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
       service: name,
       state,
     });
-    return c.json(backendView(backend, deps.model.now()));
+    return c.json(backendView(service, backend, deps.model.now()));
   });
 
   app.get("/v1/agents", (c) => {
@@ -556,7 +562,8 @@ function serviceView(service: ServiceRuntime, now: number) {
       last_slots_moved: service.lastSlotsMoved,
       slots_moved_total: service.totalSlotsMoved,
     },
-    backends: service.backends.map((backend) => backendView(backend, now)),
+    slow_start_s: config.slowStartMs / 1000,
+    backends: service.backends.map((backend) => backendView(service, backend, now)),
   };
 }
 
@@ -564,8 +571,9 @@ function viewState(state: ReturnType<typeof backendState>): "up" | "drain" | "do
   return state === "draining" ? "drain" : state;
 }
 
-function backendView(backend: BackendRuntime, now: number) {
+function backendView(service: ServiceRuntime, backend: BackendRuntime, now: number) {
   const { feedback, agentCheck, lastCheck } = backend;
+  const ramp = rampView(backend.slowStart, service.config.slowStartMs, now);
   return {
     address: backend.config.id,
     weight: backend.config.weight,
@@ -573,6 +581,7 @@ function backendView(backend: BackendRuntime, now: number) {
     state: viewState(backendState(backend)),
     health: backend.health,
     open_connections: openConnections(backend),
+    connections_total: backend.started,
     feedback: feedback === null ? null : {
       source: feedback.source,
       weight: feedback.weight === null ? null : round(feedback.weight, 2),
@@ -601,12 +610,17 @@ function backendView(backend: BackendRuntime, now: number) {
       share: agentCheck.share,
       ...(agentCheck.description !== "" ? { description: agentCheck.description } : {}),
     },
-    why: why(backend),
+    slow_start: ramp === null ? null : {
+      progress: round(ramp.progress, 3),
+      share: round(ramp.share, 3),
+      ends_in_s: round(ramp.endsInMs / 1000, 3),
+    },
+    why: why(backend, ramp),
   };
 }
 
 /** One line on why the effective weight is what it is, for an operator. */
-function why(backend: BackendRuntime): string {
+function why(backend: BackendRuntime, ramp: RampView | null): string {
   const configured = backend.config.weight;
   const { feedback, agentCheck } = backend;
   const reasons: string[] = [];
@@ -626,6 +640,9 @@ function why(backend: BackendRuntime): string {
     text = `load feedback: target ${round(feedback.target, 2)}, smoothed to ${round(feedback.weight, 2)}`;
   }
   if (agentCheck !== null && agentCheck.share !== 100) text += `, × agent-check ${agentCheck.share}%`;
+  if (ramp !== null) {
+    text += `, × slow start ${round(100 * ramp.share, 1)}% (full in ${round(ramp.endsInMs / 1000, 1)} s)`;
+  }
   return `${effectiveWeight(backend)}: ${text}`;
 }
 

@@ -10,12 +10,13 @@ const API_APP = "api-app-token-0123456789";
 const A = "10.0.0.11:80";
 const B = "10.0.0.12:80";
 
-function configOf(feedback: Record<string, unknown> = {}): Config {
+function configOf(feedback: Record<string, unknown> = {}, extra: Record<string, unknown> = {}): Config {
   const service = (name: string, port: number) => ({
     name,
     listen: `0.0.0.0:${port}`,
     backends: [{ address: A, weight: 100 }, { address: B, weight: 100 }],
     feedback,
+    ...extra,
   });
   const result = parseConfig(JSON.stringify({
     manager: {
@@ -481,4 +482,35 @@ Deno.test("/healthz needs no token", async () => {
   using h = harness();
   const response = await h.request("GET", "/healthz", { token: null });
   assert.equal(response.status, 200);
+});
+
+Deno.test("GET /v1/services shows a backend's slow start: how far, the share of its weight, and why", async () => {
+  using h = harness();
+  h.model.reload(configOf({}, { slow_start: "20s" }));
+  const drained = await h.request("POST", `/v1/services/web/backends/${A}/state`, {
+    body: { state: "drain" },
+  });
+  await drained.body?.cancel();
+  h.clock.now = 1_000;
+  const undrained = await h.request("POST", `/v1/services/web/backends/${A}/state`, {
+    body: { state: "up" },
+  });
+  const answer = await undrained.json() as BackendView & { slow_start: unknown; why: string };
+  assert.deepEqual(answer.slow_start, { progress: 0, share: 0.01, ends_in_s: 20 });
+  assert.equal(answer.effective_weight, 1);
+  h.clock.now = 6_000;
+  const a = await h.backend("web", A) as BackendView & { slow_start: unknown; why: string };
+  // The share in force until the model's timer takes its next step, which the clock of this test never lets
+  // it take; a feedback report makes a transition of the backend, which takes the step at once.
+  assert.deepEqual(a.slow_start, { progress: 0.25, share: 0.01, ends_in_s: 15 });
+  await (await h.feedback({ service: "web", backend: A, weight: 50 })).body?.cancel();
+  const fed = await h.backend("web", A) as BackendView & { slow_start: unknown; why: string };
+  assert.deepEqual(fed.slow_start, { progress: 0.25, share: 0.25, ends_in_s: 15 });
+  assert.equal(fed.why, "12.5: feedback weight 50% of configured 100, × slow start 25% (full in 15 s)");
+  const b = await h.backend("web", B) as BackendView & { slow_start: unknown };
+  assert.equal(b.slow_start, null);
+  const web = (await h.services()).services.find((s) => s.name === "web") as ServiceView & {
+    slow_start_s: number;
+  };
+  assert.equal(web.slow_start_s, 20);
 });

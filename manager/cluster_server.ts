@@ -353,6 +353,7 @@ export class ClusterServer {
         session.lastHeartbeat = performance.now();
         session.connections = message.connections;
         this.decider.reportOpen(session.id, message.backends);
+        if (message.started) this.#model.reportStarted(message.started);
         channel.send({ type: "heartbeat" }).catch(() => channel.close());
         break;
       case "decide": {

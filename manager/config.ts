@@ -70,6 +70,8 @@ export interface ServiceConfig {
   readonly proxyProtocol: "none" | "v1" | "v2";
   readonly backends: readonly BackendConfig[];
   readonly health: HealthConfig;
+  /** A backend that comes (back) up ramps from a trickle to its full weight over this long; 0: at once. */
+  readonly slowStartMs: number;
   readonly feedback: { readonly ttlMs: number; readonly smoothing: number; readonly maxStep: number };
   readonly timeouts: { readonly connectMs: number; readonly idleMs: number; readonly drainMs: number };
   readonly limits: { readonly maxConnections: number };
@@ -154,6 +156,7 @@ export const CONFIG_DEFAULTS = deepFreeze(
       proxyProtocol: "none",
       backend: { weight: 100 },
       health: { kind: "tcp", intervalMs: 2_000, timeoutMs: 1_000, rise: 2, fall: 3, path: "/", port: null },
+      slowStartMs: 0,
       feedback: { ttlMs: 30_000, smoothing: 0.5, maxStep: 0.25 },
       timeouts: { connectMs: 2_000, idleMs: 300_000, drainMs: 30_000 },
       limits: { maxConnections: 50_000 },
@@ -844,6 +847,7 @@ function buildService(service: ServiceFile): ServiceConfig {
       path: health?.path ?? defaults.health.path,
       port: health?.port ?? defaults.health.port,
     },
+    slowStartMs: service.slow_start ?? defaults.slowStartMs,
     feedback: {
       ttlMs: service.feedback?.ttl ?? defaults.feedback.ttlMs,
       smoothing: service.feedback?.smoothing ?? defaults.feedback.smoothing,

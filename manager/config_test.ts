@@ -93,6 +93,7 @@ const SPEC_EXAMPLE = yaml(
   "      - { address: 10.0.0.11:80, weight: 100 }",
   "      - { address: 10.0.0.12:80, weight: 100 }",
   "    health: { kind: tcp, interval: 2s, timeout: 1s, rise: 2, fall: 3 }",
+  "    slow_start: 0s",
   "    feedback: { ttl: 30s, smoothing: 0.5, max_step: 0.25 }",
   "    timeouts: { connect: 2s, idle: 300s, drain: 30s }",
   "    limits: { max_connections: 50000 }",
@@ -135,6 +136,7 @@ Deno.test("the spec's example parses with its environment, token file and TLS fi
         { address: { host: "10.0.0.12", port: 80 }, id: "10.0.0.12:80", weight: 100 },
       ],
       health: { kind: "tcp", intervalMs: 2_000, timeoutMs: 1_000, rise: 2, fall: 3, path: "/", port: null },
+      slowStartMs: 0,
       feedback: { ttlMs: 30_000, smoothing: 0.5, maxStep: 0.25 },
       timeouts: { connectMs: 2_000, idleMs: 300_000, drainMs: 30_000 },
       limits: { maxConnections: 50_000 },
@@ -166,6 +168,7 @@ Deno.test("a minimal config gets every default", () => {
       proxyProtocol: "none",
       backends: [{ address: { host: "10.0.0.11", port: 80 }, id: "10.0.0.11:80", weight: 100 }],
       health: { kind: "tcp", intervalMs: 2_000, timeoutMs: 1_000, rise: 2, fall: 3, path: "/", port: null },
+      slowStartMs: 0,
       feedback: { ttlMs: 30_000, smoothing: 0.5, maxStep: 0.25 },
       timeouts: { connectMs: 2_000, idleMs: 300_000, drainMs: 30_000 },
       limits: { maxConnections: 50_000 },
@@ -177,6 +180,7 @@ Deno.test("a minimal config gets every default", () => {
   assert.deepEqual(service.feedback, defaults.feedback);
   assert.deepEqual(service.timeouts, defaults.timeouts);
   assert.deepEqual(service.limits, defaults.limits);
+  assert.equal(service.slowStartMs, defaults.slowStartMs);
   assert.equal(service.backends[0]?.weight, defaults.backend.weight);
   assert.deepEqual(config.manager.admin, CONFIG_DEFAULTS.manager.admin);
   assert.deepEqual(config.manager.cluster, CONFIG_DEFAULTS.manager.cluster);
@@ -201,6 +205,7 @@ Deno.test("every setting can be changed from its default", () => {
     "    proxy_protocol: v2",
     "    backends: [10.0.0.21:443, { address: 10.0.0.22:443, weight: 0 }]",
     "    health: { kind: http, interval: 5s, timeout: 5s, rise: 1, fall: 10, path: /healthz }",
+    "    slow_start: 1m",
     "    feedback: { ttl: 1m30s, smoothing: 0, max_step: 1 }",
     "    timeouts: { connect: 1500ms, idle: 1h, drain: 0s }",
     "    limits: { max_connections: 10 }",
@@ -236,6 +241,7 @@ Deno.test("every setting can be changed from its default", () => {
       path: "/healthz",
       port: null,
     },
+    slowStartMs: 60_000,
     feedback: { ttlMs: 90_000, smoothing: 0, maxStep: 1 },
     timeouts: { connectMs: 1_500, idleMs: 3_600_000, drainMs: 0 },
     limits: { maxConnections: 10 },
@@ -422,6 +428,7 @@ Deno.test("a bad duration is reported with what is wrong with it", () => {
     "    backends: [10.0.0.11:80]",
     "    decision_timeout: 20 ms",
     "    timeouts: { connect: 2x, idle: 0s, drain: '' }",
+    "    slow_start: -5s",
   ));
   assert.deepEqual(found, [
     problem(3, 22, "agents.heartbeat", "Expected a duration written like 2s or 250ms, got number 1"),
@@ -439,6 +446,12 @@ Deno.test("a bad duration is reported with what is wrong with it", () => {
     ),
     problem(9, 36, "services[0].timeouts.idle", "Expected a duration more than 0s, got 0s"),
     problem(9, 47, "services[0].timeouts.drain", 'Cannot parse duration "": it is empty'),
+    problem(
+      10,
+      17,
+      "services[0].slow_start",
+      'Cannot parse duration "-5s": expected a number and a unit (ms, s, m, h) at "-5s"',
+    ),
   ]);
 });
 
@@ -1034,6 +1047,7 @@ const serviceEntry = fc.record({
     rise: field(integerValue(10)),
     fall: field(integerValue(10)),
   }, { requiredKeys: [] })),
+  slow_start: field(durationText),
   feedback: field(fc.record({
     ttl: field(durationText),
     smoothing: field(mostly(fc.double({ min: 0, max: 1, noNaN: true }), anyDouble())),

@@ -6,13 +6,14 @@
  */
 import { clusterSeed } from "../cluster/auth.ts";
 import { formatHostPort, type HostPort } from "../cluster/address.ts";
-import { guardAsync } from "../cluster/guard.ts";
+import { guard, guardAsync } from "../cluster/guard.ts";
 import { logger } from "../cluster/log.ts";
 import { createAdminApp, type ReloadResult } from "./admin.ts";
 import { ClusterServer, formatAddr } from "./cluster_server.ts";
 import { type Config, ConfigError, formatProblem, loadConfig } from "./config.ts";
 import { Replica } from "./ha/replica.ts";
 import { HealthChecker } from "./health.ts";
+import { History, HISTORY_DEFAULTS, sampleOf } from "./history.ts";
 import { managerId, type ManagerRole, singleRole } from "./role.ts";
 import { ClusterModel } from "./state.ts";
 
@@ -164,10 +165,16 @@ export async function startManager(loaded: Config, options: ManagerOptions = {})
     onAgentsChanged: () => replica?.agentsChanged(),
   });
   const health = new HealthChecker(model);
+  const history = new History();
+  const sample = () =>
+    guard("history", () => history.record(Date.now(), sampleOf(model.services(), role.agents())));
+  sample();
+  const sampler = setInterval(sample, HISTORY_DEFAULTS.intervalMs);
   app = createAdminApp({
     model,
     agents: () => role.agents(),
     decider: cluster.decider,
+    history,
     seed,
     reload,
     adminToken: () => current.manager.tokens.admin ?? fallbackAdminToken,
@@ -195,6 +202,7 @@ export async function startManager(loaded: Config, options: ManagerOptions = {})
     async close() {
       // A leader gives the lead up first, so that a standby takes over at once.
       await replica?.close();
+      clearInterval(sampler);
       await health.close();
       await clusterServer.close();
       await server.shutdown();

@@ -4,11 +4,12 @@
  * writer is given finished numbers and only formats them: names checked, label values escaped, histograms
  * written as cumulative `_bucket{le}` series ending at `le="+Inf"`, then `_sum` and `_count`.
  *
- * This file imports only types, so the agent's `/metrics` uses the same writer without taking in the
- * manager.
+ * This file imports only types and the pure `slow_start.ts`, so the agent's `/metrics` uses the same writer
+ * without taking in the manager.
  */
 import type { AgentSession } from "./cluster_server.ts";
 import type { RoleName } from "./role.ts";
+import { rampView } from "./slow_start.ts";
 import type { ServiceRuntime } from "./state.ts";
 
 export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
@@ -188,6 +189,9 @@ export function addInternalErrors(
 export const MANAGER_GUARDED = [
   "health_check",
   "feedback_expiry",
+  "slow_start",
+  "table_rebuild",
+  "history",
   "agent_session",
   "agent_sweep",
   "state_push",
@@ -278,6 +282,11 @@ export function managerMetrics(source: ManagerMetricsSource): string {
       "Connections each agent relayed to their claimant, as its last heartbeat reported.",
       agents.map((agent): Sample => [{ agent: agent.id }, agent.connections.handed_off]),
     )
+    .counter(
+      "switchyard_agent_reported_decisions_total",
+      "Decisions of the manager each agent took for its flows, as its last heartbeat reported.",
+      agents.map((agent): Sample => [{ agent: agent.id }, agent.connections.decided ?? 0]),
+    )
     .gauge(
       "switchyard_agent_reported_open_connections",
       "Connections open through each agent, as its last heartbeat reported.",
@@ -292,6 +301,16 @@ export function managerMetrics(source: ManagerMetricsSource): string {
       "switchyard_backend_effective_weight",
       "The weight each backend has in new decisions: feedback, health, state and agent-check applied.",
       perBackend((backend) => backend.effectiveWeight),
+    )
+    .gauge(
+      "switchyard_backend_slow_start_ratio",
+      "The share of its weight each backend has in its slow start (slow_start); 1 when none is under way.",
+      services.flatMap((service) =>
+        service.backends.map((backend): Sample => [
+          { service: service.config.name, backend: backend.config.id },
+          rampView(backend.slowStart, service.config.slowStartMs, source.modelNow)?.share ?? 1,
+        ])
+      ),
     )
     .gauge(
       "switchyard_backend_state",
@@ -325,6 +344,11 @@ export function managerMetrics(source: ManagerMetricsSource): string {
         for (const count of backend.openByAgent.values()) open += count;
         return open;
       }),
+    )
+    .counter(
+      "switchyard_backend_connections_total",
+      "Connections the agents started to each backend since this manager started, as they reported them.",
+      perBackend((backend) => backend.started),
     )
     .gauge(
       "switchyard_feedback_age_seconds",

@@ -115,6 +115,7 @@ function configOf(): Config {
       name: "web",
       listen: "0.0.0.0:8080",
       backends: [{ address: A, weight: 100 }, { address: B, weight: 50 }],
+      slow_start: "10s",
     }],
   }));
   assert.deepEqual(result.problems, []);
@@ -186,4 +187,20 @@ Deno.test("the manager's /metrics counts decisions in the histogram and shows we
   assert.equal(value("switchyard_agents_live"), 0);
   assert.ok(value("switchyard_table_slots_moved_total", { service: "web" }) > 0, "the drain moved slots");
   assert.equal(value("switchyard_state_version"), h.model.version);
+});
+
+Deno.test("the manager's /metrics shows how far into its slow start each backend is", async () => {
+  using h = harness();
+  h.model.setOperatorState("web", B, "drain");
+  h.model.setOperatorState("web", B, "up");
+  h.clock.now = 2_500;
+  const all = samples(await (await h.get("/metrics")).text());
+  const ratio = (backend: string) =>
+    all.find((s) => s.name === "switchyard_backend_slow_start_ratio" && s.labels.backend === backend)?.value;
+  assert.equal(ratio(A), "1");
+  assert.equal(ratio(B), "0.01", "the share in force until the model's timer takes the next step");
+  assert.equal(
+    all.find((s) => s.name === "switchyard_backend_effective_weight" && s.labels.backend === B)?.value,
+    "0.5",
+  );
 });

@@ -7,7 +7,9 @@
  * A backend is `down` while its health is down or its feedback or agent-check says so (`down`, `maint`),
  * else `draining` while an operator, its feedback or its agent-check drains it, else `up`. Only an `up`
  * backend has a weight: its feedback weight (or its configured weight when it has no live feedback),
- * times its agent-check share.
+ * times its agent-check share, times its slow-start share while it ramps. A slow start begins when a
+ * backend comes up from another state (or a reload adds it to a service) and its service has `slow_start`;
+ * one timer steps every ramp under way (`slow_start.ts`), each step a transition like any other.
  *
  * Every transition (feedback, checks, connect failures, operator state, health, expiry, reload) is
  * validated, then committed: the effective weights and states of the backends it touches are computed
@@ -32,6 +34,7 @@
  * backend back at its configured weight and state by itself (a timer, stopped by `close()`).
  */
 import { setImmediate } from "node:timers";
+import { formatDuration } from "../cluster/duration.ts";
 import { guard } from "../cluster/guard.ts";
 import { DEFAULT_TABLE_SIZE, Permutations, slotsMoved, TableBuilder } from "../cluster/maglev.ts";
 import { logger } from "../cluster/log.ts";
@@ -59,6 +62,7 @@ import {
 import type { BackendConfig, Config, ServiceConfig } from "./config.ts";
 import { EventLog, type FeedbackChange } from "./events.ts";
 import { type CheckResult, nextHealth } from "./health.ts";
+import { nextRampStep, rampedWeight, rampShare, type SlowStart } from "./slow_start.ts";
 
 const log = logger("manager", "state");
 
@@ -117,8 +121,12 @@ export interface BackendRuntime {
   /** The weight and state in force: new decisions, `/v1/services` and the answer to a report use these. */
   effectiveWeight: number;
   state: BackendState;
+  /** Its slow start, while one is under way; null otherwise. */
+  slowStart: SlowStart | null;
   /** Open connections to this backend, per agent, as the agents last reported them. */
   readonly openByAgent: Map<string, number>;
+  /** Connections the agents started to this backend since the manager started, as they reported them. */
+  started: number;
 }
 
 /** What a feedback report left for one backend: the answer of `POST /v1/feedback`. */
@@ -177,7 +185,17 @@ interface Staged {
 }
 
 /** A backend's fields as a transition would leave them. */
-type BackendView = Omit<BackendRuntime, "effectiveWeight" | "state">;
+type BackendView = Omit<BackendRuntime, "effectiveWeight" | "state" | "slowStart">;
+
+/** What a backend's effective weight, state and slow start are computed from, besides its fields. */
+type Before = Pick<BackendRuntime, "state" | "slowStart">;
+
+/** A backend's effective weight and state, and its slow start (null: none under way). */
+interface Effective {
+  readonly state: BackendState;
+  readonly weight: number;
+  readonly slowStart: SlowStart | null;
+}
 
 /**
  * How far a service's effective weights have moved from those of its newest table (published, or being
@@ -229,6 +247,10 @@ export class ClusterModel {
   readonly #listeners = new Set<(publication: Publication) => void>();
   #expiryTimer: ReturnType<typeof setTimeout> | undefined;
   #expiryAt = Infinity;
+  /** Backends in slow start, with their service and when (the model's clock) their share next rises. */
+  readonly #ramps = new Map<BackendRuntime, { readonly service: ServiceRuntime; readonly next: number }>();
+  #rampTimer: ReturnType<typeof setTimeout> | undefined;
+  #rampAt = Infinity;
   #closed = false;
   /** The version of the last publication: of the state `snapshot()` gives. */
   #published = 0;
@@ -268,14 +290,18 @@ export class ClusterModel {
   }
 
   /**
-   * Stops the expiry timer and any table being built; the model still answers, but feedback no longer
-   * expires by itself and due tables are rebuilt only by `flushTables()`.
+   * Stops the expiry and slow-start timers and any table being built; the model still answers, but feedback
+   * no longer expires and ramps no longer step by themselves, and due tables are rebuilt only by
+   * `flushTables()`.
    */
   close(): void {
     this.#closed = true;
     clearTimeout(this.#expiryTimer);
     this.#expiryTimer = undefined;
     this.#expiryAt = Infinity;
+    clearTimeout(this.#rampTimer);
+    this.#rampTimer = undefined;
+    this.#rampAt = Infinity;
     this.#cancelBuilds();
     clearTimeout(this.#windowTimer);
     this.#windowTimer = undefined;
@@ -554,6 +580,19 @@ export class ClusterModel {
     }
   }
 
+  /**
+   * Adds one agent's count of the connections it started to backends since its last report; backends the
+   * model does not know (an agent serving an older state) are skipped.
+   */
+  reportStarted(counts: ReadonlyArray<{ service: string; backend: string; count: number }>): void {
+    for (const { service, backend, count } of counts) {
+      const runtime = this.backend(service, backend);
+      if (runtime && count > 0 && Number.isSafeInteger(count)) {
+        runtime.started = Math.min(Number.MAX_SAFE_INTEGER, runtime.started + count);
+      }
+    }
+  }
+
   forgetAgent(agent: string): void {
     this.reportOpen(agent, []);
   }
@@ -626,9 +665,14 @@ export class ClusterModel {
     const now = this.#now();
     const next = new Map<string, ServiceRuntime>();
     const events: NewEvent[] = [];
-    const plans: Array<
-      { runtime: ServiceRuntime; states: BackendState[]; weights: number[]; permutations: Permutations }
-    > = [];
+    const plans: Array<{
+      runtime: ServiceRuntime;
+      previous: ServiceRuntime | undefined;
+      states: BackendState[];
+      weights: number[];
+      slowStarts: Array<SlowStart | null>;
+      permutations: Permutations;
+    }> = [];
     for (const serviceConfig of config.services) {
       const previous = this.#services.get(serviceConfig.name);
       const backends = serviceConfig.backends.map((backendConfig, index): BackendRuntime => {
@@ -644,15 +688,23 @@ export class ClusterModel {
           feedback: old?.feedback ?? null,
           effectiveWeight: 0,
           state: old?.state ?? "up",
+          slowStart: null,
           openByAgent: old?.openByAgent ?? new Map(),
+          started: old?.started ?? 0,
         };
       });
       const states: BackendState[] = [];
       const weights: number[] = [];
+      const slowStarts: Array<SlowStart | null> = [];
       for (const backend of backends) {
-        const { state, weight } = this.#effective(serviceConfig.name, backend, backend, now);
+        // A backend a reload adds to a service comes up; those of the first config, or of a new service, were
+        // up already as far as anyone knows (and would all ramp together, which changes no share).
+        const old = previous?.byId.get(backend.config.id);
+        const before = old ?? (previous === undefined ? { state: "up" as const, slowStart: null } : null);
+        const { state, weight, slowStart } = this.#effective(serviceConfig, backend, backend, now, before);
         states.push(state);
         weights.push(weight);
+        slowStarts.push(slowStart);
       }
       const ids = backends.map((backend) => backend.config.id);
       const permutations = new Permutations(ids, { size: this.#tableSize });
@@ -673,7 +725,7 @@ export class ClusterModel {
         lastSlotsMoved: moved,
         totalSlotsMoved: (previous?.totalSlotsMoved ?? 0) + moved,
       };
-      plans.push({ runtime, states, weights, permutations });
+      plans.push({ runtime, previous, states, weights, slowStarts, permutations });
       next.set(serviceConfig.name, runtime);
     }
     try {
@@ -686,12 +738,20 @@ export class ClusterModel {
       );
     }
     // Everything is valid: from here on nothing throws.
-    for (const { runtime, states, weights } of plans) {
+    this.#ramps.clear();
+    for (const { runtime, states, weights, slowStarts, previous } of plans) {
       runtime.backends.forEach((backend, index) => {
         const state = states[index]!;
-        if (state !== backend.state) events.push(stateEvent(runtime, backend, state, now));
+        const slowStart = slowStarts[index]!;
+        if (state !== backend.state) {
+          events.push(stateEvent(runtime, backend, { state, slowStart }, now));
+        } else if (slowStart !== null && previous?.byId.get(backend.config.id) === undefined) {
+          events.push(slowStartEvent(runtime, backend, "added"));
+        }
         backend.state = state;
         backend.effectiveWeight = weights[index]!;
+        backend.slowStart = slowStart;
+        this.#trackRamp(runtime, backend, now);
       });
     }
     this.#cancelBuilds();
@@ -706,25 +766,85 @@ export class ClusterModel {
     this.#services = next;
     for (const event of events) this.events.add(event);
     this.#scheduleExpiry();
+    this.#armRamps();
   }
 
-  /** The effective state and weight of `backend` as `view` would leave it; or a `WeightError`. */
+  /**
+   * The effective state and weight of `backend` as `view` would leave it, and its slow start, which goes on
+   * from `before` (null: a backend just added, which comes up); or a `WeightError`.
+   */
   #effective(
-    service: string,
+    service: ServiceConfig,
     backend: BackendRuntime,
     view: BackendView,
     now: number,
-  ): { state: BackendState; weight: number } {
+    before: Before | null,
+  ): Effective {
     const state = stateOf(view, now);
-    const weight = state === "up" ? weightOf(view, now) : 0;
-    if (!(weight >= 0 && weight <= MAX_EFFECTIVE_WEIGHT)) {
+    const full = state === "up" ? weightOf(view, now) : 0;
+    if (!(full >= 0 && full <= MAX_EFFECTIVE_WEIGHT)) {
       throw new WeightError(
-        `Cannot give backend ${backend.config.id} of ${service} the weight ${weight}: ` +
+        `Cannot give backend ${backend.config.id} of ${service.name} the weight ${full}: ` +
           `a weight is a number from 0 to ${MAX_EFFECTIVE_WEIGHT}`,
         backend,
       );
     }
-    return { state, weight };
+    const at = slowStartFrom(service.slowStartMs, before, state, now);
+    if (at === null) return { state, weight: full, slowStart: null };
+    const share = rampShare(now - at, service.slowStartMs);
+    return { state, weight: rampedWeight(full, share), slowStart: { at, share } };
+  }
+
+  /** Keeps `backend` among the ramps the timer steps while its slow start is under way, at its next step. */
+  #trackRamp(service: ServiceRuntime, backend: BackendRuntime, now: number): void {
+    const at = backend.slowStart?.at ?? null;
+    const next = at === null ? null : nextRampStep(now - at, service.config.slowStartMs);
+    if (at === null || next === null) this.#ramps.delete(backend);
+    else this.#ramps.set(backend, { service, next: at + next });
+  }
+
+  /** Arms one timer for the earliest step of any slow start under way. */
+  #armRamps(): void {
+    if (this.#closed) return;
+    let earliest = Infinity;
+    for (const { next } of this.#ramps.values()) earliest = Math.min(earliest, next);
+    if (earliest === this.#rampAt) return;
+    clearTimeout(this.#rampTimer);
+    this.#rampTimer = undefined;
+    this.#rampAt = earliest;
+    if (earliest === Infinity) return;
+    const delay = Math.min(Math.max(0, earliest - this.#now()), 2 ** 31 - 1);
+    this.#rampTimer = setTimeout(() => {
+      this.#rampTimer = undefined;
+      this.#rampAt = Infinity;
+      const stepped = guard("slow_start", () => {
+        this.#stepRamps();
+        return true;
+      });
+      // A failed turn changed nothing; the next one tries again a little later.
+      if (stepped === undefined && !this.#closed) {
+        this.#rampAt = -Infinity;
+        this.#rampTimer = setTimeout(() => {
+          this.#rampTimer = undefined;
+          this.#rampAt = Infinity;
+          this.#armRamps();
+        }, STATE_DEFAULTS.expiryRetryMs);
+      }
+    }, Math.ceil(delay));
+  }
+
+  /**
+   * Moves every slow start whose step has come to its next share: one transition, validated then committed
+   * as any other, whose weights make their services' tables due.
+   */
+  #stepRamps(): void {
+    const now = this.#now();
+    const staged = new Map<BackendRuntime, Staged>();
+    for (const [backend, { service, next }] of this.#ramps) {
+      if (next <= now) staged.set(backend, { service, change: {} });
+    }
+    if (staged.size > 0) this.#transition(staged);
+    this.#armRamps();
   }
 
   /**
@@ -779,7 +899,7 @@ export class ClusterModel {
     const now = this.#now();
     let feedbackChanged = options.feedbackChanged === true;
     const plans: Array<{ backend: BackendRuntime; service: ServiceRuntime; change: BackendChange }> = [];
-    const effective: Array<{ state: BackendState; weight: number }> = [];
+    const effective: Effective[] = [];
     for (const [backend, { service, change }] of staged) {
       let view: BackendView = { ...backend, ...change };
       let final = change;
@@ -788,23 +908,31 @@ export class ClusterModel {
         view = { ...view, feedback: null };
         feedbackChanged = true;
       }
-      effective.push(this.#effective(service.config.name, backend, view, now));
+      effective.push(this.#effective(service.config, backend, view, now, backend));
       plans.push({ backend, service, change: final });
     }
     // Everything is valid: from here on nothing throws.
     let earliest = Infinity;
+    let ramped = false;
     plans.forEach(({ backend, service, change }, i) => {
       Object.assign(backend, change);
       if (backend.feedback !== null) earliest = Math.min(earliest, backend.feedback.expiresAt);
-      const { state, weight } = effective[i]!;
+      const { state, weight, slowStart } = effective[i]!;
+      if (slowStart !== null || backend.slowStart !== null) {
+        if (slowStart === null && state === "up") this.events.add(slowStartEvent(service, backend, "over"));
+        backend.slowStart = slowStart;
+        this.#trackRamp(service, backend, now);
+        ramped = true;
+      }
       if (state === backend.state && weight === backend.effectiveWeight) return;
-      if (state !== backend.state) this.events.add(stateEvent(service, backend, state, now));
+      if (state !== backend.state) this.events.add(stateEvent(service, backend, { state, slowStart }, now));
       const before = { weight: backend.effectiveWeight, state: backend.state };
       backend.state = state;
       backend.effectiveWeight = weight;
       this.#moved(service, backend, before);
     });
     if (feedbackChanged) this.#scheduleExpiry(earliest);
+    if (ramped) this.#armRamps();
   }
 
   /** Counts a backend's change toward its service's drift; the service is due once that is enough. */
@@ -1066,15 +1194,20 @@ function servingOf(state: BackendState, weight: number): string {
   return state === "up" && weight > 0 ? "serving" : state;
 }
 
-/** The event of a backend's change of state. */
+/** The event of a backend's change of state (to `up`, with the slow start it begins, if any). */
 function stateEvent(
   service: ServiceRuntime,
   backend: BackendRuntime,
-  state: BackendState,
+  to: Pick<Effective, "state" | "slowStart">,
   now: number,
 ): NewEvent {
+  const { state } = to;
   const shown = state === "draining" ? "drain" : state;
-  const reason = state === "up" ? "" : ` (${reasonOf(backend, now)})`;
+  const reason = state !== "up"
+    ? ` (${reasonOf(backend, now)})`
+    : to.slowStart !== null
+    ? `, ramping to its full weight over ${formatDuration(service.config.slowStartMs)} (slow start)`
+    : "";
   return {
     kind: "state",
     severity: state === "down" ? "warning" : "info",
@@ -1082,6 +1215,41 @@ function stateEvent(
     backend: backend.config.id,
     message: `Backend ${backend.config.id} of ${service.config.name} is ${shown}${reason}`,
   };
+}
+
+/** The event of a backend's slow start: begun by a reload that added it, or over. */
+function slowStartEvent(service: ServiceRuntime, backend: BackendRuntime, what: "added" | "over"): NewEvent {
+  const { name, slowStartMs } = service.config;
+  const id = backend.config.id;
+  return {
+    kind: "state",
+    severity: "info",
+    service: name,
+    backend: id,
+    message: what === "added"
+      ? `Backend ${id} of ${name} was added, ramping to its full weight over ${
+        formatDuration(slowStartMs)
+      } (slow start)`
+      : `Backend ${id} of ${name} has its full weight: its slow start of ${
+        formatDuration(slowStartMs)
+      } is over`,
+  };
+}
+
+/**
+ * When the slow start of a backend that is now in `state` began (the model's clock), or null when none is
+ * under way: one begins as it comes up from another state (or is added: `before` null), and is over once
+ * `windowMs` has passed.
+ */
+function slowStartFrom(
+  windowMs: number,
+  before: Before | null,
+  state: BackendState,
+  now: number,
+): number | null {
+  if (state !== "up" || !(windowMs > 0)) return null;
+  const at = before === null || before.state !== "up" ? now : before.slowStart?.at ?? null;
+  return at !== null && now - at < windowMs ? at : null;
 }
 
 /** A service or backend name that is not configured. */
@@ -1108,12 +1276,12 @@ class WeightError extends RangeError {
   }
 }
 
-/** What a backend is worth in new decisions, as of its service's last rebuild. */
+/** What a backend is worth in new decisions now. */
 export function effectiveWeight(backend: BackendRuntime): number {
   return backend.effectiveWeight;
 }
 
-/** A backend's state in force, as of its service's last rebuild. */
+/** A backend's state in force. */
 export function backendState(backend: BackendRuntime): BackendState {
   return backend.state;
 }

@@ -16,6 +16,8 @@ import {
 
 const A = "10.0.0.11:80";
 const B = "10.0.0.12:80";
+const C = "10.0.0.13:80";
+const GONE = "10.0.0.99:80";
 
 function configOf(services: Array<Record<string, unknown>>): Config {
   const result = parseConfig(
@@ -485,11 +487,118 @@ Deno.test("a table is rebuilt a slice per turn of the event loop, and published 
   }
 });
 
+Deno.test("the connections agents started add up per backend, across agents and reloads; what is not known is skipped", () => {
+  const { model } = modelOf(configOf([service("web", 8080)]));
+  model.reportStarted([{ service: "web", backend: A, count: 3 }, { service: "web", backend: B, count: 1 }]);
+  model.reportStarted([
+    { service: "web", backend: A, count: 2 },
+    { service: "web", backend: GONE, count: 5 },
+    { service: "nope", backend: A, count: 5 },
+    { service: "web", backend: B, count: -1 },
+    { service: "web", backend: B, count: 0.5 },
+  ]);
+  model.reload(configOf([service("web", 8080, { slow_start: "1s" })]));
+  assert.deepEqual(model.service("web")!.backends.map((b) => b.started), [5, 1]);
+  model.close();
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// Slow start: a backend that comes up ramps to its full weight, stepped by the model's timer
+
+/** Waits, a few milliseconds at a time and at most 2 s, until `done` holds: a ramp steps on a timer. */
+async function until(done: () => boolean, what: string): Promise<void> {
+  const deadline = performance.now() + 2_000;
+  while (!done()) {
+    if (performance.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+Deno.test("an undrained backend ramps over slow_start, in force at once and in the tables, then has its full weight", async () => {
+  const { model, clock } = modelOf(configOf([service("web", 8080, { slow_start: "10s" })]));
+  try {
+    const backend = () => model.service("web")!.backends[0]!;
+    model.setOperatorState("web", A, "drain");
+    clock.now = 1_000;
+    model.setOperatorState("web", A, "up");
+    assert.deepEqual(backend().slowStart, { at: 1_000, share: 0.01 });
+    assert.deepEqual(weights(model.service("web")), { [A]: 1, [B]: 100 }, "a trickle at first");
+    model.flushTables();
+    assert.equal(shares(model.service("web"))[A], 0.01);
+    assert.equal(model.snapshot().services[0]!.backends[0]!.weight, 1, "agents get the ramped weight");
+    const events = model.events.after(0, 100).map((event) => event.message);
+    assert.ok(
+      events.includes(`Backend ${A} of web is up, ramping to its full weight over 10s (slow start)`),
+      events.join("\n"),
+    );
+
+    // The model's timer steps the ramp as its clock moves on; every step is a transition like any other.
+    clock.now = 6_000;
+    await until(() => backend().effectiveWeight === 50, "the ramp's step at 5 s");
+    model.flushTables();
+    assert.equal(shares(model.service("web"))[A], 0.333);
+    clock.now = 11_000;
+    await until(() => backend().slowStart === null, "the end of the ramp");
+    assert.deepEqual(weights(model.service("web")), { [A]: 100, [B]: 100 });
+    assert.equal(
+      model.events.after(0, 100).at(-1)?.message,
+      `Backend ${A} of web has its full weight: its slow start of 10s is over`,
+    );
+  } finally {
+    model.close();
+  }
+});
+
+Deno.test("feedback and drains apply on top of a ramp; a drain ends it and the next undrain starts it over", () => {
+  const { model, clock } = modelOf(configOf([service("web", 8080, { slow_start: "10s" })]));
+  const backend = () => model.service("web")!.backends[0]!;
+  model.setOperatorState("web", A, "drain");
+  model.setOperatorState("web", A, "up");
+  clock.now = 4_000;
+  const [outcome] = model.applyFeedback([report({ backend: A, weight: 50, ttlMs: 60_000 })]);
+  assert.equal(outcome?.effectiveWeight, 20, "the feedback weight, at the ramp's share");
+  model.applyFeedback([report({ backend: A, state: "drain" })]);
+  assert.deepEqual([backend().state, backend().effectiveWeight, backend().slowStart], [
+    "draining",
+    0,
+    null,
+  ]);
+  clock.now = 20_000;
+  model.applyFeedback([report({ backend: A, state: "up", weight: 50, ttlMs: 60_000 })]);
+  assert.deepEqual([backend().effectiveWeight, backend().slowStart?.at], [0.5, 20_000], "a trickle again");
+  model.close();
+});
+
+Deno.test("a backend ramps when its health rises and when a reload adds it, not when the manager starts", () => {
+  const config = configOf([service("web", 8080, { slow_start: "1m", health: { rise: 1, fall: 1 } })]);
+  const { model, clock } = modelOf(config);
+  assert.deepEqual(model.service("web")!.backends.map((b) => b.slowStart), [null, null]);
+  assert.deepEqual(weights(model.service("web")), { [A]: 100, [B]: 100 });
+  model.recordCheck("web", B, { ok: false, detail: "connection refused" });
+  clock.now = 30_000;
+  model.recordCheck("web", B, { ok: true, detail: "connected" });
+  assert.deepEqual(weights(model.service("web")), { [A]: 100, [B]: 1 });
+  clock.now = 45_000;
+  model.reload(configOf([{
+    ...service("web", 8080, { slow_start: "1m", health: { rise: 1, fall: 1 } }),
+    backends: [{ address: A }, { address: B }, { address: C }],
+  }]));
+  assert.deepEqual(weights(model.service("web")), { [A]: 100, [B]: 25, [C]: 1 }, "B's ramp goes on");
+  assert.deepEqual(model.events.after(0, 100).slice(-2).map((event) => event.message), [
+    `Backend ${C} of web was added, ramping to its full weight over 1m (slow start)`,
+    "Config reloaded: 1 services",
+  ]);
+  // Without slow_start, a backend comes back at its full weight at once.
+  model.reload(configOf([service("web", 8080, { health: { rise: 1, fall: 1 } })]));
+  assert.deepEqual(weights(model.service("web")), { [A]: 100, [B]: 100 });
+  model.recordCheck("web", A, { ok: false, detail: "connection refused" });
+  model.recordCheck("web", A, { ok: true, detail: "connected" });
+  assert.deepEqual(weights(model.service("web")), { [A]: 100, [B]: 100 });
+  model.close();
+});
+
 // ---------------------------------------------------------------------------------------------------------
 // Properties: any sequence of transitions, with any doubles in them
-
-const C = "10.0.0.13:80";
-const GONE = "10.0.0.99:80";
 
 /** Two services: web (three backends of weights 0 to 10000) and api, checked with agent-check. */
 function propertyConfig(weights: readonly number[]): Config {
@@ -497,6 +606,7 @@ function propertyConfig(weights: readonly number[]): Config {
     service("web", 8080, {
       backends: [A, B, C].map((address, i) => ({ address, weight: weights[i] ?? 100 })),
       feedback: { smoothing: 0.3, max_step: 0.5 },
+      slow_start: "20s",
     }),
     service("api", 8081, { health: { kind: "agent-check", port: 9000 } }),
   ]);
@@ -592,6 +702,7 @@ function modelView(model: ClusterModel) {
         feedback: backend.feedback,
         effectiveWeight: backend.effectiveWeight,
         state: backend.state,
+        slowStart: backend.slowStart,
       })),
     })),
   };

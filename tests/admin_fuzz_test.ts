@@ -325,6 +325,11 @@ function routes(scope: Scope): Array<{ route: string; count: number; make: (rng:
       },
     },
     {
+      route: "GET /v1/history",
+      count: 500,
+      make: (rng) => make("GET /v1/history", role(rng, [7, 2, 1]), rng, "GET", "/v1/history", null),
+    },
+    {
       route: "GET /metrics",
       count: 1_500,
       make: (rng) => make("GET /metrics", role(rng, [7, 2, 1]), rng, "GET", "/metrics", null),

@@ -217,7 +217,8 @@ Deno.test("/metrics on the agents and the manager count 37 then 40 known connect
         // agent-1's sent after both, not one between.
         return sum(page, "switchyard_agent_reported_handoffs_total", { agent: "agent-1" }) === handedOff &&
           sum(page, "switchyard_agent_reported_served_total", { agent: "agent-1" }) === 77 - handedOff &&
-          sum(page, "switchyard_agent_reported_served_total", { agent: "agent-2" }) === handedOff;
+          sum(page, "switchyard_agent_reported_served_total", { agent: "agent-2" }) === handedOff &&
+          sum(page, "switchyard_backend_connections_total", { backend: backend.address }) === 77;
       },
       10_000,
       "the agents' heartbeats to report what they served and handed off",
@@ -227,6 +228,10 @@ Deno.test("/metrics on the agents and the manager count 37 then 40 known connect
     assert.equal(sum(m, "switchyard_agents_live"), 2);
     assert.ok(Math.abs(sum(m, "switchyard_agent_claim_ratio") - 1) < 1e-9, "claims add up to 1");
     assert.equal(sum(m, "switchyard_agent_reported_served_total", { agent: "agent-1" }), 77 - handedOff);
+    // Every flow was decided by the manager, for the agent that served it; none was started to the dead one.
+    assert.equal(sum(m, "switchyard_agent_reported_decisions_total"), 77);
+    assert.equal(sum(m, "switchyard_agent_reported_decisions_total", { agent: "agent-2" }), handedOff);
+    assert.equal(sum(m, "switchyard_backend_connections_total", { backend: dead }), 0);
   } finally {
     await cluster.close();
     await backend.close();
