@@ -33,7 +33,7 @@ import {
   type SocketAddress,
   type Target,
 } from "./data_plane.ts";
-import { type LinkReport, ManagerLink } from "./manager_link.ts";
+import { type AheadMessage, type LinkReport, ManagerLink } from "./manager_link.ts";
 import { encodeMeshHeader, type HandedOffFlow, MeshServer } from "./mesh.ts";
 import { errnoText } from "./relay/libc.ts";
 import { RelayDataPlane } from "./relay/relay_plane.ts";
@@ -53,6 +53,11 @@ export const AGENT_DEFAULTS = {
   meshConnectMs: 1_000,
   /** Open-connection counts are sent to the manager at most this often. */
   openCountsBatchMs: 25,
+  /**
+   * Uses of the manager's queues of decisions made ahead are told at most this often, and at once when a
+   * queue is half used: the manager then sends the next.
+   */
+  usedBatchMs: 10,
   /** A draining agent keeps its mesh port open this many heartbeats at least, while the others learn it left. */
   missedHeartbeatsGrace: 3,
   /** Accept errors of one service are logged at most once per this window. */
@@ -113,6 +118,11 @@ interface LiveService {
   draining: { plane: Plane; index: number } | null;
   /** Accept errors: when one was last logged, and how many since (at most one line per window). */
   acceptErrors: { lastLogged: number; unlogged: number };
+  /**
+   * The manager's queue of decisions made ahead the plane holds (`decide_ahead`): its number and length,
+   * how many of it the plane took, and how many of those the manager was told of.
+   */
+  ahead: { seq: number; size: number; taken: number; told: number } | null;
 }
 
 /** A flow of a plane, from the agent's answer (or its connect) to its end. */
@@ -194,6 +204,7 @@ export class Agent {
   #meshSwitch: Promise<void> = Promise.resolve();
   #claimAgents = "";
   #openCountsTimer: ReturnType<typeof setTimeout> | undefined;
+  #usedTimer: ReturnType<typeof setTimeout> | undefined;
   #state: ClusterState | null = null;
   #nextFlowId = 1;
   /** Flows connected now, on every plane. */
@@ -297,6 +308,7 @@ export class Agent {
       tls: this.#options.tls ?? null,
       onState: (state) => this.applyState(state, { persist: true }),
       onDelta: (delta) => this.applyDelta(delta),
+      onAhead: (ahead) => this.#takeDecisions(ahead),
       report: () => this.#report(),
       takeFailures: () => {
         const failures = [...this.#pendingFailures.values()];
@@ -342,6 +354,8 @@ export class Agent {
       const listenKey = formatHostPort(spec.listen);
       const existing = this.#services.get(spec.name);
       if (existing && existing.listenKey === listenKey && (existing.listening || existing.opening)) {
+        // Decisions made ahead name backends by index: not those of another list.
+        if (!sameBackends(existing.spec, spec)) this.#dropDecisions(existing);
         existing.spec = spec;
         existing.table = table;
         continue;
@@ -356,6 +370,7 @@ export class Agent {
         meshIndex: existing?.meshIndex ?? null,
         draining: null,
         acceptErrors: { lastLogged: -Infinity, unlogged: 0 },
+        ahead: null,
       };
       this.#services.set(spec.name, live);
       if (!this.#draining) this.#openListener(live, state);
@@ -470,12 +485,16 @@ export class Agent {
     for (const service of this.#services.values()) this.#closeListener(service);
     clearTimeout(this.#openCountsTimer);
     this.#openCountsTimer = undefined;
+    clearTimeout(this.#usedTimer);
+    this.#usedTimer = undefined;
     await this.#meshSwitch;
     await this.#mesh?.close();
     await this.#link?.close();
     await Promise.all([this.#relay, this.#sockets].map((plane) => plane?.plane.stop()));
     clearTimeout(this.#openCountsTimer);
     this.#openCountsTimer = undefined;
+    clearTimeout(this.#usedTimer);
+    this.#usedTimer = undefined;
     await this.#saving;
   }
 
@@ -636,7 +655,9 @@ export class Agent {
   #placementOf(service: LiveService): Placement<HostPort> {
     const { spec } = service;
     const state = this.#state;
-    const askAll = spec.decide === "manager" ||
+    // With decisions made ahead, a flow this agent claims takes the next of the manager's queue, unasked.
+    const decided = spec.decide === "manager" && spec.decideAheadMs > 0;
+    const askAll = (spec.decide === "manager" && !decided) ||
       (spec.affinity.key === "client_ip" && spec.affinity.ttlMs > 0) ||
       this.#flowLog.isEnabledFor("debug");
     let askBuckets: Uint8Array | null = null;
@@ -655,7 +676,70 @@ export class Agent {
       seed: state?.seed ?? 0,
       placeBy: spec.affinity.key === "client_ip" ? "client_ip" : "flow",
       askBuckets,
+      decided,
     };
+  }
+
+  /**
+   * A queue of decisions the manager made ahead for a service: to its plane, when it was made for the
+   * state served (its backends are indexes into that state's).
+   */
+  #takeDecisions(ahead: AheadMessage): void {
+    const service = this.#services.get(ahead.service);
+    const listening = service?.listening;
+    if (!service || !listening || this.#state?.version !== ahead.version) return;
+    const count = service.spec.backends.length;
+    if (ahead.backends.some((index) => index >= count)) {
+      this.#log.warn("Ignoring decisions made ahead for {service}: a backend index beyond its {count}", {
+        service: ahead.service,
+        count,
+      });
+      return;
+    }
+    service.ahead = { seq: ahead.seq, size: ahead.backends.length, taken: 0, told: 0 };
+    listening.plane.plane.setDecisions(listening.index, {
+      seq: ahead.seq,
+      backends: Uint16Array.from(ahead.backends),
+      ttlMs: ahead.ttlMs,
+    });
+  }
+
+  /** A service's plane forgets its queue of decisions made ahead; flows ask until the next comes. */
+  #dropDecisions(service: LiveService): void {
+    if (service.ahead === null) return;
+    service.ahead = null;
+    const listening = service.listening;
+    listening?.plane.plane.setDecisions(listening.index, { seq: 0, backends: new Uint16Array(0), ttlMs: 0 });
+  }
+
+  /** A plane took decisions of a service's queue (a running total): the manager is told soon. */
+  #decisionsTaken(service: LiveService, seq: number, taken: number): void {
+    const ahead = service.ahead;
+    if (ahead === null || ahead.seq !== seq || taken <= ahead.taken) return;
+    this.counters.decisions += taken - ahead.taken;
+    ahead.taken = taken;
+    if (ahead.taken - ahead.told >= ahead.size / 2 || ahead.taken >= ahead.size) {
+      clearTimeout(this.#usedTimer);
+      this.#usedTimer = undefined;
+      this.#tellUsed();
+    } else {
+      this.#usedTimer ??= setTimeout(() => {
+        this.#usedTimer = undefined;
+        this.#tellUsed();
+      }, AGENT_DEFAULTS.usedBatchMs);
+    }
+  }
+
+  /** Tells the manager what was taken of its queues since it was last told. */
+  #tellUsed(): void {
+    const queues: { service: string; seq: number; used: number }[] = [];
+    for (const service of this.#services.values()) {
+      const ahead = service.ahead;
+      if (ahead === null || ahead.taken === ahead.told) continue;
+      ahead.told = ahead.taken;
+      queues.push({ service: service.spec.name, seq: ahead.seq, used: ahead.taken });
+    }
+    if (queues.length > 0) this.#link?.sendUsed(queues);
   }
 
   #postPlacement(service: LiveService): void {
@@ -787,6 +871,10 @@ export class Agent {
       const errno = events[i + 5]!;
       if (kind === FlowEvent.ACCEPT_FAILED) {
         if (service) this.#acceptFailed(service, errnoText(errno));
+        continue;
+      }
+      if (kind === FlowEvent.DECIDED) {
+        if (service) this.#decisionsTaken(service, events[i + 3]!, events[i + 4]!);
         continue;
       }
       const key = flowKey(events[i + 2]!, events[i + 3]!);
@@ -1041,6 +1129,12 @@ export class Agent {
       backends,
     };
   }
+}
+
+/** Whether two specs of a service list the same backends, in the same order. */
+function sameBackends(a: ServiceSpec, b: ServiceSpec): boolean {
+  return a.backends.length === b.backends.length &&
+    a.backends.every((backend, i) => backend.id === b.backends[i]!.id);
 }
 
 function planeRecord(plane: DataPlane): Plane {

@@ -13,6 +13,7 @@ import { constantTimeEqual, proof, randomNonce } from "../cluster/auth.ts";
 import { Channel } from "../cluster/channel.ts";
 import { guard, guardAsync } from "../cluster/guard.ts";
 import { logger } from "../cluster/log.ts";
+import { encodeDecide } from "../cluster/decision_frames.ts";
 import { PendingDecisions } from "./pending_decisions.ts";
 import {
   type AgentMessage,
@@ -43,6 +44,9 @@ export interface Decision {
   readonly ttlMs: number;
 }
 
+/** A queue of decisions the manager made ahead for this agent (protocol `ahead`). */
+export type AheadMessage = Extract<ManagerMessage, { type: "ahead" }>;
+
 export interface LinkReport {
   connections: ConnectionCounts;
   backends: Array<{ service: string; backend: string; open: number }>;
@@ -62,6 +66,8 @@ export interface ManagerLinkOptions {
    * link then asks the manager for the whole state.
    */
   readonly onDelta: (delta: StateDelta) => boolean;
+  /** A queue of decisions made ahead, replacing the one the agent had for its service. */
+  readonly onAhead: (ahead: AheadMessage) => void;
   readonly report: () => LinkReport;
   readonly takeFailures: () => Array<{ service: string; backend: string; count: number }>;
   /** Connections started per backend since it was last asked: each heartbeat carries them. */
@@ -69,6 +75,9 @@ export interface ManagerLinkOptions {
 }
 
 type ManagerChannel = Channel<ManagerMessage, AgentMessage>;
+
+/** The first protocol version whose managers take `decide` in its compact form. */
+const COMPACT_VERSION = 4;
 
 export class ManagerLink {
   readonly #options: ManagerLinkOptions;
@@ -81,6 +90,8 @@ export class ManagerLink {
   #wake: (() => void) | null = null;
   #running: Promise<void> | null = null;
   #connected = false;
+  /** Whether the manager joined speaks the compact form of decisions (protocol 4 on). */
+  #compact = false;
   /** The manager tried last (and joined, while connected). */
   #manager: HostPort;
   /** Where a manager that does not lead sent this agent, tried next. */
@@ -125,9 +136,27 @@ export class ManagerLink {
     this.#requests = [];
     // Unanswered, each waiter falls back to its table at its timeout.
     guard("manager_link", () => {
-      if (this.#connected) this.#channel?.post({ type: "decide", requests });
+      if (!this.#connected || !this.#channel) return;
+      if (!this.#compact) this.#channel.post({ type: "decide", requests });
+      else {
+        // Ids on the wire are 32-bit: the answers' are brought back to the waiters' (see `#answered`).
+        for (const request of requests) request.id %= 2 ** 32;
+        this.#channel.postFrame(encodeDecide(requests));
+      }
     }, this.#where());
   };
+
+  /** The decision a compact answer's 32-bit id is for: the waiting one with those low bits. */
+  #answered(wireId: number): number {
+    if (!this.#compact) return wireId;
+    const oldest = this.#decisions.oldest;
+    return oldest + ((wireId - (oldest % 2 ** 32)) >>> 0);
+  }
+
+  /** Tells the manager how much of each queue of decisions made ahead was used (running totals). */
+  sendUsed(queues: Array<{ service: string; seq: number; used: number }>): void {
+    if (this.#connected) this.#channel?.post({ type: "used", queues });
+  }
 
   /** Sends this agent's open connections per backend, when connected. */
   sendOpenCounts(backends: LinkReport["backends"]): void {
@@ -254,6 +283,7 @@ export class ManagerLink {
 
       clearTimeout(handshake);
       handshake = undefined;
+      this.#compact = challenge.version >= COMPACT_VERSION;
       onReady();
       this.#connected = true;
       log.info("Joined the manager at {manager} as {agent}", { ...this.#where(), agent: agentId });
@@ -286,8 +316,10 @@ export class ManagerLink {
         lastHeard = performance.now();
         if (message.type === "decisions") {
           for (const { id, backend, ttlMs } of message.decisions) {
-            this.#decisions.settle(id, { backend, ttlMs });
+            this.#decisions.settle(this.#answered(id), { backend, ttlMs });
           }
+        } else if (message.type === "ahead") {
+          guard("manager_link", () => this.#options.onAhead(message), context);
         } else if (message.type === "state") {
           resyncing = false;
           // A state this agent fails to apply is not acknowledged; it goes on serving the last one.

@@ -59,6 +59,7 @@ function startLink(ports: number | number[], options: Partial<ManagerLinkOptions
     tls: null,
     onState: () => {},
     onDelta: () => false,
+    onAhead: () => {},
     report: () => ({ connections: { served: 0, handed_off: 0, open: 0 }, backends: [] }),
     takeFailures: () => [],
     takeStarted: () => [],

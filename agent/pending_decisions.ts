@@ -26,6 +26,15 @@ export class PendingDecisions<T> {
   #timerAt = Infinity;
   #lastId = -Infinity;
 
+  /** The id of the oldest decision still waited for; with none, the next id. */
+  get oldest(): number {
+    for (let i = this.#head; i < this.#entries.length; i++) {
+      const entry = this.#entries[i] as Entry<T>;
+      if (!entry.settled) return entry.id;
+    }
+    return this.#lastId === -Infinity ? 0 : this.#lastId + 1;
+  }
+
   /** Decisions still waited for. */
   get size(): number {
     let count = 0;

@@ -77,6 +77,12 @@ export class Channel<In, Out> {
     this.#flushSoon();
   }
 
+  /** As `post`, for a frame already encoded (the compact form of decisions). */
+  postFrame(frame: Uint8Array): void {
+    this.#queue.push({ frame, done: null });
+    this.#flushSoon();
+  }
+
   #flushSoon(): void {
     if (this.#flushing || this.#flushQueued) return;
     this.#flushQueued = true;

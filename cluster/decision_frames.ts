@@ -8,7 +8,8 @@
  *   decide:    0x01 | count u32 | count × (id u32 | service: len u8, bytes | ip: len u8, bytes | port u16)
  *   decisions: 0x02 | count u32 | count × (id u32 | backend: len u16 (0xffff: none), bytes | ttlMs u32)
  *
- * Numbers are big-endian.
+ * Numbers are big-endian. `encodeDecide` and `encodeDecisions` give whole frames (the 4-byte length
+ * first, as `encodeFrame` does); the decoders take bodies, as `FrameDecoder` yields them.
  */
 
 export const DECIDE_TAG = 0x01;
@@ -45,11 +46,11 @@ export class DecisionFrameError extends Error {
   override readonly name = "DecisionFrameError";
 }
 
-/** Writes into a growing buffer. */
+/** Writes a frame into a growing buffer: its body after 4 bytes left for the length. */
 class Writer {
   bytes = new Uint8Array(256);
   view = new DataView(this.bytes.buffer);
-  at = 0;
+  at = 4;
 
   ensure(more: number): void {
     if (this.at + more <= this.bytes.length) return;
@@ -89,7 +90,9 @@ class Writer {
     this.at += width + written;
   }
 
-  done(): Uint8Array {
+  /** The frame: the body's length, then the body. */
+  frame(): Uint8Array {
+    this.view.setUint32(0, this.at - 4);
     return this.bytes.subarray(0, this.at);
   }
 }
@@ -159,7 +162,7 @@ class Reader {
   }
 }
 
-/** The body of a `decide` message. Throws a `RangeError` for a request the schema would refuse. */
+/** The frame of a `decide` message. Throws a `RangeError` for a request the schema would refuse. */
 export function encodeDecide(requests: readonly DecideRequest[]): Uint8Array {
   const writer = new Writer();
   writer.u8(DECIDE_TAG);
@@ -171,7 +174,7 @@ export function encodeDecide(requests: readonly DecideRequest[]): Uint8Array {
     writer.text(client.ip, 1, DECISION_LIMITS.maxIpBytes, "a client IP");
     writer.u16(client.port);
   }
-  return writer.done();
+  return writer.frame();
 }
 
 /** The requests of a `decide` body (tag included). Throws a `DecisionFrameError`. */
@@ -190,7 +193,7 @@ export function decodeDecide(body: Uint8Array): DecideRequest[] {
   return requests;
 }
 
-/** The body of a `decisions` message. */
+/** The frame of a `decisions` message. Throws a `RangeError` for an answer the schema would refuse. */
 export function encodeDecisions(decisions: readonly DecisionAnswer[]): Uint8Array {
   const writer = new Writer();
   writer.u8(DECISIONS_TAG);
@@ -202,7 +205,7 @@ export function encodeDecisions(decisions: readonly DecisionAnswer[]): Uint8Arra
     else writer.text(backend, 2, DECISION_LIMITS.maxBackendBytes, "a backend id");
     writer.u32(Math.min(Math.max(0, Math.trunc(ttlMs)), 0xffff_ffff));
   }
-  return writer.done();
+  return writer.frame();
 }
 
 /** The answers of a `decisions` body (tag included). Throws a `DecisionFrameError`. */

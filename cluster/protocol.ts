@@ -15,13 +15,22 @@
  * cannot apply a delta to the version it has sends `resync`, and the manager sends the whole `state`.
  */
 import { z } from "zod";
+import {
+  DECIDE_TAG,
+  DecisionFrameError,
+  DECISIONS_TAG,
+  decodeDecide,
+  decodeDecisions,
+} from "./decision_frames.ts";
 
 /**
  * 2: decisions asked and answered in batches (`decide` with `requests`, `decisions`).
  * 3: `redirect`, from a manager that does not lead; changes sent as `delta` against the agent's version,
  * and `resync` to ask for the whole state.
+ * 4: decisions made ahead (`ahead`, and the agent's `used`); `decide` and `decisions` in their compact
+ * form (`decision_frames.ts`). A manager sends neither to an agent of version 3.
  */
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 /** The oldest version a manager takes: an agent of an older one is refused (and serves its last state). */
 export const MIN_PROTOCOL_VERSION = 3;
 /** No frame may be larger than this; a peer announcing more is cut off. */
@@ -156,6 +165,11 @@ const AgentMessage = z.discriminatedUnion("type", [
       }).strict(),
     ).min(1).max(100_000),
   }).strict(),
+  z.object({
+    type: z.literal("used"),
+    /** How many of each queue of decisions made ahead the agent has used so far (a running total). */
+    queues: z.array(z.object({ service: id, seq: counter, used: counter }).strict()).max(10_000),
+  }).strict(),
   /** The agent could not apply a delta to the version it has: the manager sends the whole state. */
   z.object({ type: z.literal("resync") }).strict(),
   z.object({
@@ -185,6 +199,19 @@ const ManagerMessage = z.discriminatedUnion("type", [
         ttlMs: counter,
       }).strict(),
     ).max(100_000),
+  }).strict(),
+  z.object({
+    type: z.literal("ahead"),
+    /**
+     * Decisions made ahead: the backends of this agent's next new connections of `service`, in order, as
+     * indexes into its `backends` in state `version` (an agent at another version drops the queue), to take
+     * for `ttlMs`. Replaces the queue it had; `seq` names it in `used`.
+     */
+    service: id,
+    seq: counter,
+    version: counter,
+    backends: z.array(z.number().int().min(0).max(65534)).max(100_000),
+    ttlMs: counter,
   }).strict(),
   z.object({
     type: z.literal("redirect"),
@@ -247,12 +274,27 @@ function parseBody<T>(schema: z.ZodType<T>, body: Uint8Array): T {
   return result.data;
 }
 
+/** A frame body's message: JSON, or the compact form of `decide` (`decision_frames.ts`). */
 export function parseAgentMessage(body: Uint8Array): AgentMessage {
+  if (body[0] === DECIDE_TAG) return { type: "decide", requests: compact(decodeDecide, body) };
   return parseBody(AgentMessage, body);
 }
 
+/** A frame body's message: JSON, or the compact form of `decisions` (`decision_frames.ts`). */
 export function parseManagerMessage(body: Uint8Array): ManagerMessage {
+  if (body[0] === DECISIONS_TAG) return { type: "decisions", decisions: compact(decodeDecisions, body) };
   return parseBody(ManagerMessage, body);
+}
+
+function compact<T>(decode: (body: Uint8Array) => T, body: Uint8Array): T {
+  try {
+    return decode(body);
+  } catch (error) {
+    if (error instanceof DecisionFrameError) {
+      throw new ProtocolError(`Cannot accept message: ${error.message}`);
+    }
+    throw error;
+  }
 }
 
 /**

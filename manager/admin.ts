@@ -143,6 +143,7 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
       agents,
       claims: agentClaims(agents.map((agent) => agent.id)),
       decisionSeconds: deps.decider.seconds,
+      decisionsAhead: deps.decider.ahead.counts(),
       decisions: deps.decider.counts,
       feedbackReports: deps.model.feedbackReports,
       connectFailures: deps.model.connectFailures,

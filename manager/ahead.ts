@@ -12,6 +12,8 @@
  * back. So a backend that goes down, drains or gets new feedback stops being chosen within one refill.
  */
 
+import type { ServiceConfig } from "./config.ts";
+
 export const AHEAD_DEFAULTS = {
   /** The most decisions one queue holds, whatever the rate. */
   maxQueue: 1_024,
@@ -23,6 +25,20 @@ export const AHEAD_DEFAULTS = {
   /** Reports closer than this are summed before the rate is measured. */
   minRateWindowMs: 20,
 } as const;
+
+/**
+ * How far ahead the manager decides for a service's claimants, in ms; 0 when every new connection is asked
+ * about (`decide_ahead: 0s`), when none is (`decide: agent`), and with client affinity held for a ttl (each
+ * client's backend is its own, which a queue cannot know). What the manager queues and what agents take
+ * from queues both follow it: the agents get it in their state.
+ */
+export function decideAheadOf(
+  service: Pick<ServiceConfig, "decide" | "decideAheadMs" | "affinity">,
+): number {
+  if (service.decide !== "manager") return 0;
+  if (service.affinity.key === "client_ip" && service.affinity.ttlMs > 0) return 0;
+  return service.decideAheadMs;
+}
 
 /** Picks backends for new connections, as the manager decides them. */
 export interface Chooser {
@@ -60,8 +76,12 @@ interface Rate {
 }
 
 export interface AheadCounts {
-  /** Decisions put in queues, used by agents, expired unused, and taken back unused. */
+  /**
+   * Decisions put in queues, used by agents, expired unused, and taken back unused; and decisions agents
+   * asked for one connection at a time (their queue was empty).
+   */
   made: number;
+  asked: number;
   used: number;
   expired: number;
   takenBack: number;
@@ -134,34 +154,48 @@ export class DecisionQueues {
   }
 
   /**
-   * `agent` used the first `used` decisions of its queue `seq` of `service` (a running total). Uses of a
-   * queue that was replaced are its connections all the same (the agent's open counts have them), but no
-   * longer pending here.
+   * `agent` used the first `used` decisions of its queue `seq` of `service` (a running total): the
+   * backends of the connections that used them, no longer pending here (the caller counts them as
+   * connections until the agent's next open counts have them). Uses of a queue that was replaced are its
+   * connections all the same, but were no longer pending: none are returned for them.
    */
-  used(agent: string, service: string, seq: number, used: number, now: number): void {
+  used(agent: string, service: string, seq: number, used: number, now: number): readonly string[] {
     const queue = this.#queues.get(agent)?.get(service);
-    if (!queue || queue.seq !== seq) return;
+    if (!queue || queue.seq !== seq) return [];
     const taken = Math.min(used, queue.backends.length) - queue.used;
-    if (!(taken > 0)) return;
-    // A queue taken back was counted so whole: its uses still tell the agent's rate.
-    if (!queue.stale) {
-      for (let i = queue.used; i < queue.used + taken; i++) this.#addPending(service, queue.backends[i]!, -1);
-      this.#count(service).used += taken;
-    }
+    if (!(taken > 0)) return [];
+    const from = queue.used;
     queue.used += taken;
     this.#rateOf(agent, service, now).count += taken;
+    // A queue taken back was counted so whole: its uses still tell the agent's rate.
+    if (queue.stale) return [];
+    for (let i = from; i < from + taken; i++) this.#addPending(service, queue.backends[i]!, -1);
+    this.#count(service).used += taken;
+    return queue.backends.slice(from, from + taken);
   }
 
-  /** The service changed: every queue of it is taken back at the next `refill`, and counts no longer. */
-  invalidate(service: string): void {
-    for (const byService of this.#queues.values()) {
+  /** `agent` asked about one new connection of `service` (its queue was empty): it counts in its rate. */
+  asked(agent: string, service: string, now: number): void {
+    this.#rateOf(agent, service, now).count++;
+    this.#count(service).asked++;
+  }
+
+  /**
+   * The service changed: every queue of it is taken back at the next `refill`, and counts no longer. The
+   * agents that held one, which need a new one now.
+   */
+  invalidate(service: string): string[] {
+    const agents: string[] = [];
+    for (const [agent, byService] of this.#queues) {
       const queue = byService.get(service);
       if (queue && !queue.stale) {
         this.#release(service, queue);
         queue.stale = true;
         this.#count(service).takenBack += queue.backends.length - queue.used;
+        agents.push(agent);
       }
     }
+    return agents;
   }
 
   /** Queues older than their ttl no longer count: their agent had no use for them. */
@@ -234,7 +268,7 @@ export class DecisionQueues {
 
   #count(service: string): AheadCounts {
     let counts = this.#counts.get(service);
-    if (!counts) this.#counts.set(service, counts = { made: 0, used: 0, expired: 0, takenBack: 0 });
+    if (!counts) this.#counts.set(service, counts = { made: 0, used: 0, expired: 0, takenBack: 0, asked: 0 });
     return counts;
   }
 }

@@ -25,7 +25,7 @@ Deno.test("a first queue holds one decision, counted as pending until the agent 
   assert.equal(queues.refill("edge-1", "web", 50, 1), null, "a queue not yet half used will do");
   queues.used("edge-1", "web", queue!.seq, 1, 5);
   assert.equal(queues.pending("web", "a"), 0);
-  assert.deepEqual(queues.counts().get("web"), { made: 1, used: 1, expired: 0, takenBack: 0 });
+  assert.deepEqual(queues.counts().get("web"), { made: 1, used: 1, expired: 0, takenBack: 0, asked: 0 });
 });
 
 Deno.test("a queue grows to decide_ahead of the agent's rate, and is refilled once half used", () => {
@@ -84,7 +84,7 @@ Deno.test("a change of the service takes every queue of it back at once; another
   const again = queues.refill("edge-1", "web", 50, 2)!;
   assert.ok(again.seq > Math.max(web1.seq, web2.seq, api.seq));
   assert.equal(queues.pending("web", again.backends[0]!), 1);
-  assert.deepEqual(queues.counts().get("web"), { made: 3, used: 0, expired: 0, takenBack: 2 });
+  assert.deepEqual(queues.counts().get("web"), { made: 3, used: 0, expired: 0, takenBack: 2, asked: 0 });
 });
 
 Deno.test("an unused queue expires after its ttl, and no longer counts", () => {

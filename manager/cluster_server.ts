@@ -22,6 +22,7 @@ import {
   PROTOCOL_VERSION,
   ProtocolError,
 } from "../cluster/protocol.ts";
+import { encodeDecisions } from "../cluster/decision_frames.ts";
 import { serviceDelta } from "../cluster/state_delta.ts";
 import { Decider } from "./decide.ts";
 import type { ManagerRole } from "./role.ts";
@@ -74,7 +75,12 @@ interface SessionEntry {
   readonly version: number;
   /** Sent to the leader: it is closed once that is written. */
   leaving: boolean;
+  /** Services whose queue of decisions made ahead waits for the push of the version it is made in. */
+  readonly refills: Set<string>;
 }
+
+/** The first protocol version that takes decisions made ahead and the compact decision frames. */
+const AHEAD_VERSION = 4;
 
 const ALWAYS_LEADING: Pick<ManagerRole, "leading" | "leaderCluster"> = {
   leading: () => true,
@@ -285,7 +291,13 @@ export class ClusterServer {
         sentVersion: Number.MAX_SAFE_INTEGER,
         connections: { served: 0, handed_off: 0, open: 0 },
       };
-      const entry: SessionEntry = { session, channel, version: hello.version, leaving: false };
+      const entry: SessionEntry = {
+        session,
+        channel,
+        version: hello.version,
+        leaving: false,
+        refills: new Set(),
+      };
       this.#sessions.set(agentId, entry);
       this.#remembered.delete(agentId);
       log.info("Agent {agent} joined from {remote}", { agent: agentId, remote, mesh: auth.mesh });
@@ -361,9 +373,21 @@ export class ClusterServer {
           const { backend, ttlMs } = this.decider.decide(session.id, service, client.ip);
           return { id, backend, ttlMs };
         });
-        channel.post({ type: "decisions", decisions });
+        if (entry.version >= AHEAD_VERSION) channel.postFrame(encodeDecisions(decisions));
+        else channel.post({ type: "decisions", decisions });
+        // An agent that asks has no queue left: it gets one, sized to its rate.
+        let last = "";
+        for (const { service } of message.requests) {
+          if (service !== last) this.#refill(entry, last = service);
+        }
         break;
       }
+      case "used":
+        for (const { service, seq, used } of message.queues) {
+          this.decider.used(session.id, service, seq, used);
+        }
+        for (const { service } of message.queues) this.#refill(entry, service);
+        break;
       case "open_counts":
         this.decider.reportOpen(session.id, message.backends);
         break;
@@ -389,6 +413,32 @@ export class ClusterServer {
       default:
         throw new Error(`Unexpected ${message.type} after the handshake`);
     }
+  }
+
+  /**
+   * Sends `entry`'s agent a new queue of decisions made ahead for `service` when it needs one, as indexes
+   * into the service's backends of the version the agent was sent last; after the push, when one is due.
+   */
+  #refill(entry: SessionEntry, service: string): void {
+    if (entry.version < AHEAD_VERSION || entry.leaving) return;
+    const version = this.#model.version;
+    if (entry.session.sentVersion !== version) {
+      entry.refills.add(service);
+      return;
+    }
+    const queue = this.decider.refill(entry.session.id, service);
+    const runtime = this.#model.service(service);
+    if (queue === null || runtime === undefined) return;
+    const indexes = new Map<string, number>();
+    runtime.backends.forEach((backend, index) => indexes.set(backend.config.id, index));
+    entry.channel.post({
+      type: "ahead",
+      service,
+      seq: queue.seq,
+      version,
+      backends: queue.backends.map((id) => indexes.get(id)!),
+      ttlMs: queue.ttlMs,
+    });
   }
 
   #dropSilentAgents(): void {
@@ -462,6 +512,18 @@ export class ClusterServer {
   #push(publications: readonly Publication[]): void {
     const latest = publications.at(-1)?.version;
     if (latest === undefined) return;
+    // Queues of decisions made ahead of a service that changed are replaced after the push.
+    const changed = new Set<string>();
+    for (const publication of publications) {
+      if (publication.services === null) {
+        for (const name of this.decider.ahead.counts().keys()) changed.add(name);
+      } else for (const change of publication.services) changed.add(change.service.config.name);
+    }
+    for (const service of changed) {
+      for (const agent of this.decider.ahead.invalidate(service)) {
+        this.#sessions.get(agent)?.refills.add(service);
+      }
+    }
     let stateFrame: Uint8Array | null = null;
     const deltaFrames = new Map<Publication, Uint8Array | null>();
     const deltaFrame = (publication: Publication): Uint8Array | null => {
@@ -484,6 +546,12 @@ export class ClusterServer {
       }
       session.sentVersion = latest;
     }
+    for (const entry of this.#sessions.values()) {
+      if (entry.refills.size === 0) continue;
+      const services = [...entry.refills];
+      entry.refills.clear();
+      for (const service of services) this.#refill(entry, service);
+    }
   }
 }
 
@@ -493,6 +561,7 @@ class HandshakeError extends Error {}
 const SESSION_MESSAGES: ReadonlySet<AgentMessage["type"]> = new Set([
   "heartbeat",
   "decide",
+  "used",
   "open_counts",
   "ack",
   "resync",

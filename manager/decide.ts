@@ -5,7 +5,7 @@
  * `affinity.key: client_ip`, a client keeps its backend for the affinity ttl while that backend is up.
  */
 import { heapify, siftDown } from "../cluster/index_heap.ts";
-import { type Chooser, DecisionQueues } from "./ahead.ts";
+import { type AheadQueue, type Chooser, decideAheadOf, DecisionQueues } from "./ahead.ts";
 import type { BackendRuntime, ClusterModel, ServiceRuntime } from "./state.ts";
 import { effectiveWeight, openConnections } from "./state.ts";
 import { DECISION_BUCKETS_S, Histogram } from "./metrics.ts";
@@ -65,16 +65,14 @@ export class Decider implements Chooser {
 
   #decide(agent: string, service: string, clientIp: string, now: number): Decision {
     const decision = this.preview(service, clientIp, now);
+    const runtime = this.#model.service(service);
+    if (runtime && decideAheadOf(runtime.config) > 0) this.ahead.asked(agent, service, now);
     if (decision.backend === null) return decision;
-    const key = `${service}\u0000${decision.backend}`;
-    let pending = this.#pending.get(agent);
-    if (!pending) this.#pending.set(agent, pending = new Map());
-    pending.set(key, (pending.get(key) ?? 0) + 1);
+    this.#addPending(agent, service, decision.backend);
     let recent = this.#recent.get(service);
     if (!recent) this.#recent.set(service, recent = new Map());
     for (const [backend, count] of recent) recent.set(backend, count * DECIDE_DEFAULTS.recentDecay);
     recent.set(decision.backend, (recent.get(decision.backend) ?? 0) + 1);
-    const runtime = this.#model.service(service);
     if (runtime && runtime.config.affinity.key === "client_ip" && decision.ttlMs > 0) {
       const affinityKey = `${service}\u0000${clientIp}`;
       this.#affinity.delete(affinityKey);
@@ -85,6 +83,34 @@ export class Decider implements Chooser {
       this.#affinity.set(affinityKey, { backend: decision.backend, expires: now + decision.ttlMs });
     }
     return decision;
+  }
+
+  /** A connection of `agent` to `backend`, counted until the agent's next open counts have it. */
+  #addPending(agent: string, service: string, backend: string): void {
+    const key = `${service}\u0000${backend}`;
+    let pending = this.#pending.get(agent);
+    if (!pending) this.#pending.set(agent, pending = new Map());
+    pending.set(key, (pending.get(key) ?? 0) + 1);
+  }
+
+  /**
+   * A new queue of decisions made ahead for `agent`'s flows of `service` when it needs one (see
+   * `DecisionQueues.refill`), at the service's `decide_ahead`; null when the one it has will do, or the
+   * service decides per connection.
+   */
+  refill(agent: string, service: string, now = performance.now()): AheadQueue | null {
+    const runtime = this.#model.service(service);
+    return this.ahead.refill(agent, service, runtime ? decideAheadOf(runtime.config) : 0, now);
+  }
+
+  /**
+   * `agent` used the first `used` decisions of its queue `seq` (a running total): connections now, counted
+   * as decided for it until its next open counts.
+   */
+  used(agent: string, service: string, seq: number, used: number, now = performance.now()): void {
+    for (const backend of this.ahead.used(agent, service, seq, used, now)) {
+      this.#addPending(agent, service, backend);
+    }
   }
 
   /** The decision a new flow of this client would get now, without recording it. */
@@ -146,19 +172,23 @@ export class Decider implements Chooser {
 
   /**
    * The backends of `count` new connections of `service` (a queue decided ahead), by weighted least
-   * connections over the open counts, each pick counted for the next: a min-heap of load per weight, so a
-   * queue of a thousand over a thousand backends is a few thousand steps.
+   * connections over the open counts and recent decisions, as `decide` would choose them one by one, each
+   * pick counted for the next: a min-heap of load per weight, so a queue of a thousand over a thousand
+   * backends is a few thousand steps. The picks count as recent decisions of the service.
    */
   chooseMany(service: string, count: number): string[] {
     const runtime = this.#model.service(service);
     if (!runtime || count <= 0) return [];
     const eligible = runtime.backends.filter((backend) => effectiveWeight(backend) > 0);
     if (eligible.length === 0) return [];
+    let recent = this.#recent.get(service);
+    if (!recent) this.#recent.set(service, recent = new Map());
     const load = new Float64Array(eligible.length);
+    const picked = new Uint32Array(eligible.length);
     const score = new Float64Array(eligible.length);
     const heap = new Uint32Array(eligible.length);
     eligible.forEach((backend, i) => {
-      load[i] = this.openCount(runtime, backend);
+      load[i] = this.openCount(runtime, backend) + (recent.get(backend.config.id) ?? 0);
       score[i] = (load[i]! + 1) / effectiveWeight(backend);
       heap[i] = i;
     });
@@ -167,10 +197,16 @@ export class Decider implements Chooser {
     for (let n = 0; n < count; n++) {
       const i = heap[0]!;
       picks[n] = eligible[i]!.config.id;
-      load[i] = load[i]! + 1;
-      score[i] = (load[i]! + 1) / effectiveWeight(eligible[i]!);
+      picked[i] = picked[i]! + 1;
+      score[i] = (load[i]! + picked[i]! + 1) / effectiveWeight(eligible[i]!);
       siftDown(heap, score, 0);
     }
+    // The decay of `count` decisions at once, then the picks: as many decisions one by one, near enough.
+    const decay = DECIDE_DEFAULTS.recentDecay ** count;
+    for (const [backend, value] of recent) recent.set(backend, value * decay);
+    eligible.forEach((backend, i) => {
+      if (picked[i]! > 0) recent.set(backend.config.id, (recent.get(backend.config.id) ?? 0) + picked[i]!);
+    });
     return picks;
   }
 

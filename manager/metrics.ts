@@ -7,6 +7,7 @@
  * This file imports only types and the pure `slow_start.ts`, so the agent's `/metrics` uses the same writer
  * without taking in the manager.
  */
+import type { AheadCounts } from "./ahead.ts";
 import type { AgentSession } from "./cluster_server.ts";
 import type { RoleName } from "./role.ts";
 import { rampView } from "./slow_start.ts";
@@ -208,6 +209,8 @@ export interface ManagerMetricsSource {
   readonly claims: ReadonlyMap<string, number>;
   /** The decider's time per decision, by service. */
   readonly decisionSeconds: ReadonlyMap<string, Histogram>;
+  /** Decisions made ahead (`decide_ahead`) by service, and what became of them. */
+  readonly decisionsAhead: ReadonlyMap<string, Readonly<AheadCounts>>;
   /** Decisions per service and backend. */
   readonly decisions: ReadonlyMap<string, ReadonlyMap<string, number>>;
   /** Feedback reports taken, by service. */
@@ -260,6 +263,17 @@ export function managerMetrics(source: ManagerMetricsSource): string {
       "switchyard_decisions_total",
       "Flows the manager decided, by the backend it chose.",
       nested(source.decisions),
+    )
+    .counter(
+      "switchyard_decisions_ahead_total",
+      "Decisions the manager made ahead for its claimants (decide_ahead), by what became of them: made, " +
+        "used by a new connection, expired or taken back unused, and asked for one connection at a time.",
+      [...source.decisionsAhead].flatMap(([service, counts]) =>
+        (["made", "used", "expired", "taken_back", "asked"] as const).map((outcome): Sample => [
+          { service, outcome },
+          outcome === "taken_back" ? counts.takenBack : counts[outcome],
+        ])
+      ),
     )
     .gauge("switchyard_agents_live", "Agents connected to the manager now.", agents.length)
     .gauge(

@@ -1,0 +1,206 @@
+/**
+ * Decisions made ahead (`decide_ahead`), end to end with real processes: the manager's queues keep
+ * weighted least connections over the cluster's counts, follow weights and drains within a refill, and
+ * a manager lost mid-load fails no connection.
+ */
+import assert from "node:assert/strict";
+import {
+  agentsCaughtUp,
+  connectAndReadLine,
+  startNamedBackend,
+  startTestCluster,
+  type TestCluster,
+} from "./_cluster.ts";
+import { eventually } from "./_helpers.ts";
+
+interface AgentsView {
+  agents: Array<{ id: string }>;
+}
+
+/** One labelled sample of the manager's `/metrics`, 0 when absent. */
+async function managerSample(cluster: TestCluster, name: string, labels: string): Promise<number> {
+  const text = await (await fetch(`http://${cluster.admin}/metrics`, {
+    headers: { authorization: "Bearer test-admin-token-0123456789" },
+  })).text();
+  const line = text.split("\n").find((each) => each.startsWith(`${name}{${labels}}`));
+  return Number(line?.split(" ").at(-1) ?? 0);
+}
+
+/** Opens `count` short connections, `concurrency` at a time, spread over the agents; tallies the backends. */
+async function shortConnections(
+  cluster: TestCluster,
+  count: number,
+  concurrency: number,
+): Promise<Map<string, number>> {
+  const tally = new Map<string, number>();
+  let next = 0;
+  const worker = async () => {
+    while (next < count) {
+      const port = cluster.agents[next++ % cluster.agents.length]!.port;
+      const conn = await connectAndReadLine(port);
+      tally.set(conn.line, (tally.get(conn.line) ?? 0) + 1);
+      await conn.close();
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  return tally;
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Two agents and service `web` deciding by the manager, ahead by default. The agents log at `info`: at
+ * `debug` every flow is asked about, for its log line.
+ */
+function startCluster(backends: unknown[], service: Record<string, unknown> = {}): Promise<TestCluster> {
+  return startTestCluster({
+    agents: 2,
+    agentArgs: () => ["--log-level", "info"],
+    services: [{ name: "web", listen: "127.0.0.1:0", decide: "manager", backends, ...service }],
+  });
+}
+
+async function bothAgents(cluster: TestCluster): Promise<void> {
+  await eventually(
+    async () => (await cluster.api<AgentsView>("/v1/agents")).agents.length === cluster.agents.length,
+    10_000,
+    `${cluster.agents.length} agents`,
+  );
+}
+
+Deno.test("decided ahead: a backend holding 300 long connections gets under a sixth of 3,000 new ones", async () => {
+  const backends = [
+    startNamedBackend("holder", { hold: true }),
+    startNamedBackend("b2"),
+    startNamedBackend("b3"),
+  ];
+  const cluster = await startCluster(backends.map((backend) => backend.address), { decide_ahead: "50ms" });
+  const held: Array<{ close(): Promise<void> }> = [];
+  try {
+    await bothAgents(cluster);
+    // The holder alone first: 300 connections it holds open while the others are drained.
+    await setState(cluster, backends[1]!.address, "drain");
+    await setState(cluster, backends[2]!.address, "drain");
+    await settled(cluster);
+    for (let i = 0; i < 300; i++) held.push(await connectAndReadLine(cluster.agents[i % 2]!.port));
+    assert.equal(backends[0]!.open(), 300);
+    await setState(cluster, backends[1]!.address, "up");
+    await setState(cluster, backends[2]!.address, "up");
+    await settled(cluster);
+    const tally = await shortConnections(cluster, 3_000, 20);
+    const holder = tally.get("holder") ?? 0;
+    assert.equal((tally.get("b2") ?? 0) + (tally.get("b3") ?? 0) + holder, 3_000, JSON.stringify([...tally]));
+    assert.ok(holder < 500, `the holder got ${holder} of 3,000 (${JSON.stringify([...tally])})`);
+    const used = await managerSample(
+      cluster,
+      "switchyard_decisions_ahead_total",
+      'service="web",outcome="used"',
+    );
+    assert.ok(used > 1_000, `${used} decisions made ahead were used`);
+  } finally {
+    await Promise.all(held.map((conn) => conn.close()));
+    await cluster.close();
+    await Promise.all(backends.map((backend) => backend.close()));
+  }
+});
+
+async function setState(cluster: TestCluster, address: string, state: "drain" | "up"): Promise<void> {
+  await cluster.api(`/v1/services/web/backends/${encodeURIComponent(address)}/state`, {
+    method: "POST",
+    body: JSON.stringify({ state }),
+  });
+}
+
+/** Waits until every agent serves the manager's current state. */
+async function settled(cluster: TestCluster): Promise<void> {
+  await agentsCaughtUp(cluster);
+}
+
+Deno.test("decided ahead: weights 3:1 with no connection held split new connections 75/25 within 3 points", async () => {
+  const backends = [startNamedBackend("heavy"), startNamedBackend("light")];
+  const cluster = await startCluster([
+    { address: backends[0]!.address, weight: 300 },
+    { address: backends[1]!.address, weight: 100 },
+  ]);
+  try {
+    await bothAgents(cluster);
+    const tally = await shortConnections(cluster, 4_000, 20);
+    const heavy = (tally.get("heavy") ?? 0) / 4_000;
+    assert.ok(
+      Math.abs(heavy - 0.75) <= 0.03,
+      `heavy got ${(heavy * 100).toFixed(1)}%: ${JSON.stringify([...tally])}`,
+    );
+  } finally {
+    await cluster.close();
+    await Promise.all(backends.map((backend) => backend.close()));
+  }
+});
+
+Deno.test("decided ahead: a backend drained mid-load gets no new connection 1 s later", async () => {
+  const backends = [startNamedBackend("b1"), startNamedBackend("b2"), startNamedBackend("b3")];
+  const cluster = await startCluster(backends.map((backend) => backend.address));
+  try {
+    await bothAgents(cluster);
+    let stop = false;
+    // Each connection's backend (its first line), by when it was opened.
+    const seen: Array<{ at: number; line: string }> = [];
+    const load = Promise.all(Array.from({ length: 10 }, async (_, worker) => {
+      for (let n = 0; !stop && n < 5_000; n++) {
+        const at = performance.now();
+        const conn = await connectAndReadLine(cluster.agents[(worker + n) % 2]!.port);
+        seen.push({ at, line: conn.line });
+        await conn.close();
+      }
+    }));
+    await sleep(1_000);
+    await setState(cluster, backends[2]!.address, "drain");
+    const drained = performance.now();
+    await sleep(2_500);
+    stop = true;
+    await load;
+    const before = seen.filter((each) => each.at < drained);
+    const late = seen.filter((each) => each.at > drained + 1_000);
+    assert.ok(before.some((each) => each.line === "b3"), "b3 took connections before its drain");
+    assert.ok(late.length > 200, `${late.length} connections from 1 s after the drain`);
+    const toDrained = late.filter((each) => each.line === "b3").length;
+    assert.equal(toDrained, 0, `${toDrained} of ${late.length} connections reached b3 1 s after its drain`);
+  } finally {
+    await cluster.close();
+    await Promise.all(backends.map((backend) => backend.close()));
+  }
+});
+
+Deno.test("decided ahead: the manager SIGKILLed mid-load fails no connection", async () => {
+  const backends = [startNamedBackend("b1"), startNamedBackend("b2")];
+  const cluster = await startCluster(backends.map((backend) => backend.address));
+  try {
+    await bothAgents(cluster);
+    let stop = false;
+    let failed = 0;
+    let made = 0;
+    const load = Promise.all(Array.from({ length: 10 }, async (_, worker) => {
+      while (!stop && made < 50_000) {
+        made++;
+        try {
+          const conn = await connectAndReadLine(cluster.agents[worker % 2]!.port);
+          if (conn.line !== "b1" && conn.line !== "b2") failed++;
+          await conn.close();
+        } catch {
+          failed++;
+        }
+      }
+    }));
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    cluster.manager.kill("SIGKILL");
+    await cluster.manager.status();
+    const atKill = made;
+    await new Promise((resolve) => setTimeout(resolve, 2_000));
+    stop = true;
+    await load;
+    assert.equal(failed, 0, `${failed} of ${made} connections failed`);
+    assert.ok(made - atKill > 200, `${made - atKill} connections after the kill`);
+  } finally {
+    await cluster.close();
+    await Promise.all(backends.map((backend) => backend.close()));
+  }
+});
