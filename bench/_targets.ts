@@ -382,12 +382,14 @@ export function switchyardConfig(
     maxConnections: number;
     listen?: Readonly<Record<string, number>>;
     handoff?: "claimant" | "local";
+    /** `decide_ahead` of every service; the default (50ms) without it. */
+    decideAhead?: string;
   },
 ): string {
   const service = (name: string, port: number | null | undefined) =>
     port === null || port === undefined ? "" : `  - name: ${name}
     listen: 127.0.0.1:${options.listen?.[name] ?? 0}
-    decide: ${options.decide}
+    decide: ${options.decide}${options.decideAhead ? `\n    decide_ahead: ${options.decideAhead}` : ""}
     handoff: ${options.handoff ?? "claimant"}
     backends:
       - { address: 127.0.0.1:${port}, weight: 100 }
@@ -433,12 +435,14 @@ export async function startSwitchyard(
     v8Flags?: readonly string[];
     /** Agents sharing each service's port (default 1). */
     agents?: number;
+    /** `decide_ahead` of every service; the default without it. */
+    decideAhead?: string;
   },
 ): Promise<Switchyard> {
   const count = options.agents ?? 1;
   const dir = `${options.dir}/switchyard-${options.decide}-${count}${
     options.dataPath ? `-${options.dataPath}` : ""
-  }`;
+  }${options.decideAhead ? `-ahead-${options.decideAhead}` : ""}`;
   await Deno.mkdir(dir, { recursive: true });
   const tokenFile = `${dir}/cluster.token`;
   await Deno.writeTextFile(tokenFile, `${randomHex(32)}\n`);

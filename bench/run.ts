@@ -2,8 +2,9 @@
  * `deno task bench`: switchyard side by side with HAProxy and nginx `stream`, on loopback, under the same
  * load, in one command. Starts the backends (nginx HTTP, iperf3 server, redis-server, an echo server), then
  * each target in turn — the direct path, HAProxy (`mode tcp`, `nbthread 1`), nginx `stream` (one worker),
- * switchyard on the epoll relay with `decide: agent` and with `decide: manager` (one manager and one agent
- * each), with two agents sharing each port with reusePort (`decide: agent`, `handoff: local`), and with
+ * switchyard on the epoll relay with `decide: agent`, with `decide: manager` (decided ahead, the default)
+ * and with `decide: manager, decide_ahead: 0s` (asked per connection), one manager and one agent each; with
+ * two agents sharing each port with reusePort (`decide: agent`, `handoff: local`), and with
  * `decide: agent` on Deno's sockets (`--data-path deno`) — and measures:
  *
  * - keep-alive requests/s and p50/p99 latency (wrk), new connections/s (wrk, `Connection: close`);
@@ -119,7 +120,7 @@ interface TargetSpec {
 function switchyardTarget(
   key: string,
   label: string,
-  options: { decide: "agent" | "manager"; agents: number; dataPath: DataPath },
+  options: { decide: "agent" | "manager"; agents: number; dataPath: DataPath; decideAhead?: string },
 ): TargetSpec {
   return {
     key,
@@ -168,6 +169,13 @@ const TARGETS: readonly TargetSpec[] = [
     decide: "manager",
     agents: 1,
     dataPath: "epoll",
+  }),
+  // The patent's literal flow: the claimant asks the manager about each new connection.
+  switchyardTarget("manager0", "switchyard decide: manager, decide_ahead 0s (epoll)", {
+    decide: "manager",
+    agents: 1,
+    dataPath: "epoll",
+    decideAhead: "0s",
   }),
   switchyardTarget("agents2", "switchyard decide: agent, 2 agents (epoll)", {
     decide: "agent",

@@ -7,6 +7,7 @@ import { CLAIM_BUCKETS, claimBucket, claimOwners, claimShares, NO_AGENT } from "
 import { ipBytes } from "../cluster/flow_key.ts";
 import { NO_BACKEND } from "../cluster/maglev.ts";
 import { backendOrder, claimantOf, placeHash, slotOf } from "../cluster/placement.ts";
+import { decideAheadOf } from "./ahead.ts";
 import type { Decider } from "./decide.ts";
 import type { ClusterModel } from "./state.ts";
 
@@ -76,7 +77,13 @@ export function explainFlow(
   );
   const decision = deps.decider.preview(service.config.name, client.host);
   const managerDecides = service.config.decide === "manager";
-  const backend = managerDecides ? decision.backend ?? tableBackend : tableBackend;
+  // With decide_ahead, the claimant takes the next of the decisions the manager made ahead for it.
+  const aheadMs = decideAheadOf(service.config);
+  const queue = aheadMs > 0 && claimant !== null
+    ? deps.decider.ahead.queue(claimant.id, service.config.name)
+    : null;
+  const queued = queue !== null && queue.next !== null ? queue.next : null;
+  const backend = managerDecides ? queued ?? decision.backend ?? tableBackend : tableBackend;
 
   const reasons: string[] = [];
   reasons.push(
@@ -95,13 +102,25 @@ export function explainFlow(
   } else if (service.config.handoff === "local") {
     reasons.push("handoff is local: the agent that accepts it serves it");
   }
-  reasons.push(
-    managerDecides
-      ? `decide is manager: ${decision.reason}; without an answer within ${service.config.decisionTimeoutMs} ms the table gives ${
+  if (!managerDecides) reasons.push(`decide is agent: table slot ${slot} gives ${tableBackend ?? "nothing"}`);
+  else if (queued !== null) {
+    reasons.push(
+      `decide is manager, ${aheadMs} ms ahead: ${claimant!.id} takes the next of the ${
+        queue!.left
+      } decisions ` +
+        `the manager made ahead for it (queue ${queue!.seq}), ${queued}, with no round trip`,
+    );
+  } else {
+    reasons.push(
+      `decide is manager${
+        aheadMs > 0
+          ? `, ${aheadMs} ms ahead, but the claimant holds no decision made ahead now, so it asks`
+          : ""
+      }: ${decision.reason}; without an answer within ${service.config.decisionTimeoutMs} ms the table gives ${
         tableBackend ?? "nothing"
-      }`
-      : `decide is agent: table slot ${slot} gives ${tableBackend ?? "nothing"}`,
-  );
+      }`,
+    );
+  }
   return {
     service: service.config.name,
     client: formatHostPort(client),
@@ -113,6 +132,11 @@ export function explainFlow(
     decision: managerDecides
       ? { backend: decision.backend, ttl_ms: decision.ttlMs, reason: decision.reason }
       : null,
+    decide_ahead_ms: aheadMs,
+    /** The claimant's queue of decisions made ahead, when it holds one: the flow would take its next. */
+    queued: queue === null || queued === null
+      ? null
+      : { agent: claimant!.id, seq: queue.seq, left: queue.left, backend: queued },
     table: { slot, backend: tableBackend, fallbacks },
     why: reasons.join("; "),
   };
