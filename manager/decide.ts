@@ -69,10 +69,7 @@ export class Decider implements Chooser {
     if (runtime && decideAheadOf(runtime.config) > 0) this.ahead.asked(agent, service, now);
     if (decision.backend === null) return decision;
     this.#addPending(agent, service, decision.backend);
-    let recent = this.#recent.get(service);
-    if (!recent) this.#recent.set(service, recent = new Map());
-    for (const [backend, count] of recent) recent.set(backend, count * DECIDE_DEFAULTS.recentDecay);
-    recent.set(decision.backend, (recent.get(decision.backend) ?? 0) + 1);
+    this.#addRecent(service, [decision.backend]);
     if (runtime && runtime.config.affinity.key === "client_ip" && decision.ttlMs > 0) {
       const affinityKey = `${service}\u0000${clientIp}`;
       this.#affinity.delete(affinityKey);
@@ -83,6 +80,19 @@ export class Decider implements Chooser {
       this.#affinity.set(affinityKey, { backend: decision.backend, expires: now + decision.ttlMs });
     }
     return decision;
+  }
+
+  /**
+   * New connections of a service: each fades the service's recent decisions by `recentDecay` and counts
+   * its own (the decay of many at once, then their counts: as many one by one, near enough).
+   */
+  #addRecent(service: string, backends: readonly string[]): void {
+    if (backends.length === 0) return;
+    let recent = this.#recent.get(service);
+    if (!recent) this.#recent.set(service, recent = new Map());
+    const decay = DECIDE_DEFAULTS.recentDecay ** backends.length;
+    for (const [backend, count] of recent) recent.set(backend, count * decay);
+    for (const backend of backends) recent.set(backend, (recent.get(backend) ?? 0) + 1);
   }
 
   /** A connection of `agent` to `backend`, counted until the agent's next open counts have it. */
@@ -108,9 +118,9 @@ export class Decider implements Chooser {
    * as decided for it until its next open counts.
    */
   used(agent: string, service: string, seq: number, used: number, now = performance.now()): void {
-    for (const backend of this.ahead.used(agent, service, seq, used, now)) {
-      this.#addPending(agent, service, backend);
-    }
+    const backends = this.ahead.used(agent, service, seq, used, now);
+    for (const backend of backends) this.#addPending(agent, service, backend);
+    this.#addRecent(service, backends);
   }
 
   /** The decision a new flow of this client would get now, without recording it. */
@@ -174,21 +184,21 @@ export class Decider implements Chooser {
    * The backends of `count` new connections of `service` (a queue decided ahead), by weighted least
    * connections over the open counts and recent decisions, as `decide` would choose them one by one, each
    * pick counted for the next: a min-heap of load per weight, so a queue of a thousand over a thousand
-   * backends is a few thousand steps. The picks count as recent decisions of the service.
+   * backends is a few thousand steps. The picks become recent decisions as they are used (`used`): those
+   * taken back unused must not weigh on their backends.
    */
   chooseMany(service: string, count: number): string[] {
     const runtime = this.#model.service(service);
     if (!runtime || count <= 0) return [];
     const eligible = runtime.backends.filter((backend) => effectiveWeight(backend) > 0);
     if (eligible.length === 0) return [];
-    let recent = this.#recent.get(service);
-    if (!recent) this.#recent.set(service, recent = new Map());
+    const recent = this.#recent.get(service);
     const load = new Float64Array(eligible.length);
     const picked = new Uint32Array(eligible.length);
     const score = new Float64Array(eligible.length);
     const heap = new Uint32Array(eligible.length);
     eligible.forEach((backend, i) => {
-      load[i] = this.openCount(runtime, backend) + (recent.get(backend.config.id) ?? 0);
+      load[i] = this.openCount(runtime, backend) + (recent?.get(backend.config.id) ?? 0);
       score[i] = (load[i]! + 1) / effectiveWeight(backend);
       heap[i] = i;
     });
@@ -201,12 +211,6 @@ export class Decider implements Chooser {
       score[i] = (load[i]! + picked[i]! + 1) / effectiveWeight(eligible[i]!);
       siftDown(heap, score, 0);
     }
-    // The decay of `count` decisions at once, then the picks: as many decisions one by one, near enough.
-    const decay = DECIDE_DEFAULTS.recentDecay ** count;
-    for (const [backend, value] of recent) recent.set(backend, value * decay);
-    eligible.forEach((backend, i) => {
-      if (picked[i]! > 0) recent.set(backend.config.id, (recent.get(backend.config.id) ?? 0) + picked[i]!);
-    });
     return picks;
   }
 

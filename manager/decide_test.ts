@@ -98,3 +98,122 @@ Deno.test("no backend up means no decision, with the reason", () => {
     model.close();
   }
 });
+
+/**
+ * A simulated cluster deciding ahead: `agents` claimants each take new connections from their queue
+ * (asking when it is empty), report what they used and, now and then, their exact open counts, as real
+ * agents do; connections last `lifetime(backend)` steps. The clock moves 1 ms a step.
+ */
+function simulate(
+  decider: Decider,
+  clock: { now: number },
+  options: {
+    agents: number;
+    steps: number;
+    perStep: number;
+    lifetime: (backend: string) => number;
+    onStep?: (step: number) => void;
+  },
+) {
+  const open = new Map<string, Array<{ backend: string; ends: number }>>();
+  const queues = new Map<string, { seq: number; backends: readonly string[]; used: number }>();
+  const started = new Map<string, number>();
+  const counts = (agent: string) => {
+    const byBackend = new Map<string, number>();
+    for (const conn of open.get(agent) ?? []) {
+      byBackend.set(conn.backend, (byBackend.get(conn.backend) ?? 0) + 1);
+    }
+    return [...byBackend].map(([backend, n]) => ({ service: "web", backend, open: n }));
+  };
+  for (let step = 0; step < options.steps; step++) {
+    clock.now = step;
+    options.onStep?.(step);
+    for (let a = 0; a < options.agents; a++) {
+      const agent = `edge-${a}`;
+      const conns = (open.get(agent) ?? []).filter((conn) => conn.ends > step);
+      open.set(agent, conns);
+      for (let n = 0; n < options.perStep; n++) {
+        const queue = queues.get(agent);
+        let backend: string | null;
+        if (queue && queue.used < queue.backends.length) backend = queue.backends[queue.used++]!;
+        else {
+          backend = decider.decide(agent, "web", "10.9.0.1", step).backend;
+          const refilled = decider.refill(agent, "web", step);
+          if (refilled) queues.set(agent, { seq: refilled.seq, backends: refilled.backends, used: 0 });
+        }
+        if (backend === null) continue;
+        conns.push({ backend, ends: step + options.lifetime(backend) });
+        started.set(backend, (started.get(backend) ?? 0) + 1);
+      }
+      const queue = queues.get(agent);
+      if (queue && queue.used > 0) {
+        decider.used(agent, "web", queue.seq, queue.used, step);
+        const refilled = decider.refill(agent, "web", step);
+        if (refilled) queues.set(agent, { seq: refilled.seq, backends: refilled.backends, used: 0 });
+      }
+      if (step % 25 === 0) decider.reportOpen(agent, counts(agent));
+    }
+  }
+  return { started, queues, open };
+}
+
+Deno.test("decided ahead by three agents, short connections split by weight 3:1 within a point", () => {
+  const { model, decider, clock } = setup();
+  try {
+    const { started } = simulate(decider, clock, { agents: 3, steps: 2_000, perStep: 2, lifetime: () => 3 });
+    const total = (started.get(A) ?? 0) + (started.get(B) ?? 0);
+    assert.equal(total, 12_000);
+    const share = (started.get(A) ?? 0) / total;
+    assert.ok(Math.abs(share - 0.75) <= 0.01, `A got ${(share * 100).toFixed(2)}%`);
+    const counts = decider.ahead.counts().get("web")!;
+    assert.ok(counts.used > 10 * counts.asked, `${counts.used} used, ${counts.asked} asked`);
+  } finally {
+    model.close();
+  }
+});
+
+Deno.test("decided ahead, a backend whose connections are held long gets far fewer new ones", () => {
+  const C = "10.0.0.13:80";
+  const { model, decider, clock } = setup({ backends: [A, B, C] });
+  try {
+    // A's connections last the whole run; the others' 2 ms.
+    const { started } = simulate(decider, clock, {
+      agents: 2,
+      steps: 1_500,
+      perStep: 1,
+      lifetime: (backend) => backend === A ? 1_000_000 : 2,
+    });
+    const total = [A, B, C].reduce((sum, backend) => sum + (started.get(backend) ?? 0), 0);
+    assert.equal(total, 3_000);
+    assert.ok((started.get(A) ?? 0) < total / 6, `A got ${started.get(A)} of ${total}`);
+  } finally {
+    model.close();
+  }
+});
+
+Deno.test("decided ahead, a drained backend is in no queue made after the drain", () => {
+  const { model, decider, clock } = setup({ backends: [A, B] });
+  try {
+    let drainedAt = -1;
+    const { queues } = simulate(decider, clock, {
+      agents: 2,
+      steps: 400,
+      perStep: 3,
+      lifetime: () => 5,
+      onStep: (step) => {
+        if (step !== 200) return;
+        model.setOperatorState("web", A, "drain");
+        drainedAt = step;
+        // What the cluster server does on the publication of the change.
+        decider.ahead.invalidate("web");
+      },
+    });
+    assert.equal(drainedAt, 200);
+    for (const [agent, queue] of queues) {
+      assert.ok(!queue.backends.includes(A), `${agent}'s queue ${queue.seq}`);
+    }
+    assert.equal(decider.ahead.pending("web", A), 0);
+  } finally {
+    model.close();
+  }
+});
