@@ -22,6 +22,7 @@ import {
 import { applyStateDelta, DeltaError } from "../cluster/state_delta.ts";
 import { encodeProxyHeader } from "../cluster/proxy_protocol.ts";
 import { AffinityCache } from "./affinity.ts";
+import { QueuedDecisions } from "./queued_decisions.ts";
 import {
   type DataPlane,
   type DataPlaneEvents,
@@ -123,6 +124,11 @@ interface LiveService {
    * how many of it the plane took, and how many of those the manager was told of.
    */
   ahead: { seq: number; size: number; taken: number; told: number } | null;
+  /**
+   * The manager's queue of decisions made ahead for flows other agents hand to this one (the `mesh` lane),
+   * taken by this agent as it places them, and how many of it the manager was told of.
+   */
+  meshAhead: { queue: QueuedDecisions; size: number; told: number } | null;
 }
 
 /** A flow of a plane, from the agent's answer (or its connect) to its end. */
@@ -371,6 +377,7 @@ export class Agent {
         draining: null,
         acceptErrors: { lastLogged: -Infinity, unlogged: 0 },
         ahead: null,
+        meshAhead: null,
       };
       this.#services.set(spec.name, live);
       if (!this.#draining) this.#openListener(live, state);
@@ -687,7 +694,8 @@ export class Agent {
   #takeDecisions(ahead: AheadMessage): void {
     const service = this.#services.get(ahead.service);
     const listening = service?.listening;
-    if (!service || !listening || this.#state?.version !== ahead.version) return;
+    if (!service || this.#state?.version !== ahead.version) return;
+    if (ahead.lane === "listen" && !listening) return;
     const count = service.spec.backends.length;
     if (ahead.backends.some((index) => index >= count)) {
       this.#log.warn("Ignoring decisions made ahead for {service}: a backend index beyond its {count}", {
@@ -696,16 +704,20 @@ export class Agent {
       });
       return;
     }
+    const decisions = { seq: ahead.seq, backends: Uint16Array.from(ahead.backends), ttlMs: ahead.ttlMs };
+    if (ahead.lane === "mesh") {
+      const queue = new QueuedDecisions();
+      queue.set(decisions, performance.now());
+      service.meshAhead = { queue, size: ahead.backends.length, told: 0 };
+      return;
+    }
     service.ahead = { seq: ahead.seq, size: ahead.backends.length, taken: 0, told: 0 };
-    listening.plane.plane.setDecisions(listening.index, {
-      seq: ahead.seq,
-      backends: Uint16Array.from(ahead.backends),
-      ttlMs: ahead.ttlMs,
-    });
+    listening!.plane.plane.setDecisions(listening!.index, decisions);
   }
 
   /** A service's plane forgets its queue of decisions made ahead; flows ask until the next comes. */
   #dropDecisions(service: LiveService): void {
+    service.meshAhead = null;
     if (service.ahead === null) return;
     service.ahead = null;
     const listening = service.listening;
@@ -718,7 +730,12 @@ export class Agent {
     if (ahead === null || ahead.seq !== seq || taken <= ahead.taken) return;
     this.counters.decisions += taken - ahead.taken;
     ahead.taken = taken;
-    if (ahead.taken - ahead.told >= ahead.size / 2 || ahead.taken >= ahead.size) {
+    this.#usedSoon(ahead.taken - ahead.told >= ahead.size / 2 || ahead.taken >= ahead.size);
+  }
+
+  /** The manager is told what was taken of its queues: now (a queue is half used), or within a moment. */
+  #usedSoon(now: boolean): void {
+    if (now) {
       clearTimeout(this.#usedTimer);
       this.#usedTimer = undefined;
       this.#tellUsed();
@@ -732,12 +749,22 @@ export class Agent {
 
   /** Tells the manager what was taken of its queues since it was last told. */
   #tellUsed(): void {
-    const queues: { service: string; seq: number; used: number }[] = [];
+    const queues: { service: string; seq: number; used: number; lane: "listen" | "mesh" }[] = [];
     for (const service of this.#services.values()) {
-      const ahead = service.ahead;
-      if (ahead === null || ahead.taken === ahead.told) continue;
-      ahead.told = ahead.taken;
-      queues.push({ service: service.spec.name, seq: ahead.seq, used: ahead.taken });
+      const { ahead, meshAhead } = service;
+      if (ahead !== null && ahead.taken !== ahead.told) {
+        ahead.told = ahead.taken;
+        queues.push({ service: service.spec.name, seq: ahead.seq, used: ahead.taken, lane: "listen" });
+      }
+      if (meshAhead !== null && meshAhead.queue.taken !== meshAhead.told) {
+        meshAhead.told = meshAhead.queue.taken;
+        queues.push({
+          service: service.spec.name,
+          seq: meshAhead.queue.seq,
+          used: meshAhead.told,
+          lane: "mesh",
+        });
+      }
     }
     if (queues.length > 0) this.#link?.sendUsed(queues);
   }
@@ -839,7 +866,7 @@ export class Agent {
       );
       return;
     }
-    const order = await this.#backendOrder(spec, table, endpoints, place);
+    const order = await this.#backendOrder(service, spec, table, endpoints, place, handedOffBy !== null);
     flow(order.map((index) => spec.backends[index]!.id), null);
     plane.plane.placed(
       request,
@@ -1025,19 +1052,37 @@ export class Agent {
   /**
    * The backends to try for a flow, in order (indexes into `spec.backends`): the table's candidates from
    * the flow's place, with the preferred one first: the affinity cache's, else the manager's decision
-   * (`decide: manager`), which the affinity cache then keeps.
+   * (`decide: manager`): for a flow handed to this agent, the next of the manager's decisions made ahead for
+   * that lane, with no round trip; else asked, and the affinity cache then keeps it.
    */
   async #backendOrder(
+    service: LiveService,
     spec: ServiceSpec,
     table: Uint16Array,
     endpoints: Endpoints,
     place: number,
+    handedOff: boolean,
   ): Promise<number[]> {
     let preferred = -1;
     const affinity = spec.affinity.key === "client_ip" && spec.affinity.ttlMs > 0;
     if (affinity) preferred = this.#indexOf(spec, this.#affinity.get(spec.name, endpoints.client.ip));
+    // Which queue of decisions made ahead this flow found empty, when it was to take one: the manager
+    // refills it. A flow asked about for its log line (debug) takes none.
+    const lane = spec.decide === "manager" && spec.decideAheadMs > 0 && !this.#flowLog.isEnabledFor("debug")
+      ? (handedOff ? "mesh" : "listen")
+      : undefined;
+    if (preferred < 0 && lane === "mesh" && service.meshAhead !== null && service.spec === spec) {
+      const taken = service.meshAhead.queue.take(performance.now());
+      if (taken >= 0 && spec.backends[taken]!.weight > 0) {
+        preferred = taken;
+        this.counters.decisions++;
+        const { queue, size, told } = service.meshAhead;
+        this.#usedSoon(queue.taken - told >= size / 2 || queue.left === 0);
+      }
+    }
     if (preferred < 0 && spec.decide === "manager") {
-      const decision = await this.#link?.decide(spec.name, endpoints.client, spec.decisionTimeoutMs) ?? null;
+      const decision = await this.#link?.decide(spec.name, endpoints.client, spec.decisionTimeoutMs, lane) ??
+        null;
       if (decision === null) this.counters.decisionFallbacks++;
       else {
         this.counters.decisions++;

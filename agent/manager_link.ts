@@ -86,7 +86,9 @@ export class ManagerLink {
   readonly #decisions = new PendingDecisions<Decision>();
   #nextDecision = 1;
   /** Decisions asked for in this task, sent together once it ends. */
-  #requests: Array<{ id: number; service: string; client: { ip: string; port: number } }> = [];
+  #requests: Array<
+    { id: number; service: string; client: { ip: string; port: number }; lane?: "listen" | "mesh" }
+  > = [];
   #wake: (() => void) | null = null;
   #running: Promise<void> | null = null;
   #connected = false;
@@ -113,16 +115,22 @@ export class ManagerLink {
   }
 
   /**
-   * Asks the manager for the preferred backend of a new flow; resolves null when the link is down or no
+   * Asks the manager for the preferred backend of a new flow (`lane`: the queue of decisions made ahead it
+   * found empty, which the manager then refills); resolves null when the link is down or no
    * answer comes within `timeoutMs` (the caller then falls back to its table).
    */
-  decide(service: string, client: { ip: string; port: number }, timeoutMs: number): Promise<Decision | null> {
+  decide(
+    service: string,
+    client: { ip: string; port: number },
+    timeoutMs: number,
+    lane?: "listen" | "mesh",
+  ): Promise<Decision | null> {
     const channel = this.#channel;
     if (!channel || !this.#connected) return Promise.resolve(null);
     const id = this.#nextDecision++;
     const decision = this.#decisions.wait(id, timeoutMs);
     if (this.#requests.length === 0) queueMicrotask(this.#sendRequests);
-    this.#requests.push({ id, service, client });
+    this.#requests.push(lane === undefined ? { id, service, client } : { id, service, client, lane });
     return decision;
   }
 
@@ -154,7 +162,7 @@ export class ManagerLink {
   }
 
   /** Tells the manager how much of each queue of decisions made ahead was used (running totals). */
-  sendUsed(queues: Array<{ service: string; seq: number; used: number }>): void {
+  sendUsed(queues: Array<{ service: string; seq: number; used: number; lane: "listen" | "mesh" }>): void {
     if (this.#connected) this.#channel?.post({ type: "used", queues });
   }
 

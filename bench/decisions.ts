@@ -87,7 +87,12 @@ for (let i = 0; i < agents; i++) {
     // Every decision of a queue used at once: the manager refills at its own pace.
     onAhead: (ahead: AheadMessage) => {
       aheadMade += ahead.backends.length;
-      link.sendUsed([{ service: ahead.service, seq: ahead.seq, used: ahead.backends.length }]);
+      link.sendUsed([{
+        service: ahead.service,
+        seq: ahead.seq,
+        used: ahead.backends.length,
+        lane: ahead.lane,
+      }]);
     },
     report: () => ({ connections: { served: 0, handed_off: 0, open: 0 }, backends: [] }),
     takeFailures: () => [],
@@ -138,7 +143,9 @@ try {
   const ahead = await measure(async (until) => {
     const before = aheadMade;
     // One connection asked about per agent starts its queues; from then on each refill comes unasked.
-    await Promise.all(links.map((link) => link.decide("ahead", { ip: "10.0.0.1", port: 1 }, 1_000)));
+    await Promise.all(
+      links.map((link) => link.decide("ahead", { ip: "10.0.0.1", port: 1 }, 1_000, "listen")),
+    );
     await sleep(Math.max(0, until - performance.now()));
     return aheadMade - before;
   });

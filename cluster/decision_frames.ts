@@ -5,7 +5,8 @@
  * schema would, so a peer gets the same messages, or a `ProtocolError`, either way; encoding and decoding
  * cost a fraction of JSON and a schema check per request.
  *
- *   decide:    0x01 | count u32 | count × (id u32 | service: len u8, bytes | ip: len u8, bytes | port u16)
+ *   decide:    0x01 | count u32 | count × (id u32 | service: len u8, bytes | ip: len u8, bytes | port u16 |
+ *              flags u8: 1 for the `mesh` lane, 2 for the `listen` lane, 0 for none given)
  *   decisions: 0x02 | count u32 | count × (id u32 | backend: len u16 (0xffff: none), bytes | ttlMs u32)
  *
  * Numbers are big-endian. `encodeDecide` and `encodeDecisions` give whole frames (the 4-byte length
@@ -20,6 +21,7 @@ export interface DecideRequest {
   readonly id: number;
   readonly service: string;
   readonly client: { readonly ip: string; readonly port: number };
+  readonly lane?: "listen" | "mesh";
 }
 
 /** One answer of `decisions`. */
@@ -38,6 +40,8 @@ export const DECISION_LIMITS = {
 } as const;
 
 const NONE = 0xffff;
+const MESH = 1;
+const LISTEN = 2;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder("utf-8", { fatal: true });
 
@@ -112,6 +116,13 @@ class Reader {
     }
   }
 
+  u8(what: string): number {
+    this.need(1, what);
+    const value = this.view.getUint8(this.at);
+    this.at += 1;
+    return value;
+  }
+
   u16(what: string): number {
     this.need(2, what);
     const value = this.view.getUint16(this.at);
@@ -167,12 +178,13 @@ export function encodeDecide(requests: readonly DecideRequest[]): Uint8Array {
   const writer = new Writer();
   writer.u8(DECIDE_TAG);
   writer.u32(requests.length);
-  for (const { id, service, client } of requests) {
+  for (const { id, service, client, lane } of requests) {
     checkId(id);
     writer.u32(id);
     writer.text(service, 1, DECISION_LIMITS.maxServiceBytes, "a service name");
     writer.text(client.ip, 1, DECISION_LIMITS.maxIpBytes, "a client IP");
     writer.u16(client.port);
+    writer.u8(lane === "mesh" ? MESH : lane === "listen" ? LISTEN : 0);
   }
   return writer.frame();
 }
@@ -187,7 +199,11 @@ export function decodeDecide(body: Uint8Array): DecideRequest[] {
     const service = reader.shortText(DECISION_LIMITS.maxServiceBytes, "a service name");
     const ip = reader.shortText(DECISION_LIMITS.maxIpBytes, "a client IP");
     const port = reader.u16("a client port");
-    requests[i] = { id, service, client: { ip, port } };
+    const flags = reader.u8("the flags");
+    if (flags > LISTEN) throw new DecisionFrameError(`Unknown flags ${flags} in request ${id}`);
+    requests[i] = flags === 0
+      ? { id, service, client: { ip, port } }
+      : { id, service, client: { ip, port }, lane: flags === MESH ? "mesh" : "listen" };
   }
   reader.end();
   return requests;

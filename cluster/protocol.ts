@@ -39,6 +39,11 @@ export const MAX_FRAME_BYTES = 16 * 1024 * 1024;
 const base64 = z.string().regex(/^[A-Za-z0-9+/]*={0,2}$/, "Expected base64");
 const id = z.string().min(1).max(128);
 const counter = z.number().int().nonnegative();
+/**
+ * Where an agent takes decisions made ahead: its listening plane (flows it accepts and claims) or itself
+ * (flows handed to it over the mesh); each has its own queue.
+ */
+const lane = z.enum(["listen", "mesh"]);
 
 export const BackendSpecSchema = z.object({
   id: z.string().min(1).max(300),
@@ -162,13 +167,18 @@ const AgentMessage = z.discriminatedUnion("type", [
         id: counter,
         service: id,
         client: z.object({ ip: z.string().min(1).max(64), port: z.number().int().min(0).max(65535) }),
+        /** The lane whose queue was empty (a flow handed to this agent: `mesh`), when it decides ahead. */
+        lane: lane.optional(),
       }).strict(),
     ).min(1).max(100_000),
   }).strict(),
   z.object({
     type: z.literal("used"),
     /** How many of each queue of decisions made ahead the agent has used so far (a running total). */
-    queues: z.array(z.object({ service: id, seq: counter, used: counter }).strict()).max(10_000),
+    queues: z.array(
+      z.object({ service: id, seq: counter, used: counter, lane: lane.default("listen") }).strict(),
+    )
+      .max(10_000),
   }).strict(),
   /** The agent could not apply a delta to the version it has: the manager sends the whole state. */
   z.object({ type: z.literal("resync") }).strict(),
@@ -208,6 +218,7 @@ const ManagerMessage = z.discriminatedUnion("type", [
      * for `ttlMs`. Replaces the queue it had; `seq` names it in `used`.
      */
     service: id,
+    lane: lane.default("listen"),
     seq: counter,
     version: counter,
     backends: z.array(z.number().int().min(0).max(65534)).max(100_000),

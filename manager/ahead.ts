@@ -4,6 +4,8 @@
  * manager. Pure: the time is passed in, and the backends are chosen by a `Chooser` (the `Decider`:
  * weighted least connections over the cluster's exact counts).
  *
+ * Queues are held by an agent's lane (`holderOf`); below, "agent" is that holder.
+ *
  * A queue holds `decide_ahead` of its agent's recent rate of new connections, at least one decision. Its
  * decisions count as pending connections of their backends for every later choice until the agent reports
  * them used (they are open connections then) or they are taken back. The agent reports what it used; once
@@ -38,6 +40,24 @@ export function decideAheadOf(
   if (service.decide !== "manager") return 0;
   if (service.affinity.key === "client_ip" && service.affinity.ttlMs > 0) return 0;
   return service.decideAheadMs;
+}
+
+/**
+ * Where an agent takes decisions made ahead: its listening plane, for the flows it accepts and claims
+ * ("listen"), or the agent itself, for flows other agents hand it over the mesh ("mesh"). Each lane of an
+ * agent has its own queue and rate.
+ */
+export type Lane = "listen" | "mesh";
+
+/** The key of an agent's lane among the queues' holders. */
+export function holderOf(agent: string, lane: Lane): string {
+  return lane === "mesh" ? `${agent}\u0000mesh` : agent;
+}
+
+/** The agent and lane of a holder's key. */
+export function laneOf(holder: string): { agent: string; lane: Lane } {
+  const mesh = holder.endsWith("\u0000mesh");
+  return mesh ? { agent: holder.slice(0, -5), lane: "mesh" } : { agent: holder, lane: "listen" };
 }
 
 /** Picks backends for new connections, as the manager decides them. */
@@ -207,13 +227,15 @@ export class DecisionQueues {
     }
   }
 
-  /** An agent that left: its queues are taken back. */
+  /** An agent that left: its queues, of both lanes, are taken back. */
   forgetAgent(agent: string): void {
-    for (const [service, queue] of this.#queues.get(agent) ?? []) {
-      this.#drop(agent, service, queue, "takenBack");
+    for (const holder of [holderOf(agent, "listen"), holderOf(agent, "mesh")]) {
+      for (const [service, queue] of this.#queues.get(holder) ?? []) {
+        this.#drop(holder, service, queue, "takenBack");
+      }
+      this.#queues.delete(holder);
+      this.#rates.delete(holder);
     }
-    this.#queues.delete(agent);
-    this.#rates.delete(agent);
   }
 
   /** A service that is gone. */

@@ -24,6 +24,7 @@ import {
 } from "../cluster/protocol.ts";
 import { encodeDecisions } from "../cluster/decision_frames.ts";
 import { serviceDelta } from "../cluster/state_delta.ts";
+import { type Lane, laneOf } from "./ahead.ts";
 import { Decider } from "./decide.ts";
 import type { ManagerRole } from "./role.ts";
 import type { ClusterModel, Publication } from "./state.ts";
@@ -75,7 +76,10 @@ interface SessionEntry {
   readonly version: number;
   /** Sent to the leader: it is closed once that is written. */
   leaving: boolean;
-  /** Services whose queue of decisions made ahead waits for the push of the version it is made in. */
+  /**
+   * Queues of decisions made ahead (by lane and service: `refillKey`) that wait for the push of the version
+   * they are made in.
+   */
   readonly refills: Set<string>;
 }
 
@@ -369,25 +373,31 @@ export class ClusterServer {
         channel.send({ type: "heartbeat" }).catch(() => channel.close());
         break;
       case "decide": {
-        const decisions = message.requests.map(({ id, service, client }) => {
-          const { backend, ttlMs } = this.decider.decide(session.id, service, client.ip);
+        const now = performance.now();
+        const decisions = message.requests.map(({ id, service, client, lane }) => {
+          const { backend, ttlMs } = this.decider.decide(session.id, service, client.ip, now, lane);
           return { id, backend, ttlMs };
         });
         if (entry.version >= AHEAD_VERSION) channel.postFrame(encodeDecisions(decisions));
         else channel.post({ type: "decisions", decisions });
-        // An agent that asks has no queue left: it gets one, sized to its rate.
+        // An agent that asks naming a lane has no queue left there: it gets one, sized to its rate.
         let last = "";
-        for (const { service } of message.requests) {
-          if (service !== last) this.#refill(entry, last = service);
+        for (const { service, lane } of message.requests) {
+          if (lane === undefined) continue;
+          const key = refillKey(service, lane);
+          if (key !== last) this.#refill(entry, service, lane);
+          last = key;
         }
         break;
       }
-      case "used":
-        for (const { service, seq, used } of message.queues) {
-          this.decider.used(session.id, service, seq, used);
+      case "used": {
+        const now = performance.now();
+        for (const { service, seq, used, lane } of message.queues) {
+          this.decider.used(session.id, service, seq, used, now, lane);
         }
-        for (const { service } of message.queues) this.#refill(entry, service);
+        for (const { service, lane } of message.queues) this.#refill(entry, service, lane);
         break;
+      }
       case "open_counts":
         this.decider.reportOpen(session.id, message.backends);
         break;
@@ -419,14 +429,14 @@ export class ClusterServer {
    * Sends `entry`'s agent a new queue of decisions made ahead for `service` when it needs one, as indexes
    * into the service's backends of the version the agent was sent last; after the push, when one is due.
    */
-  #refill(entry: SessionEntry, service: string): void {
+  #refill(entry: SessionEntry, service: string, lane: Lane): void {
     if (entry.version < AHEAD_VERSION || entry.leaving) return;
     const version = this.#model.version;
     if (entry.session.sentVersion !== version) {
-      entry.refills.add(service);
+      entry.refills.add(refillKey(service, lane));
       return;
     }
-    const queue = this.decider.refill(entry.session.id, service);
+    const queue = this.decider.refill(entry.session.id, service, performance.now(), lane);
     const runtime = this.#model.service(service);
     if (queue === null || runtime === undefined) return;
     const indexes = new Map<string, number>();
@@ -434,6 +444,7 @@ export class ClusterServer {
     entry.channel.post({
       type: "ahead",
       service,
+      lane,
       seq: queue.seq,
       version,
       backends: queue.backends.map((id) => indexes.get(id)!),
@@ -520,10 +531,12 @@ export class ClusterServer {
       } else for (const change of publication.services) changed.add(change.service.config.name);
     }
     for (const service of changed) {
-      for (const agent of this.decider.ahead.invalidate(service)) {
-        this.#sessions.get(agent)?.refills.add(service);
+      for (const holder of this.decider.ahead.invalidate(service)) {
+        const { agent, lane } = laneOf(holder);
+        this.#sessions.get(agent)?.refills.add(refillKey(service, lane));
       }
     }
+
     let stateFrame: Uint8Array | null = null;
     const deltaFrames = new Map<Publication, Uint8Array | null>();
     const deltaFrame = (publication: Publication): Uint8Array | null => {
@@ -548,14 +561,27 @@ export class ClusterServer {
     }
     for (const entry of this.#sessions.values()) {
       if (entry.refills.size === 0) continue;
-      const services = [...entry.refills];
+      const keys = [...entry.refills];
       entry.refills.clear();
-      for (const service of services) this.#refill(entry, service);
+      for (const key of keys) {
+        const { service, lane } = fromRefillKey(key);
+        this.#refill(entry, service, lane);
+      }
     }
   }
 }
 
 class HandshakeError extends Error {}
+
+/** A lane's queue of a service, as a key. */
+function refillKey(service: string, lane: Lane): string {
+  return `${lane}\u0000${service}`;
+}
+
+function fromRefillKey(key: string): { service: string; lane: Lane } {
+  const at = key.indexOf("\u0000");
+  return { lane: key.slice(0, at) as Lane, service: key.slice(at + 1) };
+}
 
 /** What an agent may send once it has a session. */
 const SESSION_MESSAGES: ReadonlySet<AgentMessage["type"]> = new Set([

@@ -5,7 +5,14 @@
  * `affinity.key: client_ip`, a client keeps its backend for the affinity ttl while that backend is up.
  */
 import { heapify, siftDown } from "../cluster/index_heap.ts";
-import { type AheadQueue, type Chooser, decideAheadOf, DecisionQueues } from "./ahead.ts";
+import {
+  type AheadQueue,
+  type Chooser,
+  decideAheadOf,
+  DecisionQueues,
+  holderOf,
+  type Lane,
+} from "./ahead.ts";
 import type { BackendRuntime, ClusterModel, ServiceRuntime } from "./state.ts";
 import { effectiveWeight, openConnections } from "./state.ts";
 import { DECISION_BUCKETS_S, Histogram } from "./metrics.ts";
@@ -48,10 +55,19 @@ export class Decider implements Chooser {
     this.#model = model;
   }
 
-  /** Decides and records the decision as a pending open connection of `agent`. */
-  decide(agent: string, service: string, clientIp: string, now = performance.now()): Decision {
+  /**
+   * Decides and records the decision as a pending open connection of `agent`; with decisions made ahead,
+   * it counts in the rate of the agent's `lane` (its queue there was empty).
+   */
+  decide(
+    agent: string,
+    service: string,
+    clientIp: string,
+    now = performance.now(),
+    lane: Lane = "listen",
+  ): Decision {
     const started = performance.now();
-    const decision = this.#decide(agent, service, clientIp, now);
+    const decision = this.#decide(agent, service, clientIp, now, lane);
     if (!this.#model.service(service)) return decision;
     let histogram = this.seconds.get(service);
     if (!histogram) this.seconds.set(service, histogram = new Histogram(DECISION_BUCKETS_S));
@@ -63,10 +79,10 @@ export class Decider implements Chooser {
     return decision;
   }
 
-  #decide(agent: string, service: string, clientIp: string, now: number): Decision {
+  #decide(agent: string, service: string, clientIp: string, now: number, lane: Lane): Decision {
     const decision = this.preview(service, clientIp, now);
     const runtime = this.#model.service(service);
-    if (runtime && decideAheadOf(runtime.config) > 0) this.ahead.asked(agent, service, now);
+    if (runtime && decideAheadOf(runtime.config) > 0) this.ahead.asked(holderOf(agent, lane), service, now);
     if (decision.backend === null) return decision;
     this.#addPending(agent, service, decision.backend);
     this.#addRecent(service, [decision.backend]);
@@ -108,17 +124,29 @@ export class Decider implements Chooser {
    * `DecisionQueues.refill`), at the service's `decide_ahead`; null when the one it has will do, or the
    * service decides per connection.
    */
-  refill(agent: string, service: string, now = performance.now()): AheadQueue | null {
+  refill(agent: string, service: string, now = performance.now(), lane: Lane = "listen"): AheadQueue | null {
     const runtime = this.#model.service(service);
-    return this.ahead.refill(agent, service, runtime ? decideAheadOf(runtime.config) : 0, now);
+    return this.ahead.refill(
+      holderOf(agent, lane),
+      service,
+      runtime ? decideAheadOf(runtime.config) : 0,
+      now,
+    );
   }
 
   /**
    * `agent` used the first `used` decisions of its queue `seq` (a running total): connections now, counted
    * as decided for it until its next open counts.
    */
-  used(agent: string, service: string, seq: number, used: number, now = performance.now()): void {
-    const backends = this.ahead.used(agent, service, seq, used, now);
+  used(
+    agent: string,
+    service: string,
+    seq: number,
+    used: number,
+    now = performance.now(),
+    lane: Lane = "listen",
+  ): void {
+    const backends = this.ahead.used(holderOf(agent, lane), service, seq, used, now);
     for (const backend of backends) this.#addPending(agent, service, backend);
     this.#addRecent(service, backends);
   }

@@ -33,6 +33,7 @@
  * never touches another, even when the same address is a backend of both; a report that expires puts its
  * backend back at its configured weight and state by itself (a timer, stopped by `close()`).
  */
+import { decideAheadOf } from "./ahead.ts";
 import { setImmediate } from "node:timers";
 import { formatDuration } from "../cluster/duration.ts";
 import { guard } from "../cluster/guard.ts";
@@ -615,7 +616,8 @@ export class ClusterModel {
         listen: { host: config.listen.host, port: config.listen.port },
         decide: config.decide,
         decisionTimeoutMs: config.decisionTimeoutMs,
-        decideAheadMs: config.decideAheadMs,
+        // Agents take decisions made ahead as the manager makes them: not for affinity with a ttl.
+        decideAheadMs: decideAheadOf(config),
         handoff: config.handoff,
         affinity: { key: config.affinity.key, ttlMs: config.affinity.ttlMs },
         proxyProtocol: config.proxyProtocol,

@@ -126,6 +126,18 @@ Deno.test("decided ahead: weights 3:1 with no connection held split new connecti
     await bothAgents(cluster);
     const tally = await shortConnections(cluster, 4_000, 20);
     const heavy = (tally.get("heavy") ?? 0) / 4_000;
+    // Flows each agent claims, and flows handed to it over the mesh, take decisions made ahead.
+    const used = await managerSample(
+      cluster,
+      "switchyard_decisions_ahead_total",
+      'service="web",outcome="used"',
+    );
+    const asked = await managerSample(
+      cluster,
+      "switchyard_decisions_ahead_total",
+      'service="web",outcome="asked"',
+    );
+    assert.ok(used > 3_000 && asked < used / 4, `${used} decisions made ahead used, ${asked} asked`);
     assert.ok(
       Math.abs(heavy - 0.75) <= 0.03,
       `heavy got ${(heavy * 100).toFixed(1)}%: ${JSON.stringify([...tally])}`,
