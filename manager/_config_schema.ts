@@ -181,7 +181,10 @@ export const service = z.strictObject({
   listen: bindAddress,
   decide: oneOf(DECIDE_MODES).optional(),
   decision_timeout: positiveDuration.optional(),
-  decide_ahead: duration.optional(),
+  // A queue holds for 20 times this: longer would keep decisions an operator's drain must wait out.
+  decide_ahead: duration.refine((ms) => ms <= 10_000, {
+    error: (issue) => `Expected a duration of at most 10s, got ${formatDuration(Number(issue.input))}`,
+  }).optional(),
   handoff: oneOf(HANDOFF_MODES).optional(),
   affinity: z.strictObject({ key: affinityKey.optional(), ttl: duration.optional() }).optional(),
   proxy_protocol: oneOf(PROXY_PROTOCOLS).optional(),

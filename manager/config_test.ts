@@ -429,6 +429,7 @@ Deno.test("a bad duration is reported with what is wrong with it", () => {
     "    decision_timeout: 20 ms",
     "    timeouts: { connect: 2x, idle: 0s, drain: '' }",
     "    slow_start: -5s",
+    "    decide_ahead: 1m",
   ));
   assert.deepEqual(found, [
     problem(3, 22, "agents.heartbeat", "Expected a duration written like 2s or 250ms, got number 1"),
@@ -452,6 +453,7 @@ Deno.test("a bad duration is reported with what is wrong with it", () => {
       "services[0].slow_start",
       'Cannot parse duration "-5s": expected a number and a unit (ms, s, m, h) at "-5s"',
     ),
+    problem(11, 19, "services[0].decide_ahead", "Expected a duration of at most 10s, got 1m"),
   ]);
 });
 
