@@ -3,6 +3,7 @@
  * at run time). `__NONCE__` is replaced per response with the nonce the Content-Security-Policy allows.
  * What the script does is in `client.ts`.
  */
+import * as chart from "./chart.ts";
 import { dashboardClient } from "./client.ts";
 
 const STYLE = `
@@ -123,12 +124,21 @@ td.feedback { white-space: nowrap; }
 `;
 
 /**
- * The page's script: `client.ts` by its source text. A function's `toString()` is the JavaScript that
- * `deno run` and `deno compile` load (types removed), so the script is checked and linted as TypeScript,
- * needs no build step and no file read at run time, and is the same in the compiled binary; the one rule is
- * that `dashboardClient` uses nothing from its module but types.
+ * Every function `chart.ts` exports, by source text: declarations the script calls by their names.
+ * Exported for the test that runs them from this text.
  */
-const SCRIPT = `(${dashboardClient})();\n`;
+export const CHART_SOURCE: string = Object.values(chart)
+  .filter((value) => typeof value === "function")
+  .map(String)
+  .join("\n\n");
+
+/**
+ * The page's script: `client.ts` and `chart.ts` by their source text. A function's `toString()` is the
+ * JavaScript that `deno run` and `deno compile` load (types removed), so the script is checked and linted
+ * as TypeScript, needs no build step and no file read at run time, and is the same in the compiled binary.
+ * The one rule: `dashboardClient` uses nothing from its module but types and `chart.ts`'s functions.
+ */
+const SCRIPT = `(() => {\n"use strict";\n\n${CHART_SOURCE}\n\n(${dashboardClient})();\n})();\n`;
 
 export const DASHBOARD_HTML = `<!doctype html>
 <html lang="en">
