@@ -43,6 +43,8 @@ export interface ChartLine {
   readonly points: number;
   /** The newest value, null when none. */
   readonly last: number | null;
+  /** Where the newest value is, null when none: the chart marks it, so that a line of one sample shows. */
+  readonly end: readonly [number, number] | null;
 }
 
 export interface ChartLayout {
@@ -197,15 +199,16 @@ export function chartLayout(
   const lines = series.map(({ name, values }): ChartLine => {
     const points: Array<[number, number] | null> = [];
     let last: number | null = null;
+    let end: [number, number] | null = null;
     xs.forEach((x, i) => {
       const value = values[i];
-      const shown = x !== null && usable(value);
-      points.push(shown ? [x, y(value)] : null);
-      if (shown) last = value;
+      const point: [number, number] | null = x !== null && usable(value) ? [x, y(value)] : null;
+      points.push(point);
+      if (point !== null) [last, end] = [value as number, point];
     });
     const count = points.filter((point) => point !== null).length;
     if (count > 0) empty = false;
-    return { name, d: linePath(points), points: count, last };
+    return { name, d: linePath(points), points: count, last, end };
   });
   return {
     plot,

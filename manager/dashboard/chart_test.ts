@@ -88,7 +88,7 @@ for (const [where, f] of [["", chart], ["embedded: ", embedded]] as const) {
   Deno.test(`${where}a chart of no sample is empty but has its axes`, () => {
     const layout = f.chartLayout([], [{ name: "a", values: [] }], FRAME);
     assert.equal(layout.empty, true);
-    assert.deepEqual(layout.lines, [{ name: "a", d: "", points: 0, last: null }]);
+    assert.deepEqual(layout.lines, [{ name: "a", d: "", points: 0, last: null, end: null }]);
     assert.deepEqual(layout.yTicks.map((tick) => tick.label), ["0", "1"]);
     assert.deepEqual(layout.xTicks.map((tick) => [tick.label, tick.at, tick.anchor]), [
       ["-1 min", 36, "middle"],
@@ -105,8 +105,8 @@ for (const [where, f] of [["", chart], ["embedded: ", embedded]] as const) {
     );
     assert.equal(layout.empty, false);
     assert.deepEqual(layout.lines, [
-      { name: "a", d: "M292,100 h0", points: 1, last: 0 },
-      { name: "b", d: "", points: 0, last: null },
+      { name: "a", d: "M292,100 h0", points: 1, last: 0, end: [292, 100] },
+      { name: "b", d: "", points: 0, last: null, end: null },
     ]);
     assert.deepEqual(layout.yTicks.map((tick) => [tick.label, tick.at]), [["0", 100], ["1", 8]]);
   });
@@ -126,7 +126,10 @@ for (const [where, f] of [["", chart], ["embedded: ", embedded]] as const) {
       ["6", 31],
       ["8", 8],
     ]);
-    assert.deepEqual(layout.lines.map((line) => [line.points, line.last]), [[4, 6], [4, 1]]);
+    assert.deepEqual(layout.lines.map((line) => [line.points, line.last, line.end]), [
+      [4, 6, [292, 31]],
+      [4, 1, [292, 88.5]],
+    ]);
     assert.deepEqual(pointsOf(layout.lines[0]!.d), [[206.7, 100], [228, 54], [249.3, 8], [292, 31]]);
     assert.equal(layout.lines[0]!.d, "M206.7,100 L228,54 L249.3,8 M292,31 h0");
     assert.equal(layout.lines[1]!.d, "M206.7,88.5 h0 M249.3,88.5 L270.7,88.5 L292,88.5");
@@ -179,6 +182,7 @@ Deno.test("property: whatever the values and times, a chart's points and ticks s
           const points = pointsOf(line.d);
           assert.equal(points.length, expected);
           assert.ok(points.every(inside), line.d);
+          assert.deepEqual(line.end, points.at(-1) ?? null);
           shown += expected;
         });
         assert.equal(layout.empty, shown === 0);

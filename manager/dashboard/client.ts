@@ -4,17 +4,20 @@
  * (the DOM's types come from the reference above); `page.ts` puts its source into the page.
  *
  * The script asks for the admin token once and keeps it in `sessionStorage` (never in a URL), then polls
- * `/v1/services`, `/v1/agents`, `/v1/events` and `/v1/cluster` (who leads) every second with it as a bearer
- * token, and updates the page in place so that weight bars glide from one value to the next. Every value is
- * put into the page as text (`textContent`, attributes), never as HTML.
+ * `/v1/services`, `/v1/agents`, `/v1/events`, `/v1/cluster` (who leads) and `/v1/history` every second with
+ * it as a bearer token, and updates the page in place so that weight bars glide from one value to the next
+ * and the charts of the last 15 minutes move on. Every value is put into the page as text (`textContent`,
+ * attributes), never as HTML.
  *
  * `dashboardClient` is embedded by its source text (`Function.prototype.toString`), so its body may use only
- * its own locals, the browser's globals and the functions `page.ts` embeds beside it; what it imports here
- * are types, which the transpiler removes.
+ * its own locals, the browser's globals and `chart.ts`'s functions, which `page.ts` embeds beside it; the
+ * rest it imports are types, which the transpiler removes.
  */
 import type { AgentView, BackendView, ServicesView } from "../admin.ts";
 import type { ClusterEvent } from "../events.ts";
+import type { HistoryView, Points } from "../history.ts";
 import type { ClusterView } from "../role.ts";
+import { chartLayout, type ChartSeries, formatDuration, seriesStyle } from "./chart.ts";
 
 interface ServiceCard {
   readonly root: HTMLElement;
@@ -22,6 +25,22 @@ interface ServiceCard {
   readonly chips: HTMLElement;
   readonly body: HTMLElement;
   readonly rows: Map<string, BackendRow>;
+  readonly history: BackendCharts;
+}
+
+/** A service's charts of its backends over the last minutes, and their legend. */
+interface BackendCharts {
+  readonly window: HTMLElement;
+  readonly connections: SVGSVGElement;
+  readonly open: SVGSVGElement;
+  readonly weight: SVGSVGElement;
+  readonly legend: HTMLElement;
+}
+
+/** A line of a chart, and how it is drawn. */
+interface Line extends ChartSeries {
+  readonly color: string;
+  readonly dash: string;
 }
 
 interface BackendRow {
@@ -50,14 +69,17 @@ export function dashboardClient(): void {
   const TOKEN_KEY = "switchyard.adminToken";
   const REFRESH_MS = 1000;
   const MAX_EVENTS = 100;
-  const PALETTE = ["#2f6fde", "#1f9d55", "#d97706", "#9333ea", "#db2777", "#0891b2", "#65a30d", "#dc2626"];
   const SVG = "http://www.w3.org/2000/svg";
+  const CHART_HEIGHT = 130;
+  const CHART_MARGIN = { top: 10, right: 10, bottom: 22, left: 40 };
   const REFUSED = "The manager refused that token; enter the admin token again.";
   let token = sessionStorage.getItem(TOKEN_KEY);
   let timer: ReturnType<typeof setInterval> | null = null;
   let busy = false;
   let lastEvent = 0;
   const cards = new Map<string, ServiceCard>();
+  /** Each agent's place in the palette, kept while the page is open so that its color never changes. */
+  const agentColors = new Map<string, number>();
 
   class AuthError extends Error {
     constructor() {
@@ -168,16 +190,18 @@ export function dashboardClient(): void {
     if (busy || token === null) return;
     busy = true;
     try {
-      const [services, agents, events, cluster] = await Promise.all([
+      const [services, agents, events, cluster, history] = await Promise.all([
         api<ServicesView>("/v1/services"),
         api<{ agents: AgentView[] }>("/v1/agents"),
         api<EventsView>(`/v1/events?after=${lastEvent}`),
         api<ClusterView>("/v1/cluster"),
+        api<HistoryView>("/v1/history"),
       ]);
       renderServices(services);
       renderAgents(agents.agents, services.version);
       renderEvents(events);
       renderLeader(cluster);
+      renderHistory(history);
       setStatus("live", `Live · updated ${clock(new Date())} · state v${services.version}`);
     } catch (error) {
       if (error instanceof AuthError) forget(REFUSED);
@@ -208,12 +232,27 @@ export function dashboardClient(): void {
       ])]),
       body,
     ]);
+    const [connections, connectionsFigure] = chartFigure("connections", "New connections/s");
+    const [open, openFigure] = chartFigure("open", "Open connections");
+    const [weight, weightFigure] = chartFigure("weight", "Effective weight");
+    const history = {
+      window: h("span", { class: "meta" }),
+      connections,
+      open,
+      weight,
+      legend: h("ul", { class: "legend" }),
+    };
     const root = h("section", { class: "card service", "data-service": name }, [
       h("div", { class: "card-head" }, [title, meta, chips]),
       table,
+      h("div", { class: "history" }, [
+        h("div", { class: "history-head" }, [h("h3", { text: "History" }), history.window]),
+        h("div", { class: "charts" }, [connectionsFigure, openFigure, weightFigure]),
+        history.legend,
+      ]),
     ]);
     byId("services").appendChild(root);
-    const card = { root, meta, chips, body, rows: new Map<string, BackendRow>() };
+    const card = { root, meta, chips, body, rows: new Map<string, BackendRow>(), history };
     cards.set(name, card);
     return card;
   }
@@ -354,10 +393,8 @@ export function dashboardClient(): void {
     const state = button.dataset.action;
     button.disabled = true;
     try {
-      const path = `/v1/services/${encodeURIComponent(service)}/backends/${
-        encodeURIComponent(address)
-      }/state`;
-      await api(path, {
+      const backend = `${encodeURIComponent(service)}/backends/${encodeURIComponent(address)}`;
+      await api(`/v1/services/${backend}/state`, {
         method: "POST",
         headers: { "content-type": "application/json" },
         body: JSON.stringify({ state }),
@@ -396,7 +433,7 @@ export function dashboardClient(): void {
     );
     let offset = 0;
     const gap = agents.length > 1 ? 2 : 0;
-    agents.forEach((agent, index) => {
+    for (const agent of agents) {
       const length = agent.claim * c;
       const dash = Math.max(0, length - gap);
       const arc = svg("circle", {
@@ -404,7 +441,7 @@ export function dashboardClient(): void {
         cy: 80,
         r,
         fill: "none",
-        stroke: PALETTE[index % PALETTE.length]!,
+        stroke: agentStyle(agent.id).color,
         "stroke-width": 22,
         "stroke-dasharray": `${dash} ${c - dash}`,
         "stroke-dashoffset": String(-offset),
@@ -416,7 +453,7 @@ export function dashboardClient(): void {
       arc.appendChild(title);
       ring.appendChild(arc);
       offset += length;
-    });
+    }
     const count = svg("text", { x: 80, y: 80, "text-anchor": "middle", class: "ring-total" });
     count.textContent = String(agents.length);
     const caption = svg("text", { x: 80, y: 98, "text-anchor": "middle", class: "ring-caption" });
@@ -427,9 +464,9 @@ export function dashboardClient(): void {
     const list = byId("agents");
     list.replaceChildren();
     if (agents.length === 0) list.appendChild(h("li", { class: "empty", text: "No agent is connected." }));
-    agents.forEach((agent, index) => {
+    for (const agent of agents) {
       const swatch = h("span", { class: "swatch" });
-      swatch.style.background = PALETTE[index % PALETTE.length]!;
+      swatch.style.background = agentStyle(agent.id).color;
       const current = agent.state_version === version
         ? "state current"
         : `state v${agent.state_version} (behind)`;
@@ -445,8 +482,110 @@ export function dashboardClient(): void {
           } · ${current}`,
         }),
       ]));
-    });
+    }
     setText(byId("sum-agents"), String(agents.length));
+  }
+
+  function agentStyle(id: string): { color: string; dash: string } {
+    let index = agentColors.get(id);
+    if (index === undefined) agentColors.set(id, index = agentColors.size);
+    return seriesStyle(index);
+  }
+
+  // The last minutes, as charts: the manager samples every few seconds (GET /v1/history).
+
+  /** A chart's figure, empty until drawn: its SVG, and the figure with its caption. */
+  function chartFigure(kind: string, caption: string): [SVGSVGElement, HTMLElement] {
+    const plot = svg("svg", { class: "plot", role: "img", "aria-label": caption });
+    return [
+      plot,
+      h("figure", { class: "chart", "data-chart": kind }, [h("figcaption", { text: caption }), plot]),
+    ];
+  }
+
+  /**
+   * Draws `lines` over `times` into `plot`, as wide as the page shows it: a grid line and label per value
+   * tick, time labels, a path per line (`data-series`, and `data-points`: how many samples it goes through)
+   * with a dot on its newest value, and a word in the middle when there is nothing to draw.
+   */
+  function drawChart(plot: SVGSVGElement, times: readonly number[], lines: readonly Line[], windowS: number) {
+    const width = Math.max(160, Math.round(plot.getBoundingClientRect().width) || 320);
+    const layout = chartLayout(times, lines, { width, height: CHART_HEIGHT, margin: CHART_MARGIN, windowS });
+    const { left, right, top, bottom } = layout.plot;
+    const label = (x: number, y: number, text: string, anchor: string, kind = "tick") => {
+      const node = svg("text", { class: kind, x, y, "text-anchor": anchor });
+      node.textContent = text;
+      return node;
+    };
+    const nodes: SVGElement[] = [];
+    for (const tick of layout.yTicks) {
+      nodes.push(svg("line", { class: "grid", x1: left, x2: right, y1: tick.at, y2: tick.at }));
+      nodes.push(label(left - 6, tick.at + 3.5, tick.label, tick.anchor));
+    }
+    for (const tick of layout.xTicks) nodes.push(label(tick.at, CHART_HEIGHT - 6, tick.label, tick.anchor));
+    if (layout.empty) {
+      const words = times.length === 0 ? "No samples yet" : "No values yet";
+      nodes.push(label((left + right) / 2, (top + bottom) / 2, words, "middle", "chart-empty"));
+    }
+    layout.lines.forEach((line, i) => {
+      const { color, dash } = lines[i]!;
+      const path = svg("path", {
+        class: "line",
+        d: line.d,
+        stroke: color,
+        "data-series": line.name,
+        "data-points": line.points,
+      });
+      if (dash !== "") path.setAttribute("stroke-dasharray", dash);
+      const title = svg("title");
+      title.textContent = `${line.name}: ${line.last === null ? "no value" : number(line.last)}`;
+      path.appendChild(title);
+      nodes.push(path);
+      if (line.end !== null) {
+        nodes.push(svg("circle", { class: "end", cx: line.end[0], cy: line.end[1], r: 2.5, fill: color }));
+      }
+    });
+    plot.setAttribute("viewBox", `0 0 ${width} ${CHART_HEIGHT}`);
+    plot.replaceChildren(...nodes);
+  }
+
+  /** The legend of a card's charts: a sample of each line, and its name. Rebuilt only when they change. */
+  function drawLegend(legend: HTMLElement, lines: readonly Line[]): void {
+    const key = JSON.stringify(lines.map(({ name, color, dash }) => [name, color, dash]));
+    if (legend.dataset.key === key) return;
+    legend.dataset.key = key;
+    legend.replaceChildren(...lines.map(({ name, color, dash }) => {
+      const sample = svg("svg", { width: 22, height: 10, "aria-hidden": "true" });
+      const stroke = svg("line", { x1: 2, y1: 5, x2: 20, y2: 5, stroke: color, "stroke-width": 2.5 });
+      if (dash !== "") stroke.setAttribute("stroke-dasharray", dash);
+      sample.appendChild(stroke);
+      const item = h("li", { "data-series": name }, [h("span", { class: "mono", text: name })]);
+      item.prepend(sample);
+      return item;
+    }));
+  }
+
+  function renderHistory(view: HistoryView): void {
+    const windowText = `last ${formatDuration(view.window_s)}, a sample every ${
+      formatDuration(view.interval_s)
+    }`;
+    for (const [name, card] of cards) {
+      const backends = view.services.find((service) => service.name === name)?.backends ?? [];
+      const lines = (values: (backend: typeof backends[number]) => Points): Line[] =>
+        backends.map((backend, i) => ({ name: backend.address, values: values(backend), ...seriesStyle(i) }));
+      const { history } = card;
+      setText(history.window, windowText);
+      drawChart(history.connections, view.times, lines((b) => b.connections_per_s), view.window_s);
+      drawChart(history.open, view.times, lines((b) => b.open_connections), view.window_s);
+      drawChart(history.weight, view.times, lines((b) => b.effective_weight), view.window_s);
+      drawLegend(history.legend, lines(() => []));
+    }
+    const lines = (values: (agent: typeof view.agents[number]) => Points): Line[] =>
+      view.agents.map((agent) => ({ name: agent.id, values: values(agent), ...agentStyle(agent.id) }));
+    setText(byId("agent-history-window"), windowText);
+    drawChart(byId("agent-decisions"), view.times, lines((a) => a.decisions_per_s), view.window_s);
+    drawChart(byId("agent-handoffs"), view.times, lines((a) => a.handoffs_per_s), view.window_s);
+    drawLegend(byId("agent-legend"), lines(() => []));
   }
 
   // Events

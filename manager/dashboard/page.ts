@@ -107,6 +107,21 @@ td.feedback { white-space: nowrap; }
 .kind.health, .kind.agent { color: var(--up); } .kind.config { color: var(--muted); }
 .kind.warning { color: var(--down); }
 .empty { color: var(--muted); padding: 8px 0; }
+.history { margin-top: 16px; padding-top: 12px; border-top: 1px solid var(--line); }
+.history-head { display: flex; align-items: baseline; gap: 10px; margin-bottom: 6px; }
+.history-head h3 { margin: 0; font-size: 13px; }
+.history-head .meta, .card-head .meta.small { color: var(--muted); font-size: 12px; }
+.charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(220px, 1fr)); gap: 6px 18px; }
+.chart { margin: 0; min-width: 0; }
+.chart figcaption { font-size: 12px; font-weight: 600; color: var(--muted); }
+.chart .plot { display: block; width: 100%; height: 130px; }
+.plot .grid { stroke: var(--line); stroke-width: 1; }
+.plot .tick { font: 10px system-ui, sans-serif; fill: var(--muted); font-variant-numeric: tabular-nums; }
+.plot .chart-empty { font: 12px system-ui, sans-serif; fill: var(--muted); }
+.plot .line { fill: none; stroke-width: 2; stroke-linejoin: round; stroke-linecap: round; }
+.legend { list-style: none; margin: 8px 0 0; padding: 0; display: flex; flex-wrap: wrap; gap: 4px 16px; }
+.legend li { display: flex; align-items: center; gap: 6px; font-size: 12px; color: var(--muted); }
+.legend svg { flex: none; }
 #login {
   position: fixed; inset: 0; display: flex; align-items: center; justify-content: center;
   background: rgba(15, 20, 27, .55); z-index: 10;
@@ -172,6 +187,14 @@ export const DASHBOARD_HTML = `<!doctype html>
         <svg id="ring" width="160" height="160" viewBox="0 0 160 160" role="img" aria-label="Claims of the agents"></svg>
         <ul id="agents" class="agents"></ul>
       </div>
+    </section>
+    <section class="card" id="agent-history">
+      <div class="card-head"><h2>Agents over time</h2><span class="meta small" id="agent-history-window"></span></div>
+      <div class="charts">
+        <figure class="chart" data-chart="decisions"><figcaption>Decisions/s</figcaption><svg id="agent-decisions" class="plot" role="img" aria-label="Decisions per second of each agent"></svg></figure>
+        <figure class="chart" data-chart="handoffs"><figcaption>Handoffs/s</figcaption><svg id="agent-handoffs" class="plot" role="img" aria-label="Handoffs per second of each agent"></svg></figure>
+      </div>
+      <ul id="agent-legend" class="legend"></ul>
     </section>
     <section class="card">
       <div class="card-head"><h2>Recent events</h2><span class="meta">feedback, states, agents</span></div>
