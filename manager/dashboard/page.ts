@@ -107,6 +107,7 @@ td.feedback { white-space: nowrap; }
 .kind.health, .kind.agent { color: var(--up); } .kind.config { color: var(--muted); }
 .kind.warning { color: var(--down); }
 .empty { color: var(--muted); padding: 8px 0; }
+.agents li.empty, .events li.empty { display: block; }
 .history { margin-top: 16px; padding-top: 12px; border-top: 1px solid var(--line); }
 .history-head { display: flex; align-items: baseline; gap: 10px; margin-bottom: 6px; }
 .history-head h3 { margin: 0; font-size: 13px; }
