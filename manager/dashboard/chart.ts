@@ -115,6 +115,18 @@ export function formatDuration(seconds: number): string {
 }
 
 /**
+ * How far back a time axis reaches for samples spanning `spanS` seconds: that span rounded up to a round
+ * length (1, 2, 5, 10, 15 or 30 minutes, then whole hours), and at most `windowS`, the time samples are
+ * kept. A manager that started a minute ago has its minute across the whole chart, not in its last pixels.
+ */
+export function axisSpan(spanS: number, windowS: number): number {
+  const span = spanS > 0 && Number.isFinite(spanS) ? spanS : 0;
+  const lengths = [60, 120, 300, 600, 900, 1800, 3600];
+  const rounded = lengths.find((length) => length >= span) ?? Math.ceil(span / 3600) * 3600;
+  return windowS > 0 && Number.isFinite(windowS) ? Math.min(windowS, rounded) : rounded;
+}
+
+/**
  * The ticks of a time axis that spans `windowS` seconds up to now, as seconds before now, oldest first,
  * at most `count` steps of a round length (5 s, 1 min, 5 min, …): 900, 600, 300, 0 for 15 minutes.
  */

@@ -52,13 +52,21 @@ for (const [where, f] of [["", chart], ["embedded: ", embedded]] as const) {
     assert.equal(f.formatValue(1e-320, 1e-320), "0.000", "never more than 3 decimals");
   });
 
-  Deno.test(`${where}time ticks step by round lengths back from now, and durations read in s, min or h`, () => {
+  Deno.test(`${where}time axes reach back a round length, ticks step by round lengths, durations read in s, min or h`, () => {
     assert.deepEqual(f.timeTicks(900, 4), [900, 600, 300, 0]);
     assert.deepEqual(f.timeTicks(900, 2), [600, 0]);
     assert.deepEqual(f.timeTicks(60, 4), [60, 45, 30, 15, 0]);
     assert.deepEqual(f.timeTicks(50, 4), [45, 30, 15, 0]);
     assert.deepEqual(f.timeTicks(86_400, 4), [72_000, 36_000, 0], "past an hour a step: 10 h for a day");
     assert.deepEqual(f.timeTicks(0, 4), [0]);
+    assert.equal(f.axisSpan(0, 900), 60, "a minute at least");
+    assert.equal(f.axisSpan(75, 900), 120);
+    assert.equal(f.axisSpan(145, 900), 300);
+    assert.equal(f.axisSpan(895, 900), 900);
+    assert.equal(f.axisSpan(2_000, 900), 900, "never more than is kept");
+    assert.equal(f.axisSpan(5_000, 86_400), 7_200);
+    assert.equal(f.axisSpan(45, 30), 30);
+    assert.equal(f.axisSpan(NaN, 900), 60);
     assert.equal(f.formatDuration(30), "30 s");
     assert.equal(f.formatDuration(90), "1.5 min");
     assert.equal(f.formatDuration(900), "15 min");

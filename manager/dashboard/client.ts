@@ -17,7 +17,7 @@ import type { AgentView, BackendView, ServicesView } from "../admin.ts";
 import type { ClusterEvent } from "../events.ts";
 import type { HistoryView, Points } from "../history.ts";
 import type { ClusterView } from "../role.ts";
-import { chartLayout, type ChartSeries, formatDuration, seriesStyle } from "./chart.ts";
+import { axisSpan, chartLayout, type ChartSeries, formatDuration, seriesStyle } from "./chart.ts";
 
 interface ServiceCard {
   readonly root: HTMLElement;
@@ -566,25 +566,27 @@ export function dashboardClient(): void {
   }
 
   function renderHistory(view: HistoryView): void {
-    const windowText = `last ${formatDuration(view.window_s)}, a sample every ${
-      formatDuration(view.interval_s)
-    }`;
+    // Every chart's time axis reaches as far back: over the samples there are, up to the window kept.
+    const { times } = view;
+    const spanS = axisSpan(times.length > 0 ? (times.at(-1)! - times[0]!) / 1000 : 0, view.window_s);
+    const every = formatDuration(view.interval_s);
+    const windowText = `last ${formatDuration(spanS)}, a sample every ${every}`;
     for (const [name, card] of cards) {
       const backends = view.services.find((service) => service.name === name)?.backends ?? [];
       const lines = (values: (backend: typeof backends[number]) => Points): Line[] =>
         backends.map((backend, i) => ({ name: backend.address, values: values(backend), ...seriesStyle(i) }));
       const { history } = card;
       setText(history.window, windowText);
-      drawChart(history.connections, view.times, lines((b) => b.connections_per_s), view.window_s);
-      drawChart(history.open, view.times, lines((b) => b.open_connections), view.window_s);
-      drawChart(history.weight, view.times, lines((b) => b.effective_weight), view.window_s);
+      drawChart(history.connections, times, lines((b) => b.connections_per_s), spanS);
+      drawChart(history.open, times, lines((b) => b.open_connections), spanS);
+      drawChart(history.weight, times, lines((b) => b.effective_weight), spanS);
       drawLegend(history.legend, lines(() => []));
     }
     const lines = (values: (agent: typeof view.agents[number]) => Points): Line[] =>
       view.agents.map((agent) => ({ name: agent.id, values: values(agent), ...agentStyle(agent.id) }));
     setText(byId("agent-history-window"), windowText);
-    drawChart(byId("agent-decisions"), view.times, lines((a) => a.decisions_per_s), view.window_s);
-    drawChart(byId("agent-handoffs"), view.times, lines((a) => a.handoffs_per_s), view.window_s);
+    drawChart(byId("agent-decisions"), times, lines((a) => a.decisions_per_s), spanS);
+    drawChart(byId("agent-handoffs"), times, lines((a) => a.handoffs_per_s), spanS);
     drawLegend(byId("agent-legend"), lines(() => []));
   }
 
