@@ -83,7 +83,7 @@ try {
 }
 
 /** The admin token the demo prints, once it says it runs. */
-async function adminToken(stdout: ReadableStream<Uint8Array>): Promise<string> {
+async function adminToken(stdout: ReadableStream<Uint8Array<ArrayBuffer>>): Promise<string> {
   let text = "";
   const lines = stdout.pipeThrough(new TextDecoderStream());
   const reader = lines.getReader();

@@ -3,6 +3,10 @@
  * The dashboard's script, as the browser runs it. `deno check` and `deno lint` read it as any other module
  * (the DOM's types come from the reference above); `page.ts` puts its source into the page.
  *
+ * The reference adds the DOM's global types to every program this module is checked in, main.ts's among
+ * them: a server module could name `document` unnoticed, and where the DOM and Deno declare a type apart,
+ * both must hold (`TextDecoderStream` takes a stream of `Uint8Array<ArrayBuffer>`, as Deno's streams are).
+ *
  * The script asks for the admin token once and keeps it in `sessionStorage` (never in a URL), then polls
  * `/v1/services`, `/v1/agents`, `/v1/events`, `/v1/cluster` (who leads) and `/v1/history` every second with
  * it as a bearer token, and updates the page in place so that weight bars glide from one value to the next
