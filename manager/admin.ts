@@ -170,11 +170,12 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
 
   app.get("/v1/services", (c) => {
     const now = deps.model.now();
-    return c.json({
+    const view: ServicesView = {
       // The state version agents acknowledge (GET /v1/agents `state_version`): equal means they serve this.
       version: deps.model.version,
       services: deps.model.services().map((service) => serviceView(service, now)),
-    });
+    };
+    return c.json(view);
   });
 
   app.get("/v1/services/:name", (c) => {
@@ -221,17 +222,7 @@ export function createAdminApp(deps: AdminDeps): Hono<Env> {
     const now = performance.now();
     const agents = deps.agents();
     const claims = agentClaims(agents.map((agent) => agent.id));
-    return c.json({
-      agents: agents.map((agent) => ({
-        id: agent.id,
-        claim: round(claims.get(agent.id) ?? 0, 4),
-        last_heartbeat_s: round((now - agent.lastHeartbeat) / 1000, 3),
-        connections: agent.connections,
-        mesh: agent.mesh,
-        address: agent.remote,
-        state_version: agent.ackedVersion,
-      })),
-    });
+    return c.json({ agents: agents.map((agent) => agentView(agent, claims.get(agent.id) ?? 0, now)) });
   });
 
   app.get("/v1/explain", (c) => {
@@ -535,6 +526,28 @@ function decodedParam(text: string): string {
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/** What `GET /v1/services` answers; the dashboard's script is checked against these types. */
+export interface ServicesView {
+  readonly version: number;
+  readonly services: ServiceView[];
+}
+export type ServiceView = ReturnType<typeof serviceView>;
+export type BackendView = ReturnType<typeof backendView>;
+/** One agent in `GET /v1/agents`. */
+export type AgentView = ReturnType<typeof agentView>;
+
+function agentView(agent: AgentSession, claim: number, now: number) {
+  return {
+    id: agent.id,
+    claim: round(claim, 4),
+    last_heartbeat_s: round((now - agent.lastHeartbeat) / 1000, 3),
+    connections: agent.connections,
+    mesh: agent.mesh,
+    address: agent.remote,
+    state_version: agent.ackedVersion,
+  };
 }
 
 function serviceView(service: ServiceRuntime, now: number) {

@@ -1,9 +1,9 @@
 /**
- * The dashboard at `GET /` of the manager: one self-contained page (`_dashboard_page.ts`) served with a
+ * The dashboard at `GET /` of the manager: one self-contained page (`dashboard/page.ts`) served with a
  * strict Content-Security-Policy. The page holds no cluster data and needs no token; its script asks the
  * operator for the admin token and sends it only as a bearer token to the admin API, same origin.
  */
-import { DASHBOARD_HTML } from "./_dashboard_page.ts";
+import { DASHBOARD_HTML } from "./dashboard/page.ts";
 
 /** The page, with a fresh nonce that is the only way its inline style and script are allowed to run. */
 export function dashboardPage(): Response {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { testAdminApp } from "./_test_admin_app.ts";
-import { DASHBOARD_SCRIPT } from "./_dashboard_page.ts";
+import { DASHBOARD_SCRIPT } from "./dashboard/page.ts";
 import { type Config, parseConfig } from "./config.ts";
 import { ClusterModel } from "./state.ts";
 
@@ -50,8 +50,9 @@ Deno.test("GET / serves the dashboard without a token, under a strict Content-Se
 Deno.test("the dashboard's script parses, keeps the token in sessionStorage and sends it only as a header", () => {
   new Function(DASHBOARD_SCRIPT);
   assert.match(DASHBOARD_SCRIPT, /sessionStorage\.setItem\(TOKEN_KEY, token\)/);
-  assert.match(DASHBOARD_SCRIPT, /authorization: "Bearer " \+ token/);
+  assert.match(DASHBOARD_SCRIPT, /authorization: `Bearer \$\{token\}`/);
   assert.ok(!/[?&]token=/.test(DASHBOARD_SCRIPT), "no token in a query string");
+  assert.ok(!/<\/script/i.test(DASHBOARD_SCRIPT), "nothing in the script ends the page's script element");
 });
 
 Deno.test("GET /v1/events needs the admin token and returns what happened after a number", async () => {

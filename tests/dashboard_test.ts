@@ -1,13 +1,18 @@
 /**
  * The dashboard in a real browser: Debian's chromium, driven by playwright-core, opens the manager's page
  * of a running cluster, is refused a wrong token, takes the right one, shows every backend and agent,
- * drains a backend and brings it back, and leaves a screenshot in tests/out/; and the demo's dashboard
- * shows the weights its backends' feedback moves. Skipped when chromium is not installed
- * (`apt-get install -y chromium`; `bash .ci/run` installs it).
+ * drains a backend and brings it back, and leaves a screenshot in tests/out/; the page charts a history
+ * the test samples itself, from none to many samples; and the demo's dashboard shows the weights its
+ * backends' feedback moves. Skipped when chromium is not installed (`apt-get install -y chromium`;
+ * `bash .ci/run` installs it).
  */
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { testAdminApp } from "../manager/_test_admin_app.ts";
+import { type Config, parseConfig } from "../manager/config.ts";
+import { type AgentSample, type BackendSample, History } from "../manager/history.ts";
+import { ClusterModel } from "../manager/state.ts";
 import { eventually, Proc } from "./_helpers.ts";
 import { ADMIN_TOKEN, connectAndReadLine, startNamedBackend, startTestCluster } from "./_cluster.ts";
 
@@ -23,11 +28,14 @@ const installed = (() => {
 
 const NAME = "the dashboard shows every backend and agent, and drains and undrains a backend from a click";
 const DEMO_NAME = "the demo's dashboard shows its backends' feedback moving their weight bars";
+const HISTORY_NAME =
+  "the dashboard charts each backend's and agent's history, from no sample to one to many, and moves on with new samples";
 // Fixed ports, as the demo's are, below the ephemeral range and apart from demo_test's and bundle_test's.
 const DEMO_LISTEN = "127.0.0.1:18082";
 const DEMO_ADMIN = "127.0.0.1:19092";
 
 type Browser = Awaited<ReturnType<typeof chromium.launchPersistentContext>>;
+type Page = Awaited<ReturnType<Browser["newPage"]>>;
 
 /** Headless chromium with a fresh profile, never a downloaded browser. */
 function launch(profile: string): Promise<Browser> {
@@ -54,6 +62,29 @@ const ignored = (name: string) =>
 interface ServiceView {
   backends: Array<{ address: string; state: string; operator_state: string }>;
 }
+
+/**
+ * The lines of a chart as the page drew them, by series: the points of each path (counted in its `d`, not
+ * taken from what the page says) and their y, in pixels down from the top.
+ */
+function chartLines(page: Page, scope: string, chart: string): Promise<Record<string, number[]>> {
+  return page.locator(`${scope} figure[data-chart="${chart}"] path.line`).evaluateAll((paths) =>
+    Object.fromEntries(paths.map((path) => [
+      path.getAttribute("data-series"),
+      [...(path.getAttribute("d") ?? "").matchAll(/[ML][^,]+,([^ ]+)/g)].map((match) => Number(match[1])),
+    ]))
+  );
+}
+
+/** How many points each line of a chart has, by series. */
+async function chartPoints(page: Page, scope: string, chart: string): Promise<Record<string, number>> {
+  const lines = await chartLines(page, scope, chart);
+  return Object.fromEntries(Object.entries(lines).map(([name, ys]) => [name, ys.length]));
+}
+
+/** `count` for every name. */
+const each = (names: readonly string[], count: number) =>
+  Object.fromEntries(names.map((name) => [name, count]));
 
 Deno.test({
   name: ignored(NAME),
@@ -129,6 +160,15 @@ Deno.test({
       }
       const row = (address: string) => page.locator(`tr[data-backend="${address}"]`);
       await row(a.address).locator("td", { hasText: "utilization 0.30" }).waitFor();
+      // The manager sampled its backends when it started: a point each in the charts of their open
+      // connections and effective weight, fetched from /v1/history with the token.
+      await eventually(
+        async () =>
+          Object.values(await chartPoints(page, '[data-service="web"]', "weight")).filter((n) => n >= 1)
+            .length === 3,
+        10_000,
+        "a point of each backend's effective weight",
+      );
       await page.locator("#sum-open", { hasText: "6" }).waitFor();
       await page.locator("#sum-leader", { hasText: "one manager" }).waitFor();
 
@@ -214,6 +254,152 @@ Deno.test({
     } finally {
       await browser?.close();
       await demo.stop();
+      await Deno.remove(profile, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: ignored(HISTORY_NAME),
+  ignore: !installed,
+  async fn() {
+    // The admin app in this process, on a real socket, over a history only the test samples: the test
+    // decides what the page has to chart, and when a new sample comes.
+    const backends = Array.from({ length: 10 }, (_, i) => `10.0.0.${11 + i}:80`);
+    const agents = ["agent-1", "agent-2"];
+    const parsed = parseConfig(JSON.stringify({
+      manager: { tokens: { admin: ADMIN_TOKEN, cluster: "test-cluster-token-0123456789" } },
+      services: [{
+        name: "web",
+        listen: "127.0.0.1:8080",
+        backends: backends.map((address) => ({ address, weight: 100 })),
+      }],
+    }));
+    assert.deepEqual(parsed.problems, []);
+    const model = new ClusterModel(parsed.config as Config, { seed: 7 });
+    const history = new History();
+    const server = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, onListen() {} },
+      testAdminApp(model, ADMIN_TOKEN, undefined, undefined, history).fetch,
+    );
+    const profile = await Deno.makeTempDir({ prefix: "switchyard-chromium-" });
+    let browser: Browser | null = null;
+    // Sample i of a run where backend 0 takes nothing (every value 0), backend 1 ramps up from 0 (a slow
+    // start), and the others take i × (their number) new connections per sample.
+    let samples = 0;
+    const sample = () => {
+      const i = samples++;
+      const at = Date.now() - 5_000 * (40 - i);
+      const backendSamples: BackendSample[] = backends.map((backend, n) => ({
+        service: "web",
+        backend,
+        started: n === 0 ? 0 : i * i * n,
+        open: n === 0 ? 0 : (i * n) % 17,
+        weight: n === 0 ? 0 : n === 1 ? Math.min(100, 10 * i) : 100,
+      }));
+      const agentSamples: AgentSample[] = agents.map((id, n) => ({
+        id,
+        served: 30 * i,
+        handedOff: (n + 1) * 7 * i,
+        decided: (n + 2) * 11 * i,
+      }));
+      history.record(at, { backends: backendSamples, agents: agentSamples });
+    };
+    try {
+      browser = await launch(profile);
+      const page = browser.pages()[0] ?? await browser.newPage();
+      const errors: string[] = [];
+      page.on("pageerror", (error) => errors.push(String(error)));
+      page.on("console", (message) => {
+        if (message.type() === "error") errors.push(message.text());
+      });
+      await page.goto(`http://127.0.0.1:${server.addr.port}/`);
+      await page.fill("#token", ADMIN_TOKEN);
+      await page.press("#token", "Enter");
+      await page.locator("#login").waitFor({ state: "hidden" });
+
+      // No sample yet: every chart says so, and draws no line.
+      const web = '[data-service="web"]';
+      for (const chart of ["connections", "open", "weight"]) {
+        await page.locator(`${web} figure[data-chart="${chart}"] text.chart-empty`, {
+          hasText: "No samples yet",
+        })
+          .waitFor();
+      }
+      await page.locator('figure[data-chart="decisions"] text.chart-empty', { hasText: "No samples yet" })
+        .waitFor();
+      assert.deepEqual(await chartPoints(page, web, "open"), {});
+
+      // One sample: a point per backend where a value needs one sample; a rate needs two.
+      sample();
+      await eventually(
+        async () =>
+          JSON.stringify(await chartPoints(page, web, "open")) === JSON.stringify(each(backends, 1)),
+        5_000,
+        "a point per backend",
+      );
+      assert.deepEqual(await chartPoints(page, web, "weight"), each(backends, 1));
+      await page.locator(`${web} figure[data-chart="connections"] text.chart-empty`, {
+        hasText: "No values yet",
+      })
+        .waitFor();
+
+      // Many samples: every line goes through each of them (a rate through all but the first).
+      for (let i = 0; i < 29; i++) sample();
+      await eventually(
+        async () =>
+          JSON.stringify(await chartPoints(page, web, "open")) === JSON.stringify(each(backends, 30)),
+        5_000,
+        "30 points per backend",
+      );
+      assert.deepEqual(await chartPoints(page, web, "weight"), each(backends, 30));
+      assert.deepEqual(await chartPoints(page, web, "connections"), each(backends, 29));
+      assert.deepEqual(await chartPoints(page, "#agent-history", "decisions"), each(agents, 29));
+      assert.deepEqual(await chartPoints(page, "#agent-history", "handoffs"), each(agents, 29));
+      assert.equal(await page.locator(`${web} text.chart-empty`).count(), 0);
+
+      // A backend at 0 throughout lies on the axis; the one slowly starting climbs, then levels.
+      const weights = await chartLines(page, web, "weight");
+      const zero = weights[backends[0]!]!;
+      assert.equal(new Set(zero).size, 1, "a flat line");
+      const ramp = weights[backends[1]!]!;
+      assert.equal(zero[0], ramp[0], "both start at 0, on the axis");
+      assert.ok(ramp[10]! < ramp[0]!, "the slow start climbs");
+      assert.equal(ramp[10], ramp.at(-1), "and levels off at the top");
+
+      // Ten backends: each in the legend, each drawn differently (past eight colors, dashed).
+      const legend = await page.locator(`${web} .legend li`).evaluateAll((items) =>
+        items.map((item) => {
+          const line = item.querySelector("line");
+          return [
+            item.getAttribute("data-series"),
+            line?.getAttribute("stroke"),
+            line?.getAttribute("stroke-dasharray"),
+          ];
+        })
+      );
+      assert.deepEqual(legend.map(([name]) => name), backends);
+      assert.equal(new Set(legend.map(([, color, dash]) => `${color} ${dash}`)).size, backends.length);
+      await Deno.mkdir(OUT, { recursive: true });
+      await page.screenshot({ path: `${OUT}dashboard-history.png`, fullPage: true, animations: "disabled" });
+
+      // A new sample: the page's next refresh moves every chart on.
+      const before = await chartLines(page, web, "open");
+      sample();
+      await eventually(
+        async () =>
+          JSON.stringify(await chartPoints(page, web, "open")) === JSON.stringify(each(backends, 31)),
+        5_000,
+        "the next sample",
+      );
+      const after = await chartLines(page, web, "open");
+      assert.notDeepEqual(after, before);
+      assert.deepEqual(await chartPoints(page, "#agent-history", "decisions"), each(agents, 30));
+      assert.deepEqual(errors, [], "no script error or CSP violation");
+    } finally {
+      await browser?.close();
+      await server.shutdown();
+      model.close();
       await Deno.remove(profile, { recursive: true });
     }
   },
