@@ -34,7 +34,13 @@ import {
   type SocketAddress,
   type Target,
 } from "./data_plane.ts";
-import { type AheadMessage, type LinkReport, ManagerLink } from "./manager_link.ts";
+import {
+  type AgentLink,
+  type AheadMessage,
+  type LinkReport,
+  ManagerLink,
+  type ManagerLinkOptions,
+} from "./manager_link.ts";
 import { encodeMeshHeader, type HandedOffFlow, MeshServer } from "./mesh.ts";
 import { errnoText } from "./relay/libc.ts";
 import { RelayDataPlane } from "./relay/relay_plane.ts";
@@ -79,6 +85,18 @@ export interface AgentOptions {
    * agent says why and uses Deno's sockets), or Deno's sockets.
    */
   readonly dataPath?: DataPath;
+  /**
+   * What the agent is built on, for tests that drive it alone: its link to the manager (a `ManagerLink` by
+   * default) and its data plane (the epoll relay by default, with `dataPath: "epoll"`; Deno's sockets
+   * still take the mesh's flows).
+   */
+  readonly seams?: AgentSeams;
+}
+
+/** The parts an agent is built on, which a test may replace (`AgentOptions.seams`). */
+export interface AgentSeams {
+  readonly link?: (options: ManagerLinkOptions) => AgentLink;
+  readonly openPlane?: (events: DataPlaneEvents) => Promise<DataPlane>;
 }
 
 export const DATA_PATHS = ["epoll", "deno"] as const;
@@ -202,7 +220,7 @@ export class Agent {
   #relay: Plane | null = null;
   readonly #sockets: Plane;
   readonly #socketPlane: SocketDataPlane;
-  #link: ManagerLink | null = null;
+  #link: AgentLink | null = null;
   #mesh: MeshServer | null = null;
   #claimOwners: Uint16Array | null = null;
   /** The certificate the mesh port serves TLS with now ("" for plain TCP). */
@@ -306,7 +324,8 @@ export class Agent {
         mesh: advertised,
       });
     }
-    this.#link = new ManagerLink({
+    const link = this.#options.seams?.link ?? ((options: ManagerLinkOptions) => new ManagerLink(options));
+    this.#link = link({
       managers: this.#options.managers,
       token: this.#options.token,
       agentId: this.#options.id,
@@ -524,9 +543,10 @@ export class Agent {
 
   /** Starts the epoll relay; where it cannot be had, says why and keeps to Deno's sockets. */
   async #openRelay(): Promise<void> {
-    const opened = await RelayDataPlane.open(this.#handlersOf(() => this.#relay!))
+    const open = this.#options.seams?.openPlane ?? ((events: DataPlaneEvents) => RelayDataPlane.open(events));
+    const opened = await open(this.#handlersOf(() => this.#relay!))
       .catch((error) => ({ unavailable: errorText(error) }));
-    if (opened instanceof RelayDataPlane) {
+    if (!("unavailable" in opened)) {
       this.#relay = planeRecord(opened);
       this.#log.info("Serving connections through the epoll relay");
       return;
@@ -735,6 +755,7 @@ export class Agent {
 
   /** The manager is told what was taken of its queues: now (a queue is half used), or within a moment. */
   #usedSoon(now: boolean): void {
+    if (this.#draining) return;
     if (now) {
       clearTimeout(this.#usedTimer);
       this.#usedTimer = undefined;
@@ -1129,7 +1150,8 @@ export class Agent {
 
   /** Tells the manager the new open counts, coalesced over a short window. */
   #openCountsChanged(): void {
-    if (this.#openCountsTimer !== undefined) return;
+    // A draining agent has left the manager; the flows a closing plane ends are told to no one.
+    if (this.#openCountsTimer !== undefined || this.#draining) return;
     this.#openCountsTimer = setTimeout(() => {
       this.#openCountsTimer = undefined;
       this.#link?.sendOpenCounts(this.#report().backends);

@@ -79,7 +79,24 @@ type ManagerChannel = Channel<ManagerMessage, AgentMessage>;
 /** The first protocol version whose managers take `decide` in its compact form. */
 const COMPACT_VERSION = 4;
 
-export class ManagerLink {
+/** What an agent needs of its link to the manager (`ManagerLink`; tests pass their own). */
+export interface AgentLink {
+  readonly connected: boolean;
+  /** The manager joined now, or tried last. */
+  readonly manager: HostPort;
+  start(): void;
+  close(): Promise<void>;
+  decide(
+    service: string,
+    client: { ip: string; port: number },
+    timeoutMs: number,
+    lane?: "listen" | "mesh",
+  ): Promise<Decision | null>;
+  sendUsed(queues: Array<{ service: string; seq: number; used: number; lane: "listen" | "mesh" }>): void;
+  sendOpenCounts(backends: LinkReport["backends"]): void;
+}
+
+export class ManagerLink implements AgentLink {
   readonly #options: ManagerLinkOptions;
   #closed = false;
   #channel: ManagerChannel | null = null;
