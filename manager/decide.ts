@@ -5,10 +5,11 @@
  * `affinity.key: client_ip`, a client keeps its backend for the affinity ttl while that backend is up.
  */
 import { heapify, siftDown } from "../cluster/index_heap.ts";
+import { Histogram } from "../cluster/prometheus.ts";
 import { type Chooser, DecisionQueues } from "./ahead.ts";
 import type { BackendRuntime, ClusterModel, ServiceRuntime } from "./state.ts";
 import { effectiveWeight, openConnections } from "./state.ts";
-import { DECISION_BUCKETS_S, Histogram } from "./metrics.ts";
+import { DECISION_BUCKETS_S } from "./metrics.ts";
 
 export const DECIDE_DEFAULTS = {
   /**

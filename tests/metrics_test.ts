@@ -6,41 +6,10 @@
 import assert from "node:assert/strict";
 import { eventually, readAll, writeAll } from "./_helpers.ts";
 import { ADMIN_TOKEN, type AgentProc, startTestCluster } from "./_cluster.ts";
+import { parseMetrics, type Series, sumOf } from "./_prometheus.ts";
 
 const UP_BYTES = 1000;
 const DOWN_BYTES = 2500;
-
-interface Series {
-  readonly name: string;
-  readonly labels: Record<string, string>;
-  readonly value: number;
-}
-
-/** Parses a text-format page into its samples (comments checked, label values unescaped). */
-function parse(text: string): Series[] {
-  const out: Series[] = [];
-  for (const line of text.split("\n")) {
-    if (line === "") continue;
-    if (line.startsWith("#")) {
-      assert.match(line, /^# (HELP|TYPE) [a-zA-Z_:][a-zA-Z0-9_:]* /, "a HELP or TYPE comment");
-      continue;
-    }
-    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    assert.ok(match, `not a sample line: ${JSON.stringify(line)}`);
-    const labels: Record<string, string> = {};
-    for (const pair of (match[2] ?? "").matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) {
-      labels[pair[1] as string] = (pair[2] as string).replace(/\\(.)/g, (_, c) => c === "n" ? "\n" : c);
-    }
-    out.push({ name: match[1] as string, labels, value: Number(match[3]) });
-  }
-  return out;
-}
-
-function sum(series: Series[], name: string, labels: Record<string, string> = {}): number {
-  return series
-    .filter((s) => s.name === name && Object.entries(labels).every(([key, value]) => s.labels[key] === value))
-    .reduce((total, s) => total + s.value, 0);
-}
 
 async function scrape(address: string, token?: string): Promise<Series[]> {
   const response = await fetch(`http://${address}/metrics`, {
@@ -49,7 +18,7 @@ async function scrape(address: string, token?: string): Promise<Series[]> {
   const text = await response.text();
   assert.equal(response.status, 200, text);
   assert.equal(response.headers.get("content-type"), "text/plain; version=0.0.4; charset=utf-8");
-  return parse(text);
+  return parseMetrics(text);
 }
 
 /** A backend that reads the whole upload, then answers DOWN_BYTES and closes. */
@@ -141,42 +110,42 @@ Deno.test("/metrics on the agents and the manager count 37 then 40 known connect
     await eventually(
       async () => {
         const metrics = await scrape(admin1);
-        return sum(metrics, "switchyard_connections_total") === 37 &&
-          sum(metrics, "switchyard_active_connections") === 0;
+        return sumOf(metrics, "switchyard_connections_total") === 37 &&
+          sumOf(metrics, "switchyard_active_connections") === 0;
       },
       10_000,
       "37 connections, all ended, on the agent's /metrics",
     );
     let a1 = await scrape(admin1);
-    assert.equal(sum(a1, "switchyard_connections_total", { service: "web", backend: backend.address }), 37);
-    assert.equal(sum(a1, "switchyard_connections_total", { backend: dead }), 0);
-    assert.equal(sum(a1, "switchyard_agent_connections_served_total"), 37);
-    assert.equal(sum(a1, "switchyard_bytes_total", { direction: "up" }), 37 * UP_BYTES);
-    assert.equal(sum(a1, "switchyard_bytes_total", { direction: "down" }), 37 * DOWN_BYTES);
-    assert.equal(sum(a1, "switchyard_active_connections"), 0);
-    assert.equal(sum(a1, "switchyard_handoffs_total"), 0);
-    assert.equal(sum(a1, "switchyard_manager_decisions_total", { result: "answered" }), 37);
-    assert.equal(sum(a1, "switchyard_manager_decisions_total", { result: "fallback" }), 0);
-    const failures = sum(a1, "switchyard_connect_failures_total", { service: "web", backend: dead });
+    assert.equal(sumOf(a1, "switchyard_connections_total", { service: "web", backend: backend.address }), 37);
+    assert.equal(sumOf(a1, "switchyard_connections_total", { backend: dead }), 0);
+    assert.equal(sumOf(a1, "switchyard_agent_connections_served_total"), 37);
+    assert.equal(sumOf(a1, "switchyard_bytes_total", { direction: "up" }), 37 * UP_BYTES);
+    assert.equal(sumOf(a1, "switchyard_bytes_total", { direction: "down" }), 37 * DOWN_BYTES);
+    assert.equal(sumOf(a1, "switchyard_active_connections"), 0);
+    assert.equal(sumOf(a1, "switchyard_handoffs_total"), 0);
+    assert.equal(sumOf(a1, "switchyard_manager_decisions_total", { result: "answered" }), 37);
+    assert.equal(sumOf(a1, "switchyard_manager_decisions_total", { result: "fallback" }), 0);
+    const failures = sumOf(a1, "switchyard_connect_failures_total", { service: "web", backend: dead });
     assert.ok(failures >= 1, "the dead backend was tried and failed");
-    assert.equal(sum(a1, "switchyard_manager_connected"), 1);
+    assert.equal(sumOf(a1, "switchyard_manager_connected"), 1);
 
     await eventually(
       async () =>
-        sum(await scrape(cluster.admin, ADMIN_TOKEN), "switchyard_backend_connect_failures_total", {
+        sumOf(await scrape(cluster.admin, ADMIN_TOKEN), "switchyard_backend_connect_failures_total", {
           backend: dead,
         }) === failures,
       10_000,
       "the manager to have every connect failure the agent saw",
     );
     let m = await scrape(cluster.admin, ADMIN_TOKEN);
-    assert.equal(sum(m, "switchyard_decision_seconds_count", { service: "web" }), 37);
-    assert.equal(sum(m, "switchyard_decision_seconds_bucket", { service: "web", le: "+Inf" }), 37);
-    assert.equal(sum(m, "switchyard_decisions_total", { service: "web" }), 37);
-    assert.equal(sum(m, "switchyard_agents_live"), 1);
-    assert.equal(sum(m, "switchyard_agent_claim_ratio", { agent: "agent-1" }), 1);
-    assert.equal(sum(m, "switchyard_backend_effective_weight", { backend: backend.address }), 100);
-    assert.equal(sum(m, "switchyard_backend_state", { backend: dead, state: "down" }), 1);
+    assert.equal(sumOf(m, "switchyard_decision_seconds_count", { service: "web" }), 37);
+    assert.equal(sumOf(m, "switchyard_decision_seconds_bucket", { service: "web", le: "+Inf" }), 37);
+    assert.equal(sumOf(m, "switchyard_decisions_total", { service: "web" }), 37);
+    assert.equal(sumOf(m, "switchyard_agents_live"), 1);
+    assert.equal(sumOf(m, "switchyard_agent_claim_ratio", { agent: "agent-1" }), 1);
+    assert.equal(sumOf(m, "switchyard_backend_effective_weight", { backend: backend.address }), 100);
+    assert.equal(sumOf(m, "switchyard_backend_state", { backend: dead, state: "down" }), 1);
 
     // A second agent takes about half of the flow-hash space: flows accepted by agent-1 that agent-2
     // claims are handed off to it, and agent-2 asks the manager for each of them.
@@ -191,47 +160,47 @@ Deno.test("/metrics on the agents and the manager count 37 then 40 known connect
     await eventually(
       async () => {
         const [one, two] = [await scrape(admin1), await scrape(admin2)];
-        return sum(one, "switchyard_connections_total") + sum(one, "switchyard_handoffs_total") === 77 &&
-          sum(two, "switchyard_connections_total") === sum(one, "switchyard_handoffs_total") &&
-          sum(one, "switchyard_active_connections") + sum(two, "switchyard_active_connections") === 0;
+        return sumOf(one, "switchyard_connections_total") + sumOf(one, "switchyard_handoffs_total") === 77 &&
+          sumOf(two, "switchyard_connections_total") === sumOf(one, "switchyard_handoffs_total") &&
+          sumOf(one, "switchyard_active_connections") + sumOf(two, "switchyard_active_connections") === 0;
       },
       10_000,
       "every flow to be counted as served or handed off",
     );
     a1 = await scrape(admin1);
     const a2 = await scrape(admin2);
-    const handedOff = sum(a1, "switchyard_handoffs_total");
+    const handedOff = sumOf(a1, "switchyard_handoffs_total");
     assert.ok(handedOff > 0 && handedOff < 40, `${handedOff} of 40 handed off`);
-    assert.equal(sum(a2, "switchyard_connections_total", { service: "web" }), handedOff);
-    assert.equal(sum(a2, "switchyard_handoffs_total"), 0);
+    assert.equal(sumOf(a2, "switchyard_connections_total", { service: "web" }), handedOff);
+    assert.equal(sumOf(a2, "switchyard_handoffs_total"), 0);
     // The accepting agent forwarded every byte; the claimant forwarded the handed-off flows' bytes again.
-    assert.equal(sum(a1, "switchyard_bytes_total", { direction: "up" }), 77 * UP_BYTES);
-    assert.equal(sum(a1, "switchyard_bytes_total", { direction: "down" }), 77 * DOWN_BYTES);
-    assert.equal(sum(a2, "switchyard_bytes_total", { direction: "up" }), handedOff * UP_BYTES);
-    assert.equal(sum(a2, "switchyard_bytes_total", { direction: "down" }), handedOff * DOWN_BYTES);
+    assert.equal(sumOf(a1, "switchyard_bytes_total", { direction: "up" }), 77 * UP_BYTES);
+    assert.equal(sumOf(a1, "switchyard_bytes_total", { direction: "down" }), 77 * DOWN_BYTES);
+    assert.equal(sumOf(a2, "switchyard_bytes_total", { direction: "up" }), handedOff * UP_BYTES);
+    assert.equal(sumOf(a2, "switchyard_bytes_total", { direction: "down" }), handedOff * DOWN_BYTES);
 
     await eventually(
       async () => {
         const page = await scrape(cluster.admin, ADMIN_TOKEN);
         // Handoffs are counted as they are made, served flows as they connect: wait for a heartbeat of
         // agent-1's sent after both, not one between.
-        return sum(page, "switchyard_agent_reported_handoffs_total", { agent: "agent-1" }) === handedOff &&
-          sum(page, "switchyard_agent_reported_served_total", { agent: "agent-1" }) === 77 - handedOff &&
-          sum(page, "switchyard_agent_reported_served_total", { agent: "agent-2" }) === handedOff &&
-          sum(page, "switchyard_backend_connections_total", { backend: backend.address }) === 77;
+        return sumOf(page, "switchyard_agent_reported_handoffs_total", { agent: "agent-1" }) === handedOff &&
+          sumOf(page, "switchyard_agent_reported_served_total", { agent: "agent-1" }) === 77 - handedOff &&
+          sumOf(page, "switchyard_agent_reported_served_total", { agent: "agent-2" }) === handedOff &&
+          sumOf(page, "switchyard_backend_connections_total", { backend: backend.address }) === 77;
       },
       10_000,
       "the agents' heartbeats to report what they served and handed off",
     );
     m = await scrape(cluster.admin, ADMIN_TOKEN);
-    assert.equal(sum(m, "switchyard_decision_seconds_count", { service: "web" }), 77);
-    assert.equal(sum(m, "switchyard_agents_live"), 2);
-    assert.ok(Math.abs(sum(m, "switchyard_agent_claim_ratio") - 1) < 1e-9, "claims add up to 1");
-    assert.equal(sum(m, "switchyard_agent_reported_served_total", { agent: "agent-1" }), 77 - handedOff);
+    assert.equal(sumOf(m, "switchyard_decision_seconds_count", { service: "web" }), 77);
+    assert.equal(sumOf(m, "switchyard_agents_live"), 2);
+    assert.ok(Math.abs(sumOf(m, "switchyard_agent_claim_ratio") - 1) < 1e-9, "claims add up to 1");
+    assert.equal(sumOf(m, "switchyard_agent_reported_served_total", { agent: "agent-1" }), 77 - handedOff);
     // Every flow was decided by the manager, for the agent that served it; none was started to the dead one.
-    assert.equal(sum(m, "switchyard_agent_reported_decisions_total"), 77);
-    assert.equal(sum(m, "switchyard_agent_reported_decisions_total", { agent: "agent-2" }), handedOff);
-    assert.equal(sum(m, "switchyard_backend_connections_total", { backend: dead }), 0);
+    assert.equal(sumOf(m, "switchyard_agent_reported_decisions_total"), 77);
+    assert.equal(sumOf(m, "switchyard_agent_reported_decisions_total", { agent: "agent-2" }), handedOff);
+    assert.equal(sumOf(m, "switchyard_backend_connections_total", { backend: dead }), 0);
   } finally {
     await cluster.close();
     await backend.close();
