@@ -1,10 +1,9 @@
 import assert from "node:assert/strict";
 import { internalErrors } from "../cluster/guard.ts";
 import { type Config, type HealthConfig, parseConfig } from "./config.ts";
-import { checkBackend, type CheckResult, HealthChecker, type HealthTrack, nextHealth } from "./health.ts";
+import { checkBackend, HealthChecker } from "./health.ts";
+import type { CheckResult } from "./health_rule.ts";
 import { ClusterModel } from "./state.ts";
-
-const RULE = { rise: 2, fall: 3 };
 
 function health(fields: Partial<HealthConfig> = {}): HealthConfig {
   return {
@@ -86,39 +85,6 @@ async function closedPort(): Promise<number> {
 }
 
 const LOCAL = "127.0.0.1";
-
-Deno.test("health: a pass from unknown is up; from down it takes rise passes; fall failures are down", () => {
-  const unknown: HealthTrack = { health: "unknown", successes: 0, failures: 0 };
-  assert.deepEqual(nextHealth(unknown, { ok: true }, RULE), { health: "up", successes: 1, failures: 0 });
-  assert.deepEqual(nextHealth(unknown, { ok: false }, RULE), {
-    health: "unknown",
-    successes: 0,
-    failures: 1,
-  });
-  assert.deepEqual(nextHealth(unknown, { ok: false, count: 3 }, RULE), {
-    health: "down",
-    successes: 0,
-    failures: 3,
-  });
-  const up: HealthTrack = { health: "up", successes: 5, failures: 0 };
-  assert.deepEqual(nextHealth(up, { ok: false }, RULE), { health: "up", successes: 0, failures: 1 });
-  assert.deepEqual(nextHealth({ health: "up", successes: 0, failures: 2 }, { ok: false }, RULE), {
-    health: "down",
-    successes: 0,
-    failures: 3,
-  });
-  const down: HealthTrack = { health: "down", successes: 0, failures: 7 };
-  assert.deepEqual(nextHealth(down, { ok: true }, RULE), { health: "down", successes: 1, failures: 0 });
-  assert.deepEqual(nextHealth({ health: "down", successes: 1, failures: 0 }, { ok: true }, RULE), {
-    health: "up",
-    successes: 2,
-    failures: 0,
-  });
-  assert.deepEqual(nextHealth(down, { ok: true, count: 0 }, RULE), down, "a count of 0 changes nothing");
-  // rise 1 and fall 1: every check decides.
-  assert.equal(nextHealth(down, { ok: true }, { rise: 1, fall: 1 }).health, "up");
-  assert.equal(nextHealth(up, { ok: false }, { rise: 1, fall: 1 }).health, "down");
-});
 
 Deno.test("a tcp check passes when the backend accepts and fails when it refuses", async () => {
   const server = serve(() => Promise.resolve());
