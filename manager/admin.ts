@@ -18,7 +18,7 @@ import { internalErrors } from "../cluster/guard.ts";
 import { logger } from "../cluster/log.ts";
 import { METRICS_CONTENT_TYPE } from "../cluster/prometheus.ts";
 import { parseReports, ReportError } from "../feedback/mod.ts";
-import type { AgentSession } from "./cluster_server.ts";
+import type { AgentSession } from "./agent_session.ts";
 import {
   type BackendRuntime,
   backendState,

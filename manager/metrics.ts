@@ -3,7 +3,7 @@
  * (`cluster/prometheus.ts`), and the bounds of its decision-time histogram.
  */
 import { addInternalErrors, Exposition, type Histogram, type Sample } from "../cluster/prometheus.ts";
-import type { AgentSession } from "./cluster_server.ts";
+import type { AgentSession } from "./agent_session.ts";
 import type { RoleName } from "./role.ts";
 import { rampView } from "./slow_start.ts";
 import type { ServiceRuntime } from "./state.ts";

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { EtcdCluster, etcdUnavailable } from "../../tests/_etcd.ts";
 import { eventually } from "../../tests/_helpers.ts";
-import type { AgentSession } from "../cluster_server.ts";
+import type { AgentSession } from "../agent_session.ts";
 import { type Config, parseConfig } from "../config.ts";
 import { ClusterModel } from "../state.ts";
 import { Replica } from "./replica.ts";
