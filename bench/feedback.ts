@@ -23,6 +23,7 @@
  */
 import { parseArgs } from "node:util";
 import net from "node:net";
+import { writeAll } from "../cluster/write_all.ts";
 import { V8_FLAGS } from "../scripts/compile.ts";
 import { cleanupOnInterrupt, cpuMs, type Proc, Processes, randomHex } from "./_procs.ts";
 
@@ -50,8 +51,7 @@ class KeepAlive {
 
   /** Sends one whole request and reads its answer; returns the status and the body. */
   async request(bytes: Uint8Array): Promise<{ status: number; body: string }> {
-    let written = 0;
-    while (written < bytes.length) written += await this.#conn.write(bytes.subarray(written));
+    await writeAll(this.#conn, bytes);
     let length = 0;
     let end = -1;
     for (;;) {

@@ -16,6 +16,7 @@
  */
 import { parseArgs } from "node:util";
 import { resolve } from "node:path";
+import { writeAll } from "../cluster/write_all.ts";
 import { HTTP_BODY } from "./_backends.ts";
 import {
   cleanupOnInterrupt,
@@ -97,11 +98,6 @@ function closeQuietly(conn: Deno.Conn): void {
   } catch {
     // already closed
   }
-}
-
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  let offset = 0;
-  while (offset < bytes.length) offset += await conn.write(bytes.subarray(offset));
 }
 
 /** Reads HTTP/1.1 answers with a `Content-Length` off one connection. */

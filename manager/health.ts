@@ -17,6 +17,7 @@
 import { formatHostPort, type HostPort } from "../cluster/address.ts";
 import { guard } from "../cluster/guard.ts";
 import { logger } from "../cluster/log.ts";
+import { writeAll } from "../cluster/write_all.ts";
 import { parseAgentCheckReply } from "../feedback/mod.ts";
 import type { HealthConfig } from "./config.ts";
 import type { CheckResult } from "./health_rule.ts";
@@ -84,8 +85,10 @@ export async function checkBackend(
       const host = formatHostPort(address);
       await writeAll(
         conn,
-        `GET ${health.path} HTTP/1.0\r\nHost: ${host}\r\nUser-Agent: ${HEALTH_DEFAULTS.userAgent}\r\n` +
-          `Connection: close\r\n\r\n`,
+        new TextEncoder().encode(
+          `GET ${health.path} HTTP/1.0\r\nHost: ${host}\r\nUser-Agent: ${HEALTH_DEFAULTS.userAgent}\r\n` +
+            `Connection: close\r\n\r\n`,
+        ),
       );
       const line = await readLine(conn);
       const status = /^HTTP\/\d(?:\.\d)? (\d{3})(?: |$)/.exec(line ?? "");
@@ -304,12 +307,6 @@ export class HealthChecker {
     }
     queue[at] = last;
   }
-}
-
-async function writeAll(conn: Deno.Conn, text: string): Promise<void> {
-  const bytes = new TextEncoder().encode(text);
-  let offset = 0;
-  while (offset < bytes.length) offset += await conn.write(bytes.subarray(offset));
 }
 
 /** Reads up to the first line break (or `maxReplyBytes`, or the end); null when nothing came. */

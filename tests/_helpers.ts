@@ -3,6 +3,7 @@
  * their JSON log lines, and talk TCP to them. Every process is killed and awaited by the test that made it.
  */
 import { fileURLToPath } from "node:url";
+import { writeAll } from "../cluster/write_all.ts";
 
 export const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
 const decoder = new TextDecoder();
@@ -225,10 +226,8 @@ export async function readAll(conn: Deno.Conn): Promise<Uint8Array> {
   return all;
 }
 
-export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  let offset = 0;
-  while (offset < bytes.length) offset += await conn.write(bytes.subarray(offset));
-}
+/** The one `writeAll` (`cluster/write_all.ts`), for the tests that write to sockets. */
+export { writeAll };
 
 export function randomBytes(length: number): Uint8Array {
   const bytes = new Uint8Array(length);

@@ -6,6 +6,7 @@
  * is recorded, success or failure, with its times, the agent port it went to and its own client port (so
  * a test can find it in the agents' "served by" and "handed off to" log lines).
  */
+import { writeAll } from "../cluster/write_all.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -347,11 +348,6 @@ export async function holdConnection(port: number, host = "127.0.0.1"): Promise<
       }
     },
   };
-}
-
-export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  let offset = 0;
-  while (offset < bytes.length) offset += await conn.write(bytes.subarray(offset));
 }
 
 /** Runs `task` over `items` with at most `concurrency` at a time; returns the results in order. */

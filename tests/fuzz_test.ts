@@ -16,9 +16,9 @@ import { testAdminApp } from "../manager/_test_admin_app.ts";
 import { type Config, parseConfig } from "../manager/config.ts";
 import { ClusterModel } from "../manager/state.ts";
 import { ADMIN_TOKEN, agentMetric, CLUSTER_TOKEN, startTestCluster, type TestCluster } from "./_cluster.ts";
-import { eventually, type Proc, startManagerProcess } from "./_helpers.ts";
+import { eventually, type Proc, startManagerProcess, writeAll } from "./_helpers.ts";
 import { fuzzSeed, mutateBytes, randomJson, Rng } from "./_fuzz.ts";
-import { forEachBounded, sleep, stableView, startGreeter, vmRssKiB, writeAll } from "./_load.ts";
+import { forEachBounded, sleep, stableView, startGreeter, vmRssKiB } from "./_load.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
