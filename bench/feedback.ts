@@ -25,7 +25,8 @@ import { parseArgs } from "node:util";
 import net from "node:net";
 import { writeAll } from "../cluster/write_all.ts";
 import { V8_FLAGS } from "../scripts/compile.ts";
-import { cleanupOnInterrupt, cpuMs, type Proc, Processes, randomHex } from "./_procs.ts";
+import type { Proc } from "../tests/_helpers.ts";
+import { cleanupOnInterrupt, cpuMs, Processes, randomHex } from "./_procs.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const SELF = new URL(import.meta.url).pathname;

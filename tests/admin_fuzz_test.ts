@@ -460,7 +460,7 @@ Deno.test("about 19,000 mutated requests to every admin route of a manager with 
       l.message.startsWith("Agent") && l.message.includes("joined")
     )
       .length;
-    const pid = cluster.manager.child.pid;
+    const pid = cluster.manager.pid;
     const rssBefore = await vmRssKiB(pid);
     let rssPeak = rssBefore;
     let rssHalfway = rssBefore;

@@ -775,7 +775,7 @@ Deno.test("unauthenticated peers streaming frames of up to 16 MiB on the cluster
     await untilSettled(cluster, 1);
     const before = await clusterSnapshot(cluster);
     const port = Number(cluster.cluster.split(":").pop());
-    const pid = cluster.manager.child.pid;
+    const pid = cluster.manager.pid;
     const rssBefore = await vmRssKiB(pid);
     let peak = rssBefore;
     const peers = 40;
@@ -850,7 +850,7 @@ Deno.test("a flood of 4,000 idle connections to the cluster port: the manager's 
     const before = await clusterSnapshot(cluster);
     const joinsBefore = cluster.agents.map((a) => joins(a.proc));
     const port = Number(cluster.cluster.split(":").pop());
-    const pid = cluster.manager.child.pid;
+    const pid = cluster.manager.pid;
     const rssBefore = await vmRssKiB(pid);
     // Strangers that connect and say nothing, each for as long as the manager lets it.
     for (let i = 0; i < 4_000; i++) flood.push(await Deno.connect({ hostname: "127.0.0.1", port }));

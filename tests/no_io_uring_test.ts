@@ -98,7 +98,7 @@ Deno.test({
         assert.equal(served, 1_000, `${service}: ${JSON.stringify(Object.fromEntries(tally))}`);
       }
       // The agent is strace's child: it is told to stop, and strace exits with its status once it has.
-      for (const pid of traced(agent.proc.child.pid)) Deno.kill(pid, "SIGTERM");
+      for (const pid of traced(agent.proc.pid)) Deno.kill(pid, "SIGTERM");
       assert.equal((await agent.proc.status()).code, 0);
       const calls = (await Deno.readTextFile(trace)).split("\n").filter((line) => line.trim() !== "");
       assert.ok(
@@ -109,7 +109,7 @@ Deno.test({
       assert.deepEqual(uring, [], "io_uring system calls were made");
     } finally {
       // A tracee outlives a killed strace (6.1 has no --kill-on-exit): it goes first.
-      if (agent) { for (const pid of traced(agent.proc.child.pid)) Deno.kill(pid, "SIGKILL"); }
+      if (agent) { for (const pid of traced(agent.proc.pid)) Deno.kill(pid, "SIGKILL"); }
       await agent?.proc.stop();
       await manager.proc.stop();
       await Promise.all(backends.map((backend) => backend.close()));

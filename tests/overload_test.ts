@@ -209,7 +209,7 @@ Deno.test("a flood of 3,000 connections beyond max_connections: each closed at o
     assert.ok(held.every((conn) => conn.line === "b1"));
     await eventually(() => backend.accepted() === limit, 5_000, "the held connections to reach the backend");
     const rejectedBefore = await agentMetric(admin, "switchyard_rejected_connections_total");
-    const rssBefore = await vmRssKiB(agent.proc.child.pid);
+    const rssBefore = await vmRssKiB(agent.proc.pid);
 
     const flood = 3_000;
     let peakRss = rssBefore;
@@ -217,7 +217,7 @@ Deno.test("a flood of 3,000 connections beyond max_connections: each closed at o
     const sampling = (async () => {
       // Sample the agent's memory while the flood lasts (bounded: at most 300 samples).
       for (let i = 0; i < 300 && !floodDone; i++) {
-        peakRss = Math.max(peakRss, await vmRssKiB(agent.proc.child.pid));
+        peakRss = Math.max(peakRss, await vmRssKiB(agent.proc.pid));
         await sleep(50);
       }
     })();
@@ -247,7 +247,7 @@ Deno.test("a flood of 3,000 connections beyond max_connections: each closed at o
     floodDone = true;
     await sampling;
     const took = performance.now() - started;
-    const rssAfter = await vmRssKiB(agent.proc.child.pid);
+    const rssAfter = await vmRssKiB(agent.proc.pid);
     const closed = results.map((r) => r.closedMs);
     console.log(
       `${flood} connections over the limit in ${(took / 1000).toFixed(1)} s (${
