@@ -8,6 +8,7 @@
  */
 import { parseArgs } from "node:util";
 import net from "node:net";
+import { startEcho } from "../tests/_backends.ts";
 import { startTestCluster } from "../tests/_cluster.ts";
 import { eventually } from "../tests/_helpers.ts";
 
@@ -17,26 +18,8 @@ const { values } = parseArgs({
 });
 const connections = Number(values.connections);
 
-const echo = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-(async () => {
-  for await (const conn of echo) {
-    (async () => {
-      const buffer = new Uint8Array(64);
-      try {
-        for (;;) {
-          const n = await conn.read(buffer);
-          if (n === null) break;
-          await conn.write(buffer.subarray(0, n));
-        }
-      } catch { /* reset */ }
-      try {
-        conn.close();
-      } catch { /* closed */ }
-    })();
-  }
-})().catch(() => {});
-
-const backend = `127.0.0.1:${echo.addr.port}`;
+const echo = startEcho();
+const backend = echo.address;
 const cluster = await startTestCluster({
   agents: 2,
   services: [
@@ -91,7 +74,7 @@ try {
     "claims",
   );
   const direct: number[] = [];
-  for (let i = 0; i < connections / 4; i++) direct.push((await once(echo.addr.port)).ms);
+  for (let i = 0; i < connections / 4; i++) direct.push((await once(echo.port)).ms);
   const results: Record<string, Array<{ ms: number; localPort: number }>> = { decided: [], tabled: [] };
   for (const service of ["decided", "tabled"]) {
     const port = ports(0).get(service)!;
@@ -131,5 +114,5 @@ try {
   );
 } finally {
   await cluster.close();
-  echo.close();
+  await echo.close();
 }

@@ -8,7 +8,7 @@
  *   deno run --allow-all bench/ha_feedback.ts [--seconds 10] [--clients 32]
  */
 import { parseArgs } from "node:util";
-import { ADMIN_TOKEN, CLUSTER_TOKEN } from "../tests/_cluster.ts";
+import { ADMIN_TOKEN, CLUSTER_TOKEN } from "../tests/_config.ts";
 import { EtcdCluster, etcdUnavailable } from "../tests/_etcd.ts";
 import { eventually, startManagerProcess } from "../tests/_helpers.ts";
 

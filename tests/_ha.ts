@@ -4,7 +4,8 @@
  * cluster port. Managers' ports are picked free outside the ephemeral range, so that a killed manager
  * restarts where the agents look for it.
  */
-import { ADMIN_TOKEN, type AgentProc, CLUSTER_TOKEN } from "./_cluster.ts";
+import { ADMIN_TOKEN, CLUSTER_TOKEN } from "./_config.ts";
+import { type AgentProc } from "./_cluster.ts";
 import { EtcdCluster } from "./_etcd.ts";
 import { eventually, freeFixedPort, type Proc, startAgentProcess, startManagerProcess } from "./_helpers.ts";
 

@@ -333,11 +333,21 @@ export async function startAgentProcess(
     "debug",
     ...(options.extra ?? []),
   ], options.prefix ? { prefix: options.prefix } : {});
-  const line = await proc.waitForLog((l) =>
-    l.message.startsWith("Service") && l.properties.service === options.service
+  return { proc, port: await servicePort(proc, options.service) };
+}
+
+/** The port an agent listens on for `service`, from its log line saying so. */
+export async function servicePort(agent: Proc, service: string): Promise<number> {
+  const line = await agent.waitForLog((l) =>
+    l.message.startsWith("Service") && l.properties.service === service
   );
-  const port = Number(String(line.properties.bound).split(":").pop());
-  return { proc, port };
+  return Number(String(line.properties.bound).split(":").pop());
+}
+
+/** The address of an agent's `--admin` port (`/healthz`, `/metrics`), from its log line saying so. */
+export async function agentAdmin(agent: Proc): Promise<string> {
+  const line = await agent.waitForLog((l) => l.message.includes("serves /metrics"));
+  return String(line.properties.admin);
 }
 
 /** Reads from `conn` until end of stream. */

@@ -1,5 +1,5 @@
 /**
- * A bounded load generator for the fault tests, and the backends and held connections they watch.
+ * A bounded load generator for the fault tests, and the held connections they watch.
  *
  * `startLoad` runs N concurrent client loops through the agents for at most T seconds and M connections,
  * paced to a total rate. Each connection connects, reads the backend's first line and closes; every one
@@ -215,80 +215,6 @@ export function summarize(records: readonly LoadRecord[]) {
     text: `${records.length} connections in ${seconds.toFixed(1)} s (${
       (seconds > 0 ? records.length / seconds : 0).toFixed(0)
     }/s), ${failures.length} failed`,
-  };
-}
-
-/**
- * A test backend: greets each connection with `name` and a newline, then echoes what it reads until the
- * client closes. `kill()` stops it as a killed process looks to new clients (connections are refused);
- * `close()` also ends the connections it holds.
- */
-export function startGreeter(name: string, options: { host?: string; port?: number; greet?: boolean } = {}) {
-  const host = options.host ?? "127.0.0.1";
-  const greet = options.greet ?? true;
-  const listener = Deno.listen({ hostname: host, port: options.port ?? 0 });
-  const open = new Set<Deno.Conn>();
-  const handlers = new Set<Promise<void>>();
-  let accepted = 0;
-  let listening = true;
-  const accepting = (async () => {
-    try {
-      for await (const conn of listener) {
-        accepted++;
-        open.add(conn);
-        const handler = (async () => {
-          try {
-            if (greet) await writeAll(conn, encoder.encode(`${name}\n`));
-            const buffer = new Uint8Array(4096);
-            for (;;) {
-              const n = await conn.read(buffer);
-              if (n === null) break;
-              await writeAll(conn, buffer.subarray(0, n));
-            }
-          } catch {
-            // reset by the peer
-          } finally {
-            open.delete(conn);
-            try {
-              conn.close();
-            } catch {
-              // closed by close()
-            }
-          }
-        })();
-        handlers.add(handler);
-        handler.finally(() => handlers.delete(handler));
-      }
-    } catch {
-      // the listener was closed
-    }
-  })();
-  const stopListening = async () => {
-    if (listening) {
-      listening = false;
-      listener.close();
-    }
-    await accepting;
-  };
-  return {
-    name,
-    port: listener.addr.port,
-    address: `${host}:${listener.addr.port}`,
-    accepted: () => accepted,
-    open: () => open.size,
-    /** Refuses new connections from now on; connections already accepted finish as they would. */
-    kill: stopListening,
-    async close() {
-      await stopListening();
-      for (const conn of open) {
-        try {
-          conn.close();
-        } catch {
-          // closed
-        }
-      }
-      await Promise.allSettled([...handlers]);
-    },
   };
 }
 

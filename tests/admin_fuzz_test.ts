@@ -9,9 +9,11 @@
  * 1e308.
  */
 import assert from "node:assert/strict";
-import { ADMIN_TOKEN, agentsCaughtUp, startTestCluster, type TestCluster } from "./_cluster.ts";
+import { startGreeter } from "./_backends.ts";
+import { ADMIN_TOKEN } from "./_config.ts";
+import { agentsCaughtUp, startTestCluster, type TestCluster } from "./_cluster.ts";
 import { fuzzSeed, mutateBytes, randomJson, Rng } from "./_fuzz.ts";
-import { forEachBounded, stableView, startGreeter, vmRssKiB } from "./_load.ts";
+import { forEachBounded, stableView, vmRssKiB } from "./_load.ts";
 import { PROPERTY_SEED } from "./_property.ts";
 
 const WEB_TOKEN = "web-feedback-token-0123456789";
@@ -400,7 +402,7 @@ async function outside(cluster: TestCluster): Promise<unknown> {
 }
 
 Deno.test("about 19,000 mutated requests to every admin route of a manager with agents attached: no 5xx, nothing outside the token's scope changes, the manager stays up in bounded memory", async () => {
-  const backends = Array.from({ length: 5 }, (_, i) => startGreeter(`b${i}`));
+  const backends = Array.from({ length: 5 }, (_, i) => startGreeter(`b${i}`, { hold: true }));
   const [w1, w2, w3, a1, d1] = backends.map((b) => b.address) as [string, string, string, string, string];
   const cluster = await startTestCluster({
     agents: 2,

@@ -4,45 +4,9 @@
  */
 import assert from "node:assert/strict";
 import net from "node:net";
+import { startEcho } from "./_backends.ts";
 import { agentMetric, startTestCluster } from "./_cluster.ts";
-import { eventually, writeAll } from "./_helpers.ts";
-
-/** An echo backend; with `flood`, it also sends `flood` bytes at once on every connection. */
-function startEcho(options: { flood?: number } = {}) {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const handlers = new Set<Promise<void>>();
-  const accepting = (async () => {
-    for await (const conn of listener) {
-      const handler = (async () => {
-        try {
-          if (options.flood) await writeAll(conn, new Uint8Array(options.flood));
-          const buffer = new Uint8Array(4096);
-          for (;;) {
-            const n = await conn.read(buffer);
-            if (n === null) break;
-            await writeAll(conn, buffer.subarray(0, n));
-          }
-        } catch {
-          // reset by the agent: expected in these tests
-        } finally {
-          try {
-            conn.close();
-          } catch { /* closed */ }
-        }
-      })();
-      handlers.add(handler);
-      handler.finally(() => handlers.delete(handler));
-    }
-  })().catch(() => {});
-  return {
-    address: `127.0.0.1:${listener.addr.port}`,
-    async close() {
-      listener.close();
-      await accepting;
-      await Promise.allSettled([...handlers]);
-    },
-  };
-}
+import { agentAdmin, eventually, servicePort, writeAll } from "./_helpers.ts";
 
 async function echoOnce(conn: Deno.Conn, text: string): Promise<string> {
   await writeAll(conn, new TextEncoder().encode(text));
@@ -72,8 +36,7 @@ Deno.test("SIGTERM drains an agent: /healthz turns 503, new connections are refu
   });
   try {
     const agent = cluster.agents[0]!;
-    const adminLine = await agent.proc.waitForLog((l) => l.message.includes("serves /metrics"));
-    const admin = String(adminLine.properties.admin);
+    const admin = await agentAdmin(agent.proc);
     assert.equal(
       await fetch(`http://${admin}/healthz`).then(async (r) => (await r.body?.cancel(), r.status)),
       200,
@@ -153,17 +116,8 @@ Deno.test("each service's connections are closed after its own timeouts.drain, n
   });
   try {
     const agent = cluster.agents[0]!;
-    const portOf = async (name: string) =>
-      Number(
-        String(
-          (await agent.proc.waitForLog((l) =>
-            l.message.startsWith("Service") && l.properties.service === name
-          ))
-            .properties.bound,
-        ).split(":").pop(),
-      );
-    const short = await Deno.connect({ hostname: "127.0.0.1", port: await portOf("short") });
-    const long = await Deno.connect({ hostname: "127.0.0.1", port: await portOf("long") });
+    const short = await Deno.connect({ hostname: "127.0.0.1", port: await servicePort(agent.proc, "short") });
+    const long = await Deno.connect({ hostname: "127.0.0.1", port: await servicePort(agent.proc, "long") });
     assert.equal(await echoOnce(short, "s"), "s");
     assert.equal(await echoOnce(long, "l"), "l");
     const started = performance.now();
@@ -217,9 +171,7 @@ Deno.test("connections reset mid-stream on either side leak nothing, and the age
   });
   try {
     const agent = cluster.agents[0]!;
-    const admin = String(
-      (await agent.proc.waitForLog((l) => l.message.includes("serves /metrics"))).properties.admin,
-    );
+    const admin = await agentAdmin(agent.proc);
     // Clients that read a little of a 4 MiB answer and then reset the connection (SO_LINGER 0).
     for (let i = 0; i < 50; i++) {
       const socket = net.connect({ host: "127.0.0.1", port: agent.port });

@@ -4,8 +4,9 @@
  * while the manager is gone.
  */
 import assert from "node:assert/strict";
+import { startGreeter } from "./_backends.ts";
 import { eventually, freeFixedPort, type LogLine, Proc } from "./_helpers.ts";
-import { connectAndReadLine, startNamedBackend, startTestCluster } from "./_cluster.ts";
+import { connectAndReadLine, startTestCluster } from "./_cluster.ts";
 
 interface AgentsView {
   agents: Array<
@@ -21,7 +22,7 @@ const servedLines = (proc: Proc): LogLine[] =>
   proc.logs.filter((line) => line.message.startsWith("Flow") && line.message.includes("served by"));
 
 Deno.test("every connection is served by exactly its claimant, and the three agents share 3,000 connections evenly", async () => {
-  const backend = startNamedBackend("b1");
+  const backend = startGreeter("b1");
   const cluster = await startTestCluster({
     agents: 3,
     services: [{ name: "web", listen: "127.0.0.1:0", decide: "agent", backends: [backend.address] }],
@@ -84,7 +85,7 @@ Deno.test("every connection is served by exactly its claimant, and the three age
 });
 
 Deno.test("when an agent is killed its claim moves to the others within three heartbeats, and no other claim moves", async () => {
-  const backend = startNamedBackend("b1");
+  const backend = startGreeter("b1");
   const cluster = await startTestCluster({
     agents: 3,
     heartbeat: "200ms",
@@ -148,8 +149,8 @@ Deno.test("when an agent is killed its claim moves to the others within three he
 });
 
 Deno.test("with decide: manager, open-connection counts in the manager equal the truth, and long-held backends get fewer new flows", async () => {
-  const holder = startNamedBackend("holder", { hold: true });
-  const quick = startNamedBackend("quick", { hold: true });
+  const holder = startGreeter("holder", { hold: true });
+  const quick = startGreeter("quick", { hold: true });
   const cluster = await startTestCluster({
     agents: 3,
     services: [{
@@ -210,7 +211,7 @@ Deno.test("with decide: manager, open-connection counts in the manager equal the
 });
 
 Deno.test("with affinity client_ip, every connection of one client reaches one backend, whichever agent accepts it", async () => {
-  const backends = [startNamedBackend("b1"), startNamedBackend("b2"), startNamedBackend("b3")];
+  const backends = [startGreeter("b1"), startGreeter("b2"), startGreeter("b3")];
   const cluster = await startTestCluster({
     agents: 3,
     services: [{
@@ -250,7 +251,7 @@ Deno.test("with affinity client_ip, every connection of one client reaches one b
 });
 
 Deno.test("killing the manager under load fails no connection; agents rejoin and one restarted alone serves from its saved state", async () => {
-  const backend = startNamedBackend("b1");
+  const backend = startGreeter("b1");
   const cluster = await startTestCluster({
     agents: 2,
     cluster: `127.0.0.1:${freeFixedPort()}`,
@@ -326,7 +327,7 @@ Deno.test("killing the manager under load fails no connection; agents rejoin and
 Deno.test("a forged mesh connection and garbage frames on the cluster port are refused and logged, and nothing changes", async () => {
   const { TokenSigner } = await import("../cluster/auth.ts");
   const { encodeMeshHeader } = await import("../agent/mesh.ts");
-  const backend = startNamedBackend("b1");
+  const backend = startGreeter("b1");
   const cluster = await startTestCluster({
     agents: 2,
     services: [{ name: "web", listen: "127.0.0.1:0", decide: "agent", backends: [backend.address] }],

@@ -9,7 +9,9 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import { eventually, Proc } from "./_helpers.ts";
-import { ADMIN_TOKEN, connectAndReadLine, startNamedBackend, startTestCluster } from "./_cluster.ts";
+import { startGreeter as startNamedBackend } from "./_backends.ts";
+import { ADMIN_TOKEN } from "./_config.ts";
+import { connectAndReadLine, startTestCluster } from "./_cluster.ts";
 
 const CHROMIUM = "/usr/bin/chromium";
 const OUT = fileURLToPath(new URL("./out/", import.meta.url));

@@ -6,7 +6,9 @@
  * of those is traced to that agent through the agents' own log lines.
  */
 import assert from "node:assert/strict";
-import { ADMIN_TOKEN, startTestCluster, type TestCluster } from "./_cluster.ts";
+import { startGreeter } from "./_backends.ts";
+import { ADMIN_TOKEN } from "./_config.ts";
+import { startTestCluster, type TestCluster } from "./_cluster.ts";
 import { eventually, freeFixedPort, type LogLine, type Proc } from "./_helpers.ts";
 import {
   type HeldConnection,
@@ -15,7 +17,6 @@ import {
   type LoadRun,
   sleep,
   stableView,
-  startGreeter,
   startLoad,
   summarize,
 } from "./_load.ts";
@@ -124,7 +125,7 @@ function describeFailures(records: readonly LoadRecord[], t0: number): string {
 }
 
 Deno.test("the manager SIGKILLed and restarted under load through all three agents: 0 failed connections, and the agents converge", async () => {
-  const backends = [startGreeter("b1"), startGreeter("b2")];
+  const backends = [startGreeter("b1", { hold: true }), startGreeter("b2", { hold: true })];
   const names = new Set(backends.map((b) => b.name));
   const cluster = await startTestCluster({
     agents: 3,
@@ -181,7 +182,7 @@ Deno.test("the manager SIGKILLed and restarted under load through all three agen
 });
 
 Deno.test("an agent SIGKILLed under load: only flows through it fail; connections held through the others survive and new ones never fail", async () => {
-  const backends = [startGreeter("b1"), startGreeter("b2")];
+  const backends = [startGreeter("b1", { hold: true }), startGreeter("b2", { hold: true })];
   const names = new Set(backends.map((b) => b.name));
   const cluster = await startTestCluster({
     agents: 3,
@@ -282,7 +283,7 @@ Deno.test("an agent SIGKILLed under load: only flows through it fail; connection
 });
 
 Deno.test("an agent SIGTERMed under load: no connection fails, held ones through it included, and it exits 0 when they close", async () => {
-  const backends = [startGreeter("b1"), startGreeter("b2")];
+  const backends = [startGreeter("b1", { hold: true }), startGreeter("b2", { hold: true })];
   const names = new Set(backends.map((b) => b.name));
   const cluster = await startTestCluster({
     agents: 3,
@@ -361,7 +362,11 @@ Deno.test("an agent SIGTERMed under load: no connection fails, held ones through
 });
 
 Deno.test("a backend killed under load: no client connection fails, and after fall checks no agent even tries it", async () => {
-  const backends = [startGreeter("b1"), startGreeter("b2"), startGreeter("b3")];
+  const backends = [
+    startGreeter("b1", { hold: true }),
+    startGreeter("b2", { hold: true }),
+    startGreeter("b3", { hold: true }),
+  ];
   const names = new Set(backends.map((b) => b.name));
   const victim = backends[1]!;
   const cluster = await startTestCluster({
@@ -451,8 +456,8 @@ Deno.test("a backend killed under load: no client connection fails, and after fa
 });
 
 Deno.test("SIGHUP reloads under load: bad configs are rejected with their reasons and change nothing; good ones add a backend that gets traffic and remove one whose open connections carry on", async () => {
-  const b1 = startGreeter("b1");
-  const b2 = startGreeter("b2");
+  const b1 = startGreeter("b1", { hold: true });
+  const b2 = startGreeter("b2", { hold: true });
   const names = new Set(["b1", "b2"]);
   const cluster = await startTestCluster({
     agents: 2,

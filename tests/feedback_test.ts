@@ -5,12 +5,12 @@
  * a drained backend must get no new connection while its open ones carry on.
  */
 import assert from "node:assert/strict";
+import { startGreeter } from "./_backends.ts";
+import { ADMIN_TOKEN } from "./_config.ts";
 import {
-  ADMIN_TOKEN,
   agentsCaughtUp,
   connectAndReadLine,
   spread,
-  startNamedBackend,
   startTestCluster,
   type TestCluster,
 } from "./_cluster.ts";
@@ -49,8 +49,8 @@ async function postFeedback(cluster: TestCluster, body: unknown) {
 
 for (const decide of ["agent", "manager"] as const) {
   Deno.test(`feedback weights 75:25 split new connections 75/25 with decide: ${decide}, and 50/50 after the ttl`, async () => {
-    const alpha = startNamedBackend("alpha");
-    const beta = startNamedBackend("beta");
+    const alpha = startGreeter("alpha");
+    const beta = startGreeter("beta");
     const cluster = await startTestCluster({
       agents: 1,
       services: [{
@@ -126,8 +126,8 @@ for (const decide of ["agent", "manager"] as const) {
 }
 
 Deno.test("load reports shift new connections toward the idle backend", async () => {
-  const busy = startNamedBackend("busy");
-  const idle = startNamedBackend("idle");
+  const busy = startGreeter("busy");
+  const idle = startGreeter("idle");
   const cluster = await startTestCluster({
     agents: 1,
     services: [{
@@ -162,8 +162,8 @@ Deno.test("load reports shift new connections toward the idle backend", async ()
 });
 
 Deno.test("drain, reported with switchyard feedback, sends a backend no new connections while its open ones finish", async () => {
-  const alpha = startNamedBackend("alpha", { hold: true });
-  const beta = startNamedBackend("beta", { hold: true });
+  const alpha = startGreeter("alpha", { hold: true });
+  const beta = startGreeter("beta", { hold: true });
   const cluster = await startTestCluster({
     agents: 1,
     services: [{

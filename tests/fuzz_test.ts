@@ -15,10 +15,12 @@ import { MAX_FEEDBACK_BODY_BYTES } from "../manager/admin.ts";
 import { testAdminApp } from "../manager/_test_admin_app.ts";
 import { type Config, parseConfig } from "../manager/config.ts";
 import { ClusterModel } from "../manager/state.ts";
-import { ADMIN_TOKEN, agentMetric, CLUSTER_TOKEN, startTestCluster, type TestCluster } from "./_cluster.ts";
-import { eventually, type Proc, startManagerProcess, writeAll } from "./_helpers.ts";
+import { startGreeter } from "./_backends.ts";
+import { ADMIN_TOKEN, CLUSTER_TOKEN } from "./_config.ts";
+import { agentMetric, startTestCluster, type TestCluster } from "./_cluster.ts";
+import { agentAdmin, eventually, type Proc, startManagerProcess, writeAll } from "./_helpers.ts";
 import { fuzzSeed, mutateBytes, randomJson, Rng } from "./_fuzz.ts";
-import { forEachBounded, sleep, stableView, startGreeter, vmRssKiB } from "./_load.ts";
+import { forEachBounded, sleep, stableView, vmRssKiB } from "./_load.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -675,7 +677,7 @@ async function untilSettled(cluster: TestCluster, count: number): Promise<void> 
 const joins = (proc: Proc) => proc.logs.filter((l) => l.message.startsWith("Joined the manager")).length;
 
 Deno.test("about 4,000 garbage, oversized, truncated and wrong-shape frames on the cluster port: each closed by the manager, nothing changes", async () => {
-  const backend = startGreeter("b1");
+  const backend = startGreeter("b1", { hold: true });
   const cluster = await startTestCluster({
     agents: 2,
     services: [{
@@ -1001,7 +1003,7 @@ async function meshCases(rng: Rng, target: { port: number }): Promise<WireCase[]
 }
 
 Deno.test("about 3,300 garbage, forged, stale and truncated PROXY headers on the mesh port: each refused and closed, none reaches a backend", async () => {
-  const backend = startGreeter("b1");
+  const backend = startGreeter("b1", { hold: true });
   const cluster = await startTestCluster({
     agents: 2,
     services: [{
@@ -1020,9 +1022,7 @@ Deno.test("about 3,300 garbage, forged, stale and truncated PROXY headers on the
       )
         .split(":").pop(),
     );
-    const admin = String(
-      (await target.proc.waitForLog((l) => l.message.includes("serves /metrics"))).properties.admin,
-    );
+    const admin = await agentAdmin(target.proc);
     await eventually(
       () =>
         cluster.agents.every((a) => a.proc.logs.some((l) => l.message.startsWith("Claims split among 2"))),

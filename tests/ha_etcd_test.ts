@@ -7,9 +7,10 @@
  */
 import assert from "node:assert/strict";
 import { etcdUnavailable } from "./_etcd.ts";
+import { startGreeter } from "./_backends.ts";
 import { eventually, freeFixedPort } from "./_helpers.ts";
 import { type ClusterBody, HaCluster } from "./_ha.ts";
-import { sleep, startGreeter, startLoad, summarize } from "./_load.ts";
+import { sleep, startLoad, summarize } from "./_load.ts";
 
 const unavailable = etcdUnavailable();
 const LEASE_MS = 2_000;
@@ -20,7 +21,7 @@ Deno.test({
   name: unavailable ? `${NAME} (ignored: ${unavailable})` : NAME,
   ignore: unavailable !== null,
   async fn() {
-    const backends = [startGreeter("b1"), startGreeter("b2")];
+    const backends = [startGreeter("b1", { hold: true }), startGreeter("b2", { hold: true })];
     const port = freeFixedPort();
     let cluster: HaCluster | null = null;
     let load: ReturnType<typeof startLoad> | null = null;

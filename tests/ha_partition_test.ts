@@ -10,11 +10,12 @@
  * the test says so in its name and is ignored.
  */
 import assert from "node:assert/strict";
-import { ADMIN_TOKEN, CLUSTER_TOKEN } from "./_cluster.ts";
+import { startGreeter } from "./_backends.ts";
+import { ADMIN_TOKEN, CLUSTER_TOKEN } from "./_config.ts";
 import { EtcdCluster, etcdUnavailable } from "./_etcd.ts";
 import { eventually, type LogLine } from "./_helpers.ts";
 import type { ClusterBody } from "./_ha.ts";
-import { sleep, startGreeter, startLoad, summarize } from "./_load.ts";
+import { sleep, startLoad, summarize } from "./_load.ts";
 import { meshAgentArgs, netnsUnavailable, NsProc, TestNetwork } from "./_netns.ts";
 
 const NAME =
@@ -57,7 +58,10 @@ Deno.test({
 
       etcd = await EtcdCluster.start({ host: net(30), listen: "0.0.0.0", netns: nsE });
       const etcdPort = etcd.ports[0]!;
-      backends = [startGreeter("b1", { host: net(17) }), startGreeter("b2", { host: net(17) })];
+      backends = [
+        startGreeter("b1", { host: net(17), hold: true }),
+        startGreeter("b2", { host: net(17), hold: true }),
+      ];
       dir = await Deno.makeTempDir({ prefix: "switchyard-ha-partition-" });
       await Deno.writeTextFile(`${dir}/cluster.token`, CLUSTER_TOKEN);
       await Deno.writeTextFile(

@@ -7,9 +7,10 @@
  */
 import assert from "node:assert/strict";
 import { etcdUnavailable } from "./_etcd.ts";
+import { startGreeter } from "./_backends.ts";
 import { eventually, freeFixedPort } from "./_helpers.ts";
 import { type ClusterBody, HaCluster, type HaManager } from "./_ha.ts";
-import { sleep, startGreeter, startLoad, summarize } from "./_load.ts";
+import { sleep, startLoad, summarize } from "./_load.ts";
 
 const unavailable = etcdUnavailable();
 const LEASE_MS = 2_000;
@@ -50,7 +51,11 @@ Deno.test({
   name: unavailable ? `${NAME} (ignored: ${unavailable})` : NAME,
   ignore: unavailable !== null,
   async fn() {
-    const backends = [startGreeter("b1"), startGreeter("b2"), startGreeter("b3")];
+    const backends = [
+      startGreeter("b1", { hold: true }),
+      startGreeter("b2", { hold: true }),
+      startGreeter("b3", { hold: true }),
+    ];
     const [b1, b2, b3] = backends as [typeof backends[0], typeof backends[0], typeof backends[0]];
     const port = freeFixedPort();
     let cluster: HaCluster | null = null;

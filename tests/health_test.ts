@@ -4,6 +4,7 @@
  * backend or sets its weight; a killed backend is out after `fall` failed checks and back after `rise`.
  */
 import assert from "node:assert/strict";
+import { startBackend, startGreeter } from "./_backends.ts";
 import { agentsCaughtUp, spread, startTestCluster, type TestCluster } from "./_cluster.ts";
 import { eventually } from "./_helpers.ts";
 
@@ -22,66 +23,12 @@ interface ServicesView {
 
 const encoder = new TextEncoder();
 
-/** A TCP server on `host` that runs `handle` per connection; `close()` ends it and its connections. */
-function listen(host: string, port: number, handle: (conn: Deno.Conn) => Promise<void>) {
-  const listener = Deno.listen({ hostname: host, port });
-  const open = new Set<Deno.Conn>();
-  const tasks = new Set<Promise<void>>();
-  const accepting = (async () => {
-    try {
-      for await (const conn of listener) {
-        open.add(conn);
-        const task: Promise<void> = handle(conn).catch(() => {}).finally(() => {
-          open.delete(conn);
-          tasks.delete(task);
-          try {
-            conn.close();
-          } catch {
-            // closed
-          }
-        });
-        tasks.add(task);
-      }
-    } catch {
-      // listener closed
-    }
-  })();
-  return {
-    address: `${host}:${listener.addr.port}`,
-    port: listener.addr.port,
-    /** Ends the server and its connections; a second call does nothing. */
-    async close() {
-      try {
-        listener.close();
-      } catch {
-        // closed before
-      }
-      await accepting;
-      for (const conn of open) {
-        try {
-          conn.close();
-        } catch {
-          // closed
-        }
-      }
-      await Promise.allSettled([...tasks]);
-    },
-  };
-}
-
-/** A backend that answers each connection with its name and closes. */
-function namedBackend(name: string, host = "127.0.0.1", port = 0) {
-  return listen(host, port, async (conn) => {
-    await conn.write(encoder.encode(`${name}\n`));
-  });
-}
-
 /** An HAProxy agent-check responder: one line, `reply`, per connection, which the test may change. */
 function agentCheckResponder(host: string, port: number) {
   const state = { reply: "up\n" };
-  const server = listen(host, port, async (conn) => {
+  const server = startBackend(async (conn) => {
     await conn.write(encoder.encode(state.reply));
-  });
+  }, { host, port });
   return Object.assign(server, { state });
 }
 
@@ -96,8 +43,8 @@ Deno.test("an agent-check reply of drain, then up 50%, drains the backend, then 
   // Each backend's agent answers on the same port of the backend's own host: 127.0.0.1 and 127.0.0.2.
   const alphaAgent = agentCheckResponder("127.0.0.1", 0);
   const betaAgent = agentCheckResponder("127.0.0.2", alphaAgent.port);
-  const alpha = namedBackend("alpha", "127.0.0.1");
-  const beta = namedBackend("beta", "127.0.0.2");
+  const alpha = startGreeter("alpha", { host: "127.0.0.1" });
+  const beta = startGreeter("beta", { host: "127.0.0.2" });
   const cluster = await startTestCluster({
     agents: 1,
     services: [{
@@ -158,8 +105,8 @@ Deno.test("an agent-check reply of drain, then up 50%, drains the backend, then 
 });
 
 Deno.test("a killed backend gets no new connections after fall failed checks and gets them again after rise", async () => {
-  let alpha = namedBackend("alpha");
-  const beta = namedBackend("beta");
+  let alpha = startGreeter("alpha");
+  const beta = startGreeter("beta");
   const alphaPort = alpha.port;
   const cluster = await startTestCluster({
     agents: 1,
@@ -198,7 +145,7 @@ Deno.test("a killed backend gets no new connections after fall failed checks and
     const without = await spread(port, 200);
     assert.deepEqual([...without.keys()], ["beta"], "no new connection to the killed alpha");
 
-    alpha = namedBackend("alpha", "127.0.0.1", alphaPort);
+    alpha = startGreeter("alpha", { port: alphaPort });
     const revivedAt = performance.now();
     await eventually(
       async () => (await backendView(cluster, alpha.address)).health === "up",
@@ -221,8 +168,8 @@ Deno.test("a killed backend gets no new connections after fall failed checks and
 });
 
 Deno.test("connect failures the agents report take a backend out after fall of them, between active checks", async () => {
-  const alpha = namedBackend("alpha");
-  const beta = namedBackend("beta");
+  const alpha = startGreeter("alpha");
+  const beta = startGreeter("beta");
   const cluster = await startTestCluster({
     agents: 1,
     services: [{

@@ -5,8 +5,9 @@
  * a drain) never print a configured token, and every line about a flow, agent or backend names it.
  */
 import assert from "node:assert/strict";
-import { eventually, type LogLine, Proc, run, startManagerProcess } from "./_helpers.ts";
-import { agentsCaughtUp, connectAndReadLine, startNamedBackend } from "./_cluster.ts";
+import { startGreeter } from "./_backends.ts";
+import { eventually, type LogLine, Proc, run, servicePort, startManagerProcess } from "./_helpers.ts";
+import { agentsCaughtUp, connectAndReadLine } from "./_cluster.ts";
 
 const ADMIN = "admin-secret-4f1c9a7be2d8";
 const CLUSTER = "cluster-secret-9d03e6c1a5b7";
@@ -96,7 +97,7 @@ function configYaml(backend: string, adminToken: string | null): string {
 }
 
 Deno.test("no configured token appears in the logs of a manager (JSON) and agents (text) at debug level", async () => {
-  const backend = startNamedBackend("b1");
+  const backend = startGreeter("b1");
   const dir = await Deno.makeTempDir({ prefix: "switchyard-logs-" });
   Deno.env.set("APP_TOKEN", FEEDBACK);
   const procs: Proc[] = [];
@@ -204,7 +205,7 @@ Deno.test("no configured token appears in the logs of a manager (JSON) and agent
 });
 
 Deno.test("a generated admin token is printed once on stdout, never logged; agents' JSON lines carry their ids", async () => {
-  const backend = startNamedBackend("b1");
+  const backend = startGreeter("b1");
   const dir = await Deno.makeTempDir({ prefix: "switchyard-logs-" });
   const procs: Proc[] = [];
   try {
@@ -228,14 +229,7 @@ Deno.test("a generated admin token is printed once on stdout, never logged; agen
       new Proc(agentArgs(cluster as string, `${dir}/cluster.token`, id, "json"))
     );
     procs.push(...agents);
-    const ports = await Promise.all(agents.map(async (agent) =>
-      Number(
-        String(
-          (await agent.waitForLog((l) => l.message.startsWith("Service") && l.properties.service === "web"))
-            .properties.bound,
-        ).split(":").pop(),
-      )
-    ));
+    const ports = await Promise.all(agents.map((agent) => servicePort(agent, "web")));
     await eventually(
       () => agents.every((agent) => agent.logs.some((l) => l.message.startsWith("Claims split among 2"))),
       10_000,

@@ -4,8 +4,10 @@
  * handoffs, decisions and connect failures on each side.
  */
 import assert from "node:assert/strict";
-import { eventually, readAll, writeAll } from "./_helpers.ts";
-import { ADMIN_TOKEN, type AgentProc, startTestCluster } from "./_cluster.ts";
+import { agentAdmin, eventually, readAll, writeAll } from "./_helpers.ts";
+import { startBackend } from "./_backends.ts";
+import { ADMIN_TOKEN } from "./_config.ts";
+import { startTestCluster } from "./_cluster.ts";
 import { parseMetrics, type Series, sumOf } from "./_prometheus.ts";
 
 const UP_BYTES = 1000;
@@ -23,39 +25,13 @@ async function scrape(address: string, token?: string): Promise<Series[]> {
 
 /** A backend that reads the whole upload, then answers DOWN_BYTES and closes. */
 function startUploadBackend() {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const handlers = new Set<Promise<void>>();
   let uploads = 0;
-  const accepting = (async () => {
-    try {
-      for await (const conn of listener) {
-        const handler = (async () => {
-          try {
-            const received = await readAll(conn);
-            if (received.length === UP_BYTES) uploads++;
-            await writeAll(conn, new Uint8Array(DOWN_BYTES).fill(7));
-          } catch {
-            // the client went away
-          } finally {
-            conn.close();
-          }
-        })();
-        handlers.add(handler);
-        handler.finally(() => handlers.delete(handler));
-      }
-    } catch {
-      // listener closed
-    }
-  })();
-  return {
-    address: `127.0.0.1:${listener.addr.port}`,
-    uploads: () => uploads,
-    async close() {
-      listener.close();
-      await accepting;
-      await Promise.allSettled([...handlers]);
-    },
-  };
+  const backend = startBackend(async (conn) => {
+    const received = await readAll(conn);
+    if (received.length === UP_BYTES) uploads++;
+    await writeAll(conn, new Uint8Array(DOWN_BYTES).fill(7));
+  });
+  return { ...backend, uploads: () => uploads };
 }
 
 /** One client connection: uploads UP_BYTES, half-closes, reads the whole answer. */
@@ -68,11 +44,6 @@ async function transfer(port: number): Promise<void> {
   } finally {
     conn.close();
   }
-}
-
-async function agentAdmin(agent: AgentProc): Promise<string> {
-  const line = await agent.proc.waitForLog((l) => l.message.includes("serves /metrics"));
-  return String(line.properties.admin);
 }
 
 Deno.test("/metrics on the agents and the manager count 37 then 40 known connections exactly", async () => {
@@ -96,7 +67,7 @@ Deno.test("/metrics on the agents and the manager count 37 then 40 known connect
   });
   try {
     const agent1 = cluster.agents[0]!;
-    const admin1 = await agentAdmin(agent1);
+    const admin1 = await agentAdmin(agent1.proc);
 
     // Unauthenticated scrapes of the manager are refused; the agent's admin port is open by design.
     const refused = await fetch(`http://${cluster.admin}/metrics`);
@@ -150,7 +121,7 @@ Deno.test("/metrics on the agents and the manager count 37 then 40 known connect
     // A second agent takes about half of the flow-hash space: flows accepted by agent-1 that agent-2
     // claims are handed off to it, and agent-2 asks the manager for each of them.
     const agent2 = await cluster.startAgent("agent-2", ["--admin", "127.0.0.1:0"]);
-    const admin2 = await agentAdmin(agent2);
+    const admin2 = await agentAdmin(agent2.proc);
     await eventually(
       () => agent1.proc.logs.some((l) => l.message.startsWith("Claims split among 2")),
       10_000,

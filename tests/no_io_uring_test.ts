@@ -4,7 +4,8 @@
  * connection of a load through its epoll relay, and makes no io_uring system call at all.
  */
 import assert from "node:assert/strict";
-import { spread, startNamedBackend } from "./_cluster.ts";
+import { startGreeter } from "./_backends.ts";
+import { spread } from "./_cluster.ts";
 import { startAgentProcess, startManagerProcess } from "./_helpers.ts";
 
 const STRACE = "/usr/bin/strace";
@@ -34,7 +35,7 @@ Deno.test({
   ignore: Deno.build.os !== "linux" || !strace,
   async fn() {
     const dir = await Deno.makeTempDir({ prefix: "switchyard-no-uring-" });
-    const backends = [startNamedBackend("b1"), startNamedBackend("b2")];
+    const backends = [startGreeter("b1"), startGreeter("b2")];
     await Deno.writeTextFile(`${dir}/cluster.token`, TOKEN);
     const manager = await startManagerProcess(
       dir,

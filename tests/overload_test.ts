@@ -5,14 +5,14 @@
  * bounded, and normal service must resume after it.
  */
 import assert from "node:assert/strict";
+import { startEcho, startGreeter } from "./_backends.ts";
 import { agentMetric, startTestCluster } from "./_cluster.ts";
-import { eventually } from "./_helpers.ts";
+import { agentAdmin, eventually, servicePort } from "./_helpers.ts";
 import {
   forEachBounded,
   type HeldConnection,
   holdConnection,
   sleep,
-  startGreeter,
   startLoad,
   summarize,
   vmRssKiB,
@@ -91,8 +91,8 @@ async function slowClient(
 }
 
 Deno.test("400 slowloris connections are closed by timeouts.idle while the agent serves normal clients", async () => {
-  const backend = startGreeter("b1", { greet: false });
-  const normal = startGreeter("b1");
+  const backend = startEcho();
+  const normal = startGreeter("b1", { hold: true });
   const cluster = await startTestCluster({
     agents: 1,
     services: [
@@ -117,17 +117,8 @@ Deno.test("400 slowloris connections are closed by timeouts.idle while the agent
   });
   try {
     const agent = cluster.agents[0]!;
-    const web = Number(
-      String(
-        (await agent.proc.waitForLog((l) =>
-          l.message.startsWith("Service") && l.properties.service === "web"
-        ))
-          .properties.bound,
-      ).split(":").pop(),
-    );
-    const admin = String(
-      (await agent.proc.waitForLog((l) => l.message.includes("serves /metrics"))).properties.admin,
-    );
+    const web = await servicePort(agent.proc, "web");
+    const admin = await agentAdmin(agent.proc);
     const load = startLoad({
       targets: () => [web],
       concurrency: 4,
@@ -184,7 +175,7 @@ Deno.test("400 slowloris connections are closed by timeouts.idle while the agent
 });
 
 Deno.test("a flood of 3,000 connections beyond max_connections: each closed at once, none reaches a backend, memory stays bounded, service resumes", async () => {
-  const backend = startGreeter("b1");
+  const backend = startGreeter("b1", { hold: true });
   const limit = 200;
   const cluster = await startTestCluster({
     agents: 1,
@@ -202,9 +193,7 @@ Deno.test("a flood of 3,000 connections beyond max_connections: each closed at o
   const held: HeldConnection[] = [];
   try {
     const agent = cluster.agents[0]!;
-    const admin = String(
-      (await agent.proc.waitForLog((l) => l.message.includes("serves /metrics"))).properties.admin,
-    );
+    const admin = await agentAdmin(agent.proc);
     for (let i = 0; i < limit; i++) held.push(await holdConnection(agent.port));
     assert.ok(held.every((conn) => conn.line === "b1"));
     await eventually(() => backend.accepted() === limit, 5_000, "the held connections to reach the backend");

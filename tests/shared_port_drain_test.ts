@@ -12,9 +12,10 @@
  */
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { CLUSTER_TOKEN } from "./_cluster.ts";
+import { startGreeter } from "./_backends.ts";
+import { CLUSTER_TOKEN } from "./_config.ts";
 import { eventually } from "./_helpers.ts";
-import { sleep, startGreeter, startLoad, summarize } from "./_load.ts";
+import { sleep, startLoad, summarize } from "./_load.ts";
 import { meshAgentArgs, netnsUnavailable, NsProc, TestNetwork } from "./_netns.ts";
 
 const NAME =
@@ -48,7 +49,7 @@ Deno.test({
       for (const [key, value] of await sysctls(SYSCTLS)) {
         if (await network.sysctl(ns, key, value)) applied.push(`${key}=${value}`);
       }
-      backend = startGreeter("b1", { host: network.address(1) });
+      backend = startGreeter("b1", { host: network.address(1), hold: true });
       dir = await Deno.makeTempDir({ prefix: "switchyard-shared-port-" });
       await Deno.writeTextFile(`${dir}/cluster.token`, CLUSTER_TOKEN);
       // A fixed port is safe here: the namespace is this test's alone.

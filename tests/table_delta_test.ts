@@ -18,7 +18,8 @@ import {
   type StateDelta,
 } from "../cluster/protocol.ts";
 import { movedSlots, serviceDelta } from "../cluster/state_delta.ts";
-import { connectAndReadLine, startNamedBackend, startTestCluster } from "./_cluster.ts";
+import { startGreeter } from "./_backends.ts";
+import { connectAndReadLine, startTestCluster } from "./_cluster.ts";
 import { eventually, startAgentProcess } from "./_helpers.ts";
 
 const SANITIZE = { sanitizeOps: true, sanitizeResources: true } as const;
@@ -37,8 +38,8 @@ Deno.test({
   name: "a report's weight reaches the agent's table within 200 ms, as a delta",
   ...SANITIZE,
   fn: async () => {
-    const alpha = startNamedBackend("alpha");
-    const beta = startNamedBackend("beta");
+    const alpha = startGreeter("alpha");
+    const beta = startGreeter("beta");
     const cluster = await startTestCluster({
       agents: 1,
       heartbeat: "1s",
@@ -160,7 +161,7 @@ Deno.test({
   name: "an agent that misses a delta asks for the whole state, serves it, and takes deltas from it on",
   ...SANITIZE,
   fn: async () => {
-    const backends = [startNamedBackend("alpha"), startNamedBackend("beta"), startNamedBackend("gamma")];
+    const backends = [startGreeter("alpha"), startGreeter("beta"), startGreeter("gamma")];
     const dir = await Deno.makeTempDir({ prefix: "switchyard-delta-" });
     const token = "delta-test-cluster-token-0123456789";
     await Deno.writeTextFile(`${dir}/cluster.token`, token);

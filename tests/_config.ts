@@ -1,0 +1,58 @@
+/**
+ * Configs of the tests, built rather than written out: `testService` is one service the way most tests
+ * want it, `testConfig` a whole config file around services (JSON, which the manager reads as YAML). Both
+ * take any other key as the config file spells it (`decision_timeout`, `timeouts`, `limits`, `ha`, …).
+ */
+
+export const CLUSTER_TOKEN = "test-cluster-token-0123456789";
+export const ADMIN_TOKEN = "test-admin-token-0123456789";
+
+/** `health` with no active check within a test's time: the test backends count every connection they get. */
+export const NO_HEALTH_CHECKS = { interval: "1h", timeout: "1s" } as const;
+
+export interface TestServiceOptions {
+  /** `web` by default. */
+  readonly name?: string;
+  /** `127.0.0.1:0` by default. */
+  readonly listen?: string;
+  readonly decide?: "manager" | "agent";
+  readonly backends: ReadonlyArray<string | { readonly address: string; readonly weight?: number }>;
+  /** `NO_HEALTH_CHECKS` by default; null for the config's default checks. */
+  readonly health?: Readonly<Record<string, unknown>> | null;
+  readonly [key: string]: unknown;
+}
+
+/** One service: `web` on a free loopback port, without active health checks unless given. */
+export function testService(options: TestServiceOptions): Record<string, unknown> {
+  const { name = "web", listen = "127.0.0.1:0", health = NO_HEALTH_CHECKS, ...rest } = options;
+  return { name, listen, ...(health === null ? {} : { health }), ...rest };
+}
+
+export interface TestConfigOptions {
+  readonly services: readonly Record<string, unknown>[];
+  /**
+   * Keys of `manager` over the defaults: admin and cluster ports on 127.0.0.1 port 0, the admin token
+   * `ADMIN_TOKEN` and the cluster token read from `cluster.token` beside the config. `tokens` is merged
+   * key by key; a key given as undefined is left out.
+   */
+  readonly manager?: Readonly<Record<string, unknown>> & {
+    readonly tokens?: Readonly<Record<string, unknown>>;
+  };
+  /** `agents.heartbeat`: 200ms by default, so that agents see changes soon. */
+  readonly heartbeat?: string;
+}
+
+/** A whole config file's text. */
+export function testConfig(options: TestConfigOptions): string {
+  const { tokens = {}, ...manager } = options.manager ?? {};
+  return JSON.stringify({
+    manager: {
+      admin: "127.0.0.1:0",
+      cluster: "127.0.0.1:0",
+      ...manager,
+      tokens: { admin: ADMIN_TOKEN, cluster: { file: "cluster.token" }, ...tokens },
+    },
+    agents: { heartbeat: options.heartbeat ?? "200ms" },
+    services: options.services,
+  });
+}
