@@ -10,6 +10,7 @@ import { parseArgs } from "node:util";
 import net from "node:net";
 import { startEcho } from "../tests/_backends.ts";
 import { startTestCluster } from "../tests/_cluster.ts";
+import { testService } from "../tests/_config.ts";
 import { eventually } from "../tests/_helpers.ts";
 
 const { values } = parseArgs({
@@ -23,14 +24,14 @@ const backend = echo.address;
 const cluster = await startTestCluster({
   agents: 2,
   services: [
-    {
+    testService({
       name: "decided",
-      listen: "127.0.0.1:0",
       decide: "manager",
       decision_timeout: "200ms",
       backends: [backend],
-    },
-    { name: "tabled", listen: "127.0.0.1:0", decide: "agent", backends: [backend] },
+      health: null,
+    }),
+    testService({ name: "tabled", decide: "agent", backends: [backend], health: null }),
   ],
 });
 

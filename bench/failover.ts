@@ -10,6 +10,7 @@
 import { parseArgs } from "node:util";
 import { etcdUnavailable } from "../tests/_etcd.ts";
 import { startGreeter } from "../tests/_backends.ts";
+import { testService } from "../tests/_config.ts";
 import { eventually, freeFixedPort } from "../tests/_helpers.ts";
 import { type ClusterBody, HaCluster, type HaManager } from "../tests/_ha.ts";
 import { startLoad, summarize } from "../tests/_load.ts";
@@ -36,14 +37,12 @@ const cluster = await HaCluster.start({
   agents: 2,
   managers: 2,
   lease: values.lease,
-  services: [{
-    name: "web",
+  services: [testService({
     listen: `127.0.0.1:${port}`,
     decide: "manager",
     decision_timeout: "50ms",
-    health: { interval: "1h", timeout: "1s" },
     backends: backends.map((b) => b.address),
-  }],
+  })],
 });
 
 const role = (manager: HaManager) =>

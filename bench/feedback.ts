@@ -25,6 +25,7 @@ import { parseArgs } from "node:util";
 import net from "node:net";
 import { writeAll } from "../cluster/write_all.ts";
 import { V8_FLAGS } from "../scripts/compile.ts";
+import { testConfig } from "../tests/_config.ts";
 import type { Proc } from "../tests/_helpers.ts";
 import { cleanupOnInterrupt, cpuMs, Processes, randomHex } from "./_procs.ts";
 
@@ -198,13 +199,9 @@ async function startCluster(
   await Deno.writeTextFile(`${dir}/cluster.token`, randomHex(32));
   await Deno.writeTextFile(
     `${dir}/switchyard.yaml`,
-    JSON.stringify({
-      manager: {
-        admin: "127.0.0.1:0",
-        cluster: "127.0.0.1:0",
-        tokens: { admin: token, cluster: { file: `${dir}/cluster.token` } },
-      },
-      agents: { heartbeat: "1s" },
+    testConfig({
+      manager: { tokens: { admin: token, cluster: { file: `${dir}/cluster.token` } } },
+      heartbeat: "1s",
       services: options.services,
     }),
   );

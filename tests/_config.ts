@@ -42,17 +42,21 @@ export interface TestConfigOptions {
   readonly heartbeat?: string;
 }
 
-/** A whole config file's text. */
+/** A whole config file's text, indented so that a problem's line and column point somewhere. */
 export function testConfig(options: TestConfigOptions): string {
   const { tokens = {}, ...manager } = options.manager ?? {};
-  return JSON.stringify({
-    manager: {
-      admin: "127.0.0.1:0",
-      cluster: "127.0.0.1:0",
-      ...manager,
-      tokens: { admin: ADMIN_TOKEN, cluster: { file: "cluster.token" }, ...tokens },
+  return JSON.stringify(
+    {
+      manager: {
+        admin: "127.0.0.1:0",
+        cluster: "127.0.0.1:0",
+        ...manager,
+        tokens: { admin: ADMIN_TOKEN, cluster: { file: "cluster.token" }, ...tokens },
+      },
+      agents: { heartbeat: options.heartbeat ?? "200ms" },
+      services: options.services,
     },
-    agents: { heartbeat: options.heartbeat ?? "200ms" },
-    services: options.services,
-  });
+    null,
+    2,
+  );
 }

@@ -4,7 +4,7 @@
  * cluster port. Managers' ports are picked free outside the ephemeral range, so that a killed manager
  * restarts where the agents look for it.
  */
-import { ADMIN_TOKEN, CLUSTER_TOKEN } from "./_config.ts";
+import { ADMIN_TOKEN, CLUSTER_TOKEN, testConfig } from "./_config.ts";
 import { type AgentProc } from "./_cluster.ts";
 import { EtcdCluster } from "./_etcd.ts";
 import { eventually, freeFixedPort, type Proc, startAgentProcess, startManagerProcess } from "./_helpers.ts";
@@ -61,12 +61,12 @@ export class HaCluster {
     const dir = await Deno.makeTempDir({ prefix: "switchyard-ha-" });
     await Deno.writeTextFile(`${dir}/cluster.token`, CLUSTER_TOKEN);
     const etcd = await EtcdCluster.start({ members: options.etcdMembers ?? 1 });
-    const yaml = JSON.stringify({
+    // The managers' admin and cluster addresses are given on their command lines.
+    const yaml = testConfig({
       manager: {
-        tokens: { admin: ADMIN_TOKEN, cluster: { file: "cluster.token" } },
         ha: { etcd: etcd.endpoints, prefix: `/switchyard-test-${Deno.pid}`, lease: options.lease ?? "2s" },
       },
-      agents: { heartbeat: options.heartbeat ?? "200ms" },
+      ...(options.heartbeat ? { heartbeat: options.heartbeat } : {}),
       services: options.services,
     });
     const cluster = new HaCluster(dir, etcd, yaml, options);

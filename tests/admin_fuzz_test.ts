@@ -10,7 +10,7 @@
  */
 import assert from "node:assert/strict";
 import { startGreeter } from "./_backends.ts";
-import { ADMIN_TOKEN } from "./_config.ts";
+import { ADMIN_TOKEN, testService } from "./_config.ts";
 import { agentsCaughtUp, startTestCluster, type TestCluster } from "./_cluster.ts";
 import { fuzzSeed, mutateBytes, randomJson, Rng } from "./_fuzz.ts";
 import { forEachBounded, stableView, vmRssKiB } from "./_load.ts";
@@ -411,14 +411,12 @@ Deno.test("about 19,000 mutated requests to every admin route of a manager with 
     feedbackTokens: [{ token: WEB_TOKEN, services: ["web"] }],
     services: [
       // web is checked every 100 ms, so its table is rebuilt by the health checker while reports arrive.
-      {
-        name: "web",
-        listen: "127.0.0.1:0",
+      testService({
         health: { interval: "100ms", timeout: "50ms" },
         backends: [w1, { address: w2, weight: 10_000 }, { address: w3, weight: 1 }],
-      },
-      { name: "api", listen: "127.0.0.1:0", health: { interval: "1h", timeout: "1s" }, backends: [a1] },
-      { name: "db", listen: "127.0.0.1:0", health: { interval: "1h", timeout: "1s" }, backends: [d1, w1] },
+      }),
+      testService({ name: "api", backends: [a1] }),
+      testService({ name: "db", backends: [d1, w1] }),
     ],
   });
   const sources = Array.from(

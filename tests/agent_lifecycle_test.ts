@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { startEcho } from "./_backends.ts";
 import { agentMetric, startTestCluster } from "./_cluster.ts";
+import { testService } from "./_config.ts";
 import { agentAdmin, eventually, servicePort, writeAll } from "./_helpers.ts";
 
 async function echoOnce(conn: Deno.Conn, text: string): Promise<string> {
@@ -24,14 +25,11 @@ Deno.test("SIGTERM drains an agent: /healthz turns 503, new connections are refu
   const echo = startEcho();
   const cluster = await startTestCluster({
     agents: 1,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "agent",
-      health: { interval: "1h", timeout: "1s" },
       timeouts: { drain: "20s", connect: "1s", idle: "60s" },
       backends: [echo.address],
-    }],
+    })],
     agentArgs: () => ["--admin", "127.0.0.1:0"],
   });
   try {
@@ -69,14 +67,11 @@ Deno.test("a drain ends after timeouts.drain even when a connection stays open, 
   const echo = startEcho();
   const cluster = await startTestCluster({
     agents: 1,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "agent",
-      health: { interval: "1h", timeout: "1s" },
       timeouts: { drain: "1s", connect: "1s", idle: "60s" },
       backends: [echo.address],
-    }],
+    })],
   });
   try {
     const agent = cluster.agents[0]!;
@@ -102,14 +97,13 @@ Deno.test("a drain ends after timeouts.drain even when a connection stays open, 
 
 Deno.test("each service's connections are closed after its own timeouts.drain, not the longest one's", async () => {
   const echo = startEcho();
-  const service = (name: string, drain: string) => ({
-    name,
-    listen: "127.0.0.1:0",
-    decide: "agent",
-    health: { interval: "1h", timeout: "1s" },
-    timeouts: { drain, connect: "1s", idle: "60s" },
-    backends: [echo.address],
-  });
+  const service = (name: string, drain: string) =>
+    testService({
+      name,
+      decide: "agent",
+      timeouts: { drain, connect: "1s", idle: "60s" },
+      backends: [echo.address],
+    });
   const cluster = await startTestCluster({
     agents: 1,
     services: [service("short", "1s"), service("long", "4s")],
@@ -160,13 +154,10 @@ Deno.test("connections reset mid-stream on either side leak nothing, and the age
   const flood = startEcho({ flood: 4 * 1024 * 1024 });
   const cluster = await startTestCluster({
     agents: 1,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "agent",
-      health: { interval: "1h", timeout: "1s" },
       backends: [flood.address],
-    }],
+    })],
     agentArgs: () => ["--admin", "127.0.0.1:0"],
   });
   try {
@@ -211,14 +202,11 @@ Deno.test("while one agent drains, new connections through the others never fail
   const echo = startEcho();
   const cluster = await startTestCluster({
     agents: 3,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "agent",
-      health: { interval: "1h", timeout: "1s" },
       timeouts: { drain: "3s", connect: "1s", idle: "60s" },
       backends: [echo.address],
-    }],
+    })],
   });
   try {
     const [first, leaving, third] = cluster.agents as [

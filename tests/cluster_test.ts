@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { startGreeter } from "./_backends.ts";
 import { eventually, freeFixedPort, type LogLine, Proc } from "./_helpers.ts";
 import { connectAndReadLine, startTestCluster } from "./_cluster.ts";
+import { testService } from "./_config.ts";
 
 interface AgentsView {
   agents: Array<
@@ -25,7 +26,7 @@ Deno.test("every connection is served by exactly its claimant, and the three age
   const backend = startGreeter("b1");
   const cluster = await startTestCluster({
     agents: 3,
-    services: [{ name: "web", listen: "127.0.0.1:0", decide: "agent", backends: [backend.address] }],
+    services: [testService({ decide: "agent", backends: [backend.address], health: null })],
   });
   try {
     await eventually(
@@ -89,7 +90,7 @@ Deno.test("when an agent is killed its claim moves to the others within three he
   const cluster = await startTestCluster({
     agents: 3,
     heartbeat: "200ms",
-    services: [{ name: "web", listen: "127.0.0.1:0", decide: "agent", backends: [backend.address] }],
+    services: [testService({ decide: "agent", backends: [backend.address], health: null })],
   });
   try {
     await eventually(
@@ -153,13 +154,12 @@ Deno.test("with decide: manager, open-connection counts in the manager equal the
   const quick = startGreeter("quick", { hold: true });
   const cluster = await startTestCluster({
     agents: 3,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "manager",
       decision_timeout: "500ms",
       backends: [holder.address, quick.address],
-    }],
+      health: null,
+    })],
   });
   const held: Array<{ close(): Promise<void> }> = [];
   try {
@@ -214,14 +214,13 @@ Deno.test("with affinity client_ip, every connection of one client reaches one b
   const backends = [startGreeter("b1"), startGreeter("b2"), startGreeter("b3")];
   const cluster = await startTestCluster({
     agents: 3,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "manager",
       decision_timeout: "500ms",
       affinity: { key: "client_ip", ttl: "60s" },
       backends: backends.map((b) => b.address),
-    }],
+      health: null,
+    })],
   });
   try {
     await eventually(
@@ -255,7 +254,7 @@ Deno.test("killing the manager under load fails no connection; agents rejoin and
   const cluster = await startTestCluster({
     agents: 2,
     cluster: `127.0.0.1:${freeFixedPort()}`,
-    services: [{ name: "web", listen: "127.0.0.1:0", decide: "manager", backends: [backend.address] }],
+    services: [testService({ decide: "manager", backends: [backend.address], health: null })],
     agentArgs: (id, dir) => ["--state-dir", `${dir}/${id}-state`],
   });
   let failures = 0;
@@ -330,7 +329,7 @@ Deno.test("a forged mesh connection and garbage frames on the cluster port are r
   const backend = startGreeter("b1");
   const cluster = await startTestCluster({
     agents: 2,
-    services: [{ name: "web", listen: "127.0.0.1:0", decide: "agent", backends: [backend.address] }],
+    services: [testService({ decide: "agent", backends: [backend.address], health: null })],
   });
   try {
     await eventually(

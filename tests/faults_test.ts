@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { startGreeter } from "./_backends.ts";
-import { ADMIN_TOKEN } from "./_config.ts";
+import { testConfig, testService } from "./_config.ts";
 import { startTestCluster, type TestCluster } from "./_cluster.ts";
 import { eventually, freeFixedPort, type LogLine, type Proc } from "./_helpers.ts";
 import {
@@ -31,14 +31,7 @@ interface ServicesView {
 
 /** A service for these tests: no active health checks unless the test asks, short drains. */
 function service(backends: string[], extra: Record<string, unknown> = {}): Record<string, unknown> {
-  return {
-    name: "web",
-    listen: "127.0.0.1:0",
-    health: { interval: "1h", timeout: "1s" },
-    timeouts: { connect: "1s", idle: "60s", drain: "2s" },
-    backends,
-    ...extra,
-  };
+  return testService({ timeouts: { connect: "1s", idle: "60s", drain: "2s" }, backends, ...extra });
 }
 
 async function agentsJoined(cluster: TestCluster, count: number): Promise<void> {
@@ -471,14 +464,8 @@ Deno.test("SIGHUP reloads under load: bad configs are rejected with their reason
     maxSeconds: 25,
     expect: (line) => names.has(line),
   });
-  const manager = (extra: Record<string, unknown> = {}) => ({
-    admin: "127.0.0.1:0",
-    cluster: "127.0.0.1:0",
-    tokens: { admin: ADMIN_TOKEN, cluster: { file: "cluster.token" } },
-    ...extra,
-  });
-  const yaml = (services: unknown[], managerExtra: Record<string, unknown> = {}) =>
-    JSON.stringify({ manager: manager(managerExtra), agents: { heartbeat: "200ms" }, services }, null, 2);
+  const yaml = (services: Record<string, unknown>[], manager: Record<string, unknown> = {}) =>
+    testConfig({ services, manager });
   const bad: Array<{ kind: string; text: string; reason: RegExp }> = [
     {
       kind: "YAML syntax",
@@ -498,7 +485,7 @@ Deno.test("SIGHUP reloads under load: bad configs are rejected with their reason
     {
       kind: "missing variable",
       text: yaml([service([b1.address])], {
-        tokens: { admin: "${SWITCHYARD_FAULTS_TEST_UNSET}", cluster: { file: "cluster.token" } },
+        tokens: { admin: "${SWITCHYARD_FAULTS_TEST_UNSET}" },
       }),
       reason: /SWITCHYARD_FAULTS_TEST_UNSET/,
     },

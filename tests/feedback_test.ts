@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { startGreeter } from "./_backends.ts";
-import { ADMIN_TOKEN } from "./_config.ts";
+import { ADMIN_TOKEN, testService } from "./_config.ts";
 import {
   agentsCaughtUp,
   connectAndReadLine,
@@ -53,14 +53,13 @@ for (const decide of ["agent", "manager"] as const) {
     const beta = startGreeter("beta");
     const cluster = await startTestCluster({
       agents: 1,
-      services: [{
-        name: "web",
-        listen: "127.0.0.1:0",
+      services: [testService({
         decide,
         decision_timeout: "500ms",
         backends: [{ address: alpha.address, weight: 100 }, { address: beta.address, weight: 100 }],
         feedback: { ttl: "30s" },
-      }],
+        health: null,
+      })],
     });
     // The application keeps reporting (a 1 s ttl refreshed every 300 ms), as a live one would.
     const report = () =>
@@ -130,13 +129,12 @@ Deno.test("load reports shift new connections toward the idle backend", async ()
   const idle = startGreeter("idle");
   const cluster = await startTestCluster({
     agents: 1,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "agent",
       backends: [{ address: busy.address, weight: 100 }, { address: idle.address, weight: 100 }],
       feedback: { ttl: "30s", smoothing: 0.5, max_step: 0.25 },
-    }],
+      health: null,
+    })],
   });
   try {
     const weights: string[] = [];
@@ -166,12 +164,11 @@ Deno.test("drain, reported with switchyard feedback, sends a backend no new conn
   const beta = startGreeter("beta", { hold: true });
   const cluster = await startTestCluster({
     agents: 1,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "agent",
       backends: [{ address: alpha.address, weight: 100 }, { address: beta.address, weight: 100 }],
-    }],
+      health: null,
+    })],
   });
   const conns: Array<Awaited<ReturnType<typeof connectAndReadLine>>> = [];
   try {

@@ -16,7 +16,7 @@ import { testAdminApp } from "../manager/_test_admin_app.ts";
 import { type Config, parseConfig } from "../manager/config.ts";
 import { ClusterModel } from "../manager/state.ts";
 import { startGreeter } from "./_backends.ts";
-import { ADMIN_TOKEN, CLUSTER_TOKEN } from "./_config.ts";
+import { ADMIN_TOKEN, CLUSTER_TOKEN, testService } from "./_config.ts";
 import { agentMetric, startTestCluster, type TestCluster } from "./_cluster.ts";
 import { agentAdmin, eventually, type Proc, startManagerProcess, writeAll } from "./_helpers.ts";
 import { fuzzSeed, mutateBytes, randomJson, Rng } from "./_fuzz.ts";
@@ -34,13 +34,9 @@ const B = "127.0.0.12:80";
 const SERVICES = ["web", "api"];
 
 function feedbackConfig(): Record<string, unknown> {
-  const service = (name: string, port: number) => ({
-    name,
-    listen: `127.0.0.1:${port}`,
-    backends: [A, B],
-    // No check may run during the test: these backends do not exist.
-    health: { interval: "1h", timeout: "1s" },
-  });
+  // No check may run during the test (testService's default): these backends do not exist.
+  const service = (name: string, port: number) =>
+    testService({ name, listen: `127.0.0.1:${port}`, backends: [A, B] });
   return {
     manager: {
       admin: "127.0.0.1:0",
@@ -680,12 +676,9 @@ Deno.test("about 4,000 garbage, oversized, truncated and wrong-shape frames on t
   const backend = startGreeter("b1", { hold: true });
   const cluster = await startTestCluster({
     agents: 2,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
-      health: { interval: "1h", timeout: "1s" },
+    services: [testService({
       backends: [backend.address],
-    }],
+    })],
   });
   try {
     await untilSettled(cluster, 2);
@@ -766,12 +759,9 @@ Deno.test("about 4,000 garbage, oversized, truncated and wrong-shape frames on t
 Deno.test("unauthenticated peers streaming frames of up to 16 MiB on the cluster port: each is cut off, and the manager's memory stays bounded", async () => {
   const cluster = await startTestCluster({
     agents: 1,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
-      health: { interval: "1h", timeout: "1s" },
+    services: [testService({
       backends: ["127.0.0.1:9"],
-    }],
+    })],
   });
   try {
     await untilSettled(cluster, 1);
@@ -839,12 +829,9 @@ Deno.test("unauthenticated peers streaming frames of up to 16 MiB on the cluster
 Deno.test("a flood of 4,000 idle connections to the cluster port: the manager's memory stays bounded, agents keep their sessions, and one can join after", async () => {
   const cluster = await startTestCluster({
     agents: 2,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
-      health: { interval: "1h", timeout: "1s" },
+    services: [testService({
       backends: ["127.0.0.1:9"],
-    }],
+    })],
   });
   const flood: Deno.Conn[] = [];
   try {
@@ -1006,12 +993,9 @@ Deno.test("about 3,300 garbage, forged, stale and truncated PROXY headers on the
   const backend = startGreeter("b1", { hold: true });
   const cluster = await startTestCluster({
     agents: 2,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
-      health: { interval: "1h", timeout: "1s" },
+    services: [testService({
       backends: [backend.address],
-    }],
+    })],
     agentArgs: () => ["--admin", "127.0.0.1:0"],
   });
   try {

@@ -7,6 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { etcdUnavailable } from "./_etcd.ts";
+import { testService } from "./_config.ts";
 import { startGreeter } from "./_backends.ts";
 import { eventually, freeFixedPort } from "./_helpers.ts";
 import { type ClusterBody, HaCluster } from "./_ha.ts";
@@ -31,15 +32,13 @@ Deno.test({
         managers: 2,
         etcdMembers: 3,
         lease: `${LEASE_MS / 1_000}s`,
-        services: [{
-          name: "web",
+        services: [testService({
           listen: `127.0.0.1:${port}`,
           decide: "manager",
           decision_timeout: "50ms",
-          health: { interval: "1h", timeout: "1s" },
           timeouts: { connect: "1s", idle: "60s", drain: "2s" },
           backends: backends.map((b) => b.address),
-        }],
+        })],
       });
       const c = cluster;
       const first = await c.leader();

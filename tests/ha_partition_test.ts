@@ -11,7 +11,7 @@
  */
 import assert from "node:assert/strict";
 import { startGreeter } from "./_backends.ts";
-import { ADMIN_TOKEN, CLUSTER_TOKEN } from "./_config.ts";
+import { ADMIN_TOKEN, CLUSTER_TOKEN, testConfig, testService } from "./_config.ts";
 import { EtcdCluster, etcdUnavailable } from "./_etcd.ts";
 import { eventually, type LogLine } from "./_helpers.ts";
 import type { ClusterBody } from "./_ha.ts";
@@ -66,23 +66,19 @@ Deno.test({
       await Deno.writeTextFile(`${dir}/cluster.token`, CLUSTER_TOKEN);
       await Deno.writeTextFile(
         `${dir}/switchyard.yaml`,
-        JSON.stringify({
+        testConfig({
           manager: {
-            tokens: { admin: ADMIN_TOKEN, cluster: { file: "cluster.token" } },
             // Each manager reaches etcd at one of these only: M1 at .2, M2 at .6.
             ha: { etcd: [`http://${net(2)}:${etcdPort}`, `http://${net(6)}:${etcdPort}`], lease: "2s" },
           },
-          agents: { heartbeat: "200ms" },
-          services: [{
-            name: "web",
+          // The managers cannot reach the backends (they are on the root-A link): no active checks.
+          services: [testService({
             // Fixed ports are safe here: the namespaces are this test's alone.
             listen: `${net(18)}:7000`,
             decide: "manager",
             decision_timeout: "50ms",
-            // The managers cannot reach the backends (they are on the root-A link): no active checks.
-            health: { interval: "1h", timeout: "1s" },
             backends: backends.map((b) => b.address),
-          }],
+          })],
         }),
       );
       const spawn = (m: { ns: string; admin: string; cluster: string }) => {

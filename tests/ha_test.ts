@@ -7,6 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { etcdUnavailable } from "./_etcd.ts";
+import { testService } from "./_config.ts";
 import { startGreeter } from "./_backends.ts";
 import { eventually, freeFixedPort } from "./_helpers.ts";
 import { type ClusterBody, HaCluster, type HaManager } from "./_ha.ts";
@@ -65,16 +66,14 @@ Deno.test({
         agents: 2,
         managers: 2,
         lease: `${LEASE_MS / 1_000}s`,
-        services: [{
-          name: "web",
+        services: [testService({
           // Both agents listen on this one port (reusePort), as two agents on one machine do.
           listen: `127.0.0.1:${port}`,
           decide: "manager",
           decision_timeout: "50ms",
-          health: { interval: "1h", timeout: "1s" },
           timeouts: { connect: "1s", idle: "60s", drain: "2s" },
           backends: backends.map((b) => b.address),
-        }],
+        })],
       });
       const c = cluster;
       const leader = await c.leader();

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { startBackend, startGreeter } from "./_backends.ts";
 import { agentsCaughtUp, spread, startTestCluster, type TestCluster } from "./_cluster.ts";
+import { testService } from "./_config.ts";
 import { eventually } from "./_helpers.ts";
 
 interface BackendView {
@@ -47,9 +48,7 @@ Deno.test("an agent-check reply of drain, then up 50%, drains the backend, then 
   const beta = startGreeter("beta", { host: "127.0.0.2" });
   const cluster = await startTestCluster({
     agents: 1,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "agent",
       backends: [{ address: alpha.address, weight: 100 }, { address: beta.address, weight: 100 }],
       health: {
@@ -60,7 +59,7 @@ Deno.test("an agent-check reply of drain, then up 50%, drains the backend, then 
         rise: 1,
         fall: 2,
       },
-    }],
+    })],
   });
   try {
     const port = cluster.agents[0]!.port;
@@ -110,13 +109,11 @@ Deno.test("a killed backend gets no new connections after fall failed checks and
   const alphaPort = alpha.port;
   const cluster = await startTestCluster({
     agents: 1,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "agent",
       backends: [{ address: alpha.address, weight: 100 }, { address: beta.address, weight: 100 }],
       health: { kind: "tcp", interval: "200ms", timeout: "100ms", rise: 2, fall: 2 },
-    }],
+    })],
   });
   try {
     const port = cluster.agents[0]!.port;
@@ -172,14 +169,12 @@ Deno.test("connect failures the agents report take a backend out after fall of t
   const beta = startGreeter("beta");
   const cluster = await startTestCluster({
     agents: 1,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "agent",
       backends: [{ address: alpha.address, weight: 100 }, { address: beta.address, weight: 100 }],
       // No active check comes in the first 15 s, long after this test: only the agents can take alpha out.
       health: { kind: "tcp", interval: "30s", timeout: "1s", rise: 1, fall: 3 },
-    }],
+    })],
   });
   try {
     const port = cluster.agents[0]!.port;

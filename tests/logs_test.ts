@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { startGreeter } from "./_backends.ts";
 import { eventually, type LogLine, Proc, run, servicePort, startManagerProcess } from "./_helpers.ts";
 import { agentsCaughtUp, connectAndReadLine } from "./_cluster.ts";
+import { testConfig, testService } from "./_config.ts";
 
 const ADMIN = "admin-secret-4f1c9a7be2d8";
 const CLUSTER = "cluster-secret-9d03e6c1a5b7";
@@ -74,25 +75,17 @@ function agentArgs(manager: string, tokenFile: string, id: string, format: "text
   ];
 }
 
+/** With `adminToken` null, the config names none and the manager generates one. */
 function configYaml(backend: string, adminToken: string | null): string {
-  return JSON.stringify({
+  return testConfig({
     manager: {
-      admin: "127.0.0.1:0",
-      cluster: "127.0.0.1:0",
-      tokens: {
-        ...(adminToken === null ? {} : { admin: adminToken }),
-        cluster: { file: "cluster.token" },
-        feedback: [{ token: "${APP_TOKEN}", services: ["web"] }],
-      },
+      tokens: { admin: adminToken ?? undefined, feedback: [{ token: "${APP_TOKEN}", services: ["web"] }] },
     },
-    agents: { heartbeat: "200ms" },
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "manager",
       health: { interval: "500ms", timeout: "250ms" },
       backends: [backend],
-    }],
+    })],
   });
 }
 

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { agentAdmin, eventually, readAll, writeAll } from "./_helpers.ts";
 import { startBackend } from "./_backends.ts";
-import { ADMIN_TOKEN } from "./_config.ts";
+import { ADMIN_TOKEN, testService } from "./_config.ts";
 import { startTestCluster } from "./_cluster.ts";
 import { parseMetrics, type Series, sumOf } from "./_prometheus.ts";
 
@@ -55,15 +55,12 @@ Deno.test("/metrics on the agents and the manager count 37 then 40 known connect
   const cluster = await startTestCluster({
     agents: 1,
     agentArgs: () => ["--admin", "127.0.0.1:0"],
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "manager",
       decision_timeout: "2s",
       handoff: "claimant",
-      health: { interval: "1h", timeout: "1s" },
       backends: [dead, backend.address],
-    }],
+    })],
   });
   try {
     const agent1 = cluster.agents[0]!;

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { startGreeter } from "./_backends.ts";
 import { spread } from "./_cluster.ts";
+import { CLUSTER_TOKEN, testConfig, testService } from "./_config.ts";
 import { startAgentProcess, startManagerProcess } from "./_helpers.ts";
 
 const STRACE = "/usr/bin/strace";
@@ -16,7 +17,6 @@ const strace = (() => {
     return false;
   }
 })();
-const TOKEN = "test-cluster-token-0123456789";
 const IO_URING_CALLS = "io_uring_setup,io_uring_enter,io_uring_register";
 
 /** The processes `tracer` (strace) runs: its children. */
@@ -36,23 +36,18 @@ Deno.test({
   async fn() {
     const dir = await Deno.makeTempDir({ prefix: "switchyard-no-uring-" });
     const backends = [startGreeter("b1"), startGreeter("b2")];
-    await Deno.writeTextFile(`${dir}/cluster.token`, TOKEN);
+    await Deno.writeTextFile(`${dir}/cluster.token`, CLUSTER_TOKEN);
     const manager = await startManagerProcess(
       dir,
-      JSON.stringify({
-        manager: {
-          admin: "127.0.0.1:0",
-          cluster: "127.0.0.1:0",
-          tokens: { admin: "test-admin-token-0123456789", cluster: { file: "cluster.token" } },
-        },
-        services: ["agent", "manager"].map((decide, i) => ({
-          name: `by-${decide}`,
-          listen: "127.0.0.1:0",
-          decide,
-          health: { interval: "1h", timeout: "1s" },
-          backends: backends.map((backend) => ({ address: backend.address, weight: 100 })),
-          ...(i === 0 ? {} : { decision_timeout: "1s" }),
-        })),
+      testConfig({
+        services: (["agent", "manager"] as const).map((decide, i) =>
+          testService({
+            name: `by-${decide}`,
+            decide,
+            backends: backends.map((backend) => ({ address: backend.address, weight: 100 })),
+            ...(i === 0 ? {} : { decision_timeout: "1s" }),
+          })
+        ),
       }),
     );
     const trace = `${dir}/strace.log`;

@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { startEcho, startGreeter } from "./_backends.ts";
 import { agentMetric, startTestCluster } from "./_cluster.ts";
+import { testService } from "./_config.ts";
 import { agentAdmin, eventually, servicePort } from "./_helpers.ts";
 import {
   forEachBounded,
@@ -96,22 +97,17 @@ Deno.test("400 slowloris connections are closed by timeouts.idle while the agent
   const cluster = await startTestCluster({
     agents: 1,
     services: [
-      {
+      testService({
         name: "slow",
-        listen: "127.0.0.1:0",
         decide: "agent",
-        health: { interval: "1h", timeout: "1s" },
         timeouts: { connect: "1s", idle: "1500ms", drain: "1s" },
         backends: [backend.address],
-      },
-      {
-        name: "web",
-        listen: "127.0.0.1:0",
+      }),
+      testService({
         decide: "agent",
-        health: { interval: "1h", timeout: "1s" },
         timeouts: { connect: "1s", idle: "1500ms", drain: "1s" },
         backends: [normal.address],
-      },
+      }),
     ],
     agentArgs: () => ["--admin", "127.0.0.1:0"],
   });
@@ -179,15 +175,12 @@ Deno.test("a flood of 3,000 connections beyond max_connections: each closed at o
   const limit = 200;
   const cluster = await startTestCluster({
     agents: 1,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "agent",
-      health: { interval: "1h", timeout: "1s" },
       timeouts: { connect: "1s", idle: "60s", drain: "1s" },
       limits: { max_connections: limit },
       backends: [backend.address],
-    }],
+    })],
     agentArgs: () => ["--admin", "127.0.0.1:0"],
   });
   const held: HeldConnection[] = [];

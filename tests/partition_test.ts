@@ -11,7 +11,7 @@
  */
 import assert from "node:assert/strict";
 import { startGreeter } from "./_backends.ts";
-import { ADMIN_TOKEN, CLUSTER_TOKEN } from "./_config.ts";
+import { ADMIN_TOKEN, CLUSTER_TOKEN, testConfig, testService } from "./_config.ts";
 import { eventually, servicePort } from "./_helpers.ts";
 import { sleep, startLoad, summarize } from "./_load.ts";
 import { meshAgentArgs, netnsUnavailable, NsProc, TestNetwork } from "./_netns.ts";
@@ -52,22 +52,15 @@ Deno.test({
       await Deno.writeTextFile(`${dir}/cluster.token`, CLUSTER_TOKEN);
       await Deno.writeTextFile(
         `${dir}/switchyard.yaml`,
-        JSON.stringify({
-          manager: {
-            admin: `${net(10)}:0`,
-            cluster: `${net(1)}:0`,
-            tokens: { admin: ADMIN_TOKEN, cluster: { file: "cluster.token" } },
-          },
-          agents: { heartbeat: "200ms" },
-          services: [{
-            name: "web",
+        testConfig({
+          manager: { admin: `${net(10)}:0`, cluster: `${net(1)}:0` },
+          // The manager cannot reach the backends (they are on the root-A link): no active checks.
+          services: [testService({
             listen: `${net(6)}:0`,
             decide: "manager",
             decision_timeout: "50ms",
-            // The manager cannot reach the backends (they are on the root-A link): no active checks.
-            health: { interval: "1h", timeout: "1s" },
             backends: backends.map((b) => b.address),
-          }],
+          })],
         }),
       );
       const manager = new NsProc(nsM, [

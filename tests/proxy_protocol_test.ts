@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { decodeProxyHeader } from "../cluster/proxy_protocol.ts";
 import { startBackend } from "./_backends.ts";
 import { startTestCluster } from "./_cluster.ts";
+import { testService } from "./_config.ts";
 import { freeFixedPort, readAll, servicePort, waitForPort, writeAll } from "./_helpers.ts";
 
 const HAPROXY = "/usr/sbin/haproxy";
@@ -62,26 +63,21 @@ Deno.test({
       stdout: "null",
       stderr: "piped",
     }).spawn();
-    const health = { interval: "1h", timeout: "1s" };
     const cluster = await startTestCluster({
       agents: 1,
       services: [
-        {
+        testService({
           name: "pp1",
-          listen: "127.0.0.1:0",
           decide: "agent",
           proxy_protocol: "v1",
-          health,
           backends: [`127.0.0.1:${v1Port}`],
-        },
-        {
+        }),
+        testService({
           name: "pp2",
-          listen: "127.0.0.1:0",
           decide: "agent",
           proxy_protocol: "v2",
-          health,
           backends: [`127.0.0.1:${v2Port}`],
-        },
+        }),
       ],
     }).catch(async (error) => {
       haproxy.kill("SIGKILL");

@@ -13,7 +13,7 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { startGreeter } from "./_backends.ts";
-import { CLUSTER_TOKEN } from "./_config.ts";
+import { CLUSTER_TOKEN, testConfig, testService } from "./_config.ts";
 import { eventually } from "./_helpers.ts";
 import { sleep, startLoad, summarize } from "./_load.ts";
 import { meshAgentArgs, netnsUnavailable, NsProc, TestNetwork } from "./_netns.ts";
@@ -56,21 +56,13 @@ Deno.test({
       const service = { host: network.address(2), port: 7000 };
       await Deno.writeTextFile(
         `${dir}/switchyard.yaml`,
-        JSON.stringify({
-          manager: {
-            admin: "127.0.0.1:0",
-            cluster: "127.0.0.1:0",
-            tokens: { cluster: { file: "cluster.token" } },
-          },
-          agents: { heartbeat: "200ms" },
-          services: [{
-            name: "web",
+        testConfig({
+          services: [testService({
             listen: `${service.host}:${service.port}`,
             decide: "agent",
-            health: { interval: "1h", timeout: "1s" },
             timeouts: { connect: "1s", idle: "60s", drain: "10s" },
             backends: [backend.address],
-          }],
+          })],
         }),
       );
       const manager = new NsProc(ns, [

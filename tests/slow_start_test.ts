@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { startGreeter } from "./_backends.ts";
 import { connectAndReadLine, startTestCluster } from "./_cluster.ts";
+import { testService } from "./_config.ts";
 import { eventually, servicePort } from "./_helpers.ts";
 
 const SLOW_START_S = 10;
@@ -54,15 +55,14 @@ Deno.test("a backend undrained with slow_start: 10s gets under 15% of new connec
     ReturnType<typeof startGreeter>,
     ReturnType<typeof startGreeter>,
   ];
-  const service = (name: string, decide: string, pair: Array<{ address: string }>) => ({
-    name,
-    listen: "127.0.0.1:0",
-    decide,
-    handoff: "local",
-    slow_start: `${SLOW_START_S}s`,
-    health: { interval: "1h", timeout: "1s" },
-    backends: pair.map((backend) => ({ address: backend.address, weight: 100 })),
-  });
+  const service = (name: string, decide: "manager" | "agent", pair: Array<{ address: string }>) =>
+    testService({
+      name,
+      decide,
+      handoff: "local",
+      slow_start: `${SLOW_START_S}s`,
+      backends: pair.map((backend) => ({ address: backend.address, weight: 100 })),
+    });
   const cluster = await startTestCluster({
     agents: 1,
     heartbeat: "1s",

@@ -20,6 +20,7 @@ import {
 import { movedSlots, serviceDelta } from "../cluster/state_delta.ts";
 import { startGreeter } from "./_backends.ts";
 import { connectAndReadLine, startTestCluster } from "./_cluster.ts";
+import { testService } from "./_config.ts";
 import { eventually, startAgentProcess } from "./_helpers.ts";
 
 const SANITIZE = { sanitizeOps: true, sanitizeResources: true } as const;
@@ -43,13 +44,12 @@ Deno.test({
     const cluster = await startTestCluster({
       agents: 1,
       heartbeat: "1s",
-      services: [{
-        name: "web",
-        listen: "127.0.0.1:0",
+      services: [testService({
         decide: "agent",
         handoff: "local",
         backends: [alpha.address, beta.address],
-      }],
+        health: null,
+      })],
     });
     try {
       const port = cluster.agents[0]!.port;

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { TokenSigner } from "../cluster/auth.ts";
 import { encodeMeshHeader } from "../agent/mesh.ts";
 import { startGreeter } from "./_backends.ts";
-import { CLUSTER_TOKEN } from "./_config.ts";
+import { CLUSTER_TOKEN, testService } from "./_config.ts";
 import { connectAndReadLine, startTestCluster } from "./_cluster.ts";
 import { eventually, Proc, readAll } from "./_helpers.ts";
 
@@ -92,13 +92,11 @@ Deno.test({
     const cluster = await startTestCluster({
       agents: 2,
       tls: pems,
-      services: [{
-        name: "web",
-        listen: "127.0.0.1:0",
+      services: [testService({
         decide: "manager",
         health: { interval: "1h" },
         backends: [backend.address],
-      }],
+      })],
       agentArgs: (_id, dir) => ["--ca-file", `${dir}/ca.pem`],
     });
     const plaintextAgent = new Proc([
