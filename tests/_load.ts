@@ -301,9 +301,18 @@ export async function vmRssKiB(pid: number): Promise<number> {
   return Number(match[1]);
 }
 
-/** An admin API view without what moves by itself: ages, expiries, heartbeats and open-connection counts. */
+/**
+ * An admin API view without what moves by itself: ages, expiries, heartbeats, and the counts of open and
+ * started connections, which traffic moves.
+ */
 export function stableView(view: unknown): unknown {
-  const moving = new Set(["age_s", "expires_in_s", "open_connections", "last_heartbeat_s"]);
+  const moving = new Set([
+    "age_s",
+    "expires_in_s",
+    "open_connections",
+    "connections_total",
+    "last_heartbeat_s",
+  ]);
   return JSON.parse(JSON.stringify(view), (key, value) => moving.has(key) ? undefined : value);
 }
 
