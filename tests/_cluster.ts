@@ -4,7 +4,7 @@
  */
 import net from "node:net";
 import { ADMIN_TOKEN, CLUSTER_TOKEN, testConfig } from "./_config.ts";
-import { type Proc, startAgentProcess, startManagerProcess } from "./_helpers.ts";
+import { claimsSplit, eventually, type Proc, startAgentProcess, startManagerProcess } from "./_helpers.ts";
 
 export interface AgentProc {
   id: string;
@@ -164,6 +164,23 @@ export async function spread(port: number, count: number, concurrency = 50): Pro
   };
   await Promise.all(Array.from({ length: concurrency }, worker));
   return tally;
+}
+
+/** Waits until the manager lists `count` agents in `/v1/agents`. */
+export async function agentsListed(cluster: Pick<TestCluster, "api">, count: number): Promise<void> {
+  await eventually(
+    async () =>
+      (await cluster.api<{ agents: unknown[] }>("/v1/agents").catch(() => ({ agents: [] }))).agents.length ===
+        count,
+    10_000,
+    `${count} agents in /v1/agents`,
+  );
+}
+
+/** Waits until the manager lists `count` agents and every agent of `cluster` knows the claims of that many. */
+export async function agentsJoined(cluster: TestCluster, count: number): Promise<void> {
+  await agentsListed(cluster, count);
+  await claimsSplit(cluster.agents.map((agent) => agent.proc), count);
 }
 
 /**

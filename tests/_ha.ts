@@ -4,7 +4,7 @@
  * cluster port. Managers' ports are picked free outside the ephemeral range, so that a killed manager
  * restarts where the agents look for it.
  */
-import { ADMIN_TOKEN, CLUSTER_TOKEN, testConfig } from "./_config.ts";
+import { ADMIN_TOKEN, CLUSTER_TOKEN, testConfig, testService } from "./_config.ts";
 import { type AgentProc } from "./_cluster.ts";
 import { EtcdCluster } from "./_etcd.ts";
 import { eventually, freeFixedPort, type Proc, startAgentProcess, startManagerProcess } from "./_helpers.ts";
@@ -39,6 +39,23 @@ export interface HaOptions {
   readonly heartbeat?: string;
   /** Flags for each agent besides `--mesh 127.0.0.1:0`. */
   readonly agentArgs?: (id: string) => string[];
+}
+
+/**
+ * The service of the HA tests: `web` on one fixed port that every agent listens on (reusePort, as two
+ * agents on one machine do), decided by the manager within 50 ms, with short drains.
+ */
+export function haService(
+  port: number,
+  backends: ReadonlyArray<{ address: string }>,
+): Record<string, unknown> {
+  return testService({
+    listen: `127.0.0.1:${port}`,
+    decide: "manager",
+    decision_timeout: "50ms",
+    timeouts: { connect: "1s", idle: "60s", drain: "2s" },
+    backends: backends.map((backend) => backend.address),
+  });
 }
 
 export class HaCluster {

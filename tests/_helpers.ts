@@ -344,6 +344,21 @@ export async function servicePort(agent: Proc, service: string): Promise<number>
   return Number(String(line.properties.bound).split(":").pop());
 }
 
+/** Waits until every one of `agents` has logged that the claims are split among `count` agents. */
+export async function claimsSplit(
+  agents: readonly Proc[],
+  count: number,
+  options: { timeoutMs?: number; what?: string } = {},
+): Promise<void> {
+  const { timeoutMs = 10_000, what = `every agent to know the claims of ${count}` } = options;
+  await eventually(
+    () =>
+      agents.every((agent) => agent.logs.some((l) => l.message.startsWith(`Claims split among ${count}`))),
+    timeoutMs,
+    what,
+  );
+}
+
 /** The address of an agent's `--admin` port (`/healthz`, `/metrics`), from its log line saying so. */
 export async function agentAdmin(agent: Proc): Promise<string> {
   const line = await agent.waitForLog((l) => l.message.includes("serves /metrics"));
@@ -394,6 +409,17 @@ export async function httpGet(port: number, host = "127.0.0.1"): Promise<string>
   } finally {
     conn.close();
   }
+}
+
+/**
+ * The name and `ignore` of a test that needs what this machine may lack (etcd, root for network
+ * namespaces): with `unavailable` saying what is missing, the test is ignored and its name says why.
+ */
+export function needs(name: string, unavailable: string | null): { name: string; ignore: boolean } {
+  return {
+    name: unavailable === null ? name : `${name} (ignored: ${unavailable})`,
+    ignore: unavailable !== null,
+  };
 }
 
 /** Polls `check` until it returns true, or fails after `timeoutMs`. */

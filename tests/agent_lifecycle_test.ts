@@ -7,7 +7,7 @@ import net from "node:net";
 import { startEcho } from "./_backends.ts";
 import { agentMetric, startTestCluster } from "./_cluster.ts";
 import { testService } from "./_config.ts";
-import { agentAdmin, eventually, servicePort, writeAll } from "./_helpers.ts";
+import { agentAdmin, claimsSplit, eventually, servicePort, writeAll } from "./_helpers.ts";
 
 async function echoOnce(conn: Deno.Conn, text: string): Promise<string> {
   await writeAll(conn, new TextEncoder().encode(text));
@@ -214,12 +214,7 @@ Deno.test("while one agent drains, new connections through the others never fail
       typeof cluster.agents[0],
       typeof cluster.agents[0],
     ];
-    await eventually(
-      () =>
-        cluster.agents.every((a) => a.proc.logs.some((l) => l.message.startsWith("Claims split among 3"))),
-      10_000,
-      "claims among three agents",
-    );
+    await claimsSplit(cluster.agents.map((a) => a.proc), 3, { what: "claims among three agents" });
     const held = await Deno.connect({ hostname: "127.0.0.1", port: leaving.port });
     assert.equal(await echoOnce(held, "held"), "held");
     let failures = 0;
@@ -240,12 +235,10 @@ Deno.test("while one agent drains, new connections through the others never fail
     })();
     await new Promise((resolve) => setTimeout(resolve, 300));
     leaving.proc.kill("SIGTERM");
-    await eventually(
-      () =>
-        [first, third].every((a) => a.proc.logs.some((l) => l.message.startsWith("Claims split among 2"))),
-      5_000,
-      "the others to take over the leaving agent's claim",
-    );
+    await claimsSplit([first.proc, third.proc], 2, {
+      timeoutMs: 5_000,
+      what: "the others to take over the leaving agent's claim",
+    });
     assert.equal(
       await echoOnce(held, "still here"),
       "still here",

@@ -5,8 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { startGreeter } from "./_backends.ts";
-import { eventually, freeFixedPort, type LogLine, Proc } from "./_helpers.ts";
-import { connectAndReadLine, startTestCluster } from "./_cluster.ts";
+import { claimsSplit, eventually, freeFixedPort, type LogLine, Proc } from "./_helpers.ts";
+import { agentsJoined, agentsListed, connectAndReadLine, startTestCluster } from "./_cluster.ts";
 import { testService } from "./_config.ts";
 
 interface AgentsView {
@@ -29,17 +29,7 @@ Deno.test("every connection is served by exactly its claimant, and the three age
     services: [testService({ decide: "agent", backends: [backend.address], health: null })],
   });
   try {
-    await eventually(
-      async () => (await cluster.api<AgentsView>("/v1/agents")).agents.length === 3,
-      10_000,
-      "3 agents",
-    );
-    await eventually(
-      () =>
-        cluster.agents.every((a) => a.proc.logs.some((l) => l.message.startsWith("Claims split among 3"))),
-      10_000,
-      "every agent to know all three claims",
-    );
+    await agentsJoined(cluster, 3);
     const claims = (await cluster.api<AgentsView>("/v1/agents")).agents;
     assert.ok(Math.abs(claims.reduce((sum, a) => sum + a.claim, 0) - 1) < 0.001, "claims sum to 1");
 
@@ -93,11 +83,7 @@ Deno.test("when an agent is killed its claim moves to the others within three he
     services: [testService({ decide: "agent", backends: [backend.address], health: null })],
   });
   try {
-    await eventually(
-      async () => (await cluster.api<AgentsView>("/v1/agents")).agents.length === 3,
-      10_000,
-      "3 agents",
-    );
+    await agentsListed(cluster, 3);
     const clients = Array.from({ length: 300 }, (_, i) => `10.9.${i >> 8}.${i & 255}:${1000 + i}`);
     const owners = async () =>
       await Promise.all(
@@ -132,11 +118,7 @@ Deno.test("when an agent is killed its claim moves to the others within three he
     assert.ok(Math.abs(shares.reduce((a, b) => a + b, 0) - 1) < 0.001);
     // The survivors learn the new claims and serve everything: no connection is lost to the dead agent.
     for (const agent of [cluster.agents[0]!, cluster.agents[2]!]) {
-      await eventually(
-        () => agent.proc.logs.some((l) => l.message.startsWith("Claims split among 2")),
-        5_000,
-        "new claims",
-      );
+      await claimsSplit([agent.proc], 2, { timeoutMs: 5_000, what: "new claims" });
       for (let i = 0; i < 30; i++) {
         const conn = await connectAndReadLine(agent.port);
         assert.equal(conn.line, "b1");
@@ -163,11 +145,7 @@ Deno.test("with decide: manager, open-connection counts in the manager equal the
   });
   const held: Array<{ close(): Promise<void> }> = [];
   try {
-    await eventually(
-      async () => (await cluster.api<AgentsView>("/v1/agents")).agents.length === 3,
-      10_000,
-      "3 agents",
-    );
+    await agentsListed(cluster, 3);
     // 2,000 connections through all three agents: those that reach "holder" stay open, the rest close.
     const got = { holder: 0, quick: 0 } as Record<string, number>;
     for (let i = 0; i < 2000; i += 40) {
@@ -223,11 +201,7 @@ Deno.test("with affinity client_ip, every connection of one client reaches one b
     })],
   });
   try {
-    await eventually(
-      async () => (await cluster.api<AgentsView>("/v1/agents")).agents.length === 3,
-      10_000,
-      "3 agents",
-    );
+    await agentsListed(cluster, 3);
     const seen = new Map<string, Set<string>>();
     for (let client = 2; client < 22; client++) {
       const localAddress = `127.0.0.${client}`;
@@ -276,11 +250,7 @@ Deno.test("killing the manager under load fails no connection; agents rejoin and
     }
   })();
   try {
-    await eventually(
-      async () => (await cluster.api<AgentsView>("/v1/agents")).agents.length === 2,
-      10_000,
-      "2 agents",
-    );
+    await agentsListed(cluster, 2);
     await new Promise((resolve) => setTimeout(resolve, 500));
     cluster.manager.kill("SIGKILL");
     await cluster.manager.status();
@@ -332,11 +302,7 @@ Deno.test("a forged mesh connection and garbage frames on the cluster port are r
     services: [testService({ decide: "agent", backends: [backend.address], health: null })],
   });
   try {
-    await eventually(
-      async () => (await cluster.api<AgentsView>("/v1/agents")).agents.length === 2,
-      10_000,
-      "2 agents",
-    );
+    await agentsListed(cluster, 2);
     const before = await cluster.api<AgentsView>("/v1/agents");
     const target = cluster.agents[0]!;
     const meshLine = await target.proc.waitForLog((l) => l.message.includes("takes handed-off flows"));

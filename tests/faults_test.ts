@@ -8,8 +8,8 @@
 import assert from "node:assert/strict";
 import { startGreeter } from "./_backends.ts";
 import { testConfig, testService } from "./_config.ts";
-import { startTestCluster, type TestCluster } from "./_cluster.ts";
-import { eventually, freeFixedPort, type LogLine, type Proc } from "./_helpers.ts";
+import { agentsJoined, startTestCluster, type TestCluster } from "./_cluster.ts";
+import { claimsSplit, eventually, freeFixedPort, type LogLine, type Proc } from "./_helpers.ts";
 import {
   type HeldConnection,
   holdConnection,
@@ -34,21 +34,20 @@ function service(backends: string[], extra: Record<string, unknown> = {}): Recor
   return testService({ timeouts: { connect: "1s", idle: "60s", drain: "2s" }, backends, ...extra });
 }
 
-async function agentsJoined(cluster: TestCluster, count: number): Promise<void> {
-  await eventually(
-    async () =>
-      (await cluster.api<AgentsView>("/v1/agents").catch(() => ({ agents: [] }))).agents.length === count,
-    10_000,
-    `${count} agents in /v1/agents`,
-  );
-  await eventually(
-    () =>
-      cluster.agents.every((agent) =>
-        agent.proc.logs.some((l) => l.message.startsWith(`Claims split among ${count}`))
-      ),
-    10_000,
-    `every agent to know the claims of ${count}`,
-  );
+/** Backends b1…bN that greet with their name and hold the connection, echoing (`holdConnection`). */
+function holders(count: number) {
+  return Array.from({ length: count }, (_, i) => startGreeter(`b${i + 1}`, { hold: true }));
+}
+
+/** The load of these tests: 150 connections/s over 6 loops for at most 20 s, each expecting a backend's name. */
+function steadyLoad(targets: () => readonly number[], names: ReadonlySet<string>) {
+  return startLoad({
+    targets,
+    concurrency: 6,
+    ratePerSecond: 150,
+    maxSeconds: 20,
+    expect: (line) => names.has(line),
+  });
 }
 
 /** Every agent in /v1/agents has acknowledged the manager's current state version. */
@@ -118,20 +117,14 @@ function describeFailures(records: readonly LoadRecord[], t0: number): string {
 }
 
 Deno.test("the manager SIGKILLed and restarted under load through all three agents: 0 failed connections, and the agents converge", async () => {
-  const backends = [startGreeter("b1", { hold: true }), startGreeter("b2", { hold: true })];
+  const backends = holders(2);
   const names = new Set(backends.map((b) => b.name));
   const cluster = await startTestCluster({
     agents: 3,
     cluster: `127.0.0.1:${freeFixedPort()}`,
     services: [service(backends.map((b) => b.address), { decide: "manager", decision_timeout: "50ms" })],
   });
-  const load = startLoad({
-    targets: () => cluster.agents.map((agent) => agent.port),
-    concurrency: 6,
-    ratePerSecond: 150,
-    maxSeconds: 20,
-    expect: (line) => names.has(line),
-  });
+  const load = steadyLoad(() => cluster.agents.map((agent) => agent.port), names);
   try {
     await agentsJoined(cluster, 3);
     await sleep(1_000);
@@ -175,7 +168,7 @@ Deno.test("the manager SIGKILLed and restarted under load through all three agen
 });
 
 Deno.test("an agent SIGKILLed under load: only flows through it fail; connections held through the others survive and new ones never fail", async () => {
-  const backends = [startGreeter("b1", { hold: true }), startGreeter("b2", { hold: true })];
+  const backends = holders(2);
   const names = new Set(backends.map((b) => b.name));
   const cluster = await startTestCluster({
     agents: 3,
@@ -183,13 +176,7 @@ Deno.test("an agent SIGKILLed under load: only flows through it fail; connection
   });
   const victim = cluster.agents[1]!;
   let targets = cluster.agents.map((agent) => agent.port);
-  const load = startLoad({
-    targets: () => targets,
-    concurrency: 6,
-    ratePerSecond: 150,
-    maxSeconds: 20,
-    expect: (line) => names.has(line),
-  });
+  const load = steadyLoad(() => targets, names);
   const held: HeldConnection[] = [];
   let burst: LoadRun | null = null;
   try {
@@ -214,11 +201,10 @@ Deno.test("an agent SIGKILLed under load: only flows through it fail; connection
     });
     await victim.proc.status();
     const killedAt = performance.now();
-    await eventually(
-      () => survivors.every((a) => a.proc.logs.some((l) => l.message.startsWith("Claims split among 2"))),
-      5_000,
-      "the survivors to take over the victim's claim",
-    );
+    await claimsSplit(survivors.map((a) => a.proc), 2, {
+      timeoutMs: 5_000,
+      what: "the survivors to take over the victim's claim",
+    });
     const movedAt = performance.now();
     await sleep(1_500);
 
@@ -276,7 +262,7 @@ Deno.test("an agent SIGKILLed under load: only flows through it fail; connection
 });
 
 Deno.test("an agent SIGTERMed under load: no connection fails, held ones through it included, and it exits 0 when they close", async () => {
-  const backends = [startGreeter("b1", { hold: true }), startGreeter("b2", { hold: true })];
+  const backends = holders(2);
   const names = new Set(backends.map((b) => b.name));
   const cluster = await startTestCluster({
     agents: 3,
@@ -288,13 +274,7 @@ Deno.test("an agent SIGTERMed under load: no connection fails, held ones through
   });
   const victim = cluster.agents[2]!;
   let targets = cluster.agents.map((agent) => agent.port);
-  const load = startLoad({
-    targets: () => targets,
-    concurrency: 6,
-    ratePerSecond: 150,
-    maxSeconds: 20,
-    expect: (line) => names.has(line),
-  });
+  const load = steadyLoad(() => targets, names);
   const held: HeldConnection[] = [];
   try {
     await agentsJoined(cluster, 3);
@@ -308,11 +288,10 @@ Deno.test("an agent SIGTERMed under load: no connection fails, held ones through
     victim.proc.kill("SIGTERM");
     const termAt = performance.now();
     const survivors = cluster.agents.filter((agent) => agent !== victim);
-    await eventually(
-      () => survivors.every((a) => a.proc.logs.some((l) => l.message.startsWith("Claims split among 2"))),
-      5_000,
-      "the survivors to take over the draining agent's claim",
-    );
+    await claimsSplit(survivors.map((a) => a.proc), 2, {
+      timeoutMs: 5_000,
+      what: "the survivors to take over the draining agent's claim",
+    });
     await sleep(1_500);
     const procs = cluster.agents.map((agent) => agent.proc);
     let throughVictim = 0;
@@ -355,11 +334,7 @@ Deno.test("an agent SIGTERMed under load: no connection fails, held ones through
 });
 
 Deno.test("a backend killed under load: no client connection fails, and after fall checks no agent even tries it", async () => {
-  const backends = [
-    startGreeter("b1", { hold: true }),
-    startGreeter("b2", { hold: true }),
-    startGreeter("b3", { hold: true }),
-  ];
+  const backends = holders(3);
   const names = new Set(backends.map((b) => b.name));
   const victim = backends[1]!;
   const cluster = await startTestCluster({
@@ -370,13 +345,7 @@ Deno.test("a backend killed under load: no client connection fails, and after fa
       health: { kind: "tcp", interval: "300ms", timeout: "200ms", rise: 2, fall: 2 },
     })],
   });
-  const load = startLoad({
-    targets: () => cluster.agents.map((agent) => agent.port),
-    concurrency: 6,
-    ratePerSecond: 150,
-    maxSeconds: 20,
-    expect: (line) => names.has(line),
-  });
+  const load = steadyLoad(() => cluster.agents.map((agent) => agent.port), names);
   const triedVictim = () =>
     cluster.agents.reduce(
       (n, agent) =>

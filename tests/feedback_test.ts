@@ -159,6 +159,23 @@ Deno.test("load reports shift new connections toward the idle backend", async ()
   }
 });
 
+/** Runs `switchyard feedback` against the cluster's manager for `backend` of web, with the admin token. */
+function feedbackCli(cluster: TestCluster, backend: string, report: string[]) {
+  const manager = `http://${cluster.admin}`;
+  return run([
+    "feedback",
+    "--manager",
+    manager,
+    "--token",
+    ADMIN_TOKEN,
+    "--service",
+    "web",
+    "--backend",
+    backend,
+    ...report,
+  ]);
+}
+
 Deno.test("drain, reported with switchyard feedback, sends a backend no new connections while its open ones finish", async () => {
   const alpha = startGreeter("alpha", { hold: true });
   const beta = startGreeter("beta", { hold: true });
@@ -177,19 +194,7 @@ Deno.test("drain, reported with switchyard feedback, sends a backend no new conn
     const onAlpha = conns.filter((conn) => conn.line === "alpha");
     assert.ok(onAlpha.length > 0 && onAlpha.length < 40, `${onAlpha.length} of 40 on alpha`);
 
-    const cli = await run([
-      "feedback",
-      "--manager",
-      `http://${cluster.admin}`,
-      "--token",
-      ADMIN_TOKEN,
-      "--service",
-      "web",
-      "--backend",
-      alpha.address,
-      "--state",
-      "drain",
-    ]);
+    const cli = await feedbackCli(cluster, alpha.address, ["--state", "drain"]);
     assert.equal(cli.code, 0, cli.stderr);
     const answer = JSON.parse(cli.stdout);
     assert.deepEqual(answer, {
@@ -231,19 +236,7 @@ Deno.test("drain, reported with switchyard feedback, sends a backend no new conn
     );
 
     // A report for a backend the service does not have is refused with the reason, exit code 2.
-    const refused = await run([
-      "feedback",
-      "--manager",
-      `http://${cluster.admin}`,
-      "--token",
-      ADMIN_TOKEN,
-      "--service",
-      "web",
-      "--backend",
-      "127.0.0.1:1",
-      "--weight",
-      "10",
-    ]);
+    const refused = await feedbackCli(cluster, "127.0.0.1:1", ["--weight", "10"]);
     assert.equal(refused.code, 2);
     assert.match(
       refused.stderr,

@@ -18,7 +18,7 @@ import { ClusterModel } from "../manager/state.ts";
 import { startGreeter } from "./_backends.ts";
 import { ADMIN_TOKEN, CLUSTER_TOKEN, testService } from "./_config.ts";
 import { agentMetric, startTestCluster, type TestCluster } from "./_cluster.ts";
-import { agentAdmin, eventually, type Proc, startManagerProcess, writeAll } from "./_helpers.ts";
+import { agentAdmin, claimsSplit, eventually, type Proc, startManagerProcess, writeAll } from "./_helpers.ts";
 import { fuzzSeed, mutateBytes, randomJson, Rng } from "./_fuzz.ts";
 import { forEachBounded, sleep, stableView, vmRssKiB } from "./_load.ts";
 
@@ -1007,12 +1007,7 @@ Deno.test("about 3,300 garbage, forged, stale and truncated PROXY headers on the
         .split(":").pop(),
     );
     const admin = await agentAdmin(target.proc);
-    await eventually(
-      () =>
-        cluster.agents.every((a) => a.proc.logs.some((l) => l.message.startsWith("Claims split among 2"))),
-      10_000,
-      "both agents to know each other",
-    );
+    await claimsSplit(cluster.agents.map((a) => a.proc), 2, { what: "both agents to know each other" });
     const rng = new Rng(fuzzSeed("mesh port fuzz"));
     const cases = await meshCases(rng, target);
     const refusedBefore = await agentMetric(admin, "switchyard_mesh_refused_total");

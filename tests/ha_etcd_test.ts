@@ -7,10 +7,9 @@
  */
 import assert from "node:assert/strict";
 import { etcdUnavailable } from "./_etcd.ts";
-import { testService } from "./_config.ts";
 import { startGreeter } from "./_backends.ts";
-import { eventually, freeFixedPort } from "./_helpers.ts";
-import { type ClusterBody, HaCluster } from "./_ha.ts";
+import { eventually, freeFixedPort, needs } from "./_helpers.ts";
+import { type ClusterBody, HaCluster, haService } from "./_ha.ts";
 import { sleep, startLoad, summarize } from "./_load.ts";
 
 const unavailable = etcdUnavailable();
@@ -19,8 +18,7 @@ const NAME =
   "etcd under several managers: a member of three SIGKILLed fails nothing; all gone, the lead ends within the lease and agents serve on; back, a manager leads";
 
 Deno.test({
-  name: unavailable ? `${NAME} (ignored: ${unavailable})` : NAME,
-  ignore: unavailable !== null,
+  ...needs(NAME, unavailable),
   async fn() {
     const backends = [startGreeter("b1", { hold: true }), startGreeter("b2", { hold: true })];
     const port = freeFixedPort();
@@ -32,13 +30,7 @@ Deno.test({
         managers: 2,
         etcdMembers: 3,
         lease: `${LEASE_MS / 1_000}s`,
-        services: [testService({
-          listen: `127.0.0.1:${port}`,
-          decide: "manager",
-          decision_timeout: "50ms",
-          timeouts: { connect: "1s", idle: "60s", drain: "2s" },
-          backends: backends.map((b) => b.address),
-        })],
+        services: [haService(port, backends)],
       });
       const c = cluster;
       const first = await c.leader();

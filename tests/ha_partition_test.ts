@@ -13,7 +13,7 @@ import assert from "node:assert/strict";
 import { startGreeter } from "./_backends.ts";
 import { ADMIN_TOKEN, CLUSTER_TOKEN, testConfig, testService } from "./_config.ts";
 import { EtcdCluster, etcdUnavailable } from "./_etcd.ts";
-import { eventually, type LogLine } from "./_helpers.ts";
+import { eventually, type LogLine, needs } from "./_helpers.ts";
 import type { ClusterBody } from "./_ha.ts";
 import { sleep, startLoad, summarize } from "./_load.ts";
 import { meshAgentArgs, netnsUnavailable, NsProc, TestNetwork } from "./_netns.ts";
@@ -28,8 +28,7 @@ const loggedAt = (line: LogLine) =>
   Date.parse(String((line as unknown as Record<string, unknown>)["@timestamp"])) - performance.timeOrigin;
 
 Deno.test({
-  name: unavailable ? `${NAME} (ignored: ${unavailable})` : NAME,
-  ignore: unavailable !== null,
+  ...needs(NAME, unavailable),
   async fn() {
     const network = new TestNetwork();
     const procs: NsProc[] = [];

@@ -7,10 +7,9 @@
  */
 import assert from "node:assert/strict";
 import { etcdUnavailable } from "./_etcd.ts";
-import { testService } from "./_config.ts";
 import { startGreeter } from "./_backends.ts";
-import { eventually, freeFixedPort } from "./_helpers.ts";
-import { type ClusterBody, HaCluster, type HaManager } from "./_ha.ts";
+import { eventually, freeFixedPort, needs } from "./_helpers.ts";
+import { type ClusterBody, HaCluster, type HaManager, haService } from "./_ha.ts";
 import { sleep, startLoad, summarize } from "./_load.ts";
 
 const unavailable = etcdUnavailable();
@@ -49,8 +48,7 @@ const NAME =
   "the leading manager SIGKILLed under load: no connection fails, and a standby leads within lease + 1 s with the same drains, feedback and claims";
 
 Deno.test({
-  name: unavailable ? `${NAME} (ignored: ${unavailable})` : NAME,
-  ignore: unavailable !== null,
+  ...needs(NAME, unavailable),
   async fn() {
     const backends = [
       startGreeter("b1", { hold: true }),
@@ -66,14 +64,7 @@ Deno.test({
         agents: 2,
         managers: 2,
         lease: `${LEASE_MS / 1_000}s`,
-        services: [testService({
-          // Both agents listen on this one port (reusePort), as two agents on one machine do.
-          listen: `127.0.0.1:${port}`,
-          decide: "manager",
-          decision_timeout: "50ms",
-          timeouts: { connect: "1s", idle: "60s", drain: "2s" },
-          backends: backends.map((b) => b.address),
-        })],
+        services: [haService(port, backends)],
       });
       const c = cluster;
       const leader = await c.leader();

@@ -6,7 +6,15 @@
  */
 import assert from "node:assert/strict";
 import { startGreeter } from "./_backends.ts";
-import { eventually, type LogLine, Proc, run, servicePort, startManagerProcess } from "./_helpers.ts";
+import {
+  claimsSplit,
+  eventually,
+  type LogLine,
+  Proc,
+  run,
+  servicePort,
+  startManagerProcess,
+} from "./_helpers.ts";
 import { agentsCaughtUp, connectAndReadLine } from "./_cluster.ts";
 import { testConfig, testService } from "./_config.ts";
 
@@ -223,11 +231,7 @@ Deno.test("a generated admin token is printed once on stdout, never logged; agen
     );
     procs.push(...agents);
     const ports = await Promise.all(agents.map((agent) => servicePort(agent, "web")));
-    await eventually(
-      () => agents.every((agent) => agent.logs.some((l) => l.message.startsWith("Claims split among 2"))),
-      10_000,
-      "both agents to know both claims",
-    );
+    await claimsSplit(agents, 2, { what: "both agents to know both claims" });
     const services = await fetch(`http://${admin}/v1/services`, {
       headers: { authorization: `Bearer ${generated}` },
     });

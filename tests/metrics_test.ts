@@ -4,7 +4,7 @@
  * handoffs, decisions and connect failures on each side.
  */
 import assert from "node:assert/strict";
-import { agentAdmin, eventually, readAll, writeAll } from "./_helpers.ts";
+import { agentAdmin, claimsSplit, eventually, readAll, writeAll } from "./_helpers.ts";
 import { startBackend } from "./_backends.ts";
 import { ADMIN_TOKEN, testService } from "./_config.ts";
 import { startTestCluster } from "./_cluster.ts";
@@ -119,11 +119,7 @@ Deno.test("/metrics on the agents and the manager count 37 then 40 known connect
     // claims are handed off to it, and agent-2 asks the manager for each of them.
     const agent2 = await cluster.startAgent("agent-2", ["--admin", "127.0.0.1:0"]);
     const admin2 = await agentAdmin(agent2.proc);
-    await eventually(
-      () => agent1.proc.logs.some((l) => l.message.startsWith("Claims split among 2")),
-      10_000,
-      "agent-1 to know both claims",
-    );
+    await claimsSplit([agent1.proc], 2, { what: "agent-1 to know both claims" });
     for (let i = 0; i < 40; i++) await transfer(agent1.port);
     await eventually(
       async () => {

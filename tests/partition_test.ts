@@ -12,7 +12,7 @@
 import assert from "node:assert/strict";
 import { startGreeter } from "./_backends.ts";
 import { ADMIN_TOKEN, CLUSTER_TOKEN, testConfig, testService } from "./_config.ts";
-import { eventually, servicePort } from "./_helpers.ts";
+import { eventually, needs, servicePort } from "./_helpers.ts";
 import { sleep, startLoad, summarize } from "./_load.ts";
 import { meshAgentArgs, netnsUnavailable, NsProc, TestNetwork } from "./_netns.ts";
 
@@ -25,8 +25,7 @@ interface AgentsView {
 }
 
 Deno.test({
-  name: unavailable ? `${NAME} (ignored: ${unavailable})` : NAME,
-  ignore: unavailable !== null,
+  ...needs(NAME, unavailable),
   async fn() {
     const network = new TestNetwork();
     const procs: NsProc[] = [];

@@ -14,7 +14,7 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { startGreeter } from "./_backends.ts";
 import { CLUSTER_TOKEN, testConfig, testService } from "./_config.ts";
-import { eventually } from "./_helpers.ts";
+import { claimsSplit, needs } from "./_helpers.ts";
 import { sleep, startLoad, summarize } from "./_load.ts";
 import { meshAgentArgs, netnsUnavailable, NsProc, TestNetwork } from "./_netns.ts";
 
@@ -33,8 +33,7 @@ async function sysctls(file: string): Promise<Array<[string, string]>> {
 }
 
 Deno.test({
-  name: ignoredBecause ? `${NAME} (ignored: ${ignoredBecause})` : NAME,
-  ignore: ignoredBecause !== null,
+  ...needs(NAME, ignoredBecause),
   async fn() {
     const network = new TestNetwork();
     const procs: NsProc[] = [];
@@ -82,11 +81,7 @@ Deno.test({
         procs.push(agent);
         return agent;
       });
-      await eventually(
-        () => agents.every((a) => a.logs.some((l) => l.message.startsWith("Claims split among 3"))),
-        10_000,
-        "three agents sharing the port",
-      );
+      await claimsSplit(agents, 3, { what: "three agents sharing the port" });
 
       load = startLoad({
         host: service.host,
