@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
+import { resolvedConfig } from "../tests/_config.ts";
 import { METRICS_CONTENT_TYPE } from "../cluster/prometheus.ts";
 import { parseMetrics } from "../tests/_prometheus.ts";
 import { testAdminApp } from "./_test_admin_app.ts";
-import { type Config, parseConfig } from "./config.ts";
+import { type Config } from "./config.ts";
 import { Decider } from "./decide.ts";
 import { ClusterModel } from "./state.ts";
 
@@ -12,23 +13,15 @@ const A = "10.0.0.11:80";
 const B = "10.0.0.12:80";
 
 function configOf(): Config {
-  const result = parseConfig(JSON.stringify({
-    manager: {
-      tokens: {
-        admin: ADMIN,
-        cluster: "cluster-token-0123456789",
-        feedback: [{ token: WEB_APP, services: ["web"] }],
-      },
-    },
+  return resolvedConfig({
+    manager: { tokens: { admin: ADMIN, feedback: [{ token: WEB_APP, services: ["web"] }] } },
     services: [{
       name: "web",
       listen: "0.0.0.0:8080",
       backends: [{ address: A, weight: 100 }, { address: B, weight: 50 }],
       slow_start: "10s",
     }],
-  }));
-  assert.deepEqual(result.problems, []);
-  return result.config as Config;
+  });
 }
 
 function harness() {

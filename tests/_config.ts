@@ -2,7 +2,12 @@
  * Configs of the tests, built rather than written out: `testService` is one service the way most tests
  * want it, `testConfig` a whole config file around services (JSON, which the manager reads as YAML). Both
  * take any other key as the config file spells it (`decision_timeout`, `timeouts`, `limits`, `ha`, …).
+ * `resolvedConfig` is a config parsed as the manager parses its file, for unit tests of the model, and
+ * `testServiceSpec` a service as the manager sends it to agents, for tests that play the manager.
  */
+import assert from "node:assert/strict";
+import type { ServiceSpec } from "../cluster/protocol.ts";
+import { type Config, parseConfig } from "../manager/config.ts";
 
 export const CLUSTER_TOKEN = "test-cluster-token-0123456789";
 export const ADMIN_TOKEN = "test-admin-token-0123456789";
@@ -59,4 +64,44 @@ export function testConfig(options: TestConfigOptions): string {
     null,
     2,
   );
+}
+
+/**
+ * A config document (`manager`, `agents`, `services` as the file spells them) parsed as the manager parses
+ * its file, with the cluster token written in so that nothing is read from disk; any problem fails the test.
+ */
+export function resolvedConfig(document: {
+  readonly manager?: Readonly<Record<string, unknown>> & {
+    readonly tokens?: Readonly<Record<string, unknown>>;
+  };
+  readonly agents?: Readonly<Record<string, unknown>>;
+  readonly services: readonly Record<string, unknown>[];
+}): Config {
+  const manager = { ...document.manager, tokens: { cluster: CLUSTER_TOKEN, ...document.manager?.tokens } };
+  const result = parseConfig(JSON.stringify({ ...document, manager }));
+  assert.deepEqual(result.problems, []);
+  return result.config as Config;
+}
+
+/**
+ * A service as the cluster state carries it to agents: `web` on a free loopback port, placed by the agent
+ * alone (`decide: agent`, `handoff: local`), with the config's defaults; `fields` name its backends and
+ * table and anything else that differs.
+ */
+export function testServiceSpec(
+  fields: Pick<ServiceSpec, "backends" | "table"> & Partial<ServiceSpec>,
+): ServiceSpec {
+  return {
+    name: "web",
+    listen: { host: "127.0.0.1", port: 0 },
+    decide: "agent",
+    decisionTimeoutMs: 20,
+    decideAheadMs: 0,
+    handoff: "local",
+    affinity: { key: "none", ttlMs: 0 },
+    proxyProtocol: "none",
+    timeouts: { connectMs: 2_000, idleMs: 300_000, drainMs: 30_000 },
+    maxConnections: 50_000,
+    ...fields,
+  };
 }

@@ -20,7 +20,7 @@ import {
 import { movedSlots, serviceDelta } from "../cluster/state_delta.ts";
 import { startGreeter } from "./_backends.ts";
 import { connectAndReadLine, startTestCluster } from "./_cluster.ts";
-import { testService } from "./_config.ts";
+import { testService, testServiceSpec } from "./_config.ts";
 import { eventually, startAgentProcess } from "./_helpers.ts";
 
 const SANITIZE = { sanitizeOps: true, sanitizeResources: true } as const;
@@ -167,26 +167,19 @@ Deno.test({
     await Deno.writeTextFile(`${dir}/cluster.token`, token);
     const manager = new ScriptedManager(token);
     const ids = backends.map((backend) => backend.address);
-    const spec = (weights: number[]): ServiceSpec => ({
-      name: "web",
-      listen: { host: "127.0.0.1", port: 0 },
-      decide: "agent",
-      decisionTimeoutMs: 20,
-      decideAheadMs: 0,
-      handoff: "local",
-      affinity: { key: "none", ttlMs: 0 },
-      proxyProtocol: "none",
-      timeouts: { connectMs: 2_000, idleMs: 300_000, drainMs: 1_000 },
-      maxConnections: 1_000,
-      backends: backends.map((backend, i) => ({
-        id: backend.address,
-        host: "127.0.0.1",
-        port: backend.port,
-        weight: weights[i]!,
-        state: "up",
-      })),
-      table: encodeTable(table(weights)),
-    });
+    const spec = (weights: number[]): ServiceSpec =>
+      testServiceSpec({
+        timeouts: { connectMs: 2_000, idleMs: 300_000, drainMs: 1_000 },
+        maxConnections: 1_000,
+        backends: backends.map((backend, i) => ({
+          id: backend.address,
+          host: "127.0.0.1",
+          port: backend.port,
+          weight: weights[i]!,
+          state: "up",
+        })),
+        table: encodeTable(table(weights)),
+      });
     const table = (weights: number[]) => buildTable(ids.map((id, i) => ({ id, weight: weights[i]! })));
     const state = (version: number, weights: number[]): ClusterState => ({
       version,
