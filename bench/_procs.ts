@@ -199,24 +199,6 @@ export function freePort(): number {
   }
 }
 
-/** Waits until something accepts TCP connections on `port`. */
-export async function waitForPort(port: number, options: { timeoutMs?: number; what?: string } = {}) {
-  const { timeoutMs = 10_000, what = `port ${port}` } = options;
-  const deadline = performance.now() + timeoutMs;
-  for (;;) {
-    try {
-      const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-      conn.close();
-      return;
-    } catch (error) {
-      if (performance.now() > deadline) {
-        throw new Error(`${what} did not accept connections within ${timeoutMs} ms: ${error}`);
-      }
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-  }
-}
-
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }

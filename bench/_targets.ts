@@ -10,8 +10,8 @@
  */
 import { fileURLToPath } from "node:url";
 import { V8_FLAGS } from "../scripts/compile.ts";
-import type { Proc } from "../tests/_helpers.ts";
-import { findExecutable, freePort, type Processes, randomHex, waitForPort } from "./_procs.ts";
+import { type Proc, waitForPort } from "../tests/_helpers.ts";
+import { findExecutable, freePort, type Processes, randomHex } from "./_procs.ts";
 
 /** The agent's `--data-path` values: the epoll relay, or Deno's sockets. */
 export type DataPath = "epoll" | "deno";

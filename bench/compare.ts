@@ -2,7 +2,8 @@
 // VARIANTS="agent=@agent;mgr=@manager;old=@manager%/elsewhere/main.ts" EXTRA="relay=bench/relay_proxy.ts" R=3 D=5 deno run -A bench/compare.ts
 // Interleaved comparison: HAProxy and switchyard variants (V8 flag sets), keep-alive and close.
 // env: VARIANTS="base=;stgc=--single-threaded-gc" R=4 D=5 DECIDE=agent
-import { cpuMs, freePort, Processes, sleep, waitForPort } from "./_procs.ts";
+import { waitForPort } from "../tests/_helpers.ts";
+import { cpuMs, freePort, Processes, sleep } from "./_procs.ts";
 import {
   findTools,
   type RunningTarget,

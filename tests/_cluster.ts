@@ -4,6 +4,7 @@
  */
 import net from "node:net";
 import { ADMIN_TOKEN, CLUSTER_TOKEN, testConfig } from "./_config.ts";
+import { parseMetrics } from "./_prometheus.ts";
 import { claimsSplit, eventually, type Proc, startAgentProcess, startManagerProcess } from "./_helpers.ts";
 
 export interface AgentProc {
@@ -145,9 +146,8 @@ export async function connectAndReadLine(port: number, options: { localAddress?:
 
 /** One unlabelled figure from an agent's `--admin` `/metrics` (NaN when absent). */
 export async function agentMetric(admin: string, name: string): Promise<number> {
-  const text = await (await fetch(`http://${admin}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
-  return Number(line?.split(" ")[1] ?? NaN);
+  const series = parseMetrics(await (await fetch(`http://${admin}/metrics`)).text());
+  return series.find((s) => s.name === name && Object.keys(s.labels).length === 0)?.value ?? NaN;
 }
 
 /** Opens `count` connections through `port`, `concurrency` at a time, and counts the first line each gets. */

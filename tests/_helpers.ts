@@ -481,12 +481,16 @@ export function freeFixedPort(): number {
   throw new Error("No free port found between 20000 and 30000");
 }
 
-/** Waits until something accepts TCP connections on `port` (10 s at most); `exited` ends the wait early. */
+/**
+ * Waits until something accepts TCP connections on 127.0.0.1 `port` (10 s at most unless told); `exited`
+ * ends the wait early.
+ */
 export async function waitForPort(
   port: number,
-  options: { what: string; exited?: () => boolean },
+  options: { what: string; exited?: () => boolean; timeoutMs?: number },
 ): Promise<void> {
-  const deadline = performance.now() + 10_000;
+  const { timeoutMs = 10_000 } = options;
+  const deadline = performance.now() + timeoutMs;
   for (;;) {
     try {
       (await Deno.connect({ hostname: "127.0.0.1", port })).close();
@@ -494,7 +498,9 @@ export async function waitForPort(
     } catch (error) {
       if (options.exited?.()) throw new Error(`${options.what} exited before listening on port ${port}`);
       if (performance.now() > deadline) {
-        throw new Error(`${options.what} did not listen on port ${port} within 10 s`, { cause: error });
+        throw new Error(`${options.what} did not listen on port ${port} within ${timeoutMs} ms`, {
+          cause: error,
+        });
       }
       await new Promise((resolve) => setTimeout(resolve, 25));
     }
