@@ -5,7 +5,7 @@
  */
 import type { HostPort } from "../cluster/address.ts";
 import { internalErrors } from "../cluster/guard.ts";
-import { addInternalErrors, Exposition, METRICS_CONTENT_TYPE, type Sample } from "../manager/metrics.ts";
+import { addInternalErrors, Exposition, METRICS_CONTENT_TYPE, type Sample } from "../cluster/prometheus.ts";
 import type { Agent } from "./agent.ts";
 
 export function startAgentAdmin(agent: Agent, address: HostPort): Deno.HttpServer<Deno.NetAddr> {

@@ -11,71 +11,22 @@
  *
  * Usage: deno run --allow-net bench/_backends.ts echo http rude
  */
+import { startBackend, startEcho } from "../tests/_backends.ts";
 
 export const HTTP_BODY = "switchyard bench\n";
 
-async function serveEcho(conn: Deno.Conn): Promise<void> {
-  const buffer = new Uint8Array(64 * 1024);
-  try {
-    for (;;) {
-      const n = await conn.read(buffer);
-      if (n === null) break;
-      let written = 0;
-      while (written < n) written += await conn.write(buffer.subarray(written, n));
-    }
-    await conn.closeWrite();
-    // wait for the peer to close its side too
-    while ((await conn.read(buffer)) !== null);
-  } catch {
-    // reset by the peer
-  } finally {
-    try {
-      conn.close();
-    } catch {
-      // already closed
-    }
-  }
-}
-
+/** Reads one chunk, then returns, so that closing with bytes still unread sends a reset. */
 async function serveRude(conn: Deno.Conn): Promise<void> {
-  try {
-    await conn.read(new Uint8Array(1));
-    // whatever else was sent stays unread, so close() sends a reset
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  } catch {
-    // reset already
-  } finally {
-    try {
-      conn.close();
-    } catch {
-      // already closed
-    }
-  }
-}
-
-async function accept(listener: Deno.Listener, serve: (conn: Deno.Conn) => Promise<void>): Promise<void> {
-  for (;;) {
-    let conn: Deno.Conn;
-    try {
-      conn = await listener.accept();
-    } catch (error) {
-      // e.g. too many open files: say so, wait, and keep serving
-      console.error(`Cannot accept on ${JSON.stringify(listener.addr)}: ${error}`);
-      await new Promise((resolve) => setTimeout(resolve, 100));
-      continue;
-    }
-    try {
-      (conn as Deno.TcpConn).setNoDelay(true);
-    } catch {
-      // reset before we got to it; serve() sees that too
-    }
-    serve(conn);
-  }
+  await conn.read(new Uint8Array(1));
+  // whatever else was sent stays unread, so close() sends a reset
+  await new Promise((resolve) => setTimeout(resolve, 5));
 }
 
 if (import.meta.main) {
   const ports: Record<string, number> = {};
   const serving: Promise<unknown>[] = [];
+  // e.g. too many open files: say so; the backend waits and keeps serving
+  const onAcceptError = (error: unknown) => console.error(`Cannot accept a connection: ${error}`);
   for (const kind of Deno.args) {
     if (kind === "http") {
       const server = Deno.serve(
@@ -84,10 +35,10 @@ if (import.meta.main) {
       );
       ports.http = server.addr.port;
       serving.push(server.finished);
-    } else if (kind === "echo" || kind === "rude") {
-      const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-      ports[kind] = (listener.addr as Deno.NetAddr).port;
-      serving.push(accept(listener, kind === "echo" ? serveEcho : serveRude));
+    } else if (kind === "echo") {
+      ports.echo = startEcho({ onAcceptError }).port;
+    } else if (kind === "rude") {
+      ports.rude = startBackend(serveRude, { onAcceptError }).port;
     } else {
       console.error(`Unknown backend kind "${kind}": expected echo, http or rude`);
       Deno.exit(2);

@@ -1,214 +1,21 @@
 /**
  * The processes of the bench and the soak: every child is spawned through a `Processes` registry that
- * keeps its output, and is stopped, with the processes it started in turn, on every way out (normal end,
+ * keeps its output (the tests' `Proc`), and is stopped, with the processes it started in turn, on every way out (normal end,
  * error, Ctrl-C). Also the small facts about this machine the bench needs: where a tool is, the open-file
  * limit, a process's resident memory, a free loopback port.
  */
+import { Proc } from "../tests/_helpers.ts";
 
 const decoder = new TextDecoder();
 
 /** How long a stopped child gets between SIGTERM and SIGKILL. */
 const STOP_GRACE_MS = 3_000;
-/** How many of a child's last output lines are kept, besides its warnings and errors. */
-const KEPT_LINES = 200;
-
-/** One JSON log line of a switchyard role. */
-export interface LogLine {
-  readonly message: string;
-  readonly level: string;
-  readonly properties: Record<string, unknown>;
-}
+/** How long a child is waited for to log or print what is expected (starting many agents takes a while). */
+const WAIT_MS = 20_000;
 
 export interface SpawnOptions {
   readonly env?: Record<string, string>;
   readonly cwd?: string;
-}
-
-/** A running child process with its output lines collected as they come. */
-export class Proc {
-  readonly name: string;
-  readonly pid: number;
-  readonly #child: Deno.ChildProcess;
-  readonly #reading: Promise<void>;
-  /** The last lines of stdout and stderr together. */
-  readonly tail: string[] = [];
-  /** JSON log lines (switchyard roles log those on stderr). */
-  readonly logs: LogLine[] = [];
-  /** Log lines at warning level or worse, kept in full (up to 1000). */
-  readonly problems: LogLine[] = [];
-  stdout = "";
-  exit: Deno.CommandStatus | null = null;
-  readonly exited: Promise<Deno.CommandStatus>;
-  #waiters: Array<() => void> = [];
-
-  constructor(name: string, command: string, args: string[], options: SpawnOptions) {
-    this.name = name;
-    this.#child = new Deno.Command(command, {
-      args,
-      env: { NO_COLOR: "1", ...options.env },
-      ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    this.pid = this.#child.pid;
-    this.#reading = Promise.all([this.#read(this.#child.stdout, true), this.#read(this.#child.stderr, false)])
-      .then(() => {});
-    this.exited = this.#child.status.then((status) => {
-      this.exit = status;
-      this.#wake();
-      return status;
-    });
-  }
-
-  get running(): boolean {
-    return this.exit === null;
-  }
-
-  async #read(stream: ReadableStream<Uint8Array>, isStdout: boolean): Promise<void> {
-    let pending = "";
-    for await (const chunk of stream) {
-      const text = decoder.decode(chunk, { stream: true });
-      if (isStdout && this.stdout.length < 1_000_000) this.stdout += text;
-      pending += text;
-      const lines = pending.split("\n");
-      pending = lines.pop() ?? "";
-      for (const line of lines) this.#line(line);
-      this.#wake();
-    }
-    if (pending !== "") this.#line(pending);
-  }
-
-  #line(line: string): void {
-    this.tail.push(line);
-    if (this.tail.length > KEPT_LINES) this.tail.shift();
-    if (!line.startsWith("{")) return;
-    try {
-      const record = JSON.parse(line) as LogLine;
-      if (typeof record.message !== "string") return;
-      if (this.logs.length < 10_000) this.logs.push(record);
-      if (/^(warn|warning|error|fatal)$/i.test(record.level) && this.problems.length < 1_000) {
-        this.problems.push(record);
-      }
-    } catch {
-      // not a JSON log line
-    }
-  }
-
-  #wake(): void {
-    for (const wake of this.#waiters.splice(0)) wake();
-  }
-
-  /** Waits until a log line passes `match` and returns it; fails if the process exits first. */
-  async waitForLog(match: (line: LogLine) => boolean, timeoutMs = 20_000): Promise<LogLine> {
-    const deadline = performance.now() + timeoutMs;
-    for (;;) {
-      const found = this.logs.find(match);
-      if (found) return found;
-      if (this.exit !== null) {
-        throw new Error(
-          `${this.name} exited with code ${this.exit.code}:\n${this.tail.slice(-30).join("\n")}`,
-        );
-      }
-      if (performance.now() > deadline) {
-        throw new Error(
-          `${this.name} did not log what was expected within ${timeoutMs} ms:\n${
-            this.tail.slice(-30).join("\n")
-          }`,
-        );
-      }
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, 100);
-        this.#waiters.push(() => {
-          clearTimeout(timer);
-          resolve();
-        });
-      });
-    }
-  }
-
-  /** Waits until stdout holds a line matching `pattern` and returns the match. */
-  async waitForStdout(pattern: RegExp, timeoutMs = 20_000): Promise<RegExpMatchArray> {
-    const deadline = performance.now() + timeoutMs;
-    for (;;) {
-      const match = this.stdout.match(pattern);
-      if (match) return match;
-      if (this.exit !== null || performance.now() > deadline) {
-        throw new Error(`${this.name} did not print ${pattern}:\n${this.tail.slice(-30).join("\n")}`);
-      }
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-  }
-
-  /**
-   * Stops the process and every process it started: SIGTERM, then SIGKILL after `STOP_GRACE_MS`. The
-   * descendants are looked up first, since a killed parent's children are re-parented and lost from view.
-   */
-  async stop(): Promise<void> {
-    if (this.exit === null) {
-      const family = [this.pid, ...descendantsOf(this.pid)];
-      signal(this.pid, "SIGTERM");
-      const timer = setTimeout(() => {
-        for (const pid of family) signal(pid, "SIGKILL");
-      }, STOP_GRACE_MS);
-      await this.exited;
-      clearTimeout(timer);
-      for (const pid of family.slice(1)) {
-        if (isAlive(pid)) signal(pid, "SIGKILL");
-      }
-    }
-    await this.#reading;
-  }
-}
-
-function signal(pid: number, name: Deno.Signal): void {
-  try {
-    Deno.kill(pid, name);
-  } catch {
-    // already gone
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    Deno.statSync(`/proc/${pid}`);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** The parent pid of every process, from /proc. */
-function parents(): Map<number, number> {
-  const map = new Map<number, number>();
-  for (const entry of Deno.readDirSync("/proc")) {
-    if (!/^\d+$/.test(entry.name)) continue;
-    try {
-      const stat = Deno.readTextFileSync(`/proc/${entry.name}/stat`);
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      map.set(Number(entry.name), Number(fields[1]));
-    } catch {
-      // exited meanwhile
-    }
-  }
-  return map;
-}
-
-/** The pids of the processes `pid` started, and theirs, at this moment. */
-export function descendantsOf(pid: number): number[] {
-  const map = parents();
-  const found: number[] = [];
-  const queue = [pid];
-  while (queue.length > 0) {
-    const parent = queue.shift() as number;
-    for (const [child, ppid] of map) {
-      if (ppid === parent) {
-        found.push(child);
-        queue.push(child);
-      }
-    }
-  }
-  return found;
 }
 
 /** Every child of one run, so all of them are stopped however the run ends. */
@@ -223,13 +30,13 @@ export class Processes {
 
   spawn(name: string, command: string, args: string[], options: SpawnOptions = {}): Proc {
     if (this.#closed) throw new Error(`Cannot start ${name}: the run is stopping`);
-    const proc = new Proc(name, command, args, options);
+    const proc = new Proc(args, { ...options, name, command, bounded: true, waitMs: WAIT_MS });
     this.#procs.add(proc);
     return proc;
   }
 
   async stop(proc: Proc): Promise<void> {
-    await proc.stop();
+    await proc.stop({ graceMs: STOP_GRACE_MS });
     this.#procs.delete(proc);
   }
 
@@ -250,11 +57,11 @@ export async function runBounded(
 ): Promise<{ code: number; stdout: string; stderr: string; timedOut: boolean }> {
   if (stoppingBoundedRuns) throw new Error(`Cannot run ${command}: the run is stopping`);
   const child = new Deno.Command(command, { args, stdin: "null", stdout: "piped", stderr: "piped" }).spawn();
-  boundedRuns.add(child.pid);
+  boundedRuns.add(child);
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
-    signal(child.pid, "SIGKILL");
+    killQuietly(child);
   }, options.timeoutMs);
   try {
     const output = await child.output();
@@ -266,19 +73,27 @@ export async function runBounded(
     };
   } finally {
     clearTimeout(timer);
-    boundedRuns.delete(child.pid);
+    boundedRuns.delete(child);
   }
 }
 
-/** The pids of the `runBounded` commands running now. */
-const boundedRuns = new Set<number>();
+/** The `runBounded` commands running now. */
+const boundedRuns = new Set<Deno.ChildProcess>();
 
 let stoppingBoundedRuns = false;
 
 /** Kills every `runBounded` command still running, and refuses new ones (on Ctrl-C or an error). */
 export function killBoundedRuns(): void {
   stoppingBoundedRuns = true;
-  for (const pid of boundedRuns) signal(pid, "SIGKILL");
+  for (const child of boundedRuns) killQuietly(child);
+}
+
+function killQuietly(child: Deno.ChildProcess): void {
+  try {
+    child.kill("SIGKILL");
+  } catch {
+    // already exited
+  }
 }
 
 /** Where an executable is, searching `PATH` and the sbin folders (haproxy and nginx live there). */
@@ -380,24 +195,6 @@ export function freePort(): number {
     if (!taken.has(port)) {
       taken.add(port);
       return port;
-    }
-  }
-}
-
-/** Waits until something accepts TCP connections on `port`. */
-export async function waitForPort(port: number, options: { timeoutMs?: number; what?: string } = {}) {
-  const { timeoutMs = 10_000, what = `port ${port}` } = options;
-  const deadline = performance.now() + timeoutMs;
-  for (;;) {
-    try {
-      const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-      conn.close();
-      return;
-    } catch (error) {
-      if (performance.now() > deadline) {
-        throw new Error(`${what} did not accept connections within ${timeoutMs} ms: ${error}`);
-      }
-      await new Promise((resolve) => setTimeout(resolve, 50));
     }
   }
 }

@@ -10,7 +10,8 @@
  */
 import { fileURLToPath } from "node:url";
 import { V8_FLAGS } from "../scripts/compile.ts";
-import { freePort, type Proc, type Processes, randomHex, waitForPort } from "./_procs.ts";
+import { type Proc, waitForPort } from "../tests/_helpers.ts";
+import { findExecutable, freePort, type Processes, randomHex } from "./_procs.ts";
 
 /** The agent's `--data-path` values: the epoll relay, or Deno's sockets. */
 export type DataPath = "epoll" | "deno";
@@ -30,6 +31,30 @@ export interface Tools {
   /** The redis backend, and the load run against it; both are needed for the redis figure. */
   readonly redisServer: string | null;
   readonly redisBenchmark: string | null;
+}
+
+/** The executables `findTools` looks for, by the name they are installed under. */
+const TOOL_NAMES = ["nginx", "haproxy", "wrk", "iperf3", "redis-server", "redis-benchmark"] as const;
+export type ToolName = typeof TOOL_NAMES[number];
+
+/**
+ * The tools among `wanted` (all of them by default) found on this machine; the others are null.
+ * `SWITCHYARD_BENCH_WITHOUT=wrk,haproxy` pretends some are missing.
+ */
+export async function findTools(wanted: readonly ToolName[] = TOOL_NAMES): Promise<Tools> {
+  const without = (Deno.env.get("SWITCHYARD_BENCH_WITHOUT") ?? "").split(",").map((name) => name.trim());
+  const find = (name: ToolName) =>
+    wanted.includes(name) && !without.includes(name) ? findExecutable(name) : null;
+  const nginx = find("nginx");
+  return {
+    nginx,
+    nginxStream: nginx ? await findNginxStream(nginx) : null,
+    haproxy: find("haproxy"),
+    wrk: find("wrk"),
+    iperf3: find("iperf3"),
+    redisServer: find("redis-server"),
+    redisBenchmark: find("redis-benchmark"),
+  };
 }
 
 /** Where the backends listen; `iperf` is null without iperf3, `redis` without redis-server. */

@@ -8,14 +8,8 @@
  * keep-alive requests. Each figure is the median over the rounds of (counter after − before) / requests.
  */
 import { parseArgs } from "node:util";
-import { findExecutable, Processes, sleep } from "./_procs.ts";
-import {
-  findNginxStream,
-  type RunningTarget,
-  startBackends,
-  startHaproxy,
-  startSwitchyard,
-} from "./_targets.ts";
+import { Processes, sleep } from "./_procs.ts";
+import { findTools, type RunningTarget, startBackends, startHaproxy, startSwitchyard } from "./_targets.ts";
 import { runWrk } from "./_load.ts";
 import { median } from "./_table.ts";
 
@@ -90,16 +84,7 @@ function perRequest(
   return result;
 }
 
-const nginx = findExecutable("nginx");
-const tools = {
-  nginx,
-  nginxStream: nginx ? await findNginxStream(nginx) : null,
-  haproxy: findExecutable("haproxy"),
-  wrk: findExecutable("wrk"),
-  iperf3: null,
-  redisServer: null,
-  redisBenchmark: null,
-};
+const tools = await findTools(["nginx", "haproxy", "wrk"]);
 if (!tools.wrk || !tools.haproxy) throw new Error("wrk and haproxy are needed: bash bench/setup");
 const procs = new Processes();
 const dir = await Deno.makeTempDir({ prefix: "switchyard-breakdown-" });

@@ -10,7 +10,9 @@
  */
 import { parseArgs } from "node:util";
 import net from "node:net";
+import { startEcho } from "../tests/_backends.ts";
 import { startTestCluster } from "../tests/_cluster.ts";
+import { testService } from "../tests/_config.ts";
 import { eventually } from "../tests/_helpers.ts";
 
 const { values } = parseArgs({
@@ -19,26 +21,8 @@ const { values } = parseArgs({
 });
 const connections = Number(values.connections);
 
-const echo = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-(async () => {
-  for await (const conn of echo) {
-    (async () => {
-      const buffer = new Uint8Array(64);
-      try {
-        for (;;) {
-          const n = await conn.read(buffer);
-          if (n === null) break;
-          await conn.write(buffer.subarray(0, n));
-        }
-      } catch { /* reset */ }
-      try {
-        conn.close();
-      } catch { /* closed */ }
-    })();
-  }
-})().catch(() => {});
-
-const backend = `127.0.0.1:${echo.addr.port}`;
+const echo = startEcho();
+const backend = echo.address;
 const SERVICES = {
   tabled: "decide: agent",
   decided: "decide: manager, decided ahead",
@@ -50,22 +34,22 @@ const cluster = await startTestCluster({
   agents: 2,
   agentArgs: () => ["--log-level", "info"],
   services: [
-    { name: "tabled", listen: "127.0.0.1:0", decide: "agent", backends: [backend] },
-    {
+    testService({ name: "tabled", decide: "agent", backends: [backend], health: null }),
+    testService({
       name: "decided",
-      listen: "127.0.0.1:0",
       decide: "manager",
       decision_timeout: "200ms",
       backends: [backend],
-    },
-    {
+      health: null,
+    }),
+    testService({
       name: "asked",
-      listen: "127.0.0.1:0",
       decide: "manager",
       decide_ahead: "0s",
       decision_timeout: "200ms",
       backends: [backend],
-    },
+      health: null,
+    }),
   ],
 });
 const names = Object.keys(SERVICES) as Service[];
@@ -110,7 +94,7 @@ try {
     "claims",
   );
   const direct: number[] = [];
-  for (let i = 0; i < connections / 4; i++) direct.push((await once(echo.addr.port)).ms);
+  for (let i = 0; i < connections / 4; i++) direct.push((await once(echo.port)).ms);
   const results = new Map<Service, Array<{ ms: number; localPort: number }>>(names.map((name) => [name, []]));
   // Services in turn, a few hundred connections at a time, so that drift on a shared machine hits each alike.
   for (let done = 0; done < connections; done += 250) {

@@ -2,9 +2,10 @@
 // VARIANTS="agent=@agent;mgr=@manager;old=@manager%/elsewhere/main.ts" EXTRA="relay=bench/relay_proxy.ts" R=3 D=5 deno run -A bench/compare.ts
 // Interleaved comparison: HAProxy and switchyard variants (V8 flag sets), keep-alive and close.
 // env: VARIANTS="base=;stgc=--single-threaded-gc" R=4 D=5 DECIDE=agent
-import { cpuMs, findExecutable, freePort, Processes, sleep, waitForPort } from "./_procs.ts";
+import { waitForPort } from "../tests/_helpers.ts";
+import { cpuMs, freePort, Processes, sleep } from "./_procs.ts";
 import {
-  findNginxStream,
+  findTools,
   type RunningTarget,
   startBackends,
   type StartContext,
@@ -27,16 +28,7 @@ const variants = (Deno.env.get("VARIANTS") ?? "base=").split(";").map((v) => {
     main,
   };
 });
-const nginx = findExecutable("nginx");
-const tools = {
-  nginx,
-  nginxStream: nginx ? await findNginxStream(nginx) : null,
-  haproxy: findExecutable("haproxy"),
-  wrk: findExecutable("wrk"),
-  iperf3: null,
-  redisServer: null,
-  redisBenchmark: null,
-};
+const tools = await findTools(["nginx", "haproxy", "wrk"]);
 const procs = new Processes();
 const dir = await Deno.makeTempDir();
 try {

@@ -102,7 +102,7 @@ for (let i = 0; i < agents; i++) {
   links.push(link);
 }
 
-const pid = manager.proc.child.pid;
+const pid = manager.proc.pid;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Runs `work` for the bench's seconds; the decisions it counted per second and the manager's CPU share. */

@@ -9,9 +9,11 @@
  */
 import { parseArgs } from "node:util";
 import { etcdUnavailable } from "../tests/_etcd.ts";
+import { startGreeter } from "../tests/_backends.ts";
+import { testService } from "../tests/_config.ts";
 import { eventually, freeFixedPort } from "../tests/_helpers.ts";
 import { type ClusterBody, HaCluster, type HaManager } from "../tests/_ha.ts";
-import { startGreeter, startLoad, summarize } from "../tests/_load.ts";
+import { startLoad, summarize } from "../tests/_load.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -29,20 +31,18 @@ if (missing) {
   Deno.exit(1);
 }
 
-const backends = [startGreeter("b1"), startGreeter("b2")];
+const backends = [startGreeter("b1", { hold: true }), startGreeter("b2", { hold: true })];
 const port = freeFixedPort();
 const cluster = await HaCluster.start({
   agents: 2,
   managers: 2,
   lease: values.lease,
-  services: [{
-    name: "web",
+  services: [testService({
     listen: `127.0.0.1:${port}`,
     decide: "manager",
     decision_timeout: "50ms",
-    health: { interval: "1h", timeout: "1s" },
     backends: backends.map((b) => b.address),
-  }],
+  })],
 });
 
 const role = (manager: HaManager) =>

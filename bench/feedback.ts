@@ -23,8 +23,11 @@
  */
 import { parseArgs } from "node:util";
 import net from "node:net";
+import { writeAll } from "../cluster/write_all.ts";
 import { V8_FLAGS } from "../scripts/compile.ts";
-import { cleanupOnInterrupt, cpuMs, type Proc, Processes, randomHex } from "./_procs.ts";
+import { testConfig } from "../tests/_config.ts";
+import type { Proc } from "../tests/_helpers.ts";
+import { cleanupOnInterrupt, cpuMs, Processes, randomHex } from "./_procs.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const SELF = new URL(import.meta.url).pathname;
@@ -50,8 +53,7 @@ class KeepAlive {
 
   /** Sends one whole request and reads its answer; returns the status and the body. */
   async request(bytes: Uint8Array): Promise<{ status: number; body: string }> {
-    let written = 0;
-    while (written < bytes.length) written += await this.#conn.write(bytes.subarray(written));
+    await writeAll(this.#conn, bytes);
     let length = 0;
     let end = -1;
     for (;;) {
@@ -197,13 +199,9 @@ async function startCluster(
   await Deno.writeTextFile(`${dir}/cluster.token`, randomHex(32));
   await Deno.writeTextFile(
     `${dir}/switchyard.yaml`,
-    JSON.stringify({
-      manager: {
-        admin: "127.0.0.1:0",
-        cluster: "127.0.0.1:0",
-        tokens: { admin: token, cluster: { file: `${dir}/cluster.token` } },
-      },
-      agents: { heartbeat: "1s" },
+    testConfig({
+      manager: { tokens: { admin: token, cluster: { file: `${dir}/cluster.token` } } },
+      heartbeat: "1s",
       services: options.services,
     }),
   );

@@ -8,7 +8,7 @@
  *   deno run --allow-all bench/ha_feedback.ts [--seconds 10] [--clients 32]
  */
 import { parseArgs } from "node:util";
-import { ADMIN_TOKEN, CLUSTER_TOKEN } from "../tests/_cluster.ts";
+import { ADMIN_TOKEN, CLUSTER_TOKEN, testConfig, testService } from "../tests/_config.ts";
 import { EtcdCluster, etcdUnavailable } from "../tests/_etcd.ts";
 import { eventually, startManagerProcess } from "../tests/_helpers.ts";
 
@@ -75,19 +75,10 @@ async function transactions(admin: string): Promise<number> {
 async function measure(ha: { etcd: string[] } | null): Promise<Map<number, Result>> {
   const dir = await Deno.makeTempDir({ prefix: "switchyard-bench-feedback-" });
   await Deno.writeTextFile(`${dir}/cluster.token`, CLUSTER_TOKEN);
-  const yaml = JSON.stringify({
-    manager: {
-      admin: "127.0.0.1:0",
-      cluster: "127.0.0.1:0",
-      tokens: { admin: ADMIN_TOKEN, cluster: { file: "cluster.token" } },
-      ...(ha ? { ha: { etcd: ha.etcd, prefix: `/bench-${Deno.pid}`, lease: "2s" } } : {}),
-    },
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
-      health: { interval: "1h", timeout: "1s" },
-      backends: BACKENDS,
-    }],
+  const yaml = testConfig({
+    manager: ha ? { ha: { etcd: ha.etcd, prefix: `/bench-${Deno.pid}`, lease: "2s" } } : {},
+    heartbeat: "1s",
+    services: [testService({ backends: BACKENDS })],
   });
   const manager = await startManagerProcess(dir, yaml, ["--log-level", "info"]);
   const results = new Map<number, Result>();

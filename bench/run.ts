@@ -39,7 +39,6 @@ import {
   cleanupOnInterrupt,
   cpuMs,
   ensureOpenFileLimit,
-  findExecutable,
   killBoundedRuns,
   openFileLimit,
   Processes,
@@ -51,7 +50,7 @@ import { formatTable, median, type Row } from "./_table.ts";
 import {
   type DataPath,
   directTarget,
-  findNginxStream,
+  findTools,
   MAIN,
   type RunningTarget,
   startBackends,
@@ -270,22 +269,6 @@ function parseOptions(args: string[]): Options {
     idleConnections: number("idle", base.idleConnections, 0),
     only,
     main: resolve(values.main ?? env("main") ?? MAIN),
-  };
-}
-
-/** The tools found; `SWITCHYARD_BENCH_WITHOUT=wrk,haproxy` pretends some are missing. */
-async function findTools(): Promise<Tools> {
-  const without = (Deno.env.get("SWITCHYARD_BENCH_WITHOUT") ?? "").split(",").map((name) => name.trim());
-  const find = (name: string) => without.includes(name) ? null : findExecutable(name);
-  const nginx = find("nginx");
-  return {
-    nginx,
-    nginxStream: nginx ? await findNginxStream(nginx) : null,
-    haproxy: find("haproxy"),
-    wrk: find("wrk"),
-    iperf3: find("iperf3"),
-    redisServer: find("redis-server"),
-    redisBenchmark: find("redis-benchmark"),
   };
 }
 

@@ -16,16 +16,10 @@
  */
 import { parseArgs } from "node:util";
 import { resolve } from "node:path";
+import { writeAll } from "../cluster/write_all.ts";
 import { HTTP_BODY } from "./_backends.ts";
-import {
-  cleanupOnInterrupt,
-  ensureOpenFileLimit,
-  findExecutable,
-  Processes,
-  rssKiB,
-  sleep,
-} from "./_procs.ts";
-import { findNginxStream, MAIN, startBackends, startSwitchyard, type Switchyard } from "./_targets.ts";
+import { cleanupOnInterrupt, ensureOpenFileLimit, Processes, rssKiB, sleep } from "./_procs.ts";
+import { findTools, MAIN, startBackends, startSwitchyard, type Switchyard } from "./_targets.ts";
 
 /** Every default of the soak. */
 export const SOAK_DEFAULTS = {
@@ -97,11 +91,6 @@ function closeQuietly(conn: Deno.Conn): void {
   } catch {
     // already closed
   }
-}
-
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  let offset = 0;
-  while (offset < bytes.length) offset += await conn.write(bytes.subarray(offset));
 }
 
 /** Reads HTTP/1.1 answers with a `Content-Length` off one connection. */
@@ -369,16 +358,7 @@ async function main(): Promise<number> {
   const main = resolve(values.main ?? Deno.env.get("SWITCHYARD_SOAK_MAIN") ?? MAIN);
   await ensureOpenFileLimit(4_096);
 
-  const nginx = findExecutable("nginx");
-  const tools = {
-    nginx,
-    nginxStream: nginx ? await findNginxStream(nginx) : null,
-    haproxy: null,
-    wrk: null,
-    iperf3: null,
-    redisServer: null,
-    redisBenchmark: null,
-  };
+  const tools = await findTools(["nginx"]);
   const procs = new Processes();
   const dir = await Deno.makeTempDir({ prefix: "switchyard-soak-" });
   const cleanup = cleanupOnInterrupt("soak", async () => {

@@ -4,6 +4,7 @@
  */
 import { setImmediate } from "node:timers";
 import { FrameDecoder, MAX_FRAME_BYTES } from "./protocol.ts";
+import { writeAll } from "./write_all.ts";
 
 export class Channel<In, Out> {
   readonly #conn: Deno.Conn;
@@ -110,8 +111,7 @@ export class Channel<In, Out> {
           }
         }
         try {
-          let offset = 0;
-          while (offset < bytes.length) offset += await this.#conn.write(bytes.subarray(offset));
+          await writeAll(this.#conn, bytes);
           for (const { done } of batch) done?.resolve();
         } catch (error) {
           for (const { done } of [...batch, ...this.#queue]) done?.reject(error);

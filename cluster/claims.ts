@@ -4,20 +4,11 @@
  * (highest random weight hashing). Every agent computes the same owners from the same list of agent ids,
  * the buckets cover the space exactly once, and when an agent joins or leaves only its own buckets move.
  */
-import { hashString } from "./hash.ts";
+import { fmix32, hashString } from "./hash.ts";
 
 export const CLAIM_BUCKETS = 16_384;
 /** The owner of every bucket when there is no agent. */
 export const NO_AGENT = 0xffff;
-
-function fmix32(h: number): number {
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
-}
 
 /**
  * The owning agent (an index into `agentIds`) of each bucket. Depends only on the set of ids, not on

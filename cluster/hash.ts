@@ -37,7 +37,11 @@ export function hash32(bytes: Uint8Array, seed = 0): number {
       k = Math.imul(k, C2);
       h ^= k;
   }
-  h ^= length;
+  return fmix32(h ^ length);
+}
+
+/** MurmurHash3's finalizer: mixes the 32 bits of `h` so that every input bit affects every output bit. */
+export function fmix32(h: number): number {
   h ^= h >>> 16;
   h = Math.imul(h, 0x85ebca6b);
   h ^= h >>> 13;

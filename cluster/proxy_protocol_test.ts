@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { freeFixedPort, waitForPort } from "../tests/_helpers.ts";
+import { freeFixedPort, waitForPort, writeAll } from "../tests/_helpers.ts";
 import { check, fc } from "../tests/_property.ts";
 import { ipBytes } from "./flow_key.ts";
 import {
@@ -954,10 +954,6 @@ function closeQuietly(resource: { close(): void }): void {
   } catch (error) {
     if (!(error instanceof Deno.errors.BadResource)) throw error;
   }
-}
-
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  for (let at = 0; at < bytes.length;) at += await conn.write(bytes.subarray(at));
 }
 
 /** Awaits `promise`; after 5 s calls `abort`, which must settle it, and throws naming `what`. */

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { testServiceSpec } from "../tests/_config.ts";
 import { check, fc } from "../tests/_property.ts";
 import { buildTable, NO_BACKEND } from "./maglev.ts";
 import {
@@ -39,20 +40,12 @@ function backends(weights: readonly number[]): BackendSpec[] {
 }
 
 function spec(name: string, weights: readonly number[], size = SIZE): ServiceSpec {
-  return {
+  return testServiceSpec({
     name,
     listen: { host: "127.0.0.1", port: 8080 },
-    decide: "agent",
-    decisionTimeoutMs: 20,
-    decideAheadMs: 0,
-    handoff: "local",
-    affinity: { key: "none", ttlMs: 0 },
-    proxyProtocol: "none",
-    timeouts: { connectMs: 2_000, idleMs: 300_000, drainMs: 30_000 },
-    maxConnections: 50_000,
     backends: backends(weights),
     table: encodeTable(table(weights, size)),
-  };
+  });
 }
 
 function stateOf(version: number, services: ServiceSpec[]): ClusterState {

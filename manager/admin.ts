@@ -16,8 +16,9 @@ import { constantTimeEqual } from "../cluster/auth.ts";
 import { formatHostPort } from "../cluster/address.ts";
 import { internalErrors } from "../cluster/guard.ts";
 import { logger } from "../cluster/log.ts";
+import { METRICS_CONTENT_TYPE } from "../cluster/prometheus.ts";
 import { parseReports, ReportError } from "../feedback/mod.ts";
-import type { AgentSession } from "./cluster_server.ts";
+import type { AgentSession } from "./agent_session.ts";
 import {
   type BackendRuntime,
   backendState,
@@ -36,7 +37,7 @@ import { EVENTS_DEFAULTS } from "./events.ts";
 import type { History } from "./history.ts";
 import { agentClaims, ExplainError, explainFlow } from "./explain.ts";
 import { PASSED_HEADER } from "./ha/forward.ts";
-import { managerMetrics, METRICS_CONTENT_TYPE } from "./metrics.ts";
+import { managerMetrics } from "./metrics.ts";
 import { type ManagerRole, singleRole } from "./role.ts";
 import { type RampView, rampView } from "./slow_start.ts";
 

@@ -4,8 +4,9 @@
  * write once it is stored; `GET /v1/cluster` says who leads.
  */
 import assert from "node:assert/strict";
+import { resolvedConfig } from "../tests/_config.ts";
 import { testAdminApp } from "./_test_admin_app.ts";
-import { type Config, parseConfig } from "./config.ts";
+import { type Config } from "./config.ts";
 import { Decider } from "./decide.ts";
 import { PASSED_HEADER, passToLeader } from "./ha/forward.ts";
 import { type ManagerRef, type ManagerRole, singleRole, type WriteTarget } from "./role.ts";
@@ -17,21 +18,13 @@ const A = "10.0.0.11:80";
 const SANITIZE = { sanitizeOps: true, sanitizeResources: true } as const;
 
 function config(): Config {
-  const result = parseConfig(JSON.stringify({
-    manager: {
-      tokens: {
-        admin: ADMIN,
-        cluster: "cluster-token-0123456789",
-        feedback: [{ token: WEB_APP, services: ["web"] }],
-      },
-    },
+  return resolvedConfig({
+    manager: { tokens: { admin: ADMIN, feedback: [{ token: WEB_APP, services: ["web"] }] } },
     services: [
       { name: "web", listen: "0.0.0.0:8080", backends: [A, "10.0.0.12:80"] },
       { name: "api", listen: "0.0.0.0:8081", backends: [A] },
     ],
-  }));
-  assert.deepEqual(result.problems, []);
-  return result.config as Config;
+  });
 }
 
 /** A role that is told where writes go and how storing goes. */

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
+import { resolvedConfig } from "../tests/_config.ts";
 import { MAX_BODY_BYTES, MAX_FEEDBACK_BODY_BYTES } from "./admin.ts";
 import { testAdminApp } from "./_test_admin_app.ts";
-import { type Config, parseConfig } from "./config.ts";
+import { type Config } from "./config.ts";
 import { ClusterModel } from "./state.ts";
 
 const ADMIN = "admin-token-0123456789";
@@ -18,18 +19,11 @@ function configOf(feedback: Record<string, unknown> = {}, extra: Record<string, 
     feedback,
     ...extra,
   });
-  const result = parseConfig(JSON.stringify({
-    manager: {
-      tokens: {
-        admin: ADMIN,
-        cluster: "cluster-token-0123456789",
-        feedback: [{ token: WEB_APP, services: ["web"] }, { token: API_APP, services: ["api"] }],
-      },
-    },
+  const feedbackTokens = [{ token: WEB_APP, services: ["web"] }, { token: API_APP, services: ["api"] }];
+  return resolvedConfig({
+    manager: { tokens: { admin: ADMIN, feedback: feedbackTokens } },
     services: [service("web", 8080), service("api", 8081)],
-  }));
-  assert.deepEqual(result.problems, []);
-  return result.config as Config;
+  });
 }
 
 /** An admin app on a model with a clock the test moves; `using` closes the model. */

@@ -14,7 +14,6 @@ import { guard, guardAsync } from "../cluster/guard.ts";
 import { logger } from "../cluster/log.ts";
 import {
   type AgentMessage,
-  type ConnectionCounts,
   encodeFrame,
   type ManagerMessage,
   MIN_PROTOCOL_VERSION,
@@ -25,6 +24,7 @@ import {
 import { encodeDecisions } from "../cluster/decision_frames.ts";
 import { serviceDelta } from "../cluster/state_delta.ts";
 import { type Lane, laneOf } from "./ahead.ts";
+import type { AgentSession } from "./agent_session.ts";
 import { Decider } from "./decide.ts";
 import type { ManagerRole } from "./role.ts";
 import type { ClusterModel, Publication } from "./state.ts";
@@ -46,18 +46,6 @@ export const HANDSHAKE_MAX_FRAME_BYTES = 16 * 1024;
  * a session are not affected; one refused retries with backoff.
  */
 export const MAX_PENDING_HANDSHAKES = 1_000;
-
-export interface AgentSession {
-  readonly id: string;
-  readonly mesh: string | null;
-  readonly remote: string;
-  readonly joinedAt: number;
-  lastHeartbeat: number;
-  ackedVersion: number;
-  /** The version of the last state or delta sent to it; deltas are sent only from this version on. */
-  sentVersion: number;
-  connections: ConnectionCounts;
-}
 
 type AgentChannel = Channel<AgentMessage, ManagerMessage>;
 

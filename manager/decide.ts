@@ -5,6 +5,7 @@
  * `affinity.key: client_ip`, a client keeps its backend for the affinity ttl while that backend is up.
  */
 import { heapify, siftDown } from "../cluster/index_heap.ts";
+import { Histogram } from "../cluster/prometheus.ts";
 import {
   type AheadQueue,
   type Chooser,
@@ -15,7 +16,7 @@ import {
 } from "./ahead.ts";
 import type { BackendRuntime, ClusterModel, ServiceRuntime } from "./state.ts";
 import { effectiveWeight, openConnections } from "./state.ts";
-import { DECISION_BUCKETS_S, Histogram } from "./metrics.ts";
+import { DECISION_BUCKETS_S } from "./metrics.ts";
 
 export const DECIDE_DEFAULTS = {
   /**

@@ -1,14 +1,11 @@
 /**
- * Health: the manager's active checks of every backend of every service (`tcp`: connect; `http`: GET the
- * path, 2xx or 3xx is up; `agent-check`: read one HAProxy agent-check line from `health.port`), and the
- * `rise`/`fall` rule that turns passed and failed checks, and the agents' passive connect failures, into
- * a backend's health.
+ * Health checks: the manager's active checks of every backend of every service (`tcp`: connect; `http`:
+ * GET the path, 2xx or 3xx is up; `agent-check`: read one HAProxy agent-check line from `health.port`).
+ * The model turns their results, and the agents' passive connect failures, into a backend's health by
+ * the `rise`/`fall` rule of `health_rule.ts`.
  *
- * Invariants: a backend starts `unknown`, which counts as up; `fall` failures in a row (active checks and
- * connect failures that agents report, cluster-wide) take it `down`; only `rise` passed active checks in a
- * row bring it back `up`. Every check connects to the backend's own host (and its own port, or
- * `health.port` for agent-check), to nothing else, and ends within `health.timeout`. `close()` stops
- * every check and timer.
+ * Invariants: every check connects to the backend's own host (and its own port, or `health.port` for
+ * agent-check), to nothing else, and ends within `health.timeout`. `close()` stops every check and timer.
  *
  * Cost: a check is a connect and a close, and little else. One timer starts every check that is due
  * (at most every `HEALTH_DEFAULTS.tickMs`), the checks started together share one deadline (one
@@ -20,9 +17,11 @@
 import { formatHostPort, type HostPort } from "../cluster/address.ts";
 import { guard } from "../cluster/guard.ts";
 import { logger } from "../cluster/log.ts";
-import { type AgentCheckReply, parseAgentCheckReply } from "../feedback/mod.ts";
+import { writeAll } from "../cluster/write_all.ts";
+import { parseAgentCheckReply } from "../feedback/mod.ts";
 import type { HealthConfig } from "./config.ts";
-import type { ClusterModel, Health } from "./state.ts";
+import type { CheckResult } from "./health_rule.ts";
+import type { ClusterModel } from "./state.ts";
 
 const log = logger("manager", "health");
 
@@ -40,42 +39,6 @@ export const HEALTH_DEFAULTS = {
 
 /** Why a shared deadline was aborted: the checker closed, rather than the time was up. */
 const STOPPED = Symbol("stopped");
-
-/** The outcome of one check. */
-export interface CheckResult {
-  readonly ok: boolean;
-  /** What was seen, for the log and the admin API: `connected`, `HTTP 503`, `connection refused`, … */
-  readonly detail: string;
-  /** The reply of an `agent-check`, when one was read. */
-  readonly agent?: AgentCheckReply;
-}
-
-/** A backend's health and its passed and failed checks in a row. */
-export interface HealthTrack {
-  readonly health: Health;
-  readonly successes: number;
-  readonly failures: number;
-}
-
-/**
- * The track after `count` passed (`ok`) or failed checks: a pass from `unknown` is `up` at once; from
- * `down` it takes `rise` in a row; `fall` failures in a row from anywhere are `down`.
- */
-export function nextHealth(
-  track: HealthTrack,
-  outcome: { readonly ok: boolean; readonly count?: number },
-  rule: { readonly rise: number; readonly fall: number },
-): HealthTrack {
-  const count = outcome.count ?? 1;
-  if (count <= 0) return track;
-  if (outcome.ok) {
-    const successes = track.successes + count;
-    const health = track.health === "down" && successes < rule.rise ? "down" : "up";
-    return { health, successes, failures: 0 };
-  }
-  const failures = track.failures + count;
-  return { health: failures >= rule.fall ? "down" : track.health, successes: 0, failures };
-}
 
 /**
  * Runs one check of `address` (the backend's) as `health` says, within `health.timeoutMs`. With
@@ -122,8 +85,10 @@ export async function checkBackend(
       const host = formatHostPort(address);
       await writeAll(
         conn,
-        `GET ${health.path} HTTP/1.0\r\nHost: ${host}\r\nUser-Agent: ${HEALTH_DEFAULTS.userAgent}\r\n` +
-          `Connection: close\r\n\r\n`,
+        new TextEncoder().encode(
+          `GET ${health.path} HTTP/1.0\r\nHost: ${host}\r\nUser-Agent: ${HEALTH_DEFAULTS.userAgent}\r\n` +
+            `Connection: close\r\n\r\n`,
+        ),
       );
       const line = await readLine(conn);
       const status = /^HTTP\/\d(?:\.\d)? (\d{3})(?: |$)/.exec(line ?? "");
@@ -342,12 +307,6 @@ export class HealthChecker {
     }
     queue[at] = last;
   }
-}
-
-async function writeAll(conn: Deno.Conn, text: string): Promise<void> {
-  const bytes = new TextEncoder().encode(text);
-  let offset = 0;
-  while (offset < bytes.length) offset += await conn.write(bytes.subarray(offset));
 }
 
 /** Reads up to the first line break (or `maxReplyBytes`, or the end); null when nothing came. */

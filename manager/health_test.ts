@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
 import { internalErrors } from "../cluster/guard.ts";
+import { startBackend } from "../tests/_backends.ts";
 import { type Config, type HealthConfig, parseConfig } from "./config.ts";
-import { checkBackend, type CheckResult, HealthChecker, type HealthTrack, nextHealth } from "./health.ts";
+import { checkBackend, HealthChecker } from "./health.ts";
+import type { CheckResult } from "./health_rule.ts";
 import { ClusterModel } from "./state.ts";
-
-const RULE = { rise: 2, fall: 3 };
 
 function health(fields: Partial<HealthConfig> = {}): HealthConfig {
   return {
@@ -16,45 +16,6 @@ function health(fields: Partial<HealthConfig> = {}): HealthConfig {
     path: "/",
     port: null,
     ...fields,
-  };
-}
-
-/** A TCP server on port 0 that hands each connection to `handle`; `close()` ends it and every connection. */
-function serve(handle: (conn: Deno.Conn) => Promise<void>) {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const conns = new Set<Deno.Conn>();
-  const tasks = new Set<Promise<void>>();
-  const seen: string[] = [];
-  const accepting = (async () => {
-    for await (const conn of listener) {
-      conns.add(conn);
-      const task = handle(conn).catch(() => {}).finally(() => {
-        conns.delete(conn);
-        tasks.delete(task);
-        try {
-          conn.close();
-        } catch {
-          // closed by the handler
-        }
-      });
-      tasks.add(task);
-    }
-  })().catch(() => {});
-  return {
-    port: listener.addr.port,
-    seen,
-    async close() {
-      listener.close();
-      for (const conn of conns) {
-        try {
-          conn.close();
-        } catch {
-          // already closed
-        }
-      }
-      await accepting;
-      await Promise.allSettled([...tasks]);
-    },
   };
 }
 
@@ -87,41 +48,8 @@ async function closedPort(): Promise<number> {
 
 const LOCAL = "127.0.0.1";
 
-Deno.test("health: a pass from unknown is up; from down it takes rise passes; fall failures are down", () => {
-  const unknown: HealthTrack = { health: "unknown", successes: 0, failures: 0 };
-  assert.deepEqual(nextHealth(unknown, { ok: true }, RULE), { health: "up", successes: 1, failures: 0 });
-  assert.deepEqual(nextHealth(unknown, { ok: false }, RULE), {
-    health: "unknown",
-    successes: 0,
-    failures: 1,
-  });
-  assert.deepEqual(nextHealth(unknown, { ok: false, count: 3 }, RULE), {
-    health: "down",
-    successes: 0,
-    failures: 3,
-  });
-  const up: HealthTrack = { health: "up", successes: 5, failures: 0 };
-  assert.deepEqual(nextHealth(up, { ok: false }, RULE), { health: "up", successes: 0, failures: 1 });
-  assert.deepEqual(nextHealth({ health: "up", successes: 0, failures: 2 }, { ok: false }, RULE), {
-    health: "down",
-    successes: 0,
-    failures: 3,
-  });
-  const down: HealthTrack = { health: "down", successes: 0, failures: 7 };
-  assert.deepEqual(nextHealth(down, { ok: true }, RULE), { health: "down", successes: 1, failures: 0 });
-  assert.deepEqual(nextHealth({ health: "down", successes: 1, failures: 0 }, { ok: true }, RULE), {
-    health: "up",
-    successes: 2,
-    failures: 0,
-  });
-  assert.deepEqual(nextHealth(down, { ok: true, count: 0 }, RULE), down, "a count of 0 changes nothing");
-  // rise 1 and fall 1: every check decides.
-  assert.equal(nextHealth(down, { ok: true }, { rise: 1, fall: 1 }).health, "up");
-  assert.equal(nextHealth(up, { ok: false }, { rise: 1, fall: 1 }).health, "down");
-});
-
 Deno.test("a tcp check passes when the backend accepts and fails when it refuses", async () => {
-  const server = serve(() => Promise.resolve());
+  const server = startBackend(() => Promise.resolve());
   try {
     assert.deepEqual(await checkBackend({ host: LOCAL, port: server.port }, health()), {
       ok: true,
@@ -147,7 +75,7 @@ Deno.test("an http check asks the backend for the path and passes on 2xx and 3xx
     ] as const
   ) {
     const seen: string[] = [];
-    const server = serve(replying(reply, { readFirst: true, seen }));
+    const server = startBackend(replying(reply, { readFirst: true, seen }));
     try {
       const result = await checkBackend(
         { host: LOCAL, port: server.port },
@@ -171,7 +99,7 @@ Deno.test("an agent-check reads one line from health.port on the backend's host"
       ["maint\nup 10%\n", true, 100, "maint"],
     ] as const
   ) {
-    const agent = serve(replying(reply));
+    const agent = startBackend(replying(reply));
     try {
       // The backend's own port is closed: only health.port is asked.
       const backend = { host: LOCAL, port: await closedPort() };
@@ -186,8 +114,8 @@ Deno.test("an agent-check reads one line from health.port on the backend's host"
       await agent.close();
     }
   }
-  const silent = serve(holding);
-  const closing = serve(() => Promise.resolve());
+  const silent = startBackend(holding);
+  const closing = startBackend(() => Promise.resolve());
   try {
     const started = performance.now();
     const timedOut = await checkBackend(
@@ -208,7 +136,7 @@ Deno.test("an agent-check reads one line from health.port on the backend's host"
 });
 
 Deno.test("every check ends within health.timeout, and at once when stopped", async () => {
-  const silent = serve(holding);
+  const silent = startBackend(holding);
   try {
     const started = performance.now();
     const result = await checkBackend(

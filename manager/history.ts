@@ -8,7 +8,7 @@
  * dropped. Rates are the rise of the counters the agents report between two samples (a counter that fell, an
  * agent restarted, counts from 0), over the time between them. No I/O: the caller samples on its timer.
  */
-import type { AgentSession } from "./cluster_server.ts";
+import type { AgentSession } from "./agent_session.ts";
 import { openConnections, type ServiceRuntime } from "./state.ts";
 
 export const HISTORY_DEFAULTS = {

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
+import { resolvedConfig } from "../tests/_config.ts";
 import { check, fc } from "../tests/_property.ts";
 import { testAdminApp } from "./_test_admin_app.ts";
-import { type Config, parseConfig } from "./config.ts";
 import { type AgentSample, type BackendSample, History, sampleOf } from "./history.ts";
 import { ClusterModel } from "./state.ts";
 
@@ -153,18 +153,16 @@ Deno.test("property: whatever comes and goes, the history holds at most a window
 });
 
 Deno.test("GET /v1/history answers the admin alone, with what the manager sampled of its model", async () => {
-  const config = parseConfig(JSON.stringify({
+  const config = resolvedConfig({
     manager: {
       tokens: {
         admin: "admin-token-0123456789",
-        cluster: "cluster-token-0123456789",
         feedback: [{ token: "web-app-token-0123456789", services: ["web"] }],
       },
     },
     services: [{ name: "web", listen: "0.0.0.0:8080", backends: [A, B] }],
-  }));
-  assert.deepEqual(config.problems, []);
-  const model = new ClusterModel(config.config as Config, { seed: 7 });
+  });
+  const model = new ClusterModel(config, { seed: 7 });
   const history = new History();
   const app = testAdminApp(model, "admin-token-0123456789", undefined, undefined, history);
   const get = (token: string) =>

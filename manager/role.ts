@@ -5,7 +5,7 @@
  * where a next leader finds them. `manager/ha/` fills it for several managers; `singleRole` for one.
  */
 import { formatHostPort, type HostPort } from "../cluster/address.ts";
-import type { AgentSession } from "./cluster_server.ts";
+import type { AgentSession } from "./agent_session.ts";
 
 export type RoleName = "single" | "leader" | "standby";
 

@@ -62,7 +62,7 @@ import {
 } from "../feedback/mod.ts";
 import type { BackendConfig, Config, ServiceConfig } from "./config.ts";
 import { EventLog, type FeedbackChange } from "./events.ts";
-import { type CheckResult, nextHealth } from "./health.ts";
+import { type CheckResult, type Health, nextHealth } from "./health_rule.ts";
 import { nextRampStep, rampedWeight, rampShare, type SlowStart } from "./slow_start.ts";
 
 const log = logger("manager", "state");
@@ -102,7 +102,6 @@ export const MAX_EFFECTIVE_WEIGHT = Number.MAX_SAFE_INTEGER;
 
 /** A backend's state as an operator sets it: `drain` keeps open connections, takes no new ones. */
 export type OperatorState = "up" | "drain";
-export type Health = "up" | "down" | "unknown";
 export type BackendState = "up" | "draining" | "down";
 
 export interface BackendRuntime {

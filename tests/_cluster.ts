@@ -1,12 +1,11 @@
 /**
- * A cluster for end-to-end tests: one manager and N agents as real processes on loopback, test backends
- * in the test process, and helpers to ask the admin API.
+ * A cluster for end-to-end tests: one manager and N agents as real processes on loopback, and helpers to
+ * ask the admin API and to connect through the agents (the backends are in `_backends.ts`).
  */
 import net from "node:net";
-import { type Proc, startAgentProcess, startManagerProcess } from "./_helpers.ts";
-
-export const CLUSTER_TOKEN = "test-cluster-token-0123456789";
-export const ADMIN_TOKEN = "test-admin-token-0123456789";
+import { ADMIN_TOKEN, CLUSTER_TOKEN, testConfig } from "./_config.ts";
+import { parseMetrics } from "./_prometheus.ts";
+import { claimsSplit, eventually, type Proc, startAgentProcess, startManagerProcess } from "./_helpers.ts";
 
 export interface AgentProc {
   id: string;
@@ -49,19 +48,14 @@ export async function startTestCluster(
   }
   const client = options.tls ? Deno.createHttpClient({ caCerts: [options.tls.ca] }) : null;
   const scheme = options.tls ? "https" : "http";
-  const yaml = JSON.stringify({
-    manager: {
-      admin: "127.0.0.1:0",
-      cluster: options.cluster ?? "127.0.0.1:0",
-      tokens: {
-        admin: ADMIN_TOKEN,
-        cluster: { file: "cluster.token" },
-        ...(options.feedbackTokens ? { feedback: options.feedbackTokens } : {}),
-      },
-      ...(options.tls ? { tls: { cert: "cert.pem", key: "key.pem" } } : {}),
-    },
-    agents: { heartbeat: options.heartbeat ?? "200ms" },
+  const yaml = testConfig({
     services: options.services,
+    ...(options.heartbeat ? { heartbeat: options.heartbeat } : {}),
+    manager: {
+      ...(options.cluster ? { cluster: options.cluster } : {}),
+      ...(options.tls ? { tls: { cert: "cert.pem", key: "key.pem" } } : {}),
+      tokens: options.feedbackTokens ? { feedback: options.feedbackTokens } : {},
+    },
   });
   const started = await startManagerProcess(dir, yaml);
   const firstService = String(options.services[0]?.name);
@@ -117,59 +111,6 @@ export async function startTestCluster(
   return cluster;
 }
 
-/** An HTTP-ish test backend: answers each connection with its name and a newline, then (optionally) holds it. */
-export function startNamedBackend(name: string, options: { hold?: boolean } = {}) {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const open = new Set<Deno.Conn>();
-  let accepted = 0;
-  const handlers = new Set<Promise<void>>();
-  const encoder = new TextEncoder();
-  const accepting = (async () => {
-    try {
-      for await (const conn of listener) {
-        accepted++;
-        open.add(conn);
-        const handler = (async () => {
-          try {
-            await conn.write(encoder.encode(`${name}\n`));
-            if (!options.hold) await conn.closeWrite();
-            const buffer = new Uint8Array(1024);
-            while ((await conn.read(buffer)) !== null) { /* drain until the client closes */ }
-          } catch {
-            // the client reset the connection
-          } finally {
-            open.delete(conn);
-            try {
-              conn.close();
-            } catch { /* closed */ }
-          }
-        })();
-        handlers.add(handler);
-        handler.finally(() => handlers.delete(handler));
-      }
-    } catch {
-      // listener closed
-    }
-  })();
-  return {
-    name,
-    address: `127.0.0.1:${listener.addr.port}`,
-    port: listener.addr.port,
-    accepted: () => accepted,
-    open: () => open.size,
-    async close() {
-      listener.close();
-      await accepting;
-      for (const conn of open) {
-        try {
-          conn.close();
-        } catch { /* closed */ }
-      }
-      await Promise.allSettled([...handlers]);
-    },
-  };
-}
-
 /** Connects (optionally from a given loopback source address), reads the first line, and returns it with the socket. */
 export async function connectAndReadLine(port: number, options: { localAddress?: string } = {}) {
   const socket = net.connect({
@@ -205,9 +146,8 @@ export async function connectAndReadLine(port: number, options: { localAddress?:
 
 /** One unlabelled figure from an agent's `--admin` `/metrics` (NaN when absent). */
 export async function agentMetric(admin: string, name: string): Promise<number> {
-  const text = await (await fetch(`http://${admin}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
-  return Number(line?.split(" ")[1] ?? NaN);
+  const series = parseMetrics(await (await fetch(`http://${admin}/metrics`)).text());
+  return series.find((s) => s.name === name && Object.keys(s.labels).length === 0)?.value ?? NaN;
 }
 
 /** Opens `count` connections through `port`, `concurrency` at a time, and counts the first line each gets. */
@@ -224,6 +164,23 @@ export async function spread(port: number, count: number, concurrency = 50): Pro
   };
   await Promise.all(Array.from({ length: concurrency }, worker));
   return tally;
+}
+
+/** Waits until the manager lists `count` agents in `/v1/agents`. */
+export async function agentsListed(cluster: Pick<TestCluster, "api">, count: number): Promise<void> {
+  await eventually(
+    async () =>
+      (await cluster.api<{ agents: unknown[] }>("/v1/agents").catch(() => ({ agents: [] }))).agents.length ===
+        count,
+    10_000,
+    `${count} agents in /v1/agents`,
+  );
+}
+
+/** Waits until the manager lists `count` agents and every agent of `cluster` knows the claims of that many. */
+export async function agentsJoined(cluster: TestCluster, count: number): Promise<void> {
+  await agentsListed(cluster, count);
+  await claimsSplit(cluster.agents.map((agent) => agent.proc), count);
 }
 
 /**

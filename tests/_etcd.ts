@@ -4,7 +4,7 @@
  * killed and restarted comes back on the same ports, as a real one does). Tests that need etcd skip with
  * `etcdUnavailable()`'s reason when it is not installed (`apt-get install etcd-server`).
  */
-import { freeFixedPort } from "./_helpers.ts";
+import { freeFixedPort, needs } from "./_helpers.ts";
 
 export const ETCD = "/usr/bin/etcd";
 
@@ -205,4 +205,24 @@ export class EtcdCluster {
       }
     })().catch(() => {});
   }
+}
+
+/**
+ * A test with a one-member etcd of its own, started before `fn` and stopped after; ignored, saying why in
+ * its name, where etcd is not installed. Run with the op and resource sanitizers.
+ */
+export function etcdTest(name: string, fn: (etcd: EtcdCluster) => Promise<void>): void {
+  Deno.test({
+    ...needs(name, etcdUnavailable()),
+    sanitizeOps: true,
+    sanitizeResources: true,
+    fn: async () => {
+      const etcd = await EtcdCluster.start();
+      try {
+        await fn(etcd);
+      } finally {
+        await etcd.close();
+      }
+    },
+  });
 }

@@ -4,7 +4,8 @@
  * cluster port. Managers' ports are picked free outside the ephemeral range, so that a killed manager
  * restarts where the agents look for it.
  */
-import { ADMIN_TOKEN, type AgentProc, CLUSTER_TOKEN } from "./_cluster.ts";
+import { ADMIN_TOKEN, CLUSTER_TOKEN, testConfig, testService } from "./_config.ts";
+import { type AgentProc } from "./_cluster.ts";
 import { EtcdCluster } from "./_etcd.ts";
 import { eventually, freeFixedPort, type Proc, startAgentProcess, startManagerProcess } from "./_helpers.ts";
 
@@ -40,6 +41,23 @@ export interface HaOptions {
   readonly agentArgs?: (id: string) => string[];
 }
 
+/**
+ * The service of the HA tests: `web` on one fixed port that every agent listens on (reusePort, as two
+ * agents on one machine do), decided by the manager within 50 ms, with short drains.
+ */
+export function haService(
+  port: number,
+  backends: ReadonlyArray<{ address: string }>,
+): Record<string, unknown> {
+  return testService({
+    listen: `127.0.0.1:${port}`,
+    decide: "manager",
+    decision_timeout: "50ms",
+    timeouts: { connect: "1s", idle: "60s", drain: "2s" },
+    backends: backends.map((backend) => backend.address),
+  });
+}
+
 export class HaCluster {
   readonly dir: string;
   readonly etcd: EtcdCluster;
@@ -60,12 +78,12 @@ export class HaCluster {
     const dir = await Deno.makeTempDir({ prefix: "switchyard-ha-" });
     await Deno.writeTextFile(`${dir}/cluster.token`, CLUSTER_TOKEN);
     const etcd = await EtcdCluster.start({ members: options.etcdMembers ?? 1 });
-    const yaml = JSON.stringify({
+    // The managers' admin and cluster addresses are given on their command lines.
+    const yaml = testConfig({
       manager: {
-        tokens: { admin: ADMIN_TOKEN, cluster: { file: "cluster.token" } },
         ha: { etcd: etcd.endpoints, prefix: `/switchyard-test-${Deno.pid}`, lease: options.lease ?? "2s" },
       },
-      agents: { heartbeat: options.heartbeat ?? "200ms" },
+      ...(options.heartbeat ? { heartbeat: options.heartbeat } : {}),
       services: options.services,
     });
     const cluster = new HaCluster(dir, etcd, yaml, options);

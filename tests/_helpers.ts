@@ -3,140 +3,275 @@
  * their JSON log lines, and talk TCP to them. Every process is killed and awaited by the test that made it.
  */
 import { fileURLToPath } from "node:url";
+import { writeAll } from "../cluster/write_all.ts";
 
 export const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
 const decoder = new TextDecoder();
 
+/** One JSON log line of a switchyard role. */
 export interface LogLine {
   readonly message: string;
   readonly level: string;
   readonly properties: Record<string, unknown>;
 }
 
-/** A running `switchyard` sub-command with its stdout and its JSON log lines collected as they come. */
+export interface ProcOptions {
+  /** The program to run with `args` as they are; by default a switchyard role (`deno run main.ts …`). */
+  readonly command?: string;
+  /** What errors call the process; by default the role (`args[0]`) or the command. */
+  readonly name?: string;
+  readonly env?: Record<string, string>;
+  readonly cwd?: string;
+  /** Run inside this network namespace (`ip netns exec`, which execs it). */
+  readonly netns?: string;
+  /** Run under this command (such as `strace … --`). */
+  readonly prefix?: readonly string[];
+  /**
+   * Keep at most 10,000 log lines, 1,000 problems and 1 MB of each stream, for processes that run for
+   * hours (the soak); by default everything is kept.
+   */
+  readonly bounded?: boolean;
+  /** How long `waitForLog` and `waitForStdout` wait unless told; 15 s by default. */
+  readonly waitMs?: number;
+}
+
+/** How many of a process's last output lines `tail` keeps. */
+const TAIL_LINES = 200;
+
+/**
+ * A running process with its output collected as it comes: stdout and stderr as text, the last lines of
+ * both (`tail`), and the JSON log lines a switchyard role writes on stderr (`logs`, and those at warning
+ * level or worse in `problems`). Used by the end-to-end tests and the bench alike; `stop()` also stops the
+ * processes it started.
+ */
 export class Proc {
-  readonly child: Deno.ChildProcess;
+  readonly name: string;
+  readonly pid: number;
   readonly logs: LogLine[] = [];
+  /** Log lines at warning level or worse. */
+  readonly problems: LogLine[] = [];
+  /** The last lines of stdout and stderr together. */
+  readonly tail: string[] = [];
   stdout = "";
   stderr = "";
+  /** How it exited; null while it runs. */
+  exit: Deno.CommandStatus | null = null;
+  readonly exited: Promise<Deno.CommandStatus>;
+  readonly #child: Deno.ChildProcess;
   readonly #reading: Promise<void>;
+  readonly #bounded: boolean;
+  readonly #waitMs: number;
   #waiters: Array<() => void> = [];
 
-  /**
-   * With `netns`, the process runs inside that network namespace (`ip netns exec`, which execs it); with
-   * `prefix`, under that command (such as `strace … --`).
-   */
-  constructor(
-    args: string[],
-    options: { env?: Record<string, string>; cwd?: string; netns?: string; prefix?: string[] } = {},
-  ) {
-    const wrapper = [
+  constructor(args: string[], options: ProcOptions = {}) {
+    const program = options.command === undefined
+      ? [Deno.execPath(), "run", "--allow-all", "--unstable-net", MAIN, ...args]
+      : [options.command, ...args];
+    const command = [
       ...(options.netns ? ["ip", "netns", "exec", options.netns] : []),
       ...(options.prefix ?? []),
+      ...program,
     ];
-    this.child = new Deno.Command(wrapper[0] ?? Deno.execPath(), {
-      args: [
-        ...wrapper.slice(1),
-        ...(wrapper.length > 0 ? [Deno.execPath()] : []),
-        "run",
-        "--allow-all",
-        "--unstable-net",
-        MAIN,
-        ...args,
-      ],
+    this.name = options.name ?? (options.command === undefined ? args[0] ?? "switchyard" : options.command);
+    this.#bounded = options.bounded ?? false;
+    this.#waitMs = options.waitMs ?? 15_000;
+    this.#child = new Deno.Command(command[0] as string, {
+      args: command.slice(1),
       env: { NO_COLOR: "1", ...options.env },
-      ...(options.cwd ? { cwd: options.cwd } : {}),
+      ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
     }).spawn();
+    this.pid = this.#child.pid;
     this.#reading = Promise.all([
-      this.#read(this.child.stdout, "stdout"),
-      this.#read(this.child.stderr, "stderr"),
+      this.#read(this.#child.stdout, "stdout"),
+      this.#read(this.#child.stderr, "stderr"),
     ])
       .then(() => {});
+    this.exited = this.#child.status.then((status) => {
+      this.exit = status;
+      this.#wake();
+      return status;
+    });
+  }
+
+  get running(): boolean {
+    return this.exit === null;
   }
 
   async #read(stream: ReadableStream<Uint8Array>, which: "stdout" | "stderr"): Promise<void> {
+    const decoder = new TextDecoder();
     let pending = "";
     for await (const chunk of stream) {
       const text = decoder.decode(chunk, { stream: true });
-      if (which === "stdout") {
-        this.stdout += text;
-      } else {
-        this.stderr += text;
-        pending += text;
-        const lines = pending.split("\n");
-        pending = lines.pop() ?? "";
-        for (const line of lines) {
-          try {
-            const record = JSON.parse(line) as LogLine;
-            if (typeof record.message === "string") this.logs.push(record);
-          } catch {
-            // not a JSON log line
-          }
-        }
-      }
-      for (const wake of this.#waiters.splice(0)) wake();
+      if (!this.#bounded || this[which].length < 1_000_000) this[which] += text;
+      pending += text;
+      const lines = pending.split("\n");
+      pending = lines.pop() ?? "";
+      for (const line of lines) this.#line(line, which);
+      this.#wake();
     }
+    if (pending !== "") this.#line(pending, which);
+  }
+
+  #line(line: string, which: "stdout" | "stderr"): void {
+    this.tail.push(line);
+    if (this.tail.length > TAIL_LINES) this.tail.shift();
+    if (which !== "stderr" || !line.startsWith("{")) return;
+    try {
+      const record = JSON.parse(line) as LogLine;
+      if (typeof record.message !== "string") return;
+      if (!this.#bounded || this.logs.length < 10_000) this.logs.push(record);
+      if (
+        /^(warn|warning|error|fatal)$/i.test(record.level) && (!this.#bounded || this.problems.length < 1_000)
+      ) {
+        this.problems.push(record);
+      }
+    } catch {
+      // not a JSON log line
+    }
+  }
+
+  #wake(): void {
+    for (const wake of this.#waiters.splice(0)) wake();
+  }
+
+  /** Resolves at the next output or exit, or after 100 ms. */
+  #nextOutput(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 100);
+      this.#waiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  /** Polls `found` at every output until it answers; fails once the process has exited or after `timeoutMs`. */
+  async #waitFor<T>(found: () => T | null, what: string, timeoutMs: number): Promise<T> {
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      const result = found();
+      if (result !== null) return result;
+      if (this.exit !== null) {
+        // Its last output may still be on the way (unless a process it started holds the pipes open).
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const late = new Promise((resolve) =>
+          timer = setTimeout(resolve, Math.max(0, deadline - performance.now()))
+        );
+        await Promise.race([this.#reading, late]);
+        clearTimeout(timer);
+        const last = found();
+        if (last !== null) return last;
+        throw new Error(`${this.name} exited with code ${this.exit.code} before ${what}:\n${this.#recent()}`);
+      }
+      if (performance.now() > deadline) {
+        throw new Error(`${this.name} did not show ${what} within ${timeoutMs} ms:\n${this.#recent()}`);
+      }
+      await this.#nextOutput();
+    }
+  }
+
+  #recent(): string {
+    return this.tail.slice(-30).join("\n");
   }
 
   /** Waits until a log line passes `match`, and returns it. */
-  async waitForLog(match: (line: LogLine) => boolean, timeoutMs = 15_000): Promise<LogLine> {
-    const deadline = performance.now() + timeoutMs;
-    for (;;) {
-      const found = this.logs.find(match);
-      if (found) return found;
-      if (performance.now() > deadline) {
-        throw new Error(
-          `No matching log line within ${timeoutMs} ms; stderr so far:\n${this.stderr.slice(-4000)}`,
-        );
-      }
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, 100);
-        this.#waiters.push(() => {
-          clearTimeout(timer);
-          resolve();
-        });
-      });
-    }
+  waitForLog(match: (line: LogLine) => boolean, timeoutMs = this.#waitMs): Promise<LogLine> {
+    return this.#waitFor(() => this.logs.find(match) ?? null, "the log line awaited", timeoutMs);
   }
 
-  /** Waits until stdout contains `text`. */
-  async waitForStdout(text: string, timeoutMs = 15_000): Promise<void> {
-    const deadline = performance.now() + timeoutMs;
-    while (!this.stdout.includes(text)) {
-      if (performance.now() > deadline) {
-        throw new Error(
-          `"${text}" not printed within ${timeoutMs} ms; stdout:\n${this.stdout}\nstderr:\n${
-            this.stderr.slice(-4000)
-          }`,
-        );
-      }
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
+  /** Waits until stdout contains `pattern` (text or a regular expression), and returns the match. */
+  waitForStdout(pattern: string | RegExp, timeoutMs = this.#waitMs): Promise<RegExpMatchArray> {
+    const regexp = typeof pattern === "string"
+      ? new RegExp(pattern.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"))
+      : pattern;
+    return this.#waitFor(() => this.stdout.match(regexp), `${pattern} on stdout`, timeoutMs);
   }
 
   kill(signal: Deno.Signal = "SIGTERM"): void {
-    try {
-      this.child.kill(signal);
-    } catch {
-      // already exited
-    }
+    signalQuietly(this.pid, signal);
   }
 
   /** Waits for exit and for both output streams to end. */
   async status(): Promise<Deno.CommandStatus> {
-    const status = await this.child.status;
+    const status = await this.exited;
     await this.#reading;
     return status;
   }
 
-  /** Kills (SIGKILL unless it already exited) and waits. */
-  async stop(): Promise<Deno.CommandStatus> {
-    this.kill("SIGKILL");
+  /**
+   * Stops the process and every process it started, and waits: SIGKILL at once, or with `graceMs`,
+   * SIGTERM and SIGKILL after that long. The descendants are looked up first, since a killed parent's
+   * children are re-parented and lost from view.
+   */
+  async stop(options: { graceMs?: number } = {}): Promise<Deno.CommandStatus> {
+    const { graceMs = 0 } = options;
+    if (this.exit === null) {
+      const family = [this.pid, ...descendantsOf(this.pid)];
+      const killAll = () => {
+        for (const pid of family) signalQuietly(pid, "SIGKILL");
+      };
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      if (graceMs > 0) {
+        this.kill("SIGTERM");
+        timer = setTimeout(killAll, graceMs);
+      } else {
+        killAll();
+      }
+      await this.exited;
+      clearTimeout(timer);
+      for (const pid of family.slice(1)) {
+        if (isAlive(pid)) signalQuietly(pid, "SIGKILL");
+      }
+    }
     return await this.status();
   }
+}
+
+function signalQuietly(pid: number, signal: Deno.Signal): void {
+  try {
+    Deno.kill(pid, signal);
+  } catch {
+    // already gone
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    Deno.statSync(`/proc/${pid}`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The pids of the processes `pid` started, and theirs, at this moment (from /proc). */
+export function descendantsOf(pid: number): number[] {
+  const parents = new Map<number, number>();
+  for (const entry of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    try {
+      const stat = Deno.readTextFileSync(`/proc/${entry.name}/stat`);
+      // The command name (field 2) may hold spaces; the fields after it are counted from its closing ")".
+      parents.set(Number(entry.name), Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]));
+    } catch {
+      // exited meanwhile
+    }
+  }
+  const found: number[] = [];
+  const queue = [pid];
+  while (queue.length > 0) {
+    const parent = queue.shift() as number;
+    for (const [child, ppid] of parents) {
+      if (ppid === parent) {
+        found.push(child);
+        queue.push(child);
+      }
+    }
+  }
+  return found;
 }
 
 /** Runs a sub-command to its end and returns its exit code and output. */
@@ -198,11 +333,36 @@ export async function startAgentProcess(
     "debug",
     ...(options.extra ?? []),
   ], options.prefix ? { prefix: options.prefix } : {});
-  const line = await proc.waitForLog((l) =>
-    l.message.startsWith("Service") && l.properties.service === options.service
+  return { proc, port: await servicePort(proc, options.service) };
+}
+
+/** The port an agent listens on for `service`, from its log line saying so. */
+export async function servicePort(agent: Proc, service: string): Promise<number> {
+  const line = await agent.waitForLog((l) =>
+    l.message.startsWith("Service") && l.properties.service === service
   );
-  const port = Number(String(line.properties.bound).split(":").pop());
-  return { proc, port };
+  return Number(String(line.properties.bound).split(":").pop());
+}
+
+/** Waits until every one of `agents` has logged that the claims are split among `count` agents. */
+export async function claimsSplit(
+  agents: readonly Proc[],
+  count: number,
+  options: { timeoutMs?: number; what?: string } = {},
+): Promise<void> {
+  const { timeoutMs = 10_000, what = `every agent to know the claims of ${count}` } = options;
+  await eventually(
+    () =>
+      agents.every((agent) => agent.logs.some((l) => l.message.startsWith(`Claims split among ${count}`))),
+    timeoutMs,
+    what,
+  );
+}
+
+/** The address of an agent's `--admin` port (`/healthz`, `/metrics`), from its log line saying so. */
+export async function agentAdmin(agent: Proc): Promise<string> {
+  const line = await agent.waitForLog((l) => l.message.includes("serves /metrics"));
+  return String(line.properties.admin);
 }
 
 /** Reads from `conn` until end of stream. */
@@ -225,10 +385,8 @@ export async function readAll(conn: Deno.Conn): Promise<Uint8Array> {
   return all;
 }
 
-export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  let offset = 0;
-  while (offset < bytes.length) offset += await conn.write(bytes.subarray(offset));
-}
+/** The one `writeAll` (`cluster/write_all.ts`), for the tests that write to sockets. */
+export { writeAll };
 
 export function randomBytes(length: number): Uint8Array {
   const bytes = new Uint8Array(length);
@@ -251,6 +409,17 @@ export async function httpGet(port: number, host = "127.0.0.1"): Promise<string>
   } finally {
     conn.close();
   }
+}
+
+/**
+ * The name and `ignore` of a test that needs what this machine may lack (etcd, root for network
+ * namespaces): with `unavailable` saying what is missing, the test is ignored and its name says why.
+ */
+export function needs(name: string, unavailable: string | null): { name: string; ignore: boolean } {
+  return {
+    name: unavailable === null ? name : `${name} (ignored: ${unavailable})`,
+    ignore: unavailable !== null,
+  };
 }
 
 /** Polls `check` until it returns true, or fails after `timeoutMs`. */
@@ -312,12 +481,16 @@ export function freeFixedPort(): number {
   throw new Error("No free port found between 20000 and 30000");
 }
 
-/** Waits until something accepts TCP connections on `port` (10 s at most); `exited` ends the wait early. */
+/**
+ * Waits until something accepts TCP connections on 127.0.0.1 `port` (10 s at most unless told); `exited`
+ * ends the wait early.
+ */
 export async function waitForPort(
   port: number,
-  options: { what: string; exited?: () => boolean },
+  options: { what: string; exited?: () => boolean; timeoutMs?: number },
 ): Promise<void> {
-  const deadline = performance.now() + 10_000;
+  const { timeoutMs = 10_000 } = options;
+  const deadline = performance.now() + timeoutMs;
   for (;;) {
     try {
       (await Deno.connect({ hostname: "127.0.0.1", port })).close();
@@ -325,7 +498,9 @@ export async function waitForPort(
     } catch (error) {
       if (options.exited?.()) throw new Error(`${options.what} exited before listening on port ${port}`);
       if (performance.now() > deadline) {
-        throw new Error(`${options.what} did not listen on port ${port} within 10 s`, { cause: error });
+        throw new Error(`${options.what} did not listen on port ${port} within ${timeoutMs} ms`, {
+          cause: error,
+        });
       }
       await new Promise((resolve) => setTimeout(resolve, 25));
     }

@@ -1,11 +1,12 @@
 /**
- * A bounded load generator for the fault tests, and the backends and held connections they watch.
+ * A bounded load generator for the fault tests, and the held connections they watch.
  *
  * `startLoad` runs N concurrent client loops through the agents for at most T seconds and M connections,
  * paced to a total rate. Each connection connects, reads the backend's first line and closes; every one
  * is recorded, success or failure, with its times, the agent port it went to and its own client port (so
  * a test can find it in the agents' "served by" and "handed off to" log lines).
  */
+import { writeAll } from "../cluster/write_all.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -217,80 +218,6 @@ export function summarize(records: readonly LoadRecord[]) {
   };
 }
 
-/**
- * A test backend: greets each connection with `name` and a newline, then echoes what it reads until the
- * client closes. `kill()` stops it as a killed process looks to new clients (connections are refused);
- * `close()` also ends the connections it holds.
- */
-export function startGreeter(name: string, options: { host?: string; port?: number; greet?: boolean } = {}) {
-  const host = options.host ?? "127.0.0.1";
-  const greet = options.greet ?? true;
-  const listener = Deno.listen({ hostname: host, port: options.port ?? 0 });
-  const open = new Set<Deno.Conn>();
-  const handlers = new Set<Promise<void>>();
-  let accepted = 0;
-  let listening = true;
-  const accepting = (async () => {
-    try {
-      for await (const conn of listener) {
-        accepted++;
-        open.add(conn);
-        const handler = (async () => {
-          try {
-            if (greet) await writeAll(conn, encoder.encode(`${name}\n`));
-            const buffer = new Uint8Array(4096);
-            for (;;) {
-              const n = await conn.read(buffer);
-              if (n === null) break;
-              await writeAll(conn, buffer.subarray(0, n));
-            }
-          } catch {
-            // reset by the peer
-          } finally {
-            open.delete(conn);
-            try {
-              conn.close();
-            } catch {
-              // closed by close()
-            }
-          }
-        })();
-        handlers.add(handler);
-        handler.finally(() => handlers.delete(handler));
-      }
-    } catch {
-      // the listener was closed
-    }
-  })();
-  const stopListening = async () => {
-    if (listening) {
-      listening = false;
-      listener.close();
-    }
-    await accepting;
-  };
-  return {
-    name,
-    port: listener.addr.port,
-    address: `${host}:${listener.addr.port}`,
-    accepted: () => accepted,
-    open: () => open.size,
-    /** Refuses new connections from now on; connections already accepted finish as they would. */
-    kill: stopListening,
-    async close() {
-      await stopListening();
-      for (const conn of open) {
-        try {
-          conn.close();
-        } catch {
-          // closed
-        }
-      }
-      await Promise.allSettled([...handlers]);
-    },
-  };
-}
-
 /** A client connection held open through an agent, that can prove it still carries bytes both ways. */
 export interface HeldConnection {
   readonly port: number;
@@ -349,11 +276,6 @@ export async function holdConnection(port: number, host = "127.0.0.1"): Promise<
   };
 }
 
-export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  let offset = 0;
-  while (offset < bytes.length) offset += await conn.write(bytes.subarray(offset));
-}
-
 /** Runs `task` over `items` with at most `concurrency` at a time; returns the results in order. */
 export async function forEachBounded<T, R>(
   items: readonly T[],
@@ -379,9 +301,18 @@ export async function vmRssKiB(pid: number): Promise<number> {
   return Number(match[1]);
 }
 
-/** An admin API view without what moves by itself: ages, expiries, heartbeats and open-connection counts. */
+/**
+ * An admin API view without what moves by itself: ages, expiries, heartbeats, and the counts of open and
+ * started connections, which traffic moves.
+ */
 export function stableView(view: unknown): unknown {
-  const moving = new Set(["age_s", "expires_in_s", "open_connections", "last_heartbeat_s"]);
+  const moving = new Set([
+    "age_s",
+    "expires_in_s",
+    "open_connections",
+    "connections_total",
+    "last_heartbeat_s",
+  ]);
   return JSON.parse(JSON.stringify(view), (key, value) => moving.has(key) ? undefined : value);
 }
 

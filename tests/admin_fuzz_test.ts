@@ -9,9 +9,11 @@
  * 1e308.
  */
 import assert from "node:assert/strict";
-import { ADMIN_TOKEN, agentsCaughtUp, startTestCluster, type TestCluster } from "./_cluster.ts";
+import { startGreeter } from "./_backends.ts";
+import { ADMIN_TOKEN, testService } from "./_config.ts";
+import { agentsCaughtUp, startTestCluster, type TestCluster } from "./_cluster.ts";
 import { fuzzSeed, mutateBytes, randomJson, Rng } from "./_fuzz.ts";
-import { forEachBounded, stableView, startGreeter, vmRssKiB } from "./_load.ts";
+import { forEachBounded, stableView, vmRssKiB } from "./_load.ts";
 import { PROPERTY_SEED } from "./_property.ts";
 
 const WEB_TOKEN = "web-feedback-token-0123456789";
@@ -400,7 +402,7 @@ async function outside(cluster: TestCluster): Promise<unknown> {
 }
 
 Deno.test("about 19,000 mutated requests to every admin route of a manager with agents attached: no 5xx, nothing outside the token's scope changes, the manager stays up in bounded memory", async () => {
-  const backends = Array.from({ length: 5 }, (_, i) => startGreeter(`b${i}`));
+  const backends = Array.from({ length: 5 }, (_, i) => startGreeter(`b${i}`, { hold: true }));
   const [w1, w2, w3, a1, d1] = backends.map((b) => b.address) as [string, string, string, string, string];
   const cluster = await startTestCluster({
     agents: 2,
@@ -409,14 +411,12 @@ Deno.test("about 19,000 mutated requests to every admin route of a manager with 
     feedbackTokens: [{ token: WEB_TOKEN, services: ["web"] }],
     services: [
       // web is checked every 100 ms, so its table is rebuilt by the health checker while reports arrive.
-      {
-        name: "web",
-        listen: "127.0.0.1:0",
+      testService({
         health: { interval: "100ms", timeout: "50ms" },
         backends: [w1, { address: w2, weight: 10_000 }, { address: w3, weight: 1 }],
-      },
-      { name: "api", listen: "127.0.0.1:0", health: { interval: "1h", timeout: "1s" }, backends: [a1] },
-      { name: "db", listen: "127.0.0.1:0", health: { interval: "1h", timeout: "1s" }, backends: [d1, w1] },
+      }),
+      testService({ name: "api", backends: [a1] }),
+      testService({ name: "db", backends: [d1, w1] }),
     ],
   });
   const sources = Array.from(
@@ -460,7 +460,7 @@ Deno.test("about 19,000 mutated requests to every admin route of a manager with 
       l.message.startsWith("Agent") && l.message.includes("joined")
     )
       .length;
-    const pid = cluster.manager.child.pid;
+    const pid = cluster.manager.pid;
     const rssBefore = await vmRssKiB(pid);
     let rssPeak = rssBefore;
     let rssHalfway = rssBefore;

@@ -4,45 +4,10 @@
  */
 import assert from "node:assert/strict";
 import net from "node:net";
+import { startEcho } from "./_backends.ts";
 import { agentMetric, startTestCluster } from "./_cluster.ts";
-import { eventually, writeAll } from "./_helpers.ts";
-
-/** An echo backend; with `flood`, it also sends `flood` bytes at once on every connection. */
-function startEcho(options: { flood?: number } = {}) {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const handlers = new Set<Promise<void>>();
-  const accepting = (async () => {
-    for await (const conn of listener) {
-      const handler = (async () => {
-        try {
-          if (options.flood) await writeAll(conn, new Uint8Array(options.flood));
-          const buffer = new Uint8Array(4096);
-          for (;;) {
-            const n = await conn.read(buffer);
-            if (n === null) break;
-            await writeAll(conn, buffer.subarray(0, n));
-          }
-        } catch {
-          // reset by the agent: expected in these tests
-        } finally {
-          try {
-            conn.close();
-          } catch { /* closed */ }
-        }
-      })();
-      handlers.add(handler);
-      handler.finally(() => handlers.delete(handler));
-    }
-  })().catch(() => {});
-  return {
-    address: `127.0.0.1:${listener.addr.port}`,
-    async close() {
-      listener.close();
-      await accepting;
-      await Promise.allSettled([...handlers]);
-    },
-  };
-}
+import { testService } from "./_config.ts";
+import { agentAdmin, claimsSplit, eventually, servicePort, writeAll } from "./_helpers.ts";
 
 async function echoOnce(conn: Deno.Conn, text: string): Promise<string> {
   await writeAll(conn, new TextEncoder().encode(text));
@@ -60,20 +25,16 @@ Deno.test("SIGTERM drains an agent: /healthz turns 503, new connections are refu
   const echo = startEcho();
   const cluster = await startTestCluster({
     agents: 1,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "agent",
-      health: { interval: "1h", timeout: "1s" },
       timeouts: { drain: "20s", connect: "1s", idle: "60s" },
       backends: [echo.address],
-    }],
+    })],
     agentArgs: () => ["--admin", "127.0.0.1:0"],
   });
   try {
     const agent = cluster.agents[0]!;
-    const adminLine = await agent.proc.waitForLog((l) => l.message.includes("serves /metrics"));
-    const admin = String(adminLine.properties.admin);
+    const admin = await agentAdmin(agent.proc);
     assert.equal(
       await fetch(`http://${admin}/healthz`).then(async (r) => (await r.body?.cancel(), r.status)),
       200,
@@ -106,14 +67,11 @@ Deno.test("a drain ends after timeouts.drain even when a connection stays open, 
   const echo = startEcho();
   const cluster = await startTestCluster({
     agents: 1,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "agent",
-      health: { interval: "1h", timeout: "1s" },
       timeouts: { drain: "1s", connect: "1s", idle: "60s" },
       backends: [echo.address],
-    }],
+    })],
   });
   try {
     const agent = cluster.agents[0]!;
@@ -139,31 +97,21 @@ Deno.test("a drain ends after timeouts.drain even when a connection stays open, 
 
 Deno.test("each service's connections are closed after its own timeouts.drain, not the longest one's", async () => {
   const echo = startEcho();
-  const service = (name: string, drain: string) => ({
-    name,
-    listen: "127.0.0.1:0",
-    decide: "agent",
-    health: { interval: "1h", timeout: "1s" },
-    timeouts: { drain, connect: "1s", idle: "60s" },
-    backends: [echo.address],
-  });
+  const service = (name: string, drain: string) =>
+    testService({
+      name,
+      decide: "agent",
+      timeouts: { drain, connect: "1s", idle: "60s" },
+      backends: [echo.address],
+    });
   const cluster = await startTestCluster({
     agents: 1,
     services: [service("short", "1s"), service("long", "4s")],
   });
   try {
     const agent = cluster.agents[0]!;
-    const portOf = async (name: string) =>
-      Number(
-        String(
-          (await agent.proc.waitForLog((l) =>
-            l.message.startsWith("Service") && l.properties.service === name
-          ))
-            .properties.bound,
-        ).split(":").pop(),
-      );
-    const short = await Deno.connect({ hostname: "127.0.0.1", port: await portOf("short") });
-    const long = await Deno.connect({ hostname: "127.0.0.1", port: await portOf("long") });
+    const short = await Deno.connect({ hostname: "127.0.0.1", port: await servicePort(agent.proc, "short") });
+    const long = await Deno.connect({ hostname: "127.0.0.1", port: await servicePort(agent.proc, "long") });
     assert.equal(await echoOnce(short, "s"), "s");
     assert.equal(await echoOnce(long, "l"), "l");
     const started = performance.now();
@@ -206,20 +154,15 @@ Deno.test("connections reset mid-stream on either side leak nothing, and the age
   const flood = startEcho({ flood: 4 * 1024 * 1024 });
   const cluster = await startTestCluster({
     agents: 1,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "agent",
-      health: { interval: "1h", timeout: "1s" },
       backends: [flood.address],
-    }],
+    })],
     agentArgs: () => ["--admin", "127.0.0.1:0"],
   });
   try {
     const agent = cluster.agents[0]!;
-    const admin = String(
-      (await agent.proc.waitForLog((l) => l.message.includes("serves /metrics"))).properties.admin,
-    );
+    const admin = await agentAdmin(agent.proc);
     // Clients that read a little of a 4 MiB answer and then reset the connection (SO_LINGER 0).
     for (let i = 0; i < 50; i++) {
       const socket = net.connect({ host: "127.0.0.1", port: agent.port });
@@ -259,14 +202,11 @@ Deno.test("while one agent drains, new connections through the others never fail
   const echo = startEcho();
   const cluster = await startTestCluster({
     agents: 3,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "agent",
-      health: { interval: "1h", timeout: "1s" },
       timeouts: { drain: "3s", connect: "1s", idle: "60s" },
       backends: [echo.address],
-    }],
+    })],
   });
   try {
     const [first, leaving, third] = cluster.agents as [
@@ -274,12 +214,7 @@ Deno.test("while one agent drains, new connections through the others never fail
       typeof cluster.agents[0],
       typeof cluster.agents[0],
     ];
-    await eventually(
-      () =>
-        cluster.agents.every((a) => a.proc.logs.some((l) => l.message.startsWith("Claims split among 3"))),
-      10_000,
-      "claims among three agents",
-    );
+    await claimsSplit(cluster.agents.map((a) => a.proc), 3, { what: "claims among three agents" });
     const held = await Deno.connect({ hostname: "127.0.0.1", port: leaving.port });
     assert.equal(await echoOnce(held, "held"), "held");
     let failures = 0;
@@ -300,12 +235,10 @@ Deno.test("while one agent drains, new connections through the others never fail
     })();
     await new Promise((resolve) => setTimeout(resolve, 300));
     leaving.proc.kill("SIGTERM");
-    await eventually(
-      () =>
-        [first, third].every((a) => a.proc.logs.some((l) => l.message.startsWith("Claims split among 2"))),
-      5_000,
-      "the others to take over the leaving agent's claim",
-    );
+    await claimsSplit([first.proc, third.proc], 2, {
+      timeoutMs: 5_000,
+      what: "the others to take over the leaving agent's claim",
+    });
     assert.equal(
       await echoOnce(held, "still here"),
       "still here",

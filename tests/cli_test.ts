@@ -1,5 +1,6 @@
 /** The command line as a user meets it: help, exit codes, environment variables and `check`. */
 import assert from "node:assert/strict";
+import { ADMIN_TOKEN, testConfig, testService } from "./_config.ts";
 import { type Proc, run, startManagerProcess } from "./_helpers.ts";
 
 Deno.test("switchyard --help and each sub-command's --help exit 0 and name their flags", async () => {
@@ -169,18 +170,10 @@ Deno.test("switchyard version prints the version and Deno's", async () => {
 Deno.test("a config whose state cannot fit in a cluster frame is refused by check, at start and on reload, with the running one kept", async () => {
   const dir = await Deno.makeTempDir();
   const config = (services: number) =>
-    JSON.stringify({
-      manager: {
-        admin: "127.0.0.1:0",
-        cluster: "127.0.0.1:0",
-        tokens: { admin: "admin-token-0123456789", cluster: "cluster-token-0123456789" },
-      },
-      services: Array.from({ length: services }, (_, i) => ({
-        name: `s${i}`,
-        listen: "127.0.0.1:0",
-        health: { interval: "1h", timeout: "1s" },
-        backends: ["127.0.0.1:9"],
-      })),
+    testConfig({
+      manager: { tokens: { cluster: "cluster-token-0123456789" } },
+      services: Array.from({ length: services }, (_, i) =>
+        testService({ name: `s${i}`, backends: ["127.0.0.1:9"] })),
     });
   // Each service's table of 65,537 slots is about 175 KB of the state: 100 of them pass the 16 MiB a frame has.
   const tooMany = config(100);
@@ -202,13 +195,13 @@ Deno.test("a config whose state cannot fit in a cluster frame is refused by chec
     await Deno.writeTextFile(running.config, tooMany);
     const reload = await fetch(`http://${running.admin}/v1/reload`, {
       method: "POST",
-      headers: { authorization: "Bearer admin-token-0123456789" },
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
     });
     const body = await reload.json();
     assert.equal(reload.status, 400, JSON.stringify(body));
     assert.match(body.problems.join("\n"), /would not fit in one frame/);
     const services = await (await fetch(`http://${running.admin}/v1/services`, {
-      headers: { authorization: "Bearer admin-token-0123456789" },
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
     })).json();
     assert.deepEqual(
       services.services.map((s: { name: string }) => s.name),

@@ -4,8 +4,10 @@
  * while the manager is gone.
  */
 import assert from "node:assert/strict";
-import { eventually, freeFixedPort, type LogLine, Proc } from "./_helpers.ts";
-import { connectAndReadLine, startNamedBackend, startTestCluster } from "./_cluster.ts";
+import { startGreeter } from "./_backends.ts";
+import { claimsSplit, eventually, freeFixedPort, type LogLine, Proc } from "./_helpers.ts";
+import { agentsJoined, agentsListed, connectAndReadLine, startTestCluster } from "./_cluster.ts";
+import { testService } from "./_config.ts";
 
 interface AgentsView {
   agents: Array<
@@ -21,23 +23,13 @@ const servedLines = (proc: Proc): LogLine[] =>
   proc.logs.filter((line) => line.message.startsWith("Flow") && line.message.includes("served by"));
 
 Deno.test("every connection is served by exactly its claimant, and the three agents share 3,000 connections evenly", async () => {
-  const backend = startNamedBackend("b1");
+  const backend = startGreeter("b1");
   const cluster = await startTestCluster({
     agents: 3,
-    services: [{ name: "web", listen: "127.0.0.1:0", decide: "agent", backends: [backend.address] }],
+    services: [testService({ decide: "agent", backends: [backend.address], health: null })],
   });
   try {
-    await eventually(
-      async () => (await cluster.api<AgentsView>("/v1/agents")).agents.length === 3,
-      10_000,
-      "3 agents",
-    );
-    await eventually(
-      () =>
-        cluster.agents.every((a) => a.proc.logs.some((l) => l.message.startsWith("Claims split among 3"))),
-      10_000,
-      "every agent to know all three claims",
-    );
+    await agentsJoined(cluster, 3);
     const claims = (await cluster.api<AgentsView>("/v1/agents")).agents;
     assert.ok(Math.abs(claims.reduce((sum, a) => sum + a.claim, 0) - 1) < 0.001, "claims sum to 1");
 
@@ -84,18 +76,14 @@ Deno.test("every connection is served by exactly its claimant, and the three age
 });
 
 Deno.test("when an agent is killed its claim moves to the others within three heartbeats, and no other claim moves", async () => {
-  const backend = startNamedBackend("b1");
+  const backend = startGreeter("b1");
   const cluster = await startTestCluster({
     agents: 3,
     heartbeat: "200ms",
-    services: [{ name: "web", listen: "127.0.0.1:0", decide: "agent", backends: [backend.address] }],
+    services: [testService({ decide: "agent", backends: [backend.address], health: null })],
   });
   try {
-    await eventually(
-      async () => (await cluster.api<AgentsView>("/v1/agents")).agents.length === 3,
-      10_000,
-      "3 agents",
-    );
+    await agentsListed(cluster, 3);
     const clients = Array.from({ length: 300 }, (_, i) => `10.9.${i >> 8}.${i & 255}:${1000 + i}`);
     const owners = async () =>
       await Promise.all(
@@ -130,11 +118,7 @@ Deno.test("when an agent is killed its claim moves to the others within three he
     assert.ok(Math.abs(shares.reduce((a, b) => a + b, 0) - 1) < 0.001);
     // The survivors learn the new claims and serve everything: no connection is lost to the dead agent.
     for (const agent of [cluster.agents[0]!, cluster.agents[2]!]) {
-      await eventually(
-        () => agent.proc.logs.some((l) => l.message.startsWith("Claims split among 2")),
-        5_000,
-        "new claims",
-      );
+      await claimsSplit([agent.proc], 2, { timeoutMs: 5_000, what: "new claims" });
       for (let i = 0; i < 30; i++) {
         const conn = await connectAndReadLine(agent.port);
         assert.equal(conn.line, "b1");
@@ -148,25 +132,20 @@ Deno.test("when an agent is killed its claim moves to the others within three he
 });
 
 Deno.test("with decide: manager, open-connection counts in the manager equal the truth, and long-held backends get fewer new flows", async () => {
-  const holder = startNamedBackend("holder", { hold: true });
-  const quick = startNamedBackend("quick", { hold: true });
+  const holder = startGreeter("holder", { hold: true });
+  const quick = startGreeter("quick", { hold: true });
   const cluster = await startTestCluster({
     agents: 3,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "manager",
       decision_timeout: "500ms",
       backends: [holder.address, quick.address],
-    }],
+      health: null,
+    })],
   });
   const held: Array<{ close(): Promise<void> }> = [];
   try {
-    await eventually(
-      async () => (await cluster.api<AgentsView>("/v1/agents")).agents.length === 3,
-      10_000,
-      "3 agents",
-    );
+    await agentsListed(cluster, 3);
     // 2,000 connections through all three agents: those that reach "holder" stay open, the rest close.
     const got = { holder: 0, quick: 0 } as Record<string, number>;
     for (let i = 0; i < 2000; i += 40) {
@@ -210,24 +189,19 @@ Deno.test("with decide: manager, open-connection counts in the manager equal the
 });
 
 Deno.test("with affinity client_ip, every connection of one client reaches one backend, whichever agent accepts it", async () => {
-  const backends = [startNamedBackend("b1"), startNamedBackend("b2"), startNamedBackend("b3")];
+  const backends = [startGreeter("b1"), startGreeter("b2"), startGreeter("b3")];
   const cluster = await startTestCluster({
     agents: 3,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "manager",
       decision_timeout: "500ms",
       affinity: { key: "client_ip", ttl: "60s" },
       backends: backends.map((b) => b.address),
-    }],
+      health: null,
+    })],
   });
   try {
-    await eventually(
-      async () => (await cluster.api<AgentsView>("/v1/agents")).agents.length === 3,
-      10_000,
-      "3 agents",
-    );
+    await agentsListed(cluster, 3);
     const seen = new Map<string, Set<string>>();
     for (let client = 2; client < 22; client++) {
       const localAddress = `127.0.0.${client}`;
@@ -250,11 +224,11 @@ Deno.test("with affinity client_ip, every connection of one client reaches one b
 });
 
 Deno.test("killing the manager under load fails no connection; agents rejoin and one restarted alone serves from its saved state", async () => {
-  const backend = startNamedBackend("b1");
+  const backend = startGreeter("b1");
   const cluster = await startTestCluster({
     agents: 2,
     cluster: `127.0.0.1:${freeFixedPort()}`,
-    services: [{ name: "web", listen: "127.0.0.1:0", decide: "manager", backends: [backend.address] }],
+    services: [testService({ decide: "manager", backends: [backend.address], health: null })],
     agentArgs: (id, dir) => ["--state-dir", `${dir}/${id}-state`],
   });
   let failures = 0;
@@ -276,11 +250,7 @@ Deno.test("killing the manager under load fails no connection; agents rejoin and
     }
   })();
   try {
-    await eventually(
-      async () => (await cluster.api<AgentsView>("/v1/agents")).agents.length === 2,
-      10_000,
-      "2 agents",
-    );
+    await agentsListed(cluster, 2);
     await new Promise((resolve) => setTimeout(resolve, 500));
     cluster.manager.kill("SIGKILL");
     await cluster.manager.status();
@@ -326,17 +296,13 @@ Deno.test("killing the manager under load fails no connection; agents rejoin and
 Deno.test("a forged mesh connection and garbage frames on the cluster port are refused and logged, and nothing changes", async () => {
   const { TokenSigner } = await import("../cluster/auth.ts");
   const { encodeMeshHeader } = await import("../agent/mesh.ts");
-  const backend = startNamedBackend("b1");
+  const backend = startGreeter("b1");
   const cluster = await startTestCluster({
     agents: 2,
-    services: [{ name: "web", listen: "127.0.0.1:0", decide: "agent", backends: [backend.address] }],
+    services: [testService({ decide: "agent", backends: [backend.address], health: null })],
   });
   try {
-    await eventually(
-      async () => (await cluster.api<AgentsView>("/v1/agents")).agents.length === 2,
-      10_000,
-      "2 agents",
-    );
+    await agentsListed(cluster, 2);
     const before = await cluster.api<AgentsView>("/v1/agents");
     const target = cluster.agents[0]!;
     const meshLine = await target.proc.waitForLog((l) => l.message.includes("takes handed-off flows"));

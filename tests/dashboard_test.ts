@@ -14,7 +14,9 @@ import { type Config, parseConfig } from "../manager/config.ts";
 import { type AgentSample, type BackendSample, History } from "../manager/history.ts";
 import { ClusterModel } from "../manager/state.ts";
 import { eventually, Proc } from "./_helpers.ts";
-import { ADMIN_TOKEN, connectAndReadLine, startNamedBackend, startTestCluster } from "./_cluster.ts";
+import { startGreeter as startNamedBackend } from "./_backends.ts";
+import { ADMIN_TOKEN } from "./_config.ts";
+import { connectAndReadLine, startTestCluster } from "./_cluster.ts";
 
 const CHROMIUM = "/usr/bin/chromium";
 const OUT = fileURLToPath(new URL("./out/", import.meta.url));

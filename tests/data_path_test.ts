@@ -4,83 +4,27 @@
  * before any byte is sent, and limits and timeouts must hold.
  */
 import assert from "node:assert/strict";
-import {
-  blackhole,
-  eventually,
-  type Proc,
-  randomBytes,
-  readAll,
-  startAgentProcess,
-  startManagerProcess,
-  writeAll,
-} from "./_helpers.ts";
+import { startBackend } from "./_backends.ts";
+import { startTestCluster } from "./_cluster.ts";
+import { testService } from "./_config.ts";
+import { blackhole, eventually, randomBytes, readAll, writeAll } from "./_helpers.ts";
 
-const TOKEN = "test-cluster-token-0123456789";
-
-interface Cluster {
-  manager: Proc;
-  agent: Proc;
-  port: number;
-  dir: string;
-  admin: string;
-  close(): Promise<void>;
-}
-
-async function startCluster(backends: string[], service: Record<string, unknown> = {}): Promise<Cluster> {
-  const dir = await Deno.makeTempDir({ prefix: "switchyard-test-" });
-  await Deno.writeTextFile(`${dir}/cluster.token`, TOKEN);
-  const config = {
-    manager: {
-      admin: "127.0.0.1:0",
-      cluster: "127.0.0.1:0",
-      tokens: { admin: "test-admin-token-0123456789", cluster: { file: "cluster.token" } },
-    },
-    services: [{
+/**
+ * A manager and one agent serving `svc` over `backends` (weight 100 each), with the keys of `service` over
+ * the test defaults (no active health checks: the test backends count every connection they get).
+ */
+async function startCluster(backends: string[], service: Record<string, unknown> = {}) {
+  const cluster = await startTestCluster({
+    agents: 1,
+    services: [testService({
       name: "svc",
-      listen: "127.0.0.1:0",
       decide: "agent",
       backends: backends.map((address) => ({ address, weight: 100 })),
-      // No active health checks during a test: the test backends count every connection they get.
-      health: { interval: "1h", timeout: "1s" },
       ...service,
-    }],
-  };
-  const manager = await startManagerProcess(dir, JSON.stringify(config));
-  const agent = await startAgentProcess({
-    manager: manager.cluster,
-    tokenFile: `${dir}/cluster.token`,
-    id: "agent-1",
-    service: "svc",
+    })],
   });
-  return {
-    manager: manager.proc,
-    agent: agent.proc,
-    port: agent.port,
-    dir,
-    admin: manager.admin,
-    async close() {
-      await agent.proc.stop();
-      await manager.proc.stop();
-      await Deno.remove(dir, { recursive: true });
-    },
-  };
-}
-
-/** A backend that, per connection, reads everything the client sends while sending `reply`, in an order the test picks. */
-function startBackend(handler: (conn: Deno.TcpConn) => Promise<void>) {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const handlers: Promise<void>[] = [];
-  const accepting = (async () => {
-    for await (const conn of listener) handlers.push(handler(conn).finally(() => conn.close()));
-  })();
-  return {
-    address: `127.0.0.1:${listener.addr.port}`,
-    async close() {
-      listener.close();
-      await accepting.catch(() => {});
-      await Promise.allSettled(handlers);
-    },
-  };
+  const agent = cluster.agents[0]!;
+  return { port: agent.port, agent: agent.proc, close: () => cluster.close() };
 }
 
 Deno.test("1 MiB of random bytes each way arrives unchanged, client half-closing first", async () => {

@@ -4,26 +4,26 @@
  * a manager lost mid-load fails no connection.
  */
 import assert from "node:assert/strict";
-import {
-  agentsCaughtUp,
-  connectAndReadLine,
-  startNamedBackend,
-  startTestCluster,
-  type TestCluster,
-} from "./_cluster.ts";
+import { startGreeter } from "./_backends.ts";
+import { ADMIN_TOKEN, testService } from "./_config.ts";
+import { parseMetrics } from "./_prometheus.ts";
+import { agentsCaughtUp, connectAndReadLine, startTestCluster, type TestCluster } from "./_cluster.ts";
 import { eventually } from "./_helpers.ts";
 
 interface AgentsView {
   agents: Array<{ id: string }>;
 }
 
-/** One labelled sample of the manager's `/metrics`, 0 when absent. */
-async function managerSample(cluster: TestCluster, name: string, labels: string): Promise<number> {
-  const text = await (await fetch(`http://${cluster.admin}/metrics`, {
-    headers: { authorization: "Bearer test-admin-token-0123456789" },
+/** Decisions made ahead for `web` that came to `outcome`, from the manager's `/metrics`. */
+async function aheadTotal(cluster: TestCluster, outcome: string): Promise<number> {
+  const page = await (await fetch(`http://${cluster.admin}/metrics`, {
+    headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
   })).text();
-  const line = text.split("\n").find((each) => each.startsWith(`${name}{${labels}}`));
-  return Number(line?.split(" ").at(-1) ?? 0);
+  const sample = parseMetrics(page).find((series) =>
+    series.name === "switchyard_decisions_ahead_total" && series.labels.service === "web" &&
+    series.labels.outcome === outcome
+  );
+  return sample?.value ?? 0;
 }
 
 /** Opens `count` short connections, `concurrency` at a time, spread over the agents; tallies the backends. */
@@ -52,11 +52,14 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
  * Two agents and service `web` deciding by the manager, ahead by default. The agents log at `info`: at
  * `debug` every flow is asked about, for its log line.
  */
-function startCluster(backends: unknown[], service: Record<string, unknown> = {}): Promise<TestCluster> {
+function startCluster(
+  backends: Array<string | { address: string; weight: number }>,
+  service: Record<string, unknown> = {},
+): Promise<TestCluster> {
   return startTestCluster({
     agents: 2,
     agentArgs: () => ["--log-level", "info"],
-    services: [{ name: "web", listen: "127.0.0.1:0", decide: "manager", backends, ...service }],
+    services: [testService({ decide: "manager", backends, health: null, ...service })],
   });
 }
 
@@ -70,9 +73,9 @@ async function bothAgents(cluster: TestCluster): Promise<void> {
 
 Deno.test("decided ahead: a backend holding 300 long connections gets under a sixth of 3,000 new ones", async () => {
   const backends = [
-    startNamedBackend("holder", { hold: true }),
-    startNamedBackend("b2"),
-    startNamedBackend("b3"),
+    startGreeter("holder", { hold: true }),
+    startGreeter("b2"),
+    startGreeter("b3"),
   ];
   const cluster = await startCluster(backends.map((backend) => backend.address), { decide_ahead: "50ms" });
   const held: Array<{ close(): Promise<void> }> = [];
@@ -91,11 +94,7 @@ Deno.test("decided ahead: a backend holding 300 long connections gets under a si
     const holder = tally.get("holder") ?? 0;
     assert.equal((tally.get("b2") ?? 0) + (tally.get("b3") ?? 0) + holder, 3_000, JSON.stringify([...tally]));
     assert.ok(holder < 500, `the holder got ${holder} of 3,000 (${JSON.stringify([...tally])})`);
-    const used = await managerSample(
-      cluster,
-      "switchyard_decisions_ahead_total",
-      'service="web",outcome="used"',
-    );
+    const used = await aheadTotal(cluster, "used");
     assert.ok(used > 1_000, `${used} decisions made ahead were used`);
   } finally {
     await Promise.all(held.map((conn) => conn.close()));
@@ -117,7 +116,7 @@ async function settled(cluster: TestCluster): Promise<void> {
 }
 
 Deno.test("decided ahead: weights 3:1 with no connection held split new connections 75/25 within 3 points", async () => {
-  const backends = [startNamedBackend("heavy"), startNamedBackend("light")];
+  const backends = [startGreeter("heavy"), startGreeter("light")];
   const cluster = await startCluster([
     { address: backends[0]!.address, weight: 300 },
     { address: backends[1]!.address, weight: 100 },
@@ -127,16 +126,8 @@ Deno.test("decided ahead: weights 3:1 with no connection held split new connecti
     const tally = await shortConnections(cluster, 4_000, 20);
     const heavy = (tally.get("heavy") ?? 0) / 4_000;
     // Flows each agent claims, and flows handed to it over the mesh, take decisions made ahead.
-    const used = await managerSample(
-      cluster,
-      "switchyard_decisions_ahead_total",
-      'service="web",outcome="used"',
-    );
-    const asked = await managerSample(
-      cluster,
-      "switchyard_decisions_ahead_total",
-      'service="web",outcome="asked"',
-    );
+    const used = await aheadTotal(cluster, "used");
+    const asked = await aheadTotal(cluster, "asked");
     assert.ok(used > 3_000 && asked < used / 4, `${used} decisions made ahead used, ${asked} asked`);
     assert.ok(
       Math.abs(heavy - 0.75) <= 0.03,
@@ -149,7 +140,7 @@ Deno.test("decided ahead: weights 3:1 with no connection held split new connecti
 });
 
 Deno.test("decided ahead: a backend drained mid-load gets no new connection 1 s later", async () => {
-  const backends = [startNamedBackend("b1"), startNamedBackend("b2"), startNamedBackend("b3")];
+  const backends = [startGreeter("b1"), startGreeter("b2"), startGreeter("b3")];
   const cluster = await startCluster(backends.map((backend) => backend.address));
   try {
     await bothAgents(cluster);
@@ -183,7 +174,7 @@ Deno.test("decided ahead: a backend drained mid-load gets no new connection 1 s 
 });
 
 Deno.test("decided ahead: the manager SIGKILLed mid-load fails no connection", async () => {
-  const backends = [startNamedBackend("b1"), startNamedBackend("b2")];
+  const backends = [startGreeter("b1"), startGreeter("b2")];
   const cluster = await startCluster(backends.map((backend) => backend.address));
   try {
     await bothAgents(cluster);

@@ -6,8 +6,10 @@
  * of those is traced to that agent through the agents' own log lines.
  */
 import assert from "node:assert/strict";
-import { ADMIN_TOKEN, startTestCluster, type TestCluster } from "./_cluster.ts";
-import { eventually, freeFixedPort, type LogLine, type Proc } from "./_helpers.ts";
+import { startGreeter } from "./_backends.ts";
+import { testConfig, testService } from "./_config.ts";
+import { agentsJoined, startTestCluster, type TestCluster } from "./_cluster.ts";
+import { claimsSplit, eventually, freeFixedPort, type LogLine, type Proc } from "./_helpers.ts";
 import {
   type HeldConnection,
   holdConnection,
@@ -15,7 +17,6 @@ import {
   type LoadRun,
   sleep,
   stableView,
-  startGreeter,
   startLoad,
   summarize,
 } from "./_load.ts";
@@ -30,31 +31,23 @@ interface ServicesView {
 
 /** A service for these tests: no active health checks unless the test asks, short drains. */
 function service(backends: string[], extra: Record<string, unknown> = {}): Record<string, unknown> {
-  return {
-    name: "web",
-    listen: "127.0.0.1:0",
-    health: { interval: "1h", timeout: "1s" },
-    timeouts: { connect: "1s", idle: "60s", drain: "2s" },
-    backends,
-    ...extra,
-  };
+  return testService({ timeouts: { connect: "1s", idle: "60s", drain: "2s" }, backends, ...extra });
 }
 
-async function agentsJoined(cluster: TestCluster, count: number): Promise<void> {
-  await eventually(
-    async () =>
-      (await cluster.api<AgentsView>("/v1/agents").catch(() => ({ agents: [] }))).agents.length === count,
-    10_000,
-    `${count} agents in /v1/agents`,
-  );
-  await eventually(
-    () =>
-      cluster.agents.every((agent) =>
-        agent.proc.logs.some((l) => l.message.startsWith(`Claims split among ${count}`))
-      ),
-    10_000,
-    `every agent to know the claims of ${count}`,
-  );
+/** Backends b1…bN that greet with their name and hold the connection, echoing (`holdConnection`). */
+function holders(count: number) {
+  return Array.from({ length: count }, (_, i) => startGreeter(`b${i + 1}`, { hold: true }));
+}
+
+/** The load of these tests: 150 connections/s over 6 loops for at most 20 s, each expecting a backend's name. */
+function steadyLoad(targets: () => readonly number[], names: ReadonlySet<string>) {
+  return startLoad({
+    targets,
+    concurrency: 6,
+    ratePerSecond: 150,
+    maxSeconds: 20,
+    expect: (line) => names.has(line),
+  });
 }
 
 /** Every agent in /v1/agents has acknowledged the manager's current state version. */
@@ -124,20 +117,14 @@ function describeFailures(records: readonly LoadRecord[], t0: number): string {
 }
 
 Deno.test("the manager SIGKILLed and restarted under load through all three agents: 0 failed connections, and the agents converge", async () => {
-  const backends = [startGreeter("b1"), startGreeter("b2")];
+  const backends = holders(2);
   const names = new Set(backends.map((b) => b.name));
   const cluster = await startTestCluster({
     agents: 3,
     cluster: `127.0.0.1:${freeFixedPort()}`,
     services: [service(backends.map((b) => b.address), { decide: "manager", decision_timeout: "50ms" })],
   });
-  const load = startLoad({
-    targets: () => cluster.agents.map((agent) => agent.port),
-    concurrency: 6,
-    ratePerSecond: 150,
-    maxSeconds: 20,
-    expect: (line) => names.has(line),
-  });
+  const load = steadyLoad(() => cluster.agents.map((agent) => agent.port), names);
   try {
     await agentsJoined(cluster, 3);
     await sleep(1_000);
@@ -181,7 +168,7 @@ Deno.test("the manager SIGKILLed and restarted under load through all three agen
 });
 
 Deno.test("an agent SIGKILLed under load: only flows through it fail; connections held through the others survive and new ones never fail", async () => {
-  const backends = [startGreeter("b1"), startGreeter("b2")];
+  const backends = holders(2);
   const names = new Set(backends.map((b) => b.name));
   const cluster = await startTestCluster({
     agents: 3,
@@ -189,13 +176,7 @@ Deno.test("an agent SIGKILLed under load: only flows through it fail; connection
   });
   const victim = cluster.agents[1]!;
   let targets = cluster.agents.map((agent) => agent.port);
-  const load = startLoad({
-    targets: () => targets,
-    concurrency: 6,
-    ratePerSecond: 150,
-    maxSeconds: 20,
-    expect: (line) => names.has(line),
-  });
+  const load = steadyLoad(() => targets, names);
   const held: HeldConnection[] = [];
   let burst: LoadRun | null = null;
   try {
@@ -220,11 +201,10 @@ Deno.test("an agent SIGKILLed under load: only flows through it fail; connection
     });
     await victim.proc.status();
     const killedAt = performance.now();
-    await eventually(
-      () => survivors.every((a) => a.proc.logs.some((l) => l.message.startsWith("Claims split among 2"))),
-      5_000,
-      "the survivors to take over the victim's claim",
-    );
+    await claimsSplit(survivors.map((a) => a.proc), 2, {
+      timeoutMs: 5_000,
+      what: "the survivors to take over the victim's claim",
+    });
     const movedAt = performance.now();
     await sleep(1_500);
 
@@ -282,7 +262,7 @@ Deno.test("an agent SIGKILLed under load: only flows through it fail; connection
 });
 
 Deno.test("an agent SIGTERMed under load: no connection fails, held ones through it included, and it exits 0 when they close", async () => {
-  const backends = [startGreeter("b1"), startGreeter("b2")];
+  const backends = holders(2);
   const names = new Set(backends.map((b) => b.name));
   const cluster = await startTestCluster({
     agents: 3,
@@ -294,13 +274,7 @@ Deno.test("an agent SIGTERMed under load: no connection fails, held ones through
   });
   const victim = cluster.agents[2]!;
   let targets = cluster.agents.map((agent) => agent.port);
-  const load = startLoad({
-    targets: () => targets,
-    concurrency: 6,
-    ratePerSecond: 150,
-    maxSeconds: 20,
-    expect: (line) => names.has(line),
-  });
+  const load = steadyLoad(() => targets, names);
   const held: HeldConnection[] = [];
   try {
     await agentsJoined(cluster, 3);
@@ -314,11 +288,10 @@ Deno.test("an agent SIGTERMed under load: no connection fails, held ones through
     victim.proc.kill("SIGTERM");
     const termAt = performance.now();
     const survivors = cluster.agents.filter((agent) => agent !== victim);
-    await eventually(
-      () => survivors.every((a) => a.proc.logs.some((l) => l.message.startsWith("Claims split among 2"))),
-      5_000,
-      "the survivors to take over the draining agent's claim",
-    );
+    await claimsSplit(survivors.map((a) => a.proc), 2, {
+      timeoutMs: 5_000,
+      what: "the survivors to take over the draining agent's claim",
+    });
     await sleep(1_500);
     const procs = cluster.agents.map((agent) => agent.proc);
     let throughVictim = 0;
@@ -361,7 +334,7 @@ Deno.test("an agent SIGTERMed under load: no connection fails, held ones through
 });
 
 Deno.test("a backend killed under load: no client connection fails, and after fall checks no agent even tries it", async () => {
-  const backends = [startGreeter("b1"), startGreeter("b2"), startGreeter("b3")];
+  const backends = holders(3);
   const names = new Set(backends.map((b) => b.name));
   const victim = backends[1]!;
   const cluster = await startTestCluster({
@@ -372,13 +345,7 @@ Deno.test("a backend killed under load: no client connection fails, and after fa
       health: { kind: "tcp", interval: "300ms", timeout: "200ms", rise: 2, fall: 2 },
     })],
   });
-  const load = startLoad({
-    targets: () => cluster.agents.map((agent) => agent.port),
-    concurrency: 6,
-    ratePerSecond: 150,
-    maxSeconds: 20,
-    expect: (line) => names.has(line),
-  });
+  const load = steadyLoad(() => cluster.agents.map((agent) => agent.port), names);
   const triedVictim = () =>
     cluster.agents.reduce(
       (n, agent) =>
@@ -451,8 +418,8 @@ Deno.test("a backend killed under load: no client connection fails, and after fa
 });
 
 Deno.test("SIGHUP reloads under load: bad configs are rejected with their reasons and change nothing; good ones add a backend that gets traffic and remove one whose open connections carry on", async () => {
-  const b1 = startGreeter("b1");
-  const b2 = startGreeter("b2");
+  const b1 = startGreeter("b1", { hold: true });
+  const b2 = startGreeter("b2", { hold: true });
   const names = new Set(["b1", "b2"]);
   const cluster = await startTestCluster({
     agents: 2,
@@ -466,14 +433,8 @@ Deno.test("SIGHUP reloads under load: bad configs are rejected with their reason
     maxSeconds: 25,
     expect: (line) => names.has(line),
   });
-  const manager = (extra: Record<string, unknown> = {}) => ({
-    admin: "127.0.0.1:0",
-    cluster: "127.0.0.1:0",
-    tokens: { admin: ADMIN_TOKEN, cluster: { file: "cluster.token" } },
-    ...extra,
-  });
-  const yaml = (services: unknown[], managerExtra: Record<string, unknown> = {}) =>
-    JSON.stringify({ manager: manager(managerExtra), agents: { heartbeat: "200ms" }, services }, null, 2);
+  const yaml = (services: Record<string, unknown>[], manager: Record<string, unknown> = {}) =>
+    testConfig({ services, manager });
   const bad: Array<{ kind: string; text: string; reason: RegExp }> = [
     {
       kind: "YAML syntax",
@@ -493,7 +454,7 @@ Deno.test("SIGHUP reloads under load: bad configs are rejected with their reason
     {
       kind: "missing variable",
       text: yaml([service([b1.address])], {
-        tokens: { admin: "${SWITCHYARD_FAULTS_TEST_UNSET}", cluster: { file: "cluster.token" } },
+        tokens: { admin: "${SWITCHYARD_FAULTS_TEST_UNSET}" },
       }),
       reason: /SWITCHYARD_FAULTS_TEST_UNSET/,
     },

@@ -5,12 +5,12 @@
  * a drained backend must get no new connection while its open ones carry on.
  */
 import assert from "node:assert/strict";
+import { startGreeter } from "./_backends.ts";
+import { ADMIN_TOKEN, testService } from "./_config.ts";
 import {
-  ADMIN_TOKEN,
   agentsCaughtUp,
   connectAndReadLine,
   spread,
-  startNamedBackend,
   startTestCluster,
   type TestCluster,
 } from "./_cluster.ts";
@@ -49,18 +49,17 @@ async function postFeedback(cluster: TestCluster, body: unknown) {
 
 for (const decide of ["agent", "manager"] as const) {
   Deno.test(`feedback weights 75:25 split new connections 75/25 with decide: ${decide}, and 50/50 after the ttl`, async () => {
-    const alpha = startNamedBackend("alpha");
-    const beta = startNamedBackend("beta");
+    const alpha = startGreeter("alpha");
+    const beta = startGreeter("beta");
     const cluster = await startTestCluster({
       agents: 1,
-      services: [{
-        name: "web",
-        listen: "127.0.0.1:0",
+      services: [testService({
         decide,
         decision_timeout: "500ms",
         backends: [{ address: alpha.address, weight: 100 }, { address: beta.address, weight: 100 }],
         feedback: { ttl: "30s" },
-      }],
+        health: null,
+      })],
     });
     // The application keeps reporting (a 1 s ttl refreshed every 300 ms), as a live one would.
     const report = () =>
@@ -126,17 +125,16 @@ for (const decide of ["agent", "manager"] as const) {
 }
 
 Deno.test("load reports shift new connections toward the idle backend", async () => {
-  const busy = startNamedBackend("busy");
-  const idle = startNamedBackend("idle");
+  const busy = startGreeter("busy");
+  const idle = startGreeter("idle");
   const cluster = await startTestCluster({
     agents: 1,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "agent",
       backends: [{ address: busy.address, weight: 100 }, { address: idle.address, weight: 100 }],
       feedback: { ttl: "30s", smoothing: 0.5, max_step: 0.25 },
-    }],
+      health: null,
+    })],
   });
   try {
     const weights: string[] = [];
@@ -161,17 +159,33 @@ Deno.test("load reports shift new connections toward the idle backend", async ()
   }
 });
 
+/** Runs `switchyard feedback` against the cluster's manager for `backend` of web, with the admin token. */
+function feedbackCli(cluster: TestCluster, backend: string, report: string[]) {
+  const manager = `http://${cluster.admin}`;
+  return run([
+    "feedback",
+    "--manager",
+    manager,
+    "--token",
+    ADMIN_TOKEN,
+    "--service",
+    "web",
+    "--backend",
+    backend,
+    ...report,
+  ]);
+}
+
 Deno.test("drain, reported with switchyard feedback, sends a backend no new connections while its open ones finish", async () => {
-  const alpha = startNamedBackend("alpha", { hold: true });
-  const beta = startNamedBackend("beta", { hold: true });
+  const alpha = startGreeter("alpha", { hold: true });
+  const beta = startGreeter("beta", { hold: true });
   const cluster = await startTestCluster({
     agents: 1,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "agent",
       backends: [{ address: alpha.address, weight: 100 }, { address: beta.address, weight: 100 }],
-    }],
+      health: null,
+    })],
   });
   const conns: Array<Awaited<ReturnType<typeof connectAndReadLine>>> = [];
   try {
@@ -180,19 +194,7 @@ Deno.test("drain, reported with switchyard feedback, sends a backend no new conn
     const onAlpha = conns.filter((conn) => conn.line === "alpha");
     assert.ok(onAlpha.length > 0 && onAlpha.length < 40, `${onAlpha.length} of 40 on alpha`);
 
-    const cli = await run([
-      "feedback",
-      "--manager",
-      `http://${cluster.admin}`,
-      "--token",
-      ADMIN_TOKEN,
-      "--service",
-      "web",
-      "--backend",
-      alpha.address,
-      "--state",
-      "drain",
-    ]);
+    const cli = await feedbackCli(cluster, alpha.address, ["--state", "drain"]);
     assert.equal(cli.code, 0, cli.stderr);
     const answer = JSON.parse(cli.stdout);
     assert.deepEqual(answer, {
@@ -234,19 +236,7 @@ Deno.test("drain, reported with switchyard feedback, sends a backend no new conn
     );
 
     // A report for a backend the service does not have is refused with the reason, exit code 2.
-    const refused = await run([
-      "feedback",
-      "--manager",
-      `http://${cluster.admin}`,
-      "--token",
-      ADMIN_TOKEN,
-      "--service",
-      "web",
-      "--backend",
-      "127.0.0.1:1",
-      "--weight",
-      "10",
-    ]);
+    const refused = await feedbackCli(cluster, "127.0.0.1:1", ["--weight", "10"]);
     assert.equal(refused.code, 2);
     assert.match(
       refused.stderr,

@@ -15,10 +15,12 @@ import { MAX_FEEDBACK_BODY_BYTES } from "../manager/admin.ts";
 import { testAdminApp } from "../manager/_test_admin_app.ts";
 import { type Config, parseConfig } from "../manager/config.ts";
 import { ClusterModel } from "../manager/state.ts";
-import { ADMIN_TOKEN, agentMetric, CLUSTER_TOKEN, startTestCluster, type TestCluster } from "./_cluster.ts";
-import { eventually, type Proc, startManagerProcess } from "./_helpers.ts";
+import { startGreeter } from "./_backends.ts";
+import { ADMIN_TOKEN, CLUSTER_TOKEN, testService } from "./_config.ts";
+import { agentMetric, startTestCluster, type TestCluster } from "./_cluster.ts";
+import { agentAdmin, claimsSplit, eventually, type Proc, startManagerProcess, writeAll } from "./_helpers.ts";
 import { fuzzSeed, mutateBytes, randomJson, Rng } from "./_fuzz.ts";
-import { forEachBounded, sleep, stableView, startGreeter, vmRssKiB, writeAll } from "./_load.ts";
+import { forEachBounded, sleep, stableView, vmRssKiB } from "./_load.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -32,13 +34,9 @@ const B = "127.0.0.12:80";
 const SERVICES = ["web", "api"];
 
 function feedbackConfig(): Record<string, unknown> {
-  const service = (name: string, port: number) => ({
-    name,
-    listen: `127.0.0.1:${port}`,
-    backends: [A, B],
-    // No check may run during the test: these backends do not exist.
-    health: { interval: "1h", timeout: "1s" },
-  });
+  // No check may run during the test (testService's default): these backends do not exist.
+  const service = (name: string, port: number) =>
+    testService({ name, listen: `127.0.0.1:${port}`, backends: [A, B] });
   return {
     manager: {
       admin: "127.0.0.1:0",
@@ -675,15 +673,12 @@ async function untilSettled(cluster: TestCluster, count: number): Promise<void> 
 const joins = (proc: Proc) => proc.logs.filter((l) => l.message.startsWith("Joined the manager")).length;
 
 Deno.test("about 4,000 garbage, oversized, truncated and wrong-shape frames on the cluster port: each closed by the manager, nothing changes", async () => {
-  const backend = startGreeter("b1");
+  const backend = startGreeter("b1", { hold: true });
   const cluster = await startTestCluster({
     agents: 2,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
-      health: { interval: "1h", timeout: "1s" },
+    services: [testService({
       backends: [backend.address],
-    }],
+    })],
   });
   try {
     await untilSettled(cluster, 2);
@@ -764,18 +759,15 @@ Deno.test("about 4,000 garbage, oversized, truncated and wrong-shape frames on t
 Deno.test("unauthenticated peers streaming frames of up to 16 MiB on the cluster port: each is cut off, and the manager's memory stays bounded", async () => {
   const cluster = await startTestCluster({
     agents: 1,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
-      health: { interval: "1h", timeout: "1s" },
+    services: [testService({
       backends: ["127.0.0.1:9"],
-    }],
+    })],
   });
   try {
     await untilSettled(cluster, 1);
     const before = await clusterSnapshot(cluster);
     const port = Number(cluster.cluster.split(":").pop());
-    const pid = cluster.manager.child.pid;
+    const pid = cluster.manager.pid;
     const rssBefore = await vmRssKiB(pid);
     let peak = rssBefore;
     const peers = 40;
@@ -837,12 +829,9 @@ Deno.test("unauthenticated peers streaming frames of up to 16 MiB on the cluster
 Deno.test("a flood of 4,000 idle connections to the cluster port: the manager's memory stays bounded, agents keep their sessions, and one can join after", async () => {
   const cluster = await startTestCluster({
     agents: 2,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
-      health: { interval: "1h", timeout: "1s" },
+    services: [testService({
       backends: ["127.0.0.1:9"],
-    }],
+    })],
   });
   const flood: Deno.Conn[] = [];
   try {
@@ -850,7 +839,7 @@ Deno.test("a flood of 4,000 idle connections to the cluster port: the manager's 
     const before = await clusterSnapshot(cluster);
     const joinsBefore = cluster.agents.map((a) => joins(a.proc));
     const port = Number(cluster.cluster.split(":").pop());
-    const pid = cluster.manager.child.pid;
+    const pid = cluster.manager.pid;
     const rssBefore = await vmRssKiB(pid);
     // Strangers that connect and say nothing, each for as long as the manager lets it.
     for (let i = 0; i < 4_000; i++) flood.push(await Deno.connect({ hostname: "127.0.0.1", port }));
@@ -1001,15 +990,12 @@ async function meshCases(rng: Rng, target: { port: number }): Promise<WireCase[]
 }
 
 Deno.test("about 3,300 garbage, forged, stale and truncated PROXY headers on the mesh port: each refused and closed, none reaches a backend", async () => {
-  const backend = startGreeter("b1");
+  const backend = startGreeter("b1", { hold: true });
   const cluster = await startTestCluster({
     agents: 2,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
-      health: { interval: "1h", timeout: "1s" },
+    services: [testService({
       backends: [backend.address],
-    }],
+    })],
     agentArgs: () => ["--admin", "127.0.0.1:0"],
   });
   try {
@@ -1020,15 +1006,8 @@ Deno.test("about 3,300 garbage, forged, stale and truncated PROXY headers on the
       )
         .split(":").pop(),
     );
-    const admin = String(
-      (await target.proc.waitForLog((l) => l.message.includes("serves /metrics"))).properties.admin,
-    );
-    await eventually(
-      () =>
-        cluster.agents.every((a) => a.proc.logs.some((l) => l.message.startsWith("Claims split among 2"))),
-      10_000,
-      "both agents to know each other",
-    );
+    const admin = await agentAdmin(target.proc);
+    await claimsSplit(cluster.agents.map((a) => a.proc), 2, { what: "both agents to know each other" });
     const rng = new Rng(fuzzSeed("mesh port fuzz"));
     const cases = await meshCases(rng, target);
     const refusedBefore = await agentMetric(admin, "switchyard_mesh_refused_total");

@@ -7,9 +7,10 @@
  */
 import assert from "node:assert/strict";
 import { etcdUnavailable } from "./_etcd.ts";
-import { eventually, freeFixedPort } from "./_helpers.ts";
-import { type ClusterBody, HaCluster } from "./_ha.ts";
-import { sleep, startGreeter, startLoad, summarize } from "./_load.ts";
+import { startGreeter } from "./_backends.ts";
+import { eventually, freeFixedPort, needs } from "./_helpers.ts";
+import { type ClusterBody, HaCluster, haService } from "./_ha.ts";
+import { sleep, startLoad, summarize } from "./_load.ts";
 
 const unavailable = etcdUnavailable();
 const LEASE_MS = 2_000;
@@ -17,10 +18,9 @@ const NAME =
   "etcd under several managers: a member of three SIGKILLed fails nothing; all gone, the lead ends within the lease and agents serve on; back, a manager leads";
 
 Deno.test({
-  name: unavailable ? `${NAME} (ignored: ${unavailable})` : NAME,
-  ignore: unavailable !== null,
+  ...needs(NAME, unavailable),
   async fn() {
-    const backends = [startGreeter("b1"), startGreeter("b2")];
+    const backends = [startGreeter("b1", { hold: true }), startGreeter("b2", { hold: true })];
     const port = freeFixedPort();
     let cluster: HaCluster | null = null;
     let load: ReturnType<typeof startLoad> | null = null;
@@ -30,15 +30,7 @@ Deno.test({
         managers: 2,
         etcdMembers: 3,
         lease: `${LEASE_MS / 1_000}s`,
-        services: [{
-          name: "web",
-          listen: `127.0.0.1:${port}`,
-          decide: "manager",
-          decision_timeout: "50ms",
-          health: { interval: "1h", timeout: "1s" },
-          timeouts: { connect: "1s", idle: "60s", drain: "2s" },
-          backends: backends.map((b) => b.address),
-        }],
+        services: [haService(port, backends)],
       });
       const c = cluster;
       const first = await c.leader();

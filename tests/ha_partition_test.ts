@@ -10,11 +10,12 @@
  * the test says so in its name and is ignored.
  */
 import assert from "node:assert/strict";
-import { ADMIN_TOKEN, CLUSTER_TOKEN } from "./_cluster.ts";
+import { startGreeter } from "./_backends.ts";
+import { ADMIN_TOKEN, CLUSTER_TOKEN, testConfig, testService } from "./_config.ts";
 import { EtcdCluster, etcdUnavailable } from "./_etcd.ts";
-import { eventually, type LogLine } from "./_helpers.ts";
+import { eventually, type LogLine, needs } from "./_helpers.ts";
 import type { ClusterBody } from "./_ha.ts";
-import { sleep, startGreeter, startLoad, summarize } from "./_load.ts";
+import { sleep, startLoad, summarize } from "./_load.ts";
 import { meshAgentArgs, netnsUnavailable, NsProc, TestNetwork } from "./_netns.ts";
 
 const NAME =
@@ -27,8 +28,7 @@ const loggedAt = (line: LogLine) =>
   Date.parse(String((line as unknown as Record<string, unknown>)["@timestamp"])) - performance.timeOrigin;
 
 Deno.test({
-  name: unavailable ? `${NAME} (ignored: ${unavailable})` : NAME,
-  ignore: unavailable !== null,
+  ...needs(NAME, unavailable),
   async fn() {
     const network = new TestNetwork();
     const procs: NsProc[] = [];
@@ -57,28 +57,27 @@ Deno.test({
 
       etcd = await EtcdCluster.start({ host: net(30), listen: "0.0.0.0", netns: nsE });
       const etcdPort = etcd.ports[0]!;
-      backends = [startGreeter("b1", { host: net(17) }), startGreeter("b2", { host: net(17) })];
+      backends = [
+        startGreeter("b1", { host: net(17), hold: true }),
+        startGreeter("b2", { host: net(17), hold: true }),
+      ];
       dir = await Deno.makeTempDir({ prefix: "switchyard-ha-partition-" });
       await Deno.writeTextFile(`${dir}/cluster.token`, CLUSTER_TOKEN);
       await Deno.writeTextFile(
         `${dir}/switchyard.yaml`,
-        JSON.stringify({
+        testConfig({
           manager: {
-            tokens: { admin: ADMIN_TOKEN, cluster: { file: "cluster.token" } },
             // Each manager reaches etcd at one of these only: M1 at .2, M2 at .6.
             ha: { etcd: [`http://${net(2)}:${etcdPort}`, `http://${net(6)}:${etcdPort}`], lease: "2s" },
           },
-          agents: { heartbeat: "200ms" },
-          services: [{
-            name: "web",
+          // The managers cannot reach the backends (they are on the root-A link): no active checks.
+          services: [testService({
             // Fixed ports are safe here: the namespaces are this test's alone.
             listen: `${net(18)}:7000`,
             decide: "manager",
             decision_timeout: "50ms",
-            // The managers cannot reach the backends (they are on the root-A link): no active checks.
-            health: { interval: "1h", timeout: "1s" },
             backends: backends.map((b) => b.address),
-          }],
+          })],
         }),
       );
       const spawn = (m: { ns: string; admin: string; cluster: string }) => {

@@ -7,9 +7,10 @@
  */
 import assert from "node:assert/strict";
 import { etcdUnavailable } from "./_etcd.ts";
-import { eventually, freeFixedPort } from "./_helpers.ts";
-import { type ClusterBody, HaCluster, type HaManager } from "./_ha.ts";
-import { sleep, startGreeter, startLoad, summarize } from "./_load.ts";
+import { startGreeter } from "./_backends.ts";
+import { eventually, freeFixedPort, needs } from "./_helpers.ts";
+import { type ClusterBody, HaCluster, type HaManager, haService } from "./_ha.ts";
+import { sleep, startLoad, summarize } from "./_load.ts";
 
 const unavailable = etcdUnavailable();
 const LEASE_MS = 2_000;
@@ -47,10 +48,13 @@ const NAME =
   "the leading manager SIGKILLed under load: no connection fails, and a standby leads within lease + 1 s with the same drains, feedback and claims";
 
 Deno.test({
-  name: unavailable ? `${NAME} (ignored: ${unavailable})` : NAME,
-  ignore: unavailable !== null,
+  ...needs(NAME, unavailable),
   async fn() {
-    const backends = [startGreeter("b1"), startGreeter("b2"), startGreeter("b3")];
+    const backends = [
+      startGreeter("b1", { hold: true }),
+      startGreeter("b2", { hold: true }),
+      startGreeter("b3", { hold: true }),
+    ];
     const [b1, b2, b3] = backends as [typeof backends[0], typeof backends[0], typeof backends[0]];
     const port = freeFixedPort();
     let cluster: HaCluster | null = null;
@@ -60,16 +64,7 @@ Deno.test({
         agents: 2,
         managers: 2,
         lease: `${LEASE_MS / 1_000}s`,
-        services: [{
-          name: "web",
-          // Both agents listen on this one port (reusePort), as two agents on one machine do.
-          listen: `127.0.0.1:${port}`,
-          decide: "manager",
-          decision_timeout: "50ms",
-          health: { interval: "1h", timeout: "1s" },
-          timeouts: { connect: "1s", idle: "60s", drain: "2s" },
-          backends: backends.map((b) => b.address),
-        }],
+        services: [haService(port, backends)],
       });
       const c = cluster;
       const leader = await c.leader();

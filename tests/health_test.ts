@@ -4,7 +4,9 @@
  * backend or sets its weight; a killed backend is out after `fall` failed checks and back after `rise`.
  */
 import assert from "node:assert/strict";
+import { startBackend, startGreeter, type TestBackend } from "./_backends.ts";
 import { agentsCaughtUp, spread, startTestCluster, type TestCluster } from "./_cluster.ts";
+import { testService } from "./_config.ts";
 import { eventually } from "./_helpers.ts";
 
 interface BackendView {
@@ -22,67 +24,32 @@ interface ServicesView {
 
 const encoder = new TextEncoder();
 
-/** A TCP server on `host` that runs `handle` per connection; `close()` ends it and its connections. */
-function listen(host: string, port: number, handle: (conn: Deno.Conn) => Promise<void>) {
-  const listener = Deno.listen({ hostname: host, port });
-  const open = new Set<Deno.Conn>();
-  const tasks = new Set<Promise<void>>();
-  const accepting = (async () => {
-    try {
-      for await (const conn of listener) {
-        open.add(conn);
-        const task: Promise<void> = handle(conn).catch(() => {}).finally(() => {
-          open.delete(conn);
-          tasks.delete(task);
-          try {
-            conn.close();
-          } catch {
-            // closed
-          }
-        });
-        tasks.add(task);
-      }
-    } catch {
-      // listener closed
-    }
-  })();
-  return {
-    address: `${host}:${listener.addr.port}`,
-    port: listener.addr.port,
-    /** Ends the server and its connections; a second call does nothing. */
-    async close() {
-      try {
-        listener.close();
-      } catch {
-        // closed before
-      }
-      await accepting;
-      for (const conn of open) {
-        try {
-          conn.close();
-        } catch {
-          // closed
-        }
-      }
-      await Promise.allSettled([...tasks]);
-    },
-  };
-}
-
-/** A backend that answers each connection with its name and closes. */
-function namedBackend(name: string, host = "127.0.0.1", port = 0) {
-  return listen(host, port, async (conn) => {
-    await conn.write(encoder.encode(`${name}\n`));
-  });
-}
-
 /** An HAProxy agent-check responder: one line, `reply`, per connection, which the test may change. */
 function agentCheckResponder(host: string, port: number) {
   const state = { reply: "up\n" };
-  const server = listen(host, port, async (conn) => {
+  const server = startBackend(async (conn) => {
     await conn.write(encoder.encode(state.reply));
-  });
+  }, { host, port });
   return Object.assign(server, { state });
+}
+
+/** One agent serving `web` over alpha and beta, weight 100 each, checked as `health` says. */
+function startPair(
+  alpha: TestBackend,
+  beta: TestBackend,
+  health: Record<string, unknown>,
+): Promise<TestCluster> {
+  const backends = [alpha, beta].map((backend) => ({ address: backend.address, weight: 100 }));
+  return startTestCluster({ agents: 1, services: [testService({ decide: "agent", backends, health })] });
+}
+
+/** Waits until the manager shows `health` for the backend at `address` (5 s at most). */
+async function healthBecomes(cluster: TestCluster, address: string, health: string, timeoutMs = 5_000) {
+  await eventually(
+    async () => (await backendView(cluster, address)).health === health,
+    timeoutMs,
+    `${address} ${health}`,
+  );
 }
 
 async function backendView(cluster: TestCluster, address: string): Promise<BackendView> {
@@ -96,32 +63,19 @@ Deno.test("an agent-check reply of drain, then up 50%, drains the backend, then 
   // Each backend's agent answers on the same port of the backend's own host: 127.0.0.1 and 127.0.0.2.
   const alphaAgent = agentCheckResponder("127.0.0.1", 0);
   const betaAgent = agentCheckResponder("127.0.0.2", alphaAgent.port);
-  const alpha = namedBackend("alpha", "127.0.0.1");
-  const beta = namedBackend("beta", "127.0.0.2");
-  const cluster = await startTestCluster({
-    agents: 1,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
-      decide: "agent",
-      backends: [{ address: alpha.address, weight: 100 }, { address: beta.address, weight: 100 }],
-      health: {
-        kind: "agent-check",
-        port: alphaAgent.port,
-        interval: "100ms",
-        timeout: "80ms",
-        rise: 1,
-        fall: 2,
-      },
-    }],
+  const alpha = startGreeter("alpha", { host: "127.0.0.1" });
+  const beta = startGreeter("beta", { host: "127.0.0.2" });
+  const cluster = await startPair(alpha, beta, {
+    kind: "agent-check",
+    port: alphaAgent.port,
+    interval: "100ms",
+    timeout: "80ms",
+    rise: 1,
+    fall: 2,
   });
   try {
     const port = cluster.agents[0]!.port;
-    await eventually(
-      async () => (await backendView(cluster, alpha.address)).health === "up",
-      5_000,
-      "alpha up",
-    );
+    await healthBecomes(cluster, alpha.address, "up");
 
     alphaAgent.state.reply = "drain\n";
     await eventually(
@@ -158,36 +112,25 @@ Deno.test("an agent-check reply of drain, then up 50%, drains the backend, then 
 });
 
 Deno.test("a killed backend gets no new connections after fall failed checks and gets them again after rise", async () => {
-  let alpha = namedBackend("alpha");
-  const beta = namedBackend("beta");
+  let alpha = startGreeter("alpha");
+  const beta = startGreeter("beta");
   const alphaPort = alpha.port;
-  const cluster = await startTestCluster({
-    agents: 1,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
-      decide: "agent",
-      backends: [{ address: alpha.address, weight: 100 }, { address: beta.address, weight: 100 }],
-      health: { kind: "tcp", interval: "200ms", timeout: "100ms", rise: 2, fall: 2 },
-    }],
+  const cluster = await startPair(alpha, beta, {
+    kind: "tcp",
+    interval: "200ms",
+    timeout: "100ms",
+    rise: 2,
+    fall: 2,
   });
   try {
     const port = cluster.agents[0]!.port;
-    await eventually(
-      async () => (await backendView(cluster, alpha.address)).health === "up",
-      5_000,
-      "alpha up",
-    );
+    await healthBecomes(cluster, alpha.address, "up");
     const before = await spread(port, 200);
     assert.ok((before.get("alpha") ?? 0) > 50, `alpha served ${before.get("alpha")} of 200 while up`);
 
     await alpha.close();
     const killedAt = performance.now();
-    await eventually(
-      async () => (await backendView(cluster, alpha.address)).health === "down",
-      5_000,
-      "alpha down",
-    );
+    await healthBecomes(cluster, alpha.address, "down");
     const downAfter = performance.now() - killedAt;
     const down = await backendView(cluster, alpha.address);
     assert.ok(down.checks.failed_in_a_row >= 2, `failed ${down.checks.failed_in_a_row} in a row`);
@@ -198,13 +141,9 @@ Deno.test("a killed backend gets no new connections after fall failed checks and
     const without = await spread(port, 200);
     assert.deepEqual([...without.keys()], ["beta"], "no new connection to the killed alpha");
 
-    alpha = namedBackend("alpha", "127.0.0.1", alphaPort);
+    alpha = startGreeter("alpha", { port: alphaPort });
     const revivedAt = performance.now();
-    await eventually(
-      async () => (await backendView(cluster, alpha.address)).health === "up",
-      5_000,
-      "alpha back up",
-    );
+    await healthBecomes(cluster, alpha.address, "up");
     const upAfter = performance.now() - revivedAt;
     console.log(
       `killed alpha down after ${Math.round(downAfter)} ms; revived alpha up after ${Math.round(upAfter)} ms`,
@@ -221,18 +160,15 @@ Deno.test("a killed backend gets no new connections after fall failed checks and
 });
 
 Deno.test("connect failures the agents report take a backend out after fall of them, between active checks", async () => {
-  const alpha = namedBackend("alpha");
-  const beta = namedBackend("beta");
-  const cluster = await startTestCluster({
-    agents: 1,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
-      decide: "agent",
-      backends: [{ address: alpha.address, weight: 100 }, { address: beta.address, weight: 100 }],
-      // No active check comes in the first 15 s, long after this test: only the agents can take alpha out.
-      health: { kind: "tcp", interval: "30s", timeout: "1s", rise: 1, fall: 3 },
-    }],
+  const alpha = startGreeter("alpha");
+  const beta = startGreeter("beta");
+  // No active check comes in the first 15 s, long after this test: only the agents can take alpha out.
+  const cluster = await startPair(alpha, beta, {
+    kind: "tcp",
+    interval: "30s",
+    timeout: "1s",
+    rise: 1,
+    fall: 3,
   });
   try {
     const port = cluster.agents[0]!.port;
@@ -241,11 +177,7 @@ Deno.test("connect failures the agents report take a backend out after fall of t
     // Clients whose flow hashes to alpha are retried on beta by the agent, which reports each failure.
     const served = await spread(port, 60, 10);
     assert.deepEqual([...served.keys()], ["beta"]);
-    await eventually(
-      async () => (await backendView(cluster, alpha.address)).health === "down",
-      3_000,
-      "alpha down",
-    );
+    await healthBecomes(cluster, alpha.address, "down", 3_000);
     const view = await backendView(cluster, alpha.address);
     assert.ok(view.checks.failed_in_a_row >= 3, `failed ${view.checks.failed_in_a_row} in a row`);
     assert.equal(view.checks.last, null, "no active check ran");

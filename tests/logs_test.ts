@@ -5,8 +5,18 @@
  * a drain) never print a configured token, and every line about a flow, agent or backend names it.
  */
 import assert from "node:assert/strict";
-import { eventually, type LogLine, Proc, run, startManagerProcess } from "./_helpers.ts";
-import { agentsCaughtUp, connectAndReadLine, startNamedBackend } from "./_cluster.ts";
+import { startGreeter } from "./_backends.ts";
+import {
+  claimsSplit,
+  eventually,
+  type LogLine,
+  Proc,
+  run,
+  servicePort,
+  startManagerProcess,
+} from "./_helpers.ts";
+import { agentsCaughtUp, connectAndReadLine } from "./_cluster.ts";
+import { testConfig, testService } from "./_config.ts";
 
 const ADMIN = "admin-secret-4f1c9a7be2d8";
 const CLUSTER = "cluster-secret-9d03e6c1a5b7";
@@ -73,30 +83,22 @@ function agentArgs(manager: string, tokenFile: string, id: string, format: "text
   ];
 }
 
+/** With `adminToken` null, the config names none and the manager generates one. */
 function configYaml(backend: string, adminToken: string | null): string {
-  return JSON.stringify({
+  return testConfig({
     manager: {
-      admin: "127.0.0.1:0",
-      cluster: "127.0.0.1:0",
-      tokens: {
-        ...(adminToken === null ? {} : { admin: adminToken }),
-        cluster: { file: "cluster.token" },
-        feedback: [{ token: "${APP_TOKEN}", services: ["web"] }],
-      },
+      tokens: { admin: adminToken ?? undefined, feedback: [{ token: "${APP_TOKEN}", services: ["web"] }] },
     },
-    agents: { heartbeat: "200ms" },
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "manager",
       health: { interval: "500ms", timeout: "250ms" },
       backends: [backend],
-    }],
+    })],
   });
 }
 
 Deno.test("no configured token appears in the logs of a manager (JSON) and agents (text) at debug level", async () => {
-  const backend = startNamedBackend("b1");
+  const backend = startGreeter("b1");
   const dir = await Deno.makeTempDir({ prefix: "switchyard-logs-" });
   Deno.env.set("APP_TOKEN", FEEDBACK);
   const procs: Proc[] = [];
@@ -204,7 +206,7 @@ Deno.test("no configured token appears in the logs of a manager (JSON) and agent
 });
 
 Deno.test("a generated admin token is printed once on stdout, never logged; agents' JSON lines carry their ids", async () => {
-  const backend = startNamedBackend("b1");
+  const backend = startGreeter("b1");
   const dir = await Deno.makeTempDir({ prefix: "switchyard-logs-" });
   const procs: Proc[] = [];
   try {
@@ -228,19 +230,8 @@ Deno.test("a generated admin token is printed once on stdout, never logged; agen
       new Proc(agentArgs(cluster as string, `${dir}/cluster.token`, id, "json"))
     );
     procs.push(...agents);
-    const ports = await Promise.all(agents.map(async (agent) =>
-      Number(
-        String(
-          (await agent.waitForLog((l) => l.message.startsWith("Service") && l.properties.service === "web"))
-            .properties.bound,
-        ).split(":").pop(),
-      )
-    ));
-    await eventually(
-      () => agents.every((agent) => agent.logs.some((l) => l.message.startsWith("Claims split among 2"))),
-      10_000,
-      "both agents to know both claims",
-    );
+    const ports = await Promise.all(agents.map((agent) => servicePort(agent, "web")));
+    await claimsSplit(agents, 2, { what: "both agents to know both claims" });
     const services = await fetch(`http://${admin}/v1/services`, {
       headers: { authorization: `Bearer ${generated}` },
     });

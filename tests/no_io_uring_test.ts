@@ -4,7 +4,9 @@
  * connection of a load through its epoll relay, and makes no io_uring system call at all.
  */
 import assert from "node:assert/strict";
-import { spread, startNamedBackend } from "./_cluster.ts";
+import { startGreeter } from "./_backends.ts";
+import { spread } from "./_cluster.ts";
+import { CLUSTER_TOKEN, testConfig, testService } from "./_config.ts";
 import { startAgentProcess, startManagerProcess } from "./_helpers.ts";
 
 const STRACE = "/usr/bin/strace";
@@ -15,7 +17,6 @@ const strace = (() => {
     return false;
   }
 })();
-const TOKEN = "test-cluster-token-0123456789";
 const IO_URING_CALLS = "io_uring_setup,io_uring_enter,io_uring_register";
 
 /** The processes `tracer` (strace) runs: its children. */
@@ -34,24 +35,19 @@ Deno.test({
   ignore: Deno.build.os !== "linux" || !strace,
   async fn() {
     const dir = await Deno.makeTempDir({ prefix: "switchyard-no-uring-" });
-    const backends = [startNamedBackend("b1"), startNamedBackend("b2")];
-    await Deno.writeTextFile(`${dir}/cluster.token`, TOKEN);
+    const backends = [startGreeter("b1"), startGreeter("b2")];
+    await Deno.writeTextFile(`${dir}/cluster.token`, CLUSTER_TOKEN);
     const manager = await startManagerProcess(
       dir,
-      JSON.stringify({
-        manager: {
-          admin: "127.0.0.1:0",
-          cluster: "127.0.0.1:0",
-          tokens: { admin: "test-admin-token-0123456789", cluster: { file: "cluster.token" } },
-        },
-        services: ["agent", "manager"].map((decide, i) => ({
-          name: `by-${decide}`,
-          listen: "127.0.0.1:0",
-          decide,
-          health: { interval: "1h", timeout: "1s" },
-          backends: backends.map((backend) => ({ address: backend.address, weight: 100 })),
-          ...(i === 0 ? {} : { decision_timeout: "1s" }),
-        })),
+      testConfig({
+        services: (["agent", "manager"] as const).map((decide, i) =>
+          testService({
+            name: `by-${decide}`,
+            decide,
+            backends: backends.map((backend) => ({ address: backend.address, weight: 100 })),
+            ...(i === 0 ? {} : { decision_timeout: "1s" }),
+          })
+        ),
       }),
     );
     const trace = `${dir}/strace.log`;
@@ -98,7 +94,7 @@ Deno.test({
         assert.equal(served, 1_000, `${service}: ${JSON.stringify(Object.fromEntries(tally))}`);
       }
       // The agent is strace's child: it is told to stop, and strace exits with its status once it has.
-      for (const pid of traced(agent.proc.child.pid)) Deno.kill(pid, "SIGTERM");
+      for (const pid of traced(agent.proc.pid)) Deno.kill(pid, "SIGTERM");
       assert.equal((await agent.proc.status()).code, 0);
       const calls = (await Deno.readTextFile(trace)).split("\n").filter((line) => line.trim() !== "");
       assert.ok(
@@ -109,7 +105,7 @@ Deno.test({
       assert.deepEqual(uring, [], "io_uring system calls were made");
     } finally {
       // A tracee outlives a killed strace (6.1 has no --kill-on-exit): it goes first.
-      if (agent) { for (const pid of traced(agent.proc.child.pid)) Deno.kill(pid, "SIGKILL"); }
+      if (agent) { for (const pid of traced(agent.proc.pid)) Deno.kill(pid, "SIGKILL"); }
       await agent?.proc.stop();
       await manager.proc.stop();
       await Promise.all(backends.map((backend) => backend.close()));

@@ -5,14 +5,15 @@
  * bounded, and normal service must resume after it.
  */
 import assert from "node:assert/strict";
+import { startEcho, startGreeter } from "./_backends.ts";
 import { agentMetric, startTestCluster } from "./_cluster.ts";
-import { eventually } from "./_helpers.ts";
+import { testService } from "./_config.ts";
+import { agentAdmin, eventually, servicePort } from "./_helpers.ts";
 import {
   forEachBounded,
   type HeldConnection,
   holdConnection,
   sleep,
-  startGreeter,
   startLoad,
   summarize,
   vmRssKiB,
@@ -91,43 +92,29 @@ async function slowClient(
 }
 
 Deno.test("400 slowloris connections are closed by timeouts.idle while the agent serves normal clients", async () => {
-  const backend = startGreeter("b1", { greet: false });
-  const normal = startGreeter("b1");
+  const backend = startEcho();
+  const normal = startGreeter("b1", { hold: true });
   const cluster = await startTestCluster({
     agents: 1,
     services: [
-      {
+      testService({
         name: "slow",
-        listen: "127.0.0.1:0",
         decide: "agent",
-        health: { interval: "1h", timeout: "1s" },
         timeouts: { connect: "1s", idle: "1500ms", drain: "1s" },
         backends: [backend.address],
-      },
-      {
-        name: "web",
-        listen: "127.0.0.1:0",
+      }),
+      testService({
         decide: "agent",
-        health: { interval: "1h", timeout: "1s" },
         timeouts: { connect: "1s", idle: "1500ms", drain: "1s" },
         backends: [normal.address],
-      },
+      }),
     ],
     agentArgs: () => ["--admin", "127.0.0.1:0"],
   });
   try {
     const agent = cluster.agents[0]!;
-    const web = Number(
-      String(
-        (await agent.proc.waitForLog((l) =>
-          l.message.startsWith("Service") && l.properties.service === "web"
-        ))
-          .properties.bound,
-      ).split(":").pop(),
-    );
-    const admin = String(
-      (await agent.proc.waitForLog((l) => l.message.includes("serves /metrics"))).properties.admin,
-    );
+    const web = await servicePort(agent.proc, "web");
+    const admin = await agentAdmin(agent.proc);
     const load = startLoad({
       targets: () => [web],
       concurrency: 4,
@@ -184,32 +171,27 @@ Deno.test("400 slowloris connections are closed by timeouts.idle while the agent
 });
 
 Deno.test("a flood of 3,000 connections beyond max_connections: each closed at once, none reaches a backend, memory stays bounded, service resumes", async () => {
-  const backend = startGreeter("b1");
+  const backend = startGreeter("b1", { hold: true });
   const limit = 200;
   const cluster = await startTestCluster({
     agents: 1,
-    services: [{
-      name: "web",
-      listen: "127.0.0.1:0",
+    services: [testService({
       decide: "agent",
-      health: { interval: "1h", timeout: "1s" },
       timeouts: { connect: "1s", idle: "60s", drain: "1s" },
       limits: { max_connections: limit },
       backends: [backend.address],
-    }],
+    })],
     agentArgs: () => ["--admin", "127.0.0.1:0"],
   });
   const held: HeldConnection[] = [];
   try {
     const agent = cluster.agents[0]!;
-    const admin = String(
-      (await agent.proc.waitForLog((l) => l.message.includes("serves /metrics"))).properties.admin,
-    );
+    const admin = await agentAdmin(agent.proc);
     for (let i = 0; i < limit; i++) held.push(await holdConnection(agent.port));
     assert.ok(held.every((conn) => conn.line === "b1"));
     await eventually(() => backend.accepted() === limit, 5_000, "the held connections to reach the backend");
     const rejectedBefore = await agentMetric(admin, "switchyard_rejected_connections_total");
-    const rssBefore = await vmRssKiB(agent.proc.child.pid);
+    const rssBefore = await vmRssKiB(agent.proc.pid);
 
     const flood = 3_000;
     let peakRss = rssBefore;
@@ -217,7 +199,7 @@ Deno.test("a flood of 3,000 connections beyond max_connections: each closed at o
     const sampling = (async () => {
       // Sample the agent's memory while the flood lasts (bounded: at most 300 samples).
       for (let i = 0; i < 300 && !floodDone; i++) {
-        peakRss = Math.max(peakRss, await vmRssKiB(agent.proc.child.pid));
+        peakRss = Math.max(peakRss, await vmRssKiB(agent.proc.pid));
         await sleep(50);
       }
     })();
@@ -247,7 +229,7 @@ Deno.test("a flood of 3,000 connections beyond max_connections: each closed at o
     floodDone = true;
     await sampling;
     const took = performance.now() - started;
-    const rssAfter = await vmRssKiB(agent.proc.child.pid);
+    const rssAfter = await vmRssKiB(agent.proc.pid);
     const closed = results.map((r) => r.closedMs);
     console.log(
       `${flood} connections over the limit in ${(took / 1000).toFixed(1)} s (${

@@ -10,9 +10,10 @@
  * so in its name and is ignored.
  */
 import assert from "node:assert/strict";
-import { ADMIN_TOKEN, CLUSTER_TOKEN } from "./_cluster.ts";
-import { eventually } from "./_helpers.ts";
-import { sleep, startGreeter, startLoad, summarize } from "./_load.ts";
+import { startGreeter } from "./_backends.ts";
+import { ADMIN_TOKEN, CLUSTER_TOKEN, testConfig, testService } from "./_config.ts";
+import { eventually, needs, servicePort } from "./_helpers.ts";
+import { sleep, startLoad, summarize } from "./_load.ts";
 import { meshAgentArgs, netnsUnavailable, NsProc, TestNetwork } from "./_netns.ts";
 
 const NAME =
@@ -24,8 +25,7 @@ interface AgentsView {
 }
 
 Deno.test({
-  name: unavailable ? `${NAME} (ignored: ${unavailable})` : NAME,
-  ignore: unavailable !== null,
+  ...needs(NAME, unavailable),
   async fn() {
     const network = new TestNetwork();
     const procs: NsProc[] = [];
@@ -42,28 +42,24 @@ Deno.test({
       await network.veth({ ns: null, suffix: "ra", host: 5 }, { ns: nsA, suffix: "ar", host: 6 });
       await network.veth({ ns: null, suffix: "rm", host: 9 }, { ns: nsM, suffix: "mr", host: 10 });
 
-      const backends = [startGreeter("b1", { host: net(5) }), startGreeter("b2", { host: net(5) })];
+      const backends = [
+        startGreeter("b1", { host: net(5), hold: true }),
+        startGreeter("b2", { host: net(5), hold: true }),
+      ];
       cleanupBackends = backends.map((b) => () => b.close());
       dir = await Deno.makeTempDir({ prefix: "switchyard-partition-" });
       await Deno.writeTextFile(`${dir}/cluster.token`, CLUSTER_TOKEN);
       await Deno.writeTextFile(
         `${dir}/switchyard.yaml`,
-        JSON.stringify({
-          manager: {
-            admin: `${net(10)}:0`,
-            cluster: `${net(1)}:0`,
-            tokens: { admin: ADMIN_TOKEN, cluster: { file: "cluster.token" } },
-          },
-          agents: { heartbeat: "200ms" },
-          services: [{
-            name: "web",
+        testConfig({
+          manager: { admin: `${net(10)}:0`, cluster: `${net(1)}:0` },
+          // The manager cannot reach the backends (they are on the root-A link): no active checks.
+          services: [testService({
             listen: `${net(6)}:0`,
             decide: "manager",
             decision_timeout: "50ms",
-            // The manager cannot reach the backends (they are on the root-A link): no active checks.
-            health: { interval: "1h", timeout: "1s" },
             backends: backends.map((b) => b.address),
-          }],
+          })],
         }),
       );
       const manager = new NsProc(nsM, [
@@ -92,10 +88,7 @@ Deno.test({
       for (const id of ["agent-1", "agent-2"]) {
         const proc = new NsProc(nsA, meshAgentArgs(clusterAddr, dir, id));
         procs.push(proc);
-        const line = await proc.waitForLog((l) =>
-          l.message.startsWith("Service") && l.properties.service === "web"
-        );
-        agents.push({ id, proc, port: Number(String(line.properties.bound).split(":").pop()) });
+        agents.push({ id, proc, port: await servicePort(proc, "web") });
       }
       const converged = async () => {
         try {

@@ -5,8 +5,10 @@
  */
 import assert from "node:assert/strict";
 import { decodeProxyHeader } from "../cluster/proxy_protocol.ts";
+import { startBackend } from "./_backends.ts";
 import { startTestCluster } from "./_cluster.ts";
-import { freeFixedPort, readAll, waitForPort, writeAll } from "./_helpers.ts";
+import { testService } from "./_config.ts";
+import { freeFixedPort, readAll, servicePort, waitForPort, writeAll } from "./_helpers.ts";
 
 const HAPROXY = "/usr/sbin/haproxy";
 const installed = (() => {
@@ -23,23 +25,16 @@ Deno.test({
   ignore: !installed,
   async fn() {
     // The test backend: reads HAProxy's header, answers with what it learnt, then echoes the payload.
-    const backend = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     const seen: Array<{ source: string; payload: string }> = [];
-    const serving = (async () => {
-      for await (const conn of backend) {
-        try {
-          const bytes = await readAll(conn);
-          const decoded = decodeProxyHeader(bytes);
-          assert.ok(decoded, "HAProxy sent a whole header");
-          const source = `${decoded.header.source?.ip}:${decoded.header.source?.port}`;
-          const payload = new TextDecoder().decode(bytes.subarray(decoded.length));
-          seen.push({ source, payload });
-          await writeAll(conn, new TextEncoder().encode(`${source} ${payload}`));
-        } finally {
-          conn.close();
-        }
-      }
-    })().catch(() => {});
+    const backend = startBackend(async (conn) => {
+      const bytes = await readAll(conn);
+      const decoded = decodeProxyHeader(bytes);
+      assert.ok(decoded, "HAProxy sent a whole header");
+      const source = `${decoded.header.source?.ip}:${decoded.header.source?.port}`;
+      const payload = new TextDecoder().decode(bytes.subarray(decoded.length));
+      seen.push({ source, payload });
+      await writeAll(conn, new TextEncoder().encode(`${source} ${payload}`));
+    });
     const v1Port = freeFixedPort();
     const v2Port = freeFixedPort();
     const dir = await Deno.makeTempDir({ prefix: "switchyard-haproxy-" });
@@ -58,7 +53,7 @@ Deno.test({
         `  bind 127.0.0.1:${v2Port} accept-proxy`,
         "  default_backend out",
         "backend out",
-        `  server test 127.0.0.1:${backend.addr.port} send-proxy-v2`,
+        `  server test ${backend.address} send-proxy-v2`,
         "",
       ].join("\n"),
     );
@@ -68,26 +63,21 @@ Deno.test({
       stdout: "null",
       stderr: "piped",
     }).spawn();
-    const health = { interval: "1h", timeout: "1s" };
     const cluster = await startTestCluster({
       agents: 1,
       services: [
-        {
+        testService({
           name: "pp1",
-          listen: "127.0.0.1:0",
           decide: "agent",
           proxy_protocol: "v1",
-          health,
           backends: [`127.0.0.1:${v1Port}`],
-        },
-        {
+        }),
+        testService({
           name: "pp2",
-          listen: "127.0.0.1:0",
           decide: "agent",
           proxy_protocol: "v2",
-          health,
           backends: [`127.0.0.1:${v2Port}`],
-        },
+        }),
       ],
     }).catch(async (error) => {
       haproxy.kill("SIGKILL");
@@ -98,10 +88,7 @@ Deno.test({
       await Promise.all([v1Port, v2Port].map((port) => waitForPort(port, { what: "HAProxy" })));
       const agent = cluster.agents[0]!;
       for (const service of ["pp1", "pp2"]) {
-        const line = await agent.proc.waitForLog((l) =>
-          l.message.startsWith("Service") && l.properties.service === service
-        );
-        const port = Number(String(line.properties.bound).split(":").pop());
+        const port = await servicePort(agent.proc, service);
         for (let i = 0; i < 5; i++) {
           const client = await Deno.connect({ hostname: "127.0.0.1", port });
           const self = client.localAddr as Deno.NetAddr;
@@ -117,8 +104,7 @@ Deno.test({
       await cluster.close();
       haproxy.kill("SIGTERM");
       await haproxy.output();
-      backend.close();
-      await serving;
+      await backend.close();
       await Deno.remove(dir, { recursive: true });
     }
   },

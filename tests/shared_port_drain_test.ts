@@ -12,9 +12,10 @@
  */
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { CLUSTER_TOKEN } from "./_cluster.ts";
-import { eventually } from "./_helpers.ts";
-import { sleep, startGreeter, startLoad, summarize } from "./_load.ts";
+import { startGreeter } from "./_backends.ts";
+import { CLUSTER_TOKEN, testConfig, testService } from "./_config.ts";
+import { claimsSplit, needs } from "./_helpers.ts";
+import { sleep, startLoad, summarize } from "./_load.ts";
 import { meshAgentArgs, netnsUnavailable, NsProc, TestNetwork } from "./_netns.ts";
 
 const NAME =
@@ -32,8 +33,7 @@ async function sysctls(file: string): Promise<Array<[string, string]>> {
 }
 
 Deno.test({
-  name: ignoredBecause ? `${NAME} (ignored: ${ignoredBecause})` : NAME,
-  ignore: ignoredBecause !== null,
+  ...needs(NAME, ignoredBecause),
   async fn() {
     const network = new TestNetwork();
     const procs: NsProc[] = [];
@@ -48,28 +48,20 @@ Deno.test({
       for (const [key, value] of await sysctls(SYSCTLS)) {
         if (await network.sysctl(ns, key, value)) applied.push(`${key}=${value}`);
       }
-      backend = startGreeter("b1", { host: network.address(1) });
+      backend = startGreeter("b1", { host: network.address(1), hold: true });
       dir = await Deno.makeTempDir({ prefix: "switchyard-shared-port-" });
       await Deno.writeTextFile(`${dir}/cluster.token`, CLUSTER_TOKEN);
       // A fixed port is safe here: the namespace is this test's alone.
       const service = { host: network.address(2), port: 7000 };
       await Deno.writeTextFile(
         `${dir}/switchyard.yaml`,
-        JSON.stringify({
-          manager: {
-            admin: "127.0.0.1:0",
-            cluster: "127.0.0.1:0",
-            tokens: { cluster: { file: "cluster.token" } },
-          },
-          agents: { heartbeat: "200ms" },
-          services: [{
-            name: "web",
+        testConfig({
+          services: [testService({
             listen: `${service.host}:${service.port}`,
             decide: "agent",
-            health: { interval: "1h", timeout: "1s" },
             timeouts: { connect: "1s", idle: "60s", drain: "10s" },
             backends: [backend.address],
-          }],
+          })],
         }),
       );
       const manager = new NsProc(ns, [
@@ -89,11 +81,7 @@ Deno.test({
         procs.push(agent);
         return agent;
       });
-      await eventually(
-        () => agents.every((a) => a.logs.some((l) => l.message.startsWith("Claims split among 3"))),
-        10_000,
-        "three agents sharing the port",
-      );
+      await claimsSplit(agents, 3, { what: "three agents sharing the port" });
 
       load = startLoad({
         host: service.host,

@@ -4,8 +4,10 @@
  * operator gets a trickle of new connections at first and its full half once its ramp is over.
  */
 import assert from "node:assert/strict";
-import { connectAndReadLine, startNamedBackend, startTestCluster } from "./_cluster.ts";
-import { eventually } from "./_helpers.ts";
+import { startGreeter } from "./_backends.ts";
+import { connectAndReadLine, startTestCluster } from "./_cluster.ts";
+import { testService } from "./_config.ts";
+import { eventually, servicePort } from "./_helpers.ts";
 
 const SLOW_START_S = 10;
 /** New connections are counted for this long right after the undrain, and again from `LATE_MS` after it. */
@@ -46,22 +48,21 @@ const sleepUntil = (at: number) =>
   new Promise((resolve) => setTimeout(resolve, Math.max(0, at - performance.now())));
 
 Deno.test("a backend undrained with slow_start: 10s gets under 15% of new connections in its first 2 s and half after 12 s, decided by the manager or by the table", async () => {
-  const backends = ["m-warm", "m-cold", "a-warm", "a-cold"].map((name) => startNamedBackend(name));
+  const backends = ["m-warm", "m-cold", "a-warm", "a-cold"].map((name) => startGreeter(name));
   const [mWarm, mCold, aWarm, aCold] = backends as [
-    ReturnType<typeof startNamedBackend>,
-    ReturnType<typeof startNamedBackend>,
-    ReturnType<typeof startNamedBackend>,
-    ReturnType<typeof startNamedBackend>,
+    ReturnType<typeof startGreeter>,
+    ReturnType<typeof startGreeter>,
+    ReturnType<typeof startGreeter>,
+    ReturnType<typeof startGreeter>,
   ];
-  const service = (name: string, decide: string, pair: Array<{ address: string }>) => ({
-    name,
-    listen: "127.0.0.1:0",
-    decide,
-    handoff: "local",
-    slow_start: `${SLOW_START_S}s`,
-    health: { interval: "1h", timeout: "1s" },
-    backends: pair.map((backend) => ({ address: backend.address, weight: 100 })),
-  });
+  const service = (name: string, decide: "manager" | "agent", pair: Array<{ address: string }>) =>
+    testService({
+      name,
+      decide,
+      handoff: "local",
+      slow_start: `${SLOW_START_S}s`,
+      backends: pair.map((backend) => ({ address: backend.address, weight: 100 })),
+    });
   const cluster = await startTestCluster({
     agents: 1,
     heartbeat: "1s",
@@ -73,10 +74,7 @@ Deno.test("a backend undrained with slow_start: 10s gets under 15% of new connec
   });
   try {
     const agent = cluster.agents[0]!;
-    const bound = await agent.proc.waitForLog((line) =>
-      line.message.startsWith("Service") && line.properties.service === "by-table"
-    );
-    const ports = { manager: agent.port, table: Number(String(bound.properties.bound).split(":").pop()) };
+    const ports = { manager: agent.port, table: await servicePort(agent.proc, "by-table") };
     const state = (service: string, address: string, value: "up" | "drain") =>
       cluster.api(`/v1/services/${service}/backends/${address}/state`, {
         method: "POST",

@@ -18,7 +18,9 @@ import {
   type StateDelta,
 } from "../cluster/protocol.ts";
 import { movedSlots, serviceDelta } from "../cluster/state_delta.ts";
-import { connectAndReadLine, startNamedBackend, startTestCluster } from "./_cluster.ts";
+import { startGreeter } from "./_backends.ts";
+import { connectAndReadLine, startTestCluster } from "./_cluster.ts";
+import { testService, testServiceSpec } from "./_config.ts";
 import { eventually, startAgentProcess } from "./_helpers.ts";
 
 const SANITIZE = { sanitizeOps: true, sanitizeResources: true } as const;
@@ -37,18 +39,17 @@ Deno.test({
   name: "a report's weight reaches the agent's table within 200 ms, as a delta",
   ...SANITIZE,
   fn: async () => {
-    const alpha = startNamedBackend("alpha");
-    const beta = startNamedBackend("beta");
+    const alpha = startGreeter("alpha");
+    const beta = startGreeter("beta");
     const cluster = await startTestCluster({
       agents: 1,
       heartbeat: "1s",
-      services: [{
-        name: "web",
-        listen: "127.0.0.1:0",
+      services: [testService({
         decide: "agent",
         handoff: "local",
         backends: [alpha.address, beta.address],
-      }],
+        health: null,
+      })],
     });
     try {
       const port = cluster.agents[0]!.port;
@@ -160,32 +161,25 @@ Deno.test({
   name: "an agent that misses a delta asks for the whole state, serves it, and takes deltas from it on",
   ...SANITIZE,
   fn: async () => {
-    const backends = [startNamedBackend("alpha"), startNamedBackend("beta"), startNamedBackend("gamma")];
+    const backends = [startGreeter("alpha"), startGreeter("beta"), startGreeter("gamma")];
     const dir = await Deno.makeTempDir({ prefix: "switchyard-delta-" });
     const token = "delta-test-cluster-token-0123456789";
     await Deno.writeTextFile(`${dir}/cluster.token`, token);
     const manager = new ScriptedManager(token);
     const ids = backends.map((backend) => backend.address);
-    const spec = (weights: number[]): ServiceSpec => ({
-      name: "web",
-      listen: { host: "127.0.0.1", port: 0 },
-      decide: "agent",
-      decisionTimeoutMs: 20,
-      decideAheadMs: 0,
-      handoff: "local",
-      affinity: { key: "none", ttlMs: 0 },
-      proxyProtocol: "none",
-      timeouts: { connectMs: 2_000, idleMs: 300_000, drainMs: 1_000 },
-      maxConnections: 1_000,
-      backends: backends.map((backend, i) => ({
-        id: backend.address,
-        host: "127.0.0.1",
-        port: backend.port,
-        weight: weights[i]!,
-        state: "up",
-      })),
-      table: encodeTable(table(weights)),
-    });
+    const spec = (weights: number[]): ServiceSpec =>
+      testServiceSpec({
+        timeouts: { connectMs: 2_000, idleMs: 300_000, drainMs: 1_000 },
+        maxConnections: 1_000,
+        backends: backends.map((backend, i) => ({
+          id: backend.address,
+          host: "127.0.0.1",
+          port: backend.port,
+          weight: weights[i]!,
+          state: "up",
+        })),
+        table: encodeTable(table(weights)),
+      });
     const table = (weights: number[]) => buildTable(ids.map((id, i) => ({ id, weight: weights[i]! })));
     const state = (version: number, weights: number[]): ClusterState => ({
       version,

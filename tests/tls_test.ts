@@ -5,7 +5,9 @@
 import assert from "node:assert/strict";
 import { TokenSigner } from "../cluster/auth.ts";
 import { encodeMeshHeader } from "../agent/mesh.ts";
-import { CLUSTER_TOKEN, connectAndReadLine, startNamedBackend, startTestCluster } from "./_cluster.ts";
+import { startGreeter } from "./_backends.ts";
+import { CLUSTER_TOKEN, testService } from "./_config.ts";
+import { connectAndReadLine, startTestCluster } from "./_cluster.ts";
 import { eventually, Proc, readAll } from "./_helpers.ts";
 
 const OPENSSL = "/usr/bin/openssl";
@@ -86,17 +88,15 @@ Deno.test({
   async fn() {
     const certDir = await Deno.makeTempDir({ prefix: "switchyard-ca-" });
     const pems = await makeCertificates(certDir);
-    const backend = startNamedBackend("b1");
+    const backend = startGreeter("b1");
     const cluster = await startTestCluster({
       agents: 2,
       tls: pems,
-      services: [{
-        name: "web",
-        listen: "127.0.0.1:0",
+      services: [testService({
         decide: "manager",
         health: { interval: "1h" },
         backends: [backend.address],
-      }],
+      })],
       agentArgs: (_id, dir) => ["--ca-file", `${dir}/ca.pem`],
     });
     const plaintextAgent = new Proc([

@@ -2,6 +2,7 @@
  * The epoll relay over real loopback sockets, run in its worker as the agent runs it. Skipped off Linux.
  */
 import assert from "node:assert/strict";
+import { echo } from "../../tests/_backends.ts";
 import { blackhole, eventually, randomBytes, readAll, writeAll } from "../../tests/_helpers.ts";
 import { CLAIM_BUCKETS } from "../../cluster/claims.ts";
 import { buildTable } from "../../cluster/maglev.ts";
@@ -192,13 +193,7 @@ function streamingEcho(flows: number) {
     for (let i = 0; i < flows; i++) {
       const conn = await listener.accept();
       echoes.push((async () => {
-        const buffer = new Uint8Array(64 * 1024);
-        for (;;) {
-          const n = await conn.read(buffer);
-          if (n === null) break;
-          await writeAll(conn, buffer.subarray(0, n));
-        }
-        await conn.closeWrite();
+        await echo(conn);
         await readAll(conn);
         conn.close();
       })());

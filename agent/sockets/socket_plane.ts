@@ -10,6 +10,7 @@
 import type { HostPort } from "../../cluster/address.ts";
 import { logger } from "../../cluster/log.ts";
 import { placeFlow, placeHash, type Placement } from "../../cluster/placement.ts";
+import { writeAll } from "../../cluster/write_all.ts";
 import { encodeProxyHeader } from "../../cluster/proxy_protocol.ts";
 import {
   type DataPlane,
@@ -529,11 +530,6 @@ export function errnoOf(error: unknown): number {
 }
 
 const ETIMEDOUT = 110;
-
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  let offset = 0;
-  while (offset < bytes.length) offset += await conn.write(bytes.subarray(offset));
-}
 
 function closeFlow(flow: Flow): void {
   if (flow.closed) return;

@@ -4,32 +4,14 @@
  * two never lead at once. The cut is a TCP relay between one manager and etcd that stops passing bytes.
  */
 import assert from "node:assert/strict";
-import { EtcdCluster, etcdUnavailable } from "../../tests/_etcd.ts";
+import { etcdTest } from "../../tests/_etcd.ts";
 import { eventually } from "../../tests/_helpers.ts";
 import { Keys, type ManagerInfo } from "./codec.ts";
 import { Election, ELECTION_DEFAULTS } from "./election.ts";
 import { EtcdClient } from "./etcd.ts";
 
-const unavailable = etcdUnavailable();
 const LEASE_MS = 2_000;
 const MARGIN_MS = Math.max(ELECTION_DEFAULTS.marginMinMs, LEASE_MS * ELECTION_DEFAULTS.marginShare);
-
-function etcdTest(name: string, fn: (etcd: EtcdCluster) => Promise<void>) {
-  Deno.test({
-    name: unavailable ? `${name} (ignored: ${unavailable})` : name,
-    ignore: unavailable !== null,
-    sanitizeOps: true,
-    sanitizeResources: true,
-    fn: async () => {
-      const etcd = await EtcdCluster.start();
-      try {
-        await fn(etcd);
-      } finally {
-        await etcd.close();
-      }
-    },
-  });
-}
 
 interface Candidate {
   readonly id: string;

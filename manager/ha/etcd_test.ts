@@ -3,28 +3,9 @@
  * when etcd is not installed.
  */
 import assert from "node:assert/strict";
-import { EtcdCluster, etcdUnavailable } from "../../tests/_etcd.ts";
+import { etcdTest } from "../../tests/_etcd.ts";
 import { freeFixedPort } from "../../tests/_helpers.ts";
 import { EtcdClient, EtcdError, prefixEnd } from "./etcd.ts";
-
-const unavailable = etcdUnavailable();
-const SANITIZE = { sanitizeOps: true, sanitizeResources: true } as const;
-
-function etcdTest(name: string, fn: (etcd: EtcdCluster) => Promise<void>) {
-  Deno.test({
-    name: unavailable ? `${name} (ignored: ${unavailable})` : name,
-    ignore: unavailable !== null,
-    ...SANITIZE,
-    fn: async () => {
-      const etcd = await EtcdCluster.start();
-      try {
-        await fn(etcd);
-      } finally {
-        await etcd.close();
-      }
-    },
-  });
-}
 
 Deno.test("prefixEnd is the first key after every key with the prefix", () => {
   assert.deepEqual(prefixEnd(new Uint8Array([0x2f, 0x61])), new Uint8Array([0x2f, 0x62]));

@@ -16,7 +16,7 @@
  * counts in a row above zero restart the watch from there.
  */
 import { logger } from "../../cluster/log.ts";
-import type { AgentSession } from "../cluster_server.ts";
+import type { AgentSession } from "../agent_session.ts";
 import type { Config, HaConfig } from "../config.ts";
 import type { ClusterView, ManagerRef, ManagerRole, RoleName, WriteTarget } from "../role.ts";
 import type { ClusterModel } from "../state.ts";

@@ -4,13 +4,12 @@
  */
 import assert from "node:assert/strict";
 import { EtcdCluster, etcdUnavailable } from "../../tests/_etcd.ts";
-import { eventually } from "../../tests/_helpers.ts";
-import type { AgentSession } from "../cluster_server.ts";
+import { eventually, needs } from "../../tests/_helpers.ts";
+import type { AgentSession } from "../agent_session.ts";
 import { type Config, parseConfig } from "../config.ts";
 import { ClusterModel } from "../state.ts";
 import { Replica } from "./replica.ts";
 
-const unavailable = etcdUnavailable();
 const A = "10.0.0.11:80";
 const B = "10.0.0.12:80";
 const NAME =
@@ -53,8 +52,7 @@ async function replica(id: string, { etcd, agents }: { etcd: string[]; agents: A
 }
 
 Deno.test({
-  name: unavailable ? `${NAME} (ignored: ${unavailable})` : NAME,
-  ignore: unavailable !== null,
+  ...needs(NAME, etcdUnavailable()),
   sanitizeOps: true,
   sanitizeResources: true,
   async fn() {

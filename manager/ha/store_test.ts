@@ -2,32 +2,19 @@
  * The leader's batched, fenced writes and the full load, against a real etcd.
  */
 import assert from "node:assert/strict";
-import { EtcdCluster, etcdUnavailable } from "../../tests/_etcd.ts";
+import { type EtcdCluster, etcdTest } from "../../tests/_etcd.ts";
 import { type Clock, encodeFeedback, Keys } from "./codec.ts";
 import { type Compare, EtcdClient } from "./etcd.ts";
 import { loadState, NotLeaderError, StateWriter } from "./store.ts";
 
-const unavailable = etcdUnavailable();
 const keys = new Keys("/store");
 
-function etcdTest(name: string, fn: (etcd: EtcdCluster, client: EtcdClient) => Promise<void>) {
-  Deno.test({
-    name: unavailable ? `${name} (ignored: ${unavailable})` : name,
-    ignore: unavailable !== null,
-    sanitizeOps: true,
-    sanitizeResources: true,
-    fn: async () => {
-      const etcd = await EtcdCluster.start();
-      try {
-        await fn(etcd, new EtcdClient(etcd.endpoints));
-      } finally {
-        await etcd.close();
-      }
-    },
-  });
+/** A test with its own etcd and a client of it. */
+function etcdStoreTest(name: string, fn: (etcd: EtcdCluster, client: EtcdClient) => Promise<void>) {
+  etcdTest(name, (etcd) => fn(etcd, new EtcdClient(etcd.endpoints)));
 }
 
-etcdTest(
+etcdStoreTest(
   "StateWriter: a burst of changes is one transaction with each key's latest value",
   async (_etcd, client) => {
     const values = new Map<string, string>();
@@ -64,7 +51,7 @@ etcdTest(
   },
 );
 
-etcdTest(
+etcdStoreTest(
   "StateWriter: once the leader key is another's, writes are refused and nothing is stored",
   async (_etcd, client) => {
     const created = await client.put(keys.leader, "me");
@@ -91,7 +78,7 @@ etcdTest(
   },
 );
 
-etcdTest(
+etcdStoreTest(
   "StateWriter: a write etcd cannot take now is stored once it can, its caller waiting",
   async (etcd, client) => {
     const writer = new StateWriter({ client, fence: () => [], value: () => "drain", onFenceLost: () => {} });
@@ -118,7 +105,7 @@ etcdTest(
   },
 );
 
-etcdTest(
+etcdStoreTest(
   "loadState reads every piece of state, leaving out expired feedback as stale",
   async (_etcd, client) => {
     const clock: Clock = { model: 1_000, wall: Date.now() };
