@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { AHEAD_DEFAULTS, type Chooser, DecisionQueues } from "./ahead.ts";
+import { AHEAD_DEFAULTS, type Chooser, DecisionQueues, holderOf } from "./ahead.ts";
+import { check, fc } from "../tests/_property.ts";
 
 /** Picks backends round robin, and records how many it was asked for. */
 function roundRobin(backends: string[]): Chooser & { asked: number[] } {
@@ -115,4 +116,94 @@ Deno.test("an agent that leaves gives its queues back", () => {
   queues.forgetAgent("edge-1");
   assert.equal(queues.pending("web", "a") + queues.pending("web", "b"), 1);
   assert.equal(queues.queue("edge-1", "web"), null);
+});
+
+Deno.test("property: under any sequence of refills, uses, changes and expiries, pending is what the queues in force hold", () => {
+  const agents = ["edge-1", "edge-2", holderOf("edge-1", "mesh")];
+  const services = ["web", "api"];
+  const operation = fc.oneof(
+    fc.record({
+      kind: fc.constant("refill" as const),
+      agent: fc.constantFrom(...agents),
+      service: fc.constantFrom(...services),
+      aheadMs: fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 10_000 })),
+    }),
+    fc.record({
+      kind: fc.constant("used" as const),
+      agent: fc.constantFrom(...agents),
+      service: fc.constantFrom(...services),
+      // Any counter the protocol lets through, a queue's own or not.
+      seq: fc.oneof(fc.nat({ max: 40 }), fc.constant(Number.MAX_SAFE_INTEGER)),
+      used: fc.oneof(fc.nat({ max: 2_000 }), fc.constant(Number.MAX_SAFE_INTEGER), fc.constant(1e300)),
+    }),
+    fc.record({
+      kind: fc.constant("asked" as const),
+      agent: fc.constantFrom(...agents),
+      service: fc.constantFrom(...services),
+    }),
+    fc.record({ kind: fc.constant("invalidate" as const), service: fc.constantFrom(...services) }),
+    fc.record({ kind: fc.constant("expire" as const) }),
+    fc.record({ kind: fc.constant("forgetAgent" as const), agent: fc.constantFrom("edge-1", "edge-2") }),
+    fc.record({ kind: fc.constant("forgetService" as const), service: fc.constantFrom(...services) }),
+  );
+  check(
+    fc.property(
+      fc.array(fc.tuple(operation, fc.nat({ max: 5_000 })), { maxLength: 60 }),
+      (steps) => {
+        const queues = new DecisionQueues(roundRobin(["a", "b", "c"]));
+        let now = 0;
+        for (const [step, elapsed] of steps) {
+          now += elapsed;
+          switch (step.kind) {
+            case "refill": {
+              const made = queues.refill(step.agent, step.service, step.aheadMs, now);
+              if (made) {
+                assert.ok(made.backends.length >= 1 && made.backends.length <= AHEAD_DEFAULTS.maxQueue);
+                assert.ok(Number.isFinite(made.ttlMs) && made.ttlMs >= AHEAD_DEFAULTS.minTtlMs);
+              }
+              break;
+            }
+            case "used": {
+              // Numbers of queues in force, replaced, of another holder, or never made.
+              const backends = queues.used(step.agent, step.service, step.seq, step.used, now);
+              for (const backend of backends) assert.ok(["a", "b", "c"].includes(backend));
+              break;
+            }
+            case "asked":
+              queues.asked(step.agent, step.service, now);
+              break;
+            case "invalidate":
+              queues.invalidate(step.service);
+              break;
+            case "expire":
+              queues.expire(now);
+              break;
+            case "forgetAgent":
+              queues.forgetAgent(step.agent);
+              break;
+            case "forgetService":
+              queues.forgetService(step.service);
+              break;
+          }
+          // Pending is never negative, and is exactly what the live queues have left.
+          for (const service of services) {
+            let left = 0;
+            for (const agent of agents) left += queues.queue(agent, service)?.left ?? 0;
+            let pending = 0;
+            for (const backend of ["a", "b", "c"]) {
+              const count = queues.pending(service, backend);
+              assert.ok(Number.isInteger(count) && count >= 0, `pending ${count}`);
+              pending += count;
+            }
+            assert.equal(pending, left, `${service}: pending ${pending}, queues hold ${left}`);
+          }
+          for (const counts of queues.counts().values()) {
+            assert.ok(Object.values(counts).every((n) => Number.isSafeInteger(n) && n >= 0));
+            assert.ok(counts.used + counts.expired + counts.takenBack <= counts.made);
+          }
+        }
+      },
+    ),
+    300,
+  );
 });
