@@ -3,6 +3,7 @@
  * context switches), thread by thread, for HAProxy and switchyard under the same wrk load, interleaved.
  *
  *   deno run -A bench/breakdown.ts [--rounds N] [--duration S] [--close] [--decide agent|manager]
+ *                                  [--decide-ahead DURATION]
  *
  * `--close` measures new connections (`Connection: close`: one connection per request); without it,
  * keep-alive requests. Each figure is the median over the rounds of (counter after − before) / requests.
@@ -19,6 +20,7 @@ const { values } = parseArgs({
     duration: { type: "string", default: "4" },
     close: { type: "boolean", default: false },
     decide: { type: "string", default: "agent" },
+    "decide-ahead": { type: "string" },
   },
 });
 const rounds = Number(values.rounds);
@@ -110,6 +112,7 @@ try {
         dir: round,
         backends: { http: backends.ports.http },
         decide,
+        ...(values["decide-ahead"] ? { decideAhead: values["decide-ahead"] } : {}),
         maxConnections: 1000,
       });
     }],
