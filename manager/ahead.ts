@@ -115,7 +115,11 @@ export class DecisionQueues {
   /** Decisions handed out and not used, by service then backend: pending connections. */
   readonly #pending = new Map<string, Map<string, number>>();
   readonly #counts = new Map<string, AheadCounts>();
-  #nextSeq = 1;
+  /**
+   * Queue numbers start anywhere: an agent may still report uses of a queue of the manager it had before (a
+   * restart, a new leader), which must not count against this one's.
+   */
+  #nextSeq = 1 + Math.floor(Math.random() * 2 ** 40);
 
   constructor(chooser: Chooser) {
     this.#chooser = chooser;

@@ -132,7 +132,8 @@ Deno.test("property: under any sequence of refills, uses, changes and expiries, 
       kind: fc.constant("used" as const),
       agent: fc.constantFrom(...agents),
       service: fc.constantFrom(...services),
-      // Any counter the protocol lets through, a queue's own or not.
+      // One of the last queues made (its holder and number), or any counter the protocol lets through.
+      recent: fc.option(fc.nat({ max: 4 }), { nil: null }),
       seq: fc.oneof(fc.nat({ max: 40 }), fc.constant(Number.MAX_SAFE_INTEGER)),
       used: fc.oneof(fc.nat({ max: 2_000 }), fc.constant(Number.MAX_SAFE_INTEGER), fc.constant(1e300)),
     }),
@@ -148,24 +149,30 @@ Deno.test("property: under any sequence of refills, uses, changes and expiries, 
   );
   check(
     fc.property(
-      fc.array(fc.tuple(operation, fc.nat({ max: 5_000 })), { maxLength: 60 }),
+      fc.array(fc.tuple(operation, fc.nat({ max: 2_000 })), { maxLength: 80, size: "medium" }),
       (steps) => {
         const queues = new DecisionQueues(roundRobin(["a", "b", "c"]));
+        // The queues made so far: uses name one of them, or a number never made.
+        const made: Array<{ agent: string; service: string; seq: number }> = [];
         let now = 0;
         for (const [step, elapsed] of steps) {
           now += elapsed;
           switch (step.kind) {
             case "refill": {
-              const made = queues.refill(step.agent, step.service, step.aheadMs, now);
-              if (made) {
-                assert.ok(made.backends.length >= 1 && made.backends.length <= AHEAD_DEFAULTS.maxQueue);
-                assert.ok(Number.isFinite(made.ttlMs) && made.ttlMs >= AHEAD_DEFAULTS.minTtlMs);
+              const queue = queues.refill(step.agent, step.service, step.aheadMs, now);
+              if (queue) {
+                assert.ok(queue.backends.length >= 1 && queue.backends.length <= AHEAD_DEFAULTS.maxQueue);
+                assert.ok(Number.isFinite(queue.ttlMs) && queue.ttlMs >= AHEAD_DEFAULTS.minTtlMs);
+                made.push({ agent: step.agent, service: step.service, seq: queue.seq });
               }
               break;
             }
             case "used": {
-              // Numbers of queues in force, replaced, of another holder, or never made.
-              const backends = queues.used(step.agent, step.service, step.seq, step.used, now);
+              // A queue in force, replaced or taken back, or a number never made.
+              const target = step.recent !== null && step.recent < made.length
+                ? made[made.length - 1 - step.recent]!
+                : { agent: step.agent, service: step.service, seq: step.seq };
+              const backends = queues.used(target.agent, target.service, target.seq, step.used, now);
               for (const backend of backends) assert.ok(["a", "b", "c"].includes(backend));
               break;
             }
