@@ -77,9 +77,9 @@ Deno.test({
     // What the manager decided for each client, in the order it decided.
     const decided = new Map<string, string | null>();
     const decide = manager.server.decider.decide.bind(manager.server.decider);
-    manager.server.decider.decide = (agent, service, clientIp, now) => {
-      const decision = decide(agent, service, clientIp, now);
-      decided.set(clientIp, decision.backend);
+    manager.server.decider.decide = (agent, flow, now) => {
+      const decision = decide(agent, flow, now);
+      decided.set(flow.clientIp, decision.backend);
       return decision;
     };
     const link = startLink(manager.server.addr.port);

@@ -69,6 +69,18 @@ export interface Chooser {
   chooseMany(service: string, count: number): string[];
 }
 
+/** How much of a queue its agent used so far, as it reports it (protocol `used`). */
+export interface QueueUse {
+  readonly service: string;
+  /** The queue's number. */
+  readonly seq: number;
+  /** Decisions of it used so far, from its start: a running total. */
+  readonly used: number;
+}
+
+/** The largest queue number; the next is 1. */
+export const MAX_SEQ = 2 ** 31 - 1;
+
 /** A queue as sent to its agent. */
 export interface AheadQueue {
   readonly service: string;
@@ -117,9 +129,10 @@ export class DecisionQueues {
   readonly #counts = new Map<string, AheadCounts>();
   /**
    * Queue numbers start anywhere: an agent may still report uses of a queue of the manager it had before (a
-   * restart, a new leader), which must not count against this one's.
+   * restart, a new leader), which must not count against this one's. They stay below 2^31, as a relay's
+   * flow events carry them (32-bit fields).
    */
-  #nextSeq = 1 + Math.floor(Math.random() * 2 ** 40);
+  #nextSeq = 1 + Math.floor(Math.random() * 2 ** 30);
 
   constructor(chooser: Chooser) {
     this.#chooser = chooser;
@@ -151,7 +164,8 @@ export class DecisionQueues {
    * changed, or older than its ttl), replacing the one it had; null when the one it has will do. With
    * `aheadMs` 0 the service decides per connection: any queue is taken back, and null.
    */
-  refill(agent: string, service: string, aheadMs: number, now: number): AheadQueue | null {
+  refill(agent: string, service: string, options: { aheadMs: number; now: number }): AheadQueue | null {
+    const { aheadMs, now } = options;
     const queue = this.#queues.get(agent)?.get(service);
     if (aheadMs <= 0) {
       if (queue) this.#drop(agent, service, queue, "takenBack");
@@ -168,7 +182,9 @@ export class DecisionQueues {
     if (queue) this.#drop(agent, service, queue, now >= queue.expiresAt ? "expired" : "takenBack");
     const backends = this.#chooser.chooseMany(service, size);
     const ttlMs = Math.max(AHEAD_DEFAULTS.minTtlMs, aheadMs * AHEAD_DEFAULTS.ttlFactor);
-    const made: Queue = { seq: this.#nextSeq++, backends, used: 0, expiresAt: now + ttlMs, stale: false };
+    const seq = this.#nextSeq;
+    this.#nextSeq = seq >= MAX_SEQ ? 1 : seq + 1;
+    const made: Queue = { seq, backends, used: 0, expiresAt: now + ttlMs, stale: false };
     let byService = this.#queues.get(agent);
     if (!byService) this.#queues.set(agent, byService = new Map());
     byService.set(service, made);
@@ -183,7 +199,8 @@ export class DecisionQueues {
    * connections until the agent's next open counts have them). Uses of a queue that was replaced are its
    * connections all the same, but were no longer pending: none are returned for them.
    */
-  used(agent: string, service: string, seq: number, used: number, now: number): readonly string[] {
+  used(agent: string, use: QueueUse, now: number): readonly string[] {
+    const { service, seq, used } = use;
     const queue = this.#queues.get(agent)?.get(service);
     if (!queue || queue.seq !== seq) return [];
     const taken = Math.min(used, queue.backends.length) - queue.used;

@@ -17,14 +17,18 @@ function roundRobin(backends: string[]): Chooser & { asked: number[] } {
 
 Deno.test("a first queue holds one decision, counted as pending until the agent reports it used", () => {
   const queues = new DecisionQueues(roundRobin(["a", "b"]));
-  const queue = queues.refill("edge-1", "web", 50, 0);
+  const queue = queues.refill("edge-1", "web", { aheadMs: 50, now: 0 });
   assert.deepEqual(queue && { backends: queue.backends, ttlMs: queue.ttlMs }, {
     backends: ["a"],
     ttlMs: 1_000,
   });
   assert.equal(queues.pending("web", "a"), 1);
-  assert.equal(queues.refill("edge-1", "web", 50, 1), null, "a queue not yet half used will do");
-  queues.used("edge-1", "web", queue!.seq, 1, 5);
+  assert.equal(
+    queues.refill("edge-1", "web", { aheadMs: 50, now: 1 }),
+    null,
+    "a queue not yet half used will do",
+  );
+  queues.used("edge-1", { service: "web", seq: queue!.seq, used: 1 }, 5);
   assert.equal(queues.pending("web", "a"), 0);
   assert.deepEqual(queues.counts().get("web"), { made: 1, used: 1, expired: 0, takenBack: 0, asked: 0 });
 });
@@ -33,7 +37,7 @@ Deno.test("a queue grows to decide_ahead of the agent's rate, and is refilled on
   const chooser = roundRobin(["a", "b", "c", "d"]);
   const queues = new DecisionQueues(chooser);
   let now = 0;
-  let queue = queues.refill("edge-1", "web", 50, now)!;
+  let queue = queues.refill("edge-1", "web", { aheadMs: 50, now: now })!;
   // 2,000 connections a second, reported every 10 ms: the queue grows to about 100 (50 ms of them).
   let used = 0;
   for (let step = 0; step < 200; step++) {
@@ -41,8 +45,8 @@ Deno.test("a queue grows to decide_ahead of the agent's rate, and is refilled on
     const want = 20;
     const take = Math.min(want, queue.backends.length - used);
     used += take;
-    queues.used("edge-1", "web", queue.seq, used, now);
-    const next = queues.refill("edge-1", "web", 50, now);
+    queues.used("edge-1", { service: "web", seq: queue.seq, used: used }, now);
+    const next = queues.refill("edge-1", "web", { aheadMs: 50, now: now });
     if (next) {
       assert.ok(queue.backends.length - used <= Math.max(1, queue.backends.length) / 2 || take < want);
       queue = next;
@@ -62,57 +66,61 @@ Deno.test("a queue grows to decide_ahead of the agent's rate, and is refilled on
 
 Deno.test("no queue holds more than maxQueue decisions, however fast its agent", () => {
   const queues = new DecisionQueues(roundRobin(["a"]));
-  let queue = queues.refill("edge-1", "web", 1_000, 0)!;
+  let queue = queues.refill("edge-1", "web", { aheadMs: 1_000, now: 0 })!;
   for (let now = 100; now <= 2_000; now += 100) {
-    queues.used("edge-1", "web", queue.seq, queue.backends.length, now);
-    queue = queues.refill("edge-1", "web", 1_000, now) ?? queue;
+    queues.used("edge-1", { service: "web", seq: queue.seq, used: queue.backends.length }, now);
+    queue = queues.refill("edge-1", "web", { aheadMs: 1_000, now: now }) ?? queue;
   }
   assert.equal(queue.backends.length, AHEAD_DEFAULTS.maxQueue);
 });
 
 Deno.test("a change of the service takes every queue of it back at once; another service keeps its own", () => {
   const queues = new DecisionQueues(roundRobin(["a", "b"]));
-  const web1 = queues.refill("edge-1", "web", 50, 0)!;
-  const web2 = queues.refill("edge-2", "web", 50, 0)!;
-  const api = queues.refill("edge-1", "api", 50, 0)!;
+  const web1 = queues.refill("edge-1", "web", { aheadMs: 50, now: 0 })!;
+  const web2 = queues.refill("edge-2", "web", { aheadMs: 50, now: 0 })!;
+  const api = queues.refill("edge-1", "api", { aheadMs: 50, now: 0 })!;
   assert.equal(queues.pending("web", "a") + queues.pending("web", "b"), 2);
   queues.invalidate("web");
   assert.equal(queues.pending("web", "a") + queues.pending("web", "b"), 0, "taken back: no longer pending");
   assert.equal(queues.queue("edge-1", "web"), null);
   assert.notEqual(queues.queue("edge-1", "api"), null);
   // Uses of a queue taken back do not count against what replaces it.
-  queues.used("edge-1", "web", web1.seq, 1, 1);
-  const again = queues.refill("edge-1", "web", 50, 2)!;
-  assert.ok(again.seq > Math.max(web1.seq, web2.seq, api.seq));
+  queues.used("edge-1", { service: "web", seq: web1.seq, used: 1 }, 1);
+  const again = queues.refill("edge-1", "web", { aheadMs: 50, now: 2 })!;
+  assert.ok(![web1.seq, web2.seq, api.seq].includes(again.seq), "a new number");
   assert.equal(queues.pending("web", again.backends[0]!), 1);
   assert.deepEqual(queues.counts().get("web"), { made: 3, used: 0, expired: 0, takenBack: 2, asked: 0 });
 });
 
 Deno.test("an unused queue expires after its ttl, and no longer counts", () => {
   const queues = new DecisionQueues(roundRobin(["a"]));
-  queues.refill("edge-1", "web", 50, 0);
+  queues.refill("edge-1", "web", { aheadMs: 50, now: 0 });
   queues.expire(999);
   assert.equal(queues.pending("web", "a"), 1);
   queues.expire(1_000);
   assert.equal(queues.pending("web", "a"), 0);
   assert.equal(queues.counts().get("web")?.expired, 1);
-  assert.notEqual(queues.refill("edge-1", "web", 50, 1_001), null, "a new one is made when asked");
+  assert.notEqual(
+    queues.refill("edge-1", "web", { aheadMs: 50, now: 1_001 }),
+    null,
+    "a new one is made when asked",
+  );
 });
 
 Deno.test("decide_ahead 0s takes back what an agent holds and makes no queue", () => {
   const chooser = roundRobin(["a"]);
   const queues = new DecisionQueues(chooser);
-  queues.refill("edge-1", "web", 50, 0);
-  assert.equal(queues.refill("edge-1", "web", 0, 1), null);
+  queues.refill("edge-1", "web", { aheadMs: 50, now: 0 });
+  assert.equal(queues.refill("edge-1", "web", { aheadMs: 0, now: 1 }), null);
   assert.equal(queues.pending("web", "a"), 0);
-  assert.equal(queues.refill("edge-1", "web", 0, 2), null);
+  assert.equal(queues.refill("edge-1", "web", { aheadMs: 0, now: 2 }), null);
   assert.deepEqual(chooser.asked, [1]);
 });
 
 Deno.test("an agent that leaves gives its queues back", () => {
   const queues = new DecisionQueues(roundRobin(["a", "b"]));
-  queues.refill("edge-1", "web", 50, 0);
-  queues.refill("edge-2", "web", 50, 0);
+  queues.refill("edge-1", "web", { aheadMs: 50, now: 0 });
+  queues.refill("edge-2", "web", { aheadMs: 50, now: 0 });
   queues.forgetAgent("edge-1");
   assert.equal(queues.pending("web", "a") + queues.pending("web", "b"), 1);
   assert.equal(queues.queue("edge-1", "web"), null);
@@ -159,7 +167,7 @@ Deno.test("property: under any sequence of refills, uses, changes and expiries, 
           now += elapsed;
           switch (step.kind) {
             case "refill": {
-              const queue = queues.refill(step.agent, step.service, step.aheadMs, now);
+              const queue = queues.refill(step.agent, step.service, { aheadMs: step.aheadMs, now: now });
               if (queue) {
                 assert.ok(queue.backends.length >= 1 && queue.backends.length <= AHEAD_DEFAULTS.maxQueue);
                 assert.ok(Number.isFinite(queue.ttlMs) && queue.ttlMs >= AHEAD_DEFAULTS.minTtlMs);
@@ -172,7 +180,11 @@ Deno.test("property: under any sequence of refills, uses, changes and expiries, 
               const target = step.recent !== null && step.recent < made.length
                 ? made[made.length - 1 - step.recent]!
                 : { agent: step.agent, service: step.service, seq: step.seq };
-              const backends = queues.used(target.agent, target.service, target.seq, step.used, now);
+              const backends = queues.used(target.agent, {
+                service: target.service,
+                seq: target.seq,
+                used: step.used,
+              }, now);
               for (const backend of backends) assert.ok(["a", "b", "c"].includes(backend));
               break;
             }

@@ -363,7 +363,11 @@ export class ClusterServer {
       case "decide": {
         const now = performance.now();
         const decisions = message.requests.map(({ id, service, client, lane }) => {
-          const { backend, ttlMs } = this.decider.decide(session.id, service, client.ip, now, lane);
+          const { backend, ttlMs } = this.decider.decide(
+            session.id,
+            { service, clientIp: client.ip, lane },
+            now,
+          );
           return { id, backend, ttlMs };
         });
         if (entry.version >= AHEAD_VERSION) channel.postFrame(encodeDecisions(decisions));
@@ -380,9 +384,7 @@ export class ClusterServer {
       }
       case "used": {
         const now = performance.now();
-        for (const { service, seq, used, lane } of message.queues) {
-          this.decider.used(session.id, service, seq, used, now, lane);
-        }
+        for (const queue of message.queues) this.decider.used(session.id, queue, now);
         for (const { service, lane } of message.queues) this.#refill(entry, service, lane);
         break;
       }
@@ -424,7 +426,7 @@ export class ClusterServer {
       entry.refills.add(refillKey(service, lane));
       return;
     }
-    const queue = this.decider.refill(entry.session.id, service, performance.now(), lane);
+    const queue = this.decider.refill(entry.session.id, { service, lane });
     const runtime = this.#model.service(service);
     if (queue === null || runtime === undefined) return;
     const indexes = new Map<string, number>();

@@ -13,6 +13,7 @@ import {
   DecisionQueues,
   holderOf,
   type Lane,
+  type QueueUse,
 } from "./ahead.ts";
 import type { BackendRuntime, ClusterModel, ServiceRuntime } from "./state.ts";
 import { effectiveWeight, openConnections } from "./state.ts";
@@ -38,6 +39,14 @@ export interface Decision {
   readonly reason: string;
 }
 
+/** A new flow the manager is asked about. */
+export interface FlowToDecide {
+  readonly service: string;
+  readonly clientIp: string;
+  /** The agent's lane whose queue of decisions made ahead was empty, if it named one. */
+  readonly lane?: Lane | undefined;
+}
+
 export class Decider implements Chooser {
   readonly #model: ClusterModel;
   /** Decisions made ahead for claimants (`decide_ahead`): pending connections until used. */
@@ -57,16 +66,11 @@ export class Decider implements Chooser {
   }
 
   /**
-   * Decides and records the decision as a pending open connection of `agent`; with decisions made ahead,
-   * it counts in the rate of the agent's `lane` (its queue there was empty).
+   * Decides a new flow of `agent` and records the decision as a pending open connection of it; with
+   * decisions made ahead, it counts in the rate of the lane it names (whose queue was empty).
    */
-  decide(
-    agent: string,
-    service: string,
-    clientIp: string,
-    now = performance.now(),
-    lane: Lane = "listen",
-  ): Decision {
+  decide(agent: string, flow: FlowToDecide, now = performance.now()): Decision {
+    const { service, clientIp, lane = "listen" } = flow;
     const started = performance.now();
     const decision = this.#decide(agent, service, clientIp, now, lane);
     if (!this.#model.service(service)) return decision;
@@ -125,31 +129,23 @@ export class Decider implements Chooser {
    * `DecisionQueues.refill`), at the service's `decide_ahead`; null when the one it has will do, or the
    * service decides per connection.
    */
-  refill(agent: string, service: string, now = performance.now(), lane: Lane = "listen"): AheadQueue | null {
+  refill(agent: string, queue: { service: string; lane?: Lane }, now = performance.now()): AheadQueue | null {
+    const { service, lane = "listen" } = queue;
     const runtime = this.#model.service(service);
-    return this.ahead.refill(
-      holderOf(agent, lane),
-      service,
-      runtime ? decideAheadOf(runtime.config) : 0,
+    return this.ahead.refill(holderOf(agent, lane), service, {
+      aheadMs: runtime ? decideAheadOf(runtime.config) : 0,
       now,
-    );
+    });
   }
 
   /**
    * `agent` used the first `used` decisions of its queue `seq` (a running total): connections now, counted
    * as decided for it until its next open counts.
    */
-  used(
-    agent: string,
-    service: string,
-    seq: number,
-    used: number,
-    now = performance.now(),
-    lane: Lane = "listen",
-  ): void {
-    const backends = this.ahead.used(holderOf(agent, lane), service, seq, used, now);
-    for (const backend of backends) this.#addPending(agent, service, backend);
-    this.#addRecent(service, backends);
+  used(agent: string, use: QueueUse & { readonly lane?: Lane }, now = performance.now()): void {
+    const backends = this.ahead.used(holderOf(agent, use.lane ?? "listen"), use, now);
+    for (const backend of backends) this.#addPending(agent, use.service, backend);
+    this.#addRecent(use.service, backends);
   }
 
   /** The decision a new flow of this client would get now, without recording it. */

@@ -28,7 +28,7 @@ Deno.test("short-lived connections are decided in proportion to effective weight
   try {
     const counts = new Map<string, number>();
     for (let i = 0; i < 4000; i++) {
-      const { backend } = decider.decide("edge-1", "web", `10.1.0.${i % 250}`);
+      const { backend } = decider.decide("edge-1", { service: "web", clientIp: `10.1.0.${i % 250}` });
       counts.set(String(backend), (counts.get(String(backend)) ?? 0) + 1);
       // Every connection has already closed when the agent next reports.
       if (i % 10 === 9) decider.reportOpen("edge-1", []);
@@ -45,7 +45,10 @@ Deno.test("a backend holding many open connections gets fewer new ones", () => {
   try {
     decider.reportOpen("edge-1", [{ service: "web", backend: A, open: 50 }]);
     // B's load (open + recently started) stays below A's 50 open for the next 20 decisions.
-    const picks = Array.from({ length: 20 }, () => decider.decide("edge-2", "web", "10.1.0.1").backend);
+    const picks = Array.from(
+      { length: 20 },
+      () => decider.decide("edge-2", { service: "web", clientIp: "10.1.0.1" }).backend,
+    );
     assert.deepEqual(picks.filter((b) => b === A), []);
     const explained = decider.preview("web", "10.1.0.1");
     assert.match(explained.reason, /weighted least connections/);
@@ -59,8 +62,8 @@ Deno.test("open counts are reports plus decisions since, and a report replaces a
   try {
     const service = model.service("web")!;
     const [a, b] = service.backends as [typeof service.backends[0], typeof service.backends[0]];
-    decider.decide("edge-1", "web", "10.1.0.1");
-    decider.decide("edge-1", "web", "10.1.0.2");
+    decider.decide("edge-1", { service: "web", clientIp: "10.1.0.1" });
+    decider.decide("edge-1", { service: "web", clientIp: "10.1.0.2" });
     assert.equal(decider.openCount(service, a) + decider.openCount(service, b), 2);
     decider.reportOpen("edge-1", [{ service: "web", backend: A, open: 1 }]);
     assert.equal(decider.openCount(service, a), 1);
@@ -76,9 +79,12 @@ Deno.test("open counts are reports plus decisions since, and a report replaces a
 Deno.test("client_ip affinity returns the same backend within the ttl, and re-decides after it", () => {
   const { model, decider, clock } = setup({ backends: [A, B], affinity: { key: "client_ip", ttl: "10s" } });
   try {
-    const first = decider.decide("edge-1", "web", "10.9.9.9", clock.now);
+    const first = decider.decide("edge-1", { service: "web", clientIp: "10.9.9.9" }, clock.now);
     for (let i = 0; i < 20; i++) {
-      assert.equal(decider.decide(`edge-${i % 3}`, "web", "10.9.9.9", 5_000).backend, first.backend);
+      assert.equal(
+        decider.decide(`edge-${i % 3}`, { service: "web", clientIp: "10.9.9.9" }, 5_000).backend,
+        first.backend,
+      );
     }
     assert.match(decider.preview("web", "10.9.9.9", 5_000).reason, /client affinity/);
     assert.doesNotMatch(decider.preview("web", "10.9.9.9", 10_001).reason, /client affinity/);
@@ -90,10 +96,10 @@ Deno.test("client_ip affinity returns the same backend within the ttl, and re-de
 Deno.test("no backend up means no decision, with the reason", () => {
   const { model, decider } = setup({ backends: [{ address: A, weight: 0 }] });
   try {
-    const decision = decider.decide("edge-1", "web", "10.1.0.1");
+    const decision = decider.decide("edge-1", { service: "web", clientIp: "10.1.0.1" });
     assert.equal(decision.backend, null);
     assert.match(decision.reason, /no backend is up/);
-    assert.equal(decider.decide("edge-1", "nope", "10.1.0.1").backend, null);
+    assert.equal(decider.decide("edge-1", { service: "nope", clientIp: "10.1.0.1" }).backend, null);
   } finally {
     model.close();
   }
@@ -137,8 +143,8 @@ function simulate(
         let backend: string | null;
         if (queue && queue.used < queue.backends.length) backend = queue.backends[queue.used++]!;
         else {
-          backend = decider.decide(agent, "web", "10.9.0.1", step).backend;
-          const refilled = decider.refill(agent, "web", step);
+          backend = decider.decide(agent, { service: "web", clientIp: "10.9.0.1" }, step).backend;
+          const refilled = decider.refill(agent, { service: "web" }, step);
           if (refilled) queues.set(agent, { seq: refilled.seq, backends: refilled.backends, used: 0 });
         }
         if (backend === null) continue;
@@ -147,8 +153,8 @@ function simulate(
       }
       const queue = queues.get(agent);
       if (queue && queue.used > 0) {
-        decider.used(agent, "web", queue.seq, queue.used, step);
-        const refilled = decider.refill(agent, "web", step);
+        decider.used(agent, { service: "web", seq: queue.seq, used: queue.used }, step);
+        const refilled = decider.refill(agent, { service: "web" }, step);
         if (refilled) queues.set(agent, { seq: refilled.seq, backends: refilled.backends, used: 0 });
       }
       if (step % 25 === 0) decider.reportOpen(agent, counts(agent));

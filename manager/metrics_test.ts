@@ -52,8 +52,8 @@ Deno.test("GET /metrics needs the admin token: 401 without, 403 with a feedback 
 
 Deno.test("the manager's /metrics counts decisions in the histogram and shows weights, states and feedback age", async () => {
   using h = harness();
-  for (let i = 0; i < 7; i++) h.decider.decide("agent-1", "web", `10.1.0.${i}`);
-  h.decider.decide("agent-1", "nosuch", "10.1.0.1");
+  for (let i = 0; i < 7; i++) h.decider.decide("agent-1", { service: "web", clientIp: `10.1.0.${i}` });
+  h.decider.decide("agent-1", { service: "nosuch", clientIp: "10.1.0.1" });
   h.model.applyFeedback([{ service: "web", backend: B, weight: 40 }]);
   h.model.setOperatorState("web", A, "drain");
   h.model.flushTables();
