@@ -10,12 +10,14 @@ import { formatHostPort, type HostPort, parseHostPort } from "../cluster/address
 import { TokenSigner } from "../cluster/auth.ts";
 import { CLAIM_BUCKETS, claimOwners, NO_AGENT } from "../cluster/claims.ts";
 import { ipBytes } from "../cluster/flow_key.ts";
+import { type Lane, LANES } from "../cluster/lanes.ts";
 import { logger } from "../cluster/log.ts";
-import { backendOrder, claimantOf, placeHash, type Placement } from "../cluster/placement.ts";
+import { backendOrder, claimantOf, placeHash, type Placement, preferFirst } from "../cluster/placement.ts";
 import {
   type AgentSpec,
   type ClusterState,
   decodeTable,
+  type QueueUsed,
   type ServiceSpec,
   type StateDelta,
 } from "../cluster/protocol.ts";
@@ -137,16 +139,23 @@ interface LiveService {
   draining: { plane: Plane; index: number } | null;
   /** Accept errors: when one was last logged, and how many since (at most one line per window). */
   acceptErrors: { lastLogged: number; unlogged: number };
-  /**
-   * The manager's queue of decisions made ahead the plane holds (`decide_ahead`): its number and length,
-   * how many of it the plane took, and how many of those the manager was told of.
-   */
-  ahead: { seq: number; size: number; taken: number; told: number } | null;
-  /**
-   * The manager's queue of decisions made ahead for flows other agents hand to this one (the `mesh` lane),
-   * taken by this agent as it places them, and how many of it the manager was told of.
-   */
-  meshAhead: { queue: QueuedDecisions; size: number; told: number } | null;
+  /** The manager's queues of decisions made ahead (`decide_ahead`), by lane. */
+  readonly ahead: Record<Lane, AheadLane | null>;
+}
+
+/**
+ * A queue of decisions the manager made ahead for one lane of a service: the flows this agent accepts and
+ * claims (`listen`: its plane holds the queue and takes from it), or those other agents hand it (`mesh`: the
+ * agent takes from it as it places them).
+ */
+interface AheadLane {
+  readonly seq: number;
+  readonly size: number;
+  /** The queue, for the lane the agent takes from itself; null where the plane holds it. */
+  readonly queue: QueuedDecisions | null;
+  /** Decisions taken so far (a running total), and how many of those the manager was told of. */
+  taken: number;
+  told: number;
 }
 
 /** A flow of a plane, from the agent's answer (or its connect) to its end. */
@@ -395,8 +404,7 @@ export class Agent {
         meshIndex: existing?.meshIndex ?? null,
         draining: null,
         acceptErrors: { lastLogged: -Infinity, unlogged: 0 },
-        ahead: null,
-        meshAhead: null,
+        ahead: { listen: null, mesh: null },
       };
       this.#services.set(spec.name, live);
       if (!this.#draining) this.#openListener(live, state);
@@ -683,7 +691,7 @@ export class Agent {
     const { spec } = service;
     const state = this.#state;
     // With decisions made ahead, a flow this agent claims takes the next of the manager's queue, unasked.
-    const decided = spec.decide === "manager" && spec.decideAheadMs > 0;
+    const decided = this.#decidesAhead(spec);
     const askAll = (spec.decide === "manager" && !decided) ||
       (spec.affinity.key === "client_ip" && spec.affinity.ttlMs > 0) ||
       this.#flowLog.isEnabledFor("debug");
@@ -708,8 +716,16 @@ export class Agent {
   }
 
   /**
-   * A queue of decisions the manager made ahead for a service: to its plane, when it was made for the
-   * state served (its backends are indexes into that state's).
+   * Whether new flows of a service take decisions the manager made ahead: it decides ahead for them, and
+   * the flow log is not at debug (which asks about every flow, for its line).
+   */
+  #decidesAhead(spec: ServiceSpec): boolean {
+    return spec.decide === "manager" && spec.decideAheadMs > 0 && !this.#flowLog.isEnabledFor("debug");
+  }
+
+  /**
+   * A queue of decisions the manager made ahead for a service: to its plane, or to the agent for the mesh
+   * lane, when it was made for the state served (its backends are indexes into that state's).
    */
   #takeDecisions(ahead: AheadMessage): void {
     const service = this.#services.get(ahead.service);
@@ -725,38 +741,33 @@ export class Agent {
       return;
     }
     const decisions = { seq: ahead.seq, backends: Uint16Array.from(ahead.backends), ttlMs: ahead.ttlMs };
+    let queue: QueuedDecisions | null = null;
     if (ahead.lane === "mesh") {
-      const queue = new QueuedDecisions();
+      queue = new QueuedDecisions();
       queue.set(decisions, performance.now());
-      service.meshAhead = { queue, size: ahead.backends.length, told: 0 };
-      return;
-    }
-    service.ahead = { seq: ahead.seq, size: ahead.backends.length, taken: 0, told: 0 };
-    listening!.plane.plane.setDecisions(listening!.index, decisions);
+    } else listening!.plane.plane.setDecisions(listening!.index, decisions);
+    service.ahead[ahead.lane] = { seq: ahead.seq, size: ahead.backends.length, queue, taken: 0, told: 0 };
   }
 
-  /** A service's plane forgets its queue of decisions made ahead; flows ask until the next comes. */
+  /** A service forgets its queues of decisions made ahead; flows ask until the next come. */
   #dropDecisions(service: LiveService): void {
-    service.meshAhead = null;
-    if (service.ahead === null) return;
-    service.ahead = null;
+    service.ahead.mesh = null;
+    if (service.ahead.listen === null) return;
+    service.ahead.listen = null;
     const listening = service.listening;
     listening?.plane.plane.setDecisions(listening.index, { seq: 0, backends: new Uint16Array(0), ttlMs: 0 });
   }
 
-  /** A plane took decisions of a service's queue (a running total): the manager is told soon. */
-  #decisionsTaken(service: LiveService, seq: number, taken: number): void {
-    const ahead = service.ahead;
-    if (ahead === null || ahead.seq !== seq || taken <= ahead.taken) return;
-    this.counters.decisions += taken - ahead.taken;
-    ahead.taken = taken;
-    this.#usedSoon(ahead.taken - ahead.told >= ahead.size / 2 || ahead.taken >= ahead.size);
-  }
-
-  /** The manager is told what was taken of its queues: now (a queue is half used), or within a moment. */
-  #usedSoon(now: boolean): void {
+  /**
+   * `taken` decisions of a lane's queue are taken (a running total): the manager is told at once when half
+   * of the queue is, else within `usedBatchMs`.
+   */
+  #decisionsTaken(lane: AheadLane, taken: number): void {
+    if (taken <= lane.taken) return;
+    this.counters.decisions += taken - lane.taken;
+    lane.taken = taken;
     if (this.#draining) return;
-    if (now) {
+    if (lane.taken - lane.told >= lane.size / 2 || lane.taken >= lane.size) {
       clearTimeout(this.#usedTimer);
       this.#usedTimer = undefined;
       this.#tellUsed();
@@ -770,21 +781,13 @@ export class Agent {
 
   /** Tells the manager what was taken of its queues since it was last told. */
   #tellUsed(): void {
-    const queues: { service: string; seq: number; used: number; lane: "listen" | "mesh" }[] = [];
+    const queues: QueueUsed[] = [];
     for (const service of this.#services.values()) {
-      const { ahead, meshAhead } = service;
-      if (ahead !== null && ahead.taken !== ahead.told) {
-        ahead.told = ahead.taken;
-        queues.push({ service: service.spec.name, seq: ahead.seq, used: ahead.taken, lane: "listen" });
-      }
-      if (meshAhead !== null && meshAhead.queue.taken !== meshAhead.told) {
-        meshAhead.told = meshAhead.queue.taken;
-        queues.push({
-          service: service.spec.name,
-          seq: meshAhead.queue.seq,
-          used: meshAhead.told,
-          lane: "mesh",
-        });
+      for (const name of LANES) {
+        const lane = service.ahead[name];
+        if (lane === null || lane.taken === lane.told) continue;
+        lane.told = lane.taken;
+        queues.push({ service: service.spec.name, seq: lane.seq, used: lane.taken, lane: name });
       }
     }
     if (queues.length > 0) this.#link?.sendUsed(queues);
@@ -922,7 +925,8 @@ export class Agent {
         continue;
       }
       if (kind === FlowEvent.DECIDED) {
-        if (service) this.#decisionsTaken(service, events[i + 3]!, events[i + 4]!);
+        const lane = service?.ahead.listen;
+        if (lane && lane.seq === events[i + 3]) this.#decisionsTaken(lane, events[i + 4]!);
         continue;
       }
       const key = flowKey(events[i + 2]!, events[i + 3]!);
@@ -1087,19 +1091,14 @@ export class Agent {
     let preferred = -1;
     const affinity = spec.affinity.key === "client_ip" && spec.affinity.ttlMs > 0;
     if (affinity) preferred = this.#indexOf(spec, this.#affinity.get(spec.name, endpoints.client.ip));
-    // Which queue of decisions made ahead this flow found empty, when it was to take one: the manager
-    // refills it. A flow asked about for its log line (debug) takes none.
-    const lane = spec.decide === "manager" && spec.decideAheadMs > 0 && !this.#flowLog.isEnabledFor("debug")
-      ? (handedOff ? "mesh" : "listen")
-      : undefined;
-    if (preferred < 0 && lane === "mesh" && service.meshAhead !== null && service.spec === spec) {
-      const taken = service.meshAhead.queue.take(performance.now());
-      if (taken >= 0 && spec.backends[taken]!.weight > 0) {
-        preferred = taken;
-        this.counters.decisions++;
-        const { queue, size, told } = service.meshAhead;
-        this.#usedSoon(queue.taken - told >= size / 2 || queue.left === 0);
-      }
+    // The lane whose queue of decisions made ahead this flow takes from, or found empty: the manager
+    // refills it then.
+    const lane = this.#decidesAhead(spec) ? (handedOff ? "mesh" : "listen") : undefined;
+    const queued = lane === "mesh" ? service.ahead.mesh : null;
+    if (preferred < 0 && queued?.queue) {
+      const taken = queued.queue.take(performance.now());
+      if (taken >= 0 && spec.backends[taken]!.weight > 0) preferred = taken;
+      this.#decisionsTaken(queued, queued.queue.taken);
     }
     if (preferred < 0 && spec.decide === "manager") {
       const decision = await this.#link?.decide(spec.name, endpoints.client, spec.decisionTimeoutMs, lane) ??
@@ -1114,12 +1113,7 @@ export class Agent {
       }
     }
     const order = backendOrder(table, place, spec.backends.length);
-    if (preferred >= 0) {
-      const at = order.indexOf(preferred);
-      if (at > 0) order.splice(at, 1);
-      if (at !== 0) order.unshift(preferred);
-    }
-    return order;
+    return preferred >= 0 ? preferFirst(order, preferred) : order;
   }
 
   /** Counts a flow served by `backend`, open until its load is released. */

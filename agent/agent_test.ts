@@ -6,7 +6,8 @@
 import assert from "node:assert/strict";
 import { claimOwners } from "../cluster/claims.ts";
 import { claimantOf, placeHash } from "../cluster/placement.ts";
-import type { ClusterState } from "../cluster/protocol.ts";
+import type { Lane } from "../cluster/lanes.ts";
+import type { ClusterState, QueueUsed } from "../cluster/protocol.ts";
 import { type Config, parseConfig } from "../manager/config.ts";
 import { ClusterModel } from "../manager/state.ts";
 import { Agent, AGENT_DEFAULTS } from "./agent.ts";
@@ -100,7 +101,7 @@ class FakeLink implements AgentLink {
   connected = true;
   readonly manager = { host: "127.0.0.1", port: 1 };
   readonly asked: Array<{ service: string; lane: string | undefined }> = [];
-  readonly used: Array<Array<{ service: string; seq: number; used: number; lane: string }>> = [];
+  readonly used: QueueUsed[][] = [];
   readonly openCounts: LinkReport["backends"][] = [];
   answer: Decision | null = null;
   constructor(readonly options: ManagerLinkOptions) {}
@@ -110,11 +111,11 @@ class FakeLink implements AgentLink {
     this.connected = false;
     return Promise.resolve();
   }
-  decide(service: string, _client: unknown, _timeoutMs: number, lane?: "listen" | "mesh") {
+  decide(service: string, _client: unknown, _timeoutMs: number, lane?: Lane) {
     this.asked.push({ service, lane });
     return Promise.resolve(this.answer);
   }
-  sendUsed(queues: Array<{ service: string; seq: number; used: number; lane: "listen" | "mesh" }>): void {
+  sendUsed(queues: QueueUsed[]): void {
     this.used.push(queues);
   }
   sendOpenCounts(backends: LinkReport["backends"]): void {

@@ -12,6 +12,7 @@ import { formatHostPort, type HostPort, parseHostPort } from "../cluster/address
 import { constantTimeEqual, proof, randomNonce } from "../cluster/auth.ts";
 import { Channel } from "../cluster/channel.ts";
 import { guard, guardAsync } from "../cluster/guard.ts";
+import type { Lane } from "../cluster/lanes.ts";
 import { logger } from "../cluster/log.ts";
 import { encodeDecide } from "../cluster/decision_frames.ts";
 import { PendingDecisions } from "./pending_decisions.ts";
@@ -23,6 +24,7 @@ import {
   type ManagerMessage,
   parseManagerMessage,
   PROTOCOL_VERSION,
+  type QueueUsed,
   type StateDelta,
 } from "../cluster/protocol.ts";
 
@@ -90,9 +92,9 @@ export interface AgentLink {
     service: string,
     client: { ip: string; port: number },
     timeoutMs: number,
-    lane?: "listen" | "mesh",
+    lane?: Lane,
   ): Promise<Decision | null>;
-  sendUsed(queues: Array<{ service: string; seq: number; used: number; lane: "listen" | "mesh" }>): void;
+  sendUsed(queues: QueueUsed[]): void;
   sendOpenCounts(backends: LinkReport["backends"]): void;
 }
 
@@ -104,7 +106,7 @@ export class ManagerLink implements AgentLink {
   #nextDecision = 1;
   /** Decisions asked for in this task, sent together once it ends. */
   #requests: Array<
-    { id: number; service: string; client: { ip: string; port: number }; lane?: "listen" | "mesh" }
+    { id: number; service: string; client: { ip: string; port: number }; lane?: Lane }
   > = [];
   #wake: (() => void) | null = null;
   #running: Promise<void> | null = null;
@@ -140,7 +142,7 @@ export class ManagerLink implements AgentLink {
     service: string,
     client: { ip: string; port: number },
     timeoutMs: number,
-    lane?: "listen" | "mesh",
+    lane?: Lane,
   ): Promise<Decision | null> {
     const channel = this.#channel;
     if (!channel || !this.#connected) return Promise.resolve(null);
@@ -179,7 +181,7 @@ export class ManagerLink implements AgentLink {
   }
 
   /** Tells the manager how much of each queue of decisions made ahead was used (running totals). */
-  sendUsed(queues: Array<{ service: string; seq: number; used: number; lane: "listen" | "mesh" }>): void {
+  sendUsed(queues: QueueUsed[]): void {
     if (this.#connected) this.#channel?.post({ type: "used", queues });
   }
 

@@ -60,13 +60,3 @@ export class QueuedDecisions {
     return moved;
   }
 }
-
-/**
- * The backends to try for a flow with a queued decision: that backend first, then the table's order without
- * it.
- */
-export function withDecision(decided: number, order: readonly number[]): number[] {
-  const ordered = [decided];
-  for (const backend of order) if (backend !== decided) ordered.push(backend);
-  return ordered;
-}

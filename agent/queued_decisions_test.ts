@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { QueuedDecisions, withDecision } from "./queued_decisions.ts";
+import { QueuedDecisions } from "./queued_decisions.ts";
 
 Deno.test("queued decisions are taken in order, once each, until none is left or the queue expires", () => {
   const queue = new QueuedDecisions();
@@ -18,14 +18,4 @@ Deno.test("queued decisions are taken in order, once each, until none is left or
     "a new queue replaces the old",
   );
   assert.deepEqual([queue.take(1_101), queue.take(1_102)], [1, -1]);
-});
-
-Deno.test("a decided backend goes first, then the table's order without it", () => {
-  assert.deepEqual(withDecision(2, [0, 1, 2, 3]), [2, 0, 1, 3]);
-  assert.deepEqual(withDecision(0, [0, 1]), [0, 1]);
-  assert.deepEqual(
-    withDecision(5, [0, 1]),
-    [5, 0, 1],
-    "a backend the table does not name is tried first all the same",
-  );
 });

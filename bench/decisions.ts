@@ -16,6 +16,8 @@
 import { parseArgs } from "node:util";
 import { type AheadMessage, ManagerLink } from "../agent/manager_link.ts";
 import { parseHostPort } from "../cluster/address.ts";
+import { startBackend } from "../tests/_backends.ts";
+import { CLUSTER_TOKEN, testConfig, testService } from "../tests/_config.ts";
 import { startManagerProcess } from "../tests/_helpers.ts";
 import { cpuMs } from "./_procs.ts";
 
@@ -41,35 +43,20 @@ const seconds = count("seconds", 1);
 const outstanding = count("outstanding", 1);
 
 /** Backends that accept and close: up for the manager's health checks, never sent a byte. */
-const listeners = Array.from({ length: backendCount }, () => Deno.listen({ hostname: "127.0.0.1", port: 0 }));
-const accepting = listeners.map(async (listener) => {
-  try {
-    for await (const conn of listener) conn.close();
-  } catch { /* closed */ }
-});
-
-const TOKEN = "bench-decisions-cluster-token-0123456789";
+const backends = Array.from({ length: backendCount }, () => startBackend(() => Promise.resolve()));
 const dir = await Deno.makeTempDir({ prefix: "switchyard-decisions-" });
-await Deno.writeTextFile(`${dir}/cluster.token`, TOKEN);
-const backends = listeners.map((listener) => `127.0.0.1:${listener.addr.port}`);
-const service = (name: string, ahead: string) => ({
-  name,
-  listen: "127.0.0.1:0",
-  decide: "manager",
-  decide_ahead: ahead,
-  backends,
-});
+await Deno.writeTextFile(`${dir}/cluster.token`, CLUSTER_TOKEN);
+const service = (name: string, ahead: string) =>
+  testService({
+    name,
+    decide: "manager",
+    decide_ahead: ahead,
+    backends: backends.map((backend) => backend.address),
+    health: null,
+  });
 const manager = await startManagerProcess(
   dir,
-  JSON.stringify({
-    manager: {
-      admin: "127.0.0.1:0",
-      cluster: "127.0.0.1:0",
-      tokens: { admin: "bench-decisions-admin-token-0123456789", cluster: { file: "cluster.token" } },
-    },
-    agents: { heartbeat: "1s" },
-    services: [service("asked", "0s"), service("ahead", "50ms")],
-  }),
+  testConfig({ services: [service("asked", "0s"), service("ahead", "50ms")], heartbeat: "1s" }),
   ["--log-level", "info"],
 );
 
@@ -78,7 +65,7 @@ const links: ManagerLink[] = [];
 for (let i = 0; i < agents; i++) {
   const link: ManagerLink = new ManagerLink({
     managers: [parseHostPort(manager.cluster)],
-    token: TOKEN,
+    token: CLUSTER_TOKEN,
     agentId: `bench-${i + 1}`,
     mesh: null,
     tls: null,
@@ -165,7 +152,6 @@ try {
 } finally {
   await Promise.all(links.map((link) => link.close()));
   await manager.proc.stop();
-  for (const listener of listeners) listener.close();
-  await Promise.all(accepting);
+  await Promise.all(backends.map((backend) => backend.close()));
   await Deno.remove(dir, { recursive: true });
 }

@@ -13,6 +13,8 @@
  * first, as `encodeFrame` does); the decoders take bodies, as `FrameDecoder` yields them.
  */
 
+import type { Lane } from "./lanes.ts";
+
 export const DECIDE_TAG = 0x01;
 export const DECISIONS_TAG = 0x02;
 
@@ -21,7 +23,7 @@ export interface DecideRequest {
   readonly id: number;
   readonly service: string;
   readonly client: { readonly ip: string; readonly port: number };
-  readonly lane?: "listen" | "mesh";
+  readonly lane?: Lane;
 }
 
 /** One answer of `decisions`. */

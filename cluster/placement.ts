@@ -59,6 +59,17 @@ export function backendOrder(table: Uint16Array, place: number, backendCount: nu
   return table.length === 0 ? [] : candidates(table, slotOf(table, place), backendCount);
 }
 
+/**
+ * `order` with `preferred` first (the manager's decision, the affinity cache's choice) and the rest in their
+ * order; a backend `order` does not name is put first all the same. Changes `order` and returns it.
+ */
+export function preferFirst(order: number[], preferred: number): number[] {
+  const at = order.indexOf(preferred);
+  if (at > 0) order.splice(at, 1);
+  if (at !== 0) order.unshift(preferred);
+  return order;
+}
+
 /** What is needed to place a service's flows without asking: its table and how its flows hash. */
 export interface Placement<Backend = unknown> {
   /** The service's backends, in the order its table indexes them. */

@@ -22,6 +22,7 @@ import {
   decodeDecide,
   decodeDecisions,
 } from "./decision_frames.ts";
+import { LANES } from "./lanes.ts";
 
 /**
  * 2: decisions asked and answered in batches (`decide` with `requests`, `decisions`).
@@ -39,11 +40,7 @@ export const MAX_FRAME_BYTES = 16 * 1024 * 1024;
 const base64 = z.string().regex(/^[A-Za-z0-9+/]*={0,2}$/, "Expected base64");
 const id = z.string().min(1).max(128);
 const counter = z.number().int().nonnegative();
-/**
- * Where an agent takes decisions made ahead: its listening plane (flows it accepts and claims) or itself
- * (flows handed to it over the mesh); each has its own queue.
- */
-const lane = z.enum(["listen", "mesh"]);
+const lane = z.enum(LANES);
 
 export const BackendSpecSchema = z.object({
   id: z.string().min(1).max(300),
@@ -188,6 +185,8 @@ const AgentMessage = z.discriminatedUnion("type", [
   }).strict(),
 ]);
 export type AgentMessage = z.infer<typeof AgentMessage>;
+/** How much of one queue of decisions made ahead an agent used so far, as `used` reports it. */
+export type QueueUsed = Extract<AgentMessage, { type: "used" }>["queues"][number];
 
 const ManagerMessage = z.discriminatedUnion("type", [
   z.object({ type: z.literal("challenge"), version: z.number().int(), nonce: base64, proof: base64 })

@@ -14,6 +14,8 @@
  * back. So a backend that goes down, drains or gets new feedback stops being chosen within one refill.
  */
 
+import type { Lane } from "../cluster/lanes.ts";
+import type { QueueUsed } from "../cluster/protocol.ts";
 import type { ServiceConfig } from "./config.ts";
 
 export const AHEAD_DEFAULTS = {
@@ -42,13 +44,6 @@ export function decideAheadOf(
   return service.decideAheadMs;
 }
 
-/**
- * Where an agent takes decisions made ahead: its listening plane, for the flows it accepts and claims
- * ("listen"), or the agent itself, for flows other agents hand it over the mesh ("mesh"). Each lane of an
- * agent has its own queue and rate.
- */
-export type Lane = "listen" | "mesh";
-
 /** The key of an agent's lane among the queues' holders. */
 export function holderOf(agent: string, lane: Lane): string {
   return lane === "mesh" ? `${agent}\u0000mesh` : agent;
@@ -69,14 +64,8 @@ export interface Chooser {
   chooseMany(service: string, count: number): string[];
 }
 
-/** How much of a queue its agent used so far, as it reports it (protocol `used`). */
-export interface QueueUse {
-  readonly service: string;
-  /** The queue's number. */
-  readonly seq: number;
-  /** Decisions of it used so far, from its start: a running total. */
-  readonly used: number;
-}
+/** How much of a queue its agent used so far (a running total), as `used` reports it. */
+export type QueueUse = Pick<QueueUsed, "service" | "seq" | "used">;
 
 /** The largest queue number; the next is 1. */
 export const MAX_SEQ = 2 ** 31 - 1;

@@ -23,7 +23,8 @@ import {
 } from "../cluster/protocol.ts";
 import { encodeDecisions } from "../cluster/decision_frames.ts";
 import { serviceDelta } from "../cluster/state_delta.ts";
-import { type Lane, laneOf } from "./ahead.ts";
+import { type Lane, LANES } from "../cluster/lanes.ts";
+import { laneOf } from "./ahead.ts";
 import type { AgentSession } from "./agent_session.ts";
 import { Decider } from "./decide.ts";
 import type { ManagerRole } from "./role.ts";
@@ -65,10 +66,10 @@ interface SessionEntry {
   /** Sent to the leader: it is closed once that is written. */
   leaving: boolean;
   /**
-   * Queues of decisions made ahead (by lane and service: `refillKey`) that wait for the push of the version
+   * Queues of decisions made ahead (the services of each lane) that wait for the push of the version
    * they are made in.
    */
-  readonly refills: Set<string>;
+  readonly refills: Record<Lane, Set<string>>;
 }
 
 /** The first protocol version that takes decisions made ahead and the compact decision frames. */
@@ -288,7 +289,7 @@ export class ClusterServer {
         channel,
         version: hello.version,
         leaving: false,
-        refills: new Set(),
+        refills: { listen: new Set(), mesh: new Set() },
       };
       this.#sessions.set(agentId, entry);
       this.#remembered.delete(agentId);
@@ -372,13 +373,10 @@ export class ClusterServer {
         });
         if (entry.version >= AHEAD_VERSION) channel.postFrame(encodeDecisions(decisions));
         else channel.post({ type: "decisions", decisions });
-        // An agent that asks naming a lane has no queue left there: it gets one, sized to its rate.
-        let last = "";
+        // An agent that asks naming a lane has no queue left there: it gets one, sized to its rate (the
+        // other asks of the batch find it made).
         for (const { service, lane } of message.requests) {
-          if (lane === undefined) continue;
-          const key = refillKey(service, lane);
-          if (key !== last) this.#refill(entry, service, lane);
-          last = key;
+          if (lane !== undefined) this.#refill(entry, service, lane);
         }
         break;
       }
@@ -423,7 +421,7 @@ export class ClusterServer {
     if (entry.version < AHEAD_VERSION || entry.leaving) return;
     const version = this.#model.version;
     if (entry.session.sentVersion !== version) {
-      entry.refills.add(refillKey(service, lane));
+      entry.refills[lane].add(service);
       return;
     }
     const queue = this.decider.refill(entry.session.id, { service, lane });
@@ -523,7 +521,7 @@ export class ClusterServer {
     for (const service of changed) {
       for (const holder of this.decider.ahead.invalidate(service)) {
         const { agent, lane } = laneOf(holder);
-        this.#sessions.get(agent)?.refills.add(refillKey(service, lane));
+        this.#sessions.get(agent)?.refills[lane].add(service);
       }
     }
 
@@ -550,28 +548,16 @@ export class ClusterServer {
       session.sentVersion = latest;
     }
     for (const entry of this.#sessions.values()) {
-      if (entry.refills.size === 0) continue;
-      const keys = [...entry.refills];
-      entry.refills.clear();
-      for (const key of keys) {
-        const { service, lane } = fromRefillKey(key);
-        this.#refill(entry, service, lane);
+      for (const lane of LANES) {
+        const services = [...entry.refills[lane]];
+        entry.refills[lane].clear();
+        for (const service of services) this.#refill(entry, service, lane);
       }
     }
   }
 }
 
 class HandshakeError extends Error {}
-
-/** A lane's queue of a service, as a key. */
-function refillKey(service: string, lane: Lane): string {
-  return `${lane}\u0000${service}`;
-}
-
-function fromRefillKey(key: string): { service: string; lane: Lane } {
-  const at = key.indexOf("\u0000");
-  return { lane: key.slice(0, at) as Lane, service: key.slice(at + 1) };
-}
 
 /** What an agent may send once it has a session. */
 const SESSION_MESSAGES: ReadonlySet<AgentMessage["type"]> = new Set([

@@ -5,6 +5,7 @@
  * `affinity.key: client_ip`, a client keeps its backend for the affinity ttl while that backend is up.
  */
 import { heapify, siftDown } from "../cluster/index_heap.ts";
+import type { Lane } from "../cluster/lanes.ts";
 import { Histogram } from "../cluster/prometheus.ts";
 import {
   type AheadQueue,
@@ -12,7 +13,6 @@ import {
   decideAheadOf,
   DecisionQueues,
   holderOf,
-  type Lane,
   type QueueUse,
 } from "./ahead.ts";
 import type { BackendRuntime, ClusterModel, ServiceRuntime } from "./state.ts";

@@ -150,14 +150,21 @@ export async function agentMetric(admin: string, name: string): Promise<number> 
   return series.find((s) => s.name === name && Object.keys(s.labels).length === 0)?.value ?? NaN;
 }
 
-/** Opens `count` connections through `port`, `concurrency` at a time, and counts the first line each gets. */
-export async function spread(port: number, count: number, concurrency = 50): Promise<Map<string, number>> {
+/**
+ * Opens `count` connections through `port` (or through each of several ports in turn), `concurrency` at a
+ * time, and counts the first line each gets.
+ */
+export async function spread(
+  port: number | readonly number[],
+  count: number,
+  concurrency = 50,
+): Promise<Map<string, number>> {
+  const ports = typeof port === "number" ? [port] : port;
   const tally = new Map<string, number>();
   let next = 0;
   const worker = async () => {
     while (next < count) {
-      next++;
-      const conn = await connectAndReadLine(port);
+      const conn = await connectAndReadLine(ports[next++ % ports.length]!);
       tally.set(conn.line, (tally.get(conn.line) ?? 0) + 1);
       await conn.close();
     }

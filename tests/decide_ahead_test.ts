@@ -7,12 +7,14 @@ import assert from "node:assert/strict";
 import { startGreeter } from "./_backends.ts";
 import { ADMIN_TOKEN, testService } from "./_config.ts";
 import { parseMetrics } from "./_prometheus.ts";
-import { agentsCaughtUp, connectAndReadLine, startTestCluster, type TestCluster } from "./_cluster.ts";
-import { eventually } from "./_helpers.ts";
-
-interface AgentsView {
-  agents: Array<{ id: string }>;
-}
+import {
+  agentsCaughtUp,
+  agentsListed,
+  connectAndReadLine,
+  spread,
+  startTestCluster,
+  type TestCluster,
+} from "./_cluster.ts";
 
 /** Decisions made ahead for `web` that came to `outcome`, from the manager's `/metrics`. */
 async function aheadTotal(cluster: TestCluster, outcome: string): Promise<number> {
@@ -24,26 +26,6 @@ async function aheadTotal(cluster: TestCluster, outcome: string): Promise<number
     series.labels.outcome === outcome
   );
   return sample?.value ?? 0;
-}
-
-/** Opens `count` short connections, `concurrency` at a time, spread over the agents; tallies the backends. */
-async function shortConnections(
-  cluster: TestCluster,
-  count: number,
-  concurrency: number,
-): Promise<Map<string, number>> {
-  const tally = new Map<string, number>();
-  let next = 0;
-  const worker = async () => {
-    while (next < count) {
-      const port = cluster.agents[next++ % cluster.agents.length]!.port;
-      const conn = await connectAndReadLine(port);
-      tally.set(conn.line, (tally.get(conn.line) ?? 0) + 1);
-      await conn.close();
-    }
-  };
-  await Promise.all(Array.from({ length: concurrency }, worker));
-  return tally;
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -63,14 +45,6 @@ function startCluster(
   });
 }
 
-async function bothAgents(cluster: TestCluster): Promise<void> {
-  await eventually(
-    async () => (await cluster.api<AgentsView>("/v1/agents")).agents.length === cluster.agents.length,
-    10_000,
-    `${cluster.agents.length} agents`,
-  );
-}
-
 Deno.test("decided ahead: a backend holding 300 long connections gets under a sixth of 3,000 new ones", async () => {
   const backends = [
     startGreeter("holder", { hold: true }),
@@ -80,17 +54,17 @@ Deno.test("decided ahead: a backend holding 300 long connections gets under a si
   const cluster = await startCluster(backends.map((backend) => backend.address), { decide_ahead: "50ms" });
   const held: Array<{ close(): Promise<void> }> = [];
   try {
-    await bothAgents(cluster);
+    await agentsListed(cluster, 2);
     // The holder alone first: 300 connections it holds open while the others are drained.
     await setState(cluster, backends[1]!.address, "drain");
     await setState(cluster, backends[2]!.address, "drain");
-    await settled(cluster);
+    await agentsCaughtUp(cluster);
     for (let i = 0; i < 300; i++) held.push(await connectAndReadLine(cluster.agents[i % 2]!.port));
     assert.equal(backends[0]!.open(), 300);
     await setState(cluster, backends[1]!.address, "up");
     await setState(cluster, backends[2]!.address, "up");
-    await settled(cluster);
-    const tally = await shortConnections(cluster, 3_000, 20);
+    await agentsCaughtUp(cluster);
+    const tally = await spread(cluster.agents.map((agent) => agent.port), 3_000, 20);
     const holder = tally.get("holder") ?? 0;
     assert.equal((tally.get("b2") ?? 0) + (tally.get("b3") ?? 0) + holder, 3_000, JSON.stringify([...tally]));
     assert.ok(holder < 500, `the holder got ${holder} of 3,000 (${JSON.stringify([...tally])})`);
@@ -110,11 +84,6 @@ async function setState(cluster: TestCluster, address: string, state: "drain" | 
   });
 }
 
-/** Waits until every agent serves the manager's current state. */
-async function settled(cluster: TestCluster): Promise<void> {
-  await agentsCaughtUp(cluster);
-}
-
 Deno.test("decided ahead: weights 3:1 with no connection held split new connections 75/25 within 3 points", async () => {
   const backends = [startGreeter("heavy"), startGreeter("light")];
   const cluster = await startCluster([
@@ -122,8 +91,8 @@ Deno.test("decided ahead: weights 3:1 with no connection held split new connecti
     { address: backends[1]!.address, weight: 100 },
   ]);
   try {
-    await bothAgents(cluster);
-    const tally = await shortConnections(cluster, 4_000, 20);
+    await agentsListed(cluster, 2);
+    const tally = await spread(cluster.agents.map((agent) => agent.port), 4_000, 20);
     const heavy = (tally.get("heavy") ?? 0) / 4_000;
     // Flows each agent claims, and flows handed to it over the mesh, take decisions made ahead.
     const used = await aheadTotal(cluster, "used");
@@ -143,7 +112,7 @@ Deno.test("decided ahead: a backend drained mid-load gets no new connection 1 s 
   const backends = [startGreeter("b1"), startGreeter("b2"), startGreeter("b3")];
   const cluster = await startCluster(backends.map((backend) => backend.address));
   try {
-    await bothAgents(cluster);
+    await agentsListed(cluster, 2);
     let stop = false;
     // Each connection's backend (its first line), by when it was opened.
     const seen: Array<{ at: number; line: string }> = [];
@@ -177,7 +146,7 @@ Deno.test("decided ahead: the manager SIGKILLed mid-load fails no connection", a
   const backends = [startGreeter("b1"), startGreeter("b2")];
   const cluster = await startCluster(backends.map((backend) => backend.address));
   try {
-    await bothAgents(cluster);
+    await agentsListed(cluster, 2);
     let stop = false;
     let failed = 0;
     let made = 0;

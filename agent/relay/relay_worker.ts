@@ -6,10 +6,10 @@
  */
 import { setImmediate } from "node:timers";
 import type { HostPort } from "../../cluster/address.ts";
-import { placeFlow, placeHashOfBytes, type Placement } from "../../cluster/placement.ts";
+import { placeFlow, placeHashOfBytes, type Placement, preferFirst } from "../../cluster/placement.ts";
 import { FlowEvent, type PlaneService } from "../data_plane.ts";
 import type { FromWorker, ToWorker } from "./messages.ts";
-import { QueuedDecisions, withDecision } from "../queued_decisions.ts";
+import { QueuedDecisions } from "../queued_decisions.ts";
 import { Relay } from "./relay.ts";
 import { decodeAddress, ipOfAddress, portOfAddress } from "./sockaddr.ts";
 import { AnswerQueue, AskQueue, counters, EventQueue, POSTED, SIGNAL } from "./shared_queues.ts";
@@ -180,7 +180,7 @@ function listen(relay: Relay, service: PlaneService): void {
         const order = placeFlow(placement, place);
         if (order === null || !placement.decided) return order;
         const decided = decisions[index]!.take(performance.now());
-        return decided < 0 ? null : withDecision(decided, order);
+        return decided < 0 ? null : preferFirst(order, decided);
       },
     });
   } catch (error) {

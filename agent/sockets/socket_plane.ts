@@ -9,7 +9,7 @@
  */
 import type { HostPort } from "../../cluster/address.ts";
 import { logger } from "../../cluster/log.ts";
-import { placeFlow, placeHash, type Placement } from "../../cluster/placement.ts";
+import { placeFlow, placeHash, type Placement, preferFirst } from "../../cluster/placement.ts";
 import { writeAll } from "../../cluster/write_all.ts";
 import { encodeProxyHeader } from "../../cluster/proxy_protocol.ts";
 import {
@@ -28,7 +28,7 @@ import { Connector } from "./connect.ts";
 import { InFlight } from "./in_flight.ts";
 import { coarseClock, pump, type PumpEnd, type PumpStats } from "./pump.ts";
 import { SlotList } from "./slot_list.ts";
-import { type Decisions, QueuedDecisions, withDecision } from "../queued_decisions.ts";
+import { type Decisions, QueuedDecisions } from "../queued_decisions.ts";
 
 const log = logger("agent", "sockets");
 
@@ -316,7 +316,7 @@ export class SocketDataPlane implements DataPlane {
     let order = placeFlow(placement, placeHash(placement.placeBy, client, destination, placement.seed));
     if (order !== null && placement.decided) {
       const decided = service.decisions.take(performance.now());
-      order = decided < 0 ? null : withDecision(decided, order);
+      order = decided < 0 ? null : preferFirst(order, decided);
       if (decided >= 0) this.#decided(index);
     }
     if (order === null) {
