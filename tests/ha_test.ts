@@ -97,14 +97,19 @@ Deno.test({
         "drain",
         0,
       ]]);
+      // What the standby showed last, for the failure's message.
+      let standbyWeights = "";
       await eventually(
         async () => {
           const view = (await c.api<ServicesView>(standby, "/v1/services")).services[0]!.backends;
-          return view.map((b) => b.effective_weight).join() === "100,25,0";
+          standbyWeights = view.map((b) => b.effective_weight).join();
+          return standbyWeights === "100,25,0";
         },
         5_000,
         "the standby to follow the drain and the feedback",
-      );
+      ).catch((error) => {
+        throw new Error(`${error.message}: the standby shows weights ${standbyWeights}`);
+      });
       await eventually(() => caughtUp(c, leader, 2), 10_000, "both agents to serve the drain");
       const claimsBefore = (await c.api<AgentsView>(leader, "/v1/agents")).agents.map((a) => [a.id, a.claim]);
       assert.equal(claimsBefore.length, 2);
