@@ -690,11 +690,13 @@ export class Agent {
   #placementOf(service: LiveService): Placement<HostPort> {
     const { spec } = service;
     const state = this.#state;
-    // With decisions made ahead, a flow this agent claims takes the next of the manager's queue, unasked.
-    const decided = this.#decidesAhead(spec);
-    const askAll = (spec.decide === "manager" && !decided) ||
+    // With decisions made ahead, a flow this agent claims takes the next of the manager's queue, unasked;
+    // at debug the agent places every flow (for its log line), from the same queue, which it then holds.
+    const logsFlows = this.#logsEveryFlow();
+    const decided = this.#decidesAhead(spec) && !logsFlows;
+    const askAll = (spec.decide === "manager" && !this.#decidesAhead(spec)) ||
       (spec.affinity.key === "client_ip" && spec.affinity.ttlMs > 0) ||
-      this.#flowLog.isEnabledFor("debug");
+      logsFlows;
     let askBuckets: Uint8Array | null = null;
     if (askAll) askBuckets = new Uint8Array(CLAIM_BUCKETS).fill(1);
     else if (spec.handoff === "claimant" && this.#claimOwners !== null && state !== null) {
@@ -715,17 +717,23 @@ export class Agent {
     };
   }
 
-  /**
-   * Whether new flows of a service take decisions the manager made ahead: it decides ahead for them, and
-   * the flow log is not at debug (which asks about every flow, for its line).
-   */
+  /** Whether new flows of a service take decisions the manager made ahead: it decides ahead for them. */
   #decidesAhead(spec: ServiceSpec): boolean {
-    return spec.decide === "manager" && spec.decideAheadMs > 0 && !this.#flowLog.isEnabledFor("debug");
+    return spec.decide === "manager" && spec.decideAheadMs > 0;
+  }
+
+  /**
+   * Whether the flow log is at debug: planes then ask the agent about every flow, for its line, and the
+   * agent holds both lanes' queues of decisions made ahead (the decisions are the same).
+   */
+  #logsEveryFlow(): boolean {
+    return this.#flowLog.isEnabledFor("debug");
   }
 
   /**
    * A queue of decisions the manager made ahead for a service: to its plane, or to the agent for the mesh
-   * lane, when it was made for the state served (its backends are indexes into that state's).
+   * lane (and for both when it logs every flow), when it was made for the state served (its backends are
+   * indexes into that state's).
    */
   #takeDecisions(ahead: AheadMessage): void {
     const service = this.#services.get(ahead.service);
@@ -742,7 +750,7 @@ export class Agent {
     }
     const decisions = { seq: ahead.seq, backends: Uint16Array.from(ahead.backends), ttlMs: ahead.ttlMs };
     let queue: QueuedDecisions | null = null;
-    if (ahead.lane === "mesh") {
+    if (ahead.lane === "mesh" || this.#logsEveryFlow()) {
       queue = new QueuedDecisions();
       queue.set(decisions, performance.now());
     } else listening!.plane.plane.setDecisions(listening!.index, decisions);
@@ -1077,8 +1085,9 @@ export class Agent {
   /**
    * The backends to try for a flow, in order (indexes into `spec.backends`): the table's candidates from
    * the flow's place, with the preferred one first: the affinity cache's, else the manager's decision
-   * (`decide: manager`): for a flow handed to this agent, the next of the manager's decisions made ahead for
-   * that lane, with no round trip; else asked, and the affinity cache then keeps it.
+   * (`decide: manager`): the next of the manager's decisions made ahead for the flow's lane, when this agent
+   * holds that queue (the mesh lane's; both at debug), with no round trip; else asked, and the affinity
+   * cache then keeps it.
    */
   async #backendOrder(
     service: LiveService,
@@ -1094,7 +1103,8 @@ export class Agent {
     // The lane whose queue of decisions made ahead this flow takes from, or found empty: the manager
     // refills it then.
     const lane = this.#decidesAhead(spec) ? (handedOff ? "mesh" : "listen") : undefined;
-    const queued = lane === "mesh" ? service.ahead.mesh : null;
+    // The plane takes from the listen lane's queue itself, unless this agent logs every flow.
+    const queued = lane === undefined ? null : service.ahead[lane];
     if (preferred < 0 && queued?.queue) {
       const taken = queued.queue.take(performance.now());
       if (taken >= 0 && spec.backends[taken]!.weight > 0) preferred = taken;

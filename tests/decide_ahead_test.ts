@@ -31,16 +31,17 @@ async function aheadTotal(cluster: TestCluster, outcome: string): Promise<number
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
- * Two agents and service `web` deciding by the manager, ahead by default. The agents log at `info`: at
- * `debug` every flow is asked about, for its log line.
+ * Two agents and service `web` deciding by the manager, ahead by default. The agents log at `info` unless
+ * told: at `debug` they place every flow on their main thread, for its log line.
  */
 function startCluster(
   backends: Array<string | { address: string; weight: number }>,
   service: Record<string, unknown> = {},
+  logLevel: "info" | "debug" = "info",
 ): Promise<TestCluster> {
   return startTestCluster({
     agents: 2,
-    agentArgs: () => ["--log-level", "info"],
+    agentArgs: () => ["--log-level", logLevel],
     services: [testService({ decide: "manager", backends, health: null, ...service })],
   });
 }
@@ -84,29 +85,42 @@ async function setState(cluster: TestCluster, address: string, state: "drain" | 
   });
 }
 
-Deno.test("decided ahead: weights 3:1 with no connection held split new connections 75/25 within 3 points", async () => {
-  const backends = [startGreeter("heavy"), startGreeter("light")];
-  const cluster = await startCluster([
-    { address: backends[0]!.address, weight: 300 },
-    { address: backends[1]!.address, weight: 100 },
-  ]);
-  try {
-    await agentsListed(cluster, 2);
-    const tally = await spread(cluster.agents.map((agent) => agent.port), 4_000, 20);
-    const heavy = (tally.get("heavy") ?? 0) / 4_000;
-    // Flows each agent claims, and flows handed to it over the mesh, take decisions made ahead.
-    const used = await aheadTotal(cluster, "used");
-    const asked = await aheadTotal(cluster, "asked");
-    assert.ok(used > 3_000 && asked < used / 4, `${used} decisions made ahead used, ${asked} asked`);
-    assert.ok(
-      Math.abs(heavy - 0.75) <= 0.03,
-      `heavy got ${(heavy * 100).toFixed(1)}%: ${JSON.stringify([...tally])}`,
+for (const logLevel of ["info", "debug"] as const) {
+  Deno.test(`decided ahead, agents at ${logLevel}: weights 3:1 with no connection held split new connections 75/25 within 3 points`, async () => {
+    const backends = [startGreeter("heavy"), startGreeter("light")];
+    const cluster = await startCluster(
+      [
+        { address: backends[0]!.address, weight: 300 },
+        { address: backends[1]!.address, weight: 100 },
+      ],
+      {},
+      logLevel,
     );
-  } finally {
-    await cluster.close();
-    await Promise.all(backends.map((backend) => backend.close()));
-  }
-});
+    try {
+      await agentsListed(cluster, 2);
+      const tally = await spread(cluster.agents.map((agent) => agent.port), 4_000, 20);
+      const heavy = (tally.get("heavy") ?? 0) / 4_000;
+      // Flows each agent claims, and flows handed to it over the mesh, take decisions made ahead.
+      const used = await aheadTotal(cluster, "used");
+      const asked = await aheadTotal(cluster, "asked");
+      assert.ok(used > 3_000 && asked < used / 4, `${used} decisions made ahead used, ${asked} asked`);
+      assert.ok(
+        Math.abs(heavy - 0.75) <= 0.03,
+        `heavy got ${(heavy * 100).toFixed(1)}%: ${JSON.stringify([...tally])}`,
+      );
+      if (logLevel === "debug") {
+        // Each flow's line names the backend the queue gave it.
+        const served = cluster.agents.flatMap((agent) =>
+          agent.proc.logs.filter((line) => line.message.includes(" served by ") && line.properties.backend)
+        );
+        assert.ok(served.length >= 3_000, `${served.length} flows logged as served`);
+      }
+    } finally {
+      await cluster.close();
+      await Promise.all(backends.map((backend) => backend.close()));
+    }
+  });
+}
 
 Deno.test("decided ahead: a backend drained mid-load gets no new connection 1 s later", async () => {
   const backends = [startGreeter("b1"), startGreeter("b2"), startGreeter("b3")];
