@@ -44,3 +44,13 @@ export function sumOf(series: readonly Series[], name: string, labels: Record<st
     .filter((s) => s.name === name && Object.entries(labels).every(([key, value]) => s.labels[key] === value))
     .reduce((total, s) => total + s.value, 0);
 }
+
+/**
+ * The new connections a manager's `/metrics` page says it decided: those its claimants asked about one by
+ * one, and those that took a decision from one of its queues made ahead.
+ */
+export function flowsDecided(page: string): number {
+  const series = parseMetrics(page);
+  return sumOf(series, "switchyard_decisions_total") +
+    sumOf(series, "switchyard_decisions_ahead_total", { outcome: "used" });
+}

@@ -17,6 +17,7 @@ import { eventually, type LogLine, needs } from "./_helpers.ts";
 import type { ClusterBody } from "./_ha.ts";
 import { sleep, startLoad, summarize } from "./_load.ts";
 import { meshAgentArgs, netnsUnavailable, NsProc, TestNetwork } from "./_netns.ts";
+import { flowsDecided } from "./_prometheus.ts";
 
 const NAME =
   "the leader partitioned from etcd steps down within its lease and decides nothing more; the standby leads, agents follow, no connection fails";
@@ -107,11 +108,7 @@ Deno.test({
         if (!response.ok) throw new Error(`${path} answered ${response.status}`);
         return path === "/metrics" ? (await response.text()) as T : (await response.json()) as T;
       };
-      const decisions = async (manager: typeof m1) =>
-        (await api<string>(manager, "/metrics")).split("\n").filter((l) =>
-          l.startsWith("switchyard_decisions_total{")
-        )
-          .reduce((sum, l) => sum + Number(l.split(" ").pop()), 0);
+      const decisions = async (manager: typeof m1) => flowsDecided(await api<string>(manager, "/metrics"));
       const role = (manager: typeof m1) => api<ClusterBody>(manager, "/v1/cluster").catch(() => null);
 
       // M1 first, so that it is the one that leads.

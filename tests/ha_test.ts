@@ -11,6 +11,7 @@ import { startGreeter } from "./_backends.ts";
 import { eventually, freeFixedPort, needs } from "./_helpers.ts";
 import { type ClusterBody, HaCluster, type HaManager, haService } from "./_ha.ts";
 import { sleep, startLoad, summarize } from "./_load.ts";
+import { flowsDecided } from "./_prometheus.ts";
 
 const unavailable = etcdUnavailable();
 const LEASE_MS = 2_000;
@@ -151,10 +152,7 @@ Deno.test({
       const all = summarize(records);
       const afterKill = records.filter((r) => r.start >= killedAt);
       const metrics = await (await c.request(standby, "/metrics")).text();
-      const newLeaderDecisions = metrics.split("\n").filter((l) =>
-        l.startsWith("switchyard_decisions_total{")
-      )
-        .reduce((sum, l) => sum + Number(l.split(" ").pop()), 0);
+      const newLeaderDecisions = flowsDecided(metrics);
       console.log(
         `load ${all.text}; ${afterKill.length} after the kill; the standby led ${
           ledAfter.toFixed(0)

@@ -57,6 +57,8 @@ Deno.test("/metrics on the agents and the manager count 37 then 40 known connect
     agentArgs: () => ["--admin", "127.0.0.1:0"],
     services: [testService({
       decide: "manager",
+      // Each connection asked about, so that every decision shows in the asked flows' counts and times.
+      decide_ahead: "0s",
       decision_timeout: "2s",
       handoff: "claimant",
       backends: [dead, backend.address],
