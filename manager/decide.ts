@@ -58,7 +58,10 @@ export class Decider implements Chooser {
   readonly #recent = new Map<string, Map<string, number>>();
   /** Seconds each decision took, by service, for `/metrics`. */
   readonly seconds = new Map<string, Histogram>();
-  /** Decisions by service and chosen backend (`none` when no backend could take it), for `/metrics`. */
+  /**
+   * Flows decided by service and chosen backend (`none` when no backend could take it), for `/metrics`: those
+   * asked about, and those that took a decision made ahead, as their agents report it.
+   */
   readonly counts = new Map<string, Map<string, number>>();
 
   constructor(model: ClusterModel) {
@@ -77,11 +80,16 @@ export class Decider implements Chooser {
     let histogram = this.seconds.get(service);
     if (!histogram) this.seconds.set(service, histogram = new Histogram(DECISION_BUCKETS_S));
     histogram.observe((performance.now() - started) / 1000);
+    this.#countDecided(service, [decision.backend ?? "none"]);
+    return decision;
+  }
+
+  /** Counts decisions of `service` by the backend chosen, for `/metrics`. */
+  #countDecided(service: string, backends: readonly string[]): void {
+    if (backends.length === 0) return;
     let counts = this.counts.get(service);
     if (!counts) this.counts.set(service, counts = new Map());
-    const chosen = decision.backend ?? "none";
-    counts.set(chosen, (counts.get(chosen) ?? 0) + 1);
-    return decision;
+    for (const backend of backends) counts.set(backend, (counts.get(backend) ?? 0) + 1);
   }
 
   #decide(agent: string, service: string, clientIp: string, now: number, lane: Lane): Decision {
@@ -140,12 +148,13 @@ export class Decider implements Chooser {
 
   /**
    * `agent` used the first `used` decisions of its queue `seq` (a running total): connections now, counted
-   * as decided for it until its next open counts.
+   * as decided for it until its next open counts, and among the flows decided by backend.
    */
   used(agent: string, use: QueueUse & { readonly lane?: Lane }, now = performance.now()): void {
     const backends = this.ahead.used(holderOf(agent, use.lane ?? "listen"), use, now);
     for (const backend of backends) this.#addPending(agent, use.service, backend);
     this.#addRecent(use.service, backends);
+    this.#countDecided(use.service, backends);
   }
 
   /** The decision a new flow of this client would get now, without recording it. */

@@ -173,6 +173,15 @@ Deno.test("decided ahead by three agents, short connections split by weight 3:1 
     assert.ok(Math.abs(share - 0.75) <= 0.01, `A got ${(share * 100).toFixed(2)}%`);
     const counts = decider.ahead.counts().get("web")!;
     assert.ok(counts.used > 10 * counts.asked, `${counts.used} used, ${counts.asked} asked`);
+    // Flows decided by backend: each asked about, and each use of a queue reported before the queue was
+    // replaced (an agent that empties its queue asks, and the refill replaces it before the last uses are
+    // told: those few are connections all the same, but not counted by backend).
+    const byBackend = decider.counts.get("web")!;
+    assert.equal([...byBackend.values()].reduce((sum, n) => sum + n, 0), counts.used + counts.asked);
+    for (const [backend, n] of started) {
+      const counted = byBackend.get(backend) ?? 0;
+      assert.ok(counted <= n && counted >= n * 0.999, `${backend}: ${counted} counted of ${n} started`);
+    }
   } finally {
     model.close();
   }

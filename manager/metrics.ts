@@ -99,7 +99,8 @@ export function managerMetrics(source: ManagerMetricsSource): string {
     )
     .counter(
       "switchyard_decisions_total",
-      "Flows the manager decided, by the backend it chose.",
+      "Flows the manager decided, by the backend it chose: asked about one at a time, or taken from its " +
+        "queues made ahead (counted as the agents report their use).",
       nested(source.decisions),
     )
     .counter(

@@ -47,10 +47,9 @@ export function sumOf(series: readonly Series[], name: string, labels: Record<st
 
 /**
  * The new connections a manager's `/metrics` page says it decided: those its claimants asked about one by
- * one, and those that took a decision from one of its queues made ahead.
+ * one, and those that took a decision from one of its queues made ahead (`switchyard_decisions_total` counts
+ * both).
  */
 export function flowsDecided(page: string): number {
-  const series = parseMetrics(page);
-  return sumOf(series, "switchyard_decisions_total") +
-    sumOf(series, "switchyard_decisions_ahead_total", { outcome: "used" });
+  return sumOf(parseMetrics(page), "switchyard_decisions_total");
 }
