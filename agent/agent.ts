@@ -141,6 +141,11 @@ interface LiveService {
   acceptErrors: { lastLogged: number; unlogged: number };
   /** The manager's queues of decisions made ahead (`decide_ahead`), by lane. */
   readonly ahead: Record<Lane, AheadLane | null>;
+  /**
+   * The queue each lane held before, until the manager is told what was taken of it: a queue emptied asks
+   * for the next, which can come before the last uses of the old one were told.
+   */
+  readonly aheadFormer: Record<Lane, AheadLane | null>;
 }
 
 /**
@@ -405,6 +410,7 @@ export class Agent {
         draining: null,
         acceptErrors: { lastLogged: -Infinity, unlogged: 0 },
         ahead: { listen: null, mesh: null },
+        aheadFormer: { listen: null, mesh: null },
       };
       this.#services.set(spec.name, live);
       if (!this.#draining) this.#openListener(live, state);
@@ -754,16 +760,31 @@ export class Agent {
       queue = new QueuedDecisions();
       queue.set(decisions, performance.now());
     } else listening!.plane.plane.setDecisions(listening!.index, decisions);
+    this.#retire(service, ahead.lane);
     service.ahead[ahead.lane] = { seq: ahead.seq, size: ahead.backends.length, queue, taken: 0, told: 0 };
   }
 
   /** A service forgets its queues of decisions made ahead; flows ask until the next come. */
   #dropDecisions(service: LiveService): void {
-    service.ahead.mesh = null;
+    this.#retire(service, "mesh");
     if (service.ahead.listen === null) return;
-    service.ahead.listen = null;
+    this.#retire(service, "listen");
     const listening = service.listening;
     listening?.plane.plane.setDecisions(listening.index, { seq: 0, backends: new Uint16Array(0), ttlMs: 0 });
+  }
+
+  /**
+   * A lane's queue is no longer taken from: it becomes the lane's former one, whose uses the plane may still
+   * report (it tells what was taken of a queue before taking the next), and the manager is told of.
+   */
+  #retire(service: LiveService, lane: Lane): void {
+    const current = service.ahead[lane];
+    if (current === null) return;
+    // A former queue with uses untold is told of now, before it is forgotten.
+    const former = service.aheadFormer[lane];
+    if (former !== null && former.taken > former.told) this.#tellUsed();
+    service.aheadFormer[lane] = current;
+    service.ahead[lane] = null;
   }
 
   /**
@@ -792,10 +813,11 @@ export class Agent {
     const queues: QueueUsed[] = [];
     for (const service of this.#services.values()) {
       for (const name of LANES) {
-        const lane = service.ahead[name];
-        if (lane === null || lane.taken === lane.told) continue;
-        lane.told = lane.taken;
-        queues.push({ service: service.spec.name, seq: lane.seq, used: lane.taken, lane: name });
+        for (const lane of [service.aheadFormer[name], service.ahead[name]]) {
+          if (lane === null || lane.taken === lane.told) continue;
+          lane.told = lane.taken;
+          queues.push({ service: service.spec.name, seq: lane.seq, used: lane.taken, lane: name });
+        }
       }
     }
     if (queues.length > 0) this.#link?.sendUsed(queues);
@@ -933,8 +955,9 @@ export class Agent {
         continue;
       }
       if (kind === FlowEvent.DECIDED) {
-        const lane = service?.ahead.listen;
-        if (lane && lane.seq === events[i + 3]) this.#decisionsTaken(lane, events[i + 4]!);
+        const seq = events[i + 3];
+        const lane = [service?.ahead.listen, service?.aheadFormer.listen].find((each) => each?.seq === seq);
+        if (lane) this.#decisionsTaken(lane, events[i + 4]!);
         continue;
       }
       const key = flowKey(events[i + 2]!, events[i + 3]!);

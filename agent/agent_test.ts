@@ -216,6 +216,24 @@ Deno.test("decide: manager decided ahead: the plane takes queues; an ask names i
     await sleep(AGENT_DEFAULTS.usedBatchMs + 20);
     assert.deepEqual(link.used[1], [{ service: "web", seq: 5, used: 3, lane: "listen" }]);
     assert.equal(agent.counters.decisions, 1 + 3);
+    // A new queue replaces it; the plane tells the last use of the old one as it takes the new one, and the
+    // manager hears of both.
+    link.options.onAhead({
+      type: "ahead",
+      service: "web",
+      lane: "listen",
+      seq: 7,
+      version,
+      backends: [1, 1],
+      ttlMs: 1_000,
+    });
+    assert.equal(plane.decisions.length, 2);
+    plane.tell([FlowEvent.DECIDED, 0, -1, 5, 4, 0], [FlowEvent.DECIDED, 0, -1, 7, 1, 0]);
+    assert.deepEqual(link.used.slice(2), [
+      [{ service: "web", seq: 5, used: 4, lane: "listen" }],
+      [{ service: "web", seq: 7, used: 1, lane: "listen" }],
+    ]);
+    assert.equal(agent.counters.decisions, 1 + 4 + 1);
   } finally {
     await agent.close();
   }

@@ -11,7 +11,8 @@
  * them used (they are open connections then) or they are taken back. The agent reports what it used; once
  * half of a queue is, or the service changed (a weight, a state, a drain: `invalidate`), or it is older than
  * its ttl, the next `refill` makes a new one that replaces it, and what was left of the old one is taken
- * back. So a backend that goes down, drains or gets new feedback stops being chosen within one refill.
+ * back. So a backend that goes down, drains or gets new feedback stops being chosen within one refill. Uses
+ * the agent reports of a queue after it was replaced (or taken back, or expired) count as used all the same.
  */
 
 import type { Lane } from "../cluster/lanes.ts";
@@ -88,6 +89,15 @@ interface Queue {
   stale: boolean;
 }
 
+/**
+ * The queue an agent held before its present one (replaced, expired or taken back), and what its unused
+ * decisions were counted as: uses its agent reports late are connections all the same.
+ */
+interface Former {
+  readonly queue: Queue;
+  readonly why: "expired" | "takenBack";
+}
+
 /** What one agent's queue of one service knows of its agent's rate. */
 interface Rate {
   perSecond: number;
@@ -112,6 +122,8 @@ export class DecisionQueues {
   readonly #chooser: Chooser;
   /** By agent, then service. */
   readonly #queues = new Map<string, Map<string, Queue>>();
+  /** By agent, then service: the queue before the present one, for uses reported after it went. */
+  readonly #former = new Map<string, Map<string, Former>>();
   readonly #rates = new Map<string, Map<string, Rate>>();
   /** Decisions handed out and not used, by service then backend: pending connections. */
   readonly #pending = new Map<string, Map<string, number>>();
@@ -185,23 +197,31 @@ export class DecisionQueues {
   /**
    * `agent` used the first `used` decisions of its queue `seq` of `service` (a running total): the
    * backends of the connections that used them, no longer pending here (the caller counts them as
-   * connections until the agent's next open counts have them). Uses of a queue that was replaced are its
-   * connections all the same, but were no longer pending: none are returned for them.
+   * connections until the agent's next open counts have them). Uses reported after their queue was taken
+   * back, expired or replaced (an agent that empties its queue asks, and gets a new one before it tells the
+   * last uses of the old) are connections all the same: counted as used rather than as left unused, and
+   * returned; they were no longer pending.
    */
   used(agent: string, use: QueueUse, now: number): readonly string[] {
     const { service, seq, used } = use;
     const queue = this.#queues.get(agent)?.get(service);
-    if (!queue || queue.seq !== seq) return [];
-    const taken = Math.min(used, queue.backends.length) - queue.used;
+    const inForce = queue !== undefined && queue.seq === seq && !queue.stale;
+    const former = queue?.seq === seq && queue.stale
+      ? { queue, why: "takenBack" as const }
+      : this.#former.get(agent)?.get(service);
+    const target = inForce ? queue : former?.queue.seq === seq ? former.queue : null;
+    if (target === null) return [];
+    const taken = Math.min(used, target.backends.length) - target.used;
     if (!(taken > 0)) return [];
-    const from = queue.used;
-    queue.used += taken;
+    const from = target.used;
+    target.used += taken;
     this.#rateOf(agent, service, now).count += taken;
-    // A queue taken back was counted so whole: its uses still tell the agent's rate.
-    if (queue.stale) return [];
-    for (let i = from; i < from + taken; i++) this.#addPending(service, queue.backends[i]!, -1);
-    this.#count(service).used += taken;
-    return queue.backends.slice(from, from + taken);
+    const counts = this.#count(service);
+    counts.used += taken;
+    if (inForce) {
+      for (let i = from; i < from + taken; i++) this.#addPending(service, target.backends[i]!, -1);
+    } else counts[former!.why] -= taken;
+    return target.backends.slice(from, from + taken);
   }
 
   /** `agent` asked about one new connection of `service` (its queue was empty): it counts in its rate. */
@@ -244,6 +264,7 @@ export class DecisionQueues {
         this.#drop(holder, service, queue, "takenBack");
       }
       this.#queues.delete(holder);
+      this.#former.delete(holder);
       this.#rates.delete(holder);
     }
   }
@@ -255,16 +276,21 @@ export class DecisionQueues {
       if (queue) this.#drop(agent, service, queue, "takenBack");
       this.#rates.get(agent)?.delete(service);
     }
+    for (const byService of this.#former.values()) byService.delete(service);
     this.#pending.delete(service);
     this.#counts.delete(service);
   }
 
+  /** A queue goes: what was left of it counted as `why` (unless taken back already), and kept as former. */
   #drop(agent: string, service: string, queue: Queue, why: "expired" | "takenBack"): void {
     if (!queue.stale) {
       this.#release(service, queue);
       this.#count(service)[why] += queue.backends.length - queue.used;
     }
     this.#queues.get(agent)?.delete(service);
+    let former = this.#former.get(agent);
+    if (!former) this.#former.set(agent, former = new Map());
+    former.set(service, { queue, why: queue.stale ? "takenBack" : why });
   }
 
   /** What was left of a queue is pending no longer. */

@@ -84,12 +84,16 @@ Deno.test("a change of the service takes every queue of it back at once; another
   assert.equal(queues.pending("web", "a") + queues.pending("web", "b"), 0, "taken back: no longer pending");
   assert.equal(queues.queue("edge-1", "web"), null);
   assert.notEqual(queues.queue("edge-1", "api"), null);
-  // Uses of a queue taken back do not count against what replaces it.
-  queues.used("edge-1", { service: "web", seq: web1.seq, used: 1 }, 1);
+  // A use of a queue taken back is a connection all the same: used, not taken back; it does not count
+  // against what replaces the queue, and is no longer pending.
+  assert.deepEqual(queues.used("edge-1", { service: "web", seq: web1.seq, used: 1 }, 1), web1.backends);
   const again = queues.refill("edge-1", "web", { aheadMs: 50, now: 2 })!;
   assert.ok(![web1.seq, web2.seq, api.seq].includes(again.seq), "a new number");
   assert.equal(queues.pending("web", again.backends[0]!), 1);
-  assert.deepEqual(queues.counts().get("web"), { made: 3, used: 0, expired: 0, takenBack: 2, asked: 0 });
+  assert.deepEqual(queues.counts().get("web"), { made: 3, used: 1, expired: 0, takenBack: 1, asked: 0 });
+  // Reported again, or after the queue was replaced, the same use counts once.
+  assert.deepEqual(queues.used("edge-1", { service: "web", seq: web1.seq, used: 1 }, 3), []);
+  assert.deepEqual(queues.counts().get("web"), { made: 3, used: 1, expired: 0, takenBack: 1, asked: 0 });
 });
 
 Deno.test("an unused queue expires after its ttl, and no longer counts", () => {

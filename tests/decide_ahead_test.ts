@@ -6,7 +6,8 @@
 import assert from "node:assert/strict";
 import { startGreeter } from "./_backends.ts";
 import { ADMIN_TOKEN, testService } from "./_config.ts";
-import { parseMetrics } from "./_prometheus.ts";
+import { parseMetrics, type Series, sumOf } from "./_prometheus.ts";
+import { eventually } from "./_helpers.ts";
 import {
   agentsCaughtUp,
   agentsListed,
@@ -16,16 +17,20 @@ import {
   type TestCluster,
 } from "./_cluster.ts";
 
-/** Decisions made ahead for `web` that came to `outcome`, from the manager's `/metrics`. */
-async function aheadTotal(cluster: TestCluster, outcome: string): Promise<number> {
+/** The manager's `/metrics`, parsed. */
+async function managerMetrics(cluster: TestCluster): Promise<Series[]> {
   const page = await (await fetch(`http://${cluster.admin}/metrics`, {
     headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
   })).text();
-  const sample = parseMetrics(page).find((series) =>
-    series.name === "switchyard_decisions_ahead_total" && series.labels.service === "web" &&
-    series.labels.outcome === outcome
-  );
-  return sample?.value ?? 0;
+  return parseMetrics(page);
+}
+
+/** Decisions made ahead for `web` that came to `outcome`, from the manager's `/metrics`. */
+async function aheadTotal(cluster: TestCluster, outcome: string): Promise<number> {
+  return sumOf(await managerMetrics(cluster), "switchyard_decisions_ahead_total", {
+    service: "web",
+    outcome,
+  });
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -104,6 +109,19 @@ for (const logLevel of ["info", "debug"] as const) {
       const used = await aheadTotal(cluster, "used");
       const asked = await aheadTotal(cluster, "asked");
       assert.ok(used > 3_000 && asked < used / 4, `${used} decisions made ahead used, ${asked} asked`);
+      // Every connection reaches the manager's count once: asked about, or used from a queue (the last uses
+      // of a queue replaced before they were told too).
+      let decided = 0;
+      await eventually(
+        async () => {
+          decided = sumOf(await managerMetrics(cluster), "switchyard_decisions_total", { service: "web" });
+          return decided === 4_000;
+        },
+        5_000,
+        "every connection among the flows decided",
+      ).catch((error) => {
+        throw new Error(`${error.message}: ${decided} of 4,000`);
+      });
       assert.ok(
         Math.abs(heavy - 0.75) <= 0.03,
         `heavy got ${(heavy * 100).toFixed(1)}%: ${JSON.stringify([...tally])}`,

@@ -85,9 +85,14 @@ function handle(relay: Relay, message: ToWorker): void {
       placements[message.service] = message.placement;
       relay.update(message.service, message.placement.backends);
       return;
-    case "decisions":
-      decisions[message.service]?.set(message.decisions, performance.now());
+    case "decisions": {
+      const queue = decisions[message.service];
+      if (queue === undefined) return;
+      // What was taken of the queue replaced is told first: the manager counts those uses too.
+      if (queue.reported()) events.push(DECIDED, message.service, -1, queue.seq, queue.taken, 0);
+      queue.set(message.decisions, performance.now());
       return;
+    }
     case "placed":
       for (const [slot, generation, targets, header, firstTimeoutMs] of message.answers) {
         relay.placed(slot, generation, targets, header, firstTimeoutMs);

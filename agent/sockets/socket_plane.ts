@@ -208,7 +208,13 @@ export class SocketDataPlane implements DataPlane {
   }
 
   setDecisions(index: number, decisions: Decisions): void {
-    this.#service(index).decisions.set(decisions, performance.now());
+    const queue = this.#service(index).decisions;
+    // What was taken of the queue replaced is told first: the manager counts those uses too.
+    if (queue.reported()) {
+      this.#pending.push(FlowEvent.DECIDED, index, -1, queue.seq, queue.taken, 0);
+      this.#flush();
+    }
+    queue.set(decisions, performance.now());
   }
 
   /**
