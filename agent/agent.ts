@@ -67,6 +67,8 @@ export const AGENT_DEFAULTS = {
    * queue is half used: the manager then sends the next.
    */
   usedBatchMs: 10,
+  /** Queues a lane held before its present one, kept until what was taken of them is told. */
+  formerQueues: 4,
   /** A draining agent keeps its mesh port open this many heartbeats at least, while the others learn it left. */
   missedHeartbeatsGrace: 3,
   /** Accept errors of one service are logged at most once per this window. */
@@ -142,10 +144,11 @@ interface LiveService {
   /** The manager's queues of decisions made ahead (`decide_ahead`), by lane. */
   readonly ahead: Record<Lane, AheadLane | null>;
   /**
-   * The queue each lane held before, until the manager is told what was taken of it: a queue emptied asks
-   * for the next, which can come before the last uses of the old one were told.
+   * The queues each lane held before, newest first (`AGENT_DEFAULTS.formerQueues` at most), until the
+   * manager is told what was taken of them: a queue emptied asks for the next, which can come before the
+   * last uses of the old one were told.
    */
-  readonly aheadFormer: Record<Lane, AheadLane | null>;
+  readonly aheadFormer: Record<Lane, AheadLane[]>;
 }
 
 /**
@@ -410,7 +413,7 @@ export class Agent {
         draining: null,
         acceptErrors: { lastLogged: -Infinity, unlogged: 0 },
         ahead: { listen: null, mesh: null },
-        aheadFormer: { listen: null, mesh: null },
+        aheadFormer: { listen: [], mesh: [] },
       };
       this.#services.set(spec.name, live);
       if (!this.#draining) this.#openListener(live, state);
@@ -780,10 +783,14 @@ export class Agent {
   #retire(service: LiveService, lane: Lane): void {
     const current = service.ahead[lane];
     if (current === null) return;
-    // A former queue with uses untold is told of now, before it is forgotten.
-    const former = service.aheadFormer[lane];
-    if (former !== null && former.taken > former.told) this.#tellUsed();
-    service.aheadFormer[lane] = current;
+    const formers = service.aheadFormer[lane];
+    formers.unshift(current);
+    if (formers.length > AGENT_DEFAULTS.formerQueues) {
+      // The oldest is told of before it is forgotten, if it has uses untold.
+      const oldest = formers.at(-1)!;
+      if (oldest.taken > oldest.told) this.#tellUsed();
+      formers.pop();
+    }
     service.ahead[lane] = null;
   }
 
@@ -813,7 +820,7 @@ export class Agent {
     const queues: QueueUsed[] = [];
     for (const service of this.#services.values()) {
       for (const name of LANES) {
-        for (const lane of [service.aheadFormer[name], service.ahead[name]]) {
+        for (const lane of [...service.aheadFormer[name], service.ahead[name]]) {
           if (lane === null || lane.taken === lane.told) continue;
           lane.told = lane.taken;
           queues.push({ service: service.spec.name, seq: lane.seq, used: lane.taken, lane: name });
@@ -955,8 +962,12 @@ export class Agent {
         continue;
       }
       if (kind === FlowEvent.DECIDED) {
+        if (!service) continue;
         const seq = events[i + 3];
-        const lane = [service?.ahead.listen, service?.aheadFormer.listen].find((each) => each?.seq === seq);
+        const current = service.ahead.listen;
+        const lane = current?.seq === seq
+          ? current
+          : service.aheadFormer.listen.find((each) => each.seq === seq);
         if (lane) this.#decisionsTaken(lane, events[i + 4]!);
         continue;
       }

@@ -25,6 +25,8 @@ export const AHEAD_DEFAULTS = {
   /** A queue holds for this many times `decide_ahead`, and at least `minTtlMs`; unused after, it expires. */
   ttlFactor: 20,
   minTtlMs: 1_000,
+  /** Queues an agent held before its present one, per service, whose uses told late still count. */
+  formerQueues: 4,
   /** The weight of the latest measured rate in the agent's moving average. */
   rateSmoothing: 0.5,
   /** Reports closer than this are summed before the rate is measured. */
@@ -90,7 +92,7 @@ interface Queue {
 }
 
 /**
- * The queue an agent held before its present one (replaced, expired or taken back), and what its unused
+ * A queue an agent held before its present one (replaced, expired or taken back), and what its unused
  * decisions were counted as: uses its agent reports late are connections all the same.
  */
 interface Former {
@@ -122,8 +124,11 @@ export class DecisionQueues {
   readonly #chooser: Chooser;
   /** By agent, then service. */
   readonly #queues = new Map<string, Map<string, Queue>>();
-  /** By agent, then service: the queue before the present one, for uses reported after it went. */
-  readonly #former = new Map<string, Map<string, Former>>();
+  /**
+   * By agent, then service: the queues before the present one, newest first (`formerQueues` at most), for
+   * uses told after they went (queues can follow each other faster than their last uses are told).
+   */
+  readonly #former = new Map<string, Map<string, Former[]>>();
   readonly #rates = new Map<string, Map<string, Rate>>();
   /** Decisions handed out and not used, by service then backend: pending connections. */
   readonly #pending = new Map<string, Map<string, number>>();
@@ -208,7 +213,7 @@ export class DecisionQueues {
     const inForce = queue !== undefined && queue.seq === seq && !queue.stale;
     const former = queue?.seq === seq && queue.stale
       ? { queue, why: "takenBack" as const }
-      : this.#former.get(agent)?.get(service);
+      : this.#former.get(agent)?.get(service)?.find((each) => each.queue.seq === seq);
     const target = inForce ? queue : former?.queue.seq === seq ? former.queue : null;
     if (target === null) return [];
     const taken = Math.min(used, target.backends.length) - target.used;
@@ -288,9 +293,12 @@ export class DecisionQueues {
       this.#count(service)[why] += queue.backends.length - queue.used;
     }
     this.#queues.get(agent)?.delete(service);
-    let former = this.#former.get(agent);
-    if (!former) this.#former.set(agent, former = new Map());
-    former.set(service, { queue, why: queue.stale ? "takenBack" : why });
+    let byService = this.#former.get(agent);
+    if (!byService) this.#former.set(agent, byService = new Map());
+    const formers = byService.get(service) ?? [];
+    formers.unshift({ queue, why: queue.stale ? "takenBack" : why });
+    formers.length = Math.min(formers.length, AHEAD_DEFAULTS.formerQueues);
+    byService.set(service, formers);
   }
 
   /** What was left of a queue is pending no longer. */
