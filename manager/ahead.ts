@@ -9,10 +9,11 @@
  * A queue holds `decide_ahead` of its agent's recent rate of new connections, at least one decision. Its
  * decisions count as pending connections of their backends for every later choice until the agent reports
  * them used (they are open connections then) or they are taken back. The agent reports what it used; once
- * half of a queue is, or the service changed (a weight, a state, a drain: `invalidate`), or it is older than
- * its ttl, the next `refill` makes a new one that replaces it, and what was left of the old one is taken
- * back. So a backend that goes down, drains or gets new feedback stops being chosen within one refill. Uses
- * the agent reports of a queue after it was replaced (or taken back, or expired) count as used all the same.
+ * half of a queue is, or it is older than its ttl, the next `refill` makes a new one that replaces it, and
+ * what was left of the old one is taken back. A change of the service (a weight, a state, a drain:
+ * `invalidate`) takes its queues back at once, so a backend that goes down, drains or gets new feedback
+ * stops being chosen within one refill. Uses the agent reports of a queue after it was replaced (or taken
+ * back, or expired) count as used all the same.
  */
 
 import type { Lane } from "../cluster/lanes.ts";
@@ -88,7 +89,6 @@ interface Queue {
   backends: string[];
   used: number;
   expiresAt: number;
-  stale: boolean;
 }
 
 /**
@@ -157,7 +157,7 @@ export class DecisionQueues {
   /** The queue an agent holds for a service now, if any (for `/v1/explain`). */
   queue(agent: string, service: string): Readonly<{ seq: number; left: number; next: string | null }> | null {
     const queue = this.#queues.get(agent)?.get(service);
-    if (!queue || queue.stale) return null;
+    if (!queue) return null;
     return {
       seq: queue.seq,
       left: queue.backends.length - queue.used,
@@ -182,7 +182,7 @@ export class DecisionQueues {
       AHEAD_DEFAULTS.maxQueue,
       Math.max(1, Math.ceil((rate.perSecond * aheadMs) / 1000)),
     );
-    if (queue && !queue.stale && now < queue.expiresAt && queue.backends.length - queue.used > size / 2) {
+    if (queue && now < queue.expiresAt && queue.backends.length - queue.used > size / 2) {
       return null;
     }
     if (queue) this.#drop(agent, service, queue, now >= queue.expiresAt ? "expired" : "takenBack");
@@ -190,7 +190,7 @@ export class DecisionQueues {
     const ttlMs = Math.max(AHEAD_DEFAULTS.minTtlMs, aheadMs * AHEAD_DEFAULTS.ttlFactor);
     const seq = this.#nextSeq;
     this.#nextSeq = seq >= MAX_SEQ ? 1 : seq + 1;
-    const made: Queue = { seq, backends, used: 0, expiresAt: now + ttlMs, stale: false };
+    const made: Queue = { seq, backends, used: 0, expiresAt: now + ttlMs };
     let byService = this.#queues.get(agent);
     if (!byService) this.#queues.set(agent, byService = new Map());
     byService.set(service, made);
@@ -210,12 +210,12 @@ export class DecisionQueues {
   used(agent: string, use: QueueUse, now: number): readonly string[] {
     const { service, seq, used } = use;
     const queue = this.#queues.get(agent)?.get(service);
-    const inForce = queue !== undefined && queue.seq === seq && !queue.stale;
-    const former = queue?.seq === seq && queue.stale
-      ? { queue, why: "takenBack" as const }
+    const inForce = queue?.seq === seq;
+    const former = inForce
+      ? undefined
       : this.#former.get(agent)?.get(service)?.find((each) => each.queue.seq === seq);
-    const target = inForce ? queue : former?.queue.seq === seq ? former.queue : null;
-    if (target === null) return [];
+    const target = inForce ? queue : former?.queue;
+    if (target === undefined) return [];
     const taken = Math.min(used, target.backends.length) - target.used;
     if (!(taken > 0)) return [];
     const from = target.used;
@@ -236,17 +236,15 @@ export class DecisionQueues {
   }
 
   /**
-   * The service changed: every queue of it is taken back at the next `refill`, and counts no longer. The
-   * agents that held one, which need a new one now.
+   * The service changed: every queue of it is taken back at once, and counts no longer; the next `refill`
+   * makes a new one. The agents that held one, which need a new one now.
    */
   invalidate(service: string): string[] {
     const agents: string[] = [];
     for (const [agent, byService] of this.#queues) {
       const queue = byService.get(service);
-      if (queue && !queue.stale) {
-        this.#release(service, queue);
-        queue.stale = true;
-        this.#count(service).takenBack += queue.backends.length - queue.used;
+      if (queue) {
+        this.#drop(agent, service, queue, "takenBack");
         agents.push(agent);
       }
     }
@@ -286,17 +284,15 @@ export class DecisionQueues {
     this.#counts.delete(service);
   }
 
-  /** A queue goes: what was left of it counted as `why` (unless taken back already), and kept as former. */
+  /** A queue goes: what was left of it is pending no longer, counted as `why`, and it is kept as former. */
   #drop(agent: string, service: string, queue: Queue, why: "expired" | "takenBack"): void {
-    if (!queue.stale) {
-      this.#release(service, queue);
-      this.#count(service)[why] += queue.backends.length - queue.used;
-    }
+    this.#release(service, queue);
+    this.#count(service)[why] += queue.backends.length - queue.used;
     this.#queues.get(agent)?.delete(service);
     let byService = this.#former.get(agent);
     if (!byService) this.#former.set(agent, byService = new Map());
     const formers = byService.get(service) ?? [];
-    formers.unshift({ queue, why: queue.stale ? "takenBack" : why });
+    formers.unshift({ queue, why });
     formers.length = Math.min(formers.length, AHEAD_DEFAULTS.formerQueues);
     byService.set(service, formers);
   }
