@@ -89,7 +89,7 @@ function handle(relay: Relay, message: ToWorker): void {
       const queue = decisions[message.service];
       if (queue === undefined) return;
       // What was taken of the queue replaced is told first: the manager counts those uses too.
-      if (queue.reported()) events.push(DECIDED, message.service, -1, queue.seq, queue.taken, 0);
+      tellDecided(queue, message.service);
       queue.set(message.decisions, performance.now());
       return;
     }
@@ -234,6 +234,11 @@ const BYTES_EVERY_MS = 100;
 /** `flows` messages posted: the events that found no room in shared memory. */
 let flowsPosted = 0;
 
+/** A `DECIDED` event for service `service`'s queue, when decisions were taken of it since the last. */
+function tellDecided(queue: QueuedDecisions, service: number): void {
+  if (queue.reported()) events.push(DECIDED, service, -1, queue.seq, queue.taken, 0);
+}
+
 /**
  * The flow events since the last call, with the counters: in shared memory, or in a message without room.
  * Byte counts alone wait up to `BYTES_EVERY_MS`, unless `final`.
@@ -241,9 +246,7 @@ let flowsPosted = 0;
 function postEvents(final = false): void {
   if (relay === null) return;
   // What was taken of each queue of decisions made ahead, as of this turn.
-  decisions.forEach((queue, service) => {
-    if (queue.reported()) events.push(DECIDED, service, -1, queue.seq, queue.taken, 0);
-  });
+  decisions.forEach(tellDecided);
   const { counters } = relay;
   const connections = counters.accepted + counters.rejected + counters.acceptErrors;
   const bytes = counters.bytesUp + counters.bytesDown;

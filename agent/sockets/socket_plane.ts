@@ -210,10 +210,7 @@ export class SocketDataPlane implements DataPlane {
   setDecisions(index: number, decisions: Decisions): void {
     const queue = this.#service(index).decisions;
     // What was taken of the queue replaced is told first: the manager counts those uses too.
-    if (queue.reported()) {
-      this.#pending.push(FlowEvent.DECIDED, index, -1, queue.seq, queue.taken, 0);
-      this.#flush();
-    }
+    if (this.#tellDecided(index)) this.#flush();
     queue.set(decisions, performance.now());
   }
 
@@ -467,18 +464,21 @@ export class SocketDataPlane implements DataPlane {
     this.#flush();
   }
 
+  /** A `DECIDED` event for service `index`'s queue, when decisions were taken of it since the last. */
+  #tellDecided(index: number): boolean {
+    const { decisions } = this.#services[index]!;
+    if (!decisions.reported()) return false;
+    this.#pending.push(FlowEvent.DECIDED, index, -1, decisions.seq, decisions.taken, 0);
+    return true;
+  }
+
   /** Tells the agent of the events so far with the counters, once per microtask checkpoint. */
   #flush(): void {
     if (this.#flushDue) return;
     this.#flushDue = true;
     queueMicrotask(() => {
       this.#flushDue = false;
-      for (const index of this.#decidedServices) {
-        const { decisions } = this.#services[index]!;
-        if (decisions.reported()) {
-          this.#pending.push(FlowEvent.DECIDED, index, -1, decisions.seq, decisions.taken, 0);
-        }
-      }
+      for (const index of this.#decidedServices) this.#tellDecided(index);
       this.#decidedServices.clear();
       const events = this.#pending;
       this.#pending = [];
