@@ -396,8 +396,8 @@ export class Agent {
       const listenKey = formatHostPort(spec.listen);
       const existing = this.#services.get(spec.name);
       if (existing && existing.listenKey === listenKey && (existing.listening || existing.opening)) {
-        // Decisions made ahead name backends by index: not those of another list.
-        if (!sameBackends(existing.spec, spec)) this.#dropDecisions(existing);
+        // The manager took back the queues of a state it publishes anew: none is taken from until the next.
+        this.#dropDecisions(existing);
         existing.spec = spec;
         existing.table = table;
         continue;
@@ -458,6 +458,8 @@ export class Agent {
       const service = this.#services.get(name);
       const spec = next.state.services.find((each) => each.name === name);
       if (service === undefined || spec === undefined) continue;
+      // The manager took back the queues of a service it changed: none is taken from until the next.
+      this.#dropDecisions(service);
       service.spec = spec;
       service.table = next.tables.get(name) ?? service.table;
       this.#postPlacement(service);
@@ -1237,11 +1239,6 @@ export class Agent {
 }
 
 /** Whether two specs of a service list the same backends, in the same order. */
-function sameBackends(a: ServiceSpec, b: ServiceSpec): boolean {
-  return a.backends.length === b.backends.length &&
-    a.backends.every((backend, i) => backend.id === b.backends[i]!.id);
-}
-
 function planeRecord(plane: DataPlane): Plane {
   return { plane, services: new Map(), flows: new Map(), open: 0, counted: null };
 }

@@ -234,6 +234,13 @@ Deno.test("decide: manager decided ahead: the plane takes queues; an ask names i
       [{ service: "web", seq: 7, used: 1, lane: "listen" }],
     ]);
     assert.equal(agent.counters.decisions, 1 + 4 + 1);
+    // A new state of the service (a weight changed): the manager took its queues back on publishing it, and
+    // the plane takes from none until the next comes.
+    link.options.onState(stateOf({
+      decide: "manager",
+      backends: [{ address: A, weight: 100 }, { address: B, weight: 50 }],
+    }));
+    assert.equal(plane.decisions.at(-1)!.decisions.backends.length, 0);
   } finally {
     await agent.close();
   }
