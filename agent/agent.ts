@@ -11,7 +11,7 @@ import { TokenSigner } from "../cluster/auth.ts";
 import { CLAIM_BUCKETS, claimOwners, NO_AGENT } from "../cluster/claims.ts";
 import { ipBytes } from "../cluster/flow_key.ts";
 import { type Lane, LANES } from "../cluster/lanes.ts";
-import { logger } from "../cluster/log.ts";
+import { logger, LogWindow } from "../cluster/log.ts";
 import { backendOrder, claimantOf, placeHash, type Placement, preferFirst } from "../cluster/placement.ts";
 import {
   type AgentSpec,
@@ -71,8 +71,17 @@ export const AGENT_DEFAULTS = {
   formerQueues: 4,
   /** A draining agent keeps its mesh port open this many heartbeats at least, while the others learn it left. */
   missedHeartbeatsGrace: 3,
-  /** Accept errors of one service are logged at most once per this window. */
-  acceptErrorLogMs: 10_000,
+  /**
+   * A problem of one service that repeats (accept errors, flows placed by the table because their answer
+   * came too late) is logged at most once per this window.
+   */
+  problemLogMs: 10_000,
+  /**
+   * How much longer than `decision_timeout` a plane on a thread of its own (the epoll relay) waits for the
+   * answer to a flow it asked about before placing it by the table: this agent's thread answers every ask
+   * within `decision_timeout` unless it stalls, and a loaded machine can delay its turns by 100s of ms.
+   */
+  askGraceMs: 1_000,
 } as const;
 
 export interface AgentOptions {
@@ -121,6 +130,11 @@ interface Plane {
    * asked about before the end of the one before it is told.
    */
   readonly flows: Map<number, PlaneFlow>;
+  /**
+   * Flows asked about whose answer the plane stopped waiting for (`FlowEvent.ASK_TIMED_OUT`) before this
+   * agent gave it: the plane placed them alone, and the answer, when it comes, is not recorded.
+   */
+  readonly answersLate: Set<number>;
   /** Flows open in the plane (asked about or connected), as it last said. */
   open: number;
   /** Its counters as last added into the agent's. */
@@ -139,8 +153,10 @@ interface LiveService {
   meshIndex: number | null;
   /** Where it listened before the agent began to drain: its open flows are known by that index. */
   draining: { plane: Plane; index: number } | null;
-  /** Accept errors: when one was last logged, and how many since (at most one line per window). */
-  acceptErrors: { lastLogged: number; unlogged: number };
+  /** Accept errors, logged at most once per window. */
+  readonly acceptErrors: LogWindow;
+  /** Flows a plane placed by the table because their answer came too late, logged at most once per window. */
+  readonly answersLate: LogWindow;
   /** The manager's queues of decisions made ahead (`decide_ahead`), by lane. */
   readonly ahead: Record<Lane, AheadLane | null>;
   /**
@@ -411,7 +427,8 @@ export class Agent {
         opening: false,
         meshIndex: existing?.meshIndex ?? null,
         draining: null,
-        acceptErrors: { lastLogged: -Infinity, unlogged: 0 },
+        acceptErrors: new LogWindow(AGENT_DEFAULTS.problemLogMs),
+        answersLate: new LogWindow(AGENT_DEFAULTS.problemLogMs),
         ahead: { listen: null, mesh: null },
         aheadFormer: { listen: [], mesh: [] },
       };
@@ -426,7 +443,7 @@ export class Agent {
       }
     }
     this.#applyMeshTls(state.meshTls);
-    for (const service of this.#services.values()) this.#postPlacement(service);
+    for (const service of this.#services.values()) this.#updatePlane(service);
     this.#log.debug("Serving state {version} with {services} services", {
       version: state.version,
       services: state.services.length,
@@ -462,7 +479,7 @@ export class Agent {
       this.#dropDecisions(service);
       service.spec = spec;
       service.table = next.tables.get(name) ?? service.table;
-      this.#postPlacement(service);
+      this.#updatePlane(service);
     }
     this.#log.debug("Serving state {version}: {services} services changed", {
       version: delta.version,
@@ -624,7 +641,7 @@ export class Agent {
       service.listening = { plane, index, bound };
       plane.services.set(index, service);
       // The state may have moved on while the listener opened.
-      this.#postPlacement(service);
+      this.#updatePlane(service);
       this.#log.info("Service {service} listening on {bound}", {
         service: spec.name,
         listen: service.listenKey,
@@ -694,6 +711,7 @@ export class Agent {
       idleTimeoutMs: spec.timeouts.idleMs,
       proxyProtocol: spec.proxyProtocol,
       placement: this.#placementOf(service),
+      askTimeoutMs: spec.decisionTimeoutMs + AGENT_DEFAULTS.askGraceMs,
     };
   }
 
@@ -832,9 +850,9 @@ export class Agent {
     if (queues.length > 0) this.#link?.sendUsed(queues);
   }
 
-  #postPlacement(service: LiveService): void {
+  #updatePlane(service: LiveService): void {
     const listening = service.listening;
-    if (listening !== null) listening.plane.plane.setPlacement(listening.index, this.#placementOf(service));
+    if (listening !== null) listening.plane.plane.update(listening.index, this.#planeService(service));
   }
 
   /**
@@ -889,8 +907,11 @@ export class Agent {
     const place = this.#placeHash(spec, endpoints);
     const handedOffBy = request.handedOffBy ?? null;
     const owner = handedOffBy === null ? this.#handoffClaimant(spec, place) : null;
+    const key = flowKey(request.slot, request.generation);
     const flow = (targets: readonly string[], handoff: { mesh: string } | null): void => {
-      plane.flows.set(flowKey(request.slot, request.generation), {
+      // The plane stopped waiting and placed the flow alone: it ignores this answer, and the flow is its own.
+      if (plane.answersLate.delete(key)) return;
+      plane.flows.set(key, {
         service,
         asked: { id: this.#nextFlowId++, endpoints },
         targets,
@@ -961,6 +982,10 @@ export class Agent {
       const errno = events[i + 5]!;
       if (kind === FlowEvent.ACCEPT_FAILED) {
         if (service) this.#acceptFailed(service, errnoText(errno));
+        continue;
+      }
+      if (kind === FlowEvent.ASK_TIMED_OUT) {
+        this.#askTimedOut(plane, flowKey(events[i + 2]!, events[i + 3]!), service);
         continue;
       }
       if (kind === FlowEvent.DECIDED) {
@@ -1050,6 +1075,26 @@ export class Agent {
           break;
       }
     }
+  }
+
+  /**
+   * The plane placed a flow alone, by the table: the answer this agent owed it did not come in time. An
+   * answer given meanwhile is forgotten (the flow's events now name the table's backends); one still to
+   * come is not recorded.
+   */
+  #askTimedOut(plane: Plane, key: number, service: LiveService | undefined): void {
+    if (!plane.flows.delete(key)) plane.answersLate.add(key);
+    this.counters.decisionFallbacks++;
+    const unlogged = service?.answersLate.due() ?? null;
+    if (service === undefined || unlogged === null) return;
+    this.#log.warn(
+      "A flow of {service} had no answer from this agent's thread within {waitMs} ms; the data plane placed it by the table ({unlogged} more since the last report)",
+      {
+        service: service.spec.name,
+        waitMs: service.spec.decisionTimeoutMs + AGENT_DEFAULTS.askGraceMs,
+        unlogged,
+      },
+    );
   }
 
   /** A flow reached its backend (or claimant): the counts, and its log line. */
@@ -1208,17 +1253,12 @@ export class Agent {
 
   /** Logs a failed accept, at most one line per window: they can fail thousands of times a second. */
   #acceptFailed(service: LiveService, error: string): void {
-    const errors = service.acceptErrors;
-    if (performance.now() - errors.lastLogged <= AGENT_DEFAULTS.acceptErrorLogMs) {
-      errors.unlogged++;
-      return;
-    }
+    const unlogged = service.acceptErrors.due();
+    if (unlogged === null) return;
     this.#log.error(
       "Cannot accept for service {service}: {error}; pausing accepts and retrying ({unlogged} more since the last report)",
-      { service: service.spec.name, error, unlogged: errors.unlogged },
+      { service: service.spec.name, error, unlogged },
     );
-    errors.lastLogged = performance.now();
-    errors.unlogged = 0;
   }
 
   #report(): LinkReport {
@@ -1240,7 +1280,7 @@ export class Agent {
 
 /** Whether two specs of a service list the same backends, in the same order. */
 function planeRecord(plane: DataPlane): Plane {
-  return { plane, services: new Map(), flows: new Map(), open: 0, counted: null };
+  return { plane, services: new Map(), flows: new Map(), answersLate: new Set(), open: 0, counted: null };
 }
 
 /** A flow's key in its plane's map: its slot and its generation there, in one number. */

@@ -48,7 +48,8 @@ function stateOf(service: Record<string, unknown>, agents: Array<{ id: string; m
 class FakePlane implements DataPlane {
   readonly kind = "fake";
   readonly listened: PlaneService[] = [];
-  readonly placements: Array<{ index: number; placement: PlaneService["placement"] }> = [];
+  /** Each `update`: the service's index and how it is served from then on. */
+  readonly updates: Array<{ index: number; service: PlaneService }> = [];
   readonly decisions: Array<{ index: number; decisions: Decisions }> = [];
   readonly answers: Array<{ request: PlacementRequest; targets: readonly Target[]; headers: Headers }> = [];
   readonly unlistened: number[] = [];
@@ -66,8 +67,8 @@ class FakePlane implements DataPlane {
   endFlows(index: number): void {
     this.ended.push(index);
   }
-  setPlacement(index: number, placement: PlaneService["placement"]): void {
-    this.placements.push({ index, placement });
+  update(index: number, service: PlaneService): void {
+    this.updates.push({ index, service });
   }
   setDecisions(index: number, decisions: Decisions): void {
     this.decisions.push({ index, decisions });
@@ -154,7 +155,7 @@ const request = (slot: number, handedOffBy?: string): PlacementRequest => ({
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-Deno.test("a state's service is listened for with its placement, and a new state's table reaches the plane", async () => {
+Deno.test("a state's service is listened for with its placement and settings, and a new state's table and settings reach the plane", async () => {
   const { agent, plane, link } = await startAgent(stateOf({ decide: "agent" }));
   try {
     assert.equal(plane.listened.length, 1);
@@ -162,14 +163,31 @@ Deno.test("a state's service is listened for with its placement, and a new state
     assert.deepEqual(placement.backends, [{ host: "10.0.0.11", port: 80 }, { host: "10.0.0.12", port: 80 }]);
     assert.equal(placement.askBuckets, null, "decide: agent, alone: nothing to ask");
     assert.equal(placement.decided, false);
-    const before = plane.placements.length;
+    assert.equal(plane.listened[0]!.askTimeoutMs, 20 + AGENT_DEFAULTS.askGraceMs, "decision_timeout + grace");
+    const before = plane.updates.length;
     link.options.onState(stateOf({
       decide: "agent",
       backends: [{ address: A, weight: 100 }, { address: B, weight: 0 }],
+      // A reload that changes the settings of a service on the same address: the listener stays.
+      timeouts: { connect: "300ms", idle: "7s" },
+      limits: { max_connections: 3 },
+      proxy_protocol: "v2",
+      decision_timeout: "50ms",
     }));
-    const last = plane.placements.at(-1)!;
-    assert.ok(plane.placements.length > before);
-    assert.ok(last.placement.table.every((entry) => entry === 0), "B at weight 0 holds no slot");
+    const last = plane.updates.at(-1)!;
+    assert.ok(plane.updates.length > before);
+    assert.equal(plane.listened.length, 1);
+    assert.ok(last.service.placement.table.every((entry) => entry === 0), "B at weight 0 holds no slot");
+    assert.deepEqual(
+      [
+        last.service.connectTimeoutMs,
+        last.service.idleTimeoutMs,
+        last.service.maxConnections,
+        last.service.proxyProtocol,
+        last.service.askTimeoutMs,
+      ],
+      [300, 7_000, 3, "v2", 50 + AGENT_DEFAULTS.askGraceMs],
+    );
   } finally {
     await agent.close();
   }
@@ -257,6 +275,32 @@ Deno.test("without the manager's answer the table's order is the answer, and the
     assert.deepEqual(link.asked, [{ service: "web", lane: undefined }], "decide_ahead 0s names no lane");
     assert.equal(plane.answers[0]!.targets.length, 2);
     assert.equal(agent.counters.decisionFallbacks, 1);
+  } finally {
+    await agent.close();
+  }
+});
+
+Deno.test("a flow the plane placed by the table when its answer came too late counts under the table's backend, answered before or after", async () => {
+  const { agent, plane, link } = await startAgent(stateOf({ decide: "manager", decide_ahead: "0s" }));
+  try {
+    // The manager says B, which the answer puts first; the plane placed the flows by the table: choice 0 is A.
+    link.answer = { backend: B, ttlMs: 0 };
+    plane.events.place(request(1));
+    plane.tell([FlowEvent.ASK_TIMED_OUT, 0, 1, 1, -1, 0]);
+    await sleep(0);
+    plane.events.place(request(2));
+    await sleep(0);
+    assert.deepEqual(plane.answers[1]!.targets[0], 1, "the answer names B first");
+    plane.tell([FlowEvent.ASK_TIMED_OUT, 0, 2, 1, -1, 0]);
+    plane.tell([FlowEvent.CONNECTED, 0, 1, 1, 0, 0], [FlowEvent.CONNECTED, 0, 2, 1, 0, 0]);
+    assert.equal(agent.counters.decisionFallbacks, 2);
+    assert.equal(agent.openConnections, 2);
+    await sleep(AGENT_DEFAULTS.openCountsBatchMs + 20);
+    assert.deepEqual(link.openCounts.at(-1), [{ service: "web", backend: A, open: 2 }]);
+    plane.tell([FlowEvent.ENDED, 0, 1, 1, 0, 0], [FlowEvent.ENDED, 0, 2, 1, 0, 0]);
+    await sleep(AGENT_DEFAULTS.openCountsBatchMs + 20);
+    assert.deepEqual(link.openCounts.at(-1), []);
+    assert.equal(agent.openConnections, 0);
   } finally {
     await agent.close();
   }

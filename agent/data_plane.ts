@@ -41,6 +41,12 @@ export interface PlaneService {
   readonly idleTimeoutMs: number;
   readonly proxyProtocol: "none" | "v1" | "v2";
   readonly placement: Placement<HostPort>;
+  /**
+   * How long the plane waits for the answer to a flow it asked about (`DataPlaneEvents.place`) before it
+   * places the flow by the table: bounds the wait when the agent's thread stalls. A plane on the agent's
+   * own thread waits as long as it takes.
+   */
+  readonly askTimeoutMs: number;
 }
 
 /** A flow a plane waits to be told where to send (see `DataPlane.placed`). */
@@ -81,6 +87,11 @@ export const FlowEvent = {
    * choice how many of it were taken so far (a running total). Told at most once per turn.
    */
   DECIDED: 8,
+  /**
+   * No answer came for the flow within the plane's wait (`PlaneService.askTimeoutMs`): the plane placed it
+   * alone, by the table, and ignores the answer when it comes.
+   */
+  ASK_TIMED_OUT: 9,
 } as const;
 
 /** Numbers per flow event. */
@@ -127,8 +138,11 @@ export interface DataPlane {
   unlisten(index: number): Promise<void>;
   /** Ends the service's open flows at once (its drain is over); their events follow as usual. */
   endFlows(index: number): void;
-  /** How the service's flows are placed from now on (a new state: table, backends, claims). */
-  setPlacement(index: number, placement: Placement<HostPort>): void;
+  /**
+   * How the service is served from now on (a new state): where its flows go (table, backends, claims) and
+   * its settings (timeouts, limits, PROXY header). Its listen address stays the one it was listened on.
+   */
+  update(index: number, service: PlaneService): void;
   /**
    * The manager's decisions made ahead for a service placed with `decided`: its backend indexes as of the
    * placement set last. Replaces the queue it had.

@@ -21,5 +21,6 @@ const { port } = await plane.listen({
     placeBy: "flow",
     askBuckets: null,
   },
+  askTimeoutMs: 1_000,
 });
 console.log(`relay listening on 127.0.0.1:${port}`);

@@ -44,3 +44,26 @@ export function setupLogging(options: { level?: LogLevel; format?: LogFormat } =
 export function logger(...category: string[]): Logger {
   return getLogger(["switchyard", ...category]);
 }
+
+/**
+ * At most one log line per window for a problem that repeats (an accept that fails, flows placed without
+ * their answer): the others are counted, and the next line tells how many there were.
+ */
+export class LogWindow {
+  #lastLogged = -Infinity;
+  #unlogged = 0;
+
+  constructor(readonly windowMs: number) {}
+
+  /** Whether to log the problem now: the times it was not logged since the last line, or null. */
+  due(now = performance.now()): number | null {
+    if (now - this.#lastLogged <= this.windowMs) {
+      this.#unlogged++;
+      return null;
+    }
+    const unlogged = this.#unlogged;
+    this.#lastLogged = now;
+    this.#unlogged = 0;
+    return unlogged;
+  }
+}

@@ -5,7 +5,6 @@
  * that found no room there.
  */
 import type { HostPort } from "../../cluster/address.ts";
-import type { Placement } from "../../cluster/placement.ts";
 import type { PlaneCounters, PlaneService } from "../data_plane.ts";
 import type { Decisions } from "../queued_decisions.ts";
 
@@ -32,7 +31,7 @@ export type ToWorker =
   | { type: "listen"; service: PlaneService }
   | { type: "unlisten"; service: number }
   | { type: "endFlows"; service: number }
-  | { type: "placement"; service: number; placement: Placement<HostPort> }
+  | { type: "update"; index: number; service: PlaneService }
   | { type: "decisions"; service: number; decisions: Decisions }
   /** Answers to `place` requests, as many as the agent had ready in one turn of its event loop. */
   | { type: "placed"; answers: Placed[] }

@@ -126,12 +126,23 @@ export interface RelayService {
    * null when the relay cannot place it alone: it then asks (`RelayOptions.ask`) and waits for `placed`.
    */
   readonly candidates: (client: Uint8Array, destination: Uint8Array) => readonly number[] | null;
+  /**
+   * How long a flow asked about waits for `placed` at most (none: until it comes). Then the relay places
+   * it alone, by `fallback`: an agent whose thread stalls must not hold its flows (the agent's own
+   * `decision_timeout` ends the wait for a manager that does not answer, long before).
+   */
+  readonly askTimeoutMs?: number;
+  /** Backends to try for a flow whose answer did not come within `askTimeoutMs`, in order: the table's. */
+  readonly fallback?: (client: Uint8Array, destination: Uint8Array) => readonly number[];
   readonly maxConnections: number;
   readonly connectTimeoutMs: number;
   readonly idleTimeoutMs: number;
   /** A PROXY protocol header to send the backend before any byte of the client's. */
   readonly proxyProtocol?: "none" | "v1" | "v2";
 }
+
+/** What of a service can change while the relay serves it (`Relay.update`): all but its name and address. */
+export type RelaySettings = Omit<RelayService, "name" | "listen" | "candidates" | "fallback">;
 
 /**
  * What happens to flows, for the agent's counts (open connections per backend, connect failures). A
@@ -160,6 +171,8 @@ export interface FlowEvents {
   idle?(service: number, slot: number, generation: number, choice: number): void;
   /** An accept failed (`errno`): out of descriptors above all. Accepting pauses, longer while it lasts. */
   acceptFailed?(service: number, errno: number): void;
+  /** No answer came for an asked flow within `askTimeoutMs`: the relay placed it alone (`fallback`). */
+  askTimedOut?(service: number, slot: number, generation: number): void;
 }
 
 export interface RelayOptions {
@@ -225,6 +238,9 @@ interface Listener {
   pauseMs: number;
   pausedUntil: number;
 }
+
+/** The `tried` of an asked flow's deadline (`RelayService.askTimeoutMs`): no connect is under way. */
+const ASK_DEADLINE = -1;
 
 /** Connect deadlines of one timeout value, in the order set (so in order of deadline): slot, generation, try, deadline. */
 interface DeadlineQueue {
@@ -423,14 +439,14 @@ export class Relay {
   }
 
   /**
-   * Gives service `index` (in the order of `listen` calls) new backends, which its `candidates` index
-   * from now on; flows already connecting keep the addresses they had.
+   * Gives service `index` (in the order of `listen` calls) new settings and backends, which its `candidates`
+   * index from now on; flows already connecting keep the addresses they had.
    */
-  update(index: number, backends: readonly HostPort[]): void {
+  update(index: number, settings: RelaySettings): void {
     const listener = this.#listeners[index];
     if (!listener) throw new RangeError(`No service ${index}: the relay has ${this.#listeners.length}`);
-    listener.service = { ...listener.service, backends };
-    listener.backendAddresses = backends.map(encodeAddress);
+    listener.service = { ...listener.service, ...settings };
+    listener.backendAddresses = settings.backends.map(encodeAddress);
   }
 
   /**
@@ -606,9 +622,15 @@ export class Relay {
         throw new Error(`Service ${service.name} asks where to send flows, but no one answers`);
       }
       this.#ask(listener.index, slot, generation, this.#clientAddress, destination);
+      if (service.askTimeoutMs !== undefined) this.#deadline(slot, service.askTimeoutMs, ASK_DEADLINE);
       return;
     }
-    const version = service.proxyProtocol ?? "none";
+    this.#beginPlaced(slot, listener, order, destination);
+  }
+
+  /** Starts a flow the relay placed: to `order`'s backends, with a PROXY header where its service sends one. */
+  #beginPlaced(slot: number, listener: Listener, order: readonly number[], destination: Uint8Array): void {
+    const version = listener.service.proxyProtocol ?? "none";
     this.#begin(
       slot,
       order.map((i) => listener.backendAddresses[i]!),
@@ -619,6 +641,33 @@ export class Relay {
         decodeAddress(destination),
       ),
     );
+  }
+
+  /**
+   * An asked flow whose answer did not come within its service's `askTimeoutMs`: placed by the relay
+   * (`fallback`), its addresses asked of the kernel again. A client gone meanwhile just ends.
+   */
+  #askTimedOut(slot: number): void {
+    const listener = this.#listeners[this.#listener[slot]!]!;
+    const { fallback } = listener.service;
+    const fd = this.#client[slot]!;
+    this.#flags[slot] = this.#flags[slot]! & ~ASKED;
+    this.#flowEvents?.askTimedOut?.(listener.index, slot, this.#generation[slot]!);
+    this.#addressLength[0] = SOCKADDR_BYTES;
+    let destination = listener.local;
+    if (destination === null) {
+      destination = this.#destinationAddress;
+      if (this.#libc.getsockname(fd, destination, this.#addressLength) !== 0) destination = null;
+      this.#addressLength[0] = SOCKADDR_BYTES;
+    }
+    if (
+      fallback === undefined || destination === null ||
+      this.#libc.getpeername(fd, this.#clientAddress, this.#addressLength) !== 0
+    ) {
+      this.#end(slot);
+      return;
+    }
+    this.#beginPlaced(slot, listener, fallback(this.#clientAddress, destination), destination);
   }
 
   /**
@@ -757,13 +806,17 @@ export class Relay {
     );
   }
 
-  #deadline(slot: number, timeoutMs: number): void {
+  /** A deadline of slot's flow `timeoutMs` from now: of its connect (the try `tried`), linger or ask. */
+  #deadline(slot: number, timeoutMs: number, tried = this.#tried[slot]!): void {
     let queue = this.#deadlines.get(timeoutMs);
     if (queue === undefined) this.#deadlines.set(timeoutMs, queue = { entries: [], head: 0 });
-    queue.entries.push(slot, this.#generation[slot]!, this.#tried[slot]!, this.#now + timeoutMs);
+    queue.entries.push(slot, this.#generation[slot]!, tried, this.#now + timeoutMs);
   }
 
-  /** Connects that outlived their timeout fail, and the flow tries its next candidate. */
+  /**
+   * Connects that outlived their timeout fail, and the flow tries its next candidate; lingering clients
+   * end; asked flows still waiting are placed alone.
+   */
   #expireConnects(): void {
     for (const queue of this.#deadlines.values()) {
       const { entries } = queue;
@@ -775,6 +828,10 @@ export class Relay {
         if (this.#generation[slot] !== generation || this.#client[slot]! < 0) continue;
         if (this.#flags[slot]! & LINGER) {
           this.#end(slot);
+          continue;
+        }
+        if (tried === ASK_DEADLINE) {
+          if (this.#flags[slot]! & ASKED) this.#askTimedOut(slot);
           continue;
         }
         if (this.#tried[slot] !== tried || !(this.#flags[slot]! & CONNECTING)) continue;

@@ -4,8 +4,6 @@
  * worker take each at once.
  */
 import { setImmediate } from "node:timers";
-import type { HostPort } from "../../cluster/address.ts";
-import type { Placement } from "../../cluster/placement.ts";
 import type {
   DataPlane,
   DataPlaneEvents,
@@ -124,13 +122,13 @@ export class RelayDataPlane implements DataPlane {
     this.#post({ type: "decisions", service: index, decisions });
   }
 
-  setPlacement(index: number, placement: Placement<HostPort>): void {
-    this.#post({ type: "placement", service: index, placement });
+  update(index: number, service: PlaneService): void {
+    this.#post({ type: "update", index, service });
   }
 
   /**
    * The answer to a `place` request: targets in order, an index naming one of the service's backends as
-   * last posted with `setPlacement`. It goes to the worker through shared memory at once; the answers of
+   * last posted with `update`. It goes to the worker through shared memory at once; the answers of
    * one turn of the event loop share one wake. Should shared memory have no room, they go in one message.
    */
   placed(request: PlacementRequest, targets: readonly Target[], headers: Headers, firstTimeoutMs = 0): void {

@@ -9,7 +9,7 @@ import { buildTable } from "../../cluster/maglev.ts";
 import { decodeProxyHeader } from "../../cluster/proxy_protocol.ts";
 import type { HostPort } from "../../cluster/address.ts";
 import { placeFlow, placeHash, type Placement } from "../../cluster/placement.ts";
-import { FlowEvent, type PlacementRequest, type PlaneCounters } from "../data_plane.ts";
+import { FlowEvent, type PlacementRequest, type PlaneCounters, type PlaneService } from "../data_plane.ts";
 import { RelayDataPlane } from "./relay_plane.ts";
 
 const { CONNECTED, FAILED, NO_BACKEND, ENDED, IDLE, ACCEPT_FAILED } = FlowEvent;
@@ -23,6 +23,8 @@ interface ServiceOptions {
   idleTimeoutMs?: number;
   proxyProtocol?: "none" | "v1" | "v2";
   placement?: Placement<HostPort>;
+  /** How long an asked flow waits for its answer before the relay places it by the table (default 60 s). */
+  askTimeoutMs?: number;
   /** Makes every flow ask where to go (or those `placement` asks about), and answers with this. */
   place?: (
     request: PlacementRequest,
@@ -64,7 +66,7 @@ async function startRelay(options: ServiceOptions) {
   }, { yieldMs: options.yieldMs ?? 10, ...(options.ringBytes ? { ringBytes: options.ringBytes } : {}) });
   if (!(opened instanceof RelayDataPlane)) throw new Error(opened.unavailable);
   const plane = opened;
-  const { index, port } = await plane.listen({
+  const service: PlaneService = {
     name: "test",
     listen: { host: options.listenIp ?? "127.0.0.1", port: 0 },
     maxConnections: options.maxConnections ?? 1000,
@@ -73,7 +75,9 @@ async function startRelay(options: ServiceOptions) {
     proxyProtocol: options.proxyProtocol ?? "none",
     // Without a placement: every flow is asked about when the test answers, else every backend in order.
     placement: options.placement ?? fixedPlacement(options.backends, options.place !== undefined),
-  });
+    askTimeoutMs: options.askTimeoutMs ?? 60_000,
+  };
+  const { index, port } = await plane.listen(service);
   return {
     port,
     /** The flow events so far, as posted: kind, service, slot, generation, choice, errno. */
@@ -91,7 +95,8 @@ async function startRelay(options: ServiceOptions) {
       return [...flows.values()];
     },
     unlisten: () => plane.unlisten(index),
-    setPlacement: (placement: Placement<HostPort>) => plane.setPlacement(index, placement),
+    /** Serves the service with new settings or placement from now on. */
+    update: (changes: Partial<PlaneService>) => plane.update(index, { ...service, ...changes }),
     counters: () => plane.counters(),
     /** Stops the plane: the counters and open flows it told last. */
     async stop(): Promise<{ counters: PlaneCounters; open: number }> {
@@ -368,6 +373,59 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "epoll relay: a flow whose answer does not come within askTimeoutMs is placed by the table, with its " +
+    "PROXY header, and the late answer is ignored",
+  ignore,
+  async fn() {
+    await using echo = backend((received) => received);
+    const answers: Array<() => void> = [];
+    await using relay = await startRelay({
+      backends: [echo.address],
+      placement: fixedPlacement([echo.address], true),
+      proxyProtocol: "v1",
+      askTimeoutMs: 200,
+      // The agent's thread stalls: each answer comes after the relay stopped waiting, and names a target
+      // that refuses, which a flow placed by it would try first.
+      place: () =>
+        new Promise((resolve) => answers.push(() => resolve({ targets: [refusedAddress()], header: null }))),
+    });
+    for (let round = 0; round < 2; round++) {
+      const client = await Deno.connect({ hostname: "127.0.0.1", port: relay.port });
+      const started = performance.now();
+      // Without a deadline of the relay's own, the flow would wait for ever.
+      const stuck = setTimeout(() => client.close(), 5_000);
+      await writeAll(client, new TextEncoder().encode("hi"));
+      await client.closeWrite();
+      const received = await readAll(client).finally(() => clearTimeout(stuck));
+      const took = performance.now() - started;
+      client.close();
+      const decoded = decodeProxyHeader(received);
+      assert.ok(decoded, "a complete header arrived");
+      assert.deepEqual(decoded.header.source, {
+        ip: "127.0.0.1",
+        port: (client.localAddr as Deno.NetAddr).port,
+      });
+      assert.deepEqual(decoded.header.destination, { ip: "127.0.0.1", port: relay.port });
+      assert.equal(new TextDecoder().decode(received.subarray(decoded.length)), "hi");
+      assert.ok(took >= 180 && took < 3_000, `served ${took.toFixed(0)} ms after its first byte`);
+      for (const answer of answers.splice(0)) answer();
+    }
+    await eventually(() =>
+      relay.flowEvents().length === 2 && relay.flowEvents().every((flow) => flow.length === 3)
+    );
+    const { ASK_TIMED_OUT, CONNECTED, ENDED } = FlowEvent;
+    // Placed by the table: the choice is a backend index.
+    for (const flow of relay.flowEvents()) {
+      assert.deepEqual(flow, [[ASK_TIMED_OUT, -1], [CONNECTED, 0], [ENDED, 0]]);
+    }
+    const counters = await relay.counters();
+    assert.equal(counters.connectFailures, 0, "the late answers' target was never tried");
+    assert.equal(counters.noBackend, 0);
+  },
+});
+
+Deno.test({
   name: "epoll relay: flows it cannot place alone wait for the agent's answer, its targets and header",
   ignore,
   async fn() {
@@ -448,7 +506,7 @@ Deno.test({
       backends: [refused],
       place: () => {
         const echoFirst = asked++ % 2 === 0;
-        relay.setPlacement(placement(echoFirst ? [echo.address, refused] : [refused, echo.address]));
+        relay.update({ placement: placement(echoFirst ? [echo.address, refused] : [refused, echo.address]) });
         return Promise.resolve({ targets: [echoFirst ? 0 : 1], header: null });
       },
     });
@@ -576,7 +634,7 @@ Deno.test({
     }
     assert.ok(seen.size >= 2, `30 flows went to ${[...seen].join(", ")} only`);
 
-    relay.setPlacement({ ...placement, table: table([0, 0, 1]) });
+    relay.update({ placement: { ...placement, table: table([0, 0, 1]) } });
     await relay.counters(); // the update is taken before this answer
     for (let i = 0; i < 5; i++) {
       assert.equal(new TextDecoder().decode(await exchange(relay.port, new Uint8Array(0))), "b2");
@@ -741,6 +799,7 @@ Deno.test({
         idleTimeoutMs: 0,
         proxyProtocol: "none" as const,
         placement: fixedPlacement([], false),
+        askTimeoutMs: 60_000,
       };
       await assert.rejects(opened.listen(service), /^Error: Address already in use \(os error 98\)$/);
       assert.equal((await opened.listen({ ...service, listen: { host: "127.0.0.1", port: 0 } })).index, 0);

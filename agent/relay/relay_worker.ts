@@ -6,11 +6,17 @@
  */
 import { setImmediate } from "node:timers";
 import type { HostPort } from "../../cluster/address.ts";
-import { placeFlow, placeHashOfBytes, type Placement, preferFirst } from "../../cluster/placement.ts";
+import {
+  backendOrder,
+  placeFlow,
+  placeHashOfBytes,
+  type Placement,
+  preferFirst,
+} from "../../cluster/placement.ts";
 import { FlowEvent, type PlaneService } from "../data_plane.ts";
 import type { FromWorker, ToWorker } from "./messages.ts";
 import { QueuedDecisions } from "../queued_decisions.ts";
-import { Relay } from "./relay.ts";
+import { Relay, type RelaySettings } from "./relay.ts";
 import { decodeAddress, ipOfAddress, portOfAddress } from "./sockaddr.ts";
 import { AnswerQueue, AskQueue, counters, EventQueue, POSTED, SIGNAL } from "./shared_queues.ts";
 
@@ -47,7 +53,8 @@ const decisions: QueuedDecisions[] = [];
 let asks: (number | string)[] = [];
 /** Flow events not yet posted, six numbers each (see `FromWorker`), posted once per turn. */
 let events: number[] = [];
-const { CONNECTED, FAILED, FAILED_LOCALLY, NO_BACKEND, ENDED, IDLE, ACCEPT_FAILED, DECIDED } = FlowEvent;
+const { CONNECTED, FAILED, FAILED_LOCALLY, NO_BACKEND, ENDED, IDLE, ACCEPT_FAILED, DECIDED, ASK_TIMED_OUT } =
+  FlowEvent;
 
 scope.onmessage = ({ data: message }) => {
   if (message.type === "start") {
@@ -81,9 +88,9 @@ function handle(relay: Relay, message: ToWorker): void {
       relay.unlisten(message.service);
       scope.postMessage({ type: "unlistened" });
       return;
-    case "placement":
-      placements[message.service] = message.placement;
-      relay.update(message.service, message.placement.backends);
+    case "update":
+      placements[message.index] = message.service.placement;
+      relay.update(message.index, settingsOf(message.service));
       return;
     case "decisions": {
       const queue = decisions[message.service];
@@ -160,8 +167,32 @@ function openRelay(askQueue: AskQueue): Relay {
       ended: (service, slot, generation, choice) => events.push(ENDED, service, slot, generation, choice, 0),
       idle: (service, slot, generation, choice) => events.push(IDLE, service, slot, generation, choice, 0),
       acceptFailed: (service, errno) => events.push(ACCEPT_FAILED, service, -1, 0, -1, errno),
+      askTimedOut: (service, slot, generation) =>
+        events.push(ASK_TIMED_OUT, service, slot, generation, -1, 0),
     },
   });
+}
+
+/** What the relay serves a service with, besides its placement: its backends and settings. */
+function settingsOf(service: PlaneService): RelaySettings {
+  return {
+    backends: service.placement.backends,
+    maxConnections: service.maxConnections,
+    connectTimeoutMs: service.connectTimeoutMs,
+    idleTimeoutMs: service.idleTimeoutMs,
+    proxyProtocol: service.proxyProtocol,
+    askTimeoutMs: service.askTimeoutMs,
+  };
+}
+
+/** Where a flow falls in `placement`'s hash space, from its addresses as `struct sockaddr`s. */
+function placeOfBytes(placement: Placement<HostPort>, client: Uint8Array, destination: Uint8Array): number {
+  return placeHashOfBytes(
+    placement.placeBy,
+    { ip: ipOfAddress(client), port: portOfAddress(client) },
+    { ip: ipOfAddress(destination), port: portOfAddress(destination) },
+    placement.seed,
+  );
 }
 
 function listen(relay: Relay, service: PlaneService): void {
@@ -171,21 +202,24 @@ function listen(relay: Relay, service: PlaneService): void {
   let port: number;
   try {
     port = relay.listen({
-      ...service,
-      backends: service.placement.backends,
+      name: service.name,
+      listen: service.listen,
+      ...settingsOf(service),
       // Placed from the addresses' bytes, as the relay has them: nothing is formatted to text.
       candidates: (client, destination) => {
         const placement = placements[index]!;
-        const place = placeHashOfBytes(
-          placement.placeBy,
-          { ip: ipOfAddress(client), port: portOfAddress(client) },
-          { ip: ipOfAddress(destination), port: portOfAddress(destination) },
-          placement.seed,
-        );
-        const order = placeFlow(placement, place);
+        const order = placeFlow(placement, placeOfBytes(placement, client, destination));
         if (order === null || !placement.decided) return order;
         const decided = decisions[index]!.take(performance.now());
         return decided < 0 ? null : preferFirst(order, decided);
+      },
+      fallback: (client, destination) => {
+        const placement = placements[index]!;
+        return backendOrder(
+          placement.table,
+          placeOfBytes(placement, client, destination),
+          placement.backends.length,
+        );
       },
     });
   } catch (error) {

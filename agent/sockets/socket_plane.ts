@@ -203,8 +203,10 @@ export class SocketDataPlane implements DataPlane {
     });
   }
 
-  setPlacement(index: number, placement: Placement<HostPort>): void {
-    this.#service(index).placement = placement;
+  update(index: number, service: PlaneService): void {
+    const known = this.#service(index);
+    known.spec = service;
+    known.placement = service.placement;
   }
 
   setDecisions(index: number, decisions: Decisions): void {

@@ -1,0 +1,96 @@
+/**
+ * A reload that changes a service's settings but not its listen address: the agents keep their
+ * listeners, and what they serve from then on follows the new limits, idle timeout and PROXY header.
+ */
+import assert from "node:assert/strict";
+import { startGreeter } from "./_backends.ts";
+import { agentsCaughtUp, startTestCluster } from "./_cluster.ts";
+import { testConfig, testService } from "./_config.ts";
+import { writeAll } from "./_helpers.ts";
+
+const decoder = new TextDecoder();
+
+/** Reads until `until` holds for what arrived, or the connection ends, or `timeoutMs` passes. */
+async function readUntil(conn: Deno.Conn, until: (text: string) => boolean, timeoutMs = 5_000) {
+  const buffer = new Uint8Array(1024);
+  let text = "";
+  let ended = false;
+  const timer = setTimeout(() => conn.close(), timeoutMs);
+  try {
+    while (!until(text)) {
+      const n = await conn.read(buffer);
+      if (n === null) {
+        ended = true;
+        break;
+      }
+      text += decoder.decode(buffer.subarray(0, n));
+    }
+  } catch {
+    // reset, or closed by the timer
+    ended = true;
+  } finally {
+    clearTimeout(timer);
+  }
+  return { text, ended };
+}
+
+Deno.test("a reload's new max_connections, idle timeout and PROXY header reach a running agent's listener", async () => {
+  const greeter = startGreeter("b1", { hold: true });
+  const service = (settings: Record<string, unknown>) =>
+    testService({ backends: [greeter.address], decide: "agent", ...settings });
+  const cluster = await startTestCluster({ agents: 1, services: [service({})] });
+  const opened: Deno.Conn[] = [];
+  const connect = async () => {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: cluster.agents[0]!.port });
+    opened.push(conn);
+    return conn;
+  };
+  try {
+    await agentsCaughtUp(cluster);
+    const held = [await connect(), await connect()];
+    for (const conn of held) {
+      assert.equal((await readUntil(conn, (text) => text.includes("\n"))).text, "b1\n");
+    }
+
+    await Deno.writeTextFile(
+      `${cluster.dir}/switchyard.yaml`,
+      testConfig({
+        services: [service({
+          proxy_protocol: "v1",
+          limits: { max_connections: 2 },
+          timeouts: { connect: "2s", idle: "1s", drain: "1s" },
+        })],
+      }),
+    );
+    cluster.manager.kill("SIGHUP");
+    await cluster.manager.waitForLog((line) => line.message.startsWith("Reloaded the config"));
+    await agentsCaughtUp(cluster);
+
+    // Two flows are open: a third is refused at once, unserved.
+    const refused = await readUntil(await connect(), () => false, 3_000);
+    assert.deepEqual(refused, { text: "", ended: true }, "the third connection was closed unserved");
+
+    // The two held are idle: the new idle timeout closes them.
+    const started = performance.now();
+    for (const conn of held) assert.equal((await readUntil(conn, () => false, 5_000)).ended, true);
+    const idleFor = performance.now() - started;
+    assert.ok(idleFor < 4_000, `the idle flows were closed ${idleFor.toFixed(0)} ms after the reload took`);
+
+    // A new flow is served, with the PROXY header before the client's bytes (the backend echoes both).
+    const conn = await connect();
+    await writeAll(conn, new TextEncoder().encode("hi"));
+    const { text } = await readUntil(conn, (text) => text.endsWith("hi"));
+    const localPort = (conn.localAddr as Deno.NetAddr).port;
+    assert.equal(text, `b1\nPROXY TCP4 127.0.0.1 127.0.0.1 ${localPort} ${cluster.agents[0]!.port}\r\nhi`);
+  } finally {
+    for (const conn of opened) {
+      try {
+        conn.close();
+      } catch {
+        // closed by the agent
+      }
+    }
+    await cluster.close();
+    await greeter.close();
+  }
+});
