@@ -10,12 +10,19 @@ import { writeAll } from "./_helpers.ts";
 
 const decoder = new TextDecoder();
 
-/** Reads until `until` holds for what arrived, or the connection ends, or `timeoutMs` passes. */
+/**
+ * Reads until `until` holds for what arrived, or the connection ends (`ended`), or `timeoutMs` passes (then it
+ * is closed here: `timedOut` too).
+ */
 async function readUntil(conn: Deno.Conn, until: (text: string) => boolean, timeoutMs = 5_000) {
   const buffer = new Uint8Array(1024);
   let text = "";
   let ended = false;
-  const timer = setTimeout(() => conn.close(), timeoutMs);
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    conn.close();
+  }, timeoutMs);
   try {
     while (!until(text)) {
       const n = await conn.read(buffer);
@@ -31,7 +38,7 @@ async function readUntil(conn: Deno.Conn, until: (text: string) => boolean, time
   } finally {
     clearTimeout(timer);
   }
-  return { text, ended };
+  return { text, ended, timedOut };
 }
 
 Deno.test("a reload's new max_connections, idle timeout and PROXY header reach a running agent's listener", async () => {
@@ -58,7 +65,7 @@ Deno.test("a reload's new max_connections, idle timeout and PROXY header reach a
         services: [service({
           proxy_protocol: "v1",
           limits: { max_connections: 2 },
-          timeouts: { connect: "2s", idle: "1s", drain: "1s" },
+          timeouts: { connect: "2s", idle: "2s", drain: "1s" },
         })],
       }),
     );
@@ -66,15 +73,29 @@ Deno.test("a reload's new max_connections, idle timeout and PROXY header reach a
     await cluster.manager.waitForLog((line) => line.message.startsWith("Reloaded the config"));
     await agentsCaughtUp(cluster);
 
-    // Two flows are open: a third is refused at once, unserved.
+    // Two flows are open, each just active so that the new 2 s idle timeout has not closed it (the reload may
+    // take longer than that on a loaded machine): a third is refused at once, unserved.
+    for (const conn of held) {
+      await writeAll(conn, new TextEncoder().encode("x"));
+      assert.equal((await readUntil(conn, (text) => text === "x")).text, "x");
+    }
     const refused = await readUntil(await connect(), () => false, 3_000);
-    assert.deepEqual(refused, { text: "", ended: true }, "the third connection was closed unserved");
+    assert.deepEqual(
+      refused,
+      { text: "", ended: true, timedOut: false },
+      "the third connection was closed unserved",
+    );
 
     // The two held are idle: the new idle timeout closes them.
     const started = performance.now();
-    for (const conn of held) assert.equal((await readUntil(conn, () => false, 5_000)).ended, true);
+    for (const conn of held) {
+      assert.deepEqual(await readUntil(conn, () => false, 6_000), { text: "", ended: true, timedOut: false });
+    }
     const idleFor = performance.now() - started;
-    assert.ok(idleFor < 4_000, `the idle flows were closed ${idleFor.toFixed(0)} ms after the reload took`);
+    assert.ok(
+      idleFor < 5_000,
+      `the idle flows were closed ${idleFor.toFixed(0)} ms after the third was refused`,
+    );
 
     // A new flow is served, with the PROXY header before the client's bytes (the backend echoes both).
     const conn = await connect();
