@@ -899,6 +899,7 @@ export class Agent {
   async #place(plane: Plane, request: PlacementRequest): Promise<void> {
     const service = plane.services.get(request.service);
     if (service === undefined) {
+      plane.answersLate.delete(flowKey(request.slot, request.generation));
       plane.plane.placed(request, [], null);
       return;
     }
@@ -1278,7 +1279,7 @@ export class Agent {
   }
 }
 
-/** Whether two specs of a service list the same backends, in the same order. */
+/** A plane as the agent keeps it: no service, no flow yet. */
 function planeRecord(plane: DataPlane): Plane {
   return { plane, services: new Map(), flows: new Map(), answersLate: new Set(), open: 0, counted: null };
 }

@@ -242,7 +242,10 @@ interface Listener {
 /** The `tried` of an asked flow's deadline (`RelayService.askTimeoutMs`): no connect is under way. */
 const ASK_DEADLINE = -1;
 
-/** Connect deadlines of one timeout value, in the order set (so in order of deadline): slot, generation, try, deadline. */
+/**
+ * Deadlines of one timeout value (connects, lingering clients, asks), in the order set (so in order of
+ * deadline): slot, generation, try (`ASK_DEADLINE` for an ask), deadline.
+ */
 interface DeadlineQueue {
   readonly entries: number[];
   head: number;
