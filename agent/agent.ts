@@ -49,6 +49,7 @@ import { RelayDataPlane } from "./relay/relay_plane.ts";
 import { connectTimeoutText } from "./sockets/connect.ts";
 import { SocketDataPlane } from "./sockets/socket_plane.ts";
 import { loadState, saveState } from "./state_store.ts";
+import { closeQuietly } from "../cluster/close_quietly.ts";
 
 const log = logger("agent");
 const flowLog = logger("agent", "flow");
@@ -711,7 +712,7 @@ export class Agent {
       idleTimeoutMs: spec.timeouts.idleMs,
       proxyProtocol: spec.proxyProtocol,
       placement: this.#placementOf(service),
-      askTimeoutMs: spec.decisionTimeoutMs + AGENT_DEFAULTS.askGraceMs,
+      askTimeoutMs: askTimeoutMs(spec),
     };
   }
 
@@ -1092,7 +1093,7 @@ export class Agent {
       "A flow of {service} had no answer from this agent's thread within {waitMs} ms; the data plane placed it by the table ({unlogged} more since the last report)",
       {
         service: service.spec.name,
-        waitMs: service.spec.decisionTimeoutMs + AGENT_DEFAULTS.askGraceMs,
+        waitMs: askTimeoutMs(service.spec),
         unlogged,
       },
     );
@@ -1279,6 +1280,11 @@ export class Agent {
   }
 }
 
+/** How long a plane on a thread of its own waits for the answer to a flow of `spec` it asked about. */
+function askTimeoutMs(spec: ServiceSpec): number {
+  return spec.decisionTimeoutMs + AGENT_DEFAULTS.askGraceMs;
+}
+
 /** A plane as the agent keeps it: no service, no flow yet. */
 function planeRecord(plane: DataPlane): Plane {
   return { plane, services: new Map(), flows: new Map(), answersLate: new Set(), open: 0, counted: null };
@@ -1324,12 +1330,4 @@ function endpointText(endpoint: SocketAddress): string {
 
 function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
-}
-
-function closeQuietly(conn: Deno.Conn): void {
-  try {
-    conn.close();
-  } catch {
-    // already closed
-  }
 }

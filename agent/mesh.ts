@@ -5,6 +5,7 @@
  * claimant checks the header and serves the flow as its own; a handed-off flow is never handed on.
  */
 import { TokenSigner } from "../cluster/auth.ts";
+import { closeQuietly } from "../cluster/close_quietly.ts";
 import { logger } from "../cluster/log.ts";
 import {
   decodeProxyHeader,
@@ -237,13 +238,5 @@ export class MeshServer {
       remote: `${remote.hostname}:${remote.port}`,
       reason: error instanceof Error ? error.message : String(error),
     });
-  }
-}
-
-function closeQuietly(resource: { close(): void }): void {
-  try {
-    resource.close();
-  } catch {
-    // closed already
   }
 }

@@ -8,6 +8,7 @@
  * - `startBackend`: any other per-connection behaviour, on the same listener and bookkeeping.
  */
 import { writeAll } from "../cluster/write_all.ts";
+import { closeQuietly } from "../cluster/close_quietly.ts";
 
 export interface BackendOptions {
   /** Where to listen; 127.0.0.1 by default. */
@@ -132,12 +133,4 @@ export function startGreeter(
     }
   }, options);
   return { ...backend, name };
-}
-
-function closeQuietly(conn: Deno.Conn): void {
-  try {
-    conn.close();
-  } catch {
-    // closed already
-  }
 }

@@ -8,6 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { proof, TokenSigner } from "../cluster/auth.ts";
+import { closeQuietly } from "../cluster/close_quietly.ts";
 import { PROTOCOL_VERSION } from "../cluster/protocol.ts";
 import { decodeProxyHeader } from "../cluster/proxy_protocol.ts";
 import { encodeMeshHeader } from "../agent/mesh.ts";
@@ -872,13 +873,7 @@ Deno.test("a flood of 4,000 idle connections to the cluster port: the manager's 
       "agent-3 to join",
     );
   } finally {
-    for (const conn of flood) {
-      try {
-        conn.close();
-      } catch {
-        // closed
-      }
-    }
+    flood.forEach(closeQuietly);
     await cluster.close();
   }
 });

@@ -3,6 +3,7 @@
  * listeners, and what they serve from then on follows the new limits, idle timeout and PROXY header.
  */
 import assert from "node:assert/strict";
+import { closeQuietly } from "../cluster/close_quietly.ts";
 import { startGreeter } from "./_backends.ts";
 import { agentsCaughtUp, startTestCluster } from "./_cluster.ts";
 import { testConfig, testService } from "./_config.ts";
@@ -104,13 +105,7 @@ Deno.test("a reload's new max_connections, idle timeout and PROXY header reach a
     const localPort = (conn.localAddr as Deno.NetAddr).port;
     assert.equal(text, `b1\nPROXY TCP4 127.0.0.1 127.0.0.1 ${localPort} ${cluster.agents[0]!.port}\r\nhi`);
   } finally {
-    for (const conn of opened) {
-      try {
-        conn.close();
-      } catch {
-        // closed by the agent
-      }
-    }
+    opened.forEach(closeQuietly);
     await cluster.close();
     await greeter.close();
   }

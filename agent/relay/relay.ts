@@ -609,12 +609,7 @@ export class Relay {
     this.#lastActive[slot] = this.#now;
     this.#large[slot * 2] = 0;
     this.#large[slot * 2 + 1] = 0;
-    let destination = listener.local;
-    if (destination === null) {
-      destination = this.#destinationAddress;
-      this.#addressLength[0] = SOCKADDR_BYTES;
-      this.#libc.getsockname(fd, destination, this.#addressLength);
-    }
+    const destination = this.#destinationOf(listener, fd) ?? this.#destinationAddress;
     const generation = ++this.#generation[slot]!;
     const service = listener.service;
     // Placed from the addresses' bytes; they become text only for the agent or a PROXY header.
@@ -629,6 +624,18 @@ export class Relay {
       return;
     }
     this.#beginPlaced(slot, listener, order, destination);
+  }
+
+  /**
+   * The address a client of `listener` reached (`struct sockaddr`): the one it listens on, or for a wildcard
+   * the kernel's (in a scratch buffer, valid until the next call); null when the kernel cannot tell.
+   */
+  #destinationOf(listener: Listener, fd: number): Uint8Array | null {
+    if (listener.local !== null) return listener.local;
+    this.#addressLength[0] = SOCKADDR_BYTES;
+    return this.#libc.getsockname(fd, this.#destinationAddress, this.#addressLength) === 0
+      ? this.#destinationAddress
+      : null;
   }
 
   /** Starts a flow the relay placed: to `order`'s backends, with a PROXY header where its service sends one. */
@@ -656,13 +663,8 @@ export class Relay {
     const fd = this.#client[slot]!;
     this.#flags[slot] = this.#flags[slot]! & ~ASKED;
     this.#flowEvents?.askTimedOut?.(listener.index, slot, this.#generation[slot]!);
+    const destination = this.#destinationOf(listener, fd);
     this.#addressLength[0] = SOCKADDR_BYTES;
-    let destination = listener.local;
-    if (destination === null) {
-      destination = this.#destinationAddress;
-      if (this.#libc.getsockname(fd, destination, this.#addressLength) !== 0) destination = null;
-      this.#addressLength[0] = SOCKADDR_BYTES;
-    }
     if (
       fallback === undefined || destination === null ||
       this.#libc.getpeername(fd, this.#clientAddress, this.#addressLength) !== 0

@@ -29,6 +29,7 @@ import { InFlight } from "./in_flight.ts";
 import { coarseClock, pump, type PumpEnd, type PumpStats } from "./pump.ts";
 import { SlotList } from "./slot_list.ts";
 import { type Decisions, QueuedDecisions } from "../queued_decisions.ts";
+import { closeQuietly } from "../../cluster/close_quietly.ts";
 
 const log = logger("agent", "sockets");
 
@@ -544,12 +545,4 @@ function closeFlow(flow: Flow): void {
   flow.closed = true;
   closeQuietly(flow.client);
   closeQuietly(flow.upstream);
-}
-
-function closeQuietly(conn: { close(): void }): void {
-  try {
-    conn.close();
-  } catch {
-    // already closed
-  }
 }
